@@ -1,0 +1,363 @@
+//! Types shared by pmet's kernel-side programs (`pmet-ebpf`) and its userspace
+//! loader (`pmet`).
+//!
+//! Everything here crosses the kernel boundary as raw bytes, so every type is
+//! `#[repr(C)]`, made only of fixed-size integers and arrays (no pointers, no
+//! `bool`), with explicit padding fields so both sides agree on the layout.
+#![no_std]
+
+/// Length of a task's `comm` as the kernel stores it.
+pub const COMM_LEN: usize = 16;
+/// Bytes kept of the path passed to `execve`.
+pub const FILENAME_LEN: usize = 256;
+/// Bytes of argv (NUL-separated) kept per exec. Must be a power of two: the
+/// kernel side masks offsets with `ARGV_LEN - 1` to satisfy the verifier.
+pub const ARGV_LEN: usize = 4096;
+/// Most arguments read per exec.
+pub const MAX_ARGS: u32 = 128;
+
+/// Kinds of events sent through the `EVENTS` ring buffer.
+pub mod kind {
+    /// A tracked task created a process or a thread ([`super::ForkEvent`]).
+    pub const FORK: u32 = 1;
+    /// A tracked task called execve/execveat ([`super::ExecArgsEvent`]); may fail.
+    pub const EXEC_ARGS: u32 = 2;
+    /// A tracked process finished an exec ([`super::ExecEvent`]).
+    pub const EXEC: u32 = 3;
+    /// A tracked thread exited ([`super::ExitEvent`]).
+    pub const EXIT: u32 = 4;
+    /// A tracked thread's task_struct is freed: its final accounting ([`super::FreeEvent`]).
+    pub const FREE: u32 = 5;
+}
+
+/// Indices into the `COUNTERS` per-CPU array: things the kernel side could not
+/// do, so userspace can report them instead of silently losing data.
+pub mod counter {
+    /// An event did not fit in the ring buffer.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// A new process could not be added to `TRACKED` (map full): it and its
+    /// descendants are not followed.
+    pub const TRACKED_FULL: u32 = 1;
+    /// A process's network counters could not be created (map full).
+    pub const NET_FULL: u32 = 2;
+    /// An exiting thread could not be remembered until it is freed (map full):
+    /// its final CPU and disk figures are lost.
+    pub const DYING_FULL: u32 = 3;
+    /// An exec's argv was longer than [`super::ARGV_LEN`] or [`super::MAX_ARGS`].
+    pub const ARGV_TRUNCATED: u32 = 4;
+    /// Reading a kernel or user value failed (faulted page, bad pointer).
+    pub const READ_FAILED: u32 = 5;
+    /// A freed task did not match the exited one remembered at its address
+    /// (the remembered one's free was not seen); the stale entry was dropped.
+    pub const FREE_MISMATCH: u32 = 6;
+    /// Number of counters.
+    pub const LEN: u32 = 8;
+}
+
+/// Bits of [`ForkEvent::flags`].
+pub mod fork_flags {
+    /// The new task is a thread of the creator's process (`CLONE_THREAD`).
+    pub const THREAD: u32 = 1;
+    /// The new process could not be added to the tracked set (map full): it
+    /// and its descendants are not followed.
+    pub const UNTRACKED: u32 = 2;
+}
+
+/// Bits of [`ExitEvent::flags`] and [`FreeEvent::flags`].
+pub mod exit_flags {
+    /// The last thread of the process exited: the process is gone.
+    pub const GROUP_DEAD: u32 = 1;
+    /// `exit_code` was read from the task (else it is unknown).
+    pub const CODE_VALID: u32 = 2;
+    /// CPU and I/O figures were read from the task (else they are unknown).
+    pub const STATS_VALID: u32 = 4;
+}
+
+/// Bits of [`ExecArgsEvent::flags`].
+pub mod exec_flags {
+    /// argv was cut short.
+    pub const TRUNCATED: u16 = 1;
+    /// The call was execveat (the filename may be relative to a directory fd).
+    pub const EXECVEAT: u16 = 2;
+}
+
+/// Start of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Process id (thread group id) of the task the event is about.
+    pub tgid: u32,
+    /// Thread id of the task the event is about.
+    pub tid: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds when the event happened.
+    pub ts_ns: u64,
+}
+
+/// A tracked task created a task (`task:task_newtask`, in the creator's context).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForkEvent {
+    /// `tgid`/`tid` are the creator's.
+    pub hdr: EventHeader,
+    /// Thread id of the new task (its pid too when it is a process).
+    pub child: u32,
+    /// [`fork_flags`].
+    pub flags: u32,
+    /// The `clone` flags as the kernel saw them.
+    pub clone_flags: u64,
+    /// The new process's cookie in `TRACKED` (0 for threads).
+    pub cookie: u64,
+    /// The creator's comm, which the child inherits.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A tracked task entered execve/execveat (`syscalls:sys_enter_execve*`).
+///
+/// Sent with a variable length: the fixed part, then `filename` (always
+/// [`FILENAME_LEN`] bytes) and `argv_len` bytes of NUL-separated arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecArgsHeader {
+    /// `tgid`/`tid` are the caller's (before exec).
+    pub hdr: EventHeader,
+    /// Bytes of argv that follow the filename.
+    pub argv_len: u16,
+    /// Number of arguments read.
+    pub argc: u16,
+    /// [`exec_flags`].
+    pub flags: u16,
+    /// Padding, always zero.
+    pub _pad: u16,
+}
+
+/// The largest exec-args event: header, filename, and argv with room for the
+/// last argument to overrun `ARGV_LEN` (the kernel side clamps what it sends).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecArgsEvent {
+    /// Fixed part.
+    pub head: ExecArgsHeader,
+    /// NUL-terminated path given to exec.
+    pub filename: [u8; FILENAME_LEN],
+    /// NUL-separated argv; only `head.argv_len` bytes are sent.
+    pub argv: [u8; ARGV_LEN * 2],
+}
+
+/// A tracked process finished an exec (`sched:sched_process_exec`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    /// `tgid`/`tid` are the process after exec (a thread that execs becomes the leader).
+    pub hdr: EventHeader,
+    /// Thread id that called exec (matches an earlier [`ExecArgsHeader`]).
+    pub old_tid: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+    /// comm after exec.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A tracked thread exited (`sched:sched_process_exit`, in its own context).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitEvent {
+    /// The exiting thread.
+    pub hdr: EventHeader,
+    /// `task_struct.exit_code`: `status << 8`, or the signal number (| 0x80 on core dump).
+    pub exit_code: u32,
+    /// [`exit_flags`].
+    pub flags: u32,
+    /// The process's cookie.
+    pub cookie: u64,
+    /// The thread's comm.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A tracked thread's task_struct is being freed (`sched_process_free`): every
+/// figure in it is final, including CPU time used on the way out of `do_exit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreeEvent {
+    /// The freed thread.
+    pub hdr: EventHeader,
+    /// The process's cookie.
+    pub cookie: u64,
+    /// `se.sum_exec_runtime`: nanoseconds on CPU, exact.
+    pub sum_exec_runtime: u64,
+    /// `utime` (tick-sampled nanoseconds); only its ratio to `stime` is used.
+    pub utime: u64,
+    /// `stime` (tick-sampled nanoseconds).
+    pub stime: u64,
+    /// `ioac.read_bytes`: bytes this thread caused to be read from storage.
+    pub read_bytes: u64,
+    /// `ioac.write_bytes`: bytes this thread caused to be written to storage.
+    pub write_bytes: u64,
+    /// `ioac.cancelled_write_bytes`: dirty bytes dropped by truncation.
+    pub cancelled_write_bytes: u64,
+    /// `task_struct.exit_code`.
+    pub exit_code: u32,
+    /// [`exit_flags`].
+    pub flags: u32,
+}
+
+/// Value of the `TRACKED` map (key: tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tracked {
+    /// Unique per process instance, so a reused pid never merges two processes' counters.
+    pub cookie: u64,
+}
+
+/// Value of the `DYING` map (key: task_struct address), between a tracked
+/// thread's exit and the moment its task_struct is freed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dying {
+    /// Process id.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The process's cookie.
+    pub cookie: u64,
+    /// `CLOCK_BOOTTIME` ns of the exit (lets userspace give up on a free
+    /// that never comes).
+    pub exit_ns: u64,
+}
+
+/// Key of the `NET` per-CPU map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetKey {
+    /// Process id.
+    pub tgid: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+    /// The process's cookie.
+    pub cookie: u64,
+}
+
+/// Value of the `NET` per-CPU map: one process's socket traffic on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    /// TCP bytes sent.
+    pub tcp_tx_bytes: u64,
+    /// TCP bytes received.
+    pub tcp_rx_bytes: u64,
+    /// UDP bytes sent.
+    pub udp_tx_bytes: u64,
+    /// UDP bytes received.
+    pub udp_rx_bytes: u64,
+    /// Successful TCP send calls.
+    pub tcp_tx_calls: u64,
+    /// Successful TCP receive calls.
+    pub tcp_rx_calls: u64,
+    /// Successful UDP send calls.
+    pub udp_tx_calls: u64,
+    /// Successful UDP receive calls.
+    pub udp_rx_calls: u64,
+}
+
+impl NetCounters {
+    /// Adds another CPU's (or thread's) counters into these.
+    pub fn add(&mut self, o: &NetCounters) {
+        self.tcp_tx_bytes += o.tcp_tx_bytes;
+        self.tcp_rx_bytes += o.tcp_rx_bytes;
+        self.udp_tx_bytes += o.udp_tx_bytes;
+        self.udp_rx_bytes += o.udp_rx_bytes;
+        self.tcp_tx_calls += o.tcp_tx_calls;
+        self.tcp_rx_calls += o.tcp_rx_calls;
+        self.udp_tx_calls += o.udp_tx_calls;
+        self.udp_rx_calls += o.udp_rx_calls;
+    }
+}
+
+/// Offsets the kernel side needs, found by userspace at start-up (tracepoint
+/// `format` files and the kernel's BTF) and written into the `CONFIG` global
+/// before load, so nothing about this kernel's layout is hard-coded.
+///
+/// A zero offset means "not available"; the program then skips that read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `task:task_newtask` `pid`.
+    pub newtask_pid: u16,
+    /// `task:task_newtask` `clone_flags`.
+    pub newtask_clone_flags: u16,
+    /// `sched:sched_process_exec` `pid`.
+    pub exec_pid: u16,
+    /// `sched:sched_process_exec` `old_pid`.
+    pub exec_old_pid: u16,
+    /// `sched:sched_process_exit` `group_dead` (0: field absent on this kernel).
+    pub exit_group_dead: u16,
+    /// `sock:sock_{send,recv}_length` `family`.
+    pub sock_family: u16,
+    /// `sock:sock_{send,recv}_length` `protocol`.
+    pub sock_protocol: u16,
+    /// `sock:sock_{send,recv}_length` `ret`.
+    pub sock_ret: u16,
+    /// `sock:sock_{send,recv}_length` `flags`.
+    pub sock_flags: u16,
+    /// `syscalls:sys_enter_execve` `filename`.
+    pub execve_filename: u16,
+    /// `syscalls:sys_enter_execve` `argv`.
+    pub execve_argv: u16,
+    /// `syscalls:sys_enter_execveat` `filename`.
+    pub execveat_filename: u16,
+    /// `syscalls:sys_enter_execveat` `argv`.
+    pub execveat_argv: u16,
+    /// Padding, always zero.
+    pub _pad: [u16; 3],
+    /// `task_struct.exit_code`.
+    pub task_exit_code: u32,
+    /// `task_struct.se.sum_exec_runtime`.
+    pub task_sum_exec_runtime: u32,
+    /// `task_struct.utime`.
+    pub task_utime: u32,
+    /// `task_struct.stime`.
+    pub task_stime: u32,
+    /// `task_struct.ioac.read_bytes`.
+    pub task_read_bytes: u32,
+    /// `task_struct.ioac.write_bytes`.
+    pub task_write_bytes: u32,
+    /// `task_struct.ioac.cancelled_write_bytes`.
+    pub task_cancelled_write_bytes: u32,
+    /// `task_struct.pid`: checks that a freed task is the one that exited.
+    pub task_pid: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are repr(C), made of integers and integer arrays
+    // with explicit padding, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Tracked {}
+    unsafe impl aya::Pod for super::Dying {}
+    unsafe impl aya::Pod for super::NetKey {}
+    unsafe impl aya::Pod for super::NetCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(size_of::<ForkEvent>(), 24 + 8 + 16 + 16);
+        assert_eq!(size_of::<ExecArgsHeader>(), 32);
+        assert_eq!(size_of::<ExecEvent>(), 24 + 8 + 16);
+        assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16);
+        assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 7 + 8);
+        assert_eq!(size_of::<NetKey>(), 16);
+        assert_eq!(size_of::<NetCounters>(), 64);
+        assert_eq!(size_of::<Config>(), 32 + 32);
+        assert_eq!(size_of::<Dying>(), 24);
+        assert!(ARGV_LEN.is_power_of_two());
+    }
+}

@@ -1,0 +1,103 @@
+//! pmet's kernel side. It decides which processes belong to the traced tree
+//! (the `TRACKED` map: a child joins when its creator is tracked), forwards
+//! their lifecycle through the `EVENTS` ring buffer, and counts their socket
+//! bytes in place. All policy lives in userspace; this side counts and forwards.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+// On the host (`cargo check --workspace`, clippy) this is an ordinary, empty
+// binary; the programs only mean something on the BPF target.
+#![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
+
+mod net;
+mod process;
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use pmet_common::{Config, Dying, ExecArgsEvent, NetCounters, NetKey, Tracked};
+
+/// Offsets into tracepoint records and `task_struct`, filled in by the loader.
+#[unsafe(no_mangle)]
+static CONFIG: Global<Config> = Global::new(Config {
+    newtask_pid: 0,
+    newtask_clone_flags: 0,
+    exec_pid: 0,
+    exec_old_pid: 0,
+    exit_group_dead: 0,
+    sock_family: 0,
+    sock_protocol: 0,
+    sock_ret: 0,
+    sock_flags: 0,
+    execve_filename: 0,
+    execve_argv: 0,
+    execveat_filename: 0,
+    execveat_argv: 0,
+    _pad: [0; 3],
+    task_exit_code: 0,
+    task_sum_exec_runtime: 0,
+    task_utime: 0,
+    task_stime: 0,
+    task_read_bytes: 0,
+    task_write_bytes: 0,
+    task_cancelled_write_bytes: 0,
+    task_pid: 0,
+});
+
+/// Processes in the traced tree, by tgid. Sizes here are defaults; the loader
+/// may override them.
+#[map]
+static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(65536, 0);
+
+/// Exited tracked threads, by task_struct address, until the task is freed.
+#[map]
+static DYING: HashMap<u64, Dying> = HashMap::with_max_entries(16384, 0);
+
+/// Socket bytes per tracked process. Per-CPU because this kernel's BPF target
+/// has no usable atomic add from Rust; userspace sums the CPUs.
+#[map]
+static NET: PerCpuHashMap<NetKey, NetCounters> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Lifecycle events for userspace.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Loss and failure counters, indexed by `pmet_common::counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(pmet_common::counter::LEN, 0);
+
+/// Room to build an exec-args event, too large for the 512-byte BPF stack.
+#[map]
+static SCRATCH: PerCpuArray<ExecArgsEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counts one occurrence of a loss or failure.
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; BPF programs do not preempt each other on a CPU
+        // for tracepoints, so a plain add cannot race.
+        unsafe { *p += 1 };
+    }
+}
+
+/// The tracked entry of the current process, if it is in the tree.
+#[inline(always)]
+fn tracked(tgid: u32) -> Option<Tracked> {
+    // SAFETY: the value is copied out at once.
+    unsafe { TRACKED.get(tgid).copied() }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; this only satisfies no_std.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,364 @@
+//! Process life: creation, exec (with argv, read while the caller's memory
+//! still exists), exit, and the final accounting taken when a task is freed.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::bpf_probe_read_user_str,
+    },
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use aya_log_ebpf::warn;
+use pmet_common::{
+    ARGV_LEN, COMM_LEN, Dying, EventHeader, ExecArgsEvent, ExecArgsHeader, ExecEvent, ExitEvent,
+    FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS, Tracked, counter, exec_flags, exit_flags,
+    fork_flags, kind,
+};
+
+use crate::{CONFIG, DYING, EVENTS, SCRATCH, TRACKED, bump, tracked};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+#[inline(always)]
+fn header(kind: u32, tgid: u32, tid: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        tgid,
+        tid,
+        _pad: 0,
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+    }
+}
+
+#[inline(always)]
+fn comm() -> [u8; COMM_LEN] {
+    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+}
+
+/// Splits `bpf_get_current_pid_tgid()` into (tgid, tid).
+#[inline(always)]
+fn current() -> (u32, u32) {
+    let v = bpf_get_current_pid_tgid();
+    ((v >> 32) as u32, v as u32)
+}
+
+/// Sends a fixed-size event, counting it as lost when the ring buffer is full.
+#[inline(always)]
+fn send<T: 'static>(event: T) {
+    match crate::EVENTS.reserve::<T>(0) {
+        Some(mut slot) => {
+            slot.write(event);
+            slot.submit(0);
+        }
+        None => bump(counter::RINGBUF_FULL),
+    }
+}
+
+/// A task was created (fires in the creator's context, before the new task
+/// can run). A new process joins the tree here, so nothing it does is missed.
+#[tracepoint(category = "task", name = "task_newtask")]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    match try_task_newtask(&ctx) {
+        Ok(()) => 0,
+        Err(_) => {
+            bump(counter::READ_FAILED);
+            0
+        }
+    }
+}
+
+fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
+    let (tgid, tid) = current();
+    if tracked(tgid).is_none() {
+        return Ok(());
+    }
+    let cfg = CONFIG.load();
+    // SAFETY: offsets come from this kernel's tracepoint format.
+    let child: u32 = unsafe { ctx.read_at(cfg.newtask_pid as usize)? };
+    // clone_flags is 8 bytes on current kernels and was 4 on older ones; the
+    // low word (little-endian first) holds CLONE_THREAD either way.
+    let clone_flags = u64::from(unsafe { ctx.read_at::<u32>(cfg.newtask_clone_flags as usize)? });
+    let is_thread = clone_flags & CLONE_THREAD != 0;
+    let mut flags = 0;
+    let mut cookie = 0;
+    if is_thread {
+        flags |= fork_flags::THREAD;
+    } else {
+        // SAFETY: no preconditions. Boot time is unique enough per pid: two
+        // processes with one pid cannot be created in the same nanosecond.
+        cookie = unsafe { bpf_ktime_get_boot_ns() } | 1;
+        if TRACKED.insert(child, Tracked { cookie }, 0).is_err() {
+            bump(counter::TRACKED_FULL);
+            warn!(
+                ctx,
+                "pmet: tracked-process map full; pid {} is not followed", child
+            );
+            flags |= fork_flags::UNTRACKED;
+        }
+    }
+    send(ForkEvent {
+        hdr: header(kind::FORK, tgid, tid),
+        child,
+        flags,
+        clone_flags,
+        cookie,
+        comm: comm(),
+    });
+    Ok(())
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_execve")]
+pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
+    let cfg = CONFIG.load();
+    exec_args(&ctx, cfg.execve_filename, cfg.execve_argv, 0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
+pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
+    let cfg = CONFIG.load();
+    exec_args(
+        &ctx,
+        cfg.execveat_filename,
+        cfg.execveat_argv,
+        exec_flags::EXECVEAT,
+    )
+}
+
+#[inline(always)]
+fn exec_args(ctx: &TracePointContext, off_filename: u16, off_argv: u16, flags: u16) -> u32 {
+    match try_exec_args(ctx, off_filename, off_argv, flags) {
+        Ok(()) => 0,
+        Err(_) => {
+            bump(counter::READ_FAILED);
+            0
+        }
+    }
+}
+
+/// Reads the path and argv of an exec while the caller's memory still holds
+/// them: once the exec succeeds they are gone, and a process that lives a
+/// millisecond has no /proc entry left to read.
+fn try_exec_args(
+    ctx: &TracePointContext,
+    off_filename: u16,
+    off_argv: u16,
+    mut flags: u16,
+) -> Result<(), i32> {
+    let (tgid, tid) = current();
+    if tracked(tgid).is_none() {
+        return Ok(());
+    }
+    // SAFETY: offsets come from this kernel's syscall tracepoint format.
+    let filename: u64 = unsafe { ctx.read_at(off_filename as usize)? };
+    let argv: u64 = unsafe { ctx.read_at(off_argv as usize)? };
+    let ev: *mut ExecArgsEvent = SCRATCH.get_ptr_mut(0).ok_or(-1)?;
+    // SAFETY: `ev` points at this CPU's scratch slot, large enough for every
+    // write below: each argv read starts below ARGV_LEN and reads at most
+    // ARGV_LEN bytes into a 2 * ARGV_LEN buffer.
+    unsafe {
+        let name = (*ev).filename.as_mut_ptr();
+        if bpf_probe_read_user_str(name.cast(), FILENAME_LEN as u32, filename as *const _) < 0 {
+            *name = 0;
+        }
+        let buf = (*ev).argv.as_mut_ptr();
+        let mut off: usize = 0;
+        let mut argc: u16 = 0;
+        let mut i: u32 = 0;
+        while i < MAX_ARGS {
+            let p: u64 = bpf_probe_read_user((argv as *const u64).add(i as usize)).unwrap_or(0);
+            if p == 0 {
+                break;
+            }
+            if off >= ARGV_LEN {
+                flags |= exec_flags::TRUNCATED;
+                break;
+            }
+            let start = off & (ARGV_LEN - 1);
+            let n = bpf_probe_read_user_str(buf.add(start).cast(), ARGV_LEN as u32, p as *const _);
+            if n <= 0 {
+                break;
+            }
+            off = start + n as usize;
+            argc += 1;
+            i += 1;
+        }
+        if i == MAX_ARGS {
+            let more: u64 =
+                bpf_probe_read_user((argv as *const u64).add(MAX_ARGS as usize)).unwrap_or(0);
+            if more != 0 {
+                flags |= exec_flags::TRUNCATED;
+            }
+        }
+        if off > ARGV_LEN {
+            flags |= exec_flags::TRUNCATED;
+            off = ARGV_LEN;
+        }
+        if flags & exec_flags::TRUNCATED != 0 {
+            bump(counter::ARGV_TRUNCATED);
+        }
+        (*ev).head = ExecArgsHeader {
+            hdr: header(kind::EXEC_ARGS, tgid, tid),
+            argv_len: off as u16,
+            argc,
+            flags,
+            _pad: 0,
+        };
+        // The mask is a no-op at run time (off <= ARGV_LEN); it proves the
+        // bound to the verifier.
+        let len = size_of::<ExecArgsHeader>() + FILENAME_LEN + (off & (2 * ARGV_LEN - 1));
+        let bytes = core::slice::from_raw_parts(ev as *const u8, len);
+        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            bump(counter::RINGBUF_FULL);
+        }
+    }
+    Ok(())
+}
+
+/// An exec succeeded; comm is already the new program's.
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current();
+    if tracked(tgid).is_none() {
+        return 0;
+    }
+    let cfg = CONFIG.load();
+    // SAFETY: offset from this kernel's tracepoint format.
+    let old_tid = match unsafe { ctx.read_at::<u32>(cfg.exec_old_pid as usize) } {
+        Ok(v) => v,
+        Err(_) => {
+            bump(counter::READ_FAILED);
+            tid
+        }
+    };
+    send(ExecEvent {
+        hdr: header(kind::EXEC, tgid, tid),
+        old_tid,
+        _pad: 0,
+        comm: comm(),
+    });
+    0
+}
+
+/// A thread exits (in its own context). When it is the last of its process,
+/// the process leaves the tree; its figures are read by userspace from the
+/// maps and from the free event that follows.
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current();
+    let Some(t) = tracked(tgid) else {
+        return 0;
+    };
+    let cfg = CONFIG.load();
+    let mut flags = 0;
+    let group_dead = if cfg.exit_group_dead != 0 {
+        // SAFETY: offset from this kernel's tracepoint format.
+        unsafe { ctx.read_at::<u8>(cfg.exit_group_dead as usize) }.unwrap_or(0) != 0
+    } else {
+        // Kernels before 6.16 lack the field; the leader's exit is the best
+        // available sign (wrong only when the leader exits before its threads).
+        tid == tgid
+    };
+    if group_dead {
+        flags |= exit_flags::GROUP_DEAD;
+    }
+    // SAFETY: no preconditions; the current task outlives this program.
+    let task = unsafe { bpf_get_current_task() };
+    let mut exit_code = 0;
+    if cfg.task_exit_code != 0 {
+        // SAFETY: offset from this kernel's BTF; a failed read is reported.
+        match unsafe { bpf_probe_read_kernel((task + cfg.task_exit_code as u64) as *const u32) } {
+            Ok(v) => {
+                exit_code = v;
+                flags |= exit_flags::CODE_VALID;
+            }
+            Err(_) => bump(counter::READ_FAILED),
+        }
+    }
+    if cfg.task_sum_exec_runtime != 0 {
+        let d = Dying {
+            tgid,
+            tid,
+            cookie: t.cookie,
+            // SAFETY: no preconditions.
+            exit_ns: unsafe { bpf_ktime_get_boot_ns() },
+        };
+        if DYING.insert(task, d, 0).is_err() {
+            bump(counter::DYING_FULL);
+        }
+    }
+    if group_dead {
+        let _ = TRACKED.remove(tgid);
+    }
+    send(ExitEvent {
+        hdr: header(kind::EXIT, tgid, tid),
+        exit_code,
+        flags,
+        cookie: t.cookie,
+        comm: comm(),
+    });
+    0
+}
+
+/// A task_struct is freed, after its last context switch: its CPU time now
+/// includes everything spent on the way out, which is what a parent's wait4
+/// reports. Fires for every task on the machine; one map lookup filters.
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
+    let task: u64 = ctx.arg(0);
+    // SAFETY: copied out at once.
+    let Some(d) = (unsafe { DYING.get(task).copied() }) else {
+        return 0;
+    };
+    let _ = DYING.remove(task);
+    let cfg = CONFIG.load();
+    if cfg.task_pid != 0 {
+        // The address may hold a later task when an earlier free went unseen.
+        // SAFETY: offset from this kernel's BTF; the task is still allocated.
+        let pid = unsafe { bpf_probe_read_kernel((task + cfg.task_pid as u64) as *const u32) };
+        if pid != Ok(d.tid) {
+            bump(counter::FREE_MISMATCH);
+            return 0;
+        }
+    }
+    let read = |off: u32| -> Option<u64> {
+        if off == 0 {
+            return None;
+        }
+        // SAFETY: offset from this kernel's BTF; the task is still allocated.
+        unsafe { bpf_probe_read_kernel((task + off as u64) as *const u64) }.ok()
+    };
+    let mut ev = FreeEvent {
+        hdr: header(kind::FREE, d.tgid, d.tid),
+        cookie: d.cookie,
+        ..FreeEvent::default()
+    };
+    match (
+        read(cfg.task_sum_exec_runtime),
+        read(cfg.task_utime),
+        read(cfg.task_stime),
+    ) {
+        (Some(rt), Some(u), Some(s)) => {
+            ev.sum_exec_runtime = rt;
+            ev.utime = u;
+            ev.stime = s;
+            ev.read_bytes = read(cfg.task_read_bytes).unwrap_or(0);
+            ev.write_bytes = read(cfg.task_write_bytes).unwrap_or(0);
+            ev.cancelled_write_bytes = read(cfg.task_cancelled_write_bytes).unwrap_or(0);
+            ev.flags |= exit_flags::STATS_VALID;
+        }
+        _ => bump(counter::READ_FAILED),
+    }
+    if cfg.task_exit_code != 0
+        && let Some(code) = read(cfg.task_exit_code)
+    {
+        ev.exit_code = code as u32;
+        ev.flags |= exit_flags::CODE_VALID;
+    }
+    send(ev);
+    0
+}

@@ -1,0 +1,41 @@
+//! Compiles `pmet-ebpf` for the BPF target and leaves the object in OUT_DIR,
+//! where `src/collect/ebpf.rs` embeds it with `include_bytes_aligned!`.
+
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    // The BPF target needs `-Z build-std=core`. Rather than require a nightly
+    // toolchain, build with the one compiling pmet and allow unstable flags for
+    // that inner build only (aya-build reads this variable and passes it on).
+    // SAFETY: the build script is single-threaded at this point.
+    // CARGO_TERM_QUIET keeps the inner cargo's progress lines out of the
+    // outer build's warnings; compiler diagnostics still come through.
+    unsafe {
+        std::env::set_var("RUSTC_BOOTSTRAP", "1");
+        std::env::set_var("CARGO_TERM_QUIET", "true");
+    }
+    println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".to_owned());
+
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
+    let root = std::path::Path::new(&manifest_dir)
+        .parent()
+        .ok_or_else(|| anyhow!("pmet has no parent directory"))?
+        .join("pmet-ebpf");
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    aya_build::build_ebpf(
+        [Package {
+            name: "pmet-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
+        Toolchain::Custom(&toolchain),
+    )
+    .context(
+        "building the eBPF programs failed; `cargo xtask setup` installs what they need \
+         (bpf-linker built against LLVM 22, and the rust-src component)",
+    )
+}

@@ -1,0 +1,162 @@
+//! `task_struct` offsets read from the running kernel's BTF.
+//!
+//! aya's Rust eBPF has no CO-RE relocations, so the kernel side never
+//! hard-codes a struct layout: the loader resolves the few fields it reads
+//! here and passes their offsets in through the `CONFIG` global.
+
+use std::path::Path;
+
+use btf_rs::{Backend, Btf, Type};
+
+use crate::error::Error;
+
+/// Where the running kernel publishes its BTF.
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// Byte offsets inside `struct task_struct`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `exit_code`.
+    pub exit_code: u32,
+    /// `se.sum_exec_runtime`.
+    pub sum_exec_runtime: u32,
+    /// `utime`.
+    pub utime: u32,
+    /// `stime`.
+    pub stime: u32,
+    /// `ioac.read_bytes` (0: no I/O accounting in this kernel).
+    pub read_bytes: u32,
+    /// `ioac.write_bytes`.
+    pub write_bytes: u32,
+    /// `ioac.cancelled_write_bytes`.
+    pub cancelled_write_bytes: u32,
+    /// `pid` (the thread id).
+    pub pid: u32,
+}
+
+/// Resolves [`TaskOffsets`] from a BTF file.
+pub fn task_offsets(path: &Path) -> Result<TaskOffsets, Error> {
+    let err = |what: String| Error::Btf {
+        path: path.to_owned(),
+        what,
+    };
+    if !path.exists() {
+        return Err(err(
+            "not found (the kernel needs CONFIG_DEBUG_INFO_BTF=y)".into()
+        ));
+    }
+    // mmap: only the handful of types below are decoded, which keeps start-up fast.
+    let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+        .or_else(|_| Btf::from_file(path))
+        .map_err(|e| err(format!("unreadable: {e}")))?;
+    let task = find_struct(&btf, "task_struct").map_err(err)?;
+    let off = |path: &[&str]| member_offset(&btf, &task, path).map_err(err);
+    let opt = |path: &[&str]| member_offset(&btf, &task, path).ok();
+    Ok(TaskOffsets {
+        exit_code: off(&["exit_code"])?,
+        sum_exec_runtime: off(&["se", "sum_exec_runtime"])?,
+        utime: off(&["utime"])?,
+        stime: off(&["stime"])?,
+        read_bytes: opt(&["ioac", "read_bytes"]).unwrap_or(0),
+        write_bytes: opt(&["ioac", "write_bytes"]).unwrap_or(0),
+        cancelled_write_bytes: opt(&["ioac", "cancelled_write_bytes"]).unwrap_or(0),
+        pid: off(&["pid"])?,
+    })
+}
+
+fn find_struct(btf: &Btf, name: &str) -> Result<Type, String> {
+    btf.resolve_types_by_name(name)
+        .map_err(|e| format!("no type {name}: {e}"))?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))
+        .ok_or_else(|| format!("no struct {name}"))
+}
+
+/// Follows typedefs and qualifiers to the underlying struct or union.
+fn resolve_aggregate(btf: &Btf, mut t: Type) -> Option<Type> {
+    for _ in 0..16 {
+        match t {
+            Type::Struct(_) | Type::Union(_) => return Some(t),
+            Type::Typedef(ref x) => t = btf.resolve_chained_type(x).ok()?,
+            Type::Const(ref x) => t = btf.resolve_chained_type(x).ok()?,
+            Type::Volatile(ref x) => t = btf.resolve_chained_type(x).ok()?,
+            Type::Restrict(ref x) => t = btf.resolve_chained_type(x).ok()?,
+            Type::TypeTag(ref x) => t = btf.resolve_chained_type(x).ok()?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn members(t: &Type) -> &[btf_rs::Member] {
+    match t {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        _ => &[],
+    }
+}
+
+/// Byte offset of `path` (e.g. `["se", "sum_exec_runtime"]`) in `outer`,
+/// looking through anonymous structs and unions as C does.
+fn member_offset(btf: &Btf, outer: &Type, path: &[&str]) -> Result<u32, String> {
+    let Some((first, rest)) = path.split_first() else {
+        return Ok(0);
+    };
+    let (bits, ty) = find_member(btf, outer, first, 0)
+        .ok_or_else(|| format!("task_struct has no member {}", path.join(".")))?;
+    if bits % 8 != 0 {
+        return Err(format!("{} is a bitfield", path.join(".")));
+    }
+    if rest.is_empty() {
+        return Ok(bits / 8);
+    }
+    let inner = resolve_aggregate(btf, ty).ok_or_else(|| format!("{first} is not a struct"))?;
+    Ok(bits / 8 + member_offset(btf, &inner, rest)?)
+}
+
+fn find_member(btf: &Btf, outer: &Type, name: &str, depth: u32) -> Option<(u32, Type)> {
+    if depth > 8 {
+        return None;
+    }
+    for m in members(outer) {
+        let mname = btf.resolve_name(m).unwrap_or_default();
+        if mname == name {
+            return Some((m.bit_offset(), btf.resolve_chained_type(m).ok()?));
+        }
+        if mname.is_empty() {
+            let inner = resolve_aggregate(btf, btf.resolve_chained_type(m).ok()?)?;
+            if let Some((bits, t)) = find_member(btf, &inner, name, depth + 1) {
+                return Some((m.bit_offset() + bits, t));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_this_kernels_task_struct() {
+        let path = Path::new(VMLINUX);
+        if !path.exists() {
+            // Pure-logic suite on a machine without BTF: nothing to resolve.
+            assert!(std::env::var_os("CI").is_none(), "CI machines have BTF");
+            return;
+        }
+        let o = task_offsets(path).unwrap();
+        assert!(o.exit_code > 0 && o.sum_exec_runtime > 0 && o.utime > 0 && o.stime > 0);
+        assert!(o.pid > o.exit_code, "pid follows exit_code in task_struct");
+        assert_eq!(o.stime, o.utime + 8, "stime follows utime in task_struct");
+        assert_eq!(o.write_bytes, o.read_bytes + 8);
+        assert_eq!(o.cancelled_write_bytes, o.write_bytes + 8);
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = task_offsets(Path::new("/nonexistent/vmlinux"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/vmlinux"), "{e}");
+    }
+}

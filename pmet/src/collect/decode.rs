@@ -1,0 +1,252 @@
+//! Ring-buffer records from the kernel side, decoded into [`Event`]s.
+
+use std::mem::size_of;
+
+use pmet_common::{
+    EventHeader, ExecArgsHeader, ExecEvent, ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent,
+    exec_flags, exit_flags, fork_flags, kind,
+};
+
+use crate::model::event::{Event, ThreadTotals};
+
+/// Reads a `T` from the start of `b` if it is long enough.
+fn read<T: Copy>(b: &[u8]) -> Option<T> {
+    if b.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; T is a repr(C) integer-only type from
+    // pmet-common, valid for any bit pattern; read_unaligned tolerates the
+    // ring buffer's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+}
+
+/// A NUL-terminated (or full) byte string.
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Decodes one record; `None` for a record too short or of an unknown kind.
+pub fn decode(b: &[u8]) -> Option<Event> {
+    let hdr: EventHeader = read(b)?;
+    match hdr.kind {
+        kind::FORK => {
+            let e: ForkEvent = read(b)?;
+            Some(Event::Fork {
+                ts_ns: e.hdr.ts_ns,
+                parent_tgid: e.hdr.tgid,
+                child: e.child,
+                cookie: e.cookie,
+                thread: e.flags & fork_flags::THREAD != 0,
+                untracked: e.flags & fork_flags::UNTRACKED != 0,
+                comm: cstr(&e.comm),
+            })
+        }
+        kind::EXEC_ARGS => {
+            let h: ExecArgsHeader = read(b)?;
+            let rest = &b[size_of::<ExecArgsHeader>()..];
+            if rest.len() < FILENAME_LEN {
+                return None;
+            }
+            let filename = cstr(&rest[..FILENAME_LEN]);
+            let argv_bytes = &rest[FILENAME_LEN..];
+            let argv_bytes = &argv_bytes[..(h.argv_len as usize).min(argv_bytes.len())];
+            let mut argv: Vec<String> = argv_bytes
+                .split(|&c| c == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            // The buffer ends with a NUL, leaving one empty piece.
+            if argv_bytes.last() == Some(&0) {
+                argv.pop();
+            }
+            argv.truncate(h.argc as usize);
+            Some(Event::ExecArgs {
+                ts_ns: h.hdr.ts_ns,
+                tid: h.hdr.tid,
+                filename,
+                argv,
+                truncated: h.flags & exec_flags::TRUNCATED != 0,
+            })
+        }
+        kind::EXEC => {
+            let e: ExecEvent = read(b)?;
+            Some(Event::Exec {
+                ts_ns: e.hdr.ts_ns,
+                tgid: e.hdr.tgid,
+                old_tid: e.old_tid,
+                comm: cstr(&e.comm),
+            })
+        }
+        kind::EXIT => {
+            let e: ExitEvent = read(b)?;
+            Some(Event::Exit {
+                ts_ns: e.hdr.ts_ns,
+                tgid: e.hdr.tgid,
+                tid: e.hdr.tid,
+                cookie: e.cookie,
+                group_dead: e.flags & exit_flags::GROUP_DEAD != 0,
+                exit_code: (e.flags & exit_flags::CODE_VALID != 0).then_some(e.exit_code),
+                comm: cstr(&e.comm),
+            })
+        }
+        kind::FREE => {
+            let e: FreeEvent = read(b)?;
+            Some(Event::Free {
+                ts_ns: e.hdr.ts_ns,
+                tgid: e.hdr.tgid,
+                tid: e.hdr.tid,
+                cookie: e.cookie,
+                totals: (e.flags & exit_flags::STATS_VALID != 0).then_some(ThreadTotals {
+                    runtime_ns: e.sum_exec_runtime,
+                    utime_ns: e.utime,
+                    stime_ns: e.stime,
+                    read_bytes: e.read_bytes,
+                    write_bytes: e.write_bytes,
+                    cancelled_write_bytes: e.cancelled_write_bytes,
+                }),
+                exit_code: (e.flags & exit_flags::CODE_VALID != 0).then_some(e.exit_code),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pmet_common::COMM_LEN;
+
+    fn bytes<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a repr(C) value.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn comm(s: &str) -> [u8; COMM_LEN] {
+        let mut c = [0; COMM_LEN];
+        c[..s.len()].copy_from_slice(s.as_bytes());
+        c
+    }
+
+    fn hdr(kind: u32, tgid: u32, tid: u32) -> EventHeader {
+        EventHeader {
+            kind,
+            tgid,
+            tid,
+            _pad: 0,
+            ts_ns: 42,
+        }
+    }
+
+    #[test]
+    fn fork_and_thread() {
+        let e = ForkEvent {
+            hdr: hdr(kind::FORK, 10, 11),
+            child: 12,
+            flags: 0,
+            clone_flags: 0x11,
+            cookie: 7,
+            comm: comm("bash"),
+        };
+        assert_eq!(
+            decode(&bytes(&e)),
+            Some(Event::Fork {
+                ts_ns: 42,
+                parent_tgid: 10,
+                child: 12,
+                cookie: 7,
+                thread: false,
+                untracked: false,
+                comm: "bash".into()
+            })
+        );
+        let t = ForkEvent {
+            flags: fork_flags::THREAD,
+            ..e
+        };
+        assert!(matches!(
+            decode(&bytes(&t)),
+            Some(Event::Fork { thread: true, .. })
+        ));
+    }
+
+    #[test]
+    fn exec_args_variable_length() {
+        let h = ExecArgsHeader {
+            hdr: hdr(kind::EXEC_ARGS, 10, 11),
+            argv_len: 15,
+            argc: 3,
+            flags: 0,
+            _pad: 0,
+        };
+        let mut b = bytes(&h);
+        let mut name = [0u8; FILENAME_LEN];
+        name[..9].copy_from_slice(b"/bin/echo");
+        b.extend_from_slice(&name);
+        b.extend_from_slice(b"echo\0a b\0\xffz\0");
+        assert_eq!(b.len(), size_of::<ExecArgsHeader>() + FILENAME_LEN + 12);
+        // argv_len larger than what arrived is clamped, not a panic.
+        let ev = decode(&b).unwrap();
+        assert_eq!(
+            ev,
+            Event::ExecArgs {
+                ts_ns: 42,
+                tid: 11,
+                filename: "/bin/echo".into(),
+                argv: vec!["echo".into(), "a b".into(), "\u{fffd}z".into()],
+                truncated: false
+            }
+        );
+    }
+
+    #[test]
+    fn exit_and_free_flags() {
+        let e = ExitEvent {
+            hdr: hdr(kind::EXIT, 10, 10),
+            exit_code: 3 << 8,
+            flags: exit_flags::GROUP_DEAD | exit_flags::CODE_VALID,
+            cookie: 5,
+            comm: comm("sh"),
+        };
+        assert!(matches!(
+            decode(&bytes(&e)),
+            Some(Event::Exit {
+                group_dead: true,
+                exit_code: Some(768),
+                cookie: 5,
+                ..
+            })
+        ));
+        let e = ExitEvent { flags: 0, ..e };
+        assert!(matches!(
+            decode(&bytes(&e)),
+            Some(Event::Exit {
+                group_dead: false,
+                exit_code: None,
+                ..
+            })
+        ));
+        let f = FreeEvent {
+            hdr: hdr(kind::FREE, 10, 10),
+            cookie: 5,
+            sum_exec_runtime: 999,
+            flags: exit_flags::STATS_VALID,
+            ..FreeEvent::default()
+        };
+        match decode(&bytes(&f)) {
+            Some(Event::Free {
+                totals: Some(t),
+                exit_code: None,
+                ..
+            }) => assert_eq!(t.runtime_ns, 999),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn short_or_unknown_records_are_rejected() {
+        assert_eq!(decode(&[]), None);
+        assert_eq!(decode(&bytes(&hdr(99, 1, 1))), None);
+        assert_eq!(decode(&bytes(&hdr(kind::FORK, 1, 1))), None);
+        assert_eq!(decode(&bytes(&hdr(kind::EXEC_ARGS, 1, 1))), None);
+    }
+}

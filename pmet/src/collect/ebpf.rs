@@ -1,0 +1,298 @@
+//! Loading, configuring and attaching the kernel-side programs, and the
+//! userspace ends of their maps.
+//!
+//! Every hook pmet uses is a classic tracepoint except `sched_process_free`, a
+//! BTF tracepoint (fentry/fexit and kprobes are not available on the kernels
+//! pmet targets). Dropping [`Kernel`] detaches everything.
+
+use std::os::fd::AsRawFd;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use aya_log::EbpfLogger;
+use pmet_common::{Config, NetCounters, NetKey, Tracked, counter};
+
+use super::{btf::TaskOffsets, tracefs::Tracefs};
+use crate::error::Error;
+
+/// The compiled kernel side, embedded at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pmet-ebpf"));
+
+/// Classic tracepoints: (program, category, name).
+const TRACEPOINTS: [(&str, &str, &str); 7] = [
+    ("task_newtask", "task", "task_newtask"),
+    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
+    ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sock_send_length", "sock", "sock_send_length"),
+    ("sock_recv_length", "sock", "sock_recv_length"),
+];
+
+/// Finds every tracepoint field offset the programs need.
+pub fn tracepoint_config(tracefs: &Tracefs) -> Result<Config, Error> {
+    let send = |f| tracefs.offset("sock", "sock_send_length", f);
+    let recv = |f| tracefs.offset("sock", "sock_recv_length", f);
+    let cfg = Config {
+        newtask_pid: tracefs.offset("task", "task_newtask", "pid")?,
+        newtask_clone_flags: tracefs.offset("task", "task_newtask", "clone_flags")?,
+        exec_pid: tracefs.offset("sched", "sched_process_exec", "pid")?,
+        exec_old_pid: tracefs.offset("sched", "sched_process_exec", "old_pid")?,
+        exit_group_dead: tracefs
+            .try_offset("sched", "sched_process_exit", "group_dead")?
+            .unwrap_or(0),
+        sock_family: send("family")?,
+        sock_protocol: send("protocol")?,
+        sock_ret: send("ret")?,
+        sock_flags: recv("flags")?,
+        execve_filename: tracefs.offset("syscalls", "sys_enter_execve", "filename")?,
+        execve_argv: tracefs.offset("syscalls", "sys_enter_execve", "argv")?,
+        execveat_filename: tracefs.offset("syscalls", "sys_enter_execveat", "filename")?,
+        execveat_argv: tracefs.offset("syscalls", "sys_enter_execveat", "argv")?,
+        ..Config::default()
+    };
+    // One program reads both socket tracepoints with the same offsets; they
+    // share an event class, but check rather than assume.
+    for f in ["family", "protocol", "ret"] {
+        if send(f)? != recv(f)? {
+            return Err(Error::Other(format!(
+                "sock:sock_send_length and sock:sock_recv_length disagree on the offset of `{f}`"
+            )));
+        }
+    }
+    Ok(cfg)
+}
+
+/// Adds the task_struct offsets to `cfg`.
+pub fn with_task_offsets(mut cfg: Config, o: &TaskOffsets) -> Config {
+    cfg.task_exit_code = o.exit_code;
+    cfg.task_sum_exec_runtime = o.sum_exec_runtime;
+    cfg.task_utime = o.utime;
+    cfg.task_stime = o.stime;
+    cfg.task_read_bytes = o.read_bytes;
+    cfg.task_write_bytes = o.write_bytes;
+    cfg.task_cancelled_write_bytes = o.cancelled_write_bytes;
+    cfg.task_pid = o.pid;
+    cfg
+}
+
+/// The loaded and attached kernel side.
+pub struct Kernel {
+    // Field order matters for drop: maps and logger before the object.
+    /// Lifecycle events.
+    pub events: RingBuf<MapData>,
+    /// Kernel-side log records (aya-log), when the object has any.
+    pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    tracked: HashMap<MapData, u32, Tracked>,
+    net: PerCpuHashMap<MapData, NetKey, NetCounters>,
+    counters: PerCpuArray<MapData, u64>,
+    dying: HashMap<MapData, u64, pmet_common::Dying>,
+    /// Final per-thread figures at free time are available.
+    pub exit_totals: bool,
+    /// They include storage I/O.
+    pub kernel_io: bool,
+    _ebpf: Ebpf,
+}
+
+fn raise_memlock() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to a local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        // Kernels since 5.11 charge BPF memory to the cgroup instead.
+        log::debug!(
+            "setrlimit(RLIMIT_MEMLOCK) refused: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn program_error(
+    program: &str,
+    hook: String,
+    action: &'static str,
+    e: impl std::error::Error,
+) -> Error {
+    let mut detail = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        src = s.source();
+    }
+    Error::Program {
+        program: program.to_owned(),
+        hook,
+        action,
+        detail,
+    }
+}
+
+impl Kernel {
+    /// Loads and attaches everything. `task` is `None` when the kernel's BTF
+    /// could not give the task_struct offsets; exit totals then come from
+    /// taskstats alone.
+    pub fn load(cfg: Config, task: Option<&TaskOffsets>) -> Result<Self, Error> {
+        raise_memlock();
+        let cfg = match task {
+            Some(t) => with_task_offsets(cfg, t),
+            None => cfg,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &cfg, true)
+            .load(OBJECT)
+            .map_err(|e| Error::Load(error_chain(&e)))?;
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("no kernel-side log: {e}");
+                None
+            }
+        };
+        for (prog, cat, name) in TRACEPOINTS {
+            let hook = format!("tracepoint {cat}:{name}");
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| Error::Load(format!("program {prog} missing from the object")))?
+                .try_into()
+                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
+            p.load()
+                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
+            p.attach(cat, name)
+                .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
+        }
+        let mut exit_totals = false;
+        if task.is_some() {
+            let prog = "sched_process_free";
+            let hook = "BTF tracepoint sched_process_free".to_owned();
+            let btf = Btf::from_sys_fs().map_err(|e| Error::Btf {
+                path: super::btf::VMLINUX.into(),
+                what: e.to_string(),
+            })?;
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| Error::Load(format!("program {prog} missing from the object")))?
+                .try_into()
+                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
+            p.load("sched_process_free", &btf)
+                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
+            p.attach()
+                .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
+            exit_totals = true;
+        }
+        let map = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(Error::Map {
+                map: name,
+                detail: "missing from the object".into(),
+            })
+        };
+        let bad = |name: &'static str| {
+            move |e: aya::maps::MapError| Error::Map {
+                map: name,
+                detail: e.to_string(),
+            }
+        };
+        let events = RingBuf::try_from(map(&mut ebpf, "EVENTS")?).map_err(bad("EVENTS"))?;
+        let tracked = HashMap::try_from(map(&mut ebpf, "TRACKED")?).map_err(bad("TRACKED"))?;
+        let net = PerCpuHashMap::try_from(map(&mut ebpf, "NET")?).map_err(bad("NET"))?;
+        let counters =
+            PerCpuArray::try_from(map(&mut ebpf, "COUNTERS")?).map_err(bad("COUNTERS"))?;
+        let dying = HashMap::try_from(map(&mut ebpf, "DYING")?).map_err(bad("DYING"))?;
+        Ok(Self {
+            events,
+            logger,
+            tracked,
+            net,
+            counters,
+            dying,
+            exit_totals,
+            kernel_io: task.is_some_and(|t| t.read_bytes != 0),
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Puts a process in the traced tree.
+    pub fn track(&mut self, pid: u32, cookie: u64) -> Result<(), Error> {
+        self.tracked
+            .insert(pid, Tracked { cookie }, 0)
+            .map_err(|e| Error::Map {
+                map: "TRACKED",
+                detail: format!("cannot track pid {pid}: {e}"),
+            })
+    }
+
+    /// The kernel's view of whether a process is still tracked.
+    pub fn tracked(&self, pid: u32) -> Option<u64> {
+        self.tracked.get(&pid, 0).ok().map(|t| t.cookie)
+    }
+
+    /// A process's socket counters, summed over CPUs.
+    pub fn net(&self, pid: u32, cookie: u64) -> Option<NetCounters> {
+        let key = NetKey {
+            tgid: pid,
+            _pad: 0,
+            cookie,
+        };
+        let per_cpu = self.net.get(&key, 0).ok()?;
+        let mut sum = NetCounters::default();
+        for c in per_cpu.iter() {
+            sum.add(c);
+        }
+        Some(sum)
+    }
+
+    /// Reads and removes an exited process's counters.
+    pub fn take_net(&mut self, pid: u32, cookie: u64) -> Option<NetCounters> {
+        let v = self.net(pid, cookie);
+        if v.is_some() {
+            let _ = self.net.remove(&NetKey {
+                tgid: pid,
+                _pad: 0,
+                cookie,
+            });
+        }
+        v
+    }
+
+    /// Loss counters summed over CPUs, indexed by `pmet_common::counter`.
+    pub fn counters(&self) -> [u64; counter::LEN as usize] {
+        let mut out = [0; counter::LEN as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            if let Ok(v) = self.counters.get(&(i as u32), 0) {
+                *o = v.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Exited threads still waiting to be freed, by task address.
+    pub fn dying(&self) -> Vec<(u64, pmet_common::Dying)> {
+        self.dying.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Forgets an exited thread whose free was not seen.
+    pub fn forget_dying(&mut self, task: u64) {
+        let _ = self.dying.remove(&task);
+    }
+
+    /// Raw fd of the event ring buffer, for polling.
+    pub fn events_fd(&self) -> i32 {
+        self.events.as_raw_fd()
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}

@@ -1,0 +1,9 @@
+//! Where figures come from: the kernel side's events and maps, taskstats exit
+//! records, and /proc.
+
+pub mod btf;
+pub mod decode;
+pub mod ebpf;
+pub mod procfs;
+pub mod taskstats;
+pub mod tracefs;

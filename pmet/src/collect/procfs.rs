@@ -1,0 +1,332 @@
+//! Reading processes from /proc: the periodic samples of live processes, and
+//! the existing tree when attaching to a running process.
+//!
+//! Parsers take the file's text so they are tested without a live process.
+
+use std::{collections::HashMap, fs, io, path::PathBuf};
+
+/// One look at a live process, taken from /proc/PID/{stat,status,io}.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// `CLOCK_BOOTTIME` nanoseconds when it was taken.
+    pub ts_ns: u64,
+    /// User CPU, clock ticks (whole process, exited threads included).
+    pub utime_ticks: u64,
+    /// System CPU, clock ticks.
+    pub stime_ticks: u64,
+    /// Resident set size now, bytes.
+    pub rss_bytes: u64,
+    /// Peak resident set size so far (VmHWM), bytes.
+    pub hwm_bytes: u64,
+    /// Threads now.
+    pub threads: u32,
+    /// Storage bytes read (None when /proc/PID/io is not readable).
+    pub read_bytes: Option<u64>,
+    /// Storage bytes written.
+    pub write_bytes: Option<u64>,
+    /// Process start, clock ticks after boot (identifies the instance of a pid).
+    pub start_ticks: u64,
+}
+
+/// Fields of /proc/PID/stat that pmet uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stat {
+    /// Process id.
+    pub pid: u32,
+    /// comm, without the parentheses.
+    pub comm: String,
+    /// State letter.
+    pub state: char,
+    /// Parent pid.
+    pub ppid: u32,
+    /// User CPU, ticks.
+    pub utime: u64,
+    /// System CPU, ticks.
+    pub stime: u64,
+    /// Threads.
+    pub num_threads: u32,
+    /// Start time, ticks after boot.
+    pub starttime: u64,
+    /// Resident pages.
+    pub rss_pages: u64,
+}
+
+/// Parses /proc/PID/stat. comm may hold spaces and parentheses, so fields are
+/// counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text[..open].trim().parse().ok()?;
+    let comm = text[open + 1..close].to_owned();
+    let rest: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
+    // rest[0] is field 3 (state); field N is rest[N - 3].
+    let f = |n: usize| rest.get(n - 3).copied();
+    Some(Stat {
+        pid,
+        comm,
+        state: f(3)?.chars().next()?,
+        ppid: f(4)?.parse().ok()?,
+        utime: f(14)?.parse().ok()?,
+        stime: f(15)?.parse().ok()?,
+        num_threads: f(20)?.parse().ok()?,
+        starttime: f(22)?.parse().ok()?,
+        rss_pages: f(24)?.parse().ok()?,
+    })
+}
+
+/// Reads `Key:   value kB` lines of /proc/PID/status, in bytes or plain numbers.
+pub fn parse_status(text: &str) -> HashMap<&str, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            let mut it = v.split_ascii_whitespace();
+            let n: u64 = it.next()?.parse().ok()?;
+            let n = if it.next() == Some("kB") { n * 1024 } else { n };
+            Some((k, n))
+        })
+        .collect()
+}
+
+/// Reads /proc/PID/io (`read_bytes`, `write_bytes`, ...).
+pub fn parse_io(text: &str) -> HashMap<&str, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            Some((k, v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Splits /proc/PID/cmdline into arguments.
+pub fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Where /proc is; tests point it elsewhere.
+#[derive(Clone, Debug)]
+pub struct Procfs {
+    root: PathBuf,
+    /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+    pub ticks_per_s: u64,
+    /// Page size, bytes.
+    pub page_size: u64,
+}
+
+impl Default for Procfs {
+    fn default() -> Self {
+        Self::new("/proc")
+    }
+}
+
+impl Procfs {
+    /// A reader of the proc filesystem mounted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        Self {
+            root: root.into(),
+            ticks_per_s: if tck > 0 { tck as u64 } else { 100 },
+            page_size: if page > 0 { page as u64 } else { 4096 },
+        }
+    }
+
+    fn path(&self, pid: u32, file: &str) -> PathBuf {
+        self.root.join(pid.to_string()).join(file)
+    }
+
+    /// /proc/PID/stat, parsed.
+    pub fn stat(&self, pid: u32) -> io::Result<Stat> {
+        let text = fs::read_to_string(self.path(pid, "stat"))?;
+        parse_stat(&text).ok_or_else(|| io::Error::other(format!("unparsable /proc/{pid}/stat")))
+    }
+
+    /// /proc/PID/cmdline, split.
+    pub fn cmdline(&self, pid: u32) -> io::Result<Vec<String>> {
+        Ok(parse_cmdline(&fs::read(self.path(pid, "cmdline"))?))
+    }
+
+    /// Samples a live process. `None` when it is gone.
+    pub fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample> {
+        let stat = self.stat(pid).ok()?;
+        if stat.state == 'Z' || stat.state == 'X' {
+            // A zombie's figures are no longer its own to sample.
+            return None;
+        }
+        let status = fs::read_to_string(self.path(pid, "status")).ok()?;
+        let status = parse_status(&status);
+        let io = fs::read_to_string(self.path(pid, "io")).ok();
+        let io = io.as_deref().map(parse_io);
+        Some(Sample {
+            ts_ns,
+            utime_ticks: stat.utime,
+            stime_ticks: stat.stime,
+            rss_bytes: status
+                .get("VmRSS")
+                .copied()
+                .unwrap_or(stat.rss_pages * self.page_size),
+            hwm_bytes: status.get("VmHWM").copied().unwrap_or(0),
+            threads: status
+                .get("Threads")
+                .map(|&t| t as u32)
+                .unwrap_or(stat.num_threads),
+            read_bytes: io.as_ref().and_then(|m| m.get("read_bytes").copied()),
+            write_bytes: io.as_ref().and_then(|m| m.get("write_bytes").copied()),
+            start_ticks: stat.starttime,
+        })
+    }
+
+    /// Per-thread figures of a live process, for the attach-time baseline:
+    /// (tid, runtime ns, utime ticks, stime ticks, read bytes, write bytes).
+    pub fn threads(&self, pid: u32) -> Vec<ThreadFigures> {
+        let Ok(dir) = fs::read_dir(self.path(pid, "task")) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| {
+            let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let base = self.path(pid, "task").join(tid.to_string());
+            let stat = parse_stat(&fs::read_to_string(base.join("stat")).ok()?)?;
+            let runtime_ns = fs::read_to_string(base.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_ascii_whitespace().next()?.parse().ok());
+            let io = fs::read_to_string(base.join("io")).ok();
+            let io = io.as_deref().map(parse_io);
+            Some(ThreadFigures {
+                tid,
+                runtime_ns,
+                utime_ticks: stat.utime,
+                stime_ticks: stat.stime,
+                read_bytes: io.as_ref().and_then(|m| m.get("read_bytes").copied()),
+                write_bytes: io.as_ref().and_then(|m| m.get("write_bytes").copied()),
+            })
+        })
+        .collect()
+    }
+
+    /// Every process's parent, for walking a subtree.
+    pub fn parents(&self) -> HashMap<u32, u32> {
+        let Ok(dir) = fs::read_dir(&self.root) else {
+            return HashMap::new();
+        };
+        dir.filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let st = self.stat(pid).ok()?;
+            Some((pid, st.ppid))
+        })
+        .collect()
+    }
+
+    /// `pid` and all its live descendants, parents before children.
+    pub fn subtree(&self, pid: u32) -> Vec<u32> {
+        let parents = self.parents();
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (&c, &p) in &parents {
+            children.entry(p).or_default().push(c);
+        }
+        let mut out = vec![pid];
+        let mut i = 0;
+        while i < out.len() {
+            if let Some(cs) = children.get(&out[i]) {
+                let mut cs = cs.clone();
+                cs.sort_unstable();
+                out.extend(cs);
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// Whether a process with this pid exists now (zombies included).
+    pub fn exists(&self, pid: u32) -> bool {
+        self.path(pid, "stat").exists()
+    }
+}
+
+/// One thread's figures at attach time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadFigures {
+    /// Thread id.
+    pub tid: u32,
+    /// Nanoseconds on CPU (/proc/PID/task/TID/schedstat), when available.
+    pub runtime_ns: Option<u64>,
+    /// User CPU, ticks.
+    pub utime_ticks: u64,
+    /// System CPU, ticks.
+    pub stime_ticks: u64,
+    /// Storage bytes read.
+    pub read_bytes: Option<u64>,
+    /// Storage bytes written.
+    pub write_bytes: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "4242 (we (ird) name) S 4000 4242 4000 34816 4242 4194304 1201 0 0 0 \
+        250 37 0 0 20 0 3 0 123456 25165824 3328 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 \
+        17 1 0 0 0 0 0";
+
+    #[test]
+    fn stat_survives_parentheses_and_spaces_in_comm() {
+        let s = parse_stat(STAT).unwrap();
+        assert_eq!(s.pid, 4242);
+        assert_eq!(s.comm, "we (ird) name");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 4000);
+        assert_eq!(s.utime, 250);
+        assert_eq!(s.stime, 37);
+        assert_eq!(s.num_threads, 3);
+        assert_eq!(s.starttime, 123456);
+        assert_eq!(s.rss_pages, 3328);
+    }
+
+    #[test]
+    fn stat_rejects_garbage() {
+        assert_eq!(parse_stat(""), None);
+        assert_eq!(parse_stat("12 (x) S 1"), None);
+    }
+
+    #[test]
+    fn status_in_bytes() {
+        let m = parse_status("Name:\tbash\nVmHWM:\t    5000 kB\nVmRSS:\t  4000 kB\nThreads:\t7\n");
+        assert_eq!(m["VmHWM"], 5000 * 1024);
+        assert_eq!(m["VmRSS"], 4000 * 1024);
+        assert_eq!(m["Threads"], 7);
+        assert!(!m.contains_key("Name"));
+    }
+
+    #[test]
+    fn io_fields() {
+        let m = parse_io("rchar: 10\nwchar: 20\nread_bytes: 4096\nwrite_bytes: 8192\n");
+        assert_eq!(m["read_bytes"], 4096);
+        assert_eq!(m["write_bytes"], 8192);
+    }
+
+    #[test]
+    fn cmdline_split() {
+        assert_eq!(
+            parse_cmdline(b"python3\0-c\0print(1)\0"),
+            ["python3", "-c", "print(1)"]
+        );
+        assert_eq!(parse_cmdline(b"a\0\0b\0"), ["a", "", "b"]);
+        assert!(parse_cmdline(b"").is_empty());
+    }
+
+    #[test]
+    fn samples_this_process() {
+        let p = Procfs::default();
+        let s = p.sample(std::process::id(), 1).unwrap();
+        assert!(s.rss_bytes > 0);
+        assert!(s.hwm_bytes >= s.rss_bytes);
+        assert!(s.threads >= 1);
+        assert!(p.subtree(std::process::id()).contains(&std::process::id()));
+    }
+}

@@ -1,0 +1,23 @@
+//! pmet: follows a program and its whole process tree and tells the truth
+//! about what it used.
+//!
+//! Data flows one way through the modules:
+//! - [`collect`]: kernel events (eBPF), exit records (taskstats) and /proc
+//!   samples come in;
+//! - [`model`]: they are merged into one model of the process tree;
+//! - [`report`] and [`render`]: the JSON report and the human summary go out.
+//!
+//! [`trace`] runs a session; [`launch`] starts the traced command so that
+//! nothing it does is missed.
+
+pub mod cli;
+pub mod collect;
+pub mod error;
+pub mod launch;
+pub mod model;
+pub mod privileges;
+pub mod render;
+pub mod report;
+pub mod trace;
+
+pub use error::Error;

@@ -1,0 +1,96 @@
+//! What the tree model is told: kernel events decoded into plain Rust values.
+
+/// Final figures of one thread, read from its task_struct as it is freed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadTotals {
+    /// Nanoseconds on CPU (exact).
+    pub runtime_ns: u64,
+    /// Tick-sampled user time, ns (for the user/system split).
+    pub utime_ns: u64,
+    /// Tick-sampled system time, ns.
+    pub stime_ns: u64,
+    /// Storage bytes read.
+    pub read_bytes: u64,
+    /// Storage bytes written.
+    pub write_bytes: u64,
+    /// Dirty bytes cancelled by truncation.
+    pub cancelled_write_bytes: u64,
+}
+
+/// One thing the kernel saw happen in the traced tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A tracked task created a process or a thread.
+    Fork {
+        /// `CLOCK_BOOTTIME` ns.
+        ts_ns: u64,
+        /// The creator's process.
+        parent_tgid: u32,
+        /// The new task's id (its pid when a process).
+        child: u32,
+        /// The new process's cookie (0 for a thread).
+        cookie: u64,
+        /// A thread rather than a process.
+        thread: bool,
+        /// The kernel could not track the new process (map full).
+        untracked: bool,
+        /// The creator's comm, inherited.
+        comm: String,
+    },
+    /// A tracked task called exec with these arguments (it may still fail).
+    ExecArgs {
+        /// `CLOCK_BOOTTIME` ns.
+        ts_ns: u64,
+        /// Calling thread.
+        tid: u32,
+        /// Path given to exec.
+        filename: String,
+        /// Arguments.
+        argv: Vec<String>,
+        /// argv was cut short.
+        truncated: bool,
+    },
+    /// A tracked process finished an exec.
+    Exec {
+        /// `CLOCK_BOOTTIME` ns.
+        ts_ns: u64,
+        /// The process.
+        tgid: u32,
+        /// The thread that called exec.
+        old_tid: u32,
+        /// comm of the new program.
+        comm: String,
+    },
+    /// A tracked thread exited.
+    Exit {
+        /// `CLOCK_BOOTTIME` ns.
+        ts_ns: u64,
+        /// The process.
+        tgid: u32,
+        /// The thread.
+        tid: u32,
+        /// The process's cookie.
+        cookie: u64,
+        /// It was the last thread: the process is gone.
+        group_dead: bool,
+        /// Raw `task_struct.exit_code` when it could be read.
+        exit_code: Option<u32>,
+        /// The thread's comm.
+        comm: String,
+    },
+    /// A tracked thread's task_struct was freed; its figures are final.
+    Free {
+        /// `CLOCK_BOOTTIME` ns.
+        ts_ns: u64,
+        /// The process.
+        tgid: u32,
+        /// The thread.
+        tid: u32,
+        /// The process's cookie.
+        cookie: u64,
+        /// Final CPU and I/O, when they could be read.
+        totals: Option<ThreadTotals>,
+        /// Raw `exit_code`.
+        exit_code: Option<u32>,
+    },
+}

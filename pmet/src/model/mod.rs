@@ -1,0 +1,4 @@
+//! The process tree, built from everything collected.
+
+pub mod event;
+pub mod tree;

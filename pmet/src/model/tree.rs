@@ -1,0 +1,798 @@
+//! The one model of the traced tree: every process ever seen, who started
+//! whom, when, with which argv, and what each used. Kernel events, taskstats
+//! records and /proc samples are all merged here; the summary and the JSON
+//! report are both produced from it.
+
+use std::collections::HashMap;
+
+use pmet_common::NetCounters;
+
+use super::event::{Event, ThreadTotals};
+use crate::collect::{procfs::Sample, taskstats::TaskStats};
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal killed it.
+    Signal {
+        /// Signal number.
+        signal: i32,
+        /// A core was dumped.
+        core_dumped: bool,
+    },
+}
+
+impl ExitStatus {
+    /// Decodes a kernel `exit_code` / wait status.
+    pub fn from_raw(raw: u32) -> Self {
+        let sig = (raw & 0x7f) as i32;
+        if sig == 0 {
+            ExitStatus::Code(((raw >> 8) & 0xff) as i32)
+        } else {
+            ExitStatus::Signal {
+                signal: sig,
+                core_dumped: raw & 0x80 != 0,
+            }
+        }
+    }
+
+    /// The status a shell would report: the code, or 128 + the signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal { signal, .. } => 128 + signal,
+        }
+    }
+}
+
+/// Figures of a process at the moment tracing began (attach mode), subtracted
+/// so a report counts only what happened while pmet watched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Baseline {
+    /// Runtime of the threads alive at attach, ns (matched by their frees).
+    pub thread_runtime_ns: u64,
+    /// Their tick-sampled user time, ns.
+    pub thread_utime_ns: u64,
+    /// Their tick-sampled system time, ns.
+    pub thread_stime_ns: u64,
+    /// Their storage bytes read.
+    pub thread_read_bytes: u64,
+    /// Their storage bytes written.
+    pub thread_write_bytes: u64,
+    /// Whole-process sample at attach (for figures of still-live processes).
+    pub sample: Option<Sample>,
+}
+
+/// Sums of the per-thread records taskstats sent for one process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskstatsTotals {
+    /// Records received (one per exited thread).
+    pub records: u32,
+    /// User µs.
+    pub utime_us: u64,
+    /// System µs.
+    pub stime_us: u64,
+    /// Runtime ns.
+    pub run_ns: u64,
+    /// Peak RSS, KiB (shared by the threads: the max).
+    pub hiwater_rss_kb: u64,
+    /// Storage bytes read.
+    pub read_bytes: u64,
+    /// Storage bytes written.
+    pub write_bytes: u64,
+    /// Voluntary context switches.
+    pub nvcsw: u64,
+    /// Involuntary context switches.
+    pub nivcsw: u64,
+    /// Minor faults.
+    pub minflt: u64,
+    /// Major faults.
+    pub majflt: u64,
+    /// The exit code of the record flagged as the group's last.
+    pub group_exit_code: Option<u32>,
+}
+
+/// One process ever seen in the tree.
+#[derive(Clone, Debug, Default)]
+pub struct Proc {
+    /// Process id.
+    pub pid: u32,
+    /// Parent pid (the creator), when known.
+    pub ppid: Option<u32>,
+    /// Index of the parent in [`Tree::procs`], when it is in the tree.
+    pub parent: Option<usize>,
+    /// Indices of the children, in creation order.
+    pub children: Vec<usize>,
+    /// Kernel-side identity of this instance of the pid.
+    pub cookie: u64,
+    /// Name (the last exec's comm).
+    pub comm: String,
+    /// Arguments of the last exec (inherited from the parent until it execs).
+    pub argv: Vec<String>,
+    /// Path given to the last exec.
+    pub exe: Option<String>,
+    /// argv was cut short by the kernel-side limit.
+    pub argv_truncated: bool,
+    /// Successful execs.
+    pub execs: u32,
+    /// `CLOCK_BOOTTIME` ns when it started.
+    pub start_ns: u64,
+    /// `CLOCK_BOOTTIME` ns when it exited; `None` while alive.
+    pub end_ns: Option<u64>,
+    /// How it ended.
+    pub exit: Option<ExitStatus>,
+    /// Its exit was never seen (lost event); it is no longer running.
+    pub vanished: bool,
+    /// The kernel could not follow it (its map was full).
+    pub untracked: bool,
+    /// It was already running when tracing began.
+    pub preexisting: bool,
+    /// Threads alive now.
+    pub threads_alive: u32,
+    /// Most threads alive at once.
+    pub max_threads: u32,
+    /// Threads that exited and are not yet freed.
+    pub threads_unfreed: u32,
+    /// Sum of freed threads' final figures.
+    pub freed: ThreadTotals,
+    /// Freed threads whose figures were readable.
+    pub freed_threads: u32,
+    /// Freed threads whose figures were not readable.
+    pub freed_unreadable: u32,
+    /// Exited threads whose free was never seen by the kernel side.
+    pub freed_missing: u32,
+    /// Exit-time records from taskstats.
+    pub taskstats: TaskstatsTotals,
+    /// The latest /proc sample.
+    pub last_sample: Option<Sample>,
+    /// Samples taken.
+    pub samples: u32,
+    /// Highest VmHWM seen in samples, bytes.
+    pub sampled_peak_rss: u64,
+    /// Socket traffic (final once `net_final`).
+    pub net: NetCounters,
+    /// `net` was read after the process exited.
+    pub net_final: bool,
+    /// Attach-time figures to subtract.
+    pub baseline: Baseline,
+}
+
+impl Proc {
+    /// Still running (as far as pmet knows).
+    pub fn alive(&self) -> bool {
+        self.end_ns.is_none() && !self.vanished
+    }
+
+    /// Every thread's final figures have arrived: CPU and disk are exact.
+    pub fn totals_complete(&self) -> bool {
+        !self.alive()
+            && self.threads_alive == 0
+            && self.threads_unfreed == 0
+            && self.freed_threads > 0
+            && self.freed_unreadable == 0
+            && self.freed_missing == 0
+    }
+}
+
+/// Everything known about the traced tree.
+#[derive(Debug, Default)]
+pub struct Tree {
+    /// Every process, in the order pmet learned of it.
+    pub procs: Vec<Proc>,
+    /// Live processes by pid.
+    live: HashMap<u32, usize>,
+    /// Every process by (pid, cookie).
+    by_key: HashMap<(u32, u64), usize>,
+    /// The latest process to hold each pid.
+    latest: HashMap<u32, usize>,
+    /// exec arguments waiting for their exec to succeed, by thread id.
+    pending_exec: HashMap<u32, (String, Vec<String>, bool)>,
+    /// The process pmet launched or attached to.
+    pub root: Option<usize>,
+    /// Kernel events applied.
+    pub events: u64,
+    /// Events about processes pmet did not know (should stay 0).
+    pub orphan_events: u64,
+    /// Most processes alive at once.
+    pub max_alive: usize,
+}
+
+/// cputime_adjust() as the kernel does it for getrusage/wait4: the exact
+/// runtime split in the ratio of the tick-sampled user and system times.
+pub fn split_runtime(runtime_ns: u64, utime: u64, stime: u64) -> (u64, u64) {
+    if stime == 0 {
+        return (runtime_ns, 0);
+    }
+    if utime == 0 {
+        return (0, runtime_ns);
+    }
+    let s = (u128::from(stime) * u128::from(runtime_ns) / (u128::from(stime) + u128::from(utime)))
+        as u64;
+    (runtime_ns - s, s)
+}
+
+impl Tree {
+    /// An empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn insert(&mut self, p: Proc) -> usize {
+        let i = self.procs.len();
+        let (pid, cookie) = (p.pid, p.cookie);
+        if let Some(parent) = p.parent {
+            self.procs[parent].children.push(i);
+        }
+        if let Some(&old) = self.live.get(&pid) {
+            // The pid was reused while pmet still thought the old holder lived:
+            // its exit was lost.
+            self.procs[old].vanished = true;
+        }
+        let alive = p.alive();
+        self.procs.push(p);
+        if alive {
+            self.live.insert(pid, i);
+        }
+        self.by_key.insert((pid, cookie), i);
+        self.latest.insert(pid, i);
+        self.max_alive = self.max_alive.max(self.live.len());
+        i
+    }
+
+    /// Adds the process pmet launched: tracked before it could run.
+    pub fn add_root(&mut self, pid: u32, cookie: u64, start_ns: u64, argv: Vec<String>) -> usize {
+        let i = self.insert(Proc {
+            pid,
+            ppid: Some(std::process::id()),
+            cookie,
+            comm: argv
+                .first()
+                .map(|a| a.rsplit('/').next().unwrap_or(a).chars().take(15).collect())
+                .unwrap_or_default(),
+            argv,
+            start_ns,
+            threads_alive: 1,
+            max_threads: 1,
+            ..Proc::default()
+        });
+        self.root = Some(i);
+        i
+    }
+
+    /// Adds a process that was running before tracing began (attach mode).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_existing(
+        &mut self,
+        pid: u32,
+        ppid: u32,
+        cookie: u64,
+        start_ns: u64,
+        comm: String,
+        argv: Vec<String>,
+        threads: u32,
+        baseline: Baseline,
+    ) -> usize {
+        let parent = self.live.get(&ppid).copied();
+        let i = self.insert(Proc {
+            pid,
+            ppid: Some(ppid),
+            parent,
+            cookie,
+            comm,
+            argv,
+            start_ns,
+            preexisting: true,
+            threads_alive: threads.max(1),
+            max_threads: threads.max(1),
+            baseline,
+            ..Proc::default()
+        });
+        if self.root.is_none() {
+            self.root = Some(i);
+        }
+        i
+    }
+
+    /// The live process with this pid.
+    pub fn live(&self, pid: u32) -> Option<&Proc> {
+        self.live.get(&pid).map(|&i| &self.procs[i])
+    }
+
+    /// Pids and cookies of live processes.
+    pub fn live_keys(&self) -> Vec<(u32, u64)> {
+        let mut v: Vec<_> = self
+            .live
+            .values()
+            .map(|&i| (self.procs[i].pid, self.procs[i].cookie))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Processes alive now.
+    pub fn alive_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Exited processes whose final figures have not all arrived.
+    pub fn awaiting_totals(&self) -> usize {
+        self.procs
+            .iter()
+            .filter(|p| !p.alive() && !p.vanished && !p.untracked && p.threads_unfreed > 0)
+            .count()
+    }
+
+    /// Applies one kernel event.
+    pub fn apply(&mut self, ev: Event) {
+        self.events += 1;
+        match ev {
+            Event::Fork {
+                ts_ns,
+                parent_tgid,
+                child,
+                cookie,
+                thread,
+                untracked,
+                comm,
+            } => {
+                let Some(&pi) = self.live.get(&parent_tgid) else {
+                    self.orphan_events += 1;
+                    return;
+                };
+                if thread {
+                    let p = &mut self.procs[pi];
+                    p.threads_alive += 1;
+                    p.max_threads = p.max_threads.max(p.threads_alive);
+                    return;
+                }
+                let parent = &self.procs[pi];
+                let proc = Proc {
+                    pid: child,
+                    ppid: Some(parent.pid),
+                    parent: Some(pi),
+                    cookie,
+                    comm,
+                    argv: parent.argv.clone(),
+                    exe: parent.exe.clone(),
+                    argv_truncated: parent.argv_truncated,
+                    start_ns: ts_ns,
+                    untracked,
+                    threads_alive: 1,
+                    max_threads: 1,
+                    ..Proc::default()
+                };
+                let i = self.insert(proc);
+                if untracked {
+                    // Not followed by the kernel: no exit will come.
+                    self.procs[i].vanished = true;
+                    self.live.remove(&child);
+                }
+            }
+            Event::ExecArgs {
+                tid,
+                filename,
+                argv,
+                truncated,
+                ..
+            } => {
+                self.pending_exec.insert(tid, (filename, argv, truncated));
+            }
+            Event::Exec {
+                tgid,
+                old_tid,
+                comm,
+                ..
+            } => {
+                let Some(&i) = self.live.get(&tgid) else {
+                    self.orphan_events += 1;
+                    return;
+                };
+                let p = &mut self.procs[i];
+                p.comm = comm;
+                p.execs += 1;
+                if let Some((filename, argv, truncated)) = self.pending_exec.remove(&old_tid) {
+                    p.exe = Some(filename);
+                    p.argv = argv;
+                    p.argv_truncated = truncated;
+                }
+            }
+            Event::Exit {
+                ts_ns,
+                tgid,
+                tid,
+                cookie,
+                group_dead,
+                exit_code,
+                comm,
+            } => {
+                self.pending_exec.remove(&tid);
+                let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
+                    self.orphan_events += 1;
+                    return;
+                };
+                let p = &mut self.procs[i];
+                p.threads_alive = p.threads_alive.saturating_sub(1);
+                p.threads_unfreed += 1;
+                if group_dead {
+                    p.end_ns = Some(ts_ns);
+                    if p.comm.is_empty() {
+                        p.comm = comm;
+                    }
+                    if let Some(raw) = exit_code {
+                        p.exit = Some(ExitStatus::from_raw(raw));
+                    }
+                    // Threads pmet never saw start (attach mode) are gone too.
+                    p.threads_alive = 0;
+                    if self.live.get(&tgid) == Some(&i) {
+                        self.live.remove(&tgid);
+                    }
+                }
+            }
+            Event::Free {
+                tgid,
+                tid,
+                cookie,
+                totals,
+                exit_code,
+                ..
+            } => {
+                let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
+                    self.orphan_events += 1;
+                    return;
+                };
+                let p = &mut self.procs[i];
+                p.threads_unfreed = p.threads_unfreed.saturating_sub(1);
+                match totals {
+                    Some(t) => {
+                        p.freed.runtime_ns += t.runtime_ns;
+                        p.freed.utime_ns += t.utime_ns;
+                        p.freed.stime_ns += t.stime_ns;
+                        p.freed.read_bytes += t.read_bytes;
+                        p.freed.write_bytes += t.write_bytes;
+                        p.freed.cancelled_write_bytes += t.cancelled_write_bytes;
+                        p.freed_threads += 1;
+                    }
+                    None => p.freed_unreadable += 1,
+                }
+                if p.exit.is_none() && tid == tgid && !p.alive() {
+                    p.exit = exit_code.map(ExitStatus::from_raw);
+                }
+            }
+        }
+    }
+
+    /// Records a taskstats exit record if it belongs to the tree.
+    pub fn apply_taskstats(&mut self, ts: &TaskStats) -> bool {
+        let Some(&i) = self.latest.get(&ts.tgid) else {
+            return false;
+        };
+        let p = &mut self.procs[i];
+        let t = &mut p.taskstats;
+        t.records += 1;
+        t.utime_us += ts.utime_us;
+        t.stime_us += ts.stime_us;
+        t.run_ns += ts.run_ns;
+        t.hiwater_rss_kb = t.hiwater_rss_kb.max(ts.hiwater_rss_kb);
+        t.read_bytes += ts.read_bytes;
+        t.write_bytes += ts.write_bytes;
+        t.nvcsw += ts.nvcsw;
+        t.nivcsw += ts.nivcsw;
+        t.minflt += ts.minflt;
+        t.majflt += ts.majflt;
+        if ts.flags & crate::collect::taskstats::AGROUP != 0 {
+            t.group_exit_code = Some(ts.exit_code);
+        }
+        true
+    }
+
+    /// Records a /proc sample of a live process.
+    pub fn apply_sample(&mut self, pid: u32, s: Sample) {
+        let Some(&i) = self.live.get(&pid) else {
+            return;
+        };
+        let p = &mut self.procs[i];
+        if p.baseline.sample.is_none() && p.preexisting && p.samples == 0 {
+            // Should have been set at attach; keep deltas sane regardless.
+            p.baseline.sample = Some(s);
+        }
+        p.samples += 1;
+        p.sampled_peak_rss = p.sampled_peak_rss.max(s.hwm_bytes).max(s.rss_bytes);
+        p.max_threads = p.max_threads.max(s.threads);
+        p.last_sample = Some(s);
+    }
+
+    /// Records a process's socket counters (final when it has exited).
+    pub fn set_net(&mut self, pid: u32, cookie: u64, net: NetCounters, final_: bool) {
+        if let Some(&i) = self.by_key.get(&(pid, cookie)) {
+            self.procs[i].net = net;
+            self.procs[i].net_final |= final_;
+        }
+    }
+
+    /// Gives up on the free of one exited thread of a process: its final
+    /// figures will come from taskstats instead.
+    pub fn free_missed(&mut self, pid: u32, cookie: u64) {
+        if let Some(&i) = self.by_key.get(&(pid, cookie)) {
+            let p = &mut self.procs[i];
+            if p.threads_unfreed > 0 {
+                p.threads_unfreed -= 1;
+                p.freed_missing += 1;
+            }
+        }
+    }
+
+    /// Exited threads whose free was never seen, over all processes.
+    pub fn frees_missed(&self) -> u64 {
+        self.procs.iter().map(|p| u64::from(p.freed_missing)).sum()
+    }
+
+    /// Marks a live process as gone without an exit event (its event was lost).
+    pub fn mark_vanished(&mut self, pid: u32, ts_ns: u64) {
+        if let Some(i) = self.live.remove(&pid) {
+            let p = &mut self.procs[i];
+            p.vanished = true;
+            p.end_ns = Some(ts_ns);
+        }
+    }
+
+    /// Sets the root's exit status as wait() reported it (authoritative).
+    pub fn set_root_exit(&mut self, status: ExitStatus) {
+        if let Some(r) = self.root {
+            self.procs[r].exit = Some(status);
+        }
+    }
+
+    /// Pids of processes that exited and whose taskstats record has not come.
+    pub fn awaiting_taskstats(&self) -> usize {
+        self.procs
+            .iter()
+            .filter(|p| !p.alive() && !p.vanished && !p.untracked && p.taskstats.records == 0)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fork(parent: u32, child: u32, cookie: u64, ts: u64) -> Event {
+        Event::Fork {
+            ts_ns: ts,
+            parent_tgid: parent,
+            child,
+            cookie,
+            thread: false,
+            untracked: false,
+            comm: "sh".into(),
+        }
+    }
+    fn thread(parent: u32, tid: u32) -> Event {
+        Event::Fork {
+            ts_ns: 0,
+            parent_tgid: parent,
+            child: tid,
+            cookie: 0,
+            thread: true,
+            untracked: false,
+            comm: "sh".into(),
+        }
+    }
+    fn exit(tgid: u32, tid: u32, cookie: u64, dead: bool, code: u32, ts: u64) -> Event {
+        Event::Exit {
+            ts_ns: ts,
+            tgid,
+            tid,
+            cookie,
+            group_dead: dead,
+            exit_code: Some(code),
+            comm: "x".into(),
+        }
+    }
+    fn free(tgid: u32, tid: u32, cookie: u64, rt: u64, u: u64, s: u64) -> Event {
+        Event::Free {
+            ts_ns: 0,
+            tgid,
+            tid,
+            cookie,
+            totals: Some(ThreadTotals {
+                runtime_ns: rt,
+                utime_ns: u,
+                stime_ns: s,
+                read_bytes: 10,
+                write_bytes: 20,
+                cancelled_write_bytes: 0,
+            }),
+            exit_code: Some(0),
+        }
+    }
+
+    #[test]
+    fn exit_status_decoding() {
+        assert_eq!(ExitStatus::from_raw(3 << 8), ExitStatus::Code(3));
+        assert_eq!(ExitStatus::from_raw(0), ExitStatus::Code(0));
+        assert_eq!(
+            ExitStatus::from_raw(9),
+            ExitStatus::Signal {
+                signal: 9,
+                core_dumped: false
+            }
+        );
+        assert_eq!(
+            ExitStatus::from_raw(0x80 | 11),
+            ExitStatus::Signal {
+                signal: 11,
+                core_dumped: true
+            }
+        );
+        assert_eq!(ExitStatus::from_raw(15).shell_code(), 143);
+    }
+
+    #[test]
+    fn split_matches_kernel_cputime_adjust() {
+        assert_eq!(split_runtime(1000, 0, 0), (1000, 0));
+        assert_eq!(split_runtime(1000, 3, 0), (1000, 0));
+        assert_eq!(split_runtime(1000, 0, 3), (0, 1000));
+        assert_eq!(split_runtime(1000, 3, 1), (750, 250));
+        let (u, s) = split_runtime(u64::MAX / 2, u64::MAX / 3, u64::MAX / 3);
+        assert_eq!(u + s, u64::MAX / 2);
+    }
+
+    #[test]
+    fn builds_the_tree_and_inherits_argv_until_exec() {
+        let mut t = Tree::new();
+        t.add_root(
+            100,
+            1,
+            1_000,
+            vec!["/bin/sh".into(), "-c".into(), "x".into()],
+        );
+        t.apply(fork(100, 101, 11, 2_000));
+        t.apply(Event::ExecArgs {
+            ts_ns: 2_100,
+            tid: 101,
+            filename: "/bin/true".into(),
+            argv: vec!["true".into()],
+            truncated: false,
+        });
+        // A failed attempt by another thread must not leak into 101.
+        t.apply(Event::ExecArgs {
+            ts_ns: 2_100,
+            tid: 999,
+            filename: "/nope".into(),
+            argv: vec!["nope".into()],
+            truncated: false,
+        });
+        t.apply(Event::Exec {
+            ts_ns: 2_200,
+            tgid: 101,
+            old_tid: 101,
+            comm: "true".into(),
+        });
+        t.apply(fork(100, 102, 12, 2_300));
+        assert_eq!(t.alive_count(), 3);
+        let c = &t.procs[1];
+        assert_eq!((c.pid, c.ppid, c.parent), (101, Some(100), Some(0)));
+        assert_eq!(c.argv, ["true"]);
+        assert_eq!(c.exe.as_deref(), Some("/bin/true"));
+        assert_eq!(c.comm, "true");
+        let d = &t.procs[2];
+        assert_eq!(
+            d.argv,
+            ["/bin/sh", "-c", "x"],
+            "fork without exec keeps argv"
+        );
+        assert_eq!(t.procs[0].children, [1, 2]);
+        assert_eq!(t.max_alive, 3);
+    }
+
+    #[test]
+    fn exit_and_free_give_exact_final_figures() {
+        let mut t = Tree::new();
+        t.add_root(100, 1, 0, vec!["a".into()]);
+        t.apply(fork(100, 101, 11, 10));
+        t.apply(thread(101, 150));
+        t.apply(thread(101, 151));
+        assert_eq!(t.procs[1].max_threads, 3);
+        t.apply(exit(101, 150, 11, false, 0, 20));
+        t.apply(free(101, 150, 11, 1_000, 1, 1));
+        assert!(t.procs[1].alive());
+        t.apply(exit(101, 151, 11, false, 7 << 8, 30));
+        t.apply(exit(101, 101, 11, true, 7 << 8, 31));
+        assert!(!t.procs[1].alive());
+        assert_eq!(t.procs[1].exit, Some(ExitStatus::Code(7)));
+        assert!(!t.procs[1].totals_complete(), "two threads still unfreed");
+        assert_eq!(t.awaiting_totals(), 1);
+        t.apply(free(101, 151, 11, 2_000, 0, 4));
+        t.apply(free(101, 101, 11, 3_000, 4, 0));
+        let p = &t.procs[1];
+        assert!(p.totals_complete());
+        assert_eq!(p.freed.runtime_ns, 6_000);
+        assert_eq!((p.freed.utime_ns, p.freed.stime_ns), (5, 5));
+        assert_eq!(p.freed.read_bytes, 30);
+        assert_eq!(p.end_ns, Some(31));
+        assert_eq!(t.alive_count(), 1);
+        assert_eq!(t.awaiting_totals(), 0);
+    }
+
+    #[test]
+    fn reused_pid_keeps_two_processes_apart() {
+        let mut t = Tree::new();
+        t.add_root(100, 1, 0, vec![]);
+        t.apply(fork(100, 200, 21, 10));
+        t.apply(exit(200, 200, 21, true, 0, 11));
+        t.apply(fork(100, 200, 22, 12));
+        t.apply(free(200, 200, 21, 500, 1, 0));
+        t.apply(exit(200, 200, 22, true, 1 << 8, 13));
+        t.apply(free(200, 200, 22, 700, 1, 0));
+        assert_eq!(t.procs.len(), 3);
+        assert_eq!(t.procs[1].freed.runtime_ns, 500);
+        assert_eq!(t.procs[1].exit, Some(ExitStatus::Code(0)));
+        assert_eq!(t.procs[2].freed.runtime_ns, 700);
+        assert_eq!(t.procs[2].exit, Some(ExitStatus::Code(1)));
+    }
+
+    #[test]
+    fn reparented_orphans_stay_under_their_creator() {
+        let mut t = Tree::new();
+        t.add_root(100, 1, 0, vec![]);
+        t.apply(fork(100, 101, 11, 1));
+        t.apply(fork(101, 102, 12, 2));
+        t.apply(exit(101, 101, 11, true, 0, 3));
+        // 102 now belongs to init in the kernel's eyes, but is still in the tree
+        // and still alive.
+        t.apply(fork(102, 103, 13, 4));
+        assert_eq!(t.alive_count(), 3);
+        assert_eq!(t.procs[3].parent, Some(2));
+        assert_eq!(t.procs[2].ppid, Some(101));
+    }
+
+    #[test]
+    fn events_about_unknown_processes_are_counted_not_applied() {
+        let mut t = Tree::new();
+        t.add_root(100, 1, 0, vec![]);
+        t.apply(fork(555, 556, 1, 1));
+        t.apply(exit(777, 777, 5, true, 0, 1));
+        assert_eq!(t.procs.len(), 1);
+        assert_eq!(t.orphan_events, 2);
+    }
+
+    #[test]
+    fn lost_exit_is_marked_vanished() {
+        let mut t = Tree::new();
+        t.add_root(100, 1, 0, vec![]);
+        t.apply(fork(100, 101, 11, 1));
+        t.mark_vanished(101, 50);
+        assert_eq!(t.alive_count(), 1);
+        assert!(t.procs[1].vanished);
+        assert_eq!(t.procs[1].exit, None);
+    }
+
+    #[test]
+    fn taskstats_records_join_the_latest_holder_of_the_pid() {
+        let mut t = Tree::new();
+        t.add_root(100, 1, 0, vec![]);
+        let mut ts = TaskStats {
+            tid: 100,
+            tgid: 100,
+            hiwater_rss_kb: 500,
+            utime_us: 10,
+            flags: crate::collect::taskstats::AGROUP,
+            exit_code: 2 << 8,
+            ..TaskStats::default()
+        };
+        assert!(t.apply_taskstats(&ts));
+        ts.tid = 105;
+        ts.hiwater_rss_kb = 400;
+        ts.flags = 0;
+        assert!(t.apply_taskstats(&ts));
+        ts.tgid = 4444;
+        assert!(!t.apply_taskstats(&ts));
+        let p = &t.procs[0].taskstats;
+        assert_eq!(p.records, 2);
+        assert_eq!(p.hiwater_rss_kb, 500);
+        assert_eq!(p.utime_us, 20);
+        assert_eq!(p.group_exit_code, Some(2 << 8));
+    }
+}

@@ -1,0 +1,4 @@
+//! Output for people.
+
+pub mod summary;
+pub mod units;

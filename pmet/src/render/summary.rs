@@ -1,0 +1,266 @@
+//! The short human summary printed when a trace ends, made from the report
+//! alone (so a saved report renders the same way).
+
+use std::fmt::Write as _;
+
+use super::units::{bytes, command_line, duration, fit, signal_name};
+use crate::report::{ProcessReport, Report};
+
+/// How many processes the "busiest" table lists.
+const TOP: usize = 5;
+
+fn status(p: &ProcessReport) -> String {
+    match (p.exit_code, p.exit_signal, p.end_offset_s) {
+        (_, Some(s), _) => format!("killed by {}", signal_name(s)),
+        (Some(c), _, _) => format!("exit {c}"),
+        (None, None, None) if p.vanished => "gone (exit unseen)".into(),
+        (None, None, None) => "running".into(),
+        (None, None, Some(_)) => "exited (status unknown)".into(),
+    }
+}
+
+fn cpu(p: &ProcessReport) -> Option<f64> {
+    Some(p.cpu_user_s? + p.cpu_system_s?)
+}
+
+fn name(p: &ProcessReport) -> String {
+    if p.argv.is_empty() {
+        p.comm.clone()
+    } else {
+        command_line(&p.argv)
+    }
+}
+
+/// Renders the summary for a terminal `width` columns wide.
+pub fn summary(r: &Report, width: usize) -> String {
+    let width = width.max(60);
+    let mut o = String::new();
+    let what = match &r.command {
+        Some(c) => command_line(c),
+        None => format!("pid {}", r.root_pid),
+    };
+    let _ = writeln!(o, "pmet: {}", fit(&what, width - 6));
+    let root_status = match (r.exit_code, r.exit_signal) {
+        (_, Some(s)) => format!("killed by {}", signal_name(s)),
+        (Some(c), _) => format!("exit {c}"),
+        _ => "still running".into(),
+    };
+    let t = &r.totals;
+    let alive = r
+        .processes
+        .iter()
+        .filter(|p| p.end_offset_s.is_none() && !p.vanished)
+        .count();
+    let mut line = format!(
+        "  {root_status} after {} · {} process{}",
+        duration(r.duration_s),
+        t.processes,
+        if t.processes == 1 { "" } else { "es" }
+    );
+    if t.failed_processes > 0 {
+        let _ = write!(line, " ({} failed)", t.failed_processes);
+    }
+    if alive > 0 {
+        let _ = write!(line, " · {alive} still running");
+    }
+    if let Some(why) = &r.stopped_early {
+        let _ = write!(line, " · stopped early ({why})");
+    }
+    let _ = writeln!(o, "{line}");
+    let _ = writeln!(
+        o,
+        "  cpu   {} user + {} system",
+        duration(t.cpu_user_s),
+        duration(t.cpu_system_s)
+    );
+    let _ = writeln!(
+        o,
+        "  disk  {} read · {} written",
+        bytes(t.disk_read_bytes),
+        bytes(t.disk_write_bytes)
+    );
+    if r.collector.ebpf {
+        let n = &t.net;
+        let _ = writeln!(
+            o,
+            "  net   TCP {} sent, {} received · UDP {} sent, {} received",
+            bytes(n.tcp.tx_bytes),
+            bytes(n.tcp.rx_bytes),
+            bytes(n.udp.tx_bytes),
+            bytes(n.udp.rx_bytes)
+        );
+    } else {
+        let _ = writeln!(o, "  net   unknown (no eBPF)");
+    }
+    if t.processes_without_figures > 0 {
+        let _ = writeln!(
+            o,
+            "  note  {} process(es) have no CPU/disk figures (see `figures` in the report)",
+            t.processes_without_figures
+        );
+    }
+    if r.collector.lost_events > 0 {
+        let l = &r.collector.lost;
+        let _ = writeln!(
+            o,
+            "  LOST  {} (ring buffer {}, map full {}, exits unseen {}, totals missing {}, taskstats overflows {})",
+            r.collector.lost_events,
+            l.ring_buffer,
+            l.tracked_map_full + l.net_map_full + l.dying_map_full,
+            l.exits_unseen,
+            l.totals_missing,
+            l.taskstats_overflows
+        );
+    }
+
+    let mut busy: Vec<&ProcessReport> = r.processes.iter().filter(|p| cpu(p).is_some()).collect();
+    busy.sort_by(|a, b| {
+        cpu(b)
+            .partial_cmp(&cpu(a))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    busy.truncate(TOP);
+    if r.processes.len() > 1 && !busy.is_empty() {
+        let _ = writeln!(o, "  busiest by CPU:");
+        let _ = writeln!(
+            o,
+            "    {:>7}  {:>9}  {:>9}  {:>19}  command",
+            "pid", "cpu", "peak rss", "net sent/received"
+        );
+        for p in busy {
+            let net = p
+                .net
+                .map(|n| {
+                    format!(
+                        "{}/{}",
+                        bytes(n.tcp.tx_bytes + n.udp.tx_bytes),
+                        bytes(n.tcp.rx_bytes + n.udp.rx_bytes)
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+            let head = format!(
+                "    {:>7}  {:>9}  {:>9}  {:>19}  ",
+                p.pid,
+                cpu(p).map(duration).unwrap_or_else(|| "-".into()),
+                p.peak_rss_bytes.map(bytes).unwrap_or_else(|| "-".into()),
+                net
+            );
+            let room = width.saturating_sub(head.chars().count()).max(10);
+            let _ = writeln!(o, "{head}{}", fit(&name(p), room));
+        }
+    }
+    let failed: Vec<&ProcessReport> = r
+        .processes
+        .iter()
+        .filter(|p| p.exit_signal.is_some() || p.exit_code.is_some_and(|c| c != 0))
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(o, "  failed:");
+        for p in failed.iter().take(TOP) {
+            let head = format!("    {:>7}  {:<18}  ", p.pid, status(p));
+            let room = width.saturating_sub(head.chars().count()).max(10);
+            let _ = writeln!(o, "{head}{}", fit(&name(p), room));
+        }
+        if failed.len() > TOP {
+            let _ = writeln!(o, "    … and {} more", failed.len() - TOP);
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Collector, Net, Totals, Traffic};
+
+    fn report() -> Report {
+        let p = |pid, code, sig, cpu: f64, argv: &[&str]| ProcessReport {
+            pid,
+            ppid: Some(1),
+            comm: argv[0].into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            start_offset_s: 0.0,
+            end_offset_s: Some(1.0),
+            exit_code: code,
+            exit_signal: sig,
+            cpu_user_s: Some(cpu),
+            cpu_system_s: Some(0.0),
+            peak_rss_bytes: Some(13 << 20),
+            max_threads: Some(1),
+            disk_read_bytes: Some(0),
+            disk_write_bytes: Some(0),
+            net: Some(Net {
+                tcp: Traffic {
+                    tx_bytes: 100_000,
+                    ..Traffic::default()
+                },
+                ..Net::default()
+            }),
+            figures: "exit".into(),
+            ..ProcessReport::default()
+        };
+        Report {
+            schema: "pmet.report.v1".into(),
+            pmet_version: "0.1.0".into(),
+            command: Some(vec!["sh".into(), "-c".into(), "run it".into()]),
+            root_pid: 10,
+            started_at: "2026-11-26T12:00:00.000Z".into(),
+            duration_s: 2.5,
+            exit_code: Some(1),
+            exit_signal: None,
+            collector: Collector {
+                ebpf: true,
+                interval_ms: 1000,
+                ..Collector::default()
+            },
+            totals: Totals {
+                processes: 3,
+                cpu_user_s: 1.5,
+                failed_processes: 2,
+                net: Net {
+                    tcp: Traffic {
+                        tx_bytes: 300_000,
+                        ..Traffic::default()
+                    },
+                    ..Net::default()
+                },
+                ..Totals::default()
+            },
+            processes: vec![
+                p(10, Some(1), None, 0.25, &["sh", "-c", "run it"]),
+                p(11, Some(0), None, 1.0, &["python3", "work.py"]),
+                p(12, None, Some(9), 0.25, &["sleep", "10"]),
+            ],
+            mode: "launch".into(),
+            stopped_early: None,
+            host: None,
+        }
+    }
+
+    #[test]
+    fn tells_the_story() {
+        let s = summary(&report(), 100);
+        assert!(s.starts_with("pmet: sh -c 'run it'\n"), "{s}");
+        assert!(
+            s.contains("exit 1 after 2.500 s · 3 processes (2 failed)"),
+            "{s}"
+        );
+        assert!(s.contains("TCP 293 KiB sent"), "{s}");
+        let busiest = s.split("busiest by CPU:").nth(1).unwrap();
+        let first = busiest.lines().nth(2).unwrap();
+        assert!(first.contains("python3 work.py"), "{s}");
+        assert!(s.contains("killed by SIGKILL"), "{s}");
+        assert!(!s.contains("LOST"), "{s}");
+        for line in s.lines() {
+            assert!(line.chars().count() <= 100, "too wide: {line}");
+        }
+    }
+
+    #[test]
+    fn losses_are_shown() {
+        let mut r = report();
+        r.collector.lost_events = 3;
+        r.collector.lost.ring_buffer = 3;
+        assert!(summary(&r, 80).contains("LOST  3 (ring buffer 3"));
+    }
+}

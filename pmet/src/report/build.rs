@@ -1,0 +1,458 @@
+//! From the tree model to a [`Report`]: the one place where each reported
+//! figure's source is chosen.
+
+use pmet_common::NetCounters;
+
+use super::{Collector, Host, Net, ProcessReport, Report, SCHEMA, Totals, Traffic};
+use crate::model::tree::{ExitStatus, Proc, Tree, split_runtime};
+
+/// Facts about the run that the tree does not hold.
+#[derive(Clone, Debug, Default)]
+pub struct RunInfo {
+    /// The launched command; `None` when attached.
+    pub command: Option<Vec<String>>,
+    /// `CLOCK_BOOTTIME` ns when tracing began.
+    pub start_ns: u64,
+    /// `CLOCK_BOOTTIME` ns when it ended.
+    pub end_ns: u64,
+    /// RFC 3339 wall-clock start.
+    pub started_at: String,
+    /// Clock ticks per second for /proc figures.
+    pub ticks_per_s: u64,
+    /// How figures were collected and what was lost.
+    pub collector: Collector,
+    /// Why tracing stopped before the tree finished, if it did.
+    pub stopped_early: Option<String>,
+    /// The free-time figures include storage I/O (the kernel has I/O accounting).
+    pub kernel_io: bool,
+    /// The machine.
+    pub host: Option<Host>,
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+fn offset_s(ns: u64, start: u64) -> f64 {
+    // Round to microseconds: more digits would be noise.
+    ((ns as i128 - start as i128) as f64 / 1e3).round() / 1e6
+}
+
+fn net(c: &NetCounters) -> Net {
+    Net {
+        tcp: Traffic {
+            tx_bytes: c.tcp_tx_bytes,
+            rx_bytes: c.tcp_rx_bytes,
+            tx_calls: c.tcp_tx_calls,
+            rx_calls: c.tcp_rx_calls,
+        },
+        udp: Traffic {
+            tx_bytes: c.udp_tx_bytes,
+            rx_bytes: c.udp_rx_bytes,
+            tx_calls: c.udp_tx_calls,
+            rx_calls: c.udp_rx_calls,
+        },
+    }
+}
+
+/// CPU (user s, system s), disk (read, write) and the name of their source.
+struct Figures {
+    cpu: Option<(f64, f64)>,
+    disk: Option<(u64, u64)>,
+    source: &'static str,
+}
+
+fn figures(p: &Proc, info: &RunInfo) -> Figures {
+    let b = &p.baseline;
+    let from_free = |disk: bool| {
+        let rt = p.freed.runtime_ns.saturating_sub(b.thread_runtime_ns);
+        let u = p.freed.utime_ns.saturating_sub(b.thread_utime_ns);
+        let s = p.freed.stime_ns.saturating_sub(b.thread_stime_ns);
+        let (us, ss) = split_runtime(rt, u, s);
+        Figures {
+            cpu: Some((secs(us), secs(ss))),
+            disk: disk.then(|| {
+                (
+                    p.freed.read_bytes.saturating_sub(b.thread_read_bytes),
+                    p.freed.write_bytes.saturating_sub(b.thread_write_bytes),
+                )
+            }),
+            source: "exit",
+        }
+    };
+    if p.totals_complete() {
+        return from_free(info.kernel_io);
+    }
+    let t = &p.taskstats;
+    if !p.alive() && t.records > 0 {
+        let rt = if t.run_ns > 0 {
+            t.run_ns
+        } else {
+            (t.utime_us + t.stime_us) * 1000
+        };
+        let rt = rt.saturating_sub(b.thread_runtime_ns);
+        let (us, ss) = split_runtime(rt, t.utime_us, t.stime_us);
+        return Figures {
+            cpu: Some((secs(us), secs(ss))),
+            disk: Some((
+                t.read_bytes.saturating_sub(b.thread_read_bytes),
+                t.write_bytes.saturating_sub(b.thread_write_bytes),
+            )),
+            source: "taskstats",
+        };
+    }
+    if let Some(s) = p.last_sample {
+        let base = b.sample.unwrap_or_default();
+        let tps = info.ticks_per_s.max(1) as f64;
+        let disk = match (s.read_bytes, s.write_bytes) {
+            (Some(r), Some(w)) => Some((
+                r.saturating_sub(base.read_bytes.unwrap_or(0)),
+                w.saturating_sub(base.write_bytes.unwrap_or(0)),
+            )),
+            _ => None,
+        };
+        return Figures {
+            cpu: Some((
+                s.utime_ticks.saturating_sub(base.utime_ticks) as f64 / tps,
+                s.stime_ticks.saturating_sub(base.stime_ticks) as f64 / tps,
+            )),
+            disk,
+            source: "sample",
+        };
+    }
+    if p.freed_threads > 0 {
+        // Some threads' final figures, not all: better than nothing only as a
+        // lower bound, so say so.
+        let mut f = from_free(info.kernel_io);
+        f.source = "partial";
+        return f;
+    }
+    Figures {
+        cpu: None,
+        disk: None,
+        source: "none",
+    }
+}
+
+fn round6(v: f64) -> f64 {
+    (v * 1e6).round() / 1e6
+}
+
+fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
+    let f = figures(p, info);
+    let (exit_code, exit_signal, core_dumped) = match p.exit {
+        Some(ExitStatus::Code(c)) => (Some(c), None, false),
+        Some(ExitStatus::Signal {
+            signal,
+            core_dumped,
+        }) => (None, Some(signal), core_dumped),
+        None => (None, None, false),
+    };
+    let peak = (p.taskstats.hiwater_rss_kb * 1024).max(p.sampled_peak_rss);
+    let t = &p.taskstats;
+    let have_ts = t.records > 0;
+    ProcessReport {
+        pid: p.pid,
+        ppid: p.ppid,
+        comm: p.comm.clone(),
+        argv: p.argv.clone(),
+        start_offset_s: offset_s(p.start_ns, info.start_ns),
+        end_offset_s: p.end_ns.map(|e| offset_s(e, info.start_ns)),
+        exit_code,
+        exit_signal,
+        cpu_user_s: f.cpu.map(|c| round6(c.0)),
+        cpu_system_s: f.cpu.map(|c| round6(c.1)),
+        peak_rss_bytes: (peak > 0).then_some(peak),
+        max_threads: (ebpf || p.samples > 0).then_some(p.max_threads),
+        disk_read_bytes: f.disk.map(|d| d.0),
+        disk_write_bytes: f.disk.map(|d| d.1),
+        net: ebpf.then(|| net(&p.net)),
+        exe: p.exe.clone(),
+        argv_truncated: p.argv_truncated,
+        core_dumped,
+        figures: f.source.to_owned(),
+        voluntary_ctxt_switches: have_ts.then_some(t.nvcsw),
+        involuntary_ctxt_switches: have_ts.then_some(t.nivcsw),
+        major_faults: have_ts.then_some(t.majflt),
+        preexisting: p.preexisting,
+        vanished: p.vanished,
+    }
+}
+
+/// Builds the report of a run.
+pub fn build(tree: &Tree, info: &RunInfo) -> Report {
+    let ebpf = info.collector.ebpf;
+    let mut order: Vec<usize> = (0..tree.procs.len()).collect();
+    order.sort_by_key(|&i| (tree.procs[i].start_ns, i));
+    let processes: Vec<ProcessReport> = order
+        .iter()
+        .map(|&i| process(&tree.procs[i], info, ebpf))
+        .collect();
+
+    let mut totals = Totals {
+        processes: processes.len() as u64,
+        max_processes_alive: tree.max_alive as u64,
+        ..Totals::default()
+    };
+    for p in &processes {
+        match (p.cpu_user_s, p.disk_read_bytes) {
+            (Some(_), Some(_)) => {}
+            _ => totals.processes_without_figures += 1,
+        }
+        totals.cpu_user_s += p.cpu_user_s.unwrap_or(0.0);
+        totals.cpu_system_s += p.cpu_system_s.unwrap_or(0.0);
+        totals.disk_read_bytes += p.disk_read_bytes.unwrap_or(0);
+        totals.disk_write_bytes += p.disk_write_bytes.unwrap_or(0);
+        if let Some(n) = &p.net {
+            totals.net.add(n);
+        }
+        if p.exit_signal.is_some() || p.exit_code.is_some_and(|c| c != 0) {
+            totals.failed_processes += 1;
+        }
+    }
+    totals.cpu_user_s = round6(totals.cpu_user_s);
+    totals.cpu_system_s = round6(totals.cpu_system_s);
+
+    let root = tree.root.map(|r| &tree.procs[r]);
+    let (exit_code, exit_signal) = match root.and_then(|r| r.exit) {
+        Some(ExitStatus::Code(c)) => (Some(c), None),
+        Some(ExitStatus::Signal { signal, .. }) => (None, Some(signal)),
+        None => (None, None),
+    };
+    let mut collector = info.collector.clone();
+    collector.events = tree.events;
+    collector.lost.exits_unseen = tree
+        .procs
+        .iter()
+        .filter(|p| p.vanished && !p.untracked)
+        .count() as u64;
+    collector.lost.free_events_missed = tree.frees_missed();
+    collector.lost.totals_missing = tree
+        .procs
+        .iter()
+        .filter(|p| !p.alive() && !p.vanished && !p.totals_complete() && p.taskstats.records == 0)
+        .count() as u64;
+    let l = &collector.lost;
+    collector.lost_events = l.ring_buffer
+        + l.tracked_map_full
+        + l.net_map_full
+        + l.dying_map_full
+        + l.read_failures
+        + l.taskstats_overflows
+        + l.exits_unseen
+        + l.totals_missing;
+
+    Report {
+        schema: SCHEMA.to_owned(),
+        pmet_version: env!("CARGO_PKG_VERSION").to_owned(),
+        command: info.command.clone(),
+        root_pid: root.map_or(0, |r| r.pid),
+        started_at: info.started_at.clone(),
+        duration_s: round6(secs(info.end_ns.saturating_sub(info.start_ns))),
+        exit_code,
+        exit_signal,
+        collector,
+        totals,
+        processes,
+        mode: if info.command.is_some() {
+            "launch"
+        } else {
+            "attach"
+        }
+        .to_owned(),
+        stopped_early: info.stopped_early.clone(),
+        host: info.host.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::event::{Event, ThreadTotals};
+
+    fn info() -> RunInfo {
+        RunInfo {
+            command: Some(vec!["sh".into(), "-c".into(), "x".into()]),
+            start_ns: 1_000_000_000,
+            end_ns: 3_500_000_000,
+            started_at: "2026-11-26T12:00:00.000Z".into(),
+            ticks_per_s: 100,
+            collector: Collector {
+                ebpf: true,
+                interval_ms: 1000,
+                ..Collector::default()
+            },
+            kernel_io: true,
+            ..RunInfo::default()
+        }
+    }
+
+    fn tree() -> Tree {
+        let mut t = Tree::new();
+        t.add_root(
+            100,
+            1,
+            1_000_000_000,
+            vec!["sh".into(), "-c".into(), "x".into()],
+        );
+        t.apply(Event::Fork {
+            ts_ns: 1_500_000_000,
+            parent_tgid: 100,
+            child: 101,
+            cookie: 11,
+            thread: false,
+            untracked: false,
+            comm: "sh".into(),
+        });
+        for (pid, cookie, code) in [(101u32, 11u64, 9u32), (100, 1, 3 << 8)] {
+            t.apply(Event::Exit {
+                ts_ns: 2_000_000_000 + u64::from(pid),
+                tgid: pid,
+                tid: pid,
+                cookie,
+                group_dead: true,
+                exit_code: Some(code),
+                comm: "x".into(),
+            });
+            t.apply(Event::Free {
+                ts_ns: 2_100_000_000,
+                tgid: pid,
+                tid: pid,
+                cookie,
+                totals: Some(ThreadTotals {
+                    runtime_ns: 1_500_000_000,
+                    utime_ns: 2,
+                    stime_ns: 1,
+                    read_bytes: 4096,
+                    write_bytes: 8192,
+                    cancelled_write_bytes: 0,
+                }),
+                exit_code: Some(code),
+            });
+        }
+        t.set_net(
+            101,
+            11,
+            NetCounters {
+                tcp_tx_bytes: 100_000,
+                udp_rx_bytes: 50_000,
+                tcp_tx_calls: 2,
+                udp_rx_calls: 50,
+                ..NetCounters::default()
+            },
+            true,
+        );
+        t
+    }
+
+    #[test]
+    fn report_has_exact_figures_and_contract_fields() {
+        let r = build(&tree(), &info());
+        assert_eq!(r.schema, "pmet.report.v1");
+        assert_eq!(r.root_pid, 100);
+        assert_eq!((r.exit_code, r.exit_signal), (Some(3), None));
+        assert_eq!(r.duration_s, 2.5);
+        assert_eq!(r.totals.processes, 2);
+        assert_eq!(r.totals.cpu_user_s, 2.0);
+        assert_eq!(r.totals.cpu_system_s, 1.0);
+        assert_eq!(r.totals.disk_write_bytes, 16384);
+        assert_eq!(r.totals.net.tcp.tx_bytes, 100_000);
+        assert_eq!(r.totals.net.udp.rx_bytes, 50_000);
+        assert_eq!(r.totals.failed_processes, 2);
+        let c = &r.processes[1];
+        assert_eq!((c.pid, c.ppid), (101, Some(100)));
+        assert_eq!((c.exit_code, c.exit_signal), (None, Some(9)));
+        assert_eq!(c.start_offset_s, 0.5);
+        assert_eq!(c.end_offset_s, Some(1.0), "rounded to the microsecond");
+        assert_eq!(c.cpu_user_s, Some(1.0));
+        assert_eq!(c.cpu_system_s, Some(0.5));
+        assert_eq!(c.figures, "exit");
+        assert_eq!(r.collector.lost_events, 0);
+    }
+
+    #[test]
+    fn unknown_figures_are_null_never_zero() {
+        let mut t = Tree::new();
+        t.add_root(100, 1, 1_000_000_000, vec!["sh".into()]);
+        t.apply(Event::Fork {
+            ts_ns: 1_600_000_000,
+            parent_tgid: 100,
+            child: 103,
+            cookie: 13,
+            thread: false,
+            untracked: false,
+            comm: "sh".into(),
+        });
+        t.mark_vanished(103, 3_000_000_000);
+        let r = build(&t, &info());
+        let p = r.processes.iter().find(|p| p.pid == 103).unwrap();
+        assert_eq!(p.cpu_user_s, None);
+        assert_eq!(p.disk_read_bytes, None);
+        assert_eq!(p.peak_rss_bytes, None);
+        assert_eq!(p.exit_code, None);
+        assert!(p.vanished);
+        assert_eq!(p.figures, "none");
+        // 103, and the root: alive and never sampled.
+        assert_eq!(r.totals.processes_without_figures, 2);
+        assert_eq!(r.collector.lost.exits_unseen, 1);
+        assert!(r.collector.lost_events >= 1);
+    }
+
+    #[test]
+    fn json_round_trips_with_the_documented_names() {
+        let r = build(&tree(), &info());
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for k in [
+            "schema",
+            "pmet_version",
+            "command",
+            "root_pid",
+            "started_at",
+            "duration_s",
+            "exit_code",
+            "exit_signal",
+            "collector",
+            "totals",
+            "processes",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        for k in ["ebpf", "interval_ms", "samples", "events", "lost_events"] {
+            assert!(v["collector"].get(k).is_some(), "missing collector.{k}");
+        }
+        for k in [
+            "processes",
+            "cpu_user_s",
+            "cpu_system_s",
+            "disk_read_bytes",
+            "disk_write_bytes",
+            "net",
+        ] {
+            assert!(v["totals"].get(k).is_some(), "missing totals.{k}");
+        }
+        let p = &v["processes"][0];
+        for k in [
+            "pid",
+            "ppid",
+            "comm",
+            "argv",
+            "start_offset_s",
+            "end_offset_s",
+            "exit_code",
+            "exit_signal",
+            "cpu_user_s",
+            "cpu_system_s",
+            "peak_rss_bytes",
+            "max_threads",
+            "disk_read_bytes",
+            "disk_write_bytes",
+            "net",
+        ] {
+            assert!(p.get(k).is_some(), "missing processes[].{k}");
+        }
+        assert!(p["net"]["tcp"]["tx_bytes"].is_u64());
+        assert!(p["net"]["udp"]["rx_bytes"].is_u64());
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+}

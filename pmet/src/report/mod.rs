@@ -1,0 +1,241 @@
+//! The JSON report (schema `pmet.report.v1`): a contract that scripts and CI
+//! jobs parse. Fields may be added; the ones documented in README.md are never
+//! renamed. Unknown figures are `null`, never a made-up zero.
+
+mod build;
+mod write;
+
+pub use build::{RunInfo, build};
+pub use write::{OutputTarget, write_atomic};
+
+use serde::{Deserialize, Serialize};
+
+/// The schema name written into every report.
+pub const SCHEMA: &str = "pmet.report.v1";
+
+/// A whole report.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// pmet's version.
+    pub pmet_version: String,
+    /// The launched command (`null` when attached with `--pid`).
+    pub command: Option<Vec<String>>,
+    /// Pid of the launched or attached process.
+    pub root_pid: u32,
+    /// When tracing began, RFC 3339.
+    pub started_at: String,
+    /// How long tracing lasted, seconds.
+    pub duration_s: f64,
+    /// The root's exit status (`null` if it was killed by a signal or is still running).
+    pub exit_code: Option<i32>,
+    /// The signal that killed the root, if one did.
+    pub exit_signal: Option<i32>,
+    /// How the figures were collected, and what was lost.
+    pub collector: Collector,
+    /// The tree, summed.
+    pub totals: Totals,
+    /// Every process ever seen, in start order.
+    pub processes: Vec<ProcessReport>,
+    /// `launch` or `attach`.
+    #[serde(default)]
+    pub mode: String,
+    /// Tracing stopped before the tree finished (duration elapsed or interrupted).
+    #[serde(default)]
+    pub stopped_early: Option<String>,
+    /// The machine it ran on.
+    #[serde(default)]
+    pub host: Option<Host>,
+}
+
+/// How the figures were collected.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Collector {
+    /// Kernel events (eBPF) were used; `false` means /proc polling only.
+    pub ebpf: bool,
+    /// Polling interval, milliseconds.
+    pub interval_ms: u64,
+    /// Polls taken.
+    pub samples: u64,
+    /// Kernel events processed.
+    pub events: u64,
+    /// Events or figures lost, all causes summed (see `lost`).
+    pub lost_events: u64,
+    /// Losses by cause.
+    #[serde(default)]
+    pub lost: Lost,
+    /// Exit records came from taskstats.
+    #[serde(default)]
+    pub taskstats: bool,
+    /// Final CPU and disk figures came from the kernel at task free.
+    #[serde(default)]
+    pub exit_totals: bool,
+}
+
+/// Losses by cause. All zero on a healthy run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Lost {
+    /// Events dropped because the ring buffer was full.
+    pub ring_buffer: u64,
+    /// Processes the kernel could not track (map full).
+    pub tracked_map_full: u64,
+    /// Processes whose socket counters could not be created (map full).
+    pub net_map_full: u64,
+    /// Threads whose final figures could not be kept until free (map full).
+    pub dying_map_full: u64,
+    /// Kernel reads that failed.
+    pub read_failures: u64,
+    /// Times the taskstats socket overflowed (records dropped).
+    pub taskstats_overflows: u64,
+    /// Processes whose exit was never seen.
+    pub exits_unseen: u64,
+    /// Exited processes whose final figures never arrived.
+    pub totals_missing: u64,
+    /// Exec argument lists cut at the kernel-side limit (not a loss of events).
+    #[serde(default)]
+    pub argv_truncated: u64,
+    /// Exited threads whose task free the kernel side did not see; their
+    /// process's final figures come from taskstats (still measured by the
+    /// kernel, at exit, so not counted in `lost_events`).
+    #[serde(default)]
+    pub free_events_missed: u64,
+}
+
+/// TCP and UDP traffic.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Net {
+    /// TCP, IPv4 and IPv6.
+    pub tcp: Traffic,
+    /// UDP (and UDP-Lite), IPv4 and IPv6.
+    pub udp: Traffic,
+}
+
+/// Bytes and calls one way and the other.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Successful send calls.
+    #[serde(default)]
+    pub tx_calls: u64,
+    /// Successful receive calls.
+    #[serde(default)]
+    pub rx_calls: u64,
+}
+
+impl Net {
+    /// Adds another process's traffic.
+    pub fn add(&mut self, o: &Net) {
+        for (a, b) in [(&mut self.tcp, &o.tcp), (&mut self.udp, &o.udp)] {
+            a.tx_bytes += b.tx_bytes;
+            a.rx_bytes += b.rx_bytes;
+            a.tx_calls += b.tx_calls;
+            a.rx_calls += b.rx_calls;
+        }
+    }
+}
+
+/// The tree, summed over every process.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Totals {
+    /// Processes ever seen.
+    pub processes: u64,
+    /// User CPU seconds.
+    pub cpu_user_s: f64,
+    /// System CPU seconds.
+    pub cpu_system_s: f64,
+    /// Storage bytes read.
+    pub disk_read_bytes: u64,
+    /// Storage bytes written.
+    pub disk_write_bytes: u64,
+    /// Network traffic.
+    pub net: Net,
+    /// Processes whose figures are missing from these sums (their fields are null).
+    #[serde(default)]
+    pub processes_without_figures: u64,
+    /// Most processes alive at once.
+    #[serde(default)]
+    pub max_processes_alive: u64,
+    /// Processes that exited non-zero or were killed.
+    #[serde(default)]
+    pub failed_processes: u64,
+}
+
+/// One process.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProcessReport {
+    /// Process id.
+    pub pid: u32,
+    /// The pid of the process that started it.
+    pub ppid: Option<u32>,
+    /// Name (comm of its last exec).
+    pub comm: String,
+    /// Arguments of its last exec.
+    pub argv: Vec<String>,
+    /// Seconds after tracing began that it started (negative: before, in attach mode).
+    pub start_offset_s: f64,
+    /// Seconds after tracing began that it exited; `null` while alive.
+    pub end_offset_s: Option<f64>,
+    /// Exit status; `null` if killed by a signal, alive, or unknown.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it.
+    pub exit_signal: Option<i32>,
+    /// User CPU seconds.
+    pub cpu_user_s: Option<f64>,
+    /// System CPU seconds.
+    pub cpu_system_s: Option<f64>,
+    /// Peak resident memory, bytes.
+    pub peak_rss_bytes: Option<u64>,
+    /// Most threads alive at once.
+    pub max_threads: Option<u32>,
+    /// Storage bytes read.
+    pub disk_read_bytes: Option<u64>,
+    /// Storage bytes written.
+    pub disk_write_bytes: Option<u64>,
+    /// Network traffic (`null` without eBPF).
+    pub net: Option<Net>,
+    /// Path given to its last exec.
+    #[serde(default)]
+    pub exe: Option<String>,
+    /// argv was cut at the kernel-side limit.
+    #[serde(default)]
+    pub argv_truncated: bool,
+    /// It dumped core.
+    #[serde(default)]
+    pub core_dumped: bool,
+    /// Where the CPU and disk figures come from: `exit` (kernel, final),
+    /// `taskstats` (kernel, at exit), `sample` (last /proc poll), or `none`.
+    #[serde(default)]
+    pub figures: String,
+    /// Voluntary context switches (from exit records).
+    #[serde(default)]
+    pub voluntary_ctxt_switches: Option<u64>,
+    /// Involuntary context switches.
+    #[serde(default)]
+    pub involuntary_ctxt_switches: Option<u64>,
+    /// Major page faults.
+    #[serde(default)]
+    pub major_faults: Option<u64>,
+    /// It was running before tracing began (attach mode).
+    #[serde(default)]
+    pub preexisting: bool,
+    /// Its exit was never observed (an event was lost); it is not running.
+    #[serde(default)]
+    pub vanished: bool,
+}
+
+/// The machine.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Host {
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Kernel release.
+    pub kernel: Option<String>,
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Memory, bytes.
+    pub memory_bytes: u64,
+}

@@ -1,0 +1,399 @@
+//! Workloads whose truth is known exactly, for pmet's end-to-end tests and
+//! benchmarks: bytes sent and received, processes spawned, exit statuses.
+//!
+//! Every role runs as its own process (this binary re-executed), so a test can
+//! check that pmet attributes each byte to the process that moved it.
+//! A workload exits non-zero if its own view of the truth did not hold (a
+//! short read, a lost datagram), so a test never compares against a wrong truth.
+
+use std::{
+    env,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio, exit},
+    thread,
+    time::Duration,
+};
+
+fn me() -> Command {
+    Command::new(env::current_exe().expect("current_exe"))
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
+    args.get(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| usage(&format!("missing or bad {what}")))
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("workload: {msg}");
+    eprintln!(
+        "usage: workload exit CODE | signal SIG | sleep MS | cpu MS | threads N MS |\n\
+         \x20      spawn-tree CHILDREN GRANDCHILDREN | tcp 4|6 BYTES REPLY | udp 4|6 COUNT SIZE |\n\
+         \x20      unix BYTES | orphan MS | kill-child | attach-target MS"
+    );
+    exit(2)
+}
+
+fn loopback(family: u8) -> SocketAddr {
+    match family {
+        4 => (Ipv4Addr::LOCALHOST, 0).into(),
+        6 => (Ipv6Addr::LOCALHOST, 0).into(),
+        _ => usage("family must be 4 or 6"),
+    }
+}
+
+/// Starts a role that prints its port on its first stdout line.
+fn start_with_port(args: &[String]) -> (Child, u16) {
+    let mut child = me()
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("port line");
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| usage("no port from server"));
+    (child, port)
+}
+
+fn wait_ok(mut c: Child, what: &str) {
+    let st = c.wait().expect("wait");
+    if !st.success() {
+        eprintln!("workload: {what} failed: {st}");
+        exit(1);
+    }
+}
+
+fn burn(ms: u64) {
+    // Burns CPU time, not wall time: loop until this thread has used `ms`.
+    let target = Duration::from_millis(ms);
+    let start = thread_cpu();
+    let mut x: u64 = 1;
+    while thread_cpu() - start < target {
+        for i in 0..10_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+    }
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn tcp(family: u8, bytes: u64, reply: u64) {
+    let (server, port) = start_with_port(&[
+        "tcp-serve".into(),
+        family.to_string(),
+        bytes.to_string(),
+        reply.to_string(),
+    ]);
+    // The client forks a grandchild that does the talking.
+    let client = me()
+        .args([
+            "tcp-client",
+            &family.to_string(),
+            &port.to_string(),
+            &bytes.to_string(),
+            &reply.to_string(),
+        ])
+        .spawn()
+        .expect("spawn client");
+    wait_ok(client, "tcp client");
+    wait_ok(server, "tcp server");
+}
+
+fn tcp_serve(family: u8, expect: u64, reply: u64) {
+    let l = TcpListener::bind(loopback(family)).expect("bind");
+    println!("{}", l.local_addr().expect("addr").port());
+    std::io::stdout().flush().expect("flush");
+    let (mut s, _) = l.accept().expect("accept");
+    // A peek must not be counted: these bytes are read again below.
+    let mut peek = [0u8; 100];
+    // SAFETY: valid fd and buffer.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            peek.as_mut_ptr().cast(),
+            peek.len(),
+            libc::MSG_PEEK,
+        )
+    };
+    if n <= 0 {
+        exit(1);
+    }
+    let got = read_to_end_counting(&mut s);
+    if got != expect {
+        eprintln!("tcp-serve: got {got}, expected {expect}");
+        exit(1);
+    }
+    write_n(&mut s, reply);
+}
+
+/// Reads until EOF; returns the byte count.
+fn read_to_end_counting(r: &mut impl Read) -> u64 {
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).expect("read");
+        if n == 0 {
+            return got;
+        }
+        got += n as u64;
+    }
+}
+
+fn write_n(w: &mut impl Write, mut n: u64) {
+    let buf = vec![0x5au8; 64 * 1024];
+    while n > 0 {
+        let k = n.min(buf.len() as u64) as usize;
+        w.write_all(&buf[..k]).expect("write");
+        n -= k as u64;
+    }
+}
+
+fn tcp_send(family: u8, port: u16, bytes: u64, reply: u64) {
+    let mut addr = loopback(family);
+    addr.set_port(port);
+    let mut s = TcpStream::connect(addr).expect("connect");
+    write_n(&mut s, bytes);
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let got = read_to_end_counting(&mut s);
+    if got != reply {
+        eprintln!("tcp-send: got {got} back, expected {reply}");
+        exit(1);
+    }
+}
+
+fn udp(family: u8, count: u32, size: usize) {
+    let (recv, port) = start_with_port(&[
+        "udp-recv".into(),
+        family.to_string(),
+        count.to_string(),
+        size.to_string(),
+    ]);
+    let send = me()
+        .args([
+            "udp-send",
+            &family.to_string(),
+            &port.to_string(),
+            &count.to_string(),
+            &size.to_string(),
+        ])
+        .spawn()
+        .expect("spawn sender");
+    wait_ok(send, "udp sender");
+    wait_ok(recv, "udp receiver");
+}
+
+fn udp_recv(family: u8, count: u32, size: usize) {
+    let s = UdpSocket::bind(loopback(family)).expect("bind");
+    println!("{}", s.local_addr().expect("addr").port());
+    std::io::stdout().flush().expect("flush");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = vec![0u8; size + 1];
+    for i in 0..count {
+        if i == 0 {
+            s.peek_from(&mut buf).expect("peek");
+        }
+        let (n, from) = s.recv_from(&mut buf).expect("recv");
+        if n != size {
+            eprintln!("udp-recv: datagram of {n}, expected {size}");
+            exit(1);
+        }
+        // One-byte ack: the sender waits for it, so no datagram is ever lost.
+        s.send_to(&[1], from).expect("ack");
+    }
+}
+
+fn udp_send(family: u8, port: u16, count: u32, size: usize) {
+    let s = UdpSocket::bind(loopback(family)).expect("bind");
+    let mut addr = loopback(family);
+    addr.set_port(port);
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let payload = vec![0xa5u8; size];
+    let mut ack = [0u8; 8];
+    for _ in 0..count {
+        s.send_to(&payload, addr).expect("send");
+        let (n, _) = s.recv_from(&mut ack).expect("ack");
+        if n != 1 {
+            exit(1);
+        }
+    }
+}
+
+fn unix(bytes: u64) {
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let t = thread::spawn(move || {
+        write_n(&mut a, bytes);
+    });
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < bytes {
+        got += b.read(&mut buf).expect("read") as u64;
+    }
+    t.join().expect("join");
+}
+
+fn spawn_tree(children: u32, grandchildren: u32) {
+    let mut kids = Vec::new();
+    for i in 0..children {
+        kids.push(
+            me().args(["tree-child", &i.to_string(), &grandchildren.to_string()])
+                .spawn()
+                .expect("spawn child"),
+        );
+    }
+    for mut k in kids {
+        k.wait().expect("wait");
+    }
+}
+
+fn tree_child(i: u32, grandchildren: u32) {
+    for j in 0..grandchildren {
+        let code = (i * grandchildren + j) % 7;
+        me().args(["exit", &code.to_string()])
+            .status()
+            .expect("grandchild");
+    }
+    exit((i % 5) as i32);
+}
+
+fn orphan(ms: u64) {
+    let mid = me()
+        .args(["orphan-mid", &ms.to_string()])
+        .status()
+        .expect("mid");
+    exit(mid.code().unwrap_or(1));
+}
+
+#[expect(
+    clippy::zombie_processes,
+    reason = "the point: exit without waiting, so it is re-parented"
+)]
+fn orphan_mid(ms: u64) {
+    // Start the grandchild and exit at once: it is re-parented and outlives us.
+    me().args(["sleep", &ms.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("grandchild");
+}
+
+fn kill_child() {
+    let mut c = me().args(["sleep", "10000"]).spawn().expect("spawn");
+    thread::sleep(Duration::from_millis(50));
+    c.kill().expect("kill");
+    let st = c.wait().expect("wait");
+    use std::os::unix::process::ExitStatusExt;
+    exit(if st.signal() == Some(9) { 0 } else { 1 });
+}
+
+/// A long-running tree to attach to: one sleeping child from the start; after
+/// `ms`, a new child does a TCP exchange, then everything exits.
+fn attach_target(ms: u64) {
+    let mut sleeper = me()
+        .args(["sleep", &(ms * 2).to_string()])
+        .spawn()
+        .expect("spawn");
+    println!("ready");
+    std::io::stdout().flush().expect("flush");
+    thread::sleep(Duration::from_millis(ms));
+    me().args(["tcp", "4", "30000", "7000"])
+        .status()
+        .expect("tcp");
+    sleeper.wait().expect("wait");
+}
+
+fn threads(n: u32, ms: u64) {
+    let hs: Vec<_> = (0..n).map(|_| thread::spawn(move || burn(ms))).collect();
+    for h in hs {
+        h.join().expect("join");
+    }
+}
+
+fn main() {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        usage("no workload")
+    };
+    match cmd.as_str() {
+        "exit" => exit(arg(&args, 1, "code")),
+        "signal" => {
+            let sig: i32 = arg(&args, 1, "signal");
+            // SAFETY: plain signal to ourselves; default action applies.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+            thread::sleep(Duration::from_secs(5));
+            exit(1)
+        }
+        "sleep" => thread::sleep(Duration::from_millis(arg(&args, 1, "ms"))),
+        "cpu" => burn(arg(&args, 1, "ms")),
+        "threads" => threads(arg(&args, 1, "count"), arg(&args, 2, "ms")),
+        "spawn-tree" => spawn_tree(arg(&args, 1, "children"), arg(&args, 2, "grandchildren")),
+        "tree-child" => tree_child(arg(&args, 1, "index"), arg(&args, 2, "grandchildren")),
+        "tcp" => tcp(
+            arg(&args, 1, "family"),
+            arg(&args, 2, "bytes"),
+            arg(&args, 3, "reply"),
+        ),
+        "tcp-serve" => tcp_serve(
+            arg(&args, 1, "family"),
+            arg(&args, 2, "bytes"),
+            arg(&args, 3, "reply"),
+        ),
+        "tcp-client" => {
+            // The grandchild talks; this process only waits.
+            let st = me()
+                .arg("tcp-send")
+                .args(&args[1..])
+                .status()
+                .expect("spawn sender");
+            exit(st.code().unwrap_or(1));
+        }
+        "tcp-send" => tcp_send(
+            arg(&args, 1, "family"),
+            arg(&args, 2, "port"),
+            arg(&args, 3, "bytes"),
+            arg(&args, 4, "reply"),
+        ),
+        "udp" => udp(
+            arg(&args, 1, "family"),
+            arg(&args, 2, "count"),
+            arg(&args, 3, "size"),
+        ),
+        "udp-recv" => udp_recv(
+            arg(&args, 1, "family"),
+            arg(&args, 2, "count"),
+            arg(&args, 3, "size"),
+        ),
+        "udp-send" => udp_send(
+            arg(&args, 1, "family"),
+            arg(&args, 2, "port"),
+            arg(&args, 3, "count"),
+            arg(&args, 4, "size"),
+        ),
+        "unix" => unix(arg(&args, 1, "bytes")),
+        "orphan" => orphan(arg(&args, 1, "ms")),
+        "orphan-mid" => orphan_mid(arg(&args, 1, "ms")),
+        "kill-child" => kill_child(),
+        "attach-target" => attach_target(arg(&args, 1, "ms")),
+        other => usage(&format!("unknown workload {other}")),
+    }
+}
