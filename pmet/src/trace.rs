@@ -515,6 +515,7 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
         if awaiting == 0 || now >= hard_stop || now >= last_progress + SETTLE_IDLE {
             log::debug!("settled: {totals} processes await exit totals, {records} taskstats");
             s.sweep_dying(Duration::ZERO);
+            s.tree.give_up_frees();
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -557,6 +558,7 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
                 net_map_full: c[k::NET_FULL as usize],
                 dying_map_full: c[k::DYING_FULL as usize],
                 read_failures: c[k::READ_FAILED as usize] + s.undecodable,
+                stale_free_records: c[k::FREE_MISMATCH as usize],
                 taskstats_overflows: overflows,
                 argv_truncated: c[k::ARGV_TRUNCATED as usize],
                 ..Lost::default()

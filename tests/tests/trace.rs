@@ -321,3 +321,68 @@ fn attach_follows_existing_and_new_descendants() {
     assert_eq!(net(run.one("tcp-send"), "tcp", "rx"), 7_000);
     assert_eq!(run.one("tcp")["preexisting"], false);
 }
+
+#[test]
+fn cpu_of_children_matches_what_wait4_reports() {
+    if !can_trace() {
+        return;
+    }
+    let run = pmet(&["trace", "--", workload(), "cpu-children", "8", "120"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    assert_no_loss(r);
+    // The workload printed its RUSAGE_CHILDREN: the ground truth of
+    // /usr/bin/time, in microseconds.
+    let truth: Vec<f64> = run
+        .stdout
+        .split_whitespace()
+        .map(|t| t.parse::<f64>().unwrap() / 1e6)
+        .collect();
+    let truth = truth[0] + truth[1];
+    let kids = run.by_role("cpu");
+    assert_eq!(kids.len(), 8);
+    let mut measured = 0.0;
+    for k in &kids {
+        measured += k["cpu_user_s"].as_f64().unwrap() + k["cpu_system_s"].as_f64().unwrap();
+    }
+    assert!(truth >= 8.0 * 0.120, "truth {truth}");
+    let err = (measured - truth).abs() / truth;
+    // Exact up to rounding when every free was seen; a taskstats fallback
+    // misses a few hundred microseconds of teardown per process.
+    assert!(
+        err < 0.01,
+        "pmet {measured} s, wait4 {truth} s ({:.3} %)",
+        err * 100.0
+    );
+}
+
+#[test]
+fn disk_writes_are_counted_to_the_byte() {
+    if !can_trace() {
+        return;
+    }
+    let bytes = 4u64 << 20;
+    let run = pmet(&["trace", "--", workload(), "disk-write", &bytes.to_string()]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let p = &procs(run.report())[0];
+    // The file's 4 MiB, plus the directory or inode blocks the kernel charges
+    // to the process that dirtied them (0 to a few pages).
+    let written = p["disk_write_bytes"].as_u64().unwrap();
+    assert!(
+        (bytes..=bytes + 16 * 4096).contains(&written),
+        "written {written}"
+    );
+    assert_eq!(written % 4096, 0);
+}
+
+#[test]
+fn peak_memory_of_a_short_process_is_known() {
+    if !can_trace() {
+        return;
+    }
+    let run = pmet(&["trace", "--", workload(), "memory", "100"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let p = &procs(run.report())[0];
+    let peak = p["peak_rss_bytes"].as_u64().unwrap();
+    assert!((100 << 20..110 << 20).contains(&peak), "peak {peak}");
+}

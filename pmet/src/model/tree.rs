@@ -523,6 +523,15 @@ impl Tree {
         }
     }
 
+    /// At the end of a session: every exited thread still awaiting its free
+    /// will not get one (its kernel record may have been overwritten).
+    pub fn give_up_frees(&mut self) {
+        for p in self.procs.iter_mut().filter(|p| !p.alive()) {
+            p.freed_missing += p.threads_unfreed;
+            p.threads_unfreed = 0;
+        }
+    }
+
     /// Exited threads whose free was never seen, over all processes.
     pub fn frees_missed(&self) -> u64 {
         self.procs.iter().map(|p| u64::from(p.freed_missing)).sum()

@@ -100,6 +100,9 @@ pub struct Lost {
     /// kernel, at exit, so not counted in `lost_events`).
     #[serde(default)]
     pub free_events_missed: u64,
+    /// Kernel-side records of such threads found stale and dropped (not summed).
+    #[serde(default)]
+    pub stale_free_records: u64,
 }
 
 /// TCP and UDP traffic.

@@ -31,7 +31,8 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "usage: workload exit CODE | signal SIG | sleep MS | cpu MS | threads N MS |\n\
          \x20      spawn-tree CHILDREN GRANDCHILDREN | tcp 4|6 BYTES REPLY | udp 4|6 COUNT SIZE |\n\
-         \x20      unix BYTES | orphan MS | kill-child | attach-target MS"
+         \x20      unix BYTES | orphan MS | kill-child | attach-target MS |\n\
+         \x20      cpu-children N MS | disk-write BYTES | memory MIB"
     );
     exit(2)
 }
@@ -319,6 +320,43 @@ fn attach_target(ms: u64) {
     sleeper.wait().expect("wait");
 }
 
+/// Children that each burn `ms` of CPU; prints what wait4 says they used,
+/// in microseconds (the ground truth /usr/bin/time would show).
+fn cpu_children(n: u32, ms: u64) {
+    let kids: Vec<Child> = (0..n)
+        .map(|_| me().args(["cpu", &ms.to_string()]).spawn().expect("spawn"))
+        .collect();
+    for k in kids {
+        wait_ok(k, "cpu child");
+    }
+    // SAFETY: valid pointer to a zeroed rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    println!("{} {}", us(ru.ru_utime), us(ru.ru_stime));
+}
+
+/// Writes `bytes` (a multiple of 4096) to a new file and syncs it.
+fn disk_write(bytes: u64) {
+    let dir = env::temp_dir().join(format!("pmet-workload-{}", std::process::id()));
+    let path = dir.with_extension("dat");
+    let mut f = std::fs::File::create(&path).expect("create");
+    write_n(&mut f, bytes);
+    f.sync_all().expect("fsync");
+    drop(f);
+    std::fs::remove_file(&path).expect("remove");
+}
+
+/// Allocates and touches `mib` MiB, so peak RSS is at least that.
+fn memory(mib: usize) {
+    let mut v = vec![0u8; mib << 20];
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = 1;
+    }
+    std::hint::black_box(&v);
+    thread::sleep(Duration::from_millis(20));
+}
+
 fn threads(n: u32, ms: u64) {
     let hs: Vec<_> = (0..n).map(|_| thread::spawn(move || burn(ms))).collect();
     for h in hs {
@@ -346,6 +384,9 @@ fn main() {
         "sleep" => thread::sleep(Duration::from_millis(arg(&args, 1, "ms"))),
         "cpu" => burn(arg(&args, 1, "ms")),
         "threads" => threads(arg(&args, 1, "count"), arg(&args, 2, "ms")),
+        "cpu-children" => cpu_children(arg(&args, 1, "count"), arg(&args, 2, "ms")),
+        "disk-write" => disk_write(arg(&args, 1, "bytes")),
+        "memory" => memory(arg(&args, 1, "mib")),
         "spawn-tree" => spawn_tree(arg(&args, 1, "children"), arg(&args, 2, "grandchildren")),
         "tree-child" => tree_child(arg(&args, 1, "index"), arg(&args, 2, "grandchildren")),
         "tcp" => tcp(
