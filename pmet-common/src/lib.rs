@@ -328,6 +328,17 @@ pub struct Config {
     pub task_cancelled_write_bytes: u32,
     /// `task_struct.pid`: checks that a freed task is the one that exited.
     pub task_pid: u32,
+    /// [`config_flags`].
+    pub flags: u32,
+    /// Padding, always zero.
+    pub _pad2: u32,
+}
+
+/// Bits of [`Config::flags`].
+pub mod config_flags {
+    /// New processes created by tracked ones join the tree (else only the
+    /// root is followed).
+    pub const FOLLOW_CHILDREN: u32 = 1;
 }
 
 #[cfg(feature = "user")]
@@ -356,7 +367,7 @@ mod tests {
         assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 7 + 8);
         assert_eq!(size_of::<NetKey>(), 16);
         assert_eq!(size_of::<NetCounters>(), 64);
-        assert_eq!(size_of::<Config>(), 32 + 32);
+        assert_eq!(size_of::<Config>(), 32 + 40);
         assert_eq!(size_of::<Dying>(), 24);
         assert!(ARGV_LEN.is_power_of_two());
     }

@@ -15,8 +15,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use pmet_common::{
     ARGV_LEN, COMM_LEN, Dying, EventHeader, ExecArgsEvent, ExecArgsHeader, ExecEvent, ExitEvent,
-    FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS, Tracked, counter, exec_flags, exit_flags,
-    fork_flags, kind,
+    FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS, Tracked, config_flags, counter, exec_flags,
+    exit_flags, fork_flags, kind,
 };
 
 use crate::{CONFIG, DYING, EVENTS, SCRATCH, TRACKED, bump, tracked};
@@ -88,6 +88,9 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
     let mut cookie = 0;
     if is_thread {
         flags |= fork_flags::THREAD;
+    } else if cfg.flags & config_flags::FOLLOW_CHILDREN == 0 {
+        // Only the root is followed.
+        return Ok(());
     } else {
         // SAFETY: no preconditions. Boot time is unique enough per pid: two
         // processes with one pid cannot be created in the same nanosecond.

@@ -1,8 +1,11 @@
 //! The command line.
 
-use std::{ffi::OsString, time::Duration};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::{ArgAction, Args, Parser, Subcommand, value_parser};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum, value_parser};
+use clap_complete::Shell;
+
+use crate::render::style::ColorChoice;
 
 /// Shortest polling interval accepted: below this, /proc polling costs more
 /// than it tells.
@@ -18,17 +21,19 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
     long_about = "pmet follows a program and every process it starts, even one that lives a \
 millisecond, and reports what each used: CPU time, peak memory, disk I/O, threads, and \
 TCP/UDP bytes sent and received, counted in the kernel to the byte.\n\n\
-It needs root to load its eBPF programs: run it with sudo.",
+It needs root to load its eBPF programs: run it with sudo. Without root (or with --no-ebpf) it \
+falls back to polling /proc, and says what it cannot know.",
     after_help = "Examples:\n  \
 sudo pmet trace -- make -j8\n  \
 sudo pmet trace -o report.json -- python3 server.py --port 8080\n  \
-sudo pmet trace --pid 4242 --duration 30s"
+sudo pmet trace --pid 4242 --duration 30s\n  \
+pmet completions bash > /etc/bash_completion.d/pmet"
 )]
 pub struct Cli {
-    /// More detail on stderr (repeat for more).
+    /// More detail on stderr (-v, -vv, -vvv).
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Print nothing but errors.
+    /// Print nothing but errors: no live view, no summary.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
     /// What to do.
@@ -41,14 +46,44 @@ pub struct Cli {
 pub enum Command {
     /// Run a command (or attach to a process) and report what its tree used.
     #[command(
-        after_help = "pmet exits with the traced command's exit status (128+N if signal N \
+        after_long_help = "pmet exits with the traced command's exit status (128+N if signal N \
 killed it), so `pmet trace -- cargo test` can stand in for `cargo test` in CI.\n\n\
+On a terminal pmet shows a live view at the bottom of the screen while the command's own \
+output scrolls above it; otherwise it prints only the final summary, or one line per sample \
+with --format simple|jsonl. All of pmet's output goes to stderr (or --stream), never to the \
+command's stdout.\n\n\
+Under sudo, the command runs as the user who ran sudo (with their groups and HOME), not as \
+root; --user chooses another user, --user root keeps root.\n\n\
+Ctrl+C reaches the command as it would without pmet, and pmet waits for the tree to exit; a \
+second Ctrl+C stops waiting. Either way the summary is printed and the report written.\n\n\
 Examples:\n  \
 sudo pmet trace -- ./build.sh\n  \
 sudo pmet trace -o report.json -- python3 server.py --port 8080\n  \
-sudo pmet trace --pid 4242 --duration 30s -o attach.json"
+sudo pmet trace --format jsonl --stream samples.jsonl -- cargo test\n  \
+sudo pmet trace --pid 4242 --duration 30s -o attach.json\n  \
+pmet trace --no-ebpf -- make     (no root: polling only, less exact)"
     )]
-    Trace(TraceArgs),
+    Trace(Box<TraceArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    Man,
+}
+
+/// What pmet prints while tracing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A live view redrawn in place (terminals only).
+    Live,
+    /// One plain line per sample.
+    Simple,
+    /// One JSON object per sample (JSON Lines).
+    Jsonl,
+    /// Nothing until the final summary.
+    Summary,
 }
 
 /// Options of `pmet trace`.
@@ -64,18 +99,85 @@ pub struct TraceArgs {
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// How often to sample live processes from /proc (e.g. 500ms, 2s).
+    /// How often to sample live processes at first; sampling speeds up while
+    /// the tree is busy or changing and slows down when it is idle.
     #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
+
+    /// Shortest adaptive interval [default: 200ms, or --interval if shorter].
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub min_interval: Option<Duration>,
+
+    /// Longest adaptive interval [default: 5s, or --interval if longer].
+    /// Set both bounds to --interval for a fixed rate.
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub max_interval: Option<Duration>,
 
     /// Write the JSON report to FILE (`-` for standard output).
     #[arg(short, long, visible_alias = "json", value_name = "FILE")]
     pub output: Option<String>,
 
+    /// What to print while tracing [default: live on a terminal, summary otherwise].
+    #[arg(short, long, value_enum, value_name = "FORMAT")]
+    pub format: Option<Format>,
+
+    /// Send the per-sample lines of --format simple|jsonl to FILE instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub stream: Option<PathBuf>,
+
+    /// When to use colors (NO_COLOR is honored under auto).
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
+    pub color: ColorChoice,
+
+    /// Follow only the root process, not its children.
+    #[arg(long)]
+    pub exclude_children: bool,
+
+    /// With --pid: count CPU and disk from each process's start rather than
+    /// from the moment pmet attached (network is always counted from attach).
+    #[arg(long)]
+    pub since_process_start: bool,
+
+    /// Do not use eBPF: poll /proc only (works without root; misses short
+    /// processes, exit statuses and network, and says so).
+    #[arg(long)]
+    pub no_ebpf: bool,
+
+    /// Run the command as this user (default under sudo: the user who ran sudo).
+    #[arg(short, long, value_name = "USER", conflicts_with = "pid")]
+    pub user: Option<String>,
+
     /// The command to run, with its arguments (put it after `--`).
     #[arg(value_name = "COMMAND", trailing_var_arg = true,
           required_unless_present = "pid", num_args = 1..)]
     pub command: Vec<OsString>,
+}
+
+impl TraceArgs {
+    /// Checks what clap cannot, and returns the adaptive interval bounds:
+    /// (shortest, first, longest).
+    pub fn validate(&self) -> Result<(Duration, Duration, Duration), String> {
+        if self.since_process_start && self.pid.is_none() {
+            return Err(
+                "--since-process-start goes with --pid (a launched command is counted from its start anyway)"
+                    .into(),
+            );
+        }
+        let min = self
+            .min_interval
+            .unwrap_or_else(|| self.interval.min(Duration::from_millis(200)));
+        let max = self
+            .max_interval
+            .unwrap_or_else(|| self.interval.max(Duration::from_secs(5)));
+        if min > max {
+            return Err(format!(
+                "--min-interval ({}) is longer than --max-interval ({})",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ));
+        }
+        Ok((min, self.interval.clamp(min, max), max))
+    }
 }
 
 /// Parses a human duration; a bare number means seconds.
@@ -85,7 +187,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("must not be negative".into());
     }
     let d = if let Ok(secs) = s.parse::<f64>() {
-        if !secs.is_finite() {
+        if !secs.is_finite() || secs > 1e12 {
             return Err("must be a finite number of seconds".into());
         }
         Duration::from_secs_f64(secs)
@@ -111,6 +213,15 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    fn trace(args: &[&str]) -> Result<TraceArgs, clap::Error> {
+        let mut v = vec!["pmet", "trace"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v)?.command {
+            Command::Trace(t) => Ok(*t),
+            _ => unreachable!(),
+        }
+    }
+
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
@@ -128,27 +239,72 @@ mod tests {
                 .contains("greater than zero")
         );
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("1e300").is_err());
         assert!(parse_interval("1ms").unwrap_err().contains("at least 10ms"));
     }
 
     #[test]
     fn trace_forms() {
-        let c = Cli::try_parse_from(["pmet", "trace", "--", "ls", "-l"]).unwrap();
-        let Command::Trace(t) = c.command;
+        let t = trace(&["--", "ls", "-l"]).unwrap();
         assert_eq!(t.command, ["ls", "-l"]);
-        let c = Cli::try_parse_from(["pmet", "trace", "-o", "r.json", "sh", "-c", "x"]).unwrap();
-        let Command::Trace(t) = c.command;
+        let t = trace(&["-o", "r.json", "sh", "-c", "x"]).unwrap();
         assert_eq!(t.command, ["sh", "-c", "x"]);
         assert_eq!(t.output.as_deref(), Some("r.json"));
-        let c = Cli::try_parse_from(["pmet", "trace", "--pid", "42", "-d", "5s"]).unwrap();
-        let Command::Trace(t) = c.command;
+        let t = trace(&["--pid", "42", "-d", "5s", "--since-process-start"]).unwrap();
         assert_eq!(
             (t.pid, t.duration),
             (Some(42), Some(Duration::from_secs(5)))
         );
-        assert!(Cli::try_parse_from(["pmet", "trace"]).is_err());
-        assert!(Cli::try_parse_from(["pmet", "trace", "--pid", "0"]).is_err());
-        assert!(Cli::try_parse_from(["pmet", "trace", "--pid", "1", "--", "ls"]).is_err());
-        assert!(Cli::try_parse_from(["pmet", "trace", "--interval", "0", "--", "ls"]).is_err());
+        assert!(t.since_process_start);
+        let t = trace(&["--format", "jsonl", "--color", "never", "--", "true"]).unwrap();
+        assert_eq!(
+            (t.format, t.color),
+            (Some(Format::Jsonl), ColorChoice::Never)
+        );
+        for bad in [
+            &[][..],
+            &["--pid", "0"],
+            &["--pid", "1", "--", "ls"],
+            &["--interval", "0", "--", "ls"],
+            &["--user", "x", "--pid", "3"],
+            &["--format", "fancy", "--", "ls"],
+            &["--color", "sometimes", "--", "ls"],
+        ] {
+            assert!(trace(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn interval_bounds() {
+        let t = trace(&["--", "x"]).unwrap();
+        assert_eq!(
+            t.validate().unwrap(),
+            (
+                Duration::from_millis(200),
+                Duration::from_secs(1),
+                Duration::from_secs(5)
+            )
+        );
+        let t = trace(&["-i", "50ms", "--", "x"]).unwrap();
+        assert_eq!(t.validate().unwrap().0, Duration::from_millis(50));
+        let t = trace(&["-i", "10s", "--", "x"]).unwrap();
+        assert_eq!(t.validate().unwrap().2, Duration::from_secs(10));
+        let t = trace(&["--min-interval", "2s", "--max-interval", "1s", "--", "x"]).unwrap();
+        assert!(t.validate().unwrap_err().contains("longer than"));
+        let t = trace(&["--since-process-start", "--", "x"]).unwrap();
+        assert!(t.validate().unwrap_err().contains("goes with --pid"));
+        let t = trace(&[
+            "-i",
+            "1s",
+            "--min-interval",
+            "1s",
+            "--max-interval",
+            "1s",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        let (a, b, c) = t.validate().unwrap();
+        assert!(a == b && b == c, "fixed rate");
     }
 }

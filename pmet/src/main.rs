@@ -1,28 +1,117 @@
 //! The `pmet` binary: parse the command line, run, exit with the right status.
 
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use pmet::{
-    cli::{Cli, Command},
-    error::exit,
-    render::summary::summary,
+    cli::{Cli, Command, Format, TraceArgs},
+    error::{Error, exit},
+    render::{
+        sink::Sink,
+        style::Style,
+        summary::summary,
+        term::{size, stderr_is_tty},
+        units::command_line,
+    },
     report::OutputTarget,
-    trace::{TraceOptions, trace},
+    trace::{EbpfMode, TraceOptions, trace},
 };
 
 fn terminal_width() -> usize {
-    // SAFETY: ioctl on stderr with a valid winsize buffer.
-    unsafe {
-        let mut ws: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0 {
-            return ws.ws_col as usize;
-        }
-    }
-    std::env::var("COLUMNS")
-        .ok()
-        .and_then(|c| c.parse().ok())
+    size()
+        .map(|(_, c)| c as usize)
+        .or_else(|| std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()))
         .unwrap_or(100)
+}
+
+fn fail(e: &Error) -> ExitCode {
+    eprintln!("pmet: error: {e}");
+    ExitCode::from(e.exit_code() as u8)
+}
+
+fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
+    let intervals = match args.validate() {
+        Ok(i) => i,
+        Err(e) => return fail(&Error::Usage(e)),
+    };
+    let tty = stderr_is_tty();
+    let format = match (quiet, args.format) {
+        (true, _) => Format::Summary,
+        (false, Some(f)) => f,
+        (false, None) if tty => Format::Live,
+        (false, None) => Format::Summary,
+    };
+    if format == Format::Live && !tty {
+        return fail(&Error::Usage(
+            "--format live needs a terminal on stderr; use --format simple or jsonl".into(),
+        ));
+    }
+    let stream: Box<dyn Write + Send> = match &args.stream {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Box::new(std::io::LineWriter::new(f)),
+            Err(source) => {
+                return fail(&Error::Output {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        },
+        None => Box::new(std::io::stderr()),
+    };
+    // Colors for what goes to the terminal: the live view and the summary.
+    let style = Style {
+        color: args.color.enabled(tty),
+    };
+    let what = if args.command.is_empty() {
+        format!("pid {}", args.pid.unwrap_or(0))
+    } else {
+        command_line(
+            &args
+                .command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let output = args.output.as_deref().map(OutputTarget::parse);
+    let opts = TraceOptions {
+        command: args.command,
+        pid: args.pid,
+        duration: args.duration,
+        intervals,
+        output: output.clone(),
+        exclude_children: args.exclude_children,
+        since_process_start: args.since_process_start,
+        ebpf: if args.no_ebpf {
+            EbpfMode::Off
+        } else {
+            EbpfMode::Auto
+        },
+        user: args.user,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&Error::Other(format!("cannot start the runtime: {e}"))),
+    };
+    let make_sink = move || Sink::new(format, what, style, stream);
+    match rt.block_on(trace(opts, make_sink)) {
+        Ok(outcome) => {
+            if !quiet {
+                eprint!("{}", summary(&outcome.report, terminal_width(), style));
+                if let (Some(OutputTarget::File(p)), None) = (&output, &outcome.write_error) {
+                    eprintln!("  report written to {}", p.display());
+                }
+            }
+            if let Some(e) = outcome.write_error {
+                return fail(&e);
+            }
+            ExitCode::from(outcome.exit_code.clamp(0, 255) as u8)
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 fn main() -> ExitCode {
@@ -37,45 +126,29 @@ fn main() -> ExitCode {
     env_logger::Builder::new()
         .filter_level(level)
         .parse_env("PMET_LOG")
-        .format_timestamp(None)
-        .format_target(false)
+        .format(|f, r| {
+            let level = match r.level() {
+                log::Level::Warn => "warning".to_owned(),
+                l => l.as_str().to_lowercase(),
+            };
+            writeln!(f, "pmet: {level}: {}", r.args())
+        })
         .init();
 
-    let Command::Trace(args) = cli.command;
-    let opts = TraceOptions {
-        command: args.command,
-        pid: args.pid,
-        duration: args.duration,
-        interval: args.interval,
-        output: args.output.as_deref().map(OutputTarget::parse),
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pmet: error: cannot start the runtime: {e}");
-            return ExitCode::from(exit::CANNOT_TRACE as u8);
+    match cli.command {
+        Command::Trace(args) => run_trace(*args, cli.quiet),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "pmet", &mut std::io::stdout());
+            ExitCode::SUCCESS
         }
-    };
-    match rt.block_on(trace(opts.clone())) {
-        Ok(outcome) => {
-            if !cli.quiet {
-                eprint!("{}", summary(&outcome.report, terminal_width()));
-                if let (Some(OutputTarget::File(p)), None) = (&opts.output, &outcome.write_error) {
-                    eprintln!("  report written to {}", p.display());
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pmet: error: writing the man page: {e}");
+                    ExitCode::from(exit::CANNOT_TRACE as u8)
                 }
             }
-            if let Some(e) = outcome.write_error {
-                eprintln!("pmet: error: {e}");
-                return ExitCode::from(e.exit_code() as u8);
-            }
-            ExitCode::from(outcome.exit_code.clamp(0, 255) as u8)
-        }
-        Err(e) => {
-            eprintln!("pmet: error: {e}");
-            ExitCode::from(e.exit_code() as u8)
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One tracing session, start to finish: check the inputs, load the kernel
-//! side, launch (or attach), merge events, exit records and samples into the
-//! tree until the last process is gone, then report.
+//! side (or fall back to polling), launch or attach, merge events, exit
+//! records and samples into the tree until the last process is gone, then
+//! report.
 
 use std::{
     collections::HashSet,
@@ -14,7 +15,7 @@ use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     sync::mpsc,
-    time::{Instant, MissedTickBehavior},
+    time::Instant,
 };
 
 use crate::{
@@ -27,14 +28,25 @@ use crate::{
         tracefs::Tracefs,
     },
     error::Error,
-    launch::{self, Prepared},
+    launch::{self, Credentials, Prepared},
     model::{
         event::Event,
-        tree::{Baseline, ExitStatus, Tree},
+        snapshot::{Snapshot, Snapshotter},
+        tree::{Baseline, ExitStatus, Seen, Tree},
     },
-    privileges,
+    privileges::{self, Account},
+    render::sink::Sink,
     report::{self, Collector, Host, Lost, OutputTarget, Report, RunInfo},
 };
+
+/// Whether to use eBPF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EbpfMode {
+    /// Use it; fall back to polling with a warning when it cannot load.
+    Auto,
+    /// Poll /proc only (`--no-ebpf`).
+    Off,
+}
 
 /// What to trace and how.
 #[derive(Clone, Debug)]
@@ -45,10 +57,18 @@ pub struct TraceOptions {
     pub pid: Option<u32>,
     /// Stop after this long.
     pub duration: Option<Duration>,
-    /// Sampling interval.
-    pub interval: Duration,
+    /// Adaptive sampling bounds: (shortest, first, longest).
+    pub intervals: (Duration, Duration, Duration),
     /// Where the JSON report goes.
     pub output: Option<OutputTarget>,
+    /// Follow only the root.
+    pub exclude_children: bool,
+    /// Attach mode: count CPU and disk from each process's start.
+    pub since_process_start: bool,
+    /// eBPF or polling.
+    pub ebpf: EbpfMode,
+    /// `--user`.
+    pub user: Option<String>,
 }
 
 /// How a session ended.
@@ -70,6 +90,8 @@ const SETTLE: Duration = Duration::from_millis(3000);
 const FREE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Stop waiting earlier once no record has arrived for this long.
 const SETTLE_IDLE: Duration = Duration::from_millis(500);
+/// A tree using more CPU than this (percent of a core) counts as busy.
+const BUSY_CPU_PCT: f64 = 5.0;
 
 /// `CLOCK_BOOTTIME` now, in ns: the clock of kernel events and /proc start times.
 pub fn boottime_ns() -> u64 {
@@ -109,21 +131,50 @@ impl Cookies {
     }
 }
 
+/// Adaptive sampling: faster while the tree is busy or changing, slower
+/// when it is idle.
+struct Pace {
+    min: Duration,
+    now: Duration,
+    max: Duration,
+    last_shape: (usize, usize),
+}
+
+impl Pace {
+    fn after(&mut self, s: &Snapshot) -> Duration {
+        let shape = (s.seen, s.alive);
+        let busy = s.cpu_pct > BUSY_CPU_PCT || shape != self.last_shape;
+        self.last_shape = shape;
+        self.now = if busy {
+            (self.now / 2).max(self.min)
+        } else {
+            self.now.mul_f64(1.5).min(self.max)
+        };
+        self.now
+    }
+}
+
 struct Session {
-    kernel: Kernel,
+    kernel: Option<Kernel>,
     tree: Tree,
     procfs: Procfs,
     pending_ts: Vec<TaskStats>,
     samples: u64,
     undecodable: u64,
+    follow_children: bool,
+    cookies: Cookies,
+    snapshots: Snapshotter,
 }
 
 impl Session {
     /// Applies every event waiting in the ring buffer; reads the final socket
     /// counters of processes that exited.
     fn drain(&mut self) {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return;
+        };
         let mut exits = Vec::new();
-        while let Some(item) = self.kernel.events.next() {
+        while let Some(item) = kernel.events.next() {
             match decode(&item) {
                 Some(ev) => {
                     if let Event::Exit {
@@ -141,7 +192,7 @@ impl Session {
             }
         }
         for (pid, cookie) in exits {
-            let net = self.kernel.take_net(pid, cookie).unwrap_or_default();
+            let net = kernel.take_net(pid, cookie).unwrap_or_default();
             self.tree.set_net(pid, cookie, net, true);
         }
     }
@@ -157,43 +208,106 @@ impl Session {
 
     /// Gives up on frees the kernel side has not seen `after` the exit.
     fn sweep_dying(&mut self, after: Duration) {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return;
+        };
         let now = boottime_ns();
-        for (task, d) in self.kernel.dying() {
+        for (task, d) in kernel.dying() {
             if now.saturating_sub(d.exit_ns) >= after.as_nanos() as u64 {
-                self.kernel.forget_dying(task);
+                kernel.forget_dying(task);
                 self.tree.free_missed(d.tgid, d.cookie);
             }
         }
     }
 
-    /// One polling round: liveness, /proc samples, live socket counters.
-    fn tick(&mut self) {
-        self.sweep_dying(FREE_TIMEOUT);
-        // A process the kernel no longer tracks but the tree thinks alive:
-        // its exit event is either still in the ring (drained next) or lost.
-        let suspects: Vec<(u32, u64)> = self
-            .tree
-            .live_keys()
-            .into_iter()
-            .filter(|&(pid, cookie)| self.kernel.tracked(pid) != Some(cookie))
+    /// Polling mode: finds new children and gone processes in /proc.
+    fn poll_tree(&mut self, now: u64) {
+        let all = self.procfs.scan();
+        let present: HashSet<u32> = all
+            .iter()
+            .filter(|s| s.state != 'Z' && s.state != 'X')
+            .map(|s| s.pid)
             .collect();
-        self.apply_taskstats();
-        let now = boottime_ns();
-        for (pid, cookie) in suspects {
-            if self.tree.live(pid).is_some_and(|p| p.cookie == cookie) {
-                log::debug!("pid {pid} left the kernel's tracked set without an exit event");
-                self.tree.mark_vanished(pid, now);
+        for (pid, _) in self.tree.live_keys() {
+            if !present.contains(&pid) {
+                self.tree.mark_gone(pid, now);
             }
+        }
+        if !self.follow_children {
+            return;
+        }
+        let tick_ns = 1_000_000_000 / self.procfs.ticks_per_s.max(1);
+        // Parents before children: repeat until no live process gains one.
+        loop {
+            let mut added = false;
+            for st in &all {
+                if !present.contains(&st.pid) || self.tree.live(st.pid).is_some() {
+                    continue;
+                }
+                if self.tree.live(st.ppid).is_none() {
+                    continue;
+                }
+                let cookie = self.cookies.next();
+                self.tree.add_seen(Seen {
+                    pid: st.pid,
+                    ppid: st.ppid,
+                    cookie,
+                    start_ns: st.starttime * tick_ns,
+                    comm: st.comm.clone(),
+                    argv: self.procfs.cmdline(st.pid).unwrap_or_default(),
+                    threads: st.num_threads,
+                    ..Seen::default()
+                });
+                added = true;
+            }
+            if !added {
+                break;
+            }
+        }
+    }
+
+    /// One polling round: liveness, /proc samples, live socket counters.
+    fn tick(&mut self) -> Snapshot {
+        self.sweep_dying(FREE_TIMEOUT);
+        let now = boottime_ns();
+        if let Some(kernel) = &self.kernel {
+            // A process the kernel no longer tracks but the tree thinks alive:
+            // its exit event is either still in the ring (drained next) or lost.
+            let suspects: Vec<(u32, u64)> = self
+                .tree
+                .live_keys()
+                .into_iter()
+                .filter(|&(pid, cookie)| kernel.tracked(pid) != Some(cookie))
+                .collect();
+            self.apply_taskstats();
+            for (pid, cookie) in suspects {
+                if self.tree.live(pid).is_some_and(|p| p.cookie == cookie) {
+                    log::debug!("pid {pid} left the kernel's tracked set without an exit event");
+                    self.tree.mark_vanished(pid, now);
+                }
+            }
+        } else {
+            self.apply_taskstats();
+            self.poll_tree(now);
         }
         for (pid, cookie) in self.tree.live_keys() {
             if let Some(s) = self.procfs.sample(pid, now) {
                 self.tree.apply_sample(pid, s);
             }
-            if let Some(n) = self.kernel.net(pid, cookie) {
+            if let Some(n) = self.kernel.as_ref().and_then(|k| k.net(pid, cookie)) {
                 self.tree.set_net(pid, cookie, n, false);
             }
         }
         self.samples += 1;
+        let lost = self.kernel.as_ref().map_or(0, |k| {
+            let c = k.counters();
+            use pmet_common::counter as c_;
+            c[c_::RINGBUF_FULL as usize]
+                + c[c_::TRACKED_FULL as usize]
+                + c[c_::NET_FULL as usize]
+                + c[c_::DYING_FULL as usize]
+        });
+        self.snapshots.take(&self.tree, now, lost)
     }
 }
 
@@ -215,65 +329,90 @@ fn host() -> Host {
 /// Puts `pid` and its descendants in the tracked set. Parents go first, and
 /// the walk repeats until it finds nothing new, so a child forked while the
 /// walk ran is caught either here or by the kernel.
-fn attach(
-    kernel: &mut Kernel,
-    tree: &mut Tree,
-    procfs: &Procfs,
-    root: u32,
-    cookies: &mut Cookies,
-) -> Result<(), Error> {
+fn attach(s: &mut Session, root: u32, since_start: bool) -> Result<(), Error> {
     let mut seen = HashSet::new();
     for _round in 0..100 {
-        let fresh: Vec<u32> = procfs
-            .subtree(root)
-            .into_iter()
-            .filter(|p| !seen.contains(p))
-            .collect();
+        let subtree = if s.follow_children {
+            s.procfs.subtree(root)
+        } else {
+            vec![root]
+        };
+        let fresh: Vec<u32> = subtree.into_iter().filter(|p| !seen.contains(p)).collect();
         if fresh.is_empty() {
             break;
         }
         for pid in fresh {
             seen.insert(pid);
-            if kernel.tracked(pid).is_some() {
+            if s.kernel.as_ref().is_some_and(|k| k.tracked(pid).is_some()) {
                 // Forked after its parent was tracked: the kernel announced it.
                 continue;
             }
-            let Ok(stat) = procfs.stat(pid) else {
+            let Ok(stat) = s.procfs.stat(pid) else {
                 continue;
             };
             if stat.state == 'Z' {
                 continue;
             }
-            let cookie = cookies.next();
-            kernel.track(pid, cookie)?;
-            let now = boottime_ns();
-            let threads = procfs.threads(pid);
-            let tps = procfs.ticks_per_s.max(1);
-            let tick_ns = 1_000_000_000 / tps;
-            let baseline = Baseline {
-                thread_runtime_ns: threads.iter().filter_map(|t| t.runtime_ns).sum(),
-                thread_utime_ns: threads.iter().map(|t| t.utime_ticks * tick_ns).sum(),
-                thread_stime_ns: threads.iter().map(|t| t.stime_ticks * tick_ns).sum(),
-                thread_read_bytes: threads.iter().filter_map(|t| t.read_bytes).sum(),
-                thread_write_bytes: threads.iter().filter_map(|t| t.write_bytes).sum(),
-                sample: procfs.sample(pid, now),
-            };
-            tree.add_existing(
+            let cookie = s.cookies.next();
+            if let Some(k) = s.kernel.as_mut() {
+                k.track(pid, cookie)?;
+            }
+            let baseline = baseline(&s.procfs, pid, since_start);
+            let tick_ns = 1_000_000_000 / s.procfs.ticks_per_s.max(1);
+            s.tree.add_seen(Seen {
                 pid,
-                stat.ppid,
+                ppid: stat.ppid,
                 cookie,
-                stat.starttime * tick_ns,
-                stat.comm.clone(),
-                procfs.cmdline(pid).unwrap_or_default(),
-                stat.num_threads,
+                start_ns: stat.starttime * tick_ns,
+                comm: stat.comm.clone(),
+                argv: s.procfs.cmdline(pid).unwrap_or_default(),
+                threads: stat.num_threads,
                 baseline,
-            );
+                preexisting: true,
+            });
         }
     }
-    if tree.root.is_none() {
+    if s.tree.root.is_none() {
         return Err(Error::NoSuchPid(root));
     }
     Ok(())
+}
+
+/// What a process had used when pmet attached: subtracted from its final
+/// figures, or (`--since-process-start`) the part the kernel will not report
+/// at exit (threads that ended before attach) added to them.
+fn baseline(procfs: &Procfs, pid: u32, since_start: bool) -> Baseline {
+    let threads = procfs.threads(pid);
+    let tick_ns = 1_000_000_000 / procfs.ticks_per_s.max(1);
+    let runtime: u64 = threads.iter().filter_map(|t| t.runtime_ns).sum();
+    let utime: u64 = threads.iter().map(|t| t.utime_ticks * tick_ns).sum();
+    let stime: u64 = threads.iter().map(|t| t.stime_ticks * tick_ns).sum();
+    let read: u64 = threads.iter().filter_map(|t| t.read_bytes).sum();
+    let write: u64 = threads.iter().filter_map(|t| t.write_bytes).sum();
+    let sample = procfs.sample(pid, boottime_ns());
+    if !since_start {
+        return Baseline {
+            thread_runtime_ns: runtime,
+            thread_utime_ns: utime,
+            thread_stime_ns: stime,
+            thread_read_bytes: read,
+            thread_write_bytes: write,
+            sample,
+            ..Baseline::default()
+        };
+    }
+    // The whole process minus its live threads: what ended before attach.
+    let s = sample.unwrap_or_default();
+    let total_u = s.utime_ticks * tick_ns;
+    let total_s = s.stime_ticks * tick_ns;
+    Baseline {
+        credit_runtime_ns: (total_u + total_s).saturating_sub(runtime),
+        credit_utime_ns: total_u.saturating_sub(utime),
+        credit_stime_ns: total_s.saturating_sub(stime),
+        credit_read_bytes: s.read_bytes.unwrap_or(0).saturating_sub(read),
+        credit_write_bytes: s.write_bytes.unwrap_or(0).saturating_sub(write),
+        ..Baseline::default()
+    }
 }
 
 fn status_from_wait(raw: i32) -> ExitStatus {
@@ -287,16 +426,69 @@ fn status_from_wait(raw: i32) -> ExitStatus {
     }
 }
 
+/// Loads the kernel side, or says why it cannot.
+fn load_kernel(follow_children: bool) -> Result<Kernel, Error> {
+    privileges::check_ebpf()?;
+    let tracefs = Tracefs::find_or_mount()?;
+    let mut cfg = ebpf::tracepoint_config(&tracefs)?;
+    if follow_children {
+        cfg.flags |= pmet_common::config_flags::FOLLOW_CHILDREN;
+    }
+    let task = match btf::task_offsets(Path::new(btf::VMLINUX)) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            log::warn!("{e}; final CPU and disk figures will come from taskstats only");
+            None
+        }
+    };
+    Kernel::load(cfg, task.as_ref())
+}
+
+fn child_env(account: Option<&Account>) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    if let Some(a) = account {
+        for (k, v) in [
+            ("HOME", a.home.clone().into_os_string()),
+            ("USER", a.name.clone().into()),
+            ("LOGNAME", a.name.clone().into()),
+        ] {
+            env.retain(|(key, _)| key != k);
+            env.push((k.into(), v));
+        }
+    }
+    env
+}
+
 /// Runs a session. Errors before tracing starts are returned; once the tree
 /// is being followed, problems are logged and the report is still produced.
-pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
+/// `make_sink` is called once tracing has begun.
+pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Result<Outcome, Error> {
     // Inputs first: nothing is loaded or launched for a request that cannot succeed.
     if let Some(o) = &opts.output {
         o.check_writable()?;
     }
     let procfs = Procfs::default();
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let account = match opts.pid {
+        None => privileges::command_account(
+            opts.user.as_deref(),
+            std::env::var("SUDO_UID").ok().as_deref(),
+            std::env::var("SUDO_GID").ok().as_deref(),
+            euid,
+        )?,
+        Some(_) => None,
+    };
     let prepared = match opts.pid {
-        None => Some(Prepared::new(&opts.command, std::env::vars_os(), None)?),
+        None => Some(Prepared::new(
+            &opts.command,
+            child_env(account.as_ref()),
+            account.as_ref().map(|a| Credentials {
+                uid: a.uid,
+                gid: a.gid,
+                groups: a.groups.clone(),
+            }),
+        )?),
         Some(pid) => {
             match procfs.stat(pid) {
                 Ok(s) if s.state != 'Z' && s.state != 'X' => {}
@@ -305,42 +497,57 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
             None
         }
     };
-    privileges::check_ebpf()?;
+    let follow_children = !opts.exclude_children;
 
-    let tracefs = Tracefs::find_or_mount()?;
-    let cfg = ebpf::tracepoint_config(&tracefs)?;
-    let task = match btf::task_offsets(Path::new(btf::VMLINUX)) {
-        Ok(o) => Some(o),
-        Err(e) => {
-            log::warn!("{e}; final CPU and disk figures will come from taskstats only");
-            None
-        }
+    let kernel = match opts.ebpf {
+        EbpfMode::Off => None,
+        EbpfMode::Auto => match load_kernel(follow_children) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                let fix = match &e {
+                    Error::NotRoot { .. } => "",
+                    _ => "; pass --no-ebpf to silence this",
+                };
+                log::warn!(
+                    "polling /proc only, without exact figures for short processes, exit statuses \
+                     or network: {e}{fix}"
+                );
+                None
+            }
+        },
     };
-    let kernel = Kernel::load(cfg, task.as_ref())?;
+    let ebpf = kernel.is_some();
     let (ts_tx, mut ts_rx) = mpsc::unbounded_channel::<Vec<TaskStats>>();
-    let listener = match Listener::start(move |recs| {
-        let _ = ts_tx.send(recs);
-    }) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            log::warn!(
-                "taskstats unavailable ({e}): peak memory of short-lived processes will be unknown"
-            );
-            None
+    let listener = if euid == 0 {
+        match Listener::start(move |recs| {
+            let _ = ts_tx.send(recs);
+        }) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!(
+                    "taskstats unavailable ({e}): peak memory of short-lived processes will be unknown"
+                );
+                None
+            }
         }
+    } else {
+        None
     };
 
+    let kernel_io = kernel.as_ref().is_some_and(|k| k.kernel_io);
+    let start_ns = boottime_ns();
+    let started_at = SystemTime::now();
     let mut s = Session {
         kernel,
         tree: Tree::new(),
+        snapshots: Snapshotter::new(start_ns, procfs.ticks_per_s, kernel_io, ebpf),
         procfs,
         pending_ts: Vec::new(),
         samples: 0,
         undecodable: 0,
+        follow_children,
+        cookies: Cookies(0),
     };
-    let mut cookies = Cookies(0);
-    let start_ns = boottime_ns();
-    let started_at = SystemTime::now();
     let command: Option<Vec<String>> = prepared.is_some().then(|| {
         opts.command
             .iter()
@@ -353,8 +560,10 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
     if let Some(p) = &prepared {
         let gate = launch::spawn_gated(p)?;
         root_pid = gate.pid;
-        let cookie = cookies.next();
-        if let Err(e) = s.kernel.track(gate.pid, cookie) {
+        let cookie = s.cookies.next();
+        if let Some(k) = s.kernel.as_mut()
+            && let Err(e) = k.track(gate.pid, cookie)
+        {
             drop(gate);
             let _ = launch::wait(root_pid, false);
             return Err(e);
@@ -369,46 +578,63 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
             .and_then(watch)
             .map_err(|e| log::warn!("pidfd_open({root_pid}): {e}; polling for the exit instead"))
             .ok();
+        if euid == 0 {
+            privileges::drop_capabilities();
+        }
         if let Err(e) = gate.release() {
             let _ = launch::wait(root_pid, false);
             return Err(e);
         }
     } else {
         root_pid = opts.pid.expect("attach mode has a pid");
-        attach(
-            &mut s.kernel,
-            &mut s.tree,
-            &s.procfs,
-            root_pid,
-            &mut cookies,
-        )?;
+        attach(&mut s, root_pid, opts.since_process_start)?;
+        if euid == 0 {
+            privileges::drop_capabilities();
+        }
     }
     let launched = prepared.is_some();
 
-    let ring = watch(Fd(s.kernel.events_fd()))
-        .map_err(|e| Error::Other(format!("epoll on the ring buffer: {e}")))?;
+    let ring = match &s.kernel {
+        Some(k) => Some(
+            watch(Fd(k.events_fd()))
+                .map_err(|e| Error::Other(format!("epoll on the ring buffer: {e}")))?,
+        ),
+        None => None,
+    };
     let log_fd = s
         .kernel
-        .logger
         .as_ref()
+        .and_then(|k| k.logger.as_ref())
         .and_then(|l| watch(Fd(l.as_raw_fd())).ok());
 
-    let mut ticker = tokio::time::interval(opts.interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Other(e.to_string()))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Other(e.to_string()))?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(|e| Error::Other(e.to_string()))?;
+    let sig = |k: SignalKind| signal(k).map_err(|e| Error::Other(format!("signal handler: {e}")));
+    let mut sigint = sig(SignalKind::interrupt())?;
+    let mut sigterm = sig(SignalKind::terminate())?;
+    let mut sighup = sig(SignalKind::hangup())?;
+    let mut sigwinch = sig(SignalKind::window_change())?;
     let far = Instant::now() + Duration::from_secs(86400 * 365 * 30);
     let mut deadline = opts.duration.map_or(far, |d| Instant::now() + d);
     let mut root_status: Option<ExitStatus> = None;
     let mut stopped_early: Option<String> = None;
     let mut signals = 0u32;
     let mut term_sent = false;
+    let (min, first, max) = opts.intervals;
+    let mut pace = Pace {
+        min,
+        now: first,
+        max,
+        last_shape: (0, 0),
+    };
+    let mut sink = make_sink();
+    // A first look at once: rates need a starting point.
+    let snap = s.tick();
+    sink.sample(&snap);
+    let mut next_tick = Instant::now() + pace.after(&snap);
 
     loop {
         let root_running = launched && root_status.is_none();
         tokio::select! {
-            g = ring.readable() => {
+            g = async { ring.as_ref().expect("guarded").readable().await }, if ring.is_some() => {
                 match g {
                     Ok(mut g) => { g.clear_ready(); s.drain(); }
                     Err(e) => log::error!("ring buffer: {e}"),
@@ -421,26 +647,31 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
                 }
                 s.apply_taskstats();
             }
-            _ = ticker.tick() => s.tick(),
+            _ = tokio::time::sleep_until(next_tick) => {
+                let snap = s.tick();
+                sink.sample(&snap);
+                next_tick = Instant::now() + pace.after(&snap);
+            }
             r = async { pidfd.as_ref().expect("guarded").readable().await }, if root_running && pidfd.is_some() => {
                 if let Ok(mut g) = r { g.clear_ready(); }
                 if let Ok(Some(raw)) = launch::wait(root_pid, true) {
                     let st = status_from_wait(raw);
                     root_status = Some(st);
-                    s.tree.set_root_exit(st);
+                    s.tree.set_root_exit(st, boottime_ns());
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(50)), if root_running && pidfd.is_none() => {
                 if let Ok(Some(raw)) = launch::wait(root_pid, true) {
                     let st = status_from_wait(raw);
                     root_status = Some(st);
-                    s.tree.set_root_exit(st);
+                    s.tree.set_root_exit(st, boottime_ns());
                 }
             }
             g = async { log_fd.as_ref().expect("guarded").readable().await }, if log_fd.is_some() => {
                 if let Ok(mut g) = g { g.clear_ready(); }
-                if let Some(l) = s.kernel.logger.as_mut() { l.flush(); }
+                if let Some(l) = s.kernel.as_mut().and_then(|k| k.logger.as_mut()) { l.flush(); }
             }
+            _ = sigwinch.recv() => sink.resize(),
             _ = sigint.recv() => {
                 signals += 1;
                 // A terminal's Ctrl+C reaches the whole foreground group, the
@@ -458,19 +689,19 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
                     break;
                 }
                 if root_status.is_none() {
+                    // Sent to pmet, meant for the command: pass it on.
                     // SAFETY: plain kill of our own child.
                     unsafe { libc::kill(root_pid as i32, sig) };
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
+                stopped_early = Some("duration".into());
                 if launched && !term_sent && root_status.is_none() {
-                    stopped_early = Some("duration".into());
                     // SAFETY: plain kill of our own child.
                     unsafe { libc::kill(root_pid as i32, libc::SIGTERM) };
                     term_sent = true;
                     deadline = Instant::now() + TERM_GRACE;
                 } else {
-                    stopped_early = Some("duration".into());
                     break;
                 }
             }
@@ -492,12 +723,13 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
     let hard_stop = Instant::now() + SETTLE;
     let mut last_progress = Instant::now();
     let mut awaiting = usize::MAX;
+    let exit_totals = s.kernel.as_ref().is_some_and(|k| k.exit_totals);
     loop {
         while let Ok(recs) = ts_rx.try_recv() {
             s.pending_ts.extend(recs);
         }
         s.apply_taskstats();
-        let totals = if s.kernel.exit_totals {
+        let totals = if exit_totals {
             s.tree.awaiting_totals()
         } else {
             0
@@ -515,7 +747,9 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
         if awaiting == 0 || now >= hard_stop || now >= last_progress + SETTLE_IDLE {
             log::debug!("settled: {totals} processes await exit totals, {records} taskstats");
             s.sweep_dying(Duration::ZERO);
-            s.tree.give_up_frees();
+            if exit_totals {
+                s.tree.give_up_frees();
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -526,16 +760,16 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
     {
         let st = status_from_wait(raw);
         root_status = Some(st);
-        s.tree.set_root_exit(st);
+        s.tree.set_root_exit(st, boottime_ns());
     }
-    // Still-running processes (an early stop): a last sample and counters.
-    if s.tree.alive_count() > 0 {
-        s.tick();
-        s.samples -= 1;
-    }
+    // A last sample: still-running processes (an early stop) get their
+    // figures, and a short run gets at least one look.
+    let snap = s.tick();
+    sink.sample(&snap);
+    sink.finish();
     let end_ns = boottime_ns();
 
-    let c = s.kernel.counters();
+    let c = s.kernel.as_ref().map(|k| k.counters()).unwrap_or_default();
     use pmet_common::counter as k;
     let overflows = listener.as_ref().map_or(0, |l| {
         l.overflows.load(std::sync::atomic::Ordering::Relaxed)
@@ -547,8 +781,8 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
         started_at: humantime::format_rfc3339_millis(started_at).to_string(),
         ticks_per_s: s.procfs.ticks_per_s,
         collector: Collector {
-            ebpf: true,
-            interval_ms: opts.interval.as_millis() as u64,
+            ebpf,
+            interval_ms: first.as_millis() as u64,
             samples: s.samples,
             events: 0,
             lost_events: 0,
@@ -564,11 +798,17 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
                 ..Lost::default()
             },
             taskstats: listener.is_some(),
-            exit_totals: s.kernel.exit_totals,
+            exit_totals,
         },
         stopped_early,
-        kernel_io: s.kernel.kernel_io,
+        kernel_io,
         host: Some(host()),
+        counting_from: if opts.pid.is_some() && !opts.since_process_start {
+            "attach"
+        } else {
+            "process_start"
+        }
+        .into(),
     };
     let report = report::build(&s.tree, &info);
     // Detach before writing: nothing of pmet stays loaded past this point.
@@ -591,7 +831,12 @@ pub async fn trace(opts: TraceOptions) -> Result<Outcome, Error> {
             let mut json =
                 serde_json::to_vec_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
             json.push(b'\n');
-            report::write_atomic(o, &json).err()
+            let r = report::write_atomic(o, &json);
+            if let (Ok(()), Some(a), OutputTarget::File(path)) = (&r, &account, o) {
+                // Under sudo the report belongs to the user who asked for it.
+                let _ = std::os::unix::fs::chown(path, Some(a.uid), Some(a.gid));
+            }
+            r.err()
         }
         None => None,
     };

@@ -74,24 +74,41 @@ fn unwritable_output_fails_before_launching_anything() {
 }
 
 #[test]
-fn without_root_the_missing_capability_is_named() {
+fn without_root_pmet_polls_and_names_what_is_missing() {
     // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        // Already unprivileged: the plain run shows the same thing.
-        let run = pmet(&["trace", "--", "true"]);
-        assert_eq!(run.code, Some(125));
-        return;
+    let root = unsafe { libc::geteuid() } == 0;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let out = dir.path().join("r.json");
+    let mut cmd = std::process::Command::new(common::pmet_bin());
+    cmd.args(["trace", "-o"])
+        .arg(&out)
+        .args(["--", "sh", "-c", "exit 3"]);
+    if root {
+        cmd.uid(65534).gid(65534);
     }
-    let out = std::process::Command::new(common::pmet_bin())
-        .args(["trace", "--", "true"])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{stderr}");
-    let e = one_line_error(&stderr);
-    assert!(e.contains("CAP_BPF") && e.contains("sudo pmet"), "{e}");
+    let o = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("pmet: warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("CAP_BPF") && warnings[0].contains("sudo pmet"),
+        "{}",
+        warnings[0]
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(r["collector"]["ebpf"], false);
+    assert_eq!(r["exit_code"], 3);
+    assert_eq!(r["totals"]["net"], serde_json::Value::Null);
+    assert_eq!(r["processes"][0]["net"], serde_json::Value::Null);
 }
 
 #[test]

@@ -210,17 +210,21 @@ impl Procfs {
         .collect()
     }
 
-    /// Every process's parent, for walking a subtree.
-    pub fn parents(&self) -> HashMap<u32, u32> {
+    /// Every process's /proc/PID/stat.
+    pub fn scan(&self) -> Vec<Stat> {
         let Ok(dir) = fs::read_dir(&self.root) else {
-            return HashMap::new();
+            return Vec::new();
         };
         dir.filter_map(|e| {
             let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let st = self.stat(pid).ok()?;
-            Some((pid, st.ppid))
+            self.stat(pid).ok()
         })
         .collect()
+    }
+
+    /// Every process's parent, for walking a subtree.
+    pub fn parents(&self) -> HashMap<u32, u32> {
+        self.scan().into_iter().map(|s| (s.pid, s.ppid)).collect()
     }
 
     /// `pid` and all its live descendants, parents before children.

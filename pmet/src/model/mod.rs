@@ -1,4 +1,6 @@
 //! The process tree, built from everything collected.
 
 pub mod event;
+pub mod figures;
+pub mod snapshot;
 pub mod tree;

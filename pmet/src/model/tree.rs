@@ -63,6 +63,17 @@ pub struct Baseline {
     pub thread_write_bytes: u64,
     /// Whole-process sample at attach (for figures of still-live processes).
     pub sample: Option<Sample>,
+    /// `--since-process-start`: runtime of threads that ended before attach,
+    /// ns, added to what the kernel reports at exit.
+    pub credit_runtime_ns: u64,
+    /// Their tick-sampled user time, ns.
+    pub credit_utime_ns: u64,
+    /// Their tick-sampled system time, ns.
+    pub credit_stime_ns: u64,
+    /// Their storage bytes read.
+    pub credit_read_bytes: u64,
+    /// Their storage bytes written.
+    pub credit_write_bytes: u64,
 }
 
 /// Sums of the per-thread records taskstats sent for one process.
@@ -176,6 +187,29 @@ impl Proc {
     }
 }
 
+/// A process found in /proc, for [`Tree::add_seen`].
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    /// Process id.
+    pub pid: u32,
+    /// Parent pid.
+    pub ppid: u32,
+    /// Cookie (kernel-side identity; userspace-chosen here).
+    pub cookie: u64,
+    /// Start, CLOCK_BOOTTIME ns.
+    pub start_ns: u64,
+    /// Name.
+    pub comm: String,
+    /// Arguments.
+    pub argv: Vec<String>,
+    /// Threads now.
+    pub threads: u32,
+    /// Figures at attach, to subtract.
+    pub baseline: Baseline,
+    /// Running before tracing began.
+    pub preexisting: bool,
+}
+
 /// Everything known about the traced tree.
 #[derive(Debug, Default)]
 pub struct Tree {
@@ -261,38 +295,39 @@ impl Tree {
         i
     }
 
-    /// Adds a process that was running before tracing began (attach mode).
-    #[allow(clippy::too_many_arguments)]
-    pub fn add_existing(
-        &mut self,
-        pid: u32,
-        ppid: u32,
-        cookie: u64,
-        start_ns: u64,
-        comm: String,
-        argv: Vec<String>,
-        threads: u32,
-        baseline: Baseline,
-    ) -> usize {
-        let parent = self.live.get(&ppid).copied();
+    /// Adds a process found in /proc rather than announced by the kernel:
+    /// one running before tracing began (attach mode), or one found by
+    /// polling. The first one added becomes the root.
+    pub fn add_seen(&mut self, n: Seen) -> usize {
+        let parent = self.live.get(&n.ppid).copied();
         let i = self.insert(Proc {
-            pid,
-            ppid: Some(ppid),
+            pid: n.pid,
+            ppid: Some(n.ppid),
             parent,
-            cookie,
-            comm,
-            argv,
-            start_ns,
-            preexisting: true,
-            threads_alive: threads.max(1),
-            max_threads: threads.max(1),
-            baseline,
+            cookie: n.cookie,
+            comm: n.comm,
+            argv: n.argv,
+            start_ns: n.start_ns,
+            preexisting: n.preexisting,
+            threads_alive: n.threads.max(1),
+            max_threads: n.threads.max(1),
+            baseline: n.baseline,
             ..Proc::default()
         });
         if self.root.is_none() {
             self.root = Some(i);
         }
         i
+    }
+
+    /// Marks a live process as exited without kernel events (polling mode):
+    /// it is gone from /proc, its status unknown.
+    pub fn mark_gone(&mut self, pid: u32, ts_ns: u64) {
+        if let Some(i) = self.live.remove(&pid) {
+            let p = &mut self.procs[i];
+            p.end_ns = Some(ts_ns);
+            p.threads_alive = 0;
+        }
     }
 
     /// The live process with this pid.
@@ -547,9 +582,19 @@ impl Tree {
     }
 
     /// Sets the root's exit status as wait() reported it (authoritative).
-    pub fn set_root_exit(&mut self, status: ExitStatus) {
+    pub fn set_root_exit(&mut self, status: ExitStatus, ts_ns: u64) {
         if let Some(r) = self.root {
-            self.procs[r].exit = Some(status);
+            let p = &mut self.procs[r];
+            p.exit = Some(status);
+            if p.end_ns.is_none() {
+                // Polling mode has no exit event; with eBPF the event's own
+                // timestamp replaces this one when it is drained.
+                p.end_ns = Some(ts_ns);
+                let pid = p.pid;
+                if self.live.get(&pid) == Some(&r) {
+                    self.live.remove(&pid);
+                }
+            }
         }
     }
 

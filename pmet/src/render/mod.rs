@@ -1,4 +1,9 @@
-//! Output for people.
+//! Output for people (and streams for tools).
 
+pub mod live;
+pub mod sink;
+pub mod stream;
+pub mod style;
 pub mod summary;
+pub mod term;
 pub mod units;

@@ -3,7 +3,10 @@
 
 use std::fmt::Write as _;
 
-use super::units::{bytes, command_line, duration, fit, signal_name};
+use super::{
+    style::Style,
+    units::{bytes, command_line, duration, fit, signal_name},
+};
 use crate::report::{ProcessReport, Report};
 
 /// How many processes the "busiest" table lists.
@@ -32,17 +35,18 @@ fn name(p: &ProcessReport) -> String {
 }
 
 /// Renders the summary for a terminal `width` columns wide.
-pub fn summary(r: &Report, width: usize) -> String {
+pub fn summary(r: &Report, width: usize, st: Style) -> String {
     let width = width.max(60);
     let mut o = String::new();
     let what = match &r.command {
         Some(c) => command_line(c),
         None => format!("pid {}", r.root_pid),
     };
-    let _ = writeln!(o, "pmet: {}", fit(&what, width - 6));
+    let _ = writeln!(o, "{} {}", st.bold("pmet:"), fit(&what, width - 6));
     let root_status = match (r.exit_code, r.exit_signal) {
-        (_, Some(s)) => format!("killed by {}", signal_name(s)),
-        (Some(c), _) => format!("exit {c}"),
+        (_, Some(s)) => st.red(&format!("killed by {}", signal_name(s))),
+        (Some(0), _) => st.green("exit 0"),
+        (Some(c), _) => st.red(&format!("exit {c}")),
         _ => "still running".into(),
     };
     let t = &r.totals;
@@ -58,7 +62,11 @@ pub fn summary(r: &Report, width: usize) -> String {
         if t.processes == 1 { "" } else { "es" }
     );
     if t.failed_processes > 0 {
-        let _ = write!(line, " ({} failed)", t.failed_processes);
+        let _ = write!(
+            line,
+            " ({})",
+            st.red(&format!("{} failed", t.failed_processes))
+        );
     }
     if alive > 0 {
         let _ = write!(line, " · {alive} still running");
@@ -79,8 +87,7 @@ pub fn summary(r: &Report, width: usize) -> String {
         bytes(t.disk_read_bytes),
         bytes(t.disk_write_bytes)
     );
-    if r.collector.ebpf {
-        let n = &t.net;
+    if let Some(n) = &t.net {
         let _ = writeln!(
             o,
             "  net   TCP {} sent, {} received · UDP {} sent, {} received",
@@ -90,7 +97,10 @@ pub fn summary(r: &Report, width: usize) -> String {
             bytes(n.udp.rx_bytes)
         );
     } else {
-        let _ = writeln!(o, "  net   unknown (no eBPF)");
+        let _ = writeln!(
+            o,
+            "  net   unknown: polled /proc only (run as root for eBPF)"
+        );
     }
     if t.processes_without_figures > 0 {
         let _ = writeln!(
@@ -103,7 +113,8 @@ pub fn summary(r: &Report, width: usize) -> String {
         let l = &r.collector.lost;
         let _ = writeln!(
             o,
-            "  LOST  {} (ring buffer {}, map full {}, exits unseen {}, totals missing {}, taskstats overflows {})",
+            "  {}  {} (ring buffer {}, map full {}, exits unseen {}, totals missing {}, taskstats overflows {})",
+            st.alarm("LOST"),
             r.collector.lost_events,
             l.ring_buffer,
             l.tracked_map_full + l.net_map_full + l.dying_map_full,
@@ -149,6 +160,35 @@ pub fn summary(r: &Report, width: usize) -> String {
             let _ = writeln!(o, "{head}{}", fit(&name(p), room));
         }
     }
+    let mut talkers: Vec<(&ProcessReport, u64)> = r
+        .processes
+        .iter()
+        .filter_map(|p| {
+            let n = p.net?;
+            let total = n.tcp.tx_bytes + n.tcp.rx_bytes + n.udp.tx_bytes + n.udp.rx_bytes;
+            (total > 0).then_some((p, total))
+        })
+        .collect();
+    talkers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.pid.cmp(&b.0.pid)));
+    if !talkers.is_empty() {
+        let _ = writeln!(o, "  busiest on the network:");
+        let _ = writeln!(
+            o,
+            "    {:>7}  {:>21}  {:>21}  command",
+            "pid", "TCP sent/received", "UDP sent/received"
+        );
+        for (p, _) in talkers.iter().take(TOP) {
+            let n = p.net.unwrap_or_default();
+            let head = format!(
+                "    {:>7}  {:>21}  {:>21}  ",
+                p.pid,
+                format!("{}/{}", bytes(n.tcp.tx_bytes), bytes(n.tcp.rx_bytes)),
+                format!("{}/{}", bytes(n.udp.tx_bytes), bytes(n.udp.rx_bytes)),
+            );
+            let room = width.saturating_sub(head.chars().count()).max(10);
+            let _ = writeln!(o, "{head}{}", fit(&name(p), room));
+        }
+    }
     let failed: Vec<&ProcessReport> = r
         .processes
         .iter()
@@ -159,7 +199,13 @@ pub fn summary(r: &Report, width: usize) -> String {
         for p in failed.iter().take(TOP) {
             let head = format!("    {:>7}  {:<18}  ", p.pid, status(p));
             let room = width.saturating_sub(head.chars().count()).max(10);
-            let _ = writeln!(o, "{head}{}", fit(&name(p), room));
+            let _ = writeln!(
+                o,
+                "    {:>7}  {}  {}",
+                p.pid,
+                st.red(&format!("{:<18}", status(p))),
+                fit(&name(p), room)
+            );
         }
         if failed.len() > TOP {
             let _ = writeln!(o, "    … and {} more", failed.len() - TOP);
@@ -217,13 +263,13 @@ mod tests {
                 processes: 3,
                 cpu_user_s: 1.5,
                 failed_processes: 2,
-                net: Net {
+                net: Some(Net {
                     tcp: Traffic {
                         tx_bytes: 300_000,
                         ..Traffic::default()
                     },
                     ..Net::default()
-                },
+                }),
                 ..Totals::default()
             },
             processes: vec![
@@ -234,12 +280,13 @@ mod tests {
             mode: "launch".into(),
             stopped_early: None,
             host: None,
+            counting_from: "process_start".into(),
         }
     }
 
     #[test]
     fn tells_the_story() {
-        let s = summary(&report(), 100);
+        let s = summary(&report(), 100, Style::default());
         assert!(s.starts_with("pmet: sh -c 'run it'\n"), "{s}");
         assert!(
             s.contains("exit 1 after 2.500 s · 3 processes (2 failed)"),
@@ -261,6 +308,6 @@ mod tests {
         let mut r = report();
         r.collector.lost_events = 3;
         r.collector.lost.ring_buffer = 3;
-        assert!(summary(&r, 80).contains("LOST  3 (ring buffer 3"));
+        assert!(summary(&r, 80, Style::default()).contains("LOST  3 (ring buffer 3"));
     }
 }

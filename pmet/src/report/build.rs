@@ -4,7 +4,10 @@
 use pmet_common::NetCounters;
 
 use super::{Collector, Host, Net, ProcessReport, Report, SCHEMA, Totals, Traffic};
-use crate::model::tree::{ExitStatus, Proc, Tree, split_runtime};
+use crate::model::{
+    figures::figures,
+    tree::{ExitStatus, Proc, Tree},
+};
 
 /// Facts about the run that the tree does not hold.
 #[derive(Clone, Debug, Default)]
@@ -27,6 +30,9 @@ pub struct RunInfo {
     pub kernel_io: bool,
     /// The machine.
     pub host: Option<Host>,
+    /// `attach` (figures count from the moment pmet attached) or
+    /// `process_start`.
+    pub counting_from: String,
 }
 
 fn secs(ns: u64) -> f64 {
@@ -55,91 +61,12 @@ fn net(c: &NetCounters) -> Net {
     }
 }
 
-/// CPU (user s, system s), disk (read, write) and the name of their source.
-struct Figures {
-    cpu: Option<(f64, f64)>,
-    disk: Option<(u64, u64)>,
-    source: &'static str,
-}
-
-fn figures(p: &Proc, info: &RunInfo) -> Figures {
-    let b = &p.baseline;
-    let from_free = |disk: bool| {
-        let rt = p.freed.runtime_ns.saturating_sub(b.thread_runtime_ns);
-        let u = p.freed.utime_ns.saturating_sub(b.thread_utime_ns);
-        let s = p.freed.stime_ns.saturating_sub(b.thread_stime_ns);
-        let (us, ss) = split_runtime(rt, u, s);
-        Figures {
-            cpu: Some((secs(us), secs(ss))),
-            disk: disk.then(|| {
-                (
-                    p.freed.read_bytes.saturating_sub(b.thread_read_bytes),
-                    p.freed.write_bytes.saturating_sub(b.thread_write_bytes),
-                )
-            }),
-            source: "exit",
-        }
-    };
-    if p.totals_complete() {
-        return from_free(info.kernel_io);
-    }
-    let t = &p.taskstats;
-    if !p.alive() && t.records > 0 {
-        let rt = if t.run_ns > 0 {
-            t.run_ns
-        } else {
-            (t.utime_us + t.stime_us) * 1000
-        };
-        let rt = rt.saturating_sub(b.thread_runtime_ns);
-        let (us, ss) = split_runtime(rt, t.utime_us, t.stime_us);
-        return Figures {
-            cpu: Some((secs(us), secs(ss))),
-            disk: Some((
-                t.read_bytes.saturating_sub(b.thread_read_bytes),
-                t.write_bytes.saturating_sub(b.thread_write_bytes),
-            )),
-            source: "taskstats",
-        };
-    }
-    if let Some(s) = p.last_sample {
-        let base = b.sample.unwrap_or_default();
-        let tps = info.ticks_per_s.max(1) as f64;
-        let disk = match (s.read_bytes, s.write_bytes) {
-            (Some(r), Some(w)) => Some((
-                r.saturating_sub(base.read_bytes.unwrap_or(0)),
-                w.saturating_sub(base.write_bytes.unwrap_or(0)),
-            )),
-            _ => None,
-        };
-        return Figures {
-            cpu: Some((
-                s.utime_ticks.saturating_sub(base.utime_ticks) as f64 / tps,
-                s.stime_ticks.saturating_sub(base.stime_ticks) as f64 / tps,
-            )),
-            disk,
-            source: "sample",
-        };
-    }
-    if p.freed_threads > 0 {
-        // Some threads' final figures, not all: better than nothing only as a
-        // lower bound, so say so.
-        let mut f = from_free(info.kernel_io);
-        f.source = "partial";
-        return f;
-    }
-    Figures {
-        cpu: None,
-        disk: None,
-        source: "none",
-    }
-}
-
 fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
 }
 
 fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
-    let f = figures(p, info);
+    let f = figures(p, info.ticks_per_s, info.kernel_io);
     let (exit_code, exit_signal, core_dumped) = match p.exit {
         Some(ExitStatus::Code(c)) => (Some(c), None, false),
         Some(ExitStatus::Signal {
@@ -190,6 +117,7 @@ pub fn build(tree: &Tree, info: &RunInfo) -> Report {
         .collect();
 
     let mut totals = Totals {
+        net: ebpf.then(Net::default),
         processes: processes.len() as u64,
         max_processes_alive: tree.max_alive as u64,
         ..Totals::default()
@@ -204,7 +132,7 @@ pub fn build(tree: &Tree, info: &RunInfo) -> Report {
         totals.disk_read_bytes += p.disk_read_bytes.unwrap_or(0);
         totals.disk_write_bytes += p.disk_write_bytes.unwrap_or(0);
         if let Some(n) = &p.net {
-            totals.net.add(n);
+            totals.net.get_or_insert_with(Net::default).add(n);
         }
         if p.exit_signal.is_some() || p.exit_code.is_some_and(|c| c != 0) {
             totals.failed_processes += 1;
@@ -262,6 +190,7 @@ pub fn build(tree: &Tree, info: &RunInfo) -> Report {
         .to_owned(),
         stopped_early: info.stopped_early.clone(),
         host: info.host.clone(),
+        counting_from: info.counting_from.clone(),
     }
 }
 
@@ -356,8 +285,8 @@ mod tests {
         assert_eq!(r.totals.cpu_user_s, 2.0);
         assert_eq!(r.totals.cpu_system_s, 1.0);
         assert_eq!(r.totals.disk_write_bytes, 16384);
-        assert_eq!(r.totals.net.tcp.tx_bytes, 100_000);
-        assert_eq!(r.totals.net.udp.rx_bytes, 50_000);
+        assert_eq!(r.totals.net.unwrap().tcp.tx_bytes, 100_000);
+        assert_eq!(r.totals.net.unwrap().udp.rx_bytes, 50_000);
         assert_eq!(r.totals.failed_processes, 2);
         let c = &r.processes[1];
         assert_eq!((c.pid, c.ppid), (101, Some(100)));

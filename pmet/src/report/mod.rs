@@ -47,6 +47,10 @@ pub struct Report {
     /// The machine it ran on.
     #[serde(default)]
     pub host: Option<Host>,
+    /// `process_start`, or `attach` when figures count only what happened
+    /// after pmet attached (network always counts from attach).
+    #[serde(default)]
+    pub counting_from: String,
 }
 
 /// How the figures were collected.
@@ -154,8 +158,8 @@ pub struct Totals {
     pub disk_read_bytes: u64,
     /// Storage bytes written.
     pub disk_write_bytes: u64,
-    /// Network traffic.
-    pub net: Net,
+    /// Network traffic (`null` without eBPF).
+    pub net: Option<Net>,
     /// Processes whose figures are missing from these sums (their fields are null).
     #[serde(default)]
     pub processes_without_figures: u64,

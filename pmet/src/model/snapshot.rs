@@ -1,0 +1,313 @@
+//! A moment of the traced tree, as the live view and the per-sample streams
+//! show it: cumulative figures, and rates since the previous moment.
+
+use std::collections::HashMap;
+
+use pmet_common::NetCounters;
+use serde::Serialize;
+
+use super::{figures::figures, tree::Tree};
+
+/// Bytes per second each way, TCP and UDP apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct NetRate {
+    /// TCP sent, B/s.
+    pub tcp_tx: f64,
+    /// TCP received, B/s.
+    pub tcp_rx: f64,
+    /// UDP sent, B/s.
+    pub udp_tx: f64,
+    /// UDP received, B/s.
+    pub udp_rx: f64,
+}
+
+impl NetRate {
+    /// Sent, both protocols.
+    pub fn tx(&self) -> f64 {
+        self.tcp_tx + self.udp_tx
+    }
+    /// Received, both protocols.
+    pub fn rx(&self) -> f64 {
+        self.tcp_rx + self.udp_rx
+    }
+}
+
+/// Cumulative network bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NetBytes {
+    /// TCP sent.
+    pub tcp_tx: u64,
+    /// TCP received.
+    pub tcp_rx: u64,
+    /// UDP sent.
+    pub udp_tx: u64,
+    /// UDP received.
+    pub udp_rx: u64,
+}
+
+impl From<&NetCounters> for NetBytes {
+    fn from(c: &NetCounters) -> Self {
+        Self {
+            tcp_tx: c.tcp_tx_bytes,
+            tcp_rx: c.tcp_rx_bytes,
+            udp_tx: c.udp_tx_bytes,
+            udp_rx: c.udp_rx_bytes,
+        }
+    }
+}
+
+impl NetBytes {
+    fn add(&mut self, o: &NetBytes) {
+        self.tcp_tx += o.tcp_tx;
+        self.tcp_rx += o.tcp_rx;
+        self.udp_tx += o.udp_tx;
+        self.udp_rx += o.udp_rx;
+    }
+
+    fn rate_since(&self, before: &NetBytes, dt: f64) -> NetRate {
+        let r = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+        NetRate {
+            tcp_tx: r(self.tcp_tx, before.tcp_tx),
+            tcp_rx: r(self.tcp_rx, before.tcp_rx),
+            udp_tx: r(self.udp_tx, before.udp_tx),
+            udp_rx: r(self.udp_rx, before.udp_rx),
+        }
+    }
+}
+
+/// One live process in a snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProcLine {
+    /// Process id.
+    pub pid: u32,
+    /// Name.
+    pub comm: String,
+    /// Arguments.
+    pub argv: Vec<String>,
+    /// CPU use since the previous snapshot, percent of one core.
+    pub cpu_pct: f64,
+    /// CPU seconds so far.
+    pub cpu_s: Option<f64>,
+    /// Resident memory now.
+    pub rss_bytes: Option<u64>,
+    /// Network bytes so far (`None` without eBPF).
+    pub net: Option<NetBytes>,
+    /// Network rate since the previous snapshot.
+    pub net_rate: NetRate,
+}
+
+/// The tree at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// Seconds since tracing began.
+    pub t: f64,
+    /// Processes alive.
+    pub alive: usize,
+    /// Processes seen so far.
+    pub seen: usize,
+    /// Processes that exited non-zero or were killed.
+    pub failed: usize,
+    /// CPU use of the whole tree since the previous snapshot, percent of one core
+    /// (short-lived processes included, once their final figures are in).
+    pub cpu_pct: f64,
+    /// CPU seconds used so far, user and system.
+    pub cpu_s: f64,
+    /// Resident memory of the live processes.
+    pub rss_bytes: u64,
+    /// Storage bytes read so far.
+    pub disk_read_bytes: u64,
+    /// Storage bytes written so far.
+    pub disk_write_bytes: u64,
+    /// Read rate since the previous snapshot, B/s.
+    pub disk_read_rate: f64,
+    /// Write rate, B/s.
+    pub disk_write_rate: f64,
+    /// Network bytes so far (`None` without eBPF).
+    pub net: Option<NetBytes>,
+    /// Network rate since the previous snapshot.
+    pub net_rate: NetRate,
+    /// Events or figures lost so far.
+    pub lost: u64,
+    /// Live processes, busiest (by CPU) first.
+    pub processes: Vec<ProcLine>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Prev {
+    cpu_s: f64,
+    net: NetBytes,
+}
+
+/// Takes snapshots, remembering the previous one for rates.
+#[derive(Default)]
+pub struct Snapshotter {
+    start_ns: u64,
+    ticks_per_s: u64,
+    kernel_io: bool,
+    ebpf: bool,
+    last: Option<(u64, Prev, u64, u64)>,
+    procs: HashMap<(u32, u64), Prev>,
+}
+
+impl Snapshotter {
+    /// A snapshotter for a run that began at `start_ns` (CLOCK_BOOTTIME).
+    pub fn new(start_ns: u64, ticks_per_s: u64, kernel_io: bool, ebpf: bool) -> Self {
+        Self {
+            start_ns,
+            ticks_per_s,
+            kernel_io,
+            ebpf,
+            ..Self::default()
+        }
+    }
+
+    /// The tree at `now_ns`.
+    pub fn take(&mut self, tree: &Tree, now_ns: u64, lost: u64) -> Snapshot {
+        let mut total = Prev::default();
+        let (mut read, mut write) = (0u64, 0u64);
+        let mut rss = 0u64;
+        let mut failed = 0usize;
+        let mut lines = Vec::new();
+        let dt = self
+            .last
+            .map(|(t, ..)| now_ns.saturating_sub(t) as f64 / 1e9)
+            .filter(|&d| d > 0.0);
+        let mut procs = HashMap::new();
+        for p in &tree.procs {
+            let f = figures(p, self.ticks_per_s, self.kernel_io);
+            let cpu = f.cpu.map(|(u, s)| u + s);
+            total.cpu_s += cpu.unwrap_or(0.0);
+            if let Some((r, w)) = f.disk {
+                read += r;
+                write += w;
+            }
+            let net = NetBytes::from(&p.net);
+            total.net.add(&net);
+            if matches!(p.exit, Some(e) if e.shell_code() != 0) {
+                failed += 1;
+            }
+            if !p.alive() {
+                continue;
+            }
+            let now = Prev {
+                cpu_s: cpu.unwrap_or(0.0),
+                net,
+            };
+            let key = (p.pid, p.cookie);
+            let (cpu_pct, net_rate) = match (dt, self.procs.get(&key)) {
+                (Some(dt), Some(before)) => (
+                    (now.cpu_s - before.cpu_s).max(0.0) / dt * 100.0,
+                    net.rate_since(&before.net, dt),
+                ),
+                _ => (0.0, NetRate::default()),
+            };
+            procs.insert(key, now);
+            let rss_now = p.last_sample.map(|s| s.rss_bytes);
+            rss += rss_now.unwrap_or(0);
+            lines.push(ProcLine {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                argv: p.argv.clone(),
+                cpu_pct,
+                cpu_s: cpu,
+                rss_bytes: rss_now,
+                net: self.ebpf.then_some(net),
+                net_rate,
+            });
+        }
+        lines.sort_by(|a, b| {
+            b.cpu_pct
+                .total_cmp(&a.cpu_pct)
+                .then(b.cpu_s.unwrap_or(0.0).total_cmp(&a.cpu_s.unwrap_or(0.0)))
+                .then(a.pid.cmp(&b.pid))
+        });
+        let (cpu_pct, net_rate, read_rate, write_rate) = match (dt, self.last) {
+            (Some(dt), Some((_, before, r0, w0))) => (
+                (total.cpu_s - before.cpu_s).max(0.0) / dt * 100.0,
+                total.net.rate_since(&before.net, dt),
+                read.saturating_sub(r0) as f64 / dt,
+                write.saturating_sub(w0) as f64 / dt,
+            ),
+            _ => (0.0, NetRate::default(), 0.0, 0.0),
+        };
+        self.last = Some((now_ns, total, read, write));
+        self.procs = procs;
+        Snapshot {
+            t: now_ns.saturating_sub(self.start_ns) as f64 / 1e9,
+            alive: tree.alive_count(),
+            seen: tree.procs.len(),
+            failed,
+            cpu_pct,
+            cpu_s: total.cpu_s,
+            rss_bytes: rss,
+            disk_read_bytes: read,
+            disk_write_bytes: write,
+            disk_read_rate: read_rate,
+            disk_write_rate: write_rate,
+            net: self.ebpf.then_some(total.net),
+            net_rate,
+            lost,
+            processes: lines,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{collect::procfs::Sample, model::event::Event};
+
+    #[test]
+    fn rates_come_from_the_previous_snapshot() {
+        let mut t = Tree::new();
+        t.add_root(100, 1, 0, vec!["sh".into()]);
+        t.apply(Event::Fork {
+            ts_ns: 0,
+            parent_tgid: 100,
+            child: 101,
+            cookie: 11,
+            thread: false,
+            untracked: false,
+            comm: "curl".into(),
+        });
+        let sample = |ticks, rss| Sample {
+            utime_ticks: ticks,
+            rss_bytes: rss,
+            ..Sample::default()
+        };
+        t.apply_sample(101, sample(100, 1 << 20));
+        t.set_net(
+            101,
+            11,
+            NetCounters {
+                tcp_rx_bytes: 1000,
+                ..NetCounters::default()
+            },
+            false,
+        );
+        let mut s = Snapshotter::new(0, 100, true, true);
+        let a = s.take(&t, 1_000_000_000, 0);
+        assert_eq!(a.cpu_pct, 0.0, "no rate without a previous snapshot");
+        assert_eq!(a.cpu_s, 1.0);
+        t.apply_sample(101, sample(150, 2 << 20));
+        t.set_net(
+            101,
+            11,
+            NetCounters {
+                tcp_rx_bytes: 3000,
+                ..NetCounters::default()
+            },
+            false,
+        );
+        let b = s.take(&t, 3_000_000_000, 0);
+        assert_eq!(b.t, 3.0);
+        assert_eq!(b.cpu_pct, 25.0, "0.5 s of CPU over 2 s");
+        assert_eq!(b.net_rate.tcp_rx, 1000.0);
+        assert_eq!(b.rss_bytes, 2 << 20);
+        assert_eq!(b.alive, 2);
+        assert_eq!(b.processes[0].pid, 101, "busiest first");
+        assert_eq!(b.processes[0].cpu_pct, 25.0);
+        assert_eq!(b.processes[0].net_rate.tcp_rx, 1000.0);
+        assert_eq!(b.net.unwrap().tcp_rx, 3000);
+    }
+}

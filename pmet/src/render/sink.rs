@@ -1,0 +1,123 @@
+//! Where each sample goes while tracing: the live panel, a line of text or
+//! JSON, or nowhere.
+
+use std::io::{self, Write};
+
+use super::{
+    live::live_lines,
+    stream::{json_line, simple_line},
+    style::Style,
+    term::Panel,
+};
+use crate::{cli::Format, model::snapshot::Snapshot};
+
+/// The per-sample output of a session.
+pub enum Sink {
+    /// Live panel on the terminal.
+    Live {
+        /// The panel.
+        panel: Panel,
+        /// What is traced, for the header.
+        what: String,
+        /// Spinner frame.
+        frame: usize,
+        /// Colors.
+        style: Style,
+        /// The last snapshot, redrawn on resize.
+        last: Option<Box<Snapshot>>,
+    },
+    /// One line per sample.
+    Lines {
+        /// Destination.
+        out: Box<dyn Write + Send>,
+        /// JSON Lines rather than plain text.
+        json: bool,
+    },
+    /// Nothing per sample.
+    Nothing,
+}
+
+impl Sink {
+    /// A sink for `format`, writing lines to `out`.
+    pub fn new(format: Format, what: String, style: Style, out: Box<dyn Write + Send>) -> Self {
+        match format {
+            Format::Live => match Panel::start() {
+                Ok(panel) => Sink::Live {
+                    panel,
+                    what,
+                    frame: 0,
+                    style,
+                    last: None,
+                },
+                Err(e) => {
+                    log::warn!("cannot draw the live view ({e}); printing the summary only");
+                    Sink::Nothing
+                }
+            },
+            Format::Simple => Sink::Lines { out, json: false },
+            Format::Jsonl => Sink::Lines { out, json: true },
+            Format::Summary => Sink::Nothing,
+        }
+    }
+
+    /// Shows one sample.
+    pub fn sample(&mut self, s: &Snapshot) {
+        let r = match self {
+            Sink::Live {
+                panel,
+                what,
+                frame,
+                style,
+                last,
+            } => {
+                *frame += 1;
+                let lines = live_lines(s, what, *frame, panel.width(), panel.height(), *style);
+                *last = Some(Box::new(s.clone()));
+                panel.draw(&lines)
+            }
+            Sink::Lines { out, json } => {
+                let line = if *json { json_line(s) } else { simple_line(s) };
+                writeln!(out, "{line}").and_then(|()| out.flush())
+            }
+            Sink::Nothing => Ok(()),
+        };
+        if let Err(e) = r {
+            log::debug!("sample output: {e}");
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                // The reader went away; keep tracing, stop writing.
+                *self = Sink::Nothing;
+            }
+        }
+    }
+
+    /// Follows a terminal resize.
+    pub fn resize(&mut self) {
+        if let Sink::Live {
+            panel,
+            what,
+            frame,
+            style,
+            last,
+        } = self
+        {
+            let _ = panel.resize();
+            if let Some(s) = last {
+                let lines = live_lines(s, what, *frame, panel.width(), panel.height(), *style);
+                let _ = panel.draw(&lines);
+            }
+        }
+    }
+
+    /// Leaves the screen as it was, before the summary is printed.
+    pub fn finish(&mut self) {
+        match self {
+            Sink::Live { panel, .. } => {
+                let _ = panel.finish();
+            }
+            Sink::Lines { out, .. } => {
+                let _ = out.flush();
+            }
+            Sink::Nothing => {}
+        }
+    }
+}
