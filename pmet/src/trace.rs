@@ -570,6 +570,7 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
         }
         s.tree.add_root(
             gate.pid,
+            std::process::id(),
             cookie,
             boottime_ns(),
             command.clone().unwrap_or_default(),
@@ -817,14 +818,13 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
     drop(listener);
     drop(s);
 
-    let exit_code = if launched {
-        match root_status {
-            Some(st) => st.shell_code(),
-            // Still running after the grace period: as timeout(1) says.
-            None => 124,
-        }
-    } else {
-        0
+    let exit_code = match (launched, root_status, report.stopped_early.as_deref()) {
+        (false, ..) => 0,
+        (true, Some(st), _) => st.shell_code(),
+        // Still running when pmet stopped waiting: as a shell reports an
+        // interrupt, and as timeout(1) reports a timeout.
+        (true, None, Some("interrupted")) => 128 + libc::SIGINT,
+        (true, None, _) => 124,
     };
     let write_error = match &opts.output {
         Some(o) => {

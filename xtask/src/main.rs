@@ -24,6 +24,10 @@ const APT_PACKAGES: [&str; 4] = [
     "libzstd-dev",
 ];
 
+/// Debian packages the test suite drives pmet with (tmux: the live view in a
+/// real terminal).
+const TEST_PACKAGES: [&str; 1] = ["tmux"];
+
 #[derive(Parser)]
 #[command(about = "pmet's developer tasks")]
 struct Cli {
@@ -117,8 +121,8 @@ fn dpkg_installed(pkg: &str) -> bool {
         .is_some_and(|s| s.contains("install ok installed"))
 }
 
-fn setup_apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+fn setup_apt(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !dpkg_installed(p))
@@ -146,7 +150,7 @@ fn setup_bpf_linker() -> Result<()> {
         eprintln!("xtask: {} present", have.trim());
         return Ok(());
     }
-    setup_apt()?;
+    setup_apt(&APT_PACKAGES)?;
     run(Command::new("cargo")
         .args([
             "install",
@@ -176,6 +180,7 @@ fn cargo() -> Command {
 
 fn test(args: &[String]) -> Result<()> {
     setup()?;
+    setup_apt(&TEST_PACKAGES)?;
     run(cargo().args(["build", "--workspace", "--all-targets"]))?;
     let target = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -2,5 +2,7 @@
 
 pub mod event;
 pub mod figures;
+#[cfg(test)]
+pub mod fixture;
 pub mod snapshot;
 pub mod tree;

@@ -260,7 +260,7 @@ mod tests {
     #[test]
     fn rates_come_from_the_previous_snapshot() {
         let mut t = Tree::new();
-        t.add_root(100, 1, 0, vec!["sh".into()]);
+        t.add_root(100, 999, 1, 0, vec!["sh".into()]);
         t.apply(Event::Fork {
             ts_ns: 0,
             parent_tgid: 100,

@@ -275,11 +275,18 @@ impl Tree {
         i
     }
 
-    /// Adds the process pmet launched: tracked before it could run.
-    pub fn add_root(&mut self, pid: u32, cookie: u64, start_ns: u64, argv: Vec<String>) -> usize {
+    /// Adds the process pmet launched (`ppid` is pmet): tracked before it could run.
+    pub fn add_root(
+        &mut self,
+        pid: u32,
+        ppid: u32,
+        cookie: u64,
+        start_ns: u64,
+        argv: Vec<String>,
+    ) -> usize {
         let i = self.insert(Proc {
             pid,
-            ppid: Some(std::process::id()),
+            ppid: Some(ppid),
             cookie,
             comm: argv
                 .first()
@@ -699,6 +706,7 @@ mod tests {
         t.add_root(
             100,
             1,
+            1,
             1_000,
             vec!["/bin/sh".into(), "-c".into(), "x".into()],
         );
@@ -744,7 +752,7 @@ mod tests {
     #[test]
     fn exit_and_free_give_exact_final_figures() {
         let mut t = Tree::new();
-        t.add_root(100, 1, 0, vec!["a".into()]);
+        t.add_root(100, 1, 1, 0, vec!["a".into()]);
         t.apply(fork(100, 101, 11, 10));
         t.apply(thread(101, 150));
         t.apply(thread(101, 151));
@@ -773,7 +781,7 @@ mod tests {
     #[test]
     fn reused_pid_keeps_two_processes_apart() {
         let mut t = Tree::new();
-        t.add_root(100, 1, 0, vec![]);
+        t.add_root(100, 1, 1, 0, vec![]);
         t.apply(fork(100, 200, 21, 10));
         t.apply(exit(200, 200, 21, true, 0, 11));
         t.apply(fork(100, 200, 22, 12));
@@ -790,7 +798,7 @@ mod tests {
     #[test]
     fn reparented_orphans_stay_under_their_creator() {
         let mut t = Tree::new();
-        t.add_root(100, 1, 0, vec![]);
+        t.add_root(100, 1, 1, 0, vec![]);
         t.apply(fork(100, 101, 11, 1));
         t.apply(fork(101, 102, 12, 2));
         t.apply(exit(101, 101, 11, true, 0, 3));
@@ -805,7 +813,7 @@ mod tests {
     #[test]
     fn events_about_unknown_processes_are_counted_not_applied() {
         let mut t = Tree::new();
-        t.add_root(100, 1, 0, vec![]);
+        t.add_root(100, 1, 1, 0, vec![]);
         t.apply(fork(555, 556, 1, 1));
         t.apply(exit(777, 777, 5, true, 0, 1));
         assert_eq!(t.procs.len(), 1);
@@ -815,7 +823,7 @@ mod tests {
     #[test]
     fn lost_exit_is_marked_vanished() {
         let mut t = Tree::new();
-        t.add_root(100, 1, 0, vec![]);
+        t.add_root(100, 1, 1, 0, vec![]);
         t.apply(fork(100, 101, 11, 1));
         t.mark_vanished(101, 50);
         assert_eq!(t.alive_count(), 1);
@@ -826,7 +834,7 @@ mod tests {
     #[test]
     fn taskstats_records_join_the_latest_holder_of_the_pid() {
         let mut t = Tree::new();
-        t.add_root(100, 1, 0, vec![]);
+        t.add_root(100, 1, 1, 0, vec![]);
         let mut ts = TaskStats {
             tid: 100,
             tgid: 100,

@@ -2,6 +2,8 @@
 
 pub mod live;
 pub mod sink;
+#[cfg(test)]
+mod snapshots;
 pub mod stream;
 pub mod style;
 pub mod summary;

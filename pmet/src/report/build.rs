@@ -220,6 +220,7 @@ mod tests {
         let mut t = Tree::new();
         t.add_root(
             100,
+            999,
             1,
             1_000_000_000,
             vec!["sh".into(), "-c".into(), "x".into()],
@@ -302,7 +303,7 @@ mod tests {
     #[test]
     fn unknown_figures_are_null_never_zero() {
         let mut t = Tree::new();
-        t.add_root(100, 1, 1_000_000_000, vec!["sh".into()]);
+        t.add_root(100, 999, 1, 1_000_000_000, vec!["sh".into()]);
         t.apply(Event::Fork {
             ts_ns: 1_600_000_000,
             parent_tgid: 100,

@@ -134,3 +134,55 @@ pub fn net(p: &Value, proto: &str, dir: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no net.{proto}.{dir}_bytes in {p:#}"))
 }
+
+/// The home directory of `uid`, from the password database.
+pub fn passwd_home(uid: u32) -> String {
+    let text = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 5 && f[2] == uid.to_string()).then(|| f[5].to_owned())
+        })
+        .expect("uid in /etc/passwd")
+}
+
+/// The BPF programs a process holds, from its fds' fdinfo.
+pub fn bpf_prog_ids_of(pid: u32) -> Vec<u32> {
+    let mut ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .flat_map(|t| {
+                    t.lines()
+                        .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+                        .collect::<Vec<u32>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Whether a BPF program with this id is still loaded.
+pub fn bpf_prog_exists(id: u32) -> bool {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    // union bpf_attr for BPF_*_GET_FD_BY_ID: { u32 id; u32 next_id; u32 open_flags; }
+    let mut attr = [0u32; 32];
+    attr[0] = id;
+    // SAFETY: the bpf syscall with a zeroed, large enough attr.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: fd just returned by the kernel.
+        unsafe { libc::close(fd as i32) };
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
+}

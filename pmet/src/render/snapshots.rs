@@ -1,0 +1,73 @@
+//! Snapshot tests (insta) of everything a person or a tool reads, built from
+//! the recorded event stream in `model::fixture`.
+
+use crate::{
+    model::{fixture, snapshot::Snapshotter},
+    render::{
+        live::live_lines,
+        stream::{json_line, simple_line},
+        style::Style,
+        summary::summary,
+    },
+    report::{Collector, RunInfo, build},
+};
+
+fn info(start: u64) -> RunInfo {
+    RunInfo {
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "./serve & ./fetch; ./fetch".into(),
+        ]),
+        start_ns: start,
+        end_ns: start + 2_510_000_000,
+        started_at: "2026-11-26T12:00:00.000Z".into(),
+        ticks_per_s: 100,
+        collector: Collector {
+            ebpf: true,
+            interval_ms: 1000,
+            samples: 3,
+            taskstats: true,
+            exit_totals: true,
+            ..Collector::default()
+        },
+        kernel_io: true,
+        counting_from: "process_start".into(),
+        ..RunInfo::default()
+    }
+}
+
+#[test]
+fn summary_of_a_recorded_run() {
+    let (tree, start) = fixture::web_job();
+    let report = build(&tree, &info(start));
+    insta::assert_snapshot!(summary(&report, 100, Style::default()));
+}
+
+#[test]
+fn report_of_a_recorded_run() {
+    let (tree, start) = fixture::web_job();
+    let report = build(&tree, &info(start));
+    insta::assert_json_snapshot!(report);
+}
+
+#[test]
+fn sample_lines_of_a_recorded_run() {
+    let (mut tree, start) = fixture::web_job_live();
+    let mut snaps = Snapshotter::new(start, 100, true, true);
+    fixture::live_at(&mut tree, 1);
+    let _ = snaps.take(&tree, start + 1_000_000_000, 0);
+    fixture::live_at(&mut tree, 2);
+    let s = snaps.take(&tree, start + 2_000_000_000, 0);
+    insta::assert_snapshot!("simple", simple_line(&s));
+    insta::assert_snapshot!("jsonl", json_line(&s));
+    let live = live_lines(
+        &s,
+        "sh -c './serve & ./fetch'",
+        4,
+        100,
+        12,
+        Style::default(),
+    );
+    insta::assert_snapshot!("live", live.join("\n"));
+}

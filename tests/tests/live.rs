@@ -1,0 +1,132 @@
+//! The live view as a person sees it: pmet runs in a real terminal (tmux),
+//! the screen is captured and read.
+
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{can_trace, pmet_bin, workload};
+
+fn tmux(args: &[&str]) -> String {
+    let o = Command::new("tmux").args(args).output().expect("run tmux");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn have_tmux() -> bool {
+    let ok = Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tmux is missing in CI: `cargo xtask test` installs it"
+        );
+        eprintln!("skipping: tmux is not installed");
+    }
+    ok
+}
+
+struct Session(String);
+impl Drop for Session {
+    fn drop(&mut self) {
+        tmux(&["kill-session", "-t", &self.0]);
+    }
+}
+
+fn screen(s: &Session) -> String {
+    tmux(&["capture-pane", "-p", "-t", &s.0])
+}
+
+fn wait_for(s: &Session, what: &str, within: Duration) -> String {
+    let t = Instant::now();
+    loop {
+        let text = screen(s);
+        if text.contains(what) || t.elapsed() > within {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn live_view_in_a_terminal() {
+    if !can_trace() || !have_tmux() {
+        return;
+    }
+    let s = Session(format!("pmet-live-{}", std::process::id()));
+    // The command prints lines of its own while pmet draws below them.
+    let script = format!(
+        "for i in 1 2 3; do echo output line $i; done; {} threads 1 3000",
+        workload()
+    );
+    let line = format!(
+        "{} trace -i 200ms -- sh -c '{script}'; echo PMET-DONE; sleep 60",
+        pmet_bin().display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &s.0,
+        "-x",
+        "110",
+        "-y",
+        "30",
+        &line,
+    ]);
+
+    let during = wait_for(&s, "CPU%", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(800));
+    let during = format!("{during}\n{}", screen(&s));
+    for want in [
+        " alive · ",
+        " seen │ ",
+        "CPU ",
+        "RSS ",
+        "net TCP ↑",
+        "PID",
+        "CPU%",
+        "threads 1 3000",
+        "output line 3",
+    ] {
+        assert!(during.contains(want), "live view lacks {want:?}:\n{during}");
+    }
+    // The busy process is listed first, with about a core's worth of CPU.
+    let row = during
+        .lines()
+        .rfind(|l| l.contains("threads 1 3000") && !l.contains("sh -c"))
+        .unwrap_or_else(|| panic!("no row for the busy process:\n{during}"));
+    let pct: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(pct > 50.0, "{row}");
+
+    let after = wait_for(&s, "PMET-DONE", Duration::from_secs(20));
+    assert!(after.contains("exit 0 after"), "summary missing:\n{after}");
+    assert!(
+        !after.contains("CPU%"),
+        "the live panel was not cleared:\n{after}"
+    );
+    assert!(
+        after.contains("output line 1"),
+        "the command's output was lost:\n{after}"
+    );
+}
+
+#[test]
+fn piped_output_has_no_escape_codes() {
+    if !can_trace() {
+        return;
+    }
+    let o = Command::new(pmet_bin())
+        .args(["trace", "--", workload(), "exit", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("exit 0 after"), "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
+    assert!(!err.contains('⠋'), "no spinner when not a terminal");
+}
