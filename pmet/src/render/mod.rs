@@ -8,4 +8,5 @@ pub mod stream;
 pub mod style;
 pub mod summary;
 pub mod term;
+pub mod tree;
 pub mod units;

@@ -11,6 +11,8 @@ use crate::report::{ProcessReport, Report};
 
 /// How many processes the "busiest" table lists.
 const TOP: usize = 5;
+/// Most lines of process tree in the summary.
+const TREE_LINES: usize = 24;
 
 fn status(p: &ProcessReport) -> String {
     match (p.exit_code, p.exit_signal, p.end_offset_s) {
@@ -124,6 +126,16 @@ pub fn summary(r: &Report, width: usize, st: Style) -> String {
         );
     }
 
+    // The story: the tree, folded where it is large.
+    let tree = super::tree::tree_lines(r, width.saturating_sub(4), TREE_LINES, st);
+    let _ = writeln!(o, "  process tree:");
+    for l in &tree {
+        let _ = writeln!(o, "    {l}");
+    }
+    if r.processes.len() <= tree.len() {
+        // Every process is on screen already: the rankings add nothing.
+        return failures(r, o, width, st);
+    }
     let mut busy: Vec<&ProcessReport> = r.processes.iter().filter(|p| cpu(p).is_some()).collect();
     busy.sort_by(|a, b| {
         cpu(b)
@@ -189,6 +201,11 @@ pub fn summary(r: &Report, width: usize, st: Style) -> String {
             let _ = writeln!(o, "{head}{}", fit(&name(p), room));
         }
     }
+    failures(r, o, width, st)
+}
+
+/// The failed processes, listed.
+fn failures(r: &Report, mut o: String, width: usize, st: Style) -> String {
     let failed: Vec<&ProcessReport> = r
         .processes
         .iter()
@@ -274,8 +291,14 @@ mod tests {
             },
             processes: vec![
                 p(10, Some(1), None, 0.25, &["sh", "-c", "run it"]),
-                p(11, Some(0), None, 1.0, &["python3", "work.py"]),
-                p(12, None, Some(9), 0.25, &["sleep", "10"]),
+                ProcessReport {
+                    parent: Some(0),
+                    ..p(11, Some(0), None, 1.0, &["python3", "work.py"])
+                },
+                ProcessReport {
+                    parent: Some(1),
+                    ..p(12, None, Some(9), 0.25, &["sleep", "10"])
+                },
             ],
             mode: "launch".into(),
             stopped_early: None,
@@ -293,10 +316,26 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("TCP 293 KiB sent"), "{s}");
-        let busiest = s.split("busiest by CPU:").nth(1).unwrap();
-        let first = busiest.lines().nth(2).unwrap();
-        assert!(first.contains("python3 work.py"), "{s}");
-        assert!(s.contains("killed by SIGKILL"), "{s}");
+        let tree = s.split("process tree:\n").nth(1).unwrap();
+        let tree: Vec<&str> = tree.lines().take(3).collect();
+        assert!(
+            tree[0].starts_with("    10 sh -c 'run it' · 0.250 s"),
+            "{s}"
+        );
+        assert!(
+            tree[1].starts_with("    └─ 11 python3 work.py · 1.000 s"),
+            "{s}"
+        );
+        assert!(
+            tree[2].starts_with("       └─ 12 sleep 10 · 0.250 s"),
+            "{s}"
+        );
+        assert!(tree[2].ends_with("killed by SIGKILL"), "{s}");
+        assert!(
+            !s.contains("busiest by CPU"),
+            "all processes fit in the tree: {s}"
+        );
+        assert!(s.contains("failed:"), "{s}");
         assert!(!s.contains("LOST"), "{s}");
         for line in s.lines() {
             assert!(line.chars().count() <= 100, "too wide: {line}");

@@ -81,6 +81,7 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
     ProcessReport {
         pid: p.pid,
         ppid: p.ppid,
+        parent: None,
         comm: p.comm.clone(),
         argv: p.argv.clone(),
         start_offset_s: offset_s(p.start_ns, info.start_ns),
@@ -111,9 +112,19 @@ pub fn build(tree: &Tree, info: &RunInfo) -> Report {
     let ebpf = info.collector.ebpf;
     let mut order: Vec<usize> = (0..tree.procs.len()).collect();
     order.sort_by_key(|&i| (tree.procs[i].start_ns, i));
+    let mut position = vec![0usize; tree.procs.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        position[i] = pos;
+    }
     let processes: Vec<ProcessReport> = order
         .iter()
-        .map(|&i| process(&tree.procs[i], info, ebpf))
+        .map(|&i| {
+            let p = &tree.procs[i];
+            ProcessReport {
+                parent: p.parent.map(|pi| position[pi]),
+                ..process(p, info, ebpf)
+            }
+        })
         .collect();
 
     let mut totals = Totals {

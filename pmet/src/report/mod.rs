@@ -178,6 +178,10 @@ pub struct ProcessReport {
     pub pid: u32,
     /// The pid of the process that started it.
     pub ppid: Option<u32>,
+    /// Index in `processes` of the process that started it (pids can be
+    /// reused; this cannot be ambiguous). `null` for the root.
+    #[serde(default)]
+    pub parent: Option<usize>,
     /// Name (comm of its last exec).
     pub comm: String,
     /// Arguments of its last exec.
