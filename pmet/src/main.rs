@@ -105,6 +105,8 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
                     eprintln!("  report written to {}", p.display());
                 }
             }
+            // Results first, then the (slow) detach.
+            drop(outcome.loaded);
             if let Some(e) = outcome.write_error {
                 return fail(&e);
             }

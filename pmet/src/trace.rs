@@ -71,9 +71,25 @@ pub struct TraceOptions {
     pub user: Option<String>,
 }
 
+/// What stays loaded until dropped: the kernel programs and the taskstats
+/// registration. Detaching takes a few hundred milliseconds (one RCU grace
+/// period per classic tracepoint), so callers drop it after showing results.
+pub struct Loaded {
+    _kernel: Option<Kernel>,
+    _taskstats: Option<Listener>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Loaded")
+    }
+}
+
 /// How a session ended.
 #[derive(Debug)]
 pub struct Outcome {
+    /// The kernel side, still attached; drop it to detach.
+    pub loaded: Loaded,
     /// The report (already written when an output was given).
     pub report: Report,
     /// The status pmet should exit with.
@@ -90,6 +106,9 @@ const SETTLE: Duration = Duration::from_millis(3000);
 const FREE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Stop waiting earlier once no record has arrived for this long.
 const SETTLE_IDLE: Duration = Duration::from_millis(500);
+/// After taking in kernel events, wait this long before the next look, so a
+/// storm of events costs one wakeup per batch rather than one per event.
+const BATCH: Duration = Duration::from_millis(5);
 /// A tree using more CPU than this (percent of a core) counts as busy.
 const BUSY_CPU_PCT: f64 = 5.0;
 
@@ -195,6 +214,14 @@ impl Session {
             let net = kernel.take_net(pid, cookie).unwrap_or_default();
             self.tree.set_net(pid, cookie, net, true);
         }
+    }
+
+    /// The root was reaped. Everything it did before dying is already in the
+    /// ring buffer (its forks, its exit): apply that first, or its last
+    /// children would look like orphans.
+    fn root_exited(&mut self, st: ExitStatus) {
+        self.drain();
+        self.tree.set_root_exit(st, boottime_ns());
     }
 
     /// Applies taskstats records, after the ring buffer: a record's process
@@ -415,6 +442,18 @@ fn baseline(procfs: &Procfs, pid: u32, since_start: bool) -> Baseline {
     }
 }
 
+/// pmet's own CPU seconds and peak RSS so far (its children excluded).
+fn self_usage() -> (f64, u64) {
+    // SAFETY: valid pointer to a zeroed rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (
+        ((secs(ru.ru_utime) + secs(ru.ru_stime)) * 1e6).round() / 1e6,
+        ru.ru_maxrss as u64 * 1024,
+    )
+}
+
 fn status_from_wait(raw: i32) -> ExitStatus {
     if libc::WIFSIGNALED(raw) {
         ExitStatus::Signal {
@@ -627,6 +666,7 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
         last_shape: (0, 0),
     };
     let mut sink = make_sink();
+    let mut backoff: Option<Instant> = None;
     // A first look at once: rates need a starting point.
     let snap = s.tick();
     sink.sample(&snap);
@@ -634,19 +674,28 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
 
     loop {
         let root_running = launched && root_status.is_none();
+        let pumping = backoff.is_some();
         tokio::select! {
-            g = async { ring.as_ref().expect("guarded").readable().await }, if ring.is_some() => {
+            g = async { ring.as_ref().expect("guarded").readable().await }, if ring.is_some() && !pumping => {
                 match g {
                     Ok(mut g) => { g.clear_ready(); s.drain(); }
                     Err(e) => log::error!("ring buffer: {e}"),
                 }
+                backoff = Some(Instant::now() + BATCH);
             }
-            Some(recs) = ts_rx.recv() => {
+            Some(recs) = ts_rx.recv(), if !pumping => {
                 s.pending_ts.extend(recs);
+                s.apply_taskstats();
+                backoff = Some(Instant::now() + BATCH);
+            }
+            _ = async { tokio::time::sleep_until(backoff.expect("guarded")).await }, if pumping => {
+                // Let events pile up for a moment, then take them in one go:
+                // one wakeup per batch instead of one per event.
                 while let Ok(more) = ts_rx.try_recv() {
                     s.pending_ts.extend(more);
                 }
                 s.apply_taskstats();
+                backoff = None;
             }
             _ = tokio::time::sleep_until(next_tick) => {
                 let snap = s.tick();
@@ -658,14 +707,14 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
                 if let Ok(Some(raw)) = launch::wait(root_pid, true) {
                     let st = status_from_wait(raw);
                     root_status = Some(st);
-                    s.tree.set_root_exit(st, boottime_ns());
+                    s.root_exited(st);
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(50)), if root_running && pidfd.is_none() => {
                 if let Ok(Some(raw)) = launch::wait(root_pid, true) {
                     let st = status_from_wait(raw);
                     root_status = Some(st);
-                    s.tree.set_root_exit(st, boottime_ns());
+                    s.root_exited(st);
                 }
             }
             g = async { log_fd.as_ref().expect("guarded").readable().await }, if log_fd.is_some() => {
@@ -746,7 +795,10 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
         }
         let now = Instant::now();
         if awaiting == 0 || now >= hard_stop || now >= last_progress + SETTLE_IDLE {
-            log::debug!("settled: {totals} processes await exit totals, {records} taskstats");
+            log::debug!(
+                "settled: {totals} processes await exit totals, {records} taskstats; {} events matched no known process",
+                s.tree.orphan_events
+            );
             s.sweep_dying(Duration::ZERO);
             if exit_totals {
                 s.tree.give_up_frees();
@@ -761,7 +813,7 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
     {
         let st = status_from_wait(raw);
         root_status = Some(st);
-        s.tree.set_root_exit(st, boottime_ns());
+        s.root_exited(st);
     }
     // A last sample: still-running processes (an early stop) get their
     // figures, and a short run gets at least one look.
@@ -800,6 +852,8 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
             },
             taskstats: listener.is_some(),
             exit_totals,
+            self_cpu_s: None,
+            self_peak_rss_bytes: None,
         },
         stopped_early,
         kernel_io,
@@ -811,11 +865,17 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
         }
         .into(),
     };
-    let report = report::build(&s.tree, &info);
-    // Detach before writing: nothing of pmet stays loaded past this point.
+    let mut report = report::build(&s.tree, &info);
+    let (self_cpu, self_rss) = self_usage();
+    report.collector.self_cpu_s = Some(self_cpu);
+    report.collector.self_peak_rss_bytes = Some(self_rss);
+    // The reactor lets go of the kernel's fds; the caller detaches them.
     drop(ring);
     drop(log_fd);
-    drop(listener);
+    let loaded = Loaded {
+        _kernel: s.kernel.take(),
+        _taskstats: listener,
+    };
     drop(s);
 
     let exit_code = match (launched, root_status, report.stopped_early.as_deref()) {
@@ -841,6 +901,7 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
         None => None,
     };
     Ok(Outcome {
+        loaded,
         report,
         exit_code,
         write_error,

@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 /// The bpf-linker that links with this toolchain's LLVM (see PLATFORM.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM major version of the Rust toolchain, which bpf-linker must match.
@@ -49,6 +51,42 @@ enum Task {
     Lint,
     /// Set up, build, and trace a small real workload (a web server and its clients).
     Demo,
+    /// Measure pmet's cost and accuracy beside bpftrace, nethogs, psrecord,
+    /// pidstat and /usr/bin/time (installed as needed); writes target/bench/report.md.
+    Bench {
+        /// Rounds per comparison.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Smaller workloads, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// Debian packages of the tools the bench compares with.
+const BENCH_PACKAGES: [&str; 4] = ["bpftrace", "nethogs", "sysstat", "time"];
+
+fn bench(rounds: usize, quick: bool) -> Result<()> {
+    setup()?;
+    setup_apt(&BENCH_PACKAGES)?;
+    if output(Command::new("psrecord").arg("--help")).is_none() {
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "psrecord==1.4"]))?;
+    }
+    run(cargo().args(["build", "--release", "-p", "pmet", "-p", "pmet-tests"]))?;
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let md = bench::run(
+        &root(),
+        target.join("release").join("pmet"),
+        target.join("release").join("workload"),
+        &bench::Opts { rounds, quick },
+    )?;
+    let out = target.join("bench").join("report.md");
+    std::fs::write(&out, &md)?;
+    println!("{md}");
+    eprintln!("xtask: written to {}", out.display());
+    Ok(())
 }
 
 fn root() -> PathBuf {
@@ -253,5 +291,6 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Lint => lint(),
         Task::Demo => demo(),
+        Task::Bench { rounds, quick } => bench(rounds, quick),
     }
 }

@@ -207,7 +207,7 @@ impl Snapshotter {
             lines.push(ProcLine {
                 pid: p.pid,
                 comm: p.comm.clone(),
-                argv: p.argv.clone(),
+                argv: p.argv.to_vec(),
                 cpu_pct,
                 cpu_s: cpu,
                 rss_bytes: rss_now,

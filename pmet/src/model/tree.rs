@@ -3,7 +3,7 @@
 //! records and /proc samples are all merged here; the summary and the JSON
 //! report are both produced from it.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use pmet_common::NetCounters;
 
@@ -120,8 +120,9 @@ pub struct Proc {
     pub cookie: u64,
     /// Name (the last exec's comm).
     pub comm: String,
-    /// Arguments of the last exec (inherited from the parent until it execs).
-    pub argv: Vec<String>,
+    /// Arguments of the last exec (inherited from the parent until it execs;
+    /// shared, so a fork does not copy them).
+    pub argv: Arc<[String]>,
     /// Path given to the last exec.
     pub exe: Option<String>,
     /// argv was cut short by the kernel-side limit.
@@ -292,7 +293,7 @@ impl Tree {
                 .first()
                 .map(|a| a.rsplit('/').next().unwrap_or(a).chars().take(15).collect())
                 .unwrap_or_default(),
-            argv,
+            argv: argv.into(),
             start_ns,
             threads_alive: 1,
             max_threads: 1,
@@ -313,7 +314,7 @@ impl Tree {
             parent,
             cookie: n.cookie,
             comm: n.comm,
-            argv: n.argv,
+            argv: n.argv.into(),
             start_ns: n.start_ns,
             preexisting: n.preexisting,
             threads_alive: n.threads.max(1),
@@ -380,6 +381,7 @@ impl Tree {
                 comm,
             } => {
                 let Some(&pi) = self.live.get(&parent_tgid) else {
+                    log::debug!("fork of {child} by unknown {parent_tgid}");
                     self.orphan_events += 1;
                     return;
                 };
@@ -436,7 +438,7 @@ impl Tree {
                 p.execs += 1;
                 if let Some((filename, argv, truncated)) = self.pending_exec.remove(&old_tid) {
                     p.exe = Some(filename);
-                    p.argv = argv;
+                    p.argv = argv.into();
                     p.argv_truncated = truncated;
                 }
             }
@@ -736,12 +738,12 @@ mod tests {
         assert_eq!(t.alive_count(), 3);
         let c = &t.procs[1];
         assert_eq!((c.pid, c.ppid, c.parent), (101, Some(100), Some(0)));
-        assert_eq!(c.argv, ["true"]);
+        assert_eq!(&c.argv[..], ["true"]);
         assert_eq!(c.exe.as_deref(), Some("/bin/true"));
         assert_eq!(c.comm, "true");
         let d = &t.procs[2];
         assert_eq!(
-            d.argv,
+            &d.argv[..],
             ["/bin/sh", "-c", "x"],
             "fork without exec keeps argv"
         );

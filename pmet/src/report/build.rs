@@ -83,7 +83,7 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         ppid: p.ppid,
         parent: None,
         comm: p.comm.clone(),
-        argv: p.argv.clone(),
+        argv: p.argv.to_vec(),
         start_offset_s: offset_s(p.start_ns, info.start_ns),
         end_offset_s: p.end_ns.map(|e| offset_s(e, info.start_ns)),
         exit_code,
@@ -166,6 +166,7 @@ pub fn build(tree: &Tree, info: &RunInfo) -> Report {
         .filter(|p| p.vanished && !p.untracked)
         .count() as u64;
     collector.lost.free_events_missed = tree.frees_missed();
+    collector.lost.unmatched_events = tree.orphan_events;
     collector.lost.totals_missing = tree
         .procs
         .iter()
@@ -179,7 +180,8 @@ pub fn build(tree: &Tree, info: &RunInfo) -> Report {
         + l.read_failures
         + l.taskstats_overflows
         + l.exits_unseen
-        + l.totals_missing;
+        + l.totals_missing
+        + l.unmatched_events;
 
     Report {
         schema: SCHEMA.to_owned(),

@@ -75,6 +75,13 @@ pub struct Collector {
     /// Final CPU and disk figures came from the kernel at task free.
     #[serde(default)]
     pub exit_totals: bool,
+    /// CPU seconds pmet itself used (userspace; the kernel-side programs run
+    /// in the traced processes and show up in their figures).
+    #[serde(default)]
+    pub self_cpu_s: Option<f64>,
+    /// pmet's own peak resident memory.
+    #[serde(default)]
+    pub self_peak_rss_bytes: Option<u64>,
 }
 
 /// Losses by cause. All zero on a healthy run.
@@ -96,6 +103,10 @@ pub struct Lost {
     pub exits_unseen: u64,
     /// Exited processes whose final figures never arrived.
     pub totals_missing: u64,
+    /// Kernel events about processes pmet never saw start (a sign of a
+    /// missed fork: those processes are absent from the report).
+    #[serde(default)]
+    pub unmatched_events: u64,
     /// Exec argument lists cut at the kernel-side limit (not a loss of events).
     #[serde(default)]
     pub argv_truncated: u64,

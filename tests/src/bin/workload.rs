@@ -32,7 +32,8 @@ fn usage(msg: &str) -> ! {
         "usage: workload exit CODE | signal SIG | sleep MS | cpu MS | threads N MS |\n\
          \x20      spawn-tree CHILDREN GRANDCHILDREN | tcp 4|6 BYTES REPLY | udp 4|6 COUNT SIZE |\n\
          \x20      unix BYTES | orphan MS | kill-child | attach-target MS |\n\
-         \x20      cpu-children N MS | disk-write BYTES | memory MIB"
+         \x20      cpu-children N MS | disk-write BYTES | memory MIB | now | alive N MS |\n\
+         \x20      time CMD..."
     );
     exit(2)
 }
@@ -117,6 +118,7 @@ fn tcp(family: u8, bytes: u64, reply: u64) {
 }
 
 fn tcp_serve(family: u8, expect: u64, reply: u64) {
+    note_role("tcp-serve");
     let l = TcpListener::bind(loopback(family)).expect("bind");
     println!("{}", l.local_addr().expect("addr").port());
     std::io::stdout().flush().expect("flush");
@@ -166,6 +168,7 @@ fn write_n(w: &mut impl Write, mut n: u64) {
 }
 
 fn tcp_send(family: u8, port: u16, bytes: u64, reply: u64) {
+    note_role("tcp-send");
     let mut addr = loopback(family);
     addr.set_port(port);
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -200,6 +203,7 @@ fn udp(family: u8, count: u32, size: usize) {
 }
 
 fn udp_recv(family: u8, count: u32, size: usize) {
+    note_role("udp-recv");
     let s = UdpSocket::bind(loopback(family)).expect("bind");
     println!("{}", s.local_addr().expect("addr").port());
     std::io::stdout().flush().expect("flush");
@@ -221,6 +225,7 @@ fn udp_recv(family: u8, count: u32, size: usize) {
 }
 
 fn udp_send(family: u8, port: u16, count: u32, size: usize) {
+    note_role("udp-send");
     let s = UdpSocket::bind(loopback(family)).expect("bind");
     let mut addr = loopback(family);
     addr.set_port(port);
@@ -357,6 +362,60 @@ fn memory(mib: usize) {
     thread::sleep(Duration::from_millis(20));
 }
 
+/// Records "ROLE PID" in the file named by WORKLOAD_ROLES, so tools that
+/// only see pids (bpftrace, nethogs) can be checked against the truth.
+fn note_role(role: &str) {
+    if let Some(path) = env::var_os("WORKLOAD_ROLES") {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("roles file");
+        writeln!(f, "{role} {}", std::process::id()).expect("write role");
+    }
+}
+
+/// Prints CLOCK_BOOTTIME ns: when this program started running.
+fn now() {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    println!("{}", ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+}
+
+/// Runs a command and writes its wall time (seconds) to the file named by
+/// WORKLOAD_TIME_FILE: the bench's measure of a workload, the same whether a
+/// tracer's own start and stop are around it or not.
+fn time_cmd(cmd: &[String]) {
+    let start = std::time::Instant::now();
+    let st = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .status()
+        .expect("spawn");
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(path) = env::var_os("WORKLOAD_TIME_FILE") {
+        std::fs::write(path, format!("{secs}\n")).expect("time file");
+    }
+    exit(st.code().unwrap_or(1));
+}
+
+/// `n` children alive at once, each sleeping `ms`.
+fn alive(n: u32, ms: u64) {
+    let kids: Vec<Child> = (0..n)
+        .map(|_| {
+            me().args(["sleep", &ms.to_string()])
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for k in kids {
+        wait_ok(k, "sleeper");
+    }
+}
+
 fn threads(n: u32, ms: u64) {
     let hs: Vec<_> = (0..n).map(|_| thread::spawn(move || burn(ms))).collect();
     for h in hs {
@@ -387,6 +446,9 @@ fn main() {
         "cpu-children" => cpu_children(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         "disk-write" => disk_write(arg(&args, 1, "bytes")),
         "memory" => memory(arg(&args, 1, "mib")),
+        "now" => now(),
+        "time" if args.len() > 1 => time_cmd(&args[1..]),
+        "alive" => alive(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         "spawn-tree" => spawn_tree(arg(&args, 1, "children"), arg(&args, 2, "grandchildren")),
         "tree-child" => tree_child(arg(&args, 1, "index"), arg(&args, 2, "grandchildren")),
         "tcp" => tcp(

@@ -1,0 +1,937 @@
+//! `cargo xtask bench`: pmet's cost and accuracy, side by side with the tools
+//! people use today, in one run on this machine. Prints a Markdown report and
+//! writes it to `target/bench/report.md`.
+//!
+//! Every workload's truth is known exactly (bytes sent, processes started,
+//! CPU reported by wait4). Traced and untraced runs are interleaved round by
+//! round (the order rotates) and medians are compared, because this machine
+//! is shared and noisy. Nothing here asserts: a benchmark reports.
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+/// What the comparison tools are called in the tables.
+const BPFTRACE_SCRIPT: &str = r#"
+tracepoint:sched:sched_process_exec { @execs = count(); }
+tracepoint:sock:sock_send_length /args->ret > 0/ { @tx[pid] = sum(args->ret); }
+tracepoint:sock:sock_recv_length /args->ret > 0 && !(args->flags & 2)/ { @rx[pid] = sum(args->ret); }
+"#;
+
+/// Options of the bench.
+pub struct Opts {
+    /// Rounds per comparison (medians over these).
+    pub rounds: usize,
+    /// Smaller workloads, for a quick look.
+    pub quick: bool,
+}
+
+struct Bench {
+    pmet: PathBuf,
+    workload: PathBuf,
+    dir: PathBuf,
+    quick: bool,
+}
+
+/// One timed run.
+#[derive(Clone, Debug, Default)]
+struct Timed {
+    wall: f64,
+    stdout: String,
+}
+
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Runs `cmd` and times it. A workload that fails has no truth to compare
+/// against: that stops the bench.
+fn timed(cmd: &mut Command) -> Result<Timed> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        use std::io::Read;
+        out.read_to_string(&mut stdout)?;
+    }
+    let pid = child.id() as i32;
+    let _ = pid;
+    let status = child.wait()?;
+    let wall = start.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(Timed { wall, stdout })
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:+.2} %", x * 100.0)
+}
+
+/// A background observer (bpftrace, nethogs, pidstat) around one run.
+struct Observer {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Observer {
+    fn stop(mut self) -> Result<String> {
+        // SAFETY: plain signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.child.try_wait()?.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(fs::read_to_string(&self.out).unwrap_or_default())
+    }
+}
+
+impl Bench {
+    fn workload(&self) -> Command {
+        Command::new(&self.workload)
+    }
+
+    /// Arguments that run the command `inner` under the workload's timing shim.
+    fn shim(&self, inner: &[&str]) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = vec![self.workload.clone().into(), "time".into()];
+        v.extend(inner.iter().map(|s| s.into()));
+        v
+    }
+
+    /// Like [`Bench::shim`], for one of the workload's own roles.
+    fn shim_w(&self, role: &[&str]) -> Vec<std::ffi::OsString> {
+        let mut v = self.shim(&[]);
+        v.push(self.workload.clone().into());
+        v.extend(role.iter().map(|s| s.into()));
+        v
+    }
+
+    /// Runs `cmd` (which includes the shim) and returns the shim's measure of
+    /// the workload, in seconds, and the run's stdout.
+    fn inner(&self, cmd: &mut Command) -> Result<(f64, String)> {
+        let f = self.dir.join("time.txt");
+        let _ = fs::remove_file(&f);
+        let t = timed(cmd.env("WORKLOAD_TIME_FILE", &f))?;
+        let secs: f64 = fs::read_to_string(&f)
+            .context("the timing shim wrote nothing")?
+            .trim()
+            .parse()?;
+        Ok((secs, t.stdout))
+    }
+
+    fn pmet(&self, report: &Path) -> Command {
+        let mut c = Command::new(&self.pmet);
+        c.args(["trace", "-q", "-o"]).arg(report).arg("--");
+        c
+    }
+
+    fn report(path: &Path) -> Result<Value> {
+        serde_json::from_slice(&fs::read(path)?)
+            .with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// Starts a background tool and waits until it is ready (`ready` appears
+    /// in its output, or a fixed delay when `ready` is empty).
+    fn observe(&self, name: &str, cmd: &mut Command, ready: &str) -> Result<Observer> {
+        let out = self.dir.join(format!("{name}.out"));
+        let f = fs::File::create(&out)?;
+        let child = cmd
+            .stdout(f.try_clone()?)
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        if ready.is_empty() {
+            std::thread::sleep(Duration::from_millis(1500));
+        } else {
+            while !fs::read_to_string(&out).unwrap_or_default().contains(ready) {
+                if Instant::now() > deadline {
+                    bail!("{name} did not start");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(Observer { child, out })
+    }
+
+    fn bpftrace(&self) -> Result<Observer> {
+        let script = self.dir.join("pmet-equivalent.bt");
+        fs::write(&script, BPFTRACE_SCRIPT)?;
+        self.observe(
+            "bpftrace",
+            Command::new("bpftrace").arg(&script),
+            "Attaching",
+        )
+    }
+
+    fn nethogs(&self) -> Result<Observer> {
+        self.observe(
+            "nethogs",
+            Command::new("nethogs").args(["-t", "-a", "-v", "2", "-d", "1"]),
+            "Refreshing",
+        )
+    }
+}
+
+/// `@map[pid]: value` lines of bpftrace's exit dump.
+fn bpftrace_map(out: &str, map: &str) -> HashMap<u32, u64> {
+    out.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&format!("@{map}["))?;
+            let (pid, v) = rest.split_once("]: ")?;
+            Some((pid.parse().ok()?, v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The last nethogs refresh: pid -> (sent, received).
+fn nethogs_last(out: &str) -> HashMap<u32, (f64, f64)> {
+    let block = out.rsplit("Refreshing:").next().unwrap_or("");
+    block
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let who = f.next()?;
+            let sent: f64 = f.next()?.trim().parse().ok()?;
+            let recv: f64 = f.next()?.trim().parse().ok()?;
+            let mut parts = who.rsplit('/');
+            let _uid = parts.next()?;
+            let pid: u32 = parts.next()?.parse().ok()?;
+            Some((pid, (sent, recv)))
+        })
+        .collect()
+}
+
+fn roles(path: &Path) -> HashMap<String, u32> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (r, p) = l.split_once(' ')?;
+            Some((r.to_owned(), p.parse().ok()?))
+        })
+        .collect()
+}
+
+fn role_net(report: &Value, role: &str, proto: &str, dir: &str) -> u64 {
+    report["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["argv"][1] == role)
+        .map(|p| {
+            p["net"][proto][format!("{dir}_bytes")]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+struct Md(String);
+impl Md {
+    fn h(&mut self, t: &str) {
+        let _ = writeln!(self.0, "\n### {t}\n");
+    }
+    fn p(&mut self, t: &str) {
+        let _ = writeln!(self.0, "{t}\n");
+    }
+    fn table(&mut self, head: &[&str], rows: &[Vec<String>]) {
+        let _ = writeln!(self.0, "| {} |", head.join(" | "));
+        let _ = writeln!(
+            self.0,
+            "|{}|",
+            head.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+        );
+        for r in rows {
+            let _ = writeln!(self.0, "| {} |", r.join(" | "));
+        }
+        self.0.push('\n');
+    }
+}
+
+/// Runs every comparison and returns the Markdown report.
+pub fn run(root: &Path, pmet: PathBuf, workload: PathBuf, opts: &Opts) -> Result<String> {
+    let dir = root.join("target").join("bench");
+    fs::create_dir_all(&dir)?;
+    let b = Bench {
+        pmet,
+        workload,
+        dir,
+        quick: opts.quick,
+    };
+    let rounds = opts.rounds.max(1);
+    let mut md = Md(String::new());
+    let host = format!(
+        "{} ({} CPUs), kernel {}",
+        fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned())
+            )
+            .unwrap_or_else(|| "unknown CPU".into()),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    md.p(&format!(
+        "Measured by `cargo xtask bench` ({rounds} rounds, interleaved, medians; spread = min–max of the per-round ratios) on {host}, {}.",
+        fs::read_to_string("/proc/uptime").map(|_| "this machine").unwrap_or("this machine")
+    ));
+
+    exec_storm(&b, rounds, &mut md)?;
+    network(&b, rounds, &mut md)?;
+    compute(&b, rounds, &mut md)?;
+    startup(&b, &mut md)?;
+    idle_and_scale(&b, &mut md)?;
+    capacity(&b, &mut md)?;
+    Ok(md.0)
+}
+
+fn exec_storm(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
+    let n = if b.quick { 500 } else { 3000 };
+    let script = format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
+    let report = b.dir.join("storm.json");
+    let (mut base, mut traced, mut bt) = (vec![], vec![], vec![]);
+    let (mut seen, mut lost, mut self_cpu, mut bt_seen) = (vec![], vec![], vec![], vec![]);
+    let shim = b.shim(&["sh", "-c", &script]);
+    for r in 0..rounds {
+        for which in rotate(3, r) {
+            match which {
+                0 => base.push(b.inner(Command::new(&shim[0]).args(&shim[1..]))?.0),
+                1 => {
+                    let (secs, _) = b.inner(b.pmet(&report).args(&shim))?;
+                    let rep = Bench::report(&report)?;
+                    traced.push(secs);
+                    seen.push(rep["totals"]["processes"].as_f64().unwrap_or(0.0) - 1.0);
+                    lost.push(rep["collector"]["lost_events"].as_f64().unwrap_or(0.0));
+                    self_cpu.push(rep["collector"]["self_cpu_s"].as_f64().unwrap_or(0.0));
+                }
+                _ => {
+                    let o = b.bpftrace()?;
+                    let (secs, _) = b.inner(Command::new(&shim[0]).args(&shim[1..]))?;
+                    let out = o.stop()?;
+                    bt.push(secs);
+                    let execs: f64 = out
+                        .lines()
+                        .find_map(|l| l.strip_prefix("@execs: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0.0);
+                    bt_seen.push(execs);
+                }
+            }
+        }
+    }
+    let ratio = |v: &[f64]| -> Vec<f64> { v.iter().zip(&base).map(|(t, b)| t / b).collect() };
+    md.h(&format!(
+        "1. Exec storm: a shell loop runs /bin/true {n} times"
+    ));
+    let rp = ratio(&traced);
+    let rb = ratio(&bt);
+    let (plo, phi) = spread(&rp);
+    let (blo, bhi) = spread(&rb);
+    md.table(
+        &[
+            "tool",
+            "wall time traced/untraced (goal ≤ 1.05)",
+            "spread",
+            "processes seen / started",
+            "lost events",
+            "pmet's own CPU (start-up included)",
+        ],
+        &[
+            vec![
+                "**pmet**".into(),
+                format!("**{:.3}**", median(&rp)),
+                format!("{plo:.3}–{phi:.3}"),
+                format!("{:.0} / {}", median(&seen), n + 1),
+                format!("{:.0}", median(&lost)),
+                format!(
+                    "{:.0} ms in all ({:.1} µs per process)",
+                    median(&self_cpu) * 1e3,
+                    median(&self_cpu) * 1e6 / (n + 1) as f64
+                ),
+            ],
+            vec![
+                "bpftrace (exec + socket-bytes script, no tree filter)".into(),
+                format!("{:.3}", median(&rb)),
+                format!("{blo:.3}–{bhi:.3}"),
+                format!(
+                    "{:.0} execs / {n} (counts execs, not processes; no tree)",
+                    median(&bt_seen)
+                ),
+                "not reported".into(),
+                "not measured".into(),
+            ],
+        ],
+    );
+    md.p(&format!("Untraced median: {:.2} s.", median(&base)));
+    Ok(())
+}
+
+/// Orders for round `r`: a rotation, so no configuration always runs first.
+fn rotate(n: usize, r: usize) -> Vec<usize> {
+    (0..n).map(|i| (i + r) % n).collect()
+}
+
+fn network(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
+    let bytes: u64 = if b.quick { 512 << 20 } else { 2 << 30 };
+    let report = b.dir.join("net.json");
+    let roles_path = b.dir.join("roles.txt");
+    let mut base = vec![];
+    let mut runs: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut acc: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
+    let bytes_s = bytes.to_string();
+    let shim = b.shim_w(&["tcp", "4", &bytes_s, "0"]);
+    let tcp = |c: &mut Command| {
+        c.args(&shim[1..]);
+    };
+    for r in 0..rounds {
+        for which in rotate(4, r) {
+            let _ = fs::remove_file(&roles_path);
+            match which {
+                0 => {
+                    let mut c = b.workload();
+                    tcp(&mut c);
+                    base.push(bytes as f64 / b.inner(&mut c)?.0);
+                }
+                1 => {
+                    let mut c = b.pmet(&report);
+                    c.arg(&b.workload);
+                    tcp(&mut c);
+                    let secs = b.inner(&mut c)?.0;
+                    runs.entry("pmet").or_default().push(bytes as f64 / secs);
+                    let rep = Bench::report(&report)?;
+                    acc.entry("pmet").or_default().push((
+                        role_net(&rep, "tcp-send", "tcp", "tx") as i64 - bytes as i64,
+                        role_net(&rep, "tcp-serve", "tcp", "rx") as i64 - bytes as i64,
+                    ));
+                }
+                2 => {
+                    let o = b.bpftrace()?;
+                    let mut c = b.workload();
+                    tcp(&mut c);
+                    c.env("WORKLOAD_ROLES", &roles_path);
+                    let secs = b.inner(&mut c)?.0;
+                    let out = o.stop()?;
+                    runs.entry("bpftrace")
+                        .or_default()
+                        .push(bytes as f64 / secs);
+                    let ro = roles(&roles_path);
+                    let tx = bpftrace_map(&out, "tx");
+                    let rx = bpftrace_map(&out, "rx");
+                    acc.entry("bpftrace").or_default().push((
+                        *tx.get(&ro["tcp-send"]).unwrap_or(&0) as i64 - bytes as i64,
+                        *rx.get(&ro["tcp-serve"]).unwrap_or(&0) as i64 - bytes as i64,
+                    ));
+                }
+                _ => {
+                    let o = b.nethogs()?;
+                    let mut c = b.workload();
+                    tcp(&mut c);
+                    c.env("WORKLOAD_ROLES", &roles_path);
+                    let secs = b.inner(&mut c)?.0;
+                    // nethogs refreshes once a second: let it print the end.
+                    std::thread::sleep(Duration::from_millis(2200));
+                    let out = o.stop()?;
+                    runs.entry("nethogs").or_default().push(bytes as f64 / secs);
+                    let ro = roles(&roles_path);
+                    let last = nethogs_last(&out);
+                    let sent = last.get(&ro["tcp-send"]).map_or(0.0, |v| v.0);
+                    let recv = last.get(&ro["tcp-serve"]).map_or(0.0, |v| v.1);
+                    acc.entry("nethogs")
+                        .or_default()
+                        .push((sent as i64 - bytes as i64, recv as i64 - bytes as i64));
+                }
+            }
+        }
+    }
+    md.h(&format!(
+        "2. Network: {} over loopback TCP (64 KiB writes), sender and receiver in separate processes",
+        if b.quick { "512 MiB" } else { "2 GiB" }
+    ));
+    let mut rows = vec![];
+    for tool in ["pmet", "bpftrace", "nethogs"] {
+        let v = &runs[tool];
+        let ratios: Vec<f64> = v.iter().zip(&base).map(|(t, u)| t / u).collect();
+        let (lo, hi) = spread(&ratios);
+        let a = &acc[tool];
+        let worst =
+            |f: fn(&(i64, i64)) -> i64| a.iter().map(f).max_by_key(|e| e.abs()).unwrap_or(0);
+        let (tx_err, rx_err) = (worst(|e| e.0), worst(|e| e.1));
+        let name = match tool {
+            "pmet" => "**pmet**".to_owned(),
+            "bpftrace" => "bpftrace (same tracepoints, per pid)".to_owned(),
+            _ => "nethogs 0.8.7 (pcap)".to_owned(),
+        };
+        let fmt_err = |e: i64| format!("{e:+} B ({})", pct(e as f64 / bytes as f64));
+        rows.push(vec![
+            name,
+            if tool == "pmet" {
+                format!("**{:.3}**", median(&ratios))
+            } else {
+                format!("{:.3}", median(&ratios))
+            },
+            format!("{lo:.3}–{hi:.3}"),
+            fmt_err(tx_err),
+            fmt_err(rx_err),
+        ]);
+    }
+    md.table(
+        &[
+            "tool",
+            "throughput traced/untraced (goal ≥ 0.97)",
+            "spread",
+            "sender: counted − sent (worst round)",
+            "receiver: counted − received (worst round)",
+        ],
+        &rows,
+    );
+    md.p(&format!(
+        "Untraced median throughput: {:.2} GB/s.",
+        median(&base) / 1e9
+    ));
+
+    // UDP: exactness of datagram bytes, both ways.
+    let count = if b.quick { 2_000 } else { 20_000 };
+    let size = 1000u64;
+    let payload = count as u64 * size;
+    let mut urows = vec![];
+    for tool in ["pmet", "bpftrace", "nethogs"] {
+        let _ = fs::remove_file(&roles_path);
+        let udp = |c: &mut Command| {
+            c.args(["udp", "4", &count.to_string(), &size.to_string()]);
+        };
+        let (sent, recv) = match tool {
+            "pmet" => {
+                let mut c = b.pmet(&report);
+                c.arg(&b.workload);
+                udp(&mut c);
+                timed(&mut c)?;
+                let rep = Bench::report(&report)?;
+                (
+                    role_net(&rep, "udp-send", "udp", "tx"),
+                    role_net(&rep, "udp-recv", "udp", "rx"),
+                )
+            }
+            "bpftrace" => {
+                let o = b.bpftrace()?;
+                let mut c = b.workload();
+                udp(&mut c);
+                c.env("WORKLOAD_ROLES", &roles_path);
+                timed(&mut c)?;
+                let out = o.stop()?;
+                let ro = roles(&roles_path);
+                (
+                    *bpftrace_map(&out, "tx").get(&ro["udp-send"]).unwrap_or(&0),
+                    *bpftrace_map(&out, "rx").get(&ro["udp-recv"]).unwrap_or(&0),
+                )
+            }
+            _ => {
+                let o = b.nethogs()?;
+                let mut c = b.workload();
+                udp(&mut c);
+                c.env("WORKLOAD_ROLES", &roles_path);
+                timed(&mut c)?;
+                std::thread::sleep(Duration::from_millis(2200));
+                let out = o.stop()?;
+                let ro = roles(&roles_path);
+                let last = nethogs_last(&out);
+                (
+                    last.get(&ro["udp-send"]).map_or(0.0, |v| v.0) as u64,
+                    last.get(&ro["udp-recv"]).map_or(0.0, |v| v.1) as u64,
+                )
+            }
+        };
+        let err = |v: u64| {
+            let e = v as i64 - payload as i64;
+            format!("{e:+} B ({})", pct(e as f64 / payload as f64))
+        };
+        urows.push(vec![
+            if tool == "pmet" {
+                "**pmet**".into()
+            } else {
+                tool.into()
+            },
+            err(sent),
+            err(recv),
+        ]);
+    }
+    md.p(&format!(
+        "UDP: {count} datagrams of {size} bytes ({payload} bytes of payload each way; the 1-byte acks are not counted here):"
+    ));
+    md.table(
+        &[
+            "tool",
+            "sender: counted − sent",
+            "receiver: counted − received",
+        ],
+        &urows,
+    );
+    Ok(())
+}
+
+fn compute(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
+    let (n, ms) = if b.quick { (10, 40) } else { (40, 60) };
+    let report = b.dir.join("compute.json");
+    let (ns, mss) = (n.to_string(), ms.to_string());
+    let args = b.shim_w(&["cpu-children", &ns, &mss]);
+    let args = &args[1..];
+    let truth_of = |out: &str| -> f64 {
+        let v: Vec<f64> = out
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        (v.first().unwrap_or(&0.0) + v.get(1).unwrap_or(&0.0)) / 1e6
+    };
+    let mut base = vec![];
+    let mut wall: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut cpu_err: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut seen: HashMap<&str, Vec<f64>> = HashMap::new();
+    for r in 0..rounds {
+        for which in rotate(5, r) {
+            match which {
+                0 => base.push(b.inner(b.workload().args(args))?.0),
+                1 => {
+                    let (secs, out) = b.inner(b.pmet(&report).arg(&b.workload).args(args))?;
+                    let truth = truth_of(&out);
+                    let rep = Bench::report(&report)?;
+                    let kids: f64 = rep["processes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| p["argv"][1] == "cpu")
+                        .map(|p| {
+                            p["cpu_user_s"].as_f64().unwrap_or(0.0)
+                                + p["cpu_system_s"].as_f64().unwrap_or(0.0)
+                        })
+                        .sum();
+                    wall.entry("pmet").or_default().push(secs);
+                    cpu_err.entry("pmet").or_default().push(kids / truth - 1.0);
+                    // The shim is one more process than the workload's own.
+                    seen.entry("pmet")
+                        .or_default()
+                        .push(rep["totals"]["processes"].as_f64().unwrap_or(0.0) - 1.0);
+                }
+                2 => {
+                    let log = b.dir.join("psrecord.log");
+                    let cmdline = format!(
+                        "{} {}",
+                        b.workload.display(),
+                        args.iter()
+                            .map(|a| a.to_string_lossy())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    );
+                    let (secs, _) = b.inner(
+                        Command::new("psrecord")
+                            .arg(&cmdline)
+                            .args(["--include-children", "--interval", "0.2", "--log"])
+                            .arg(&log),
+                    )?;
+                    // psrecord logs CPU % per sample: integrate.
+                    let text = fs::read_to_string(&log).unwrap_or_default();
+                    let mut cpu = 0.0;
+                    let mut last_t = 0.0;
+                    for l in text.lines().filter(|l| !l.starts_with('#')) {
+                        let f: Vec<f64> = l
+                            .split_whitespace()
+                            .filter_map(|x| x.parse().ok())
+                            .collect();
+                        if f.len() >= 2 {
+                            cpu += f[1] / 100.0 * (f[0] - last_t);
+                            last_t = f[0];
+                        }
+                    }
+                    // The children burned their CPU; the root's own is tiny.
+                    let truth = (n as f64) * (ms as f64) / 1000.0;
+                    wall.entry("psrecord").or_default().push(secs);
+                    cpu_err
+                        .entry("psrecord")
+                        .or_default()
+                        .push(cpu / truth - 1.0);
+                }
+                3 => {
+                    let o = b.observe(
+                        "pidstat",
+                        Command::new("pidstat").args(["-h", "-u", "-C", "workload", "1"]),
+                        "",
+                    )?;
+                    let (secs, wout) = b.inner(b.workload().args(args))?;
+                    std::thread::sleep(Duration::from_millis(1100));
+                    let out = o.stop()?;
+                    let truth = truth_of(&wout);
+                    let mut pids = std::collections::HashSet::new();
+                    let mut cpu = 0.0;
+                    for l in out
+                        .lines()
+                        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                    {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        // Time UID PID %usr %system %guest %wait %CPU CPU Command
+                        if f.len() >= 10
+                            && f[9] == "workload"
+                            && let (Ok(pid), Ok(c)) = (f[2].parse::<u32>(), f[7].parse::<f64>())
+                        {
+                            pids.insert(pid);
+                            cpu += c / 100.0;
+                        }
+                    }
+                    wall.entry("pidstat").or_default().push(secs);
+                    cpu_err
+                        .entry("pidstat")
+                        .or_default()
+                        .push(cpu / truth - 1.0);
+                    seen.entry("pidstat").or_default().push(pids.len() as f64);
+                }
+                _ => {
+                    let fmt = "%U %S";
+                    let (secs, out) = b.inner(
+                        Command::new("/usr/bin/time")
+                            .args(["-f", fmt, "-o"])
+                            .arg(b.dir.join("time.out"))
+                            .arg(&b.workload)
+                            .args(args),
+                    )?;
+                    let truth = truth_of(&out);
+                    let text = fs::read_to_string(b.dir.join("time.out")).unwrap_or_default();
+                    let v: Vec<f64> = text
+                        .split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect();
+                    let total = v.iter().sum::<f64>();
+                    wall.entry("time").or_default().push(secs);
+                    // /usr/bin/time's total includes the root; the truth is the children's.
+                    cpu_err.entry("time").or_default().push(total / truth - 1.0);
+                }
+            }
+        }
+    }
+    md.h(&format!(
+        "3. Short-lived compute children: {n} children each burn {ms} ms of CPU"
+    ));
+    let mut rows = vec![];
+    for (tool, name) in [
+        ("pmet", "**pmet**"),
+        ("psrecord", "psrecord 1.4 --include-children --interval 0.2"),
+        ("pidstat", "pidstat -u -C workload 1"),
+        ("time", "/usr/bin/time (totals only)"),
+    ] {
+        let ratios: Vec<f64> = wall[tool].iter().zip(&base).map(|(t, u)| t / u).collect();
+        let (lo, hi) = spread(&ratios);
+        let errs = &cpu_err[tool];
+        let worst = errs
+            .iter()
+            .copied()
+            .max_by(|a, b| a.abs().total_cmp(&b.abs()))
+            .unwrap_or(f64::NAN);
+        rows.push(vec![
+            name.into(),
+            if tool == "pmet" {
+                format!("**{:.3}**", median(&ratios))
+            } else {
+                format!("{:.3}", median(&ratios))
+            },
+            format!("{lo:.3}–{hi:.3}"),
+            seen.get(tool).map_or("cannot tell".into(), |s| {
+                format!("{:.0} / {}", median(s), n + 1)
+            }),
+            format!("{} (worst {})", pct(median(errs)), pct(worst)),
+        ]);
+    }
+    md.table(
+        &[
+            "tool",
+            "wall time traced/untraced (goal ≤ 1.01)",
+            "spread",
+            "processes seen / started",
+            "CPU seconds vs wait4 truth (goal within 1 %)",
+        ],
+        &rows,
+    );
+    md.p("Ground truth: the root's `getrusage(RUSAGE_CHILDREN)` after waiting for every child, which is what `/usr/bin/time` reports for a tree.");
+    Ok(())
+}
+
+fn startup(b: &Bench, md: &mut Md) -> Result<()> {
+    let report = b.dir.join("startup.json");
+    let mut v = vec![];
+    for _ in 0..10 {
+        let before = boottime_ns();
+        let t = timed(b.pmet(&report).arg(&b.workload).arg("now"))?;
+        let at: u64 = t.stdout.trim().parse().context("workload now")?;
+        v.push((at.saturating_sub(before)) as f64 / 1e6);
+    }
+    let (lo, hi) = spread(&v);
+    md.h("4. Start-up");
+    md.p(&format!(
+        "From invoking `pmet trace` to the command's first instruction (eBPF load and attach, BTF, taskstats, launch): **{:.0} ms** median (goal < 150 ms), {lo:.0}–{hi:.0} ms over 10 runs.",
+        median(&v)
+    ));
+    Ok(())
+}
+
+fn idle_and_scale(b: &Bench, md: &mut Md) -> Result<()> {
+    let idle_s = if b.quick { 10 } else { 30 };
+    // pmet's cost at rest is the slope between a short and a long idle run:
+    // start-up and teardown cancel out.
+    let idle = |secs: u64| -> Result<Value> {
+        let report = b.dir.join("idle.json");
+        timed(
+            b.pmet(&report)
+                .arg(&b.workload)
+                .args(["alive", "4", &(secs * 1000).to_string()]),
+        )?;
+        Bench::report(&report)
+    };
+    let short = idle(1)?;
+    let rep = idle(idle_s)?;
+    let f = |r: &Value, k: &str| r["collector"][k].as_f64().unwrap_or(f64::NAN);
+    let slope = (f(&rep, "self_cpu_s") - f(&short, "self_cpu_s"))
+        / (rep["duration_s"].as_f64().unwrap_or(0.0) - short["duration_s"].as_f64().unwrap_or(0.0));
+    md.h("5. pmet's own cost, and scale");
+    let mut rows = vec![vec![
+        format!("idle tree: 4 processes sleeping {idle_s} s"),
+        format!(
+            "**{:.3} % of a core** at rest (goal < 0.5 %); {:.0} ms in all, start-up included",
+            slope * 100.0,
+            f(&rep, "self_cpu_s") * 1e3
+        ),
+        format!("{:.1} MB", f(&rep, "self_peak_rss_bytes") / 1e6),
+        format!("{} / 5", rep["totals"]["processes"]),
+        format!("{}", rep["collector"]["lost_events"]),
+    ]];
+    let (kids, grand) = if b.quick { (20, 49) } else { (100, 99) };
+    let total = 1 + kids + kids * grand;
+    let report = b.dir.join("scale.json");
+    let t = timed(b.pmet(&report).arg(&b.workload).args([
+        "spawn-tree",
+        &kids.to_string(),
+        &grand.to_string(),
+    ]))?;
+    let rep = Bench::report(&report)?;
+    rows.push(vec![
+        format!("{total} processes over the tree's life"),
+        format!(
+            "{:.3} % of a core over {:.1} s",
+            rep["collector"]["self_cpu_s"].as_f64().unwrap_or(0.0) / t.wall * 100.0,
+            t.wall
+        ),
+        format!(
+            "**{:.1} MB** (goal < 50 MB)",
+            rep["collector"]["self_peak_rss_bytes"]
+                .as_f64()
+                .unwrap_or(0.0)
+                / 1e6
+        ),
+        format!("{} / {total}", rep["totals"]["processes"]),
+        format!("{}", rep["collector"]["lost_events"]),
+    ]);
+    let alive = if b.quick { 300 } else { 1000 };
+    let report = b.dir.join("alive.json");
+    let t = timed(
+        b.pmet(&report)
+            .arg(&b.workload)
+            .args(["alive", &alive.to_string(), "3000"]),
+    )?;
+    let rep = Bench::report(&report)?;
+    rows.push(vec![
+        format!("{alive} processes alive at once for 3 s"),
+        format!(
+            "{:.3} % of a core over {:.1} s",
+            rep["collector"]["self_cpu_s"].as_f64().unwrap_or(0.0) / t.wall * 100.0,
+            t.wall
+        ),
+        format!(
+            "{:.1} MB",
+            rep["collector"]["self_peak_rss_bytes"]
+                .as_f64()
+                .unwrap_or(0.0)
+                / 1e6
+        ),
+        format!("{} / {}", rep["totals"]["processes"], alive + 1),
+        format!("{}", rep["collector"]["lost_events"]),
+    ]);
+    md.table(
+        &[
+            "workload",
+            "pmet's CPU",
+            "pmet's peak RSS",
+            "processes seen / started",
+            "lost events",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+fn capacity(b: &Bench, md: &mut Md) -> Result<()> {
+    // Two shells forking as fast as they can, on a 2-core machine.
+    let n = if b.quick { 1000 } else { 4000 };
+    let loop_ = format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
+    let script = format!("({loop_}) & ({loop_}) & wait");
+    let untraced = timed(Command::new("sh").args(["-c", &script]))?;
+    let report = b.dir.join("capacity.json");
+    let traced = timed(b.pmet(&report).args(["sh", "-c", &script]))?;
+    let rep = Bench::report(&report)?;
+    md.h("6. Capacity");
+    md.p(&format!(
+        "Two shells fork+exec /bin/true {n} times each, as fast as this machine can: {:.0} execs/s untraced, {:.0} execs/s traced; pmet saw {} of {} processes, **{} lost events** (goal 0).",
+        2.0 * n as f64 / untraced.wall,
+        2.0 * n as f64 / traced.wall,
+        rep["totals"]["processes"],
+        2 * n + 3,
+        rep["collector"]["lost_events"]
+    ));
+    Ok(())
+}
