@@ -330,8 +330,10 @@ pub struct Config {
     pub task_pid: u32,
     /// [`config_flags`].
     pub flags: u32,
-    /// Padding, always zero.
-    pub _pad2: u32,
+    /// `sock.__sk_common.skc_family` (for the BTF socket programs).
+    pub sk_family: u16,
+    /// `sock.sk_protocol`.
+    pub sk_protocol: u16,
 }
 
 /// Bits of [`Config::flags`].

@@ -44,7 +44,8 @@ static CONFIG: Global<Config> = Global::new(Config {
     task_cancelled_write_bytes: 0,
     task_pid: 0,
     flags: 0,
-    _pad2: 0,
+    sk_family: 0,
+    sk_protocol: 0,
 });
 
 /// Processes in the traced tree, by tgid. Sizes here are defaults; the loader

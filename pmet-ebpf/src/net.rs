@@ -6,8 +6,10 @@
 //! tgid is the true owner, loopback included.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, macros::tracepoint,
-    programs::TracePointContext,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use pmet_common::{NetCounters, NetKey, counter};
 
@@ -37,6 +39,48 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The same hooks as BTF tracepoints: the raw arguments (`sk`, `ret`,
+/// `flags`) with no trace record built first, so cheaper per call, and
+/// detached at once. Preferred when BTF gives `struct sock`'s offsets.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_btf(ctx: BtfTracePointContext) -> i32 {
+    if try_count_btf(&ctx, true).is_err() {
+        bump(counter::READ_FAILED);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_btf(ctx: BtfTracePointContext) -> i32 {
+    if try_count_btf(&ctx, false).is_err() {
+        bump(counter::READ_FAILED);
+    }
+    0
+}
+
+#[inline(always)]
+fn try_count_btf(ctx: &BtfTracePointContext, tx: bool) -> Result<(), i32> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(t) = tracked(tgid) else {
+        return Ok(());
+    };
+    // TP_PROTO(struct sock *sk, int ret, int flags)
+    let ret = ctx.arg::<u64>(1) as i32;
+    if ret <= 0 {
+        return Ok(());
+    }
+    let cfg = CONFIG.load();
+    let sk: u64 = ctx.arg(0);
+    // SAFETY: offsets from this kernel's BTF; sk is live during the call.
+    let family: u16 =
+        unsafe { bpf_probe_read_kernel((sk + u64::from(cfg.sk_family)) as *const u16)? };
+    let protocol: u16 =
+        unsafe { bpf_probe_read_kernel((sk + u64::from(cfg.sk_protocol)) as *const u16)? };
+    let flags = if tx { 0 } else { ctx.arg::<u64>(2) as i32 };
+    add(tgid, t.cookie, family, protocol, ret, flags, tx);
+    Ok(())
+}
+
 #[inline(always)]
 fn try_count(ctx: &TracePointContext, tx: bool) -> Result<(), i32> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -51,27 +95,36 @@ fn try_count(ctx: &TracePointContext, tx: bool) -> Result<(), i32> {
         return Ok(());
     }
     let family: u16 = unsafe { ctx.read_at(cfg.sock_family as usize)? };
+    let protocol: u16 = unsafe { ctx.read_at(cfg.sock_protocol as usize)? };
+    let flags: i32 = if tx {
+        0
+    } else {
+        unsafe { ctx.read_at(cfg.sock_flags as usize)? }
+    };
+    add(tgid, t.cookie, family, protocol, ret, flags, tx);
+    Ok(())
+}
+
+/// Counts `ret` bytes moved by process `tgid` when they are network bytes.
+#[inline(always)]
+fn add(tgid: u32, cookie: u64, family: u16, protocol: u16, ret: i32, flags: i32, tx: bool) {
     if family != AF_INET && family != AF_INET6 {
         // Unix sockets and the rest are IPC, not network.
-        return Ok(());
+        return;
     }
-    let protocol: u16 = unsafe { ctx.read_at(cfg.sock_protocol as usize)? };
     let tcp = protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP;
     let udp = protocol == IPPROTO_UDP || protocol == IPPROTO_UDPLITE;
     if !tcp && !udp {
-        return Ok(());
+        return;
     }
-    if !tx {
-        let flags: i32 = unsafe { ctx.read_at(cfg.sock_flags as usize)? };
-        if flags & MSG_PEEK != 0 {
-            // Peeked bytes are read again later; count them once.
-            return Ok(());
-        }
+    if !tx && flags & MSG_PEEK != 0 {
+        // Peeked bytes are read again later; count them once.
+        return;
     }
     let key = NetKey {
         tgid,
         _pad: 0,
-        cookie: t.cookie,
+        cookie,
     };
     let c = match NET.get_ptr_mut(key) {
         Some(c) => c,
@@ -83,7 +136,7 @@ fn try_count(ctx: &TracePointContext, tx: bool) -> Result<(), i32> {
                 Some(c) => c,
                 None => {
                     bump(counter::NET_FULL);
-                    return Ok(());
+                    return;
                 }
             }
         }
@@ -111,5 +164,4 @@ fn try_count(ctx: &TracePointContext, tx: bool) -> Result<(), i32> {
             }
         }
     }
-    Ok(())
 }

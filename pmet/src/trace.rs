@@ -108,7 +108,7 @@ const FREE_TIMEOUT: Duration = Duration::from_secs(10);
 const SETTLE_IDLE: Duration = Duration::from_millis(500);
 /// After taking in kernel events, wait this long before the next look, so a
 /// storm of events costs one wakeup per batch rather than one per event.
-const BATCH: Duration = Duration::from_millis(5);
+const BATCH: Duration = Duration::from_millis(20);
 /// A tree using more CPU than this (percent of a core) counts as busy.
 const BUSY_CPU_PCT: f64 = 5.0;
 
@@ -480,7 +480,8 @@ fn load_kernel(follow_children: bool) -> Result<Kernel, Error> {
             None
         }
     };
-    Kernel::load(cfg, task.as_ref())
+    let sock = btf::sock_offsets(Path::new(btf::VMLINUX));
+    Kernel::load(cfg, task.as_ref(), sock)
 }
 
 fn child_env(account: Option<&Account>) -> Vec<(OsString, OsString)> {

@@ -34,6 +34,28 @@ pub struct TaskOffsets {
     pub pid: u32,
 }
 
+/// Byte offsets inside `struct sock`, for the BTF socket programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `__sk_common.skc_family`.
+    pub family: u16,
+    /// `sk_protocol` (a bitfield before Linux 5.6: then not resolvable).
+    pub protocol: u16,
+}
+
+/// Resolves [`SockOffsets`]; `None` when this kernel's layout does not allow
+/// it (the classic socket tracepoints are used instead).
+pub fn sock_offsets(path: &Path) -> Option<SockOffsets> {
+    let btf = Btf::from_file_with_backend(path, Backend::Mmap).ok()?;
+    let sock = find_struct(&btf, "sock").ok()?;
+    let family = member_offset(&btf, &sock, &["__sk_common", "skc_family"]).ok()?;
+    let protocol = member_offset(&btf, &sock, &["sk_protocol"]).ok()?;
+    Some(SockOffsets {
+        family: u16::try_from(family).ok()?,
+        protocol: u16::try_from(protocol).ok()?,
+    })
+}
+
 /// Resolves [`TaskOffsets`] from a BTF file.
 pub fn task_offsets(path: &Path) -> Result<TaskOffsets, Error> {
     let err = |what: String| Error::Btf {
@@ -150,6 +172,16 @@ mod tests {
         assert_eq!(o.stime, o.utime + 8, "stime follows utime in task_struct");
         assert_eq!(o.write_bytes, o.read_bytes + 8);
         assert_eq!(o.cancelled_write_bytes, o.write_bytes + 8);
+    }
+
+    #[test]
+    fn resolves_this_kernels_sock() {
+        let path = Path::new(VMLINUX);
+        if !path.exists() {
+            return;
+        }
+        let o = sock_offsets(path).unwrap();
+        assert!(o.family > 0 && o.protocol > o.family);
     }
 
     #[test]

@@ -15,21 +15,33 @@ use aya::{
 use aya_log::EbpfLogger;
 use pmet_common::{Config, NetCounters, NetKey, Tracked, counter};
 
-use super::{btf::TaskOffsets, tracefs::Tracefs};
+use super::{
+    btf::{SockOffsets, TaskOffsets},
+    tracefs::Tracefs,
+};
 use crate::error::Error;
 
 /// The compiled kernel side, embedded at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pmet-ebpf"));
 
 /// Classic tracepoints: (program, category, name).
-const TRACEPOINTS: [(&str, &str, &str); 7] = [
+const TRACEPOINTS: [(&str, &str, &str); 5] = [
     ("task_newtask", "task", "task_newtask"),
     ("sys_enter_execve", "syscalls", "sys_enter_execve"),
     ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+/// The socket hooks, as classic tracepoints (the fallback) and as BTF
+/// tracepoints (preferred: cheaper per call, and detached at once).
+const SOCK_CLASSIC: [(&str, &str, &str); 2] = [
     ("sock_send_length", "sock", "sock_send_length"),
     ("sock_recv_length", "sock", "sock_recv_length"),
+];
+const SOCK_BTF: [(&str, &str); 2] = [
+    ("sock_send_btf", "sock_send_length"),
+    ("sock_recv_btf", "sock_recv_length"),
 ];
 
 /// Finds every tracepoint field offset the programs need.
@@ -159,13 +171,22 @@ fn program_error(
 impl Kernel {
     /// Loads and attaches everything. `task` is `None` when the kernel's BTF
     /// could not give the task_struct offsets; exit totals then come from
-    /// taskstats alone.
-    pub fn load(cfg: Config, task: Option<&TaskOffsets>) -> Result<Self, Error> {
+    /// taskstats alone. `sock` is `None` when it could not give `struct
+    /// sock`'s; the classic socket tracepoints are used then.
+    pub fn load(
+        cfg: Config,
+        task: Option<&TaskOffsets>,
+        sock: Option<SockOffsets>,
+    ) -> Result<Self, Error> {
         raise_memlock();
-        let cfg = match task {
+        let mut cfg = match task {
             Some(t) => with_task_offsets(cfg, t),
             None => cfg,
         };
+        if let Some(o) = sock {
+            cfg.sk_family = o.family;
+            cfg.sk_protocol = o.protocol;
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &cfg, true)
             .load(OBJECT)
@@ -177,7 +198,12 @@ impl Kernel {
                 None
             }
         };
-        for (prog, cat, name) in TRACEPOINTS {
+        let classic = TRACEPOINTS.iter().chain(if sock.is_none() {
+            &SOCK_CLASSIC[..]
+        } else {
+            &[]
+        });
+        for &(prog, cat, name) in classic {
             let hook = format!("tracepoint {cat}:{name}");
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
@@ -189,25 +215,32 @@ impl Kernel {
             p.attach(cat, name)
                 .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
         }
-        let mut exit_totals = false;
+        let mut btf_programs: Vec<(&str, &str)> = Vec::new();
         if task.is_some() {
-            let prog = "sched_process_free";
-            let hook = "BTF tracepoint sched_process_free".to_owned();
+            btf_programs.push(("sched_process_free", "sched_process_free"));
+        }
+        if sock.is_some() {
+            btf_programs.extend(SOCK_BTF);
+        }
+        if !btf_programs.is_empty() {
             let btf = Btf::from_sys_fs().map_err(|e| Error::Btf {
                 path: super::btf::VMLINUX.into(),
                 what: e.to_string(),
             })?;
-            let p: &mut BtfTracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| Error::Load(format!("program {prog} missing from the object")))?
-                .try_into()
-                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
-            p.load("sched_process_free", &btf)
-                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
-            p.attach()
-                .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
-            exit_totals = true;
+            for (prog, tracepoint) in btf_programs {
+                let hook = format!("BTF tracepoint {tracepoint}");
+                let p: &mut BtfTracePoint = ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| Error::Load(format!("program {prog} missing from the object")))?
+                    .try_into()
+                    .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
+                p.load(tracepoint, &btf)
+                    .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
+                p.attach()
+                    .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
+            }
         }
+        let exit_totals = task.is_some();
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(Error::Map {
                 map: name,

@@ -38,6 +38,9 @@ const TASKSTATS_TYPE_TGID: u16 = 2;
 const TASKSTATS_TYPE_STATS: u16 = 3;
 const TASKSTATS_TYPE_AGGR_PID: u16 = 4;
 
+/// How long the reader lets records queue between two batches.
+const BATCH: Duration = Duration::from_millis(20);
+
 /// `ac_flag` bit: the last thread of its group.
 pub const AGROUP: u8 = 0x20;
 
@@ -332,23 +335,42 @@ impl Listener {
                 .spawn(move || {
                     let mut buf = vec![0u8; 1 << 16];
                     while !stop.load(Ordering::Relaxed) {
-                        // SAFETY: valid fd and buffer.
-                        let n = unsafe {
-                            libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                        };
-                        if n < 0 {
-                            match io::Error::last_os_error().raw_os_error() {
-                                Some(libc::ENOBUFS) => {
-                                    overflows.fetch_add(1, Ordering::Relaxed);
+                        // Wait for the first record (or the stop timeout),
+                        // then take everything queued without blocking.
+                        let mut batch = Vec::new();
+                        let mut flags = 0;
+                        loop {
+                            // SAFETY: valid fd and buffer.
+                            let n = unsafe {
+                                libc::recv(
+                                    fd.as_raw_fd(),
+                                    buf.as_mut_ptr().cast(),
+                                    buf.len(),
+                                    flags,
+                                )
+                            };
+                            if n < 0 {
+                                match io::Error::last_os_error().raw_os_error() {
+                                    Some(libc::ENOBUFS) => {
+                                        overflows.fetch_add(1, Ordering::Relaxed);
+                                        continue;
+                                    }
+                                    Some(libc::EAGAIN | libc::EINTR) => {}
+                                    _ => std::thread::sleep(Duration::from_millis(10)),
                                 }
-                                Some(libc::EAGAIN | libc::EINTR) => {}
-                                _ => std::thread::sleep(Duration::from_millis(10)),
+                                break;
                             }
-                            continue;
+                            batch.extend(parse_datagram(&buf[..n as usize], family));
+                            flags = libc::MSG_DONTWAIT;
                         }
-                        let recs = parse_datagram(&buf[..n as usize], family);
-                        if !recs.is_empty() {
-                            sink(recs);
+                        if !batch.is_empty() {
+                            sink(batch);
+                            // Every exit on the machine sends a record: waking
+                            // for each costs the traced workload more than the
+                            // records themselves. Let them queue (the socket
+                            // buffer holds tens of thousands) and take them in
+                            // batches.
+                            std::thread::sleep(BATCH);
                         }
                     }
                 })?
