@@ -64,6 +64,31 @@ sudo pmet trace --pid 4242 --duration 30s -o attach.json\n  \
 pmet trace --no-ebpf -- make     (no root: polling only, less exact)"
     )]
     Trace(Box<TraceArgs>),
+    /// Show a saved report (a file, or a run id from `pmet history`); export
+    /// it as HTML, SVG, or a trace for Perfetto.
+    #[command(after_help = "Examples:\n  \
+pmet report report.json\n  \
+pmet report report.json --html report.html --svg plots.svg\n  \
+pmet report 42 --trace-events trace.json   (then open it in ui.perfetto.dev)")]
+    Report(ReportArgs),
+    /// Compare two reports (files or run ids); with --fail-if, a CI gate.
+    #[command(after_help = "Limits (--fail-if), comma-separated:\n  \
+METRIC>+N%      the relative change exceeds N percent\n  \
+METRIC>+N<unit> the absolute change exceeds N (units: B KiB MiB GiB kB MB GB, ms s m h)\n  \
+METRIC>N<unit>  the new value itself exceeds N\n  \
+(also >=, < and <=)\n\
+Metrics: duration, cpu, cpu_user, cpu_system, rss (the tree's sampled peak), max_rss (largest\n\
+process peak), disk_read, disk_write, net_tx, net_rx, processes, failed, lost.\n\
+A limit whose figure is unknown in either report fails.\n\n\
+Exit status: 0 within limits, 1 a limit breached, 2 bad arguments, 65 a report is damaged,\n\
+66 a report file does not exist.\n\n\
+Examples:\n  \
+pmet diff base.json new.json\n  \
+pmet diff base.json new.json --fail-if 'cpu>+10%,rss>+5%,net_tx>+1MiB,duration>+20%'\n  \
+pmet diff 41 42 --format json")]
+    Diff(DiffArgs),
+    /// List runs recorded with `pmet trace --record`.
+    History(HistoryArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -71,6 +96,63 @@ pmet trace --no-ebpf -- make     (no root: polling only, less exact)"
     },
     /// Print the man page (roff) to stdout.
     Man,
+}
+
+/// Options of `pmet report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A report file, or a run id from `pmet history`.
+    pub source: String,
+    /// Also write a self-contained HTML page with plots and the timeline.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Also write the plots and the timeline as one SVG picture.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Also write the run as Chrome/Perfetto trace-event JSON.
+    #[arg(long, value_name = "FILE")]
+    pub trace_events: Option<PathBuf>,
+    /// When to use colors.
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
+    pub color: ColorChoice,
+}
+
+/// Table or JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TableFormat {
+    /// For people.
+    Table,
+    /// For tools.
+    Json,
+}
+
+/// Options of `pmet diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The base: a report file or a run id.
+    pub base: String,
+    /// The new one: a report file or a run id.
+    pub new: String,
+    /// Fail (exit 1) when a limit is breached, e.g. `cpu>+10%,rss>+5%`.
+    #[arg(long, value_name = "LIMITS")]
+    pub fail_if: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: TableFormat,
+}
+
+/// Options of `pmet history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only runs of this command line.
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+    /// Most runs to list.
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: TableFormat,
 }
 
 /// What pmet prints while tracing.
@@ -142,6 +224,14 @@ pub struct TraceArgs {
     /// processes, exit statuses and network, and says so).
     #[arg(long)]
     pub no_ebpf: bool,
+
+    /// Also store the run in the history (see `pmet history`).
+    #[arg(long)]
+    pub record: bool,
+
+    /// Also write the run as Chrome/Perfetto trace-event JSON.
+    #[arg(long, value_name = "FILE")]
+    pub trace_events: Option<PathBuf>,
 
     /// Run the command as this user (default under sudo: the user who ran sudo).
     #[arg(short, long, value_name = "USER", conflicts_with = "pid")]
@@ -218,7 +308,7 @@ mod tests {
         v.extend_from_slice(args);
         match Cli::try_parse_from(v)?.command {
             Command::Trace(t) => Ok(*t),
-            _ => unreachable!(),
+            other => panic!("not trace: {other:?}"),
         }
     }
 

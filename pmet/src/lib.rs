@@ -12,7 +12,9 @@
 
 pub mod cli;
 pub mod collect;
+pub mod commands;
 pub mod error;
+pub mod history;
 pub mod launch;
 pub mod model;
 pub mod privileges;

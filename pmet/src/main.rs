@@ -5,6 +5,7 @@ use std::{io::Write, process::ExitCode};
 use clap::{CommandFactory, Parser};
 use pmet::{
     cli::{Cli, Command, Format, TraceArgs},
+    commands,
     error::{Error, exit},
     render::{
         sink::Sink,
@@ -22,6 +23,15 @@ fn terminal_width() -> usize {
         .map(|(_, c)| c as usize)
         .or_else(|| std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()))
         .unwrap_or(100)
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(c.clamp(0, 255) as u8)
+}
+
+fn stdout_is_tty() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::isatty(libc::STDOUT_FILENO) == 1 }
 }
 
 fn fail(e: &Error) -> ExitCode {
@@ -74,6 +84,12 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
         )
     };
     let output = args.output.as_deref().map(OutputTarget::parse);
+    let (record, trace_events) = (args.record, args.trace_events.clone());
+    if let Some(p) = &trace_events
+        && let Err(e) = OutputTarget::File(p.clone()).check_writable()
+    {
+        return fail(&e);
+    }
     let opts = TraceOptions {
         command: args.command,
         pid: args.pid,
@@ -103,6 +119,22 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
                 eprint!("{}", summary(&outcome.report, terminal_width(), style));
                 if let (Some(OutputTarget::File(p)), None) = (&output, &outcome.write_error) {
                     eprintln!("  report written to {}", p.display());
+                }
+            }
+            if let Some(p) = &trace_events {
+                match commands::export_trace_events(&outcome.report, p) {
+                    Ok(()) if !quiet => eprintln!("  trace events written to {}", p.display()),
+                    Ok(()) => {}
+                    Err(e) => eprintln!("pmet: error: {e}"),
+                }
+            }
+            if record {
+                match commands::record(&outcome.report) {
+                    Ok(id) if !quiet => {
+                        eprintln!("  recorded as run {id} (`pmet history`, `pmet diff {id} ...`)")
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("pmet: warning: not recorded: {e}"),
                 }
             }
             // Results first, then the (slow) detach.
@@ -139,6 +171,9 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Trace(args) => run_trace(*args, cli.quiet),
+        Command::Report(a) => code(commands::report(&a, terminal_width(), stdout_is_tty())),
+        Command::Diff(a) => code(commands::diff_cmd(&a)),
+        Command::History(a) => code(commands::history_cmd(&a, terminal_width())),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "pmet", &mut std::io::stdout());
             ExitCode::SUCCESS

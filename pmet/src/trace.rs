@@ -31,6 +31,7 @@ use crate::{
     launch::{self, Credentials, Prepared},
     model::{
         event::Event,
+        series::Recorder,
         snapshot::{Snapshot, Snapshotter},
         tree::{Baseline, ExitStatus, Seen, Tree},
     },
@@ -183,6 +184,7 @@ struct Session {
     follow_children: bool,
     cookies: Cookies,
     snapshots: Snapshotter,
+    recorder: Recorder,
 }
 
 impl Session {
@@ -334,7 +336,10 @@ impl Session {
                 + c[c_::NET_FULL as usize]
                 + c[c_::DYING_FULL as usize]
         });
-        self.snapshots.take(&self.tree, now, lost)
+        let snap = self.snapshots.take(&self.tree, now, lost);
+        let keys = self.tree.live_keys().into_iter().collect();
+        self.recorder.record(&snap, &keys);
+        snap
     }
 }
 
@@ -587,6 +592,7 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
         undecodable: 0,
         follow_children,
         cookies: Cookies(0),
+        recorder: Recorder::new(report::MAX_TREE_POINTS, report::MAX_PROC_POINTS),
     };
     let command: Option<Vec<String>> = prepared.is_some().then(|| {
         opts.command
@@ -866,7 +872,7 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
         }
         .into(),
     };
-    let mut report = report::build(&s.tree, &info);
+    let mut report = report::build(&s.tree, &info, Some(&s.recorder));
     let (self_cpu, self_rss) = self_usage();
     report.collector.self_cpu_s = Some(self_cpu);
     report.collector.self_peak_rss_bytes = Some(self_rss);

@@ -920,16 +920,17 @@ fn capacity(b: &Bench, md: &mut Md) -> Result<()> {
     let n = if b.quick { 1000 } else { 4000 };
     let loop_ = format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
     let script = format!("({loop_}) & ({loop_}) & wait");
-    let untraced = timed(Command::new("sh").args(["-c", &script]))?;
+    let shim = b.shim(&["sh", "-c", &script]);
+    let (untraced, _) = b.inner(Command::new(&shim[0]).args(&shim[1..]))?;
     let report = b.dir.join("capacity.json");
-    let traced = timed(b.pmet(&report).args(["sh", "-c", &script]))?;
+    let (traced, _) = b.inner(b.pmet(&report).args(&shim))?;
     let rep = Bench::report(&report)?;
     md.h("6. Capacity");
     md.p(&format!(
         "Two shells fork+exec /bin/true {n} times each, as fast as this machine can: {:.0} execs/s untraced, {:.0} execs/s traced; pmet saw {} of {} processes, **{} lost events** (goal 0).",
-        2.0 * n as f64 / untraced.wall,
-        2.0 * n as f64 / traced.wall,
-        rep["totals"]["processes"],
+        2.0 * n as f64 / untraced,
+        2.0 * n as f64 / traced,
+        rep["totals"]["processes"].as_u64().unwrap_or(0).saturating_sub(1),
         2 * n + 3,
         rep["collector"]["lost_events"]
     ));

@@ -27,8 +27,8 @@ const APT_PACKAGES: [&str; 4] = [
 ];
 
 /// Debian packages the test suite drives pmet with (tmux: the live view in a
-/// real terminal).
-const TEST_PACKAGES: [&str; 1] = ["tmux"];
+/// real terminal; chromium: the HTML report in a real browser).
+const TEST_PACKAGES: [&str; 2] = ["tmux", "chromium"];
 
 #[derive(Parser)]
 #[command(about = "pmet's developer tasks")]

@@ -4,5 +4,6 @@ pub mod event;
 pub mod figures;
 #[cfg(test)]
 pub mod fixture;
+pub mod series;
 pub mod snapshot;
 pub mod tree;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use pmet_common::NetCounters;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{figures::figures, tree::Tree};
 
@@ -33,7 +33,8 @@ impl NetRate {
 }
 
 /// Cumulative network bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NetBytes {
     /// TCP sent.
     pub tcp_tx: u64,

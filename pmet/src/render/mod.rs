@@ -1,12 +1,16 @@
 //! Output for people (and streams for tools).
 
+pub mod html;
 pub mod live;
+pub mod report_text;
 pub mod sink;
 #[cfg(test)]
 mod snapshots;
 pub mod stream;
 pub mod style;
 pub mod summary;
+pub mod svg;
 pub mod term;
+pub mod trace_events;
 pub mod tree;
 pub mod units;

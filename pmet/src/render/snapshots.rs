@@ -40,14 +40,14 @@ fn info(start: u64) -> RunInfo {
 #[test]
 fn summary_of_a_recorded_run() {
     let (tree, start) = fixture::web_job();
-    let report = build(&tree, &info(start));
+    let report = build(&tree, &info(start), None);
     insta::assert_snapshot!(summary(&report, 100, Style::default()));
 }
 
 #[test]
 fn report_of_a_recorded_run() {
     let (tree, start) = fixture::web_job();
-    let report = build(&tree, &info(start));
+    let report = build(&tree, &info(start), None);
     insta::assert_json_snapshot!(report);
 }
 

@@ -38,6 +38,12 @@ fn name(p: &ProcessReport) -> String {
 
 /// Renders the summary for a terminal `width` columns wide.
 pub fn summary(r: &Report, width: usize, st: Style) -> String {
+    summary_with(r, width, st, true)
+}
+
+/// The summary, with or without the list of failed processes (which
+/// `pmet report` shows first instead).
+pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) -> String {
     let width = width.max(60);
     let mut o = String::new();
     let what = match &r.command {
@@ -134,7 +140,11 @@ pub fn summary(r: &Report, width: usize, st: Style) -> String {
     }
     if r.processes.len() <= tree.len() {
         // Every process is on screen already: the rankings add nothing.
-        return failures(r, o, width, st);
+        return if failures_at_end {
+            failures(r, o, width, st)
+        } else {
+            o
+        };
     }
     let mut busy: Vec<&ProcessReport> = r.processes.iter().filter(|p| cpu(p).is_some()).collect();
     busy.sort_by(|a, b| {
@@ -201,32 +211,45 @@ pub fn summary(r: &Report, width: usize, st: Style) -> String {
             let _ = writeln!(o, "{head}{}", fit(&name(p), room));
         }
     }
-    failures(r, o, width, st)
+    if failures_at_end {
+        failures(r, o, width, st)
+    } else {
+        o
+    }
 }
 
 /// The failed processes, listed.
 fn failures(r: &Report, mut o: String, width: usize, st: Style) -> String {
+    o.push_str(&failure_list(r, "failed:", TOP, width, st));
+    o
+}
+
+/// The processes that exited non-zero or were killed, under `heading`, at
+/// most `rows` of them; empty when none failed.
+pub fn failure_list(r: &Report, heading: &str, rows: usize, width: usize, st: Style) -> String {
+    let mut o = String::new();
     let failed: Vec<&ProcessReport> = r
         .processes
         .iter()
         .filter(|p| p.exit_signal.is_some() || p.exit_code.is_some_and(|c| c != 0))
         .collect();
-    if !failed.is_empty() {
-        let _ = writeln!(o, "  failed:");
-        for p in failed.iter().take(TOP) {
-            let head = format!("    {:>7}  {:<18}  ", p.pid, status(p));
-            let room = width.saturating_sub(head.chars().count()).max(10);
-            let _ = writeln!(
-                o,
-                "    {:>7}  {}  {}",
-                p.pid,
-                st.red(&format!("{:<18}", status(p))),
-                fit(&name(p), room)
-            );
-        }
-        if failed.len() > TOP {
-            let _ = writeln!(o, "    … and {} more", failed.len() - TOP);
-        }
+    if failed.is_empty() {
+        return o;
+    }
+    let _ = writeln!(o, "  {heading}");
+    for p in failed.iter().take(rows) {
+        let head = format!("    {:>7}  {:<18}  ", p.pid, status(p));
+        let room = width.saturating_sub(head.chars().count()).max(10);
+        let _ = writeln!(
+            o,
+            "    {:>7}  {}  {}",
+            p.pid,
+            st.red(&format!("{:<18}", status(p))),
+            fit(&name(p), room)
+        );
+    }
+    if failed.len() > rows {
+        let _ = writeln!(o, "    … and {} more", failed.len() - rows);
     }
     o
 }
@@ -304,6 +327,7 @@ mod tests {
             stopped_early: None,
             host: None,
             counting_from: "process_start".into(),
+            ..Report::default()
         }
     }
 

@@ -89,10 +89,18 @@ impl<'a> Tree<'a> {
     }
 
     fn descendants(&self, i: usize) -> usize {
-        self.children[i]
-            .iter()
-            .map(|&c| 1 + self.descendants(c))
-            .sum()
+        // Iterative: a saved report may hold a chain deeper than the stack.
+        let mut n = 0;
+        let mut stack: Vec<usize> = self.children[i].clone();
+        let mut seen = vec![false; self.procs.len()];
+        while let Some(c) = stack.pop() {
+            if std::mem::replace(&mut seen[c], true) {
+                continue;
+            }
+            n += 1;
+            stack.extend(&self.children[c]);
+        }
+        n
     }
 }
 
@@ -248,6 +256,7 @@ mod tests {
             stopped_early: None,
             host: None,
             counting_from: String::new(),
+            ..Report::default()
         }
     }
 

@@ -61,8 +61,25 @@ pub fn signal_name(sig: i32) -> String {
     name.to_owned()
 }
 
-/// Quotes an argument for display the way a shell would need it.
+/// Quotes an argument for display the way a shell would need it (control
+/// characters such as newlines as `$'\n'`, so one command stays one line).
 pub fn shell_quote(a: &str) -> String {
+    if a.chars().any(char::is_control) {
+        let mut out = String::from("$'");
+        for c in a.chars() {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                '\'' => out.push_str("\\'"),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+        return out;
+    }
     if !a.is_empty()
         && a.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
@@ -125,6 +142,7 @@ mod tests {
             "sh -c 'echo '\\''hi'\\'''"
         );
         assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a\nb's"), "$'a\\nb\\'s'");
         assert_eq!(fit("abcdef", 4), "abc…");
         assert_eq!(fit("abc", 4), "abc");
         assert_eq!(signal_name(9), "SIGKILL");

@@ -3,11 +3,19 @@
 
 use pmet_common::NetCounters;
 
-use super::{Collector, Host, Net, ProcessReport, Report, SCHEMA, Totals, Traffic};
+use super::{
+    Collector, Host, Net, ProcStats, ProcessReport, Report, SCHEMA, SeriesReport, Totals, Traffic,
+};
 use crate::model::{
     figures::figures,
+    series::{Recorder, Stat},
     tree::{ExitStatus, Proc, Tree},
 };
+
+/// Most tree points a report keeps.
+pub const MAX_TREE_POINTS: usize = 720;
+/// Most points kept per process.
+pub const MAX_PROC_POINTS: usize = 120;
 
 /// Facts about the run that the tree does not hold.
 #[derive(Clone, Debug, Default)]
@@ -104,11 +112,13 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         major_faults: have_ts.then_some(t.majflt),
         preexisting: p.preexisting,
         vanished: p.vanished,
+        series: Vec::new(),
+        stats: None,
     }
 }
 
-/// Builds the report of a run.
-pub fn build(tree: &Tree, info: &RunInfo) -> Report {
+/// Builds the report of a run; `recorded` adds its series and statistics.
+pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report {
     let ebpf = info.collector.ebpf;
     let mut order: Vec<usize> = (0..tree.procs.len()).collect();
     order.sort_by_key(|&i| (tree.procs[i].start_ns, i));
@@ -120,8 +130,21 @@ pub fn build(tree: &Tree, info: &RunInfo) -> Report {
         .iter()
         .map(|&i| {
             let p = &tree.procs[i];
+            let series = recorded
+                .and_then(|r| r.procs.get(&(p.pid, p.cookie)))
+                .filter(|s| s.points.len() >= 2);
             ProcessReport {
                 parent: p.parent.map(|pi| position[pi]),
+                series: series.map(|s| s.points.clone()).unwrap_or_default(),
+                stats: series.map(|s| ProcStats {
+                    cpu_pct: Stat::of(&s.points.iter().map(|x| x.cpu_pct).collect::<Vec<_>>()),
+                    rss_bytes: Stat::of(
+                        &s.points
+                            .iter()
+                            .map(|x| x.rss_bytes as f64)
+                            .collect::<Vec<_>>(),
+                    ),
+                }),
                 ..process(p, info, ebpf)
             }
         })
@@ -204,13 +227,24 @@ pub fn build(tree: &Tree, info: &RunInfo) -> Report {
         stopped_early: info.stopped_early.clone(),
         host: info.host.clone(),
         counting_from: info.counting_from.clone(),
+        series: recorded.map(|r| SeriesReport {
+            interval_s: r.intervals(),
+            max_points: MAX_TREE_POINTS,
+            max_points_per_process: MAX_PROC_POINTS,
+            downsampled: r.tree.downsampled || r.procs.values().any(|s| s.downsampled),
+            tree: r.tree.points.clone(),
+        }),
+        stats: recorded.map(Recorder::stats),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::event::{Event, ThreadTotals};
+    use crate::{
+        model::event::{Event, ThreadTotals},
+        report::{COLLECTOR_FIELDS, PROCESS_FIELDS, TOP_FIELDS, TOTALS_FIELDS},
+    };
 
     fn info() -> RunInfo {
         RunInfo {
@@ -290,7 +324,7 @@ mod tests {
 
     #[test]
     fn report_has_exact_figures_and_contract_fields() {
-        let r = build(&tree(), &info());
+        let r = build(&tree(), &info(), None);
         assert_eq!(r.schema, "pmet.report.v1");
         assert_eq!(r.root_pid, 100);
         assert_eq!((r.exit_code, r.exit_signal), (Some(3), None));
@@ -327,7 +361,7 @@ mod tests {
             comm: "sh".into(),
         });
         t.mark_vanished(103, 3_000_000_000);
-        let r = build(&t, &info());
+        let r = build(&t, &info(), None);
         let p = r.processes.iter().find(|p| p.pid == 103).unwrap();
         assert_eq!(p.cpu_user_s, None);
         assert_eq!(p.disk_read_bytes, None);
@@ -343,54 +377,19 @@ mod tests {
 
     #[test]
     fn json_round_trips_with_the_documented_names() {
-        let r = build(&tree(), &info());
+        let r = build(&tree(), &info(), None);
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
-        for k in [
-            "schema",
-            "pmet_version",
-            "command",
-            "root_pid",
-            "started_at",
-            "duration_s",
-            "exit_code",
-            "exit_signal",
-            "collector",
-            "totals",
-            "processes",
-        ] {
+        for k in TOP_FIELDS {
             assert!(v.get(k).is_some(), "missing {k}");
         }
-        for k in ["ebpf", "interval_ms", "samples", "events", "lost_events"] {
+        for k in COLLECTOR_FIELDS {
             assert!(v["collector"].get(k).is_some(), "missing collector.{k}");
         }
-        for k in [
-            "processes",
-            "cpu_user_s",
-            "cpu_system_s",
-            "disk_read_bytes",
-            "disk_write_bytes",
-            "net",
-        ] {
+        for k in TOTALS_FIELDS {
             assert!(v["totals"].get(k).is_some(), "missing totals.{k}");
         }
         let p = &v["processes"][0];
-        for k in [
-            "pid",
-            "ppid",
-            "comm",
-            "argv",
-            "start_offset_s",
-            "end_offset_s",
-            "exit_code",
-            "exit_signal",
-            "cpu_user_s",
-            "cpu_system_s",
-            "peak_rss_bytes",
-            "max_threads",
-            "disk_read_bytes",
-            "disk_write_bytes",
-            "net",
-        ] {
+        for k in PROCESS_FIELDS {
             assert!(p.get(k).is_some(), "missing processes[].{k}");
         }
         assert!(p["net"]["tcp"]["tx_bytes"].is_u64());

@@ -3,18 +3,68 @@
 //! renamed. Unknown figures are `null`, never a made-up zero.
 
 mod build;
+pub mod diff;
+pub mod read;
 mod write;
 
-pub use build::{RunInfo, build};
+pub use build::{MAX_PROC_POINTS, MAX_TREE_POINTS, RunInfo, build};
 pub use write::{OutputTarget, write_atomic};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::series::{ProcPoint, Stat, TreePoint, TreeStats};
+
 /// The schema name written into every report.
 pub const SCHEMA: &str = "pmet.report.v1";
 
-/// A whole report.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// The documented top-level fields: the contract (README.md), never renamed.
+pub const TOP_FIELDS: [&str; 11] = [
+    "schema",
+    "pmet_version",
+    "command",
+    "root_pid",
+    "started_at",
+    "duration_s",
+    "exit_code",
+    "exit_signal",
+    "collector",
+    "totals",
+    "processes",
+];
+/// The documented fields of `collector`.
+pub const COLLECTOR_FIELDS: [&str; 5] = ["ebpf", "interval_ms", "samples", "events", "lost_events"];
+/// The documented fields of `totals`.
+pub const TOTALS_FIELDS: [&str; 6] = [
+    "processes",
+    "cpu_user_s",
+    "cpu_system_s",
+    "disk_read_bytes",
+    "disk_write_bytes",
+    "net",
+];
+/// The documented fields of each `processes[]` entry.
+pub const PROCESS_FIELDS: [&str; 15] = [
+    "pid",
+    "ppid",
+    "comm",
+    "argv",
+    "start_offset_s",
+    "end_offset_s",
+    "exit_code",
+    "exit_signal",
+    "cpu_user_s",
+    "cpu_system_s",
+    "peak_rss_bytes",
+    "max_threads",
+    "disk_read_bytes",
+    "disk_write_bytes",
+    "net",
+];
+
+/// A whole report. Every field has a default when reading, so reports from
+/// older or newer pmet versions load (see `read` for what is reported missing).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Report {
     /// Always [`SCHEMA`].
     pub schema: String,
@@ -51,10 +101,45 @@ pub struct Report {
     /// after pmet attached (network always counts from attach).
     #[serde(default)]
     pub counting_from: String,
+    /// The tree over time.
+    #[serde(default)]
+    pub series: Option<SeriesReport>,
+    /// Statistics of the tree over every sample.
+    #[serde(default)]
+    pub stats: Option<TreeStats>,
+}
+
+/// The tree's samples over time, and how sampling went.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SeriesReport {
+    /// Intervals achieved between samples, seconds.
+    pub interval_s: Option<Stat>,
+    /// Most points kept for the tree (and `processes[].series` has at most
+    /// `max_points_per_process`).
+    pub max_points: usize,
+    /// Most points kept per process.
+    pub max_points_per_process: usize,
+    /// Old points were merged pairwise to stay within `max_points` (rates
+    /// averaged, peaks kept, running totals kept).
+    pub downsampled: bool,
+    /// The points, oldest first.
+    pub tree: Vec<TreePoint>,
+}
+
+/// Statistics of one process over its samples.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ProcStats {
+    /// CPU use, percent of one core.
+    pub cpu_pct: Option<Stat>,
+    /// Resident memory.
+    pub rss_bytes: Option<Stat>,
 }
 
 /// How the figures were collected.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Collector {
     /// Kernel events (eBPF) were used; `false` means /proc polling only.
     pub ebpf: bool,
@@ -86,6 +171,7 @@ pub struct Collector {
 
 /// Losses by cause. All zero on a healthy run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Lost {
     /// Events dropped because the ring buffer was full.
     pub ring_buffer: u64,
@@ -122,6 +208,7 @@ pub struct Lost {
 
 /// TCP and UDP traffic.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Net {
     /// TCP, IPv4 and IPv6.
     pub tcp: Traffic,
@@ -131,6 +218,7 @@ pub struct Net {
 
 /// Bytes and calls one way and the other.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Traffic {
     /// Bytes sent.
     pub tx_bytes: u64,
@@ -158,6 +246,7 @@ impl Net {
 
 /// The tree, summed over every process.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Totals {
     /// Processes ever seen.
     pub processes: u64,
@@ -184,6 +273,7 @@ pub struct Totals {
 
 /// One process.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct ProcessReport {
     /// Process id.
     pub pid: u32,
@@ -247,10 +337,17 @@ pub struct ProcessReport {
     /// Its exit was never observed (an event was lost); it is not running.
     #[serde(default)]
     pub vanished: bool,
+    /// Its samples over time (processes sampled at least twice).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<ProcPoint>,
+    /// Statistics over its samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<ProcStats>,
 }
 
 /// The machine.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Host {
     /// Host name.
     pub hostname: Option<String>,

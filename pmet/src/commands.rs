@@ -1,0 +1,300 @@
+//! The subcommands that work on saved runs: `pmet report`, `pmet diff`,
+//! `pmet history`, and what `pmet trace` does with a finished report
+//! (`--record`, `--trace-events`). Each returns the exit status.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    cli::{DiffArgs, HistoryArgs, ReportArgs, TableFormat},
+    history::{History, HistoryError, default_path},
+    privileges,
+    render::{
+        html::html,
+        report_text::report_text,
+        style::Style,
+        svg::plots_svg,
+        trace_events::trace_events,
+        units::{bytes, duration, fit},
+    },
+    report::{
+        OutputTarget, Report,
+        diff::{check, diff, parse_limits, render},
+        read::{ReadError, parse_report, read_report},
+        write_atomic,
+    },
+};
+
+/// Exit status when the history store cannot be used (EX_IOERR).
+pub const EXIT_HISTORY: i32 = 74;
+
+/// The home directory whose history pmet uses: under sudo, the invoking
+/// user's.
+pub fn history_home() -> PathBuf {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0
+        && let Ok(Some(a)) = privileges::command_account(
+            None,
+            std::env::var("SUDO_UID").ok().as_deref(),
+            std::env::var("SUDO_GID").ok().as_deref(),
+            0,
+        )
+    {
+        return a.home;
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .or_else(|| privileges::account(&euid.to_string()).map(|a| a.home))
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn eprint_error(e: &dyn std::fmt::Display) {
+    eprintln!("pmet: error: {e}");
+}
+
+/// A report read from a file or the history, with notes on what it lacked.
+pub struct Source {
+    /// The report.
+    pub report: Report,
+    /// How to name it to a person.
+    pub name: String,
+    /// What it lacked, and whether a newer pmet wrote it.
+    pub notes: Vec<String>,
+}
+
+/// Reads `source`: a report file, or a run id when no such file exists.
+pub fn load(source: &str, history: &Path) -> Result<Source, (String, i32)> {
+    let path = Path::new(source);
+    let loaded = if !path.exists()
+        && let Ok(id) = source.parse::<i64>()
+    {
+        let h = History::open(history).map_err(|e| (e.to_string(), EXIT_HISTORY))?;
+        let json = h.report_json(id).map_err(|e| match e {
+            HistoryError::NoRun(_) => (e.to_string(), crate::report::read::EXIT_NO_REPORT),
+            e => (e.to_string(), EXIT_HISTORY),
+        })?;
+        parse_report(json.as_bytes(), &format!("run {id}"))
+    } else {
+        read_report(path)
+    };
+    let l = loaded.map_err(|e: ReadError| (e.to_string(), e.exit_code()))?;
+    let mut notes = Vec::new();
+    if l.newer {
+        notes.push(format!(
+            "written by a newer pmet (schema {}); fields this version does not know are ignored",
+            l.report.schema
+        ));
+    }
+    if !l.missing.is_empty() {
+        let shown: Vec<&str> = l.missing.iter().take(6).map(String::as_str).collect();
+        notes.push(format!(
+            "written by an older or different pmet: lacks {}{}",
+            shown.join(", "),
+            if l.missing.len() > 6 { ", …" } else { "" }
+        ));
+    }
+    Ok(Source {
+        report: l.report,
+        name: source.to_owned(),
+        notes,
+    })
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (String, i32)> {
+    write_atomic(&OutputTarget::File(path.to_owned()), bytes)
+        .map_err(|e| (e.to_string(), e.exit_code()))
+}
+
+/// Turns a report into a file's contents.
+type Renderer = dyn Fn(&Report) -> String;
+
+/// `pmet report`.
+pub fn report(a: &ReportArgs, width: usize, tty: bool) -> i32 {
+    let src = match load(&a.source, &default_path(&history_home())) {
+        Ok(s) => s,
+        Err((e, code)) => {
+            eprint_error(&e);
+            return code;
+        }
+    };
+    let style = Style {
+        color: a.color.enabled(tty),
+    };
+    print!(
+        "{}",
+        report_text(&src.report, &src.name, &src.notes, width, style)
+    );
+    let exports: [(&Option<PathBuf>, &Renderer); 3] = [
+        (&a.html, &html),
+        (&a.svg, &plots_svg),
+        (&a.trace_events, &|r| {
+            serde_json::to_string(&trace_events(r)).expect("a trace always serializes")
+        }),
+    ];
+    for (path, render) in exports {
+        if let Some(p) = path {
+            if let Err((e, code)) = write_file(p, render(&src.report).as_bytes()) {
+                eprint_error(&e);
+                return code;
+            }
+            eprintln!("  written to {}", p.display());
+        }
+    }
+    0
+}
+
+/// `pmet diff`.
+pub fn diff_cmd(a: &DiffArgs) -> i32 {
+    let limits = match a.fail_if.as_deref().map(parse_limits).transpose() {
+        Ok(l) => l.unwrap_or_default(),
+        Err(e) => {
+            eprint_error(&format!("--fail-if {e}"));
+            return crate::error::exit::USAGE;
+        }
+    };
+    let history = default_path(&history_home());
+    let (base, new) = match (load(&a.base, &history), load(&a.new, &history)) {
+        (Ok(b), Ok(n)) => (b, n),
+        (Err((e, code)), _) | (_, Err((e, code))) => {
+            eprint_error(&e);
+            return code;
+        }
+    };
+    let d = diff(&base.report, &new.report);
+    let verdicts = check(&d, &limits);
+    let breached = verdicts.iter().any(|v| !v.ok);
+    match a.format {
+        TableFormat::Table => {
+            for (src, n) in [(&base, &base.notes), (&new, &new.notes)] {
+                for note in n {
+                    eprintln!("pmet: note: {}: {note}", src.name);
+                }
+            }
+            print!("{}", render(&d, &base.name, &new.name, &verdicts, 15));
+        }
+        TableFormat::Json => {
+            let v = serde_json::json!({
+                "base": {"source": base.name, "command": base.report.command, "started_at": base.report.started_at, "notes": base.notes},
+                "new": {"source": new.name, "command": new.report.command, "started_at": new.report.started_at, "notes": new.notes},
+                "metrics": d.metrics,
+                "processes": d.processes,
+                "limits": verdicts,
+                "breached": breached,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+        }
+    }
+    if breached {
+        let n = verdicts.iter().filter(|v| !v.ok).count();
+        eprintln!(
+            "pmet: {n} limit{} breached: {}",
+            if n == 1 { "" } else { "s" },
+            verdicts
+                .iter()
+                .filter(|v| !v.ok)
+                .map(|v| v.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        return 1;
+    }
+    0
+}
+
+/// `pmet history`.
+pub fn history_cmd(a: &HistoryArgs, width: usize) -> i32 {
+    let path = default_path(&history_home());
+    if !path.exists() {
+        eprintln!(
+            "pmet: no runs recorded yet ({} does not exist); record one with `sudo pmet trace --record -- COMMAND`",
+            path.display()
+        );
+        return 0;
+    }
+    let h = match History::open(&path) {
+        Ok(h) => h,
+        Err(e) => {
+            eprint_error(&e);
+            return EXIT_HISTORY;
+        }
+    };
+    let cmd = (!a.command.is_empty()).then(|| crate::render::units::command_line(&a.command));
+    let rows = match h.list(cmd.as_deref(), a.limit) {
+        Ok(r) => r,
+        Err(e) => {
+            eprint_error(&e);
+            return EXIT_HISTORY;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match a.format {
+        TableFormat::Json => {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&rows).expect("serializes")
+            );
+        }
+        TableFormat::Table => {
+            let _ = writeln!(
+                out,
+                "{:>5}  {:<24}  {:>5}  {:>9}  {:>9}  {:>10}  {:>10}  {:>6}  command",
+                "run", "started", "exit", "duration", "cpu", "peak rss", "net", "procs"
+            );
+            for r in rows {
+                let head = format!(
+                    "{:>5}  {:<24}  {:>5}  {:>9}  {:>9}  {:>10}  {:>10}  {:>6}  ",
+                    r.id,
+                    fit(&r.started_at, 24),
+                    r.exit_code.map_or("-".into(), |c| c.to_string()),
+                    duration(r.duration_s),
+                    duration(r.cpu_s),
+                    r.rss_bytes.map_or("-".into(), |b| bytes(b as u64)),
+                    r.net_bytes.map_or("-".into(), |b| bytes(b as u64)),
+                    r.processes
+                );
+                let room = width.saturating_sub(head.chars().count()).max(10);
+                let _ = writeln!(out, "{head}{}", fit(&r.command, room));
+            }
+        }
+    }
+    0
+}
+
+/// After `pmet trace --record`: stores the run; returns its id.
+pub fn record(r: &Report) -> Result<i64, String> {
+    let path = default_path(&history_home());
+    let mut h = History::open(&path).map_err(|e| e.to_string())?;
+    let id = h.record(r).map_err(|e| e.to_string())?;
+    // Under sudo the store belongs to the user who ran it.
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0
+        && let Ok(Some(a)) = privileges::command_account(
+            None,
+            std::env::var("SUDO_UID").ok().as_deref(),
+            std::env::var("SUDO_GID").ok().as_deref(),
+            0,
+        )
+    {
+        let mut files = vec![path.clone()];
+        for ext in ["db-wal", "db-shm"] {
+            files.push(path.with_extension(ext));
+        }
+        if let Some(dir) = path.parent() {
+            files.push(dir.to_owned());
+        }
+        for f in files {
+            let _ = std::os::unix::fs::chown(&f, Some(a.uid), Some(a.gid));
+        }
+    }
+    Ok(id)
+}
+
+/// After `pmet trace --trace-events FILE`.
+pub fn export_trace_events(r: &Report, path: &Path) -> Result<(), String> {
+    let json = serde_json::to_string(&trace_events(r)).expect("a trace always serializes");
+    write_file(path, json.as_bytes()).map_err(|(e, _)| e)
+}

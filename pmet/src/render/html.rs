@@ -1,0 +1,127 @@
+//! A saved report as one self-contained HTML page: the summary, the plots
+//! and the timeline (inline SVG), and a table of every process. Nothing is
+//! fetched from the network.
+
+use std::fmt::Write as _;
+
+use super::{
+    style::Style,
+    summary::summary,
+    svg::{plots_svg, tree_order},
+    units::{bytes, command_line, duration, signal_name},
+};
+use crate::report::Report;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The page.
+pub fn html(r: &Report) -> String {
+    let what = match &r.command {
+        Some(c) => command_line(c),
+        None => format!("pid {}", r.root_pid),
+    };
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>pmet: {}</title>",
+        esc(&what)
+    );
+    o.push_str(
+        "<style>body{font-family:sans-serif;margin:2em;color:#222}pre{background:#f6f6f6;padding:1em;overflow-x:auto}\
+         table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}\
+         td.cmd,th.cmd{text-align:left;font-family:monospace}tr.failed td{color:#b00}</style>\n</head>\n<body>\n",
+    );
+    let _ = writeln!(
+        o,
+        "<h1>pmet report</h1>\n<p><code>{}</code> · started {} · {}</p>",
+        esc(&what),
+        esc(&r.started_at),
+        esc(&duration(r.duration_s))
+    );
+    let _ = writeln!(
+        o,
+        "<pre id=\"summary\">{}</pre>",
+        esc(&summary(r, 110, Style::default()))
+    );
+    let _ = writeln!(
+        o,
+        "<h2>Over time</h2>\n<div id=\"plots\">\n{}</div>",
+        plots_svg(r)
+    );
+    let _ = writeln!(
+        o,
+        "<h2>Every process</h2>\n<table id=\"processes\">\n<tr><th>pid</th><th class=\"cmd\">command</th><th>start s</th><th>end s</th><th>status</th><th>CPU</th><th>peak RSS</th><th>disk r/w</th><th>net sent/received</th></tr>"
+    );
+    for (i, depth) in tree_order(r) {
+        let p = &r.processes[i];
+        let failed = p.exit_signal.is_some() || p.exit_code.is_some_and(|c| c != 0);
+        let status = match (p.exit_code, p.exit_signal) {
+            (_, Some(s)) => signal_name(s),
+            (Some(c), _) => format!("exit {c}"),
+            _ => "running".into(),
+        };
+        let name = if p.argv.is_empty() {
+            p.comm.clone()
+        } else {
+            command_line(&p.argv)
+        };
+        let cpu = p
+            .cpu_user_s
+            .zip(p.cpu_system_s)
+            .map_or("—".into(), |(u, s)| duration(u + s));
+        let net = p.net.map_or("—".into(), |n| {
+            format!(
+                "{} / {}",
+                bytes(n.tcp.tx_bytes + n.udp.tx_bytes),
+                bytes(n.tcp.rx_bytes + n.udp.rx_bytes)
+            )
+        });
+        let disk = p
+            .disk_read_bytes
+            .zip(p.disk_write_bytes)
+            .map_or("—".into(), |(a, b)| {
+                format!("{} / {}", bytes(a), bytes(b))
+            });
+        let _ = writeln!(
+            o,
+            "<tr{}><td>{}</td><td class=\"cmd\">{}{}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if failed { " class=\"failed\"" } else { "" },
+            p.pid,
+            "&nbsp;&nbsp;".repeat(depth.min(12)),
+            esc(&name),
+            p.start_offset_s,
+            p.end_offset_s.map_or("—".into(), |e| format!("{e:.3}")),
+            esc(&status),
+            cpu,
+            p.peak_rss_bytes.map_or("—".into(), bytes),
+            disk,
+            net
+        );
+    }
+    o.push_str("</table>\n</body>\n</html>\n");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_contained() {
+        let r = Report {
+            command: Some(vec!["echo".into(), "<b>".into()]),
+            ..Report::default()
+        };
+        let h = html(&r);
+        assert!(h.starts_with("<!doctype html>"));
+        assert!(h.contains("echo '&lt;b&gt;'"));
+        for fetch in ["<script", "<link", "src=", "@import", "url("] {
+            assert!(!h.contains(fetch), "{fetch}");
+        }
+    }
+}
