@@ -453,9 +453,19 @@ fn self_usage() -> (f64, u64) {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    // Not ru_maxrss: it carries over the peak of whatever process image
+    // exec'd pmet (a shell, a CI runner). VmHWM is this image's own.
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            crate::collect::procfs::parse_status(&s)
+                .get("VmHWM")
+                .copied()
+        })
+        .unwrap_or(ru.ru_maxrss as u64 * 1024);
     (
         ((secs(ru.ru_utime) + secs(ru.ru_stime)) * 1e6).round() / 1e6,
-        ru.ru_maxrss as u64 * 1024,
+        hwm,
     )
 }
 
@@ -895,10 +905,10 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
     };
     let write_error = match &opts.output {
         Some(o) => {
-            let mut json =
-                serde_json::to_vec_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
-            json.push(b'\n');
-            let r = report::write_atomic(o, &json);
+            let r = report::write_atomic_with(o, |w| {
+                serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other)?;
+                w.write_all(b"\n")
+            });
             if let (Ok(()), Some(a), OutputTarget::File(path)) = (&r, &account, o) {
                 // Under sudo the report belongs to the user who asked for it.
                 let _ = std::os::unix::fs::chown(path, Some(a.uid), Some(a.gid));

@@ -82,10 +82,19 @@ fn temp_path(path: &Path) -> PathBuf {
 
 /// Writes `bytes` to `target` atomically.
 pub fn write_atomic(target: &OutputTarget, bytes: &[u8]) -> Result<(), Error> {
+    write_atomic_with(target, |w| w.write_all(bytes))
+}
+
+/// Writes to `target` atomically through `fill`, which streams into a
+/// buffered writer (a large report is never held whole in memory).
+pub fn write_atomic_with(
+    target: &OutputTarget,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), Error> {
     match target {
         OutputTarget::Stdout => {
-            let mut out = io::stdout().lock();
-            out.write_all(bytes)
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            fill(&mut out)
                 .and_then(|()| out.flush())
                 .map_err(|source| Error::Output {
                     path: "-".into(),
@@ -95,8 +104,9 @@ pub fn write_atomic(target: &OutputTarget, bytes: &[u8]) -> Result<(), Error> {
         OutputTarget::File(path) => {
             let tmp = temp_path(path);
             let res = (|| {
-                let mut f = File::create(&tmp)?;
-                f.write_all(bytes)?;
+                let mut f = io::BufWriter::new(File::create(&tmp)?);
+                fill(&mut f)?;
+                let f = f.into_inner().map_err(io::IntoInnerError::into_error)?;
                 f.sync_all()?;
                 fs::rename(&tmp, path)
             })();
