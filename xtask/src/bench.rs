@@ -397,8 +397,15 @@ fn exec_storm(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
                 format!("{:.0} / {}", median(&seen), n + 1),
                 format!("{:.0}", median(&lost)),
                 format!(
-                    "{:.0} ms in all ({:.1} µs per process)",
+                    "{:.0} ms in all: {:.1} % of a core per traced second, {:.1} µs per process",
                     median(&self_cpu) * 1e3,
+                    median(
+                        &self_cpu
+                            .iter()
+                            .zip(&traced)
+                            .map(|(c, t)| c / t * 100.0)
+                            .collect::<Vec<_>>()
+                    ),
                     median(&self_cpu) * 1e6 / (n + 1) as f64
                 ),
             ],
