@@ -67,7 +67,7 @@ pub mod fork_flags {
 pub mod exit_flags {
     /// The last thread of the process exited: the process is gone.
     pub const GROUP_DEAD: u32 = 1;
-    /// `exit_code` was read from the task (else it is unknown).
+    /// `exit_code` was read from the task (else it is unknown); exit events only.
     pub const CODE_VALID: u32 = 2;
     /// CPU and I/O figures were read from the task (else they are unknown).
     pub const STATS_VALID: u32 = 4;
@@ -198,10 +198,10 @@ pub struct FreeEvent {
     pub write_bytes: u64,
     /// `ioac.cancelled_write_bytes`: dirty bytes dropped by truncation.
     pub cancelled_write_bytes: u64,
-    /// `task_struct.exit_code`.
-    pub exit_code: u32,
-    /// [`exit_flags`].
+    /// [`exit_flags`] (`STATS_VALID`). The exit code is not read again
+    /// here: the exit event already carries it.
     pub flags: u32,
+    pub _pad: u32,
 }
 
 /// Value of the `TRACKED` map (key: tgid).

@@ -356,12 +356,6 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
         }
         _ => bump(counter::READ_FAILED),
     }
-    if cfg.task_exit_code != 0
-        && let Some(code) = read(cfg.task_exit_code)
-    {
-        ev.exit_code = code as u32;
-        ev.flags |= exit_flags::CODE_VALID;
-    }
     send(ev);
     0
 }

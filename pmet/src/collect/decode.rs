@@ -104,7 +104,6 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                     write_bytes: e.write_bytes,
                     cancelled_write_bytes: e.cancelled_write_bytes,
                 }),
-                exit_code: (e.flags & exit_flags::CODE_VALID != 0).then_some(e.exit_code),
             })
         }
         _ => None,
@@ -234,9 +233,7 @@ mod tests {
         };
         match decode(&bytes(&f)) {
             Some(Event::Free {
-                totals: Some(t),
-                exit_code: None,
-                ..
+                totals: Some(t), ..
             }) => assert_eq!(t.runtime_ns, 999),
             other => panic!("{other:?}"),
         }

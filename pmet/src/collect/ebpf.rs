@@ -240,6 +240,20 @@ impl Kernel {
                     .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
             }
         }
+        if log::log_enabled!(log::Level::Debug) {
+            // The verifier's work per program: the figure to watch when a
+            // kernel-side change makes a hook heavier or nears the limits.
+            for (name, info) in ebpf
+                .programs()
+                .filter_map(|(n, p)| Some((n, p.info().ok()?)))
+            {
+                log::debug!(
+                    "program {name}: {} instructions, {} verified",
+                    info.size_translated().unwrap_or(0) / 8,
+                    info.verified_instruction_count().unwrap_or(0)
+                );
+            }
+        }
         let exit_totals = task.is_some();
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(Error::Map {

@@ -90,7 +90,5 @@ pub enum Event {
         cookie: u64,
         /// Final CPU and I/O, when they could be read.
         totals: Option<ThreadTotals>,
-        /// Raw `exit_code`.
-        exit_code: Option<u32>,
     },
 }

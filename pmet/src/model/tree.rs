@@ -101,8 +101,6 @@ pub struct TaskstatsTotals {
     pub minflt: u64,
     /// Major faults.
     pub majflt: u64,
-    /// The exit code of the record flagged as the group's last.
-    pub group_exit_code: Option<u32>,
 }
 
 /// One process ever seen in the tree.
@@ -476,10 +474,8 @@ impl Tree {
             }
             Event::Free {
                 tgid,
-                tid,
                 cookie,
                 totals,
-                exit_code,
                 ..
             } => {
                 let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
@@ -499,9 +495,6 @@ impl Tree {
                         p.freed_threads += 1;
                     }
                     None => p.freed_unreadable += 1,
-                }
-                if p.exit.is_none() && tid == tgid && !p.alive() {
-                    p.exit = exit_code.map(ExitStatus::from_raw);
                 }
             }
         }
@@ -525,8 +518,11 @@ impl Tree {
         t.nivcsw += ts.nivcsw;
         t.minflt += ts.minflt;
         t.majflt += ts.majflt;
-        if ts.flags & crate::collect::taskstats::AGROUP != 0 {
-            t.group_exit_code = Some(ts.exit_code);
+        // The group's last record carries the wait status. The exit event
+        // says the same; this stands in when that event was lost (taskstats
+        // does not share the ring buffer).
+        if ts.flags & crate::collect::taskstats::AGROUP != 0 && p.exit.is_none() {
+            p.exit = Some(ExitStatus::from_raw(ts.exit_code));
         }
         true
     }
@@ -667,7 +663,6 @@ mod tests {
                 write_bytes: 20,
                 cancelled_write_bytes: 0,
             }),
-            exit_code: Some(0),
         }
     }
 
@@ -857,6 +852,12 @@ mod tests {
         assert_eq!(p.records, 2);
         assert_eq!(p.hiwater_rss_kb, 500);
         assert_eq!(p.utime_us, 20);
-        assert_eq!(p.group_exit_code, Some(2 << 8));
+        assert_eq!(t.procs[0].exit, Some(ExitStatus::Code(2)));
+        // A status already known (from the exit event) is not replaced.
+        ts.tgid = 100;
+        ts.flags = crate::collect::taskstats::AGROUP;
+        ts.exit_code = 9;
+        assert!(t.apply_taskstats(&ts));
+        assert_eq!(t.procs[0].exit, Some(ExitStatus::Code(2)));
     }
 }

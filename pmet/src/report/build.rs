@@ -304,7 +304,6 @@ mod tests {
                     write_bytes: 8192,
                     cancelled_write_bytes: 0,
                 }),
-                exit_code: Some(code),
             });
         }
         t.set_net(
