@@ -328,14 +328,11 @@ impl Session {
             }
         }
         self.samples += 1;
-        let lost = self.kernel.as_ref().map_or(0, |k| {
-            let c = k.counters();
-            use pmet_common::counter as c_;
-            c[c_::RINGBUF_FULL as usize]
-                + c[c_::TRACKED_FULL as usize]
-                + c[c_::NET_FULL as usize]
-                + c[c_::DYING_FULL as usize]
-        });
+        let lost = self
+            .kernel
+            .as_ref()
+            .map_or(0, |k| Lost::from_kernel(&k.counters()).total())
+            + self.undecodable;
         let snap = self.snapshots.take(&self.tree, now, lost);
         let keys = self.tree.live_keys().into_iter().collect();
         self.recorder.record(&snap, &keys);
@@ -839,9 +836,9 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
     sink.finish();
     let end_ns = boottime_ns();
 
-    let c = s.kernel.as_ref().map(|k| k.counters()).unwrap_or_default();
-    use pmet_common::counter as k;
-    let overflows = listener.as_ref().map_or(0, |l| {
+    let mut lost = Lost::from_kernel(&s.kernel.as_ref().map(|k| k.counters()).unwrap_or_default());
+    lost.read_failures += s.undecodable;
+    lost.taskstats_overflows = listener.as_ref().map_or(0, |l| {
         l.overflows.load(std::sync::atomic::Ordering::Relaxed)
     });
     let info = RunInfo {
@@ -856,17 +853,7 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
             samples: s.samples,
             events: 0,
             lost_events: 0,
-            lost: Lost {
-                ring_buffer: c[k::RINGBUF_FULL as usize],
-                tracked_map_full: c[k::TRACKED_FULL as usize],
-                net_map_full: c[k::NET_FULL as usize],
-                dying_map_full: c[k::DYING_FULL as usize],
-                read_failures: c[k::READ_FAILED as usize] + s.undecodable,
-                stale_free_records: c[k::FREE_MISMATCH as usize],
-                taskstats_overflows: overflows,
-                argv_truncated: c[k::ARGV_TRUNCATED as usize],
-                ..Lost::default()
-            },
+            lost,
             taskstats: listener.is_some(),
             exit_totals,
             self_cpu_s: None,

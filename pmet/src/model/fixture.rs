@@ -81,9 +81,9 @@ fn end(t: u64, pid: u32, code: u32, cpu_ms: u64, write: u64) -> [Event; 2] {
     ]
 }
 
-/// The tree after the whole run; `start` is the run's start (CLOCK_BOOTTIME).
-pub fn web_job() -> (Tree, u64) {
-    let start = 100 * S;
+/// The job's first 201 ms: the root `sh -c <script>`, the server and the
+/// first client started. Both the finished and the live job begin so.
+fn web_job_opening(start: u64, script: &str) -> (Tree, Vec<Event>) {
     let mut t = Tree::new();
     // The root keeps cookie 2 (userspace-chosen).
     t.add_root(
@@ -91,11 +91,7 @@ pub fn web_job() -> (Tree, u64) {
         999,
         2,
         start,
-        vec![
-            "sh".into(),
-            "-c".into(),
-            "./serve & ./fetch; ./fetch".into(),
-        ],
+        vec!["sh".into(), "-c".into(), script.into()],
     );
     let mut evs = vec![fork(start + 10 * MS, 1000, 1001)];
     evs.extend(exec(
@@ -109,6 +105,13 @@ pub fn web_job() -> (Tree, u64) {
         1002,
         &["curl", "-s", "http://127.0.0.1:8080/big"],
     ));
+    (t, evs)
+}
+
+/// The tree after the whole run; `start` is the run's start (CLOCK_BOOTTIME).
+pub fn web_job() -> (Tree, u64) {
+    let start = 100 * S;
+    let (mut t, mut evs) = web_job_opening(start, "./serve & ./fetch; ./fetch");
     evs.push(fork(start + 300 * MS, 1000, 1003));
     evs.extend(exec(
         start + 301 * MS,
@@ -165,26 +168,7 @@ pub fn web_job() -> (Tree, u64) {
 /// The same job seen live, half-way: the server and one client running.
 pub fn web_job_live() -> (Tree, u64) {
     let start = 100 * S;
-    let mut t = Tree::new();
-    t.add_root(
-        1000,
-        999,
-        2,
-        start,
-        vec!["sh".into(), "-c".into(), "./serve & ./fetch".into()],
-    );
-    let mut evs = vec![fork(start + 10 * MS, 1000, 1001)];
-    evs.extend(exec(
-        start + 12 * MS,
-        1001,
-        &["python3", "-m", "http.server", "8080"],
-    ));
-    evs.push(fork(start + 200 * MS, 1000, 1002));
-    evs.extend(exec(
-        start + 201 * MS,
-        1002,
-        &["curl", "-s", "http://127.0.0.1:8080/big"],
-    ));
+    let (mut t, evs) = web_job_opening(start, "./serve & ./fetch");
     for e in evs {
         t.apply(e);
     }

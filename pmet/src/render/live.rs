@@ -3,7 +3,7 @@
 //! it on the screen.
 
 use super::{
-    style::{Style, visible_width},
+    style::{Style, strip, visible_width},
     units::{bytes, command_line, fit},
 };
 use crate::model::snapshot::{ProcLine, Snapshot};
@@ -49,20 +49,6 @@ fn cut(s: &str, width: usize) -> String {
     // back to plain when a styled line does not fit.
     let plain: String = strip(s);
     fit(&plain, width)
-}
-
-fn strip(s: &str) -> String {
-    let mut out = String::new();
-    let mut in_esc = false;
-    for c in s.chars() {
-        match (in_esc, c) {
-            (false, '\x1b') => in_esc = true,
-            (true, 'm') => in_esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
 }
 
 fn proc_name(p: &ProcLine) -> String {

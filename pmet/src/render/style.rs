@@ -66,19 +66,31 @@ impl Style {
     }
 }
 
+/// The characters of `s` that show: SGR escape sequences (`ESC ... m`, the
+/// only ones [`Style`] writes) left out.
+fn visible_chars(s: &str) -> impl Iterator<Item = char> + '_ {
+    let mut in_esc = false;
+    s.chars().filter(move |&c| match (in_esc, c) {
+        (false, '\x1b') => {
+            in_esc = true;
+            false
+        }
+        (true, c) => {
+            in_esc = c != 'm';
+            false
+        }
+        (false, _) => true,
+    })
+}
+
 /// The visible width of `s` (escape sequences take no room).
 pub fn visible_width(s: &str) -> usize {
-    let mut n = 0;
-    let mut in_esc = false;
-    for c in s.chars() {
-        match (in_esc, c) {
-            (false, '\x1b') => in_esc = true,
-            (true, 'm') => in_esc = false,
-            (true, _) => {}
-            (false, _) => n += 1,
-        }
-    }
-    n
+    visible_chars(s).count()
+}
+
+/// `s` without its escape sequences.
+pub fn strip(s: &str) -> String {
+    visible_chars(s).collect()
 }
 
 #[cfg(test)]
@@ -93,6 +105,7 @@ mod tests {
         let s = Style { color: true };
         assert_eq!(s.red("x"), "\x1b[31mx\x1b[0m");
         assert_eq!(visible_width(&s.red("abc")), 3);
+        assert_eq!(strip(&format!("x{}y", s.red("abc"))), "xabcy");
         assert_eq!(Style { color: false }.red("x"), "x");
     }
 }

@@ -195,16 +195,7 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
         .iter()
         .filter(|p| !p.alive() && !p.vanished && !p.totals_complete() && p.taskstats.records == 0)
         .count() as u64;
-    let l = &collector.lost;
-    collector.lost_events = l.ring_buffer
-        + l.tracked_map_full
-        + l.net_map_full
-        + l.dying_map_full
-        + l.read_failures
-        + l.taskstats_overflows
-        + l.exits_unseen
-        + l.totals_missing
-        + l.unmatched_events;
+    collector.lost_events = collector.lost.total();
 
     Report {
         schema: SCHEMA.to_owned(),
