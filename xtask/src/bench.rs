@@ -71,8 +71,6 @@ fn timed(cmd: &mut Command) -> Result<Timed> {
         use std::io::Read;
         out.read_to_string(&mut stdout)?;
     }
-    let pid = child.id() as i32;
-    let _ = pid;
     let status = child.wait()?;
     let wall = start.elapsed().as_secs_f64();
     if !status.success() {
@@ -828,87 +826,96 @@ fn startup(b: &Bench, md: &mut Md) -> Result<()> {
     Ok(())
 }
 
+/// Nanoseconds on CPU of every thread of `pid`, from schedstat (exact,
+/// unlike the 10 ms ticks of /proc/PID/stat).
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let mut sum = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        sum += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(sum)
+}
+
 fn idle_and_scale(b: &Bench, md: &mut Md) -> Result<()> {
     let idle_s = if b.quick { 10 } else { 30 };
-    // pmet's cost at rest is the slope between a short and a long idle run:
-    // start-up and teardown cancel out.
-    let idle = |secs: u64| -> Result<Value> {
-        let report = b.dir.join("idle.json");
-        timed(
-            b.pmet(&report)
-                .arg(&b.workload)
-                .args(["alive", "4", &(secs * 1000).to_string()]),
-        )?;
-        Bench::report(&report)
-    };
-    let short = idle(1)?;
-    let rep = idle(idle_s)?;
+    // pmet's cost at rest is measured on the running pmet, away from its
+    // start-up and exit: the CPU its threads use between 3 s in and 3 s
+    // before the end. (The difference of two runs' totals is swamped by how
+    // much start-up varies.)
+    let report = b.dir.join("idle.json");
+    let mut child = b
+        .pmet(&report)
+        .arg(&b.workload)
+        .args(["alive", "4", &(idle_s * 1000).to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawning pmet")?;
+    std::thread::sleep(Duration::from_secs(3));
+    let (c0, t0) = (cpu_ns(child.id())?, Instant::now());
+    std::thread::sleep(Duration::from_secs(idle_s - 6));
+    let at_rest = (cpu_ns(child.id())? - c0) as f64 / 1e9 / t0.elapsed().as_secs_f64();
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("pmet on the idle tree failed: {status}");
+    }
+    let rep = Bench::report(&report)?;
     let f = |r: &Value, k: &str| r["collector"][k].as_f64().unwrap_or(f64::NAN);
-    let slope = (f(&rep, "self_cpu_s") - f(&short, "self_cpu_s"))
-        / (rep["duration_s"].as_f64().unwrap_or(0.0) - short["duration_s"].as_f64().unwrap_or(0.0));
     md.h("5. pmet's own cost, and scale");
     let mut rows = vec![vec![
         format!("idle tree: 4 processes sleeping {idle_s} s"),
         format!(
             "**{:.3} % of a core** at rest (goal < 0.5 %); {:.0} ms in all, start-up included",
-            slope * 100.0,
+            at_rest * 100.0,
             f(&rep, "self_cpu_s") * 1e3
         ),
         format!("{:.1} MB", f(&rep, "self_peak_rss_bytes") / 1e6),
         format!("{} / 5", rep["totals"]["processes"]),
         format!("{}", rep["collector"]["lost_events"]),
     ]];
+    // One traced run of the workload helper; its row of the table.
+    let scale_row = |label: String, report: &str, args: &[String], started: u64, rss_goal: bool| {
+        let report = b.dir.join(report);
+        let t = timed(b.pmet(&report).arg(&b.workload).args(args))?;
+        let rep = Bench::report(&report)?;
+        let rss = format!("{:.1} MB", f(&rep, "self_peak_rss_bytes") / 1e6);
+        anyhow::Ok(vec![
+            label,
+            format!(
+                "{:.3} % of a core over {:.1} s",
+                f(&rep, "self_cpu_s") / t.wall * 100.0,
+                t.wall
+            ),
+            if rss_goal {
+                format!("**{rss}** (goal < 50 MB)")
+            } else {
+                rss
+            },
+            format!("{} / {started}", rep["totals"]["processes"]),
+            format!("{}", rep["collector"]["lost_events"]),
+        ])
+    };
     let (kids, grand) = if b.quick { (20, 49) } else { (100, 99) };
     let total = 1 + kids + kids * grand;
-    let report = b.dir.join("scale.json");
-    let t = timed(b.pmet(&report).arg(&b.workload).args([
-        "spawn-tree",
-        &kids.to_string(),
-        &grand.to_string(),
-    ]))?;
-    let rep = Bench::report(&report)?;
-    rows.push(vec![
+    rows.push(scale_row(
         format!("{total} processes over the tree's life"),
-        format!(
-            "{:.3} % of a core over {:.1} s",
-            rep["collector"]["self_cpu_s"].as_f64().unwrap_or(0.0) / t.wall * 100.0,
-            t.wall
-        ),
-        format!(
-            "**{:.1} MB** (goal < 50 MB)",
-            rep["collector"]["self_peak_rss_bytes"]
-                .as_f64()
-                .unwrap_or(0.0)
-                / 1e6
-        ),
-        format!("{} / {total}", rep["totals"]["processes"]),
-        format!("{}", rep["collector"]["lost_events"]),
-    ]);
+        "scale.json",
+        &["spawn-tree".into(), kids.to_string(), grand.to_string()],
+        total,
+        true,
+    )?);
     let alive = if b.quick { 300 } else { 1000 };
-    let report = b.dir.join("alive.json");
-    let t = timed(
-        b.pmet(&report)
-            .arg(&b.workload)
-            .args(["alive", &alive.to_string(), "3000"]),
-    )?;
-    let rep = Bench::report(&report)?;
-    rows.push(vec![
+    rows.push(scale_row(
         format!("{alive} processes alive at once for 3 s"),
-        format!(
-            "{:.3} % of a core over {:.1} s",
-            rep["collector"]["self_cpu_s"].as_f64().unwrap_or(0.0) / t.wall * 100.0,
-            t.wall
-        ),
-        format!(
-            "{:.1} MB",
-            rep["collector"]["self_peak_rss_bytes"]
-                .as_f64()
-                .unwrap_or(0.0)
-                / 1e6
-        ),
-        format!("{} / {}", rep["totals"]["processes"], alive + 1),
-        format!("{}", rep["collector"]["lost_events"]),
-    ]);
+        "alive.json",
+        &["alive".into(), alive.to_string(), "3000".into()],
+        alive + 1,
+        false,
+    )?);
     md.table(
         &[
             "workload",
