@@ -9,8 +9,9 @@ use std::{
 
 use crate::{
     cli::{DiffArgs, HistoryArgs, ReportArgs, TableFormat},
-    history::{History, HistoryError, default_path},
-    privileges,
+    error::Error,
+    history::{HistoryError, default_path, with_store},
+    privileges::{self, Credentials},
     render::{
         html::html,
         report_text::report_text,
@@ -23,32 +24,45 @@ use crate::{
         OutputTarget, Report,
         diff::{check, diff, parse_limits, render},
         read::{ReadError, parse_report, read_report},
-        write_atomic,
     },
 };
 
 /// Exit status when the history store cannot be used (EX_IOERR).
 pub const EXIT_HISTORY: i32 = 74;
 
-/// The home directory whose history pmet uses: under sudo, the invoking
-/// user's.
-pub fn history_home() -> PathBuf {
-    // SAFETY: no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid == 0
-        && let Ok(Some(a)) = privileges::command_account(
-            None,
-            std::env::var("SUDO_UID").ok().as_deref(),
-            std::env::var("SUDO_GID").ok().as_deref(),
-            0,
-        )
-    {
-        return a.home;
+/// Who pmet acts for and where their history is: under sudo, the invoking
+/// user (whose credentials every file access below uses) and their home.
+pub struct Invoker {
+    /// The user's credentials; `None` acts as pmet itself.
+    pub creds: Option<Credentials>,
+    /// The history store.
+    pub history: PathBuf,
+}
+
+impl Invoker {
+    /// From the environment; a malformed `SUDO_UID`/`SUDO_GID` is an error.
+    pub fn from_env() -> Result<Self, Error> {
+        let home = match privileges::invoking_user_from_env()? {
+            Some(a) => {
+                return Ok(Self {
+                    history: default_path(&a.home),
+                    creds: Some(a.credentials()),
+                });
+            }
+            None => {
+                // SAFETY: no preconditions.
+                let euid = unsafe { libc::geteuid() };
+                std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| privileges::account(&euid.to_string()).map(|a| a.home))
+                    .unwrap_or_else(|| PathBuf::from("/"))
+            }
+        };
+        Ok(Self {
+            history: default_path(&home),
+            creds: None,
+        })
     }
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .or_else(|| privileges::account(&euid.to_string()).map(|a| a.home))
-        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 fn eprint_error(e: &dyn std::fmt::Display) {
@@ -66,19 +80,27 @@ pub struct Source {
 }
 
 /// Reads `source`: a report file, or a run id when no such file exists.
-pub fn load(source: &str, history: &Path) -> Result<Source, (String, i32)> {
+/// Both are read with the invoking user's credentials.
+pub fn load(source: &str, who: &Invoker) -> Result<Source, (String, i32)> {
     let path = Path::new(source);
     let loaded = if !path.exists()
         && let Ok(id) = source.parse::<i64>()
     {
-        let h = History::open(history).map_err(|e| (e.to_string(), EXIT_HISTORY))?;
-        let json = h.report_json(id).map_err(|e| match e {
+        let json = with_store(&who.history, who.creds.as_ref(), false, |h| {
+            h.report_json(id)
+        })
+        .map_err(|e| match e {
             HistoryError::NoRun(_) => (e.to_string(), crate::report::read::EXIT_NO_REPORT),
             e => (e.to_string(), EXIT_HISTORY),
         })?;
         parse_report(json.as_bytes(), &format!("run {id}"))
     } else {
-        read_report(path)
+        privileges::as_user(who.creds.as_ref(), || read_report(path)).unwrap_or_else(|source| {
+            Err(ReadError::Io {
+                name: source_name(path),
+                source,
+            })
+        })
     };
     let l = loaded.map_err(|e: ReadError| (e.to_string(), e.exit_code()))?;
     let mut notes = Vec::new();
@@ -103,9 +125,22 @@ pub fn load(source: &str, history: &Path) -> Result<Source, (String, i32)> {
     })
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), (String, i32)> {
-    write_atomic(&OutputTarget::File(path.to_owned()), bytes)
+fn source_name(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn write_file(path: &Path, who: &Invoker, bytes: &[u8]) -> Result<(), (String, i32)> {
+    OutputTarget::File(path.to_owned())
+        .prepare(who.creds.as_ref())
+        .and_then(|o| o.write(bytes))
         .map_err(|e| (e.to_string(), e.exit_code()))
+}
+
+fn invoker() -> Result<Invoker, i32> {
+    Invoker::from_env().map_err(|e| {
+        eprint_error(&e);
+        e.exit_code()
+    })
 }
 
 /// Turns a report into a file's contents.
@@ -113,7 +148,11 @@ type Renderer = dyn Fn(&Report) -> String;
 
 /// `pmet report`.
 pub fn report(a: &ReportArgs, width: usize, tty: bool) -> i32 {
-    let src = match load(&a.source, &default_path(&history_home())) {
+    let who = match invoker() {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let src = match load(&a.source, &who) {
         Ok(s) => s,
         Err((e, code)) => {
             eprint_error(&e);
@@ -136,7 +175,7 @@ pub fn report(a: &ReportArgs, width: usize, tty: bool) -> i32 {
     ];
     for (path, render) in exports {
         if let Some(p) = path {
-            if let Err((e, code)) = write_file(p, render(&src.report).as_bytes()) {
+            if let Err((e, code)) = write_file(p, &who, render(&src.report).as_bytes()) {
                 eprint_error(&e);
                 return code;
             }
@@ -155,8 +194,11 @@ pub fn diff_cmd(a: &DiffArgs) -> i32 {
             return crate::error::exit::USAGE;
         }
     };
-    let history = default_path(&history_home());
-    let (base, new) = match (load(&a.base, &history), load(&a.new, &history)) {
+    let who = match invoker() {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let (base, new) = match (load(&a.base, &who), load(&a.new, &who)) {
         (Ok(b), Ok(n)) => (b, n),
         (Err((e, code)), _) | (_, Err((e, code))) => {
             eprint_error(&e);
@@ -206,7 +248,11 @@ pub fn diff_cmd(a: &DiffArgs) -> i32 {
 
 /// `pmet history`.
 pub fn history_cmd(a: &HistoryArgs, width: usize) -> i32 {
-    let path = default_path(&history_home());
+    let who = match invoker() {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let path = &who.history;
     if !path.exists() {
         eprintln!(
             "pmet: no runs recorded yet ({} does not exist); record one with `sudo pmet trace --record -- COMMAND`",
@@ -214,15 +260,10 @@ pub fn history_cmd(a: &HistoryArgs, width: usize) -> i32 {
         );
         return 0;
     }
-    let h = match History::open(&path) {
-        Ok(h) => h,
-        Err(e) => {
-            eprint_error(&e);
-            return EXIT_HISTORY;
-        }
-    };
     let cmd = (!a.command.is_empty()).then(|| crate::render::units::command_line(&a.command));
-    let rows = match h.list(cmd.as_deref(), a.limit) {
+    let rows = match with_store(path, who.creds.as_ref(), false, |h| {
+        h.list(cmd.as_deref(), a.limit)
+    }) {
         Ok(r) => r,
         Err(e) => {
             eprint_error(&e);
@@ -264,37 +305,9 @@ pub fn history_cmd(a: &HistoryArgs, width: usize) -> i32 {
     0
 }
 
-/// After `pmet trace --record`: stores the run; returns its id.
+/// After `pmet trace --record`: stores the run, as the invoking user;
+/// returns its id.
 pub fn record(r: &Report) -> Result<i64, String> {
-    let path = default_path(&history_home());
-    let mut h = History::open(&path).map_err(|e| e.to_string())?;
-    let id = h.record(r).map_err(|e| e.to_string())?;
-    // Under sudo the store belongs to the user who ran it.
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0
-        && let Ok(Some(a)) = privileges::command_account(
-            None,
-            std::env::var("SUDO_UID").ok().as_deref(),
-            std::env::var("SUDO_GID").ok().as_deref(),
-            0,
-        )
-    {
-        let mut files = vec![path.clone()];
-        for ext in ["db-wal", "db-shm"] {
-            files.push(path.with_extension(ext));
-        }
-        if let Some(dir) = path.parent() {
-            files.push(dir.to_owned());
-        }
-        for f in files {
-            let _ = std::os::unix::fs::chown(&f, Some(a.uid), Some(a.gid));
-        }
-    }
-    Ok(id)
-}
-
-/// After `pmet trace --trace-events FILE`.
-pub fn export_trace_events(r: &Report, path: &Path) -> Result<(), String> {
-    let json = serde_json::to_string(&trace_events(r)).expect("a trace always serializes");
-    write_file(path, json.as_bytes()).map_err(|(e, _)| e)
+    let who = Invoker::from_env().map_err(|e| e.to_string())?;
+    with_store(&who.history, who.creds.as_ref(), true, |h| h.record(r)).map_err(|e| e.to_string())
 }

@@ -103,8 +103,9 @@ pub enum Error {
     /// `--pid` names nothing.
     #[error("no process with pid {0} is running; check the pid with `ps -p {0}`")]
     NoSuchPid(u32),
-    /// The report cannot be written there.
-    #[error("cannot write the report to {path}: {source}; choose a writable path with -o")]
+    /// A file pmet writes for the user (report, stream, export) cannot be
+    /// written there.
+    #[error("cannot write {path}: {source}; choose a path you can write to")]
     Output {
         /// The report path.
         path: PathBuf,

@@ -11,9 +11,10 @@ use std::{
     time::Duration,
 };
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, config::DbConfig, params};
 
 use crate::{
+    privileges::{Credentials, as_user},
     render::units::command_line,
     report::{Report, diff::metric},
 };
@@ -105,7 +106,98 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_by_command ON runs (command, id);
 ";
 
+/// Runs `f` on the store at `path`, opened with `creds` (the invoking user's,
+/// so the store, its directories and SQLite's side files are the user's,
+/// and root never writes where the user could not). `write` opens it for
+/// recording, creating it when needed; otherwise it is only read and never
+/// created.
+pub fn with_store<R: Send>(
+    path: &Path,
+    creds: Option<&Credentials>,
+    write: bool,
+    f: impl FnOnce(&mut History) -> Result<R, HistoryError> + Send,
+) -> Result<R, HistoryError> {
+    as_user(creds, || {
+        let mut h = if write {
+            History::open(path)?
+        } else {
+            History::open_read(path)?
+        };
+        f(&mut h)
+    })
+    .map_err(|source| HistoryError::Io {
+        path: path.to_owned(),
+        source,
+    })?
+}
+
+/// The store's file may come from anyone who can write the user's home, so
+/// it is read defensively: no triggers or views from its schema run, and the
+/// schema cannot be used to reach SQL functions with side effects.
+fn harden(conn: &Connection) -> rusqlite::Result<()> {
+    for (c, on) in [
+        (DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true),
+        (DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false),
+    ] {
+        conn.set_db_config(c, on)?;
+    }
+    Ok(())
+}
+
 impl History {
+    /// Opens the store at `path` for reading only; it must exist. A store in
+    /// a directory the reader cannot write is still read (as immutable, since
+    /// SQLite cannot create its side files there).
+    pub fn open_read(path: &Path) -> Result<Self, HistoryError> {
+        let sql = |source| HistoryError::Sql {
+            path: path.to_owned(),
+            source,
+        };
+        let open = |flags: OpenFlags, uri: bool| -> rusqlite::Result<Connection> {
+            let conn = if uri {
+                let mut u = String::from("file:");
+                for b in path.as_os_str().as_encoded_bytes() {
+                    match b {
+                        b'/' | b'.' | b'-' | b'_' | b'~' => u.push(*b as char),
+                        b if b.is_ascii_alphanumeric() => u.push(*b as char),
+                        b => u.push_str(&format!("%{b:02X}")),
+                    }
+                }
+                u.push_str("?immutable=1");
+                Connection::open_with_flags(u, flags | OpenFlags::SQLITE_OPEN_URI)?
+            } else {
+                Connection::open_with_flags(path, flags)?
+            };
+            harden(&conn)?;
+            conn.busy_timeout(Duration::from_secs(30))?;
+            // Reading the schema makes SQLite open the journal files now.
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(conn)
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = match open(flags, false) {
+            Ok(c) => c,
+            Err(e)
+                if path.exists()
+                    && matches!(
+                        e.sqlite_error_code(),
+                        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+                    ) =>
+            {
+                open(flags, true).map_err(sql)?
+            }
+            Err(e) => return Err(sql(e)),
+        };
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
     /// Opens (creating when needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, HistoryError> {
         if let Some(dir) = path.parent() {
@@ -148,6 +240,7 @@ impl History {
 
     fn init(path: &Path) -> rusqlite::Result<Connection> {
         let conn = Connection::open(path)?;
+        harden(&conn)?;
         // Concurrent writers wait for each other instead of failing.
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -67,16 +67,11 @@ fn check_executable(p: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Who the command runs as.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Credentials {
-    /// User id.
-    pub uid: u32,
-    /// Primary group id.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
-}
+pub use crate::privileges::Credentials;
+
+/// Resource limits pmet raises for itself (locked memory for BPF maps, open
+/// files for its many fds) and gives back to the command as they were.
+const RESTORED_LIMITS: [libc::__rlimit_resource_t; 2] = [libc::RLIMIT_MEMLOCK, libc::RLIMIT_NOFILE];
 
 /// A command ready to start: every allocation done before fork, because the
 /// child of a multi-threaded process may only make async-signal-safe calls.
@@ -85,6 +80,8 @@ pub struct Prepared {
     argv: Vec<CString>,
     envp: Vec<CString>,
     creds: Option<Credentials>,
+    /// [`RESTORED_LIMITS`] as they were before pmet raised them.
+    limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
 }
 
 fn cstring(s: impl Into<Vec<u8>>) -> Result<CString, Error> {
@@ -125,6 +122,17 @@ impl Prepared {
                 })
                 .collect::<Result<_, _>>()?,
             creds,
+            limits: RESTORED_LIMITS
+                .into_iter()
+                .filter_map(|r| {
+                    let mut l = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    // SAFETY: valid out-pointer.
+                    (unsafe { libc::getrlimit(r, &mut l) } == 0).then_some((r, l))
+                })
+                .collect(),
         })
     }
 }
@@ -146,6 +154,25 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: fresh fds owned here.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Raises this process's soft open-files limit to the hard one: pmet holds an
+/// fd per BPF map and program, and a low soft limit would make loading fail
+/// and fall back to polling. The command gets the old limit back.
+pub fn raise_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                log::debug!("raising RLIMIT_NOFILE: {}", io::Error::last_os_error());
+            }
+        }
+    }
 }
 
 /// Forks the child; it waits until [`Gated::release`].
@@ -196,6 +223,10 @@ pub fn spawn_gated(p: &Prepared) -> Result<Gated, Error> {
                     continue;
                 }
                 libc::_exit(125);
+            }
+            // Raised for pmet, not for the command.
+            for (r, l) in &p.limits {
+                libc::setrlimit(*r, l);
             }
             if let Some(c) = &p.creds
                 && (libc::setgroups(groups.len(), groups.as_ptr()) != 0

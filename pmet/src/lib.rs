@@ -8,7 +8,8 @@
 //! - [`report`] and [`render`]: the JSON report and the human summary go out.
 //!
 //! [`trace`] runs a session; [`launch`] starts the traced command so that
-//! nothing it does is missed.
+//! nothing it does is missed. [`userfile`] writes every file pmet makes for
+//! a user with that user's credentials ([`privileges::as_user`]).
 
 pub mod cli;
 pub mod collect;
@@ -21,5 +22,6 @@ pub mod privileges;
 pub mod render;
 pub mod report;
 pub mod trace;
+pub mod userfile;
 
 pub use error::Error;

@@ -56,18 +56,6 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
             "--format live needs a terminal on stderr; use --format simple or jsonl".into(),
         ));
     }
-    let stream: Box<dyn Write + Send> = match &args.stream {
-        Some(path) => match std::fs::File::create(path) {
-            Ok(f) => Box::new(std::io::LineWriter::new(f)),
-            Err(source) => {
-                return fail(&Error::Output {
-                    path: path.clone(),
-                    source,
-                });
-            }
-        },
-        None => Box::new(std::io::stderr()),
-    };
     // Colors for what goes to the terminal: the live view and the summary.
     let style = Style {
         color: args.color.enabled(tty),
@@ -85,17 +73,14 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
     };
     let output = args.output.as_deref().map(OutputTarget::parse);
     let (record, trace_events) = (args.record, args.trace_events.clone());
-    if let Some(p) = &trace_events
-        && let Err(e) = OutputTarget::File(p.clone()).check_writable()
-    {
-        return fail(&e);
-    }
     let opts = TraceOptions {
         command: args.command,
         pid: args.pid,
         duration: args.duration,
         intervals,
         output: output.clone(),
+        stream: args.stream,
+        trace_events: args.trace_events,
         exclude_children: args.exclude_children,
         since_process_start: args.since_process_start,
         ebpf: if args.no_ebpf {
@@ -112,7 +97,7 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&Error::Other(format!("cannot start the runtime: {e}"))),
     };
-    let make_sink = move || Sink::new(format, what, style, stream);
+    let make_sink = move |stream| Sink::new(format, what, style, stream);
     match rt.block_on(trace(opts, make_sink)) {
         Ok(outcome) => {
             if !quiet {
@@ -122,10 +107,10 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
                 }
             }
             if let Some(p) = &trace_events {
-                match commands::export_trace_events(&outcome.report, p) {
-                    Ok(()) if !quiet => eprintln!("  trace events written to {}", p.display()),
-                    Ok(()) => {}
-                    Err(e) => eprintln!("pmet: error: {e}"),
+                match &outcome.trace_events_error {
+                    None if !quiet => eprintln!("  trace events written to {}", p.display()),
+                    None => {}
+                    Some(e) => eprintln!("pmet: error: {e}"),
                 }
             }
             if record {

@@ -180,6 +180,99 @@ pub fn account(user: &str) -> Option<Account> {
     })
 }
 
+/// Who a process or a thread runs as: the identity pmet switches to for the
+/// command it launches and for every file it writes for the user.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Account {
+    /// The identity to switch to for this account.
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+        }
+    }
+}
+
+/// The user pmet acts for when it runs as root through sudo: the one named by
+/// `SUDO_UID`/`SUDO_GID`, checked against the password and group databases.
+/// `None` when pmet is not root, or root was not reached through sudo (or
+/// sudo was run by root), so pmet acts as itself. A malformed or unknown
+/// `SUDO_UID`, or a `SUDO_GID` that is not one of that user's groups, is an
+/// error: guessing would mean acting as root for somebody who is not.
+pub fn invoking_user(
+    sudo_uid: Option<&str>,
+    sudo_gid: Option<&str>,
+    euid: u32,
+) -> Result<Option<Account>, Error> {
+    if euid != 0 {
+        return Ok(None);
+    }
+    let Some(raw) = sudo_uid else {
+        return Ok(None);
+    };
+    let uid: u32 = raw.trim().parse().map_err(|_| {
+        Error::Usage(format!(
+            "SUDO_UID={raw:?} is not a user id; run pmet through sudo, or unset SUDO_UID to act as root"
+        ))
+    })?;
+    if uid == 0 {
+        return Ok(None);
+    }
+    let Some((name, uid, gid, home)) = passwd_entry(None, uid) else {
+        return Err(Error::Usage(format!(
+            "SUDO_UID={uid} names no user in the password database; run pmet through sudo as a \
+             real user, or unset SUDO_UID to act as root"
+        )));
+    };
+    let mut a = Account {
+        groups: groups_of(&name, gid),
+        name,
+        uid,
+        gid,
+        home,
+    };
+    if let Some(raw) = sudo_gid {
+        let g: u32 = raw.trim().parse().map_err(|_| {
+            Error::Usage(format!(
+                "SUDO_GID={raw:?} is not a group id; run pmet through sudo, or unset SUDO_GID"
+            ))
+        })?;
+        // sudo records the real gid of the user who ran it, which is always
+        // one of that user's groups (newgrp and sg only pick among them).
+        if !a.groups.contains(&g) && g != a.gid {
+            return Err(Error::Usage(format!(
+                "SUDO_GID={g} is not a group of {} (uid {uid}); run pmet through sudo, or unset SUDO_GID",
+                a.name
+            )));
+        }
+        a.gid = g;
+    }
+    if !a.groups.contains(&a.gid) {
+        a.groups.push(a.gid);
+    }
+    Ok(Some(a))
+}
+
+/// The invoking user from this process's own environment and euid.
+pub fn invoking_user_from_env() -> Result<Option<Account>, Error> {
+    invoking_user(
+        std::env::var("SUDO_UID").ok().as_deref(),
+        std::env::var("SUDO_GID").ok().as_deref(),
+        // SAFETY: no preconditions.
+        unsafe { libc::geteuid() },
+    )
+}
+
 /// Who the launched command runs as: `--user`, else under sudo the user who
 /// ran sudo, else pmet's own user (`None`: no switch). `--user root` keeps root.
 pub fn command_account(
@@ -202,59 +295,109 @@ pub fn command_account(
         }
         return Ok(Some(a));
     }
-    if euid != 0 {
-        return Ok(None);
-    }
-    let Some(uid) = sudo_uid.and_then(|s| s.parse::<u32>().ok()) else {
-        return Ok(None);
+    invoking_user(sudo_uid, sudo_gid, euid)
+}
+
+/// Runs `f` with `creds` as this thread's identity, on a thread of its own
+/// that switches user, groups and capabilities with raw syscalls (which, unlike
+/// glibc's wrappers, change the calling thread only) and ends with `f`. The
+/// rest of pmet keeps its privileges. With `None`, `f` runs here, as pmet.
+///
+/// Every file pmet creates for a user goes through this, so the kernel's own
+/// permission checks decide what pmet may write: never more than the user
+/// could. Fails, without running `f`, if the switch cannot be made.
+pub fn as_user<R: Send>(
+    creds: Option<&Credentials>,
+    f: impl FnOnce() -> R + Send,
+) -> std::io::Result<R> {
+    let Some(c) = creds else {
+        return Ok(f());
     };
-    if uid == 0 {
-        return Ok(None);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            switch_thread(c)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "the thread writing as the user panicked",
+            ))
+        })
+    })
+}
+
+fn switch_thread(c: &Credentials) -> std::io::Result<()> {
+    use caps::{CapSet, Capability};
+    // The main thread keeps SETUID/SETGID permitted but not effective once the
+    // command runs; this thread raises them for the switch, then loses every
+    // capability with its uids.
+    for cap in [Capability::CAP_SETUID, Capability::CAP_SETGID] {
+        let _ = caps::raise(None, CapSet::Effective, cap);
     }
-    let mut a = match passwd_entry(None, uid) {
-        Some((name, uid, gid, home)) => Account {
-            groups: groups_of(&name, gid),
-            name,
-            uid,
-            gid,
-            home,
-        },
-        None => Account {
-            name: uid.to_string(),
-            uid,
-            gid: uid,
-            home: "/".into(),
-            groups: vec![],
-        },
+    let check = |r: libc::c_long, what: &str| {
+        if r == 0 {
+            Ok(())
+        } else {
+            let e = std::io::Error::last_os_error();
+            Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot switch to uid {} ({what}): {e}", c.uid),
+            ))
+        }
     };
-    if let Some(gid) = sudo_gid.and_then(|s| s.parse::<u32>().ok()) {
-        a.gid = gid;
-        if !a.groups.contains(&gid) {
-            a.groups.push(gid);
+    // SAFETY: raw syscalls with valid arguments; they change this thread only.
+    unsafe {
+        check(
+            libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()),
+            "setgroups",
+        )?;
+        check(
+            libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid),
+            "setresgid",
+        )?;
+        check(
+            libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid),
+            "setresuid",
+        )?;
+        // Trust, but verify: a thread still root must never run `f`.
+        let (uid, fsuid) = (
+            libc::syscall(libc::SYS_geteuid) as u32,
+            libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+        );
+        if uid != c.uid || fsuid != c.uid {
+            return Err(std::io::Error::other(format!(
+                "switching to uid {} left the thread as uid {uid}",
+                c.uid
+            )));
         }
     }
-    Ok(Some(a))
+    Ok(())
 }
 
 /// After the programs are loaded and the command started, keep only what the
 /// rest of the run needs: signalling the command (which may run as another
-/// user), reading other users' /proc entries, and writing the report where
-/// the user asked.
+/// user) and reading other users' /proc entries. SETUID and SETGID stay
+/// permitted, not effective, for the thread that writes files as the user
+/// ([`as_user`]); pmet itself never chowns or writes as root for a user.
 pub fn drop_capabilities() {
     use caps::{CapSet, Capability};
-    let keep: caps::CapsHashSet = [
+    let effective: caps::CapsHashSet = [
         Capability::CAP_KILL,
         Capability::CAP_SYS_PTRACE,
         Capability::CAP_DAC_READ_SEARCH,
-        Capability::CAP_DAC_OVERRIDE,
-        Capability::CAP_FOWNER,
-        Capability::CAP_CHOWN,
     ]
     .into_iter()
     .collect();
-    for set in [CapSet::Effective, CapSet::Permitted] {
+    let mut permitted = effective.clone();
+    permitted.extend([Capability::CAP_SETUID, Capability::CAP_SETGID]);
+    // Effective first: it must stay a subset of permitted at every step.
+    for (set, keep) in [
+        (CapSet::Effective, &effective),
+        (CapSet::Permitted, &permitted),
+    ] {
         let have = caps::read(None, set).unwrap_or_default();
-        let target: caps::CapsHashSet = have.intersection(&keep).copied().collect();
+        let target: caps::CapsHashSet = have.intersection(keep).copied().collect();
         if let Err(e) = caps::set(None, set, &target) {
             log::debug!("could not drop capabilities ({set:?}): {e}");
         }

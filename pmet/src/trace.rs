@@ -6,6 +6,7 @@
 use std::{
     collections::HashSet,
     ffi::OsString,
+    io::Write,
     os::fd::{AsRawFd, OwnedFd, RawFd},
     path::Path,
     time::{Duration, SystemTime},
@@ -28,7 +29,7 @@ use crate::{
         tracefs::Tracefs,
     },
     error::Error,
-    launch::{self, Credentials, Prepared},
+    launch::{self, Prepared},
     model::{
         event::Event,
         series::Recorder,
@@ -36,7 +37,7 @@ use crate::{
         tree::{Baseline, ExitStatus, Seen, Tree},
     },
     privileges::{self, Account},
-    render::sink::Sink,
+    render::{sink::Sink, trace_events::trace_events},
     report::{self, Collector, Host, Lost, OutputTarget, Report, RunInfo},
 };
 
@@ -62,6 +63,10 @@ pub struct TraceOptions {
     pub intervals: (Duration, Duration, Duration),
     /// Where the JSON report goes.
     pub output: Option<OutputTarget>,
+    /// Where per-sample lines go instead of stderr (`--stream`).
+    pub stream: Option<std::path::PathBuf>,
+    /// Where Chrome/Perfetto trace events go (`--trace-events`).
+    pub trace_events: Option<std::path::PathBuf>,
     /// Follow only the root.
     pub exclude_children: bool,
     /// Attach mode: count CPU and disk from each process's start.
@@ -97,6 +102,8 @@ pub struct Outcome {
     pub exit_code: i32,
     /// Writing the report failed (the summary is still shown).
     pub write_error: Option<Error>,
+    /// Writing `--trace-events` failed.
+    pub trace_events_error: Option<Error>,
 }
 
 /// How long a launched command gets to exit after SIGTERM at `--duration`.
@@ -514,32 +521,46 @@ fn child_env(account: Option<&Account>) -> Vec<(OsString, OsString)> {
 /// Runs a session. Errors before tracing starts are returned; once the tree
 /// is being followed, problems are logged and the report is still produced.
 /// `make_sink` is called once tracing has begun.
-pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Result<Outcome, Error> {
-    // Inputs first: nothing is loaded or launched for a request that cannot succeed.
-    if let Some(o) = &opts.output {
-        o.check_writable()?;
-    }
+pub async fn trace(
+    opts: TraceOptions,
+    make_sink: impl FnOnce(Box<dyn Write + Send>) -> Sink,
+) -> Result<Outcome, Error> {
+    // Inputs first: nothing is loaded or launched for a request that cannot
+    // succeed, and no file is created for one.
     let procfs = Procfs::default();
     // SAFETY: no preconditions.
     let euid = unsafe { libc::geteuid() };
+    let (sudo_uid, sudo_gid) = (
+        std::env::var("SUDO_UID").ok(),
+        std::env::var("SUDO_GID").ok(),
+    );
+    // Files are written as the user who asked for them, whoever the command
+    // runs as.
+    let owner = privileges::invoking_user(sudo_uid.as_deref(), sudo_gid.as_deref(), euid)?
+        .map(|a| a.credentials());
     let account = match opts.pid {
         None => privileges::command_account(
             opts.user.as_deref(),
-            std::env::var("SUDO_UID").ok().as_deref(),
-            std::env::var("SUDO_GID").ok().as_deref(),
+            sudo_uid.as_deref(),
+            sudo_gid.as_deref(),
             euid,
         )?,
         Some(_) => None,
     };
+    let output = opts
+        .output
+        .as_ref()
+        .map(|o| o.prepare(owner.as_ref()))
+        .transpose()?;
+    let prepare_file =
+        |p: &std::path::PathBuf| OutputTarget::File(p.clone()).prepare(owner.as_ref());
+    let trace_events_out = opts.trace_events.as_ref().map(prepare_file).transpose()?;
+    let stream_out = opts.stream.as_ref().map(prepare_file).transpose()?;
     let prepared = match opts.pid {
         None => Some(Prepared::new(
             &opts.command,
             child_env(account.as_ref()),
-            account.as_ref().map(|a| Credentials {
-                uid: a.uid,
-                gid: a.gid,
-                groups: a.groups.clone(),
-            }),
+            account.as_ref().map(Account::credentials),
         )?),
         Some(pid) => {
             match procfs.stat(pid) {
@@ -550,6 +571,12 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
         }
     };
     let follow_children = !opts.exclude_children;
+    // The last check passed: only now is the stream created (or truncated).
+    let stream: Box<dyn Write + Send> = match &stream_out {
+        Some(o) => Box::new(std::io::LineWriter::new(o.open_stream()?)),
+        None => Box::new(std::io::stderr()),
+    };
+    launch::raise_nofile();
 
     let kernel = match opts.ebpf {
         EbpfMode::Off => None,
@@ -679,7 +706,7 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
         max,
         last_shape: (0, 0),
     };
-    let mut sink = make_sink();
+    let mut sink = make_sink(stream);
     let mut backoff: Option<Instant> = None;
     // A first look at once: rates need a starting point.
     let snap = s.tick();
@@ -890,24 +917,24 @@ pub async fn trace(opts: TraceOptions, make_sink: impl FnOnce() -> Sink) -> Resu
         (true, None, Some("interrupted")) => 128 + libc::SIGINT,
         (true, None, _) => 124,
     };
-    let write_error = match &opts.output {
-        Some(o) => {
-            let r = report::write_atomic_with(o, |w| {
-                serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other)?;
-                w.write_all(b"\n")
-            });
-            if let (Ok(()), Some(a), OutputTarget::File(path)) = (&r, &account, o) {
-                // Under sudo the report belongs to the user who asked for it.
-                let _ = std::os::unix::fs::chown(path, Some(a.uid), Some(a.gid));
-            }
-            r.err()
-        }
-        None => None,
-    };
+    let write_error = output.as_ref().and_then(|o| {
+        o.write_with(|w| {
+            serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other)?;
+            w.write_all(b"\n")
+        })
+        .err()
+    });
+    let trace_events_error = trace_events_out.as_ref().and_then(|o| {
+        o.write_with(|w| {
+            serde_json::to_writer(&mut *w, &trace_events(&report)).map_err(std::io::Error::other)
+        })
+        .err()
+    });
     Ok(Outcome {
         loaded,
         report,
         exit_code,
         write_error,
+        trace_events_error,
     })
 }

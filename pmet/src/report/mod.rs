@@ -8,7 +8,7 @@ pub mod read;
 mod write;
 
 pub use build::{MAX_PROC_POINTS, MAX_TREE_POINTS, RunInfo, build};
-pub use write::{OutputTarget, write_atomic, write_atomic_with};
+pub use write::{Output, OutputTarget};
 
 use serde::{Deserialize, Serialize};
 

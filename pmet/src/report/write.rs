@@ -1,19 +1,18 @@
-//! Writing the report: checked before anything is launched, written
-//! atomically (a temporary file in the same directory, then rename) so a
-//! reader never sees half a report.
+//! Writing the report: checked and anchored before anything is launched,
+//! written with the invoking user's credentials (see [`crate::userfile`]),
+//! atomically for a regular file so a reader never sees half a report.
 
 use std::{
-    fs::{self, File, OpenOptions},
     io::{self, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
-use crate::error::Error;
+use crate::{error::Error, privileges::Credentials, userfile::UserFile};
 
-/// Where the report goes.
+/// Where the report goes, as the user named it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutputTarget {
-    /// A file, replaced atomically.
+    /// A file (or a device, FIFO or `/dev/fd/N`).
     File(PathBuf),
     /// Standard output (`-o -`).
     Stdout,
@@ -29,95 +28,52 @@ impl OutputTarget {
         }
     }
 
-    /// Fails now, before anything is launched, if the report could not be
-    /// written later: the directory must exist and accept a new file, and the
-    /// path must not be a directory.
-    pub fn check_writable(&self) -> Result<(), Error> {
-        let OutputTarget::File(path) = self else {
-            return Ok(());
-        };
-        let err = |source: io::Error| Error::Output {
-            path: path.clone(),
+    /// The path as shown to a person.
+    pub fn shown(&self) -> PathBuf {
+        match self {
+            OutputTarget::File(p) => p.clone(),
+            OutputTarget::Stdout => "-".into(),
+        }
+    }
+
+    /// Checks now, as `creds`, that the report can be written there later,
+    /// and anchors its directory (see [`UserFile::prepare`]).
+    pub fn prepare(&self, creds: Option<&Credentials>) -> Result<Output, Error> {
+        let path = self.shown();
+        UserFile::prepare(&path, creds)
+            .map(Output)
+            .map_err(|source| Error::Output { path, source })
+    }
+}
+
+/// A prepared report destination.
+#[derive(Debug)]
+pub struct Output(UserFile);
+
+impl Output {
+    /// Writes `bytes`.
+    pub fn write(&self, bytes: &[u8]) -> Result<(), Error> {
+        self.write_with(|w| w.write_all(bytes))
+    }
+
+    /// Writes through `fill`, which streams into a buffered writer (a large
+    /// report is never held whole in memory).
+    pub fn write_with(
+        &self,
+        fill: impl FnOnce(&mut dyn Write) -> io::Result<()> + Send,
+    ) -> Result<(), Error> {
+        self.0.write_with(fill).map_err(|source| Error::Output {
+            path: self.0.path().to_owned(),
             source,
-        };
-        if path.is_dir() {
-            return Err(err(io::Error::new(
-                io::ErrorKind::IsADirectory,
-                "it is a directory",
-            )));
-        }
-        let dir = parent_dir(path);
-        if !dir.is_dir() {
-            return Err(err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("directory {} does not exist", dir.display()),
-            )));
-        }
-        let probe = temp_path(path);
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)
-            .map_err(err)?;
-        drop(f);
-        let _ = fs::remove_file(&probe);
-        Ok(())
+        })
     }
-}
 
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "report".into());
-    parent_dir(path).join(format!(".{name}.pmet-tmp.{}", std::process::id()))
-}
-
-/// Writes `bytes` to `target` atomically.
-pub fn write_atomic(target: &OutputTarget, bytes: &[u8]) -> Result<(), Error> {
-    write_atomic_with(target, |w| w.write_all(bytes))
-}
-
-/// Writes to `target` atomically through `fill`, which streams into a
-/// buffered writer (a large report is never held whole in memory).
-pub fn write_atomic_with(
-    target: &OutputTarget,
-    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> Result<(), Error> {
-    match target {
-        OutputTarget::Stdout => {
-            let mut out = io::BufWriter::new(io::stdout().lock());
-            fill(&mut out)
-                .and_then(|()| out.flush())
-                .map_err(|source| Error::Output {
-                    path: "-".into(),
-                    source,
-                })
-        }
-        OutputTarget::File(path) => {
-            let tmp = temp_path(path);
-            let res = (|| {
-                let mut f = io::BufWriter::new(File::create(&tmp)?);
-                fill(&mut f)?;
-                let f = f.into_inner().map_err(io::IntoInnerError::into_error)?;
-                f.sync_all()?;
-                fs::rename(&tmp, path)
-            })();
-            if res.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            res.map_err(|source| Error::Output {
-                path: path.clone(),
-                source,
-            })
-        }
+    /// Opens it for writing as it goes (`--stream`).
+    pub fn open_stream(&self) -> Result<std::fs::File, Error> {
+        self.0.open_stream().map_err(|source| Error::Output {
+            path: self.0.path().to_owned(),
+            source,
+        })
     }
 }
 
@@ -126,27 +82,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn writes_atomically_and_leaves_no_temp_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("r.json");
-        let t = OutputTarget::parse(p.to_str().unwrap());
-        t.check_writable().unwrap();
-        write_atomic(&t, b"{\"a\":1}").unwrap();
-        write_atomic(&t, b"{\"a\":2}").unwrap();
-        assert_eq!(fs::read_to_string(&p).unwrap(), "{\"a\":2}");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
     fn unwritable_targets_fail_early_with_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let e = OutputTarget::File(dir.path().into())
-            .check_writable()
+            .prepare(None)
             .unwrap_err();
         assert!(e.to_string().contains("directory"), "{e}");
         let missing = dir.path().join("no/such/dir/r.json");
         let e = OutputTarget::File(missing.clone())
-            .check_writable()
+            .prepare(None)
             .unwrap_err();
         assert!(e.to_string().contains(&*missing.to_string_lossy()), "{e}");
         assert_eq!(e.exit_code(), crate::error::exit::OUTPUT);
