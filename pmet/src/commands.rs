@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// Exit status when the history store cannot be used (EX_IOERR).
-pub const EXIT_HISTORY: i32 = 74;
+pub const EXIT_HISTORY: i32 = crate::error::exit::HISTORY;
 
 /// Who pmet acts for and where their history is: under sudo, the invoking
 /// user (whose credentials every file access below uses) and their home.
@@ -90,7 +90,9 @@ pub fn load(source: &str, who: &Invoker) -> Result<Source, (String, i32)> {
             h.report_json(id)
         })
         .map_err(|e| match e {
-            HistoryError::NoRun(_) => (e.to_string(), crate::report::read::EXIT_NO_REPORT),
+            HistoryError::NoRun(_) | HistoryError::NoStore(_) => {
+                (e.to_string(), crate::report::read::EXIT_NO_REPORT)
+            }
             e => (e.to_string(), EXIT_HISTORY),
         })?;
         parse_report(json.as_bytes(), &format!("run {id}"))
@@ -307,7 +309,16 @@ pub fn history_cmd(a: &HistoryArgs, width: usize) -> i32 {
 
 /// After `pmet trace --record`: stores the run, as the invoking user;
 /// returns its id.
-pub fn record(r: &Report) -> Result<i64, String> {
-    let who = Invoker::from_env().map_err(|e| e.to_string())?;
-    with_store(&who.history, who.creds.as_ref(), true, |h| h.record(r)).map_err(|e| e.to_string())
+pub fn record(r: &Report) -> Result<i64, Error> {
+    let who = Invoker::from_env()?;
+    with_store(&who.history, who.creds.as_ref(), true, |h| h.record(r))
+        .map_err(|e| Error::History(e.to_string()))
+}
+
+/// Before `pmet trace --record` launches anything: the store opens for
+/// writing (created when needed), as the invoking user.
+pub fn check_record() -> Result<(), Error> {
+    let who = Invoker::from_env()?;
+    with_store(&who.history, who.creds.as_ref(), true, |_| Ok(()))
+        .map_err(|e| Error::History(e.to_string()))
 }

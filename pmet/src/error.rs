@@ -12,6 +12,8 @@ pub mod exit {
     pub const OUTPUT: i32 = 3;
     /// `--pid` names no running process.
     pub const NO_SUCH_PID: i32 = 4;
+    /// The history store cannot be used (sysexits' EX_IOERR).
+    pub const HISTORY: i32 = 74;
     /// pmet cannot trace on this machine or with these privileges.
     pub const CANNOT_TRACE: i32 = 125;
     /// The command exists but cannot be executed.
@@ -116,6 +118,9 @@ pub enum Error {
     /// An invalid argument that clap cannot check by itself.
     #[error("{0}")]
     Usage(String),
+    /// The history store cannot be used (`--record`).
+    #[error("{0}; check it, or choose another with PMET_HISTORY=FILE")]
+    History(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -130,6 +135,7 @@ impl Error {
             Error::NoSuchPid(_) => exit::NO_SUCH_PID,
             Error::Output { .. } => exit::OUTPUT,
             Error::Usage(_) => exit::USAGE,
+            Error::History(_) => exit::HISTORY,
             Error::NotRoot { .. }
             | Error::Tracefs(_)
             | Error::Tracepoint { .. }
@@ -170,6 +176,7 @@ mod tests {
                 3,
             ),
             (Error::Usage("x".into()).exit_code(), 2),
+            (Error::History("x".into()).exit_code(), 74),
             (
                 Error::NotRoot {
                     missing: "CAP_BPF".into(),

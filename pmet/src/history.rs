@@ -43,6 +43,11 @@ pub enum HistoryError {
     /// No such run.
     #[error("no run {0} in the history; list runs with `pmet history`")]
     NoRun(i64),
+    /// Nothing recorded yet.
+    #[error(
+        "no runs recorded yet ({0} does not exist); record one with `sudo pmet trace --record -- COMMAND`"
+    )]
+    NoStore(PathBuf),
 }
 
 /// Where the store lives: `$PMET_HISTORY`, else `$XDG_DATA_HOME/pmet/`, else
@@ -118,6 +123,9 @@ pub fn with_store<R: Send>(
     f: impl FnOnce(&mut History) -> Result<R, HistoryError> + Send,
 ) -> Result<R, HistoryError> {
     as_user(creds, || {
+        if !write && std::fs::symlink_metadata(path).is_err() {
+            return Err(HistoryError::NoStore(path.to_owned()));
+        }
         let mut h = if write {
             History::open(path)?
         } else {

@@ -89,6 +89,7 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
             EbpfMode::Auto
         },
         user: args.user,
+        record,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -113,18 +114,19 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
                     Some(e) => eprintln!("pmet: error: {e}"),
                 }
             }
+            let mut record_error = None;
             if record {
                 match commands::record(&outcome.report) {
                     Ok(id) if !quiet => {
                         eprintln!("  recorded as run {id} (`pmet history`, `pmet diff {id} ...`)")
                     }
                     Ok(_) => {}
-                    Err(e) => eprintln!("pmet: warning: not recorded: {e}"),
+                    Err(e) => record_error = Some(e),
                 }
             }
             // Results first, then the (slow) detach.
             drop(outcome.loaded);
-            if let Some(e) = outcome.write_error {
+            if let Some(e) = outcome.write_error.or(record_error) {
                 return fail(&e);
             }
             ExitCode::from(outcome.exit_code.clamp(0, 255) as u8)

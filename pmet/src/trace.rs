@@ -75,6 +75,8 @@ pub struct TraceOptions {
     pub ebpf: EbpfMode,
     /// `--user`.
     pub user: Option<String>,
+    /// `--record`: the history store must be usable before launch.
+    pub record: bool,
 }
 
 /// What stays loaded until dropped: the kernel programs and the taskstats
@@ -556,6 +558,9 @@ pub async fn trace(
         |p: &std::path::PathBuf| OutputTarget::File(p.clone()).prepare(owner.as_ref());
     let trace_events_out = opts.trace_events.as_ref().map(prepare_file).transpose()?;
     let stream_out = opts.stream.as_ref().map(prepare_file).transpose()?;
+    if opts.record {
+        crate::commands::check_record()?;
+    }
     let prepared = match opts.pid {
         None => Some(Prepared::new(
             &opts.command,

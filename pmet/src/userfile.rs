@@ -296,13 +296,20 @@ impl UserFile {
         match &self.place {
             Place::Fd(fd) => dup(*fd),
             Place::InDir { dir, name } => as_user(self.creds.as_ref(), || {
+                let link = || {
+                    invalid(
+                        "it is a symbolic link, which pmet does not follow when writing; \
+                         give the path it points to",
+                    )
+                };
+                if stat_at(dir, name)?.is_some_and(|st| file_type(&st) == libc::S_IFLNK) {
+                    return Err(link());
+                }
+                // O_NOFOLLOW still guards a link planted after the look above.
                 let f = open_at(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW)
                     .map_err(|e| {
                         if e.raw_os_error() == Some(libc::ELOOP) {
-                            invalid(
-                                "it is a symbolic link, which pmet does not follow when writing; \
-                             give the path it points to",
-                            )
+                            link()
                         } else {
                             e
                         }

@@ -1,0 +1,525 @@
+//! pmet runs as root; the command it traces does not. Each test here is an
+//! attack that the traced command, or the user it runs as, can make: run by
+//! a real unprivileged user that the test creates, with pmet invoked as
+//! `sudo` would (SUDO_UID/SUDO_GID), and shown to be harmless: no root file
+//! overwritten, created or chowned, devices left devices, escape sequences
+//! quoted, bad environment refused.
+
+mod common;
+
+use std::{
+    os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::OnceLock,
+};
+
+use common::{can_trace, pmet_bin};
+use serde_json::Value;
+
+/// The unprivileged user the attacks run as.
+struct User {
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+}
+
+const USER: &str = "pmet-hostile";
+
+fn user() -> &'static User {
+    static U: OnceLock<User> = OnceLock::new();
+    U.get_or_init(|| {
+        if Command::new("id")
+            .arg(USER)
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            // Left by an earlier run.
+        } else {
+            let out = Command::new("useradd")
+                .args(["--create-home", "--user-group", "--shell", "/bin/sh", USER])
+                .output()
+                .expect("run useradd");
+            // 9: created meanwhile by another test binary.
+            assert!(
+                out.status.success() || out.status.code() == Some(9),
+                "useradd: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let id = |flag: &str| -> u32 {
+            let o = Command::new("id").args([flag, USER]).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+        };
+        let uid = id("-u");
+        User {
+            uid,
+            gid: id("-g"),
+            home: common::passwd_home(uid).into(),
+        }
+    })
+}
+
+/// A fresh directory in the user's home, owned by the user.
+fn user_dir(name: &str) -> PathBuf {
+    let u = user();
+    let d = u.home.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(u.uid), Some(u.gid)).unwrap();
+    d
+}
+
+/// Runs `script` as the user, as the attacker preparing the ground would.
+fn as_user(script: &str) -> Output {
+    let u = user();
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={}", u.uid),
+            &format!("--regid={}", u.gid),
+            "--init-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("HOME", &u.home)
+        .output()
+        .expect("run setpriv");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `sudo pmet ARGS` as the user would run it.
+fn sudo_pmet(args: &[&str]) -> Command {
+    let u = user();
+    let mut c = Command::new(pmet_bin());
+    c.args(args)
+        .env("SUDO_UID", u.uid.to_string())
+        .env("SUDO_GID", u.gid.to_string())
+        .env_remove("PMET_HISTORY")
+        .env_remove("XDG_DATA_HOME");
+    c
+}
+
+fn run(mut c: Command) -> (Option<i32>, String) {
+    let o = c.output().expect("run pmet");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A root-owned file nobody else may touch, in a root-only directory.
+fn victim() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::Builder::new()
+        .prefix("pmet-victim")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let f = d.path().join("precious");
+    std::fs::write(&f, "precious").unwrap();
+    (d, f)
+}
+
+fn assert_untouched(victim: &Path) {
+    assert_eq!(std::fs::read_to_string(victim).unwrap(), "precious");
+    let m = std::fs::metadata(victim).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (0, 0),
+        "{} was chowned",
+        victim.display()
+    );
+}
+
+fn assert_users_regular_file(p: &Path) {
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert!(m.is_file(), "{} is not a regular file", p.display());
+    let u = user();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (u.uid, u.gid),
+        "{} belongs to the user",
+        p.display()
+    );
+}
+
+#[test]
+fn planted_symlinks_cannot_redirect_the_report_or_trace_events() {
+    if !can_trace() {
+        return;
+    }
+    let (_keep, victim) = victim();
+    let w = user_dir("t-symlinks");
+    let v = victim.display();
+    let w_ = w.display();
+    // The old temp name (it held pmet's pid), a spray of guesses at the new
+    // one, and the report and trace-events names themselves.
+    let script = format!(
+        "ln -s {v} {w_}/.r.json.pmet-tmp.$PPID; \
+         i=0; while [ $i -lt 50 ]; do ln -s {v} {w_}/.pmet-$i.tmp; i=$((i+1)); done; \
+         ln -sf {v} {w_}/r.json; ln -sf {v} {w_}/t.json; exit 7"
+    );
+    let mut c = sudo_pmet(&["trace", "-q", "-o"]);
+    c.arg(w.join("r.json"))
+        .arg("--trace-events")
+        .arg(w.join("t.json"))
+        .args(["--", "sh", "-c", &script]);
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(7), "the command's status: {stderr}");
+    assert_untouched(&victim);
+    assert_users_regular_file(&w.join("r.json"));
+    assert_users_regular_file(&w.join("t.json"));
+    let r: Value = serde_json::from_slice(&std::fs::read(w.join("r.json")).unwrap()).unwrap();
+    assert_eq!(r["exit_code"], 7);
+}
+
+#[test]
+fn a_directory_swapped_during_the_run_cannot_redirect_the_report() {
+    if !can_trace() {
+        return;
+    }
+    let (root_dir, victim) = victim();
+    let w = user_dir("t-swap");
+    let out = w.join("out");
+    as_user(&format!("mkdir {}", out.display()));
+    let script = format!(
+        "mv {o} {o}.bak && ln -s {r} {o}",
+        o = out.display(),
+        r = root_dir.path().display()
+    );
+    let mut c = sudo_pmet(&["trace", "-q", "-o"]);
+    c.arg(out.join("r.json")).args(["--", "sh", "-c", &script]);
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_untouched(&victim);
+    let names: Vec<_> = std::fs::read_dir(root_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["precious"], "nothing new in the root directory");
+    assert_users_regular_file(&w.join("out.bak/r.json"));
+}
+
+#[test]
+fn the_report_cannot_go_where_the_user_cannot_write() {
+    if !can_trace() {
+        return;
+    }
+    let (root_dir, victim) = victim();
+    let marker = user_dir("t-nowrite").join("ran");
+    let mut c = sudo_pmet(&["trace", "-q", "-o"]);
+    c.arg(root_dir.path().join("r.json"))
+        .args(["--", "touch"])
+        .arg(&marker);
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(
+        !marker.exists(),
+        "nothing launched for a report it cannot write"
+    );
+    assert_untouched(&victim);
+    // Overwriting a root file the user can read but not write: refused too.
+    let mut c = sudo_pmet(&["trace", "-q", "-o"]);
+    c.arg(&victim).args(["--", "true"]);
+    assert_eq!(run(c).0, Some(3));
+    assert_untouched(&victim);
+}
+
+#[test]
+fn another_user_in_a_sticky_directory_cannot_redirect_roots_report() {
+    if !can_trace() {
+        return;
+    }
+    let (_keep, victim) = victim();
+    let sticky = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(sticky.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let r = sticky.path().join("r.json");
+    let s = sticky.path().join("s.jsonl");
+    // Root runs pmet itself (no sudo); the command runs as the hostile user.
+    let script = format!(
+        "ln -s {v} {r}; ln -s {v} {s}",
+        v = victim.display(),
+        r = r.display(),
+        s = s.display()
+    );
+    let mut c = Command::new(pmet_bin());
+    c.args(["trace", "-q", "--user", USER, "-o"])
+        .arg(&r)
+        .args(["--", "sh", "-c", &script]);
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_untouched(&victim);
+    assert!(std::fs::symlink_metadata(&r).unwrap().is_file());
+    // A stream in place of a planted link is refused before launch.
+    let mut c = Command::new(pmet_bin());
+    c.args([
+        "trace", "-q", "--user", USER, "--format", "jsonl", "--stream",
+    ])
+    .arg(&s)
+    .args(["--", "true"]);
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert_untouched(&victim);
+}
+
+#[test]
+fn devices_and_fifos_stay_what_they_are() {
+    if !can_trace() {
+        return;
+    }
+    let (code, stderr) = run({
+        let mut c = sudo_pmet(&["trace", "-q", "-o", "/dev/null", "--", "true"]);
+        c.env_remove("SUDO_UID").env_remove("SUDO_GID");
+        c
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    let w = user_dir("t-fifo");
+    let fifo = w.join("fifo");
+    as_user(&format!("mkfifo {}", fifo.display()));
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(&fifo).unwrap())
+    };
+    let mut c = sudo_pmet(&["trace", "-q", "-o"]);
+    c.arg(&fifo).args(["--", "true"]);
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(0), "{stderr}");
+    let got: Value = serde_json::from_slice(&reader.join().unwrap()).unwrap();
+    assert_eq!(got["schema"], "pmet.report.v1");
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    // `-o /dev/stdout` writes to pmet's own stdout.
+    let o = sudo_pmet(&["trace", "-q", "-o", "/dev/stdout", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let got: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(got["exit_code"], 0);
+}
+
+#[test]
+fn the_stream_is_not_created_when_pmet_refuses_to_start() {
+    if !can_trace() {
+        return;
+    }
+    let w = user_dir("t-stream");
+    let s = w.join("s.jsonl");
+    let cases: [(&[&str], i32); 4] = [
+        (&["--", "pmet-no-such-command"], 127),
+        (&["-o", "/nonexistent/dir/r.json", "--", "true"], 3),
+        (&["--user", "pmet-no-such-user", "--", "true"], 2),
+        (&["--pid", "999999999"], 4),
+    ];
+    for (args, want) in cases {
+        std::fs::write(&s, "earlier samples\n").unwrap();
+        let mut c = sudo_pmet(&["trace", "-q", "--format", "jsonl", "--stream"]);
+        c.arg(&s).args(args);
+        let (code, stderr) = run(c);
+        assert_eq!(code, Some(want), "{args:?}: {stderr}");
+        assert_eq!(
+            std::fs::read_to_string(&s).unwrap(),
+            "earlier samples\n",
+            "{args:?} truncated the stream"
+        );
+    }
+    std::fs::remove_file(&s).unwrap();
+    let mut c = sudo_pmet(&["trace", "--format", "jsonl", "--stream"]);
+    c.arg(&s).args(["--", "true"]);
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_users_regular_file(&s);
+    let first = std::fs::read_to_string(&s).unwrap();
+    let line: Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert!(line.is_object());
+}
+
+/// Everything about the history store in one test: they share the user's
+/// default store path.
+#[test]
+fn the_history_store_is_the_users_and_cannot_be_turned_against_root() {
+    if !can_trace() {
+        return;
+    }
+    let u = user();
+    let local = u.home.join(".local");
+    let _ = std::fs::remove_dir_all(&local);
+    let (root_dir, victim) = victim();
+
+    // A read makes nothing: no root-owned store in the user's home.
+    let (code, stderr) = run(sudo_pmet(&["report", "5"]));
+    assert_eq!(code, Some(66), "{stderr}");
+    assert!(stderr.contains("no runs recorded yet"), "{stderr}");
+    assert!(
+        !local.exists(),
+        "`pmet report 5` created {}",
+        local.display()
+    );
+
+    // ~/.local/share/pmet is a link to a root directory: not chowned, nothing
+    // created there, and the record fails before the command runs.
+    as_user(&format!(
+        "mkdir -p ~/.local/share && ln -s {} ~/.local/share/pmet",
+        root_dir.path().display()
+    ));
+    let marker = user_dir("t-history").join("ran");
+    let mut c = sudo_pmet(&["trace", "-q", "--record", "--", "touch"]);
+    c.arg(&marker);
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(74), "{stderr}");
+    assert!(
+        !marker.exists(),
+        "the command ran although the store is unusable"
+    );
+    let m = std::fs::metadata(root_dir.path()).unwrap();
+    assert_eq!((m.uid(), m.gid()), (0, 0), "the root directory was chowned");
+    assert_eq!(std::fs::read_dir(root_dir.path()).unwrap().count(), 1);
+    assert_untouched(&victim);
+
+    // history.db is a dangling link into a root directory: nothing created.
+    as_user(&format!(
+        "rm ~/.local/share/pmet && mkdir ~/.local/share/pmet && ln -s {}/created ~/.local/share/pmet/history.db",
+        root_dir.path().display()
+    ));
+    let (code, stderr) = run(sudo_pmet(&["trace", "-q", "--record", "--", "true"]));
+    assert_eq!(code, Some(74), "{stderr}");
+    assert!(!root_dir.path().join("created").exists());
+
+    // A trigger planted in the user's own store does not run inside pmet.
+    as_user("rm ~/.local/share/pmet/history.db");
+    let db = u.home.join(".local/share/pmet/history.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL,
+               command TEXT NOT NULL, exit_code INTEGER, duration_s REAL NOT NULL,
+               cpu_s REAL NOT NULL, rss_bytes INTEGER, net_bytes INTEGER,
+               processes INTEGER NOT NULL, lost_events INTEGER NOT NULL, report TEXT NOT NULL);
+             CREATE TABLE pwned (x);
+             CREATE TRIGGER t AFTER INSERT ON runs BEGIN INSERT INTO pwned VALUES (1); END;",
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::chown(&db, Some(u.uid), Some(u.gid)).unwrap();
+    let (code, stderr) = run(sudo_pmet(&["trace", "-q", "--record", "--", "true"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let runs: i64 = c
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .unwrap();
+    let pwned: i64 = c
+        .query_row("SELECT count(*) FROM pwned", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        (runs, pwned),
+        (1, 0),
+        "the run is stored, the trigger did not fire"
+    );
+    drop(c);
+
+    // A fresh store: the store, its side files and every directory made for
+    // it belong to the user.
+    let _ = std::fs::remove_dir_all(&local);
+    let (code, stderr) = run(sudo_pmet(&["trace", "-q", "--record", "--", "true"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    for p in [
+        local.clone(),
+        local.join("share"),
+        local.join("share/pmet"),
+        db.clone(),
+    ] {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (u.uid, u.gid), "{}", p.display());
+    }
+    for e in std::fs::read_dir(local.join("share/pmet")).unwrap() {
+        let m = e.unwrap().metadata().unwrap();
+        assert_eq!(m.uid(), u.uid);
+    }
+    // A store the user made read-only can still be listed.
+    as_user("chmod 0555 ~/.local/share/pmet && chmod 0444 ~/.local/share/pmet/history.db");
+    let o = sudo_pmet(&["history"]).output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+    as_user("chmod 0755 ~/.local/share/pmet");
+    let _ = std::fs::remove_dir_all(&local);
+}
+
+#[test]
+fn malformed_sudo_variables_are_refused_not_taken_as_root() {
+    if !can_trace() {
+        return;
+    }
+    let u = user();
+    let w = user_dir("t-sudo-env");
+    let marker = w.join("ran");
+    let cases = [
+        ("abc".to_string(), u.gid.to_string(), "SUDO_UID"),
+        ("4000000000".to_string(), u.gid.to_string(), "no user"),
+        (u.uid.to_string(), "0".to_string(), "SUDO_GID=0"),
+        (u.uid.to_string(), "x".to_string(), "SUDO_GID"),
+    ];
+    for (uid, gid, want) in cases {
+        let mut c = Command::new(pmet_bin());
+        c.args(["trace", "-q", "--", "touch"])
+            .arg(&marker)
+            .env("SUDO_UID", &uid)
+            .env("SUDO_GID", &gid);
+        let (code, stderr) = run(c);
+        assert_eq!(code, Some(2), "{uid}/{gid}: {stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!marker.exists(), "{uid}/{gid}: the command ran");
+    }
+}
+
+#[test]
+fn raised_limits_are_not_inherited_by_the_command() {
+    if !can_trace() {
+        return;
+    }
+    let w = user_dir("t-limits");
+    let f = w.join("limits");
+    // Low soft limits, as a login shell may set them; pmet raises both for
+    // itself (BPF maps, many fds) and must give them back.
+    let mut c = sudo_pmet(&["trace", "-q", "--", "sh", "-c"]);
+    c.arg(format!("(ulimit -S -l; ulimit -S -n) > {}", f.display()));
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            for (r, soft) in [
+                (libc::RLIMIT_MEMLOCK, 64 * 1024),
+                (libc::RLIMIT_NOFILE, 256),
+            ] {
+                let mut l = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::getrlimit(r, &mut l);
+                l.rlim_cur = soft.min(l.rlim_max);
+                libc::setrlimit(r, &l);
+            }
+            Ok(())
+        });
+    }
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "64\n256\n");
+}
