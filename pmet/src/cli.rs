@@ -287,8 +287,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if d.is_zero() {
         return Err("must be greater than zero".into());
     }
+    if d > MAX_DURATION {
+        return Err("must be at most 10 years".into());
+    }
     Ok(d)
 }
+
+/// Longest duration or interval accepted: past it, clocks overflow.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
@@ -302,6 +308,19 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn durations_that_overflow_clocks_are_refused() {
+        for d in ["18446744073709551615s", "11years", "1e300"] {
+            assert!(parse_duration(d).is_err(), "{d}");
+            assert!(trace(&["-d", d, "--", "true"]).is_err(), "{d}");
+            assert!(trace(&["-i", d, "--", "true"]).is_err(), "{d}");
+        }
+        assert_eq!(
+            parse_duration("3650d"),
+            Ok(Duration::from_secs(3650 * 86400))
+        );
+    }
 
     fn trace(args: &[&str]) -> Result<TraceArgs, clap::Error> {
         let mut v = vec!["pmet", "trace"];

@@ -3,7 +3,7 @@
 //! (`--record`, `--trace-events`). Each returns the exit status.
 
 use std::{
-    io::Write,
+    fmt::Write as _,
     path::{Path, PathBuf},
 };
 
@@ -18,7 +18,7 @@ use crate::{
         style::Style,
         svg::plots_svg,
         trace_events::trace_events,
-        units::{bytes, duration, fit},
+        units::{bytes, duration, fit, printable},
     },
     report::{
         OutputTarget, Report,
@@ -66,7 +66,7 @@ impl Invoker {
 }
 
 fn eprint_error(e: &dyn std::fmt::Display) {
-    eprintln!("pmet: error: {e}");
+    crate::say!("pmet: error: {e}");
 }
 
 /// A report read from a file or the history, with notes on what it lacked.
@@ -131,9 +131,14 @@ fn source_name(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn write_file(path: &Path, who: &Invoker, bytes: &[u8]) -> Result<(), (String, i32)> {
+fn write_file(
+    path: &Path,
+    option: &'static str,
+    who: &Invoker,
+    bytes: &[u8],
+) -> Result<(), (String, i32)> {
     OutputTarget::File(path.to_owned())
-        .prepare(who.creds.as_ref())
+        .prepare(who.creds.as_ref(), option)
         .and_then(|o| o.write(bytes))
         .map_err(|e| (e.to_string(), e.exit_code()))
 }
@@ -164,24 +169,25 @@ pub fn report(a: &ReportArgs, width: usize, tty: bool) -> i32 {
     let style = Style {
         color: a.color.enabled(tty),
     };
-    print!(
-        "{}",
-        report_text(&src.report, &src.name, &src.notes, width, style)
-    );
-    let exports: [(&Option<PathBuf>, &Renderer); 3] = [
-        (&a.html, &html),
-        (&a.svg, &plots_svg),
-        (&a.trace_events, &|r| {
+    if let Some(code) = crate::out::stdout_or_status(
+        report_text(&src.report, &src.name, &src.notes, width, style).as_bytes(),
+    ) {
+        return code;
+    }
+    let exports: [(&Option<PathBuf>, &'static str, &Renderer); 3] = [
+        (&a.html, "--html", &html),
+        (&a.svg, "--svg", &plots_svg),
+        (&a.trace_events, "--trace-events", &|r| {
             serde_json::to_string(&trace_events(r)).expect("a trace always serializes")
         }),
     ];
-    for (path, render) in exports {
+    for (path, option, render) in exports {
         if let Some(p) = path {
-            if let Err((e, code)) = write_file(p, &who, render(&src.report).as_bytes()) {
+            if let Err((e, code)) = write_file(p, option, &who, render(&src.report).as_bytes()) {
                 eprint_error(&e);
                 return code;
             }
-            eprintln!("  written to {}", p.display());
+            crate::say!("  written to {}", p.display());
         }
     }
     0
@@ -214,10 +220,14 @@ pub fn diff_cmd(a: &DiffArgs) -> i32 {
         TableFormat::Table => {
             for (src, n) in [(&base, &base.notes), (&new, &new.notes)] {
                 for note in n {
-                    eprintln!("pmet: note: {}: {note}", src.name);
+                    crate::say!("pmet: note: {}: {note}", src.name);
                 }
             }
-            print!("{}", render(&d, &base.name, &new.name, &verdicts, 15));
+            if let Some(code) = crate::out::stdout_or_status(
+                render(&d, &base.name, &new.name, &verdicts, 15).as_bytes(),
+            ) {
+                return code;
+            }
         }
         TableFormat::Json => {
             let v = serde_json::json!({
@@ -228,12 +238,15 @@ pub fn diff_cmd(a: &DiffArgs) -> i32 {
                 "limits": verdicts,
                 "breached": breached,
             });
-            println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+            let text = serde_json::to_string_pretty(&v).expect("serializes") + "\n";
+            if let Some(code) = crate::out::stdout_or_status(text.as_bytes()) {
+                return code;
+            }
         }
     }
     if breached {
         let n = verdicts.iter().filter(|v| !v.ok).count();
-        eprintln!(
+        crate::say!(
             "pmet: {n} limit{} breached: {}",
             if n == 1 { "" } else { "s" },
             verdicts
@@ -256,7 +269,7 @@ pub fn history_cmd(a: &HistoryArgs, width: usize) -> i32 {
     };
     let path = &who.history;
     if !path.exists() {
-        eprintln!(
+        crate::say!(
             "pmet: no runs recorded yet ({} does not exist); record one with `sudo pmet trace --record -- COMMAND`",
             path.display()
         );
@@ -272,14 +285,10 @@ pub fn history_cmd(a: &HistoryArgs, width: usize) -> i32 {
             return EXIT_HISTORY;
         }
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = String::new();
     match a.format {
         TableFormat::Json => {
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&rows).expect("serializes")
-            );
+            out = serde_json::to_string_pretty(&rows).expect("serializes") + "\n";
         }
         TableFormat::Table => {
             let _ = writeln!(
@@ -291,7 +300,7 @@ pub fn history_cmd(a: &HistoryArgs, width: usize) -> i32 {
                 let head = format!(
                     "{:>5}  {:<24}  {:>5}  {:>9}  {:>9}  {:>10}  {:>10}  {:>6}  ",
                     r.id,
-                    fit(&r.started_at, 24),
+                    fit(&printable(&r.started_at), 24),
                     r.exit_code.map_or("-".into(), |c| c.to_string()),
                     duration(r.duration_s),
                     duration(r.cpu_s),
@@ -300,11 +309,12 @@ pub fn history_cmd(a: &HistoryArgs, width: usize) -> i32 {
                     r.processes
                 );
                 let room = width.saturating_sub(head.chars().count()).max(10);
-                let _ = writeln!(out, "{head}{}", fit(&r.command, room));
+                // The store is the user's: its text may hold escape sequences.
+                let _ = writeln!(out, "{head}{}", fit(&printable(&r.command), room));
             }
         }
     }
-    0
+    crate::out::stdout_or_status(out.as_bytes()).unwrap_or(0)
 }
 
 /// After `pmet trace --record`: stores the run, as the invoking user;

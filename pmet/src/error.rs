@@ -12,8 +12,11 @@ pub mod exit {
     pub const OUTPUT: i32 = 3;
     /// `--pid` names no running process.
     pub const NO_SUCH_PID: i32 = 4;
-    /// The history store cannot be used (sysexits' EX_IOERR).
-    pub const HISTORY: i32 = 74;
+    /// The history store cannot be used, or pmet's own stdout cannot be
+    /// written (a full disk): sysexits' EX_IOERR.
+    pub const IO: i32 = 74;
+    /// The history store cannot be used.
+    pub const HISTORY: i32 = IO;
     /// pmet cannot trace on this machine or with these privileges.
     pub const CANNOT_TRACE: i32 = 125;
     /// The command exists but cannot be executed.
@@ -107,10 +110,12 @@ pub enum Error {
     NoSuchPid(u32),
     /// A file pmet writes for the user (report, stream, export) cannot be
     /// written there.
-    #[error("cannot write {path}: {source}; choose a path you can write to")]
+    #[error("cannot write {path}: {source}; choose a path you can write to with {option}")]
     Output {
-        /// The report path.
+        /// The path.
         path: PathBuf,
+        /// The option that named it (`-o`, `--stream`, ...).
+        option: &'static str,
         /// Why.
         #[source]
         source: io::Error,
@@ -170,6 +175,7 @@ mod tests {
             (
                 Error::Output {
                     path: "/x".into(),
+                    option: "-o",
                     source: io::Error::from_raw_os_error(libc::EACCES),
                 }
                 .exit_code(),

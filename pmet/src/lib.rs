@@ -18,6 +18,7 @@ pub mod error;
 pub mod history;
 pub mod launch;
 pub mod model;
+pub mod out;
 pub mod privileges;
 pub mod render;
 pub mod report;

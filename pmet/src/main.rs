@@ -7,6 +7,7 @@ use pmet::{
     cli::{Cli, Command, Format, TraceArgs},
     commands,
     error::{Error, exit},
+    out,
     render::{
         sink::Sink,
         style::Style,
@@ -15,6 +16,7 @@ use pmet::{
         units::command_line,
     },
     report::OutputTarget,
+    say,
     trace::{EbpfMode, TraceOptions, trace},
 };
 
@@ -35,7 +37,7 @@ fn stdout_is_tty() -> bool {
 }
 
 fn fail(e: &Error) -> ExitCode {
-    eprintln!("pmet: error: {e}");
+    say!("pmet: error: {e}");
     ExitCode::from(e.exit_code() as u8)
 }
 
@@ -102,23 +104,24 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
     match rt.block_on(trace(opts, make_sink)) {
         Ok(outcome) => {
             if !quiet {
-                eprint!("{}", summary(&outcome.report, terminal_width(), style));
+                let text = summary(&outcome.report, terminal_width(), style);
+                say!("{}", text.strip_suffix('\n').unwrap_or(&text));
                 if let (Some(OutputTarget::File(p)), None) = (&output, &outcome.write_error) {
-                    eprintln!("  report written to {}", p.display());
+                    say!("  report written to {}", p.display());
                 }
             }
             if let Some(p) = &trace_events {
                 match &outcome.trace_events_error {
-                    None if !quiet => eprintln!("  trace events written to {}", p.display()),
+                    None if !quiet => say!("  trace events written to {}", p.display()),
                     None => {}
-                    Some(e) => eprintln!("pmet: error: {e}"),
+                    Some(e) => say!("pmet: error: {e}"),
                 }
             }
             let mut record_error = None;
             if record {
                 match commands::record(&outcome.report) {
                     Ok(id) if !quiet => {
-                        eprintln!("  recorded as run {id} (`pmet history`, `pmet diff {id} ...`)")
+                        say!("  recorded as run {id} (`pmet history`, `pmet diff {id} ...`)")
                     }
                     Ok(_) => {}
                     Err(e) => record_error = Some(e),
@@ -162,14 +165,16 @@ fn main() -> ExitCode {
         Command::Diff(a) => code(commands::diff_cmd(&a)),
         Command::History(a) => code(commands::history_cmd(&a, terminal_width())),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "pmet", &mut std::io::stdout());
-            ExitCode::SUCCESS
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "pmet", &mut text);
+            code(out::stdout_or_status(&text).unwrap_or(0))
         }
         Command::Man => {
-            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
+            let mut text = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut text) {
+                Ok(()) => code(out::stdout_or_status(&text).unwrap_or(0)),
                 Err(e) => {
-                    eprintln!("pmet: error: writing the man page: {e}");
+                    say!("pmet: error: writing the man page: {e}");
                     ExitCode::from(exit::CANNOT_TRACE as u8)
                 }
             }

@@ -552,12 +552,21 @@ pub async fn trace(
     let output = opts
         .output
         .as_ref()
-        .map(|o| o.prepare(owner.as_ref()))
+        .map(|o| o.prepare(owner.as_ref(), "-o"))
         .transpose()?;
-    let prepare_file =
-        |p: &std::path::PathBuf| OutputTarget::File(p.clone()).prepare(owner.as_ref());
-    let trace_events_out = opts.trace_events.as_ref().map(prepare_file).transpose()?;
-    let stream_out = opts.stream.as_ref().map(prepare_file).transpose()?;
+    let prepare_file = |p: &std::path::PathBuf, option| {
+        OutputTarget::File(p.clone()).prepare(owner.as_ref(), option)
+    };
+    let trace_events_out = opts
+        .trace_events
+        .as_ref()
+        .map(|p| prepare_file(p, "--trace-events"))
+        .transpose()?;
+    let stream_out = opts
+        .stream
+        .as_ref()
+        .map(|p| prepare_file(p, "--stream"))
+        .transpose()?;
     if opts.record {
         crate::commands::check_record()?;
     }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use super::{
     style::Style,
     summary::{failure_list, summary_with},
-    units::{bytes, command_line, duration, fit},
+    units::{bytes, command_line, duration, fit, printable},
 };
 use crate::report::{ProcessReport, Report};
 
@@ -55,17 +55,18 @@ pub fn report_text(r: &Report, source: &str, notes: &[String], width: usize, st:
         o,
         "{} {source} · pmet {} · started {} · {} mode",
         st.bold("report:"),
-        if r.pmet_version.is_empty() {
+        // Raw from the file, which the traced user may have written.
+        printable(if r.pmet_version.is_empty() {
             "?"
         } else {
             &r.pmet_version
-        },
-        if r.started_at.is_empty() {
+        }),
+        printable(if r.started_at.is_empty() {
             "?"
         } else {
             &r.started_at
-        },
-        if r.mode.is_empty() { "launch" } else { &r.mode }
+        }),
+        printable(if r.mode.is_empty() { "launch" } else { &r.mode })
     );
     for n in notes {
         let _ = writeln!(o, "  {} {n}", st.dim("note:"));

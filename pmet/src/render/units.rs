@@ -61,6 +61,24 @@ pub fn signal_name(sig: i32) -> String {
     name.to_owned()
 }
 
+/// Text from a file or a store, made safe for a terminal: control characters
+/// (escape sequences among them) are shown as `\xNN` instead of being sent.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\x{:02x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// Quotes an argument for display the way a shell would need it (control
 /// characters such as newlines as `$'\n'`, so one command stays one line).
 pub fn shell_quote(a: &str) -> String {
@@ -133,6 +151,13 @@ mod tests {
         assert_eq!(duration(12.34), "12.3 s");
         assert_eq!(duration(65.0), "1m 05s");
         assert_eq!(duration(7380.0), "2h 03m");
+    }
+
+    #[test]
+    fn printable_escapes_terminal_controls() {
+        assert_eq!(printable("2026-11-26T10:00:00Z"), "2026-11-26T10:00:00Z");
+        assert_eq!(printable("a\u{1b}]0;pwned\u{7}b"), "a\\x1b]0;pwned\\x07b");
+        assert_eq!(printable("\u{9b}2J"), "\\x9b2J");
     }
 
     #[test]

@@ -308,6 +308,13 @@ pub fn parse_limits(s: &str) -> Result<Vec<Limit>, String> {
         } else {
             Bound::Value(parse_amount(value, unit).map_err(|e| format!("`{part}`: {e}"))?)
         };
+        let n = match &bound {
+            Bound::Relative(v) | Bound::Change(v) | Bound::Value(v) => *v,
+        };
+        // NaN compares false with everything, so the gate could never trip.
+        if !n.is_finite() {
+            return Err(format!("`{part}`: `{value}` is not a finite number"));
+        }
         out.push(Limit {
             text: part.to_owned(),
             metric: metric.to_owned(),
@@ -465,6 +472,21 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_that_could_never_trip_are_refused() {
+        for l in [
+            "cpu>+NaN%",
+            "duration>+inf%",
+            "cpu>-inf%",
+            "rss>NaN",
+            "cpu>+1e999%",
+        ] {
+            let e = parse_limits(l).unwrap_err();
+            assert!(e.contains("finite") || e.contains("not a"), "{l}: {e}");
+        }
+        assert!(parse_limits("cpu>+10%").is_ok());
+    }
     use crate::{
         model::series::{Stat, TreeStats},
         report::{Collector, Net, Totals, Traffic},

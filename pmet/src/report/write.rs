@@ -38,17 +38,26 @@ impl OutputTarget {
 
     /// Checks now, as `creds`, that the report can be written there later,
     /// and anchors its directory (see [`UserFile::prepare`]).
-    pub fn prepare(&self, creds: Option<&Credentials>) -> Result<Output, Error> {
+    /// `option` names the option that gave the path, for the error.
+    pub fn prepare(
+        &self,
+        creds: Option<&Credentials>,
+        option: &'static str,
+    ) -> Result<Output, Error> {
         let path = self.shown();
         UserFile::prepare(&path, creds)
-            .map(Output)
-            .map_err(|source| Error::Output { path, source })
+            .map(|f| Output(f, option))
+            .map_err(|source| Error::Output {
+                path,
+                option,
+                source,
+            })
     }
 }
 
 /// A prepared report destination.
 #[derive(Debug)]
-pub struct Output(UserFile);
+pub struct Output(UserFile, &'static str);
 
 impl Output {
     /// Writes `bytes`.
@@ -64,6 +73,7 @@ impl Output {
     ) -> Result<(), Error> {
         self.0.write_with(fill).map_err(|source| Error::Output {
             path: self.0.path().to_owned(),
+            option: self.1,
             source,
         })
     }
@@ -72,6 +82,7 @@ impl Output {
     pub fn open_stream(&self) -> Result<std::fs::File, Error> {
         self.0.open_stream().map_err(|source| Error::Output {
             path: self.0.path().to_owned(),
+            option: self.1,
             source,
         })
     }
@@ -85,12 +96,12 @@ mod tests {
     fn unwritable_targets_fail_early_with_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let e = OutputTarget::File(dir.path().into())
-            .prepare(None)
+            .prepare(None, "-o")
             .unwrap_err();
         assert!(e.to_string().contains("directory"), "{e}");
         let missing = dir.path().join("no/such/dir/r.json");
         let e = OutputTarget::File(missing.clone())
-            .prepare(None)
+            .prepare(None, "-o")
             .unwrap_err();
         assert!(e.to_string().contains(&*missing.to_string_lossy()), "{e}");
         assert_eq!(e.exit_code(), crate::error::exit::OUTPUT);
