@@ -4,7 +4,7 @@
 //! report.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     ffi::OsString,
     io::Write,
     os::fd::{AsRawFd, OwnedFd, RawFd},
@@ -119,6 +119,9 @@ const SETTLE_IDLE: Duration = Duration::from_millis(500);
 /// After taking in kernel events, wait this long before the next look, so a
 /// storm of events costs one wakeup per batch rather than one per event.
 const BATCH: Duration = Duration::from_millis(20);
+/// How long a process may be gone from the kernel's tracked set before its
+/// exit event arrives, before the exit counts as lost.
+const SUSPECT_GRACE: Duration = Duration::from_millis(250);
 /// A tree using more CPU than this (percent of a core) counts as busy.
 const BUSY_CPU_PCT: f64 = 5.0;
 
@@ -194,6 +197,9 @@ struct Session {
     cookies: Cookies,
     snapshots: Snapshotter,
     recorder: Recorder,
+    /// Processes the kernel no longer tracks whose exit has not arrived, and
+    /// since when (boottime ns).
+    suspects: HashMap<(u32, u64), u64>,
 }
 
 impl Session {
@@ -311,6 +317,10 @@ impl Session {
         if let Some(kernel) = &self.kernel {
             // A process the kernel no longer tracks but the tree thinks alive:
             // its exit event is either still in the ring (drained next) or lost.
+            // The kernel side drops a process from its tracked set just
+            // before it submits the exit, so a process can look gone while
+            // its exit is still on its way to the ring: only one still
+            // missing a grace later counts as lost.
             let suspects: Vec<(u32, u64)> = self
                 .tree
                 .live_keys()
@@ -318,12 +328,20 @@ impl Session {
                 .filter(|&(pid, cookie)| kernel.tracked(pid) != Some(cookie))
                 .collect();
             self.apply_taskstats();
-            for (pid, cookie) in suspects {
-                if self.tree.live(pid).is_some_and(|p| p.cookie == cookie) {
+            let mut still = HashMap::new();
+            for key @ (pid, cookie) in suspects {
+                if !self.tree.live(pid).is_some_and(|p| p.cookie == cookie) {
+                    continue;
+                }
+                let since = self.suspects.get(&key).copied().unwrap_or(now);
+                if now.saturating_sub(since) >= SUSPECT_GRACE.as_nanos() as u64 {
                     log::debug!("pid {pid} left the kernel's tracked set without an exit event");
-                    self.tree.mark_vanished(pid, now);
+                    self.tree.mark_vanished(pid, since);
+                } else {
+                    still.insert(key, since);
                 }
             }
+            self.suspects = still;
         } else {
             self.apply_taskstats();
             self.poll_tree(now);
@@ -641,6 +659,7 @@ pub async fn trace(
         follow_children,
         cookies: Cookies(0),
         recorder: Recorder::new(report::MAX_TREE_POINTS, report::MAX_PROC_POINTS),
+        suspects: HashMap::new(),
     };
     let command: Option<Vec<String>> = prepared.is_some().then(|| {
         opts.command
@@ -707,6 +726,11 @@ pub async fn trace(
     let mut sigterm = sig(SignalKind::terminate())?;
     let mut sighup = sig(SignalKind::hangup())?;
     let mut sigwinch = sig(SignalKind::window_change())?;
+    // Caught so that no catchable signal ends pmet with the live view's
+    // scroll region still set, or without the report.
+    let mut sigquit = sig(SignalKind::quit())?;
+    let mut sigusr1 = sig(SignalKind::user_defined1())?;
+    let mut sigusr2 = sig(SignalKind::user_defined2())?;
     let far = Instant::now() + Duration::from_secs(86400 * 365 * 30);
     let mut deadline = opts.duration.map_or(far, |d| Instant::now() + d);
     let mut root_status: Option<ExitStatus> = None;
@@ -755,7 +779,12 @@ pub async fn trace(
             _ = tokio::time::sleep_until(next_tick) => {
                 let snap = s.tick();
                 sink.sample(&snap);
-                next_tick = Instant::now() + pace.after(&snap);
+                let mut wait = pace.after(&snap);
+                if !s.suspects.is_empty() {
+                    // Decide on a possibly lost exit soon, not a slow tick later.
+                    wait = wait.min(SUSPECT_GRACE);
+                }
+                next_tick = Instant::now() + wait;
             }
             r = async { pidfd.as_ref().expect("guarded").readable().await }, if root_running && pidfd.is_some() => {
                 if let Ok(mut g) = r { g.clear_ready(); }
@@ -777,7 +806,7 @@ pub async fn trace(
                 if let Some(l) = s.kernel.as_mut().and_then(|k| k.logger.as_mut()) { l.flush(); }
             }
             _ = sigwinch.recv() => sink.resize(),
-            _ = sigint.recv() => {
+            _ = async { tokio::select! { _ = sigint.recv() => (), _ = sigquit.recv() => () } } => {
                 signals += 1;
                 // A terminal's Ctrl+C reaches the whole foreground group, the
                 // traced command included: let it react, and keep following.
@@ -786,6 +815,13 @@ pub async fn trace(
                     break;
                 }
                 log::info!("interrupt: waiting for the traced command to exit (Ctrl+C again to stop now)");
+            }
+            sig = async { tokio::select! { _ = sigusr1.recv() => libc::SIGUSR1, _ = sigusr2.recv() => libc::SIGUSR2 } } => {
+                if root_status.is_none() && launched {
+                    // Meant for the command, as with SIGTERM; pmet keeps going.
+                    // SAFETY: plain kill of our own child.
+                    unsafe { libc::kill(root_pid as i32, sig) };
+                }
             }
             sig = async { tokio::select! { _ = sigterm.recv() => libc::SIGTERM, _ = sighup.recv() => libc::SIGHUP } } => {
                 signals += 1;

@@ -523,3 +523,217 @@ fn raised_limits_are_not_inherited_by_the_command() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "64\n256\n");
 }
+
+// ---- Hostile or broken input and output: one line, a documented status,
+// never a panic (exit 101), and the command's status always returned.
+
+fn no_panic(stderr: &str) {
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A pipe whose reader is already gone.
+fn closed_pipe() -> std::process::Stdio {
+    let mut fds = [0; 2];
+    // SAFETY: valid array; both fds are owned below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the read end is closed at once; the write end is handed over.
+    unsafe {
+        libc::close(fds[0]);
+        std::os::fd::FromRawFd::from_raw_fd(fds[1])
+    }
+}
+
+#[test]
+fn paths_that_cannot_be_written_are_refused_before_launch() {
+    if !can_trace() {
+        return;
+    }
+    let w = user_dir("t-paths");
+    let marker = w.join("ran");
+    let long = w.join("r".repeat(300));
+    let newdir = format!("{}/", w.join("newdir").display());
+    for (o, want) in [
+        ("", "empty"),
+        (newdir.as_str(), "ends with /"),
+        (long.to_str().unwrap(), "too long"),
+    ] {
+        let mut c = Command::new(pmet_bin());
+        c.args(["trace", "-q", "-o", o, "--", "touch"]).arg(&marker);
+        let (code, stderr) = run(c);
+        assert_eq!(code, Some(3), "-o {o:?}: {stderr}");
+        assert!(stderr.contains(want) && stderr.contains("-o"), "{stderr}");
+        assert!(!marker.exists(), "-o {o:?}: the command ran");
+    }
+    for d in ["18446744073709551615s", "-1s"] {
+        for opt in ["-d", "-i"] {
+            let mut c = Command::new(pmet_bin());
+            c.args(["trace", "-q", opt, d, "--", "touch"]).arg(&marker);
+            let (code, stderr) = run(c);
+            assert_eq!(code, Some(2), "{opt} {d}: {stderr}");
+            no_panic(&stderr);
+            assert!(!marker.exists());
+        }
+    }
+}
+
+#[test]
+fn a_closed_or_full_stderr_still_returns_the_commands_status() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("r.json");
+    for (name, stderr) in [
+        ("closed pipe", closed_pipe()),
+        (
+            "/dev/full",
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap()
+                .into(),
+        ),
+    ] {
+        let st = Command::new(pmet_bin())
+            .args(["trace", "--format", "simple", "-i", "20ms", "-o"])
+            .arg(&r)
+            .args(["--", "sh", "-c", "sleep 0.1; exit 5"])
+            .stderr(stderr)
+            .status()
+            .unwrap();
+        assert_eq!(st.code(), Some(5), "{name}");
+        let report: Value = serde_json::from_slice(&std::fs::read(&r).unwrap()).unwrap();
+        assert_eq!(
+            report["exit_code"], 5,
+            "{name}: the report is still written"
+        );
+        std::fs::remove_file(&r).unwrap();
+    }
+}
+
+#[test]
+fn report_output_to_a_closed_pipe_ends_quietly_and_to_a_full_disk_says_so() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("r.json");
+    let (code, stderr) = run({
+        let mut c = Command::new(pmet_bin());
+        c.args(["trace", "-q", "-o"]).arg(&r).args(["--", "true"]);
+        c
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    for args in [
+        vec!["report", r.to_str().unwrap()],
+        vec!["diff", r.to_str().unwrap(), r.to_str().unwrap()],
+        vec!["completions", "bash"],
+        vec!["man"],
+    ] {
+        let o = Command::new(pmet_bin())
+            .args(&args)
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {stderr}");
+        assert_eq!(stderr, "", "{args:?}: quiet");
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = Command::new(pmet_bin())
+            .args(&args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(74), "{args:?}: {stderr}");
+        assert!(stderr.contains("No space left on device"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+#[test]
+fn text_from_files_and_the_store_cannot_drive_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("r.json");
+    std::fs::write(
+        &r,
+        r#"{"schema": "pmet.report.v1", "pmet_version": "1\u001b]0;owned\u0007",
+            "started_at": "\u001b[2J", "mode": "\u009b31m"}"#,
+    )
+    .unwrap();
+    let o = Command::new(pmet_bin())
+        .args(["report", "--color", "never"])
+        .arg(&r)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\u{9b}'),
+        "{out:?}"
+    );
+    assert!(out.contains("\\x1b]0;owned\\x07"), "{out}");
+
+    let db = dir.path().join("history.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL,
+           command TEXT NOT NULL, exit_code INTEGER, duration_s REAL NOT NULL,
+           cpu_s REAL NOT NULL, rss_bytes INTEGER, net_bytes INTEGER,
+           processes INTEGER NOT NULL, lost_events INTEGER NOT NULL, report TEXT NOT NULL);
+         INSERT INTO runs VALUES (1, char(27) || '[2J', 'make' || char(27) || ']0;x' || char(7),
+           0, 1.0, 1.0, NULL, NULL, 1, 0, '{}');",
+    )
+    .unwrap();
+    drop(c);
+    let o = Command::new(pmet_bin())
+        .arg("history")
+        .env("PMET_HISTORY", &db)
+        .env("COLUMNS", "300")
+        .env_remove("SUDO_UID")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("make\\x1b]0;x\\x07"), "{out}");
+}
+
+#[test]
+fn usr1_and_usr2_reach_the_command_and_pmet_carries_on() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("r.json");
+    let ready = dir.path().join("ready");
+    let script = format!(
+        "trap 'exit 42' USR1; touch {}; while :; do sleep 0.05; done",
+        ready.display()
+    );
+    let mut child = Command::new(pmet_bin())
+        .args(["trace", "-q", "-o"])
+        .arg(&r)
+        .args(["--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(t0.elapsed().as_secs() < 20, "the command never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(42));
+    let report: Value = serde_json::from_slice(&std::fs::read(&r).unwrap()).unwrap();
+    assert_eq!(report["exit_code"], 42);
+}
