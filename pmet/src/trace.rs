@@ -330,7 +330,7 @@ impl Session {
             self.apply_taskstats();
             let mut still = HashMap::new();
             for key @ (pid, cookie) in suspects {
-                if !self.tree.live(pid).is_some_and(|p| p.cookie == cookie) {
+                if self.tree.live(pid).is_none_or(|p| p.cookie != cookie) {
                     continue;
                 }
                 let since = self.suspects.get(&key).copied().unwrap_or(now);
