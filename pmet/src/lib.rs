@@ -22,6 +22,7 @@ pub mod out;
 pub mod privileges;
 pub mod render;
 pub mod report;
+pub mod session;
 pub mod trace;
 pub mod userfile;
 

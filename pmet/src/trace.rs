@@ -4,7 +4,6 @@
 //! report.
 
 use std::{
-    collections::{HashMap, HashSet},
     ffi::OsString,
     io::Write,
     os::fd::{AsRawFd, OwnedFd, RawFd},
@@ -22,7 +21,6 @@ use tokio::{
 use crate::{
     collect::{
         btf,
-        decode::decode,
         ebpf::{self, Kernel},
         procfs::Procfs,
         taskstats::{Listener, TaskStats},
@@ -30,15 +28,11 @@ use crate::{
     },
     error::Error,
     launch::{self, Prepared},
-    model::{
-        event::Event,
-        series::Recorder,
-        snapshot::{Snapshot, Snapshotter},
-        tree::{Baseline, ExitStatus, Seen, Tree},
-    },
+    model::{snapshot::Snapshot, tree::ExitStatus},
     privileges::{self, Account},
     render::{sink::Sink, trace_events::trace_events},
     report::{self, Collector, Host, Lost, OutputTarget, Report, RunInfo},
+    session::{self, SUSPECT_GRACE, Session},
 };
 
 /// Whether to use eBPF.
@@ -112,16 +106,11 @@ pub struct Outcome {
 const TERM_GRACE: Duration = Duration::from_secs(5);
 /// Longest wait, at the end, for the last exit records to arrive.
 const SETTLE: Duration = Duration::from_millis(3000);
-/// After this long, a free not seen is given up (see [`Tree::free_missed`]).
-const FREE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Stop waiting earlier once no record has arrived for this long.
 const SETTLE_IDLE: Duration = Duration::from_millis(500);
 /// After taking in kernel events, wait this long before the next look, so a
 /// storm of events costs one wakeup per batch rather than one per event.
 const BATCH: Duration = Duration::from_millis(20);
-/// How long a process may be gone from the kernel's tracked set before its
-/// exit event arrives, before the exit counts as lost.
-const SUSPECT_GRACE: Duration = Duration::from_millis(250);
 /// A tree using more CPU than this (percent of a core) counts as busy.
 const BUSY_CPU_PCT: f64 = 5.0;
 
@@ -153,16 +142,6 @@ fn watch<T: AsRawFd>(x: T) -> std::io::Result<AsyncFd<T>> {
         .map_err(|e| e.into())
 }
 
-/// Cookies chosen by userspace are even; the kernel's are odd, so the two
-/// never collide.
-struct Cookies(u64);
-impl Cookies {
-    fn next(&mut self) -> u64 {
-        self.0 += 2;
-        self.0
-    }
-}
-
 /// Adaptive sampling: faster while the tree is busy or changing, slower
 /// when it is idle.
 struct Pace {
@@ -186,187 +165,6 @@ impl Pace {
     }
 }
 
-struct Session {
-    kernel: Option<Kernel>,
-    tree: Tree,
-    procfs: Procfs,
-    pending_ts: Vec<TaskStats>,
-    samples: u64,
-    undecodable: u64,
-    follow_children: bool,
-    cookies: Cookies,
-    snapshots: Snapshotter,
-    recorder: Recorder,
-    /// Processes the kernel no longer tracks whose exit has not arrived, and
-    /// since when (boottime ns).
-    suspects: HashMap<(u32, u64), u64>,
-}
-
-impl Session {
-    /// Applies every event waiting in the ring buffer; reads the final socket
-    /// counters of processes that exited.
-    fn drain(&mut self) {
-        let Some(kernel) = self.kernel.as_mut() else {
-            return;
-        };
-        let mut exits = Vec::new();
-        while let Some(item) = kernel.events.next() {
-            match decode(&item) {
-                Some(ev) => {
-                    if let Event::Exit {
-                        group_dead: true,
-                        tgid,
-                        cookie,
-                        ..
-                    } = ev
-                    {
-                        exits.push((tgid, cookie));
-                    }
-                    self.tree.apply(ev);
-                }
-                None => self.undecodable += 1,
-            }
-        }
-        for (pid, cookie) in exits {
-            let net = kernel.take_net(pid, cookie).unwrap_or_default();
-            self.tree.set_net(pid, cookie, net, true);
-        }
-    }
-
-    /// The root was reaped. Everything it did before dying is already in the
-    /// ring buffer (its forks, its exit): apply that first, or its last
-    /// children would look like orphans.
-    fn root_exited(&mut self, st: ExitStatus) {
-        self.drain();
-        self.tree.set_root_exit(st, boottime_ns());
-    }
-
-    /// Applies taskstats records, after the ring buffer: a record's process
-    /// was announced (fork event) before it could exit.
-    fn apply_taskstats(&mut self) {
-        self.drain();
-        for r in std::mem::take(&mut self.pending_ts) {
-            self.tree.apply_taskstats(&r);
-        }
-    }
-
-    /// Gives up on frees the kernel side has not seen `after` the exit.
-    fn sweep_dying(&mut self, after: Duration) {
-        let Some(kernel) = self.kernel.as_mut() else {
-            return;
-        };
-        let now = boottime_ns();
-        for (task, d) in kernel.dying() {
-            if now.saturating_sub(d.exit_ns) >= after.as_nanos() as u64 {
-                kernel.forget_dying(task);
-                self.tree.free_missed(d.tgid, d.cookie);
-            }
-        }
-    }
-
-    /// Polling mode: finds new children and gone processes in /proc.
-    fn poll_tree(&mut self, now: u64) {
-        let all = self.procfs.scan();
-        let present: HashSet<u32> = all
-            .iter()
-            .filter(|s| s.state != 'Z' && s.state != 'X')
-            .map(|s| s.pid)
-            .collect();
-        for (pid, _) in self.tree.live_keys() {
-            if !present.contains(&pid) {
-                self.tree.mark_gone(pid, now);
-            }
-        }
-        if !self.follow_children {
-            return;
-        }
-        let tick_ns = 1_000_000_000 / self.procfs.ticks_per_s.max(1);
-        // Parents before children: repeat until no live process gains one.
-        loop {
-            let mut added = false;
-            for st in &all {
-                if !present.contains(&st.pid) || self.tree.live(st.pid).is_some() {
-                    continue;
-                }
-                if self.tree.live(st.ppid).is_none() {
-                    continue;
-                }
-                let cookie = self.cookies.next();
-                self.tree.add_seen(Seen {
-                    pid: st.pid,
-                    ppid: st.ppid,
-                    cookie,
-                    start_ns: st.starttime * tick_ns,
-                    comm: st.comm.clone(),
-                    argv: self.procfs.cmdline(st.pid).unwrap_or_default(),
-                    threads: st.num_threads,
-                    ..Seen::default()
-                });
-                added = true;
-            }
-            if !added {
-                break;
-            }
-        }
-    }
-
-    /// One polling round: liveness, /proc samples, live socket counters.
-    fn tick(&mut self) -> Snapshot {
-        self.sweep_dying(FREE_TIMEOUT);
-        let now = boottime_ns();
-        if let Some(kernel) = &self.kernel {
-            // A process the kernel no longer tracks but the tree thinks alive:
-            // its exit event is either still in the ring (drained next) or lost.
-            // The kernel side drops a process from its tracked set just
-            // before it submits the exit, so a process can look gone while
-            // its exit is still on its way to the ring: only one still
-            // missing a grace later counts as lost.
-            let suspects: Vec<(u32, u64)> = self
-                .tree
-                .live_keys()
-                .into_iter()
-                .filter(|&(pid, cookie)| kernel.tracked(pid) != Some(cookie))
-                .collect();
-            self.apply_taskstats();
-            let mut still = HashMap::new();
-            for key @ (pid, cookie) in suspects {
-                if self.tree.live(pid).is_none_or(|p| p.cookie != cookie) {
-                    continue;
-                }
-                let since = self.suspects.get(&key).copied().unwrap_or(now);
-                if now.saturating_sub(since) >= SUSPECT_GRACE.as_nanos() as u64 {
-                    log::debug!("pid {pid} left the kernel's tracked set without an exit event");
-                    self.tree.mark_vanished(pid, since);
-                } else {
-                    still.insert(key, since);
-                }
-            }
-            self.suspects = still;
-        } else {
-            self.apply_taskstats();
-            self.poll_tree(now);
-        }
-        for (pid, cookie) in self.tree.live_keys() {
-            if let Some(s) = self.procfs.sample(pid, now) {
-                self.tree.apply_sample(pid, s);
-            }
-            if let Some(n) = self.kernel.as_ref().and_then(|k| k.net(pid, cookie)) {
-                self.tree.set_net(pid, cookie, n, false);
-            }
-        }
-        self.samples += 1;
-        let lost = self
-            .kernel
-            .as_ref()
-            .map_or(0, |k| Lost::from_kernel(&k.counters()).total())
-            + self.undecodable;
-        let snap = self.snapshots.take(&self.tree, now, lost);
-        let keys = self.tree.live_keys().into_iter().collect();
-        self.recorder.record(&snap, &keys);
-        snap
-    }
-}
-
 fn host() -> Host {
     let memory_bytes = sysinfo::System::new()
         .map(|mut sys| {
@@ -379,95 +177,6 @@ fn host() -> Host {
         kernel: sysinfo::System::kernel_version().ok(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         memory_bytes,
-    }
-}
-
-/// Puts `pid` and its descendants in the tracked set. Parents go first, and
-/// the walk repeats until it finds nothing new, so a child forked while the
-/// walk ran is caught either here or by the kernel.
-fn attach(s: &mut Session, root: u32, since_start: bool) -> Result<(), Error> {
-    let mut seen = HashSet::new();
-    for _round in 0..100 {
-        let subtree = if s.follow_children {
-            s.procfs.subtree(root)
-        } else {
-            vec![root]
-        };
-        let fresh: Vec<u32> = subtree.into_iter().filter(|p| !seen.contains(p)).collect();
-        if fresh.is_empty() {
-            break;
-        }
-        for pid in fresh {
-            seen.insert(pid);
-            if s.kernel.as_ref().is_some_and(|k| k.tracked(pid).is_some()) {
-                // Forked after its parent was tracked: the kernel announced it.
-                continue;
-            }
-            let Ok(stat) = s.procfs.stat(pid) else {
-                continue;
-            };
-            if stat.state == 'Z' {
-                continue;
-            }
-            let cookie = s.cookies.next();
-            if let Some(k) = s.kernel.as_mut() {
-                k.track(pid, cookie)?;
-            }
-            let baseline = baseline(&s.procfs, pid, since_start);
-            let tick_ns = 1_000_000_000 / s.procfs.ticks_per_s.max(1);
-            s.tree.add_seen(Seen {
-                pid,
-                ppid: stat.ppid,
-                cookie,
-                start_ns: stat.starttime * tick_ns,
-                comm: stat.comm.clone(),
-                argv: s.procfs.cmdline(pid).unwrap_or_default(),
-                threads: stat.num_threads,
-                baseline,
-                preexisting: true,
-            });
-        }
-    }
-    if s.tree.root.is_none() {
-        return Err(Error::NoSuchPid(root));
-    }
-    Ok(())
-}
-
-/// What a process had used when pmet attached: subtracted from its final
-/// figures, or (`--since-process-start`) the part the kernel will not report
-/// at exit (threads that ended before attach) added to them.
-fn baseline(procfs: &Procfs, pid: u32, since_start: bool) -> Baseline {
-    let threads = procfs.threads(pid);
-    let tick_ns = 1_000_000_000 / procfs.ticks_per_s.max(1);
-    let runtime: u64 = threads.iter().filter_map(|t| t.runtime_ns).sum();
-    let utime: u64 = threads.iter().map(|t| t.utime_ticks * tick_ns).sum();
-    let stime: u64 = threads.iter().map(|t| t.stime_ticks * tick_ns).sum();
-    let read: u64 = threads.iter().filter_map(|t| t.read_bytes).sum();
-    let write: u64 = threads.iter().filter_map(|t| t.write_bytes).sum();
-    let sample = procfs.sample(pid, boottime_ns());
-    if !since_start {
-        return Baseline {
-            thread_runtime_ns: runtime,
-            thread_utime_ns: utime,
-            thread_stime_ns: stime,
-            thread_read_bytes: read,
-            thread_write_bytes: write,
-            sample,
-            ..Baseline::default()
-        };
-    }
-    // The whole process minus its live threads: what ended before attach.
-    let s = sample.unwrap_or_default();
-    let total_u = s.utime_ticks * tick_ns;
-    let total_s = s.stime_ticks * tick_ns;
-    Baseline {
-        credit_runtime_ns: (total_u + total_s).saturating_sub(runtime),
-        credit_utime_ns: total_u.saturating_sub(utime),
-        credit_stime_ns: total_s.saturating_sub(stime),
-        credit_read_bytes: s.read_bytes.unwrap_or(0).saturating_sub(read),
-        credit_write_bytes: s.write_bytes.unwrap_or(0).saturating_sub(write),
-        ..Baseline::default()
     }
 }
 
@@ -648,19 +357,7 @@ pub async fn trace(
     let kernel_io = kernel.as_ref().is_some_and(|k| k.kernel_io);
     let start_ns = boottime_ns();
     let started_at = SystemTime::now();
-    let mut s = Session {
-        kernel,
-        tree: Tree::new(),
-        snapshots: Snapshotter::new(start_ns, procfs.ticks_per_s, kernel_io, ebpf),
-        procfs,
-        pending_ts: Vec::new(),
-        samples: 0,
-        undecodable: 0,
-        follow_children,
-        cookies: Cookies(0),
-        recorder: Recorder::new(report::MAX_TREE_POINTS, report::MAX_PROC_POINTS),
-        suspects: HashMap::new(),
-    };
+    let mut s = Session::new(kernel, procfs, start_ns, kernel_io, follow_children);
     let command: Option<Vec<String>> = prepared.is_some().then(|| {
         opts.command
             .iter()
@@ -673,7 +370,7 @@ pub async fn trace(
     if let Some(p) = &prepared {
         let gate = launch::spawn_gated(p)?;
         root_pid = gate.pid;
-        let cookie = s.cookies.next();
+        let cookie = s.next_cookie();
         if let Some(k) = s.kernel.as_mut()
             && let Err(e) = k.track(gate.pid, cookie)
         {
@@ -701,7 +398,7 @@ pub async fn trace(
         }
     } else {
         root_pid = opts.pid.expect("attach mode has a pid");
-        attach(&mut s, root_pid, opts.since_process_start)?;
+        session::attach(&mut s, root_pid, opts.since_process_start, boottime_ns())?;
         if euid == 0 {
             privileges::drop_capabilities();
         }
@@ -747,7 +444,7 @@ pub async fn trace(
     let mut sink = make_sink(stream);
     let mut backoff: Option<Instant> = None;
     // A first look at once: rates need a starting point.
-    let snap = s.tick();
+    let snap = s.tick(boottime_ns());
     sink.sample(&snap);
     let mut next_tick = Instant::now() + pace.after(&snap);
 
@@ -777,10 +474,10 @@ pub async fn trace(
                 backoff = None;
             }
             _ = tokio::time::sleep_until(next_tick) => {
-                let snap = s.tick();
+                let snap = s.tick(boottime_ns());
                 sink.sample(&snap);
                 let mut wait = pace.after(&snap);
-                if !s.suspects.is_empty() {
+                if s.has_suspects() {
                     // Decide on a possibly lost exit soon, not a slow tick later.
                     wait = wait.min(SUSPECT_GRACE);
                 }
@@ -791,14 +488,14 @@ pub async fn trace(
                 if let Ok(Some(raw)) = launch::wait(root_pid, true) {
                     let st = status_from_wait(raw);
                     root_status = Some(st);
-                    s.root_exited(st);
+                    s.root_exited(st, boottime_ns());
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(50)), if root_running && pidfd.is_none() => {
                 if let Ok(Some(raw)) = launch::wait(root_pid, true) {
                     let st = status_from_wait(raw);
                     root_status = Some(st);
-                    s.root_exited(st);
+                    s.root_exited(st, boottime_ns());
                 }
             }
             g = async { log_fd.as_ref().expect("guarded").readable().await }, if log_fd.is_some() => {
@@ -890,7 +587,7 @@ pub async fn trace(
                 "settled: {totals} processes await exit totals, {records} taskstats; {} events matched no known process",
                 s.tree.orphan_events
             );
-            s.sweep_dying(Duration::ZERO);
+            s.sweep_dying(Duration::ZERO, boottime_ns());
             if exit_totals {
                 s.tree.give_up_frees();
             }
@@ -904,11 +601,11 @@ pub async fn trace(
     {
         let st = status_from_wait(raw);
         root_status = Some(st);
-        s.root_exited(st);
+        s.root_exited(st, boottime_ns());
     }
     // A last sample: still-running processes (an early stop) get their
     // figures, and a short run gets at least one look.
-    let snap = s.tick();
+    let snap = s.tick(boottime_ns());
     sink.sample(&snap);
     sink.finish();
     let end_ns = boottime_ns();

@@ -5,5 +5,6 @@ pub mod btf;
 pub mod decode;
 pub mod ebpf;
 pub mod procfs;
+pub mod source;
 pub mod taskstats;
 pub mod tracefs;

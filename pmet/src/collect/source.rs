@@ -1,0 +1,117 @@
+//! The world as a tracing session sees it, behind two small traits: the
+//! kernel side ([`EventSource`]) and /proc ([`Sampler`]). The real ones are
+//! [`Kernel`] and [`Procfs`]; the session's unit tests use in-memory fakes,
+//! so every rule about exits, losses and pid reuse is tested without root.
+
+use std::io;
+
+use pmet_common::{Dying, NetCounters, counter};
+
+use super::{
+    decode::decode,
+    ebpf::Kernel,
+    procfs::{Procfs, Sample, Stat, ThreadFigures},
+};
+use crate::{error::Error, model::event::Event};
+
+/// The kernel side: events about the tracked tree, and the maps behind them.
+pub trait EventSource {
+    /// Appends the events waiting, in order; returns how many records could
+    /// not be decoded.
+    fn drain_into(&mut self, out: &mut Vec<Event>) -> u64;
+    /// Puts a process in the tracked tree.
+    fn track(&mut self, pid: u32, cookie: u64) -> Result<(), Error>;
+    /// The cookie a pid is tracked under, if it still is.
+    fn tracked(&self, pid: u32) -> Option<u64>;
+    /// A live process's socket counters.
+    fn net(&self, pid: u32, cookie: u64) -> Option<NetCounters>;
+    /// An exited process's final socket counters, removed from the kernel.
+    fn take_net(&mut self, pid: u32, cookie: u64) -> Option<NetCounters>;
+    /// Loss counters, indexed by `pmet_common::counter`.
+    fn counters(&self) -> [u64; counter::LEN as usize];
+    /// Exited threads whose free has not been seen, by task address.
+    fn dying(&self) -> Vec<(u64, Dying)>;
+    /// Gives up on one of them.
+    fn forget_dying(&mut self, task: u64);
+    /// Whether final per-thread figures arrive at free time.
+    fn exit_totals(&self) -> bool;
+}
+
+/// /proc: live figures and the shape of the process table.
+pub trait Sampler {
+    /// Clock ticks per second of /proc's CPU times.
+    fn ticks_per_s(&self) -> u64;
+    /// `/proc/PID/stat`.
+    fn stat(&self, pid: u32) -> io::Result<Stat>;
+    /// `/proc/PID/cmdline`.
+    fn cmdline(&self, pid: u32) -> io::Result<Vec<String>>;
+    /// A live sample of one process.
+    fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample>;
+    /// Per-thread figures of one process.
+    fn threads(&self, pid: u32) -> Vec<ThreadFigures>;
+    /// Every process.
+    fn scan(&self) -> Vec<Stat>;
+    /// `pid` and its descendants, parents first.
+    fn subtree(&self, pid: u32) -> Vec<u32>;
+}
+
+impl EventSource for Kernel {
+    fn drain_into(&mut self, out: &mut Vec<Event>) -> u64 {
+        let mut undecodable = 0;
+        while let Some(item) = self.events.next() {
+            match decode(&item) {
+                Some(ev) => out.push(ev),
+                None => undecodable += 1,
+            }
+        }
+        undecodable
+    }
+    fn track(&mut self, pid: u32, cookie: u64) -> Result<(), Error> {
+        Kernel::track(self, pid, cookie)
+    }
+    fn tracked(&self, pid: u32) -> Option<u64> {
+        Kernel::tracked(self, pid)
+    }
+    fn net(&self, pid: u32, cookie: u64) -> Option<NetCounters> {
+        Kernel::net(self, pid, cookie)
+    }
+    fn take_net(&mut self, pid: u32, cookie: u64) -> Option<NetCounters> {
+        Kernel::take_net(self, pid, cookie)
+    }
+    fn counters(&self) -> [u64; counter::LEN as usize] {
+        Kernel::counters(self)
+    }
+    fn dying(&self) -> Vec<(u64, Dying)> {
+        Kernel::dying(self)
+    }
+    fn forget_dying(&mut self, task: u64) {
+        Kernel::forget_dying(self, task)
+    }
+    fn exit_totals(&self) -> bool {
+        self.exit_totals
+    }
+}
+
+impl Sampler for Procfs {
+    fn ticks_per_s(&self) -> u64 {
+        self.ticks_per_s
+    }
+    fn stat(&self, pid: u32) -> io::Result<Stat> {
+        Procfs::stat(self, pid)
+    }
+    fn cmdline(&self, pid: u32) -> io::Result<Vec<String>> {
+        Procfs::cmdline(self, pid)
+    }
+    fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample> {
+        Procfs::sample(self, pid, ts_ns)
+    }
+    fn threads(&self, pid: u32) -> Vec<ThreadFigures> {
+        Procfs::threads(self, pid)
+    }
+    fn scan(&self) -> Vec<Stat> {
+        Procfs::scan(self)
+    }
+    fn subtree(&self, pid: u32) -> Vec<u32> {
+        Procfs::subtree(self, pid)
+    }
+}

@@ -1,0 +1,713 @@
+//! A tracing session's state machine: events, exit records and samples
+//! merged into the tree, with one owner for each rule about them. It talks to
+//! the world only through [`EventSource`] and [`Sampler`] and is told the
+//! time, so [`trace`](crate::trace) only wires it to the real kernel, /proc,
+//! signals and clocks, and the tests below drive it with fakes.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use crate::{
+    collect::{
+        source::{EventSource, Sampler},
+        taskstats::TaskStats,
+    },
+    error::Error,
+    model::{
+        event::Event,
+        series::Recorder,
+        snapshot::{Snapshot, Snapshotter},
+        tree::{Baseline, ExitStatus, Seen, Tree},
+    },
+    report::{self, Lost},
+};
+
+/// After this long, a free not seen is given up (see [`Tree::free_missed`]).
+pub const FREE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a process may be gone from the kernel's tracked set before its
+/// exit event arrives, before the exit counts as lost.
+pub const SUSPECT_GRACE: Duration = Duration::from_millis(250);
+
+/// Cookies chosen by userspace are even; the kernel's are odd, so the two
+/// never collide.
+struct Cookies(u64);
+impl Cookies {
+    fn next(&mut self) -> u64 {
+        self.0 += 2;
+        self.0
+    }
+}
+
+/// A tracing session's state: the tree and everything that feeds it. It
+/// owns the rules (which exit is lost, when a free is given up, what a
+/// polling round does); the kernel and /proc are reached through
+/// [`EventSource`] and [`Sampler`], and the time is passed in, so every rule
+/// is tested with fakes.
+pub struct Session<E, S> {
+    /// The kernel side; `None` when polling /proc only.
+    pub kernel: Option<E>,
+    /// The process tree.
+    pub tree: Tree,
+    /// /proc.
+    pub procfs: S,
+    /// taskstats records waiting to be applied after the ring is drained.
+    pub pending_ts: Vec<TaskStats>,
+    /// Polling rounds taken.
+    pub samples: u64,
+    /// Ring records that could not be decoded.
+    pub undecodable: u64,
+    follow_children: bool,
+    cookies: Cookies,
+    snapshots: Snapshotter,
+    /// The series the report keeps.
+    pub recorder: Recorder,
+    /// Processes the kernel no longer tracks whose exit has not arrived, and
+    /// since when (boottime ns).
+    suspects: HashMap<(u32, u64), u64>,
+}
+
+impl<E: EventSource, S: Sampler> Session<E, S> {
+    /// A session over `kernel` (or polling only) and `procfs`, started at
+    /// `start_ns` (boottime).
+    pub fn new(
+        kernel: Option<E>,
+        procfs: S,
+        start_ns: u64,
+        kernel_io: bool,
+        follow_children: bool,
+    ) -> Self {
+        let ebpf = kernel.is_some();
+        Self {
+            snapshots: Snapshotter::new(start_ns, procfs.ticks_per_s(), kernel_io, ebpf),
+            kernel,
+            tree: Tree::new(),
+            procfs,
+            pending_ts: Vec::new(),
+            samples: 0,
+            undecodable: 0,
+            follow_children,
+            cookies: Cookies(0),
+            recorder: Recorder::new(report::MAX_TREE_POINTS, report::MAX_PROC_POINTS),
+            suspects: HashMap::new(),
+        }
+    }
+
+    /// A fresh userspace cookie.
+    pub fn next_cookie(&mut self) -> u64 {
+        self.cookies.next()
+    }
+
+    /// Whether some process looks gone but its exit has not arrived yet.
+    pub fn has_suspects(&self) -> bool {
+        !self.suspects.is_empty()
+    }
+
+    /// Applies every event waiting in the ring buffer; reads the final socket
+    /// counters of processes that exited.
+    pub fn drain(&mut self) {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return;
+        };
+        let mut events = Vec::new();
+        self.undecodable += kernel.drain_into(&mut events);
+        let mut exits = Vec::new();
+        for ev in events {
+            if let Event::Exit {
+                group_dead: true,
+                tgid,
+                cookie,
+                ..
+            } = ev
+            {
+                exits.push((tgid, cookie));
+            }
+            self.tree.apply(ev);
+        }
+        for (pid, cookie) in exits {
+            let net = kernel.take_net(pid, cookie).unwrap_or_default();
+            self.tree.set_net(pid, cookie, net, true);
+        }
+    }
+
+    /// The root was reaped. Everything it did before dying is already in the
+    /// ring buffer (its forks, its exit): apply that first, or its last
+    /// children would look like orphans.
+    pub fn root_exited(&mut self, st: ExitStatus, now_ns: u64) {
+        self.drain();
+        self.tree.set_root_exit(st, now_ns);
+    }
+
+    /// Applies taskstats records, after the ring buffer: a record's process
+    /// was announced (fork event) before it could exit.
+    pub fn apply_taskstats(&mut self) {
+        self.drain();
+        for r in std::mem::take(&mut self.pending_ts) {
+            self.tree.apply_taskstats(&r);
+        }
+    }
+
+    /// Gives up on frees the kernel side has not seen `after` the exit.
+    pub fn sweep_dying(&mut self, after: Duration, now: u64) {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return;
+        };
+        for (task, d) in kernel.dying() {
+            if now.saturating_sub(d.exit_ns) >= after.as_nanos() as u64 {
+                kernel.forget_dying(task);
+                self.tree.free_missed(d.tgid, d.cookie);
+            }
+        }
+    }
+
+    /// Polling mode: finds new children and gone processes in /proc.
+    fn poll_tree(&mut self, now: u64) {
+        let all = self.procfs.scan();
+        let present: HashSet<u32> = all
+            .iter()
+            .filter(|s| s.state != 'Z' && s.state != 'X')
+            .map(|s| s.pid)
+            .collect();
+        for (pid, _) in self.tree.live_keys() {
+            if !present.contains(&pid) {
+                self.tree.mark_gone(pid, now);
+            }
+        }
+        if !self.follow_children {
+            return;
+        }
+        let tick_ns = 1_000_000_000 / self.procfs.ticks_per_s().max(1);
+        // Parents before children: repeat until no live process gains one.
+        loop {
+            let mut added = false;
+            for st in &all {
+                if !present.contains(&st.pid) || self.tree.live(st.pid).is_some() {
+                    continue;
+                }
+                if self.tree.live(st.ppid).is_none() {
+                    continue;
+                }
+                let cookie = self.cookies.next();
+                self.tree.add_seen(Seen {
+                    pid: st.pid,
+                    ppid: st.ppid,
+                    cookie,
+                    start_ns: st.starttime * tick_ns,
+                    comm: st.comm.clone(),
+                    argv: self.procfs.cmdline(st.pid).unwrap_or_default(),
+                    threads: st.num_threads,
+                    ..Seen::default()
+                });
+                added = true;
+            }
+            if !added {
+                break;
+            }
+        }
+    }
+
+    /// One polling round: liveness, /proc samples, live socket counters.
+    pub fn tick(&mut self, now: u64) -> Snapshot {
+        self.sweep_dying(FREE_TIMEOUT, now);
+        if let Some(kernel) = &self.kernel {
+            // A process the kernel no longer tracks but the tree thinks alive:
+            // its exit event is either still in the ring (drained next) or lost.
+            // The kernel side drops a process from its tracked set just
+            // before it submits the exit, so a process can look gone while
+            // its exit is still on its way to the ring: only one still
+            // missing a grace later counts as lost.
+            let suspects: Vec<(u32, u64)> = self
+                .tree
+                .live_keys()
+                .into_iter()
+                .filter(|&(pid, cookie)| kernel.tracked(pid) != Some(cookie))
+                .collect();
+            self.apply_taskstats();
+            let mut still = HashMap::new();
+            for key @ (pid, cookie) in suspects {
+                if self.tree.live(pid).is_none_or(|p| p.cookie != cookie) {
+                    continue;
+                }
+                let since = self.suspects.get(&key).copied().unwrap_or(now);
+                if now.saturating_sub(since) >= SUSPECT_GRACE.as_nanos() as u64 {
+                    log::debug!("pid {pid} left the kernel's tracked set without an exit event");
+                    self.tree.mark_vanished(pid, since);
+                } else {
+                    still.insert(key, since);
+                }
+            }
+            self.suspects = still;
+        } else {
+            self.apply_taskstats();
+            self.poll_tree(now);
+        }
+        for (pid, cookie) in self.tree.live_keys() {
+            if let Some(s) = self.procfs.sample(pid, now) {
+                self.tree.apply_sample(pid, s);
+            }
+            if let Some(n) = self.kernel.as_ref().and_then(|k| k.net(pid, cookie)) {
+                self.tree.set_net(pid, cookie, n, false);
+            }
+        }
+        self.samples += 1;
+        let lost = self
+            .kernel
+            .as_ref()
+            .map_or(0, |k| Lost::from_kernel(&k.counters()).total())
+            + self.undecodable;
+        let snap = self.snapshots.take(&self.tree, now, lost);
+        let keys = self.tree.live_keys().into_iter().collect();
+        self.recorder.record(&snap, &keys);
+        snap
+    }
+}
+
+/// Puts `pid` and its descendants in the tracked set. Parents go first, and
+/// the walk repeats until it finds nothing new, so a child forked while the
+/// walk ran is caught either here or by the kernel.
+pub fn attach<E: EventSource, S: Sampler>(
+    s: &mut Session<E, S>,
+    root: u32,
+    since_start: bool,
+    now: u64,
+) -> Result<(), Error> {
+    let mut seen = HashSet::new();
+    for _round in 0..100 {
+        let subtree = if s.follow_children {
+            s.procfs.subtree(root)
+        } else {
+            vec![root]
+        };
+        let fresh: Vec<u32> = subtree.into_iter().filter(|p| !seen.contains(p)).collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for pid in fresh {
+            seen.insert(pid);
+            if s.kernel.as_ref().is_some_and(|k| k.tracked(pid).is_some()) {
+                // Forked after its parent was tracked: the kernel announced it.
+                continue;
+            }
+            let Ok(stat) = s.procfs.stat(pid) else {
+                continue;
+            };
+            if stat.state == 'Z' {
+                continue;
+            }
+            let cookie = s.next_cookie();
+            if let Some(k) = s.kernel.as_mut() {
+                k.track(pid, cookie)?;
+            }
+            let baseline = baseline(&s.procfs, pid, since_start, now);
+            let tick_ns = 1_000_000_000 / s.procfs.ticks_per_s().max(1);
+            s.tree.add_seen(Seen {
+                pid,
+                ppid: stat.ppid,
+                cookie,
+                start_ns: stat.starttime * tick_ns,
+                comm: stat.comm.clone(),
+                argv: s.procfs.cmdline(pid).unwrap_or_default(),
+                threads: stat.num_threads,
+                baseline,
+                preexisting: true,
+            });
+        }
+    }
+    if s.tree.root.is_none() {
+        return Err(Error::NoSuchPid(root));
+    }
+    Ok(())
+}
+
+/// What a process had used when pmet attached: subtracted from its final
+/// figures, or (`--since-process-start`) the part the kernel will not report
+/// at exit (threads that ended before attach) added to them.
+fn baseline(procfs: &impl Sampler, pid: u32, since_start: bool, now: u64) -> Baseline {
+    let threads = procfs.threads(pid);
+    let tick_ns = 1_000_000_000 / procfs.ticks_per_s().max(1);
+    let runtime: u64 = threads.iter().filter_map(|t| t.runtime_ns).sum();
+    let utime: u64 = threads.iter().map(|t| t.utime_ticks * tick_ns).sum();
+    let stime: u64 = threads.iter().map(|t| t.stime_ticks * tick_ns).sum();
+    let read: u64 = threads.iter().filter_map(|t| t.read_bytes).sum();
+    let write: u64 = threads.iter().filter_map(|t| t.write_bytes).sum();
+    let sample = procfs.sample(pid, now);
+    if !since_start {
+        return Baseline {
+            thread_runtime_ns: runtime,
+            thread_utime_ns: utime,
+            thread_stime_ns: stime,
+            thread_read_bytes: read,
+            thread_write_bytes: write,
+            sample,
+            ..Baseline::default()
+        };
+    }
+    // The whole process minus its live threads: what ended before attach.
+    let s = sample.unwrap_or_default();
+    let total_u = s.utime_ticks * tick_ns;
+    let total_s = s.stime_ticks * tick_ns;
+    Baseline {
+        credit_runtime_ns: (total_u + total_s).saturating_sub(runtime),
+        credit_utime_ns: total_u.saturating_sub(utime),
+        credit_stime_ns: total_s.saturating_sub(stime),
+        credit_read_bytes: s.read_bytes.unwrap_or(0).saturating_sub(read),
+        credit_write_bytes: s.write_bytes.unwrap_or(0).saturating_sub(write),
+        ..Baseline::default()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fake {
+    //! In-memory stand-ins for the kernel side and /proc.
+
+    use std::{
+        collections::{HashMap, VecDeque},
+        io,
+    };
+
+    use pmet_common::{Dying, NetCounters, counter};
+
+    use crate::{
+        collect::{
+            procfs::{Sample, Stat, ThreadFigures},
+            source::{EventSource, Sampler},
+        },
+        error::Error,
+        model::event::Event,
+    };
+
+    /// The kernel side: a queue of events and the maps, set by the test.
+    #[derive(Default)]
+    pub struct FakeKernel {
+        pub events: VecDeque<Event>,
+        pub tracked: HashMap<u32, u64>,
+        pub net: HashMap<(u32, u64), NetCounters>,
+        pub counters: [u64; counter::LEN as usize],
+        pub dying: HashMap<u64, Dying>,
+        pub undecodable: u64,
+    }
+
+    impl FakeKernel {
+        /// Announces a process forked by `parent` and tracks it, as the
+        /// kernel side does.
+        pub fn fork(&mut self, ts_ns: u64, parent: u32, child: u32, cookie: u64) {
+            self.tracked.insert(child, cookie);
+            self.events.push_back(Event::Fork {
+                ts_ns,
+                parent_tgid: parent,
+                child,
+                cookie,
+                thread: false,
+                untracked: false,
+                comm: "child".into(),
+            });
+        }
+
+        /// The process's last thread exits: untracked first, then the event,
+        /// in that order, as the kernel side does.
+        pub fn exit(&mut self, ts_ns: u64, pid: u32, cookie: u64, code: u32) {
+            self.tracked.remove(&pid);
+            self.events.push_back(Event::Exit {
+                ts_ns,
+                tgid: pid,
+                tid: pid,
+                cookie,
+                group_dead: true,
+                exit_code: Some(code << 8),
+                comm: "child".into(),
+            });
+        }
+    }
+
+    impl EventSource for FakeKernel {
+        fn drain_into(&mut self, out: &mut Vec<Event>) -> u64 {
+            out.extend(self.events.drain(..));
+            std::mem::take(&mut self.undecodable)
+        }
+        fn track(&mut self, pid: u32, cookie: u64) -> Result<(), Error> {
+            self.tracked.insert(pid, cookie);
+            Ok(())
+        }
+        fn tracked(&self, pid: u32) -> Option<u64> {
+            self.tracked.get(&pid).copied()
+        }
+        fn net(&self, pid: u32, cookie: u64) -> Option<NetCounters> {
+            self.net.get(&(pid, cookie)).copied()
+        }
+        fn take_net(&mut self, pid: u32, cookie: u64) -> Option<NetCounters> {
+            self.net.remove(&(pid, cookie))
+        }
+        fn counters(&self) -> [u64; counter::LEN as usize] {
+            self.counters
+        }
+        fn dying(&self) -> Vec<(u64, Dying)> {
+            self.dying.iter().map(|(k, v)| (*k, *v)).collect()
+        }
+        fn forget_dying(&mut self, task: u64) {
+            self.dying.remove(&task);
+        }
+        fn exit_totals(&self) -> bool {
+            true
+        }
+    }
+
+    /// /proc: the processes the test says exist.
+    #[derive(Default)]
+    pub struct FakeProc {
+        pub stats: HashMap<u32, Stat>,
+        pub samples: HashMap<u32, Sample>,
+    }
+
+    impl Sampler for FakeProc {
+        fn ticks_per_s(&self) -> u64 {
+            100
+        }
+        fn stat(&self, pid: u32) -> io::Result<Stat> {
+            self.stats
+                .get(&pid)
+                .cloned()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+        }
+        fn cmdline(&self, pid: u32) -> io::Result<Vec<String>> {
+            self.stat(pid).map(|s| vec![s.comm])
+        }
+        fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample> {
+            self.samples.get(&pid).map(|s| Sample { ts_ns, ..*s })
+        }
+        fn threads(&self, _pid: u32) -> Vec<ThreadFigures> {
+            Vec::new()
+        }
+        fn scan(&self) -> Vec<Stat> {
+            self.stats.values().cloned().collect()
+        }
+        fn subtree(&self, pid: u32) -> Vec<u32> {
+            let mut out = vec![pid];
+            let mut i = 0;
+            while i < out.len() {
+                let p = out[i];
+                let mut kids: Vec<u32> = self
+                    .stats
+                    .values()
+                    .filter(|s| s.ppid == p)
+                    .map(|s| s.pid)
+                    .collect();
+                kids.sort_unstable();
+                out.extend(kids);
+                i += 1;
+            }
+            out.retain(|p| self.stats.contains_key(p));
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pmet_common::{Dying, NetCounters};
+
+    use super::{
+        fake::{FakeKernel, FakeProc},
+        *,
+    };
+    use crate::collect::procfs::Stat;
+
+    const MS: u64 = 1_000_000;
+    const ROOT: u32 = 100;
+
+    /// A launched root (pid 100, cookie 2), tracked, at t = 1 s.
+    fn session() -> Session<FakeKernel, FakeProc> {
+        let mut s = Session::new(
+            Some(FakeKernel::default()),
+            FakeProc::default(),
+            1000 * MS,
+            true,
+            true,
+        );
+        let cookie = s.next_cookie();
+        s.kernel.as_mut().unwrap().track(ROOT, cookie).unwrap();
+        s.tree
+            .add_root(ROOT, 1, cookie, 1000 * MS, vec!["make".into()]);
+        s
+    }
+
+    fn kernel(s: &mut Session<FakeKernel, FakeProc>) -> &mut FakeKernel {
+        s.kernel.as_mut().unwrap()
+    }
+
+    fn by_pid(s: &Session<FakeKernel, FakeProc>, pid: u32) -> Vec<&crate::model::tree::Proc> {
+        s.tree.procs.iter().filter(|p| p.pid == pid).collect()
+    }
+
+    #[test]
+    fn an_exit_still_on_its_way_is_not_lost() {
+        let mut s = session();
+        kernel(&mut s).fork(1100 * MS, ROOT, 200, 11);
+        s.tick(1200 * MS);
+        // The kernel untracks 200 before its exit reaches the ring.
+        kernel(&mut s).tracked.remove(&200);
+        s.tick(1300 * MS);
+        assert!(s.tree.live(200).is_some(), "a suspect, not yet lost");
+        assert!(s.has_suspects());
+        kernel(&mut s).exit(1290 * MS, 200, 11, 3);
+        s.tick(1400 * MS);
+        let p = by_pid(&s, 200)[0];
+        assert!(!p.vanished);
+        assert_eq!(p.exit.map(|e| e.shell_code()), Some(3));
+        assert!(!s.has_suspects());
+    }
+
+    #[test]
+    fn an_exit_never_seen_is_lost_after_the_grace() {
+        let mut s = session();
+        kernel(&mut s).fork(1100 * MS, ROOT, 200, 11);
+        s.tick(1200 * MS);
+        kernel(&mut s).tracked.remove(&200);
+        s.tick(1300 * MS);
+        s.tick(1300 * MS + SUSPECT_GRACE.as_nanos() as u64 - 1);
+        assert!(!by_pid(&s, 200)[0].vanished, "not before the grace");
+        s.tick(1300 * MS + SUSPECT_GRACE.as_nanos() as u64);
+        let p = by_pid(&s, 200)[0];
+        assert!(p.vanished);
+        assert_eq!(
+            p.end_ns,
+            Some(1300 * MS),
+            "gone since the first look that missed it"
+        );
+        assert_eq!(s.tree.alive_count(), 1, "only the root is alive");
+    }
+
+    #[test]
+    fn a_reused_pid_is_a_new_process() {
+        let mut s = session();
+        let k = kernel(&mut s);
+        k.fork(1100 * MS, ROOT, 200, 11);
+        k.net.insert(
+            (200, 11),
+            NetCounters {
+                tcp_tx_bytes: 5,
+                ..NetCounters::default()
+            },
+        );
+        k.exit(1150 * MS, 200, 11, 0);
+        k.fork(1160 * MS, ROOT, 200, 13);
+        k.exit(1170 * MS, 200, 13, 1);
+        s.drain();
+        let ps = by_pid(&s, 200);
+        assert_eq!(ps.len(), 2, "two processes with one pid");
+        assert_eq!(
+            ps.iter()
+                .map(|p| (p.cookie, p.exit.map(|e| e.shell_code())))
+                .collect::<Vec<_>>(),
+            [(11, Some(0)), (13, Some(1))]
+        );
+        assert_eq!(
+            ps[0].net.tcp_tx_bytes, 5,
+            "counters stay with their instance"
+        );
+        assert!(ps[0].net_final);
+        assert_eq!(ps[1].net.tcp_tx_bytes, 0);
+        assert!(kernel(&mut s).net.is_empty(), "final counters are taken");
+    }
+
+    #[test]
+    fn a_free_never_seen_is_given_up_after_the_timeout() {
+        let mut s = session();
+        let k = kernel(&mut s);
+        k.fork(1100 * MS, ROOT, 200, 11);
+        k.exit(1200 * MS, 200, 11, 0);
+        k.dying.insert(
+            0xdead,
+            Dying {
+                tgid: 200,
+                tid: 200,
+                cookie: 11,
+                exit_ns: 1200 * MS,
+            },
+        );
+        s.drain();
+        let timeout = FREE_TIMEOUT.as_nanos() as u64;
+        s.sweep_dying(FREE_TIMEOUT, 1200 * MS + timeout - 1);
+        assert_eq!(kernel(&mut s).dying.len(), 1, "still waiting");
+        s.sweep_dying(FREE_TIMEOUT, 1200 * MS + timeout);
+        assert!(kernel(&mut s).dying.is_empty());
+        assert_eq!(by_pid(&s, 200)[0].threads_unfreed, 0);
+        assert_eq!(by_pid(&s, 200)[0].freed_missing, 1);
+    }
+
+    #[test]
+    fn the_root_exits_with_a_descendant_still_running() {
+        let mut s = session();
+        kernel(&mut s).fork(1100 * MS, ROOT, 200, 11);
+        kernel(&mut s).exit(1500 * MS, ROOT, 2, 0);
+        s.root_exited(crate::model::tree::ExitStatus::from_raw(0), 1500 * MS);
+        assert_eq!(s.tree.alive_count(), 1);
+        assert!(s.tree.live(200).is_some());
+        assert!(s.tree.live(ROOT).is_none());
+    }
+
+    #[test]
+    fn attach_takes_the_running_subtree_parents_first() {
+        let mut s = Session::new(
+            Some(FakeKernel::default()),
+            FakeProc::default(),
+            1000 * MS,
+            true,
+            true,
+        );
+        let stat = |pid, ppid| Stat {
+            pid,
+            ppid,
+            comm: format!("p{pid}"),
+            state: 'S',
+            num_threads: 1,
+            ..Stat::default()
+        };
+        for (pid, ppid) in [(300, 1), (301, 300), (302, 301), (400, 1)] {
+            s.procfs.stats.insert(pid, stat(pid, ppid));
+        }
+        attach(&mut s, 300, false, 1000 * MS).unwrap();
+        let pids: Vec<u32> = s.tree.procs.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [300, 301, 302]);
+        assert!(s.tree.procs.iter().all(|p| p.preexisting));
+        assert_eq!(kernel(&mut s).tracked.len(), 3);
+        let e = attach(&mut s, 999, false, 1000 * MS);
+        assert!(e.is_ok(), "the root is already set: {e:?}");
+        let mut fresh = Session::new(
+            Some(FakeKernel::default()),
+            FakeProc::default(),
+            0,
+            true,
+            true,
+        );
+        assert!(matches!(
+            attach(&mut fresh, 999, false, 0),
+            Err(Error::NoSuchPid(999))
+        ));
+    }
+
+    #[test]
+    fn polling_finds_children_and_notices_them_gone() {
+        let mut s: Session<FakeKernel, FakeProc> =
+            Session::new(None, FakeProc::default(), 1000 * MS, false, true);
+        let stat = |pid, ppid| Stat {
+            pid,
+            ppid,
+            comm: format!("p{pid}"),
+            state: 'S',
+            num_threads: 1,
+            ..Stat::default()
+        };
+        s.procfs.stats.insert(ROOT, stat(ROOT, 1));
+        attach(&mut s, ROOT, false, 1000 * MS).unwrap();
+        s.procfs.stats.insert(200, stat(200, ROOT));
+        s.procfs.stats.insert(201, stat(201, 200));
+        s.tick(1100 * MS);
+        assert_eq!(s.tree.alive_count(), 3);
+        s.procfs.stats.remove(&201);
+        s.tick(1200 * MS);
+        assert_eq!(s.tree.alive_count(), 2);
+        let gone = by_pid(&s, 201)[0];
+        assert_eq!(gone.end_ns, Some(1200 * MS));
+    }
+}
