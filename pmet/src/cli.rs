@@ -177,9 +177,24 @@ pub struct TraceArgs {
     pub pid: Option<u32>,
 
     /// Stop after this long (e.g. 30s, 5m, 1h30m; a bare number is seconds).
-    /// A launched command is then sent SIGTERM, as timeout(1) does.
+    /// A launched command is then sent SIGTERM, as timeout(1) does, and
+    /// SIGKILL if it is still running 5 s later.
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    /// When the command exits, keep following the processes it left running
+    /// until they end too (at most DURATION, when given). By default pmet
+    /// returns as soon as the command exits, as time(1) does, and reports
+    /// those processes as still running.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true,
+          value_parser = parse_duration, conflicts_with = "pid")]
+    pub wait_descendants: Option<Option<Duration>>,
+
+    /// When the command exits, end the processes it left running: SIGTERM,
+    /// then SIGKILL after GRACE (default 5s). How each ended is reported.
+    #[arg(long, value_name = "GRACE", num_args = 0..=1, require_equals = true,
+          value_parser = parse_duration, conflicts_with_all = ["pid", "wait_descendants"])]
+    pub kill_descendants: Option<Option<Duration>>,
 
     /// How often to sample live processes at first; sampling speeds up while
     /// the tree is busy or changing and slows down when it is idle.

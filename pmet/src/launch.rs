@@ -327,6 +327,40 @@ pub fn wait(pid: u32, nohang: bool) -> io::Result<Option<i32>> {
     }
 }
 
+/// Makes pmet the reaper of its descendants' orphans
+/// (`PR_SET_CHILD_SUBREAPER`): a process whose parent exits is re-parented to
+/// pmet, which reaps it at once, instead of to init, which may take a second
+/// (the orphan's final figures wait for that).
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        log::debug!("PR_SET_CHILD_SUBREAPER: {}", io::Error::last_os_error());
+    }
+}
+
+/// Reaps every child that has exited: orphans adopted as subreaper, and the
+/// root when it is among them, whose raw wait status is returned.
+pub fn reap_children(root: u32) -> Option<i32> {
+    let mut root_status = None;
+    loop {
+        let mut status = 0;
+        // SAFETY: valid pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) };
+        if r > 0 {
+            if r as u32 == root {
+                root_status = Some(status);
+            } else {
+                log::debug!("reaped orphan {r}");
+            }
+            continue;
+        }
+        if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return root_status;
+    }
+}
+
 /// Opens a pidfd, readable once the process exits.
 pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the fd is owned at once.

@@ -17,8 +17,11 @@ use pmet::{
     },
     report::OutputTarget,
     say,
-    trace::{EbpfMode, TraceOptions, trace},
+    trace::{Descendants, EbpfMode, TraceOptions, trace},
 };
+
+/// `--kill-descendants` without a value: SIGKILL after this.
+const DEFAULT_KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn terminal_width() -> usize {
     size()
@@ -92,6 +95,11 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
         },
         user: args.user,
         record,
+        descendants: match (args.wait_descendants, args.kill_descendants) {
+            (Some(limit), _) => Descendants::Wait(limit),
+            (_, Some(grace)) => Descendants::Kill(grace.unwrap_or(DEFAULT_KILL_GRACE)),
+            _ => Descendants::Leave,
+        },
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

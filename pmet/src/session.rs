@@ -99,6 +99,27 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         self.cookies.next()
     }
 
+    /// Pids of the processes still running in the tree that are, as far as
+    /// can be checked, the very instance pmet follows (the kernel still
+    /// tracks the pid under its cookie, or, when polling, it is in /proc with
+    /// the start time pmet saw): safe to signal.
+    pub fn live_pids(&self) -> Vec<u32> {
+        let tick_ns = 1_000_000_000 / self.procfs.ticks_per_s().max(1);
+        self.tree
+            .live_keys()
+            .into_iter()
+            .filter(|&(pid, cookie)| match &self.kernel {
+                Some(k) => k.tracked(pid) == Some(cookie),
+                None => self.procfs.stat(pid).is_ok_and(|st| {
+                    self.tree
+                        .live(pid)
+                        .is_some_and(|p| p.start_ns == st.starttime * tick_ns)
+                }),
+            })
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
     /// Whether some process looks gone but its exit has not arrived yet.
     pub fn has_suspects(&self) -> bool {
         !self.suspects.is_empty()
@@ -644,6 +665,17 @@ mod tests {
         assert_eq!(s.tree.alive_count(), 1);
         assert!(s.tree.live(200).is_some());
         assert!(s.tree.live(ROOT).is_none());
+    }
+
+    #[test]
+    fn only_the_instances_followed_are_signalled() {
+        let mut s = session();
+        kernel(&mut s).fork(1100 * MS, ROOT, 200, 11);
+        kernel(&mut s).fork(1100 * MS, ROOT, 201, 13);
+        s.drain();
+        // 201 exited unseen and its pid went to an unrelated process.
+        kernel(&mut s).tracked.insert(201, 99);
+        assert_eq!(s.live_pids(), [ROOT, 200]);
     }
 
     #[test]

@@ -44,6 +44,19 @@ pub enum EbpfMode {
     Off,
 }
 
+/// What happens, once the launched command exits, to the processes it left
+/// running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Descendants {
+    /// Return at once; they are reported as still running and left alone.
+    #[default]
+    Leave,
+    /// Follow them until they end, at most this long (`--wait-descendants`).
+    Wait(Option<Duration>),
+    /// SIGTERM them, SIGKILL after this grace (`--kill-descendants`).
+    Kill(Duration),
+}
+
 /// What to trace and how.
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
@@ -71,6 +84,8 @@ pub struct TraceOptions {
     pub user: Option<String>,
     /// `--record`: the history store must be usable before launch.
     pub record: bool,
+    /// Launch mode: what to do with descendants when the command exits.
+    pub descendants: Descendants,
 }
 
 /// What stays loaded until dropped: the kernel programs and the taskstats
@@ -162,6 +177,17 @@ impl Pace {
             self.now.mul_f64(1.5).min(self.max)
         };
         self.now
+    }
+}
+
+/// Sends `sig` to every process of the tree still running: only to the
+/// instance pmet follows, never to a process that reused a pid.
+fn signal_tree(s: &Session<Kernel, Procfs>, sig: i32) {
+    for pid in s.live_pids() {
+        // SAFETY: kill with plain integers.
+        if unsafe { libc::kill(pid as i32, sig) } != 0 {
+            log::debug!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+        }
     }
 }
 
@@ -368,6 +394,7 @@ pub async fn trace(
     let mut pidfd: Option<AsyncFd<OwnedFd>> = None;
     let root_pid;
     if let Some(p) = &prepared {
+        launch::become_subreaper();
         let gate = launch::spawn_gated(p)?;
         root_pid = gate.pid;
         let cookie = s.next_cookie();
@@ -428,6 +455,13 @@ pub async fn trace(
     let mut sigquit = sig(SignalKind::quit())?;
     let mut sigusr1 = sig(SignalKind::user_defined1())?;
     let mut sigusr2 = sig(SignalKind::user_defined2())?;
+    // Orphans re-parented to pmet (the subreaper) are reaped as they exit.
+    let mut sigchld = sig(SignalKind::child())?;
+    // After the root exits: when to stop following (or, with
+    // --kill-descendants, to send SIGKILL) what it left running.
+    let mut after_root: Option<Instant> = None;
+    let mut killed_descendants = false;
+    let mut kill_sent = false;
     let far = Instant::now() + Duration::from_secs(86400 * 365 * 30);
     let mut deadline = opts.duration.map_or(far, |d| Instant::now() + d);
     let mut root_status: Option<ExitStatus> = None;
@@ -503,6 +537,27 @@ pub async fn trace(
                 if let Some(l) = s.kernel.as_mut().and_then(|k| k.logger.as_mut()) { l.flush(); }
             }
             _ = sigwinch.recv() => sink.resize(),
+            _ = sigchld.recv(), if launched => {
+                if let Some(raw) = launch::reap_children(root_pid)
+                    && root_status.is_none()
+                {
+                    let st = status_from_wait(raw);
+                    root_status = Some(st);
+                    s.root_exited(st, boottime_ns());
+                }
+            }
+            _ = async { tokio::time::sleep_until(after_root.expect("guarded")).await }, if after_root.is_some() => {
+                match opts.descendants {
+                    Descendants::Kill(_) if !killed_descendants => {
+                        signal_tree(&s, libc::SIGKILL);
+                        killed_descendants = true;
+                        after_root = Some(Instant::now() + TERM_GRACE);
+                    }
+                    // The limit of --wait-descendants, or processes that
+                    // outlived SIGKILL (uninterruptible): report them running.
+                    _ => break,
+                }
+            }
             _ = async { tokio::select! { _ = sigint.recv() => (), _ = sigquit.recv() => () } } => {
                 signals += 1;
                 // A terminal's Ctrl+C reaches the whole foreground group, the
@@ -534,9 +589,13 @@ pub async fn trace(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 stopped_early = Some("duration".into());
-                if launched && !term_sent && root_status.is_none() {
+                if launched && root_status.is_none() && !kill_sent {
+                    // As timeout(1) with --kill-after: SIGTERM, then SIGKILL
+                    // for a command that ignores it.
+                    let sig = if term_sent { libc::SIGKILL } else { libc::SIGTERM };
                     // SAFETY: plain kill of our own child.
-                    unsafe { libc::kill(root_pid as i32, libc::SIGTERM) };
+                    unsafe { libc::kill(root_pid as i32, sig) };
+                    kill_sent = term_sent;
                     term_sent = true;
                     deadline = Instant::now() + TERM_GRACE;
                 } else {
@@ -545,11 +604,24 @@ pub async fn trace(
             }
         }
         let root_done = !launched || root_status.is_some();
-        if root_done && s.tree.alive_count() == 0 {
+        if root_done {
             // One more look: a fork may be in flight in the ring buffer.
             s.drain();
             if s.tree.alive_count() == 0 {
                 break;
+            }
+            if launched && after_root.is_none() {
+                match opts.descendants {
+                    // Like time(1): the command's end is the end.
+                    Descendants::Leave => break,
+                    Descendants::Wait(limit) => {
+                        after_root = Some(limit.map_or(far, |l| Instant::now() + l));
+                    }
+                    Descendants::Kill(grace) => {
+                        signal_tree(&s, libc::SIGTERM);
+                        after_root = Some(Instant::now() + grace);
+                    }
+                }
             }
         }
     }
@@ -563,6 +635,17 @@ pub async fn trace(
     let mut awaiting = usize::MAX;
     let exit_totals = s.kernel.as_ref().is_some_and(|k| k.exit_totals);
     loop {
+        if launched {
+            // An orphan's task is freed, with its final figures, only once
+            // pmet (its subreaper now) has reaped it.
+            if let Some(raw) = launch::reap_children(root_pid)
+                && root_status.is_none()
+            {
+                let st = status_from_wait(raw);
+                root_status = Some(st);
+                s.root_exited(st, boottime_ns());
+            }
+        }
         while let Ok(recs) = ts_rx.try_recv() {
             s.pending_ts.extend(recs);
         }

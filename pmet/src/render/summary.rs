@@ -83,6 +83,18 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
         let _ = write!(line, " · stopped early ({why})");
     }
     let _ = writeln!(o, "{line}");
+    if alive > 0 {
+        // Named, so nobody wonders what is still running after pmet returned.
+        let running: Vec<String> = r
+            .processes
+            .iter()
+            .filter(|p| p.end_offset_s.is_none() && !p.vanished)
+            .take(5)
+            .map(|p| format!("{} {}", p.pid, fit(&name(p), 40)))
+            .collect();
+        let more = if alive > running.len() { ", …" } else { "" };
+        let _ = writeln!(o, "  still running: {}{more}", running.join(", "));
+    }
     let _ = writeln!(
         o,
         "  cpu   {} user + {} system",

@@ -171,6 +171,9 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
         if p.exit_signal.is_some() || p.exit_code.is_some_and(|c| c != 0) {
             totals.failed_processes += 1;
         }
+        if p.end_offset_s.is_none() && !p.vanished {
+            totals.processes_running += 1;
+        }
     }
     totals.cpu_user_s = round6(totals.cpu_user_s);
     totals.cpu_system_s = round6(totals.cpu_system_s);

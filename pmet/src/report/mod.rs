@@ -300,6 +300,10 @@ pub struct Totals {
     /// Processes that exited non-zero or were killed.
     #[serde(default)]
     pub failed_processes: u64,
+    /// Processes still running when tracing ended (left by the command, or
+    /// an early stop): their figures are from the last sample.
+    #[serde(default)]
+    pub processes_running: u64,
 }
 
 /// One process.
