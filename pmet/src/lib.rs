@@ -23,6 +23,7 @@ pub mod privileges;
 pub mod render;
 pub mod report;
 pub mod session;
+pub mod signals;
 pub mod trace;
 pub mod userfile;
 

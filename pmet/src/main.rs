@@ -45,6 +45,9 @@ fn fail(e: &Error) -> ExitCode {
 }
 
 fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
+    // Before any thread exists, so every thread inherits it: the signals
+    // pmet passes on are only ever read from its signalfd.
+    pmet::signals::block();
     let intervals = match args.validate() {
         Ok(i) => i,
         Err(e) => return fail(&Error::Usage(e)),

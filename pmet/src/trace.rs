@@ -33,6 +33,7 @@ use crate::{
     render::{sink::Sink, trace_events::trace_events},
     report::{self, Collector, Host, Lost, OutputTarget, Report, RunInfo},
     session::{self, SUSPECT_GRACE, Session},
+    signals,
 };
 
 /// Whether to use eBPF.
@@ -446,15 +447,14 @@ pub async fn trace(
         .and_then(|l| watch(Fd(l.as_raw_fd())).ok());
 
     let sig = |k: SignalKind| signal(k).map_err(|e| Error::Other(format!("signal handler: {e}")));
-    let mut sigint = sig(SignalKind::interrupt())?;
-    let mut sigterm = sig(SignalKind::terminate())?;
-    let mut sighup = sig(SignalKind::hangup())?;
+    // INT, TERM, HUP, QUIT, USR1 and USR2: taken with their sender, passed on
+    // to the command unless it already has them, and never left to end pmet
+    // with the live view's scroll region still set or without the report.
+    let sigfd = signals::SignalFd::open().map_err(|e| Error::Other(format!("signalfd: {e}")))?;
     let mut sigwinch = sig(SignalKind::window_change())?;
-    // Caught so that no catchable signal ends pmet with the live view's
-    // scroll region still set, or without the report.
-    let mut sigquit = sig(SignalKind::quit())?;
-    let mut sigusr1 = sig(SignalKind::user_defined1())?;
-    let mut sigusr2 = sig(SignalKind::user_defined2())?;
+    // After a TERM or HUP (docker stop, a CI cancel): when to stop waiting.
+    let mut stop_by: Option<Instant> = None;
+    let mut stop_signal = libc::SIGINT;
     // Orphans re-parented to pmet (the subreaper) are reaped as they exit.
     let mut sigchld = sig(SignalKind::child())?;
     // After the root exits: when to stop following (or, with
@@ -558,34 +558,43 @@ pub async fn trace(
                     _ => break,
                 }
             }
-            _ = async { tokio::select! { _ = sigint.recv() => (), _ = sigquit.recv() => () } } => {
+            got = sigfd.recv() => {
+                let got = match got {
+                    Ok(g) => g,
+                    Err(e) => {
+                        log::error!("signalfd: {e}");
+                        continue;
+                    }
+                };
+                let from_tree = got
+                    .sender
+                    .is_some_and(|pid| s.tree.live(pid).is_some());
+                if launched && got.pass_on(from_tree) {
+                    // Sent to pmet alone, meant for the command: to every
+                    // process of its tree, as a terminal would to its group.
+                    signal_tree(&s, got.signo);
+                }
+                if matches!(got.signo, libc::SIGUSR1 | libc::SIGUSR2) {
+                    continue;
+                }
                 signals += 1;
-                // A terminal's Ctrl+C reaches the whole foreground group, the
-                // traced command included: let it react, and keep following.
+                stop_signal = got.signo;
                 if !launched || signals >= 2 {
+                    // A second signal: the report now, whatever still runs.
                     stopped_early = Some("interrupted".into());
                     break;
                 }
-                log::info!("interrupt: waiting for the traced command to exit (Ctrl+C again to stop now)");
-            }
-            sig = async { tokio::select! { _ = sigusr1.recv() => libc::SIGUSR1, _ = sigusr2.recv() => libc::SIGUSR2 } } => {
-                if root_status.is_none() && launched {
-                    // Meant for the command, as with SIGTERM; pmet keeps going.
-                    // SAFETY: plain kill of our own child.
-                    unsafe { libc::kill(root_pid as i32, sig) };
+                if matches!(got.signo, libc::SIGTERM | libc::SIGHUP) {
+                    // Being stopped: the command gets a grace to exit, then
+                    // the report is written regardless.
+                    stop_by.get_or_insert(Instant::now() + TERM_GRACE);
+                } else {
+                    log::info!("interrupt: waiting for the traced command to exit (Ctrl+C again to stop now)");
                 }
             }
-            sig = async { tokio::select! { _ = sigterm.recv() => libc::SIGTERM, _ = sighup.recv() => libc::SIGHUP } } => {
-                signals += 1;
-                if !launched || signals >= 2 {
-                    stopped_early = Some("interrupted".into());
-                    break;
-                }
-                if root_status.is_none() {
-                    // Sent to pmet, meant for the command: pass it on.
-                    // SAFETY: plain kill of our own child.
-                    unsafe { libc::kill(root_pid as i32, sig) };
-                }
+            _ = async { tokio::time::sleep_until(stop_by.expect("guarded")).await }, if stop_by.is_some() => {
+                stopped_early = Some("interrupted".into());
+                break;
             }
             _ = tokio::time::sleep_until(deadline) => {
                 stopped_early = Some("duration".into());
@@ -744,7 +753,7 @@ pub async fn trace(
         (true, Some(st), _) => st.shell_code(),
         // Still running when pmet stopped waiting: as a shell reports an
         // interrupt, and as timeout(1) reports a timeout.
-        (true, None, Some("interrupted")) => 128 + libc::SIGINT,
+        (true, None, Some("interrupted")) => 128 + stop_signal,
         (true, None, _) => 124,
     };
     let write_error = output.as_ref().and_then(|o| {

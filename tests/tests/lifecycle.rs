@@ -167,3 +167,89 @@ fn duration_kills_a_command_that_ignores_sigterm() {
     assert_eq!(r["stopped_early"], "duration");
     assert_eq!(r["exit_signal"], 9);
 }
+
+/// Starts pmet (its output in files) and waits until the command says ready.
+fn spawn_ready(args: &[&str], dir: &std::path::Path) -> std::process::Child {
+    let ready = dir.join("ready");
+    let child = std::process::Command::new(pmet_bin())
+        .args(&args[..1])
+        .arg("-o")
+        .arg(dir.join("r.json"))
+        .args(&args[1..])
+        .env("READY", &ready)
+        .stdout(std::fs::File::create(dir.join("out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(t0.elapsed().as_secs() < 20, "the command never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    child
+}
+
+#[test]
+fn sigterm_to_pmet_reaches_the_whole_tree_not_only_the_root() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Today's trap: TERM to the root shell alone leaves the inner shell and
+    // its sleep running.
+    let mut p = spawn_ready(
+        &[
+            "trace",
+            "--",
+            "sh",
+            "-c",
+            "sh -c 'touch $READY; sleep 60'; true",
+        ],
+        dir.path(),
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
+    let st = p.wait().unwrap();
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).unwrap()).unwrap();
+    kill_survivors(&r);
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM));
+    assert_eq!(r["totals"]["processes_running"], 0, "{r:#}");
+    let sleep = procs(&r)
+        .iter()
+        .find(|p| p["comm"] == "sleep")
+        .unwrap_or_else(|| panic!("{r:#}"));
+    assert_eq!(sleep["exit_signal"], libc::SIGTERM);
+}
+
+#[test]
+fn a_command_deaf_to_sigterm_still_gets_its_report_after_the_grace() {
+    if !can_trace() {
+        return;
+    }
+    // docker stop: SIGTERM, then SIGKILL 10 s later. The report must be on
+    // disk before that.
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn_ready(
+        &[
+            "trace",
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; touch $READY; while :; do sleep 0.05; done",
+        ],
+        dir.path(),
+    );
+    let t0 = std::time::Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
+    let st = p.wait().unwrap();
+    let took = t0.elapsed();
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).unwrap()).unwrap();
+    kill_survivors(&r);
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM));
+    assert_eq!(r["stopped_early"], "interrupted");
+    assert!(took.as_secs() < 10, "within docker stop's 10 s: {took:?}");
+}
