@@ -120,6 +120,21 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             .collect()
     }
 
+    /// When the traced run ended, for its duration: the last exit when the
+    /// whole tree has ended (not when pmet got round to reporting: pmet may
+    /// itself have been stopped or slowed meanwhile), else `now`.
+    pub fn end_ns(&self, now: u64) -> u64 {
+        if self.tree.alive_count() > 0 {
+            return now;
+        }
+        self.tree
+            .procs
+            .iter()
+            .filter_map(|p| p.end_ns)
+            .max()
+            .map_or(now, |e| e.min(now))
+    }
+
     /// Whether some process looks gone but its exit has not arrived yet.
     pub fn has_suspects(&self) -> bool {
         !self.suspects.is_empty()
@@ -665,6 +680,18 @@ mod tests {
         assert_eq!(s.tree.alive_count(), 1);
         assert!(s.tree.live(200).is_some());
         assert!(s.tree.live(ROOT).is_none());
+    }
+
+    #[test]
+    fn the_run_ends_with_its_last_exit_not_when_pmet_reports() {
+        let mut s = session();
+        kernel(&mut s).fork(1100 * MS, ROOT, 200, 11);
+        kernel(&mut s).exit(1500 * MS, 200, 11, 0);
+        s.drain();
+        assert_eq!(s.end_ns(9000 * MS), 9000 * MS, "the root still runs");
+        s.root_exited(crate::model::tree::ExitStatus::from_raw(0), 1400 * MS);
+        // pmet was stopped for seconds before it reported.
+        assert_eq!(s.end_ns(11_000 * MS), 1500 * MS);
     }
 
     #[test]

@@ -700,7 +700,7 @@ pub async fn trace(
     let snap = s.tick(boottime_ns());
     sink.sample(&snap);
     sink.finish();
-    let end_ns = boottime_ns();
+    let end_ns = s.end_ns(boottime_ns());
 
     let mut lost = Lost::from_kernel(&s.kernel.as_ref().map(|k| k.counters()).unwrap_or_default());
     lost.read_failures += s.undecodable;
