@@ -96,8 +96,11 @@ fn wait_descendants_follows_them_and_reaps_orphans_at_once() {
         .iter()
         .find(|p| p["exit_code"] == 7)
         .unwrap_or_else(|| panic!("{r:#}"));
+    // Reaped by init (about a second here), its free would come after the
+    // settle and its figures from taskstats. (No assertion on the whole
+    // tree's missed frees: 0.1-0.5 % of frees never reach the tp_btf program
+    // under load, see README.)
     assert_eq!(orphan["figures"], "exit", "{orphan:#}");
-    assert_eq!(r["collector"]["lost"]["free_events_missed"], 0);
 }
 
 #[test]
