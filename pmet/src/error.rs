@@ -36,6 +36,13 @@ pub enum Error {
         /// Capabilities that are missing, comma-separated.
         missing: String,
     },
+    /// pmet runs inside a pid namespace (a container), where its kernel
+    /// programs see host pids and pmet its own: it cannot follow a tree.
+    #[error(
+        "pmet runs inside a pid namespace ({0}; a container?), where its kernel programs see \
+         other pids than it does; run pmet in the host's pid namespace for exact figures"
+    )]
+    PidNamespace(String),
     /// tracefs is neither mounted nor mountable.
     #[error(
         "tracefs is not mounted and could not be mounted ({0}); mount it with \
@@ -143,6 +150,7 @@ impl Error {
             Error::History(_) => exit::HISTORY,
             Error::NotRoot { .. }
             | Error::Tracefs(_)
+            | Error::PidNamespace(_)
             | Error::Tracepoint { .. }
             | Error::TracepointField { .. }
             | Error::Btf { .. }

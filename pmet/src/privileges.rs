@@ -56,6 +56,21 @@ pub fn has(c: u32) -> bool {
         .is_some_and(|eff| eff & (1u64 << c) != 0)
 }
 
+/// The inode of the initial pid namespace, fixed by the kernel
+/// (`PROC_PID_INIT_INO`).
+const INIT_PID_NS: &str = "pid:[4026531836]";
+
+/// Fails when pmet is not in the initial pid namespace: eBPF programs name
+/// processes by their pids there, pmet by its own namespace's.
+pub fn check_pid_namespace() -> Result<(), Error> {
+    match std::fs::read_link("/proc/self/ns/pid") {
+        Ok(ns) if ns.as_os_str() != INIT_PID_NS => {
+            Err(Error::PidNamespace(ns.to_string_lossy().into_owned()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Fails with a clear error when eBPF tracing is not permitted.
 pub fn check_ebpf() -> Result<(), Error> {
     let status = std::fs::read_to_string("/proc/self/status")

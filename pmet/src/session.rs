@@ -105,11 +105,18 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
     /// the start time pmet saw): safe to signal.
     pub fn live_pids(&self) -> Vec<u32> {
         let tick_ns = 1_000_000_000 / self.procfs.ticks_per_s().max(1);
+        // A launched root is pmet's own child: until pmet reaps it, its pid
+        // cannot be reused.
+        let root = self
+            .tree
+            .root
+            .map(|r| (self.tree.procs[r].pid, self.tree.procs[r].cookie));
         self.tree
             .live_keys()
             .into_iter()
             .filter(|&(pid, cookie)| match &self.kernel {
                 Some(k) => k.tracked(pid) == Some(cookie),
+                None if root == Some((pid, cookie)) => true,
                 None => self.procfs.stat(pid).is_ok_and(|st| {
                     self.tree
                         .live(pid)
@@ -703,6 +710,31 @@ mod tests {
         // 201 exited unseen and its pid went to an unrelated process.
         kernel(&mut s).tracked.insert(201, 99);
         assert_eq!(s.live_pids(), [ROOT, 200]);
+    }
+
+    #[test]
+    fn when_polling_a_pid_is_signalled_only_if_it_started_when_seen() {
+        let mut s: Session<FakeKernel, FakeProc> =
+            Session::new(None, FakeProc::default(), 1000 * MS, false, true);
+        let stat = |pid, ppid, starttime| Stat {
+            pid,
+            ppid,
+            comm: format!("p{pid}"),
+            state: 'S',
+            num_threads: 1,
+            starttime,
+            ..Stat::default()
+        };
+        // The launched root: its start is pmet's clock, not /proc's.
+        s.tree
+            .add_root(ROOT, 1, 2, 1000 * MS + 1, vec!["sh".into()]);
+        s.procfs.stats.insert(ROOT, stat(ROOT, 1, 100));
+        s.procfs.stats.insert(200, stat(200, ROOT, 105));
+        s.tick(1100 * MS);
+        assert_eq!(s.live_pids(), [ROOT, 200]);
+        // 200 exited between two looks and an unrelated process took its pid.
+        s.procfs.stats.insert(200, stat(200, 1, 107));
+        assert_eq!(s.live_pids(), [ROOT]);
     }
 
     #[test]

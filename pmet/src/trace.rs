@@ -243,6 +243,7 @@ fn status_from_wait(raw: i32) -> ExitStatus {
 /// Loads the kernel side, or says why it cannot.
 fn load_kernel(follow_children: bool) -> Result<Kernel, Error> {
     privileges::check_ebpf()?;
+    privileges::check_pid_namespace()?;
     let tracefs = Tracefs::find_or_mount()?;
     let mut cfg = ebpf::tracepoint_config(&tracefs)?;
     if follow_children {

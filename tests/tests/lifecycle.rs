@@ -256,3 +256,61 @@ fn a_command_deaf_to_sigterm_still_gets_its_report_after_the_grace() {
     assert_eq!(r["stopped_early"], "interrupted");
     assert!(took.as_secs() < 10, "within docker stop's 10 s: {took:?}");
 }
+
+#[test]
+fn as_pid_1_of_a_namespace_docker_stop_still_gets_the_report() {
+    if !can_trace() {
+        return;
+    }
+    // `docker stop`: SIGTERM to the container's PID 1 from outside, SIGKILL
+    // 10 s later. The kernel drops signals to a namespace's init that it
+    // neither handles nor blocks; pmet blocks them (its signalfd).
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let report = dir.path().join("r.json");
+    let mut unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(pmet_bin())
+        .args(["trace", "-o"])
+        .arg(&report)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; touch $READY; while :; do sleep 0.05; done",
+        ])
+        .env("READY", &ready)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(t0.elapsed().as_secs() < 20, "the command never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap();
+    let pid1: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let nspid = std::fs::read_to_string(format!("/proc/{pid1}/status")).unwrap();
+    assert!(
+        nspid
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
+        "pmet is PID 1 of its namespace: {nspid}"
+    );
+    let t0 = std::time::Instant::now();
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(pid1, libc::SIGTERM) };
+    let st = unshare.wait().unwrap();
+    let took = t0.elapsed();
+    assert!(took.as_secs() < 10, "within docker stop's 10 s: {took:?}");
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM));
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["stopped_early"], "interrupted");
+    // Inside a pid namespace the kernel side would see other pids than pmet:
+    // pmet says so and polls, rather than report a tree it cannot follow.
+    assert_eq!(r["collector"]["ebpf"], false);
+    let err = std::fs::read_to_string(dir.path().join("err")).unwrap();
+    assert!(err.contains("pid namespace"), "{err}");
+}
