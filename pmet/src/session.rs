@@ -396,6 +396,7 @@ fn baseline(procfs: &impl Sampler, pid: u32, since_start: bool, now: u64) -> Bas
         credit_stime_ns: total_s.saturating_sub(stime),
         credit_read_bytes: s.read_bytes.unwrap_or(0).saturating_sub(read),
         credit_write_bytes: s.write_bytes.unwrap_or(0).saturating_sub(write),
+        from_start: true,
         ..Baseline::default()
     }
 }
@@ -735,6 +736,47 @@ mod tests {
         // 200 exited between two looks and an unrelated process took its pid.
         s.procfs.stats.insert(200, stat(200, 1, 107));
         assert_eq!(s.live_pids(), [ROOT]);
+    }
+
+    #[test]
+    fn since_process_start_counts_a_running_process_from_its_start() {
+        use crate::{collect::procfs::Sample, model::figures::figures};
+        for (since_start, want_user_s) in [(true, 3.0), (false, 1.0)] {
+            let mut s = Session::new(
+                Some(FakeKernel::default()),
+                FakeProc::default(),
+                1000 * MS,
+                true,
+                true,
+            );
+            s.procfs.stats.insert(
+                300,
+                Stat {
+                    pid: 300,
+                    ppid: 1,
+                    state: 'R',
+                    num_threads: 1,
+                    ..Stat::default()
+                },
+            );
+            let at = |ticks| Sample {
+                utime_ticks: ticks,
+                read_bytes: Some(ticks * 10),
+                write_bytes: Some(ticks * 20),
+                threads: 1,
+                ..Sample::default()
+            };
+            // 2 s of CPU before attach, 1 s while traced.
+            s.procfs.samples.insert(300, at(200));
+            attach(&mut s, 300, since_start, 1000 * MS).unwrap();
+            s.procfs.samples.insert(300, at(300));
+            s.tick(2000 * MS);
+            let f = figures(&s.tree.procs[0], 100, true);
+            assert_eq!(f.source, "sample");
+            assert_eq!(f.cpu.unwrap().0, want_user_s, "since_start={since_start}");
+            let ticks = (want_user_s * 100.0) as u64;
+            assert_eq!(f.disk, Some((ticks * 10, ticks * 20)));
+        }
     }
 
     #[test]

@@ -331,6 +331,47 @@ fn since_process_start_counts_cpu_from_the_start() {
 }
 
 #[test]
+fn since_process_start_counts_a_process_still_running_from_its_start() {
+    if !can_trace() {
+        return;
+    }
+    // The truth, from the process's own counters in /proc.
+    let cpu_ticks = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    };
+    let mut target = start_target(&["cpu", "4000"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    let before = cpu_ticks(target.id());
+    let pid = target.id().to_string();
+    let run = pmet(&[
+        "trace",
+        "--pid",
+        &pid,
+        "--since-process-start",
+        "-d",
+        "500ms",
+    ]);
+    let after = cpu_ticks(target.id());
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let p = &run.report()["processes"][0];
+    assert_eq!(p["figures"], "sample", "still running when tracing stopped");
+    let cpu = p["cpu_user_s"].as_f64().unwrap() + p["cpu_system_s"].as_f64().unwrap();
+    assert!(
+        cpu >= before - 0.02 && cpu <= after + 0.02,
+        "from its start: {before} <= {cpu} <= {after}"
+    );
+}
+
+#[test]
 fn no_ebpf_polls_and_marks_what_it_cannot_know() {
     if !can_trace() {
         return;

@@ -63,6 +63,9 @@ pub struct Baseline {
     pub thread_write_bytes: u64,
     /// Whole-process sample at attach (for figures of still-live processes).
     pub sample: Option<Sample>,
+    /// `--since-process-start`: live figures count from the process's start,
+    /// so no attach sample is subtracted from them.
+    pub from_start: bool,
     /// `--since-process-start`: runtime of threads that ended before attach,
     /// ns, added to what the kernel reports at exit.
     pub credit_runtime_ns: u64,
@@ -101,6 +104,9 @@ pub struct TaskstatsTotals {
     pub minflt: u64,
     /// Major faults.
     pub majflt: u64,
+    /// The group's last thread's record (`AGROUP`) has come: the pid is free
+    /// from then on, and a later record with it is another process's.
+    pub group_done: bool,
 }
 
 /// One process ever seen in the tree.
@@ -506,6 +512,10 @@ impl Tree {
             return false;
         };
         let p = &mut self.procs[i];
+        if p.taskstats.group_done {
+            // The pid was reused by a process outside the tree.
+            return false;
+        }
         let t = &mut p.taskstats;
         t.records += 1;
         t.utime_us += ts.utime_us;
@@ -521,8 +531,11 @@ impl Tree {
         // The group's last record carries the wait status. The exit event
         // says the same; this stands in when that event was lost (taskstats
         // does not share the ring buffer).
-        if ts.flags & crate::collect::taskstats::AGROUP != 0 && p.exit.is_none() {
-            p.exit = Some(ExitStatus::from_raw(ts.exit_code));
+        if ts.flags & crate::collect::taskstats::AGROUP != 0 {
+            p.taskstats.group_done = true;
+            if p.exit.is_none() {
+                p.exit = Some(ExitStatus::from_raw(ts.exit_code));
+            }
         }
         true
     }
@@ -533,8 +546,10 @@ impl Tree {
             return;
         };
         let p = &mut self.procs[i];
-        if p.baseline.sample.is_none() && p.preexisting && p.samples == 0 {
-            // Should have been set at attach; keep deltas sane regardless.
+        if p.baseline.sample.is_none() && !p.baseline.from_start && p.preexisting && p.samples == 0
+        {
+            // Should have been set at attach (its read failed); keep deltas
+            // from attach regardless.
             p.baseline.sample = Some(s);
         }
         p.samples += 1;
@@ -832,31 +847,51 @@ mod tests {
     fn taskstats_records_join_the_latest_holder_of_the_pid() {
         let mut t = Tree::new();
         t.add_root(100, 1, 1, 0, vec![]);
+        // A thread's record, then the group's last (AGROUP), as they come.
         let mut ts = TaskStats {
-            tid: 100,
+            tid: 105,
             tgid: 100,
-            hiwater_rss_kb: 500,
+            hiwater_rss_kb: 400,
             utime_us: 10,
-            flags: crate::collect::taskstats::AGROUP,
-            exit_code: 2 << 8,
             ..TaskStats::default()
         };
         assert!(t.apply_taskstats(&ts));
-        ts.tid = 105;
-        ts.hiwater_rss_kb = 400;
-        ts.flags = 0;
-        assert!(t.apply_taskstats(&ts));
         ts.tgid = 4444;
-        assert!(!t.apply_taskstats(&ts));
+        assert!(!t.apply_taskstats(&ts), "not in the tree");
+        ts.tgid = 100;
+        ts.tid = 100;
+        ts.hiwater_rss_kb = 500;
+        ts.flags = crate::collect::taskstats::AGROUP;
+        ts.exit_code = 2 << 8;
+        assert!(t.apply_taskstats(&ts));
         let p = &t.procs[0].taskstats;
         assert_eq!(p.records, 2);
         assert_eq!(p.hiwater_rss_kb, 500);
         assert_eq!(p.utime_us, 20);
         assert_eq!(t.procs[0].exit, Some(ExitStatus::Code(2)));
-        // A status already known (from the exit event) is not replaced.
-        ts.tgid = 100;
-        ts.flags = crate::collect::taskstats::AGROUP;
+        // After the group's last record, the pid is free: a process outside
+        // the tree that reused it exits with its own figures, which are not
+        // this one's.
+        ts.hiwater_rss_kb = 90_000;
         ts.exit_code = 9;
+        assert!(!t.apply_taskstats(&ts));
+        let p = &t.procs[0].taskstats;
+        assert_eq!((p.records, p.hiwater_rss_kb), (2, 500));
+        assert_eq!(t.procs[0].exit, Some(ExitStatus::Code(2)));
+    }
+
+    #[test]
+    fn a_known_exit_status_is_not_replaced_by_taskstats() {
+        let mut t = Tree::new();
+        t.add_root(100, 1, 1, 0, vec![]);
+        t.set_root_exit(ExitStatus::Code(2), 5);
+        let ts = TaskStats {
+            tid: 100,
+            tgid: 100,
+            flags: crate::collect::taskstats::AGROUP,
+            exit_code: 9,
+            ..TaskStats::default()
+        };
         assert!(t.apply_taskstats(&ts));
         assert_eq!(t.procs[0].exit, Some(ExitStatus::Code(2)));
     }
