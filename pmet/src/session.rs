@@ -374,6 +374,7 @@ fn baseline(procfs: &impl Sampler, pid: u32, since_start: bool, now: u64) -> Bas
     let stime: u64 = threads.iter().map(|t| t.stime_ticks * tick_ns).sum();
     let read: u64 = threads.iter().filter_map(|t| t.read_bytes).sum();
     let write: u64 = threads.iter().filter_map(|t| t.write_bytes).sum();
+    let cancelled: u64 = threads.iter().filter_map(|t| t.cancelled_write_bytes).sum();
     let sample = procfs.sample(pid, now);
     if !since_start {
         return Baseline {
@@ -382,6 +383,7 @@ fn baseline(procfs: &impl Sampler, pid: u32, since_start: bool, now: u64) -> Bas
             thread_stime_ns: stime,
             thread_read_bytes: read,
             thread_write_bytes: write,
+            thread_cancelled_write_bytes: cancelled,
             sample,
             ..Baseline::default()
         };
@@ -396,6 +398,10 @@ fn baseline(procfs: &impl Sampler, pid: u32, since_start: bool, now: u64) -> Bas
         credit_stime_ns: total_s.saturating_sub(stime),
         credit_read_bytes: s.read_bytes.unwrap_or(0).saturating_sub(read),
         credit_write_bytes: s.write_bytes.unwrap_or(0).saturating_sub(write),
+        credit_cancelled_write_bytes: s
+            .cancelled_write_bytes
+            .unwrap_or(0)
+            .saturating_sub(cancelled),
         from_start: true,
         ..Baseline::default()
     }
@@ -775,7 +781,8 @@ mod tests {
             assert_eq!(f.source, "sample");
             assert_eq!(f.cpu.unwrap().0, want_user_s, "since_start={since_start}");
             let ticks = (want_user_s * 100.0) as u64;
-            assert_eq!(f.disk, Some((ticks * 10, ticks * 20)));
+            let d = f.disk.unwrap();
+            assert_eq!((d.read, d.write), (ticks * 10, ticks * 20));
         }
     }
 

@@ -385,6 +385,44 @@ fn disk_writes_are_counted_to_the_byte() {
 }
 
 #[test]
+fn a_file_deleted_before_writeback_was_never_written() {
+    if !can_trace() {
+        return;
+    }
+    // One process dirties 64 MiB, another deletes the file seconds before
+    // the kernel would write it back: the device never sees it. The kernel
+    // charges the cancellation to `rm`.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let f = dir.path().join("f");
+    let script = format!(
+        "head -c {} /dev/zero > {f}; rm {f}",
+        64u64 << 20,
+        f = f.display()
+    );
+    let run = pmet(&["trace", "--", "sh", "-c", &script]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    let one = |comm: &str| {
+        procs(r)
+            .iter()
+            .find(|p| p["comm"] == comm)
+            .unwrap_or_else(|| panic!("no {comm}: {r:#}"))
+    };
+    let (head, rm) = (one("head"), one("rm"));
+    let wrote = head["disk_write_bytes"].as_u64().unwrap();
+    assert!(
+        (64 << 20..=(64 << 20) + 16 * 4096).contains(&wrote),
+        "{wrote}"
+    );
+    assert_eq!(rm["disk_cancelled_write_bytes"], 64u64 << 20);
+    assert_eq!(rm["disk_write_bytes"], 0);
+    let t = &r["totals"];
+    assert_eq!(t["disk_cancelled_write_bytes"], 64u64 << 20);
+    // What reached storage: the directory and inode blocks, not the file.
+    assert!(t["disk_write_bytes"].as_u64().unwrap() <= 16 * 4096, "{t}");
+}
+
+#[test]
 fn peak_memory_of_a_short_process_is_known() {
     if !can_trace() {
         return;

@@ -24,6 +24,8 @@ pub struct Sample {
     pub read_bytes: Option<u64>,
     /// Storage bytes written.
     pub write_bytes: Option<u64>,
+    /// Of those, dirty bytes dropped before writeback (truncation, unlink).
+    pub cancelled_write_bytes: Option<u64>,
     /// Process start, clock ticks after boot (identifies the instance of a pid).
     pub start_ticks: u64,
 }
@@ -179,6 +181,9 @@ impl Procfs {
                 .unwrap_or(stat.num_threads),
             read_bytes: io.as_ref().and_then(|m| m.get("read_bytes").copied()),
             write_bytes: io.as_ref().and_then(|m| m.get("write_bytes").copied()),
+            cancelled_write_bytes: io
+                .as_ref()
+                .and_then(|m| m.get("cancelled_write_bytes").copied()),
             start_ticks: stat.starttime,
         })
     }
@@ -205,6 +210,9 @@ impl Procfs {
                 stime_ticks: stat.stime,
                 read_bytes: io.as_ref().and_then(|m| m.get("read_bytes").copied()),
                 write_bytes: io.as_ref().and_then(|m| m.get("write_bytes").copied()),
+                cancelled_write_bytes: io
+                    .as_ref()
+                    .and_then(|m| m.get("cancelled_write_bytes").copied()),
             })
         })
         .collect()
@@ -268,6 +276,8 @@ pub struct ThreadFigures {
     pub read_bytes: Option<u64>,
     /// Storage bytes written.
     pub write_bytes: Option<u64>,
+    /// Dirty bytes it dropped before writeback.
+    pub cancelled_write_bytes: Option<u64>,
 }
 
 #[cfg(test)]

@@ -7,13 +7,33 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-/// CPU (user s, system s), disk (read, write) and the name of their source.
+/// Storage I/O a process caused, as the kernel accounts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Disk {
+    /// Bytes read from storage.
+    pub read: u64,
+    /// Bytes it dirtied for writing.
+    pub write: u64,
+    /// Dirty bytes it dropped before writeback (truncating or deleting a
+    /// file); the kernel charges them to the task that drops them, which may
+    /// not be the one that wrote them.
+    pub cancelled: u64,
+}
+
+impl Disk {
+    /// What it wrote that reached storage as far as its own accounting goes.
+    pub fn written(&self) -> u64 {
+        self.write.saturating_sub(self.cancelled)
+    }
+}
+
+/// CPU (user s, system s), disk and the name of their source.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Figures {
     /// User and system CPU seconds.
     pub cpu: Option<(f64, f64)>,
-    /// Storage bytes read and written.
-    pub disk: Option<(u64, u64)>,
+    /// Storage I/O.
+    pub disk: Option<Disk>,
     /// Where they come from: `exit`, `taskstats`, `sample`, `partial` or `none`.
     pub source: &'static str,
 }
@@ -29,12 +49,13 @@ pub fn figures(p: &Proc, ticks_per_s: u64, kernel_io: bool) -> Figures {
         let (us, ss) = split_runtime(rt, u, s);
         Figures {
             cpu: Some((secs(us), secs(ss))),
-            disk: disk.then(|| {
-                (
-                    (p.freed.read_bytes + b.credit_read_bytes).saturating_sub(b.thread_read_bytes),
-                    (p.freed.write_bytes + b.credit_write_bytes)
-                        .saturating_sub(b.thread_write_bytes),
-                )
+            disk: disk.then(|| Disk {
+                read: (p.freed.read_bytes + b.credit_read_bytes)
+                    .saturating_sub(b.thread_read_bytes),
+                write: (p.freed.write_bytes + b.credit_write_bytes)
+                    .saturating_sub(b.thread_write_bytes),
+                cancelled: (p.freed.cancelled_write_bytes + b.credit_cancelled_write_bytes)
+                    .saturating_sub(b.thread_cancelled_write_bytes),
             }),
             source: "exit",
         }
@@ -53,10 +74,12 @@ pub fn figures(p: &Proc, ticks_per_s: u64, kernel_io: bool) -> Figures {
         let (us, ss) = split_runtime(rt, t.utime_us, t.stime_us);
         return Figures {
             cpu: Some((secs(us), secs(ss))),
-            disk: Some((
-                (t.read_bytes + b.credit_read_bytes).saturating_sub(b.thread_read_bytes),
-                (t.write_bytes + b.credit_write_bytes).saturating_sub(b.thread_write_bytes),
-            )),
+            disk: Some(Disk {
+                read: (t.read_bytes + b.credit_read_bytes).saturating_sub(b.thread_read_bytes),
+                write: (t.write_bytes + b.credit_write_bytes).saturating_sub(b.thread_write_bytes),
+                cancelled: (t.cancelled_write_bytes + b.credit_cancelled_write_bytes)
+                    .saturating_sub(b.thread_cancelled_write_bytes),
+            }),
             source: "taskstats",
         };
     }
@@ -64,10 +87,14 @@ pub fn figures(p: &Proc, ticks_per_s: u64, kernel_io: bool) -> Figures {
         let base = b.sample.unwrap_or_default();
         let tps = ticks_per_s.max(1) as f64;
         let disk = match (s.read_bytes, s.write_bytes) {
-            (Some(r), Some(w)) => Some((
-                r.saturating_sub(base.read_bytes.unwrap_or(0)),
-                w.saturating_sub(base.write_bytes.unwrap_or(0)),
-            )),
+            (Some(r), Some(w)) => Some(Disk {
+                read: r.saturating_sub(base.read_bytes.unwrap_or(0)),
+                write: w.saturating_sub(base.write_bytes.unwrap_or(0)),
+                cancelled: s
+                    .cancelled_write_bytes
+                    .unwrap_or(0)
+                    .saturating_sub(base.cancelled_write_bytes.unwrap_or(0)),
+            }),
             _ => None,
         };
         return Figures {

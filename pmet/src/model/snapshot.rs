@@ -165,7 +165,7 @@ impl Snapshotter {
     /// The tree at `now_ns`.
     pub fn take(&mut self, tree: &Tree, now_ns: u64, lost: u64) -> Snapshot {
         let mut total = Prev::default();
-        let (mut read, mut write) = (0u64, 0u64);
+        let (mut read, mut write, mut cancelled) = (0u64, 0u64, 0u64);
         let mut rss = 0u64;
         let mut failed = 0usize;
         let mut lines = Vec::new();
@@ -178,9 +178,10 @@ impl Snapshotter {
             let f = figures(p, self.ticks_per_s, self.kernel_io);
             let cpu = f.cpu.map(|(u, s)| u + s);
             total.cpu_s += cpu.unwrap_or(0.0);
-            if let Some((r, w)) = f.disk {
-                read += r;
-                write += w;
+            if let Some(d) = f.disk {
+                read += d.read;
+                write += d.write;
+                cancelled += d.cancelled;
             }
             let net = NetBytes::from(&p.net);
             total.net.add(&net);
@@ -222,6 +223,9 @@ impl Snapshotter {
                 .then(b.cpu_s.unwrap_or(0.0).total_cmp(&a.cpu_s.unwrap_or(0.0)))
                 .then(a.pid.cmp(&b.pid))
         });
+        // The tree's writes that reached storage: a file one process wrote
+        // and another deleted before writeback cancels out here.
+        let write = write.saturating_sub(cancelled);
         let (cpu_pct, net_rate, read_rate, write_rate) = match (dt, self.last) {
             (Some(dt), Some((_, before, r0, w0))) => (
                 (total.cpu_s - before.cpu_s).max(0.0) / dt * 100.0,

@@ -61,6 +61,8 @@ pub struct Baseline {
     pub thread_read_bytes: u64,
     /// Their storage bytes written.
     pub thread_write_bytes: u64,
+    /// Their dirty bytes dropped before writeback.
+    pub thread_cancelled_write_bytes: u64,
     /// Whole-process sample at attach (for figures of still-live processes).
     pub sample: Option<Sample>,
     /// `--since-process-start`: live figures count from the process's start,
@@ -77,6 +79,8 @@ pub struct Baseline {
     pub credit_read_bytes: u64,
     /// Their storage bytes written.
     pub credit_write_bytes: u64,
+    /// Their dirty bytes dropped before writeback.
+    pub credit_cancelled_write_bytes: u64,
 }
 
 /// Sums of the per-thread records taskstats sent for one process.
@@ -96,6 +100,8 @@ pub struct TaskstatsTotals {
     pub read_bytes: u64,
     /// Storage bytes written.
     pub write_bytes: u64,
+    /// Dirty bytes dropped before writeback.
+    pub cancelled_write_bytes: u64,
     /// Voluntary context switches.
     pub nvcsw: u64,
     /// Involuntary context switches.
@@ -524,6 +530,7 @@ impl Tree {
         t.hiwater_rss_kb = t.hiwater_rss_kb.max(ts.hiwater_rss_kb);
         t.read_bytes += ts.read_bytes;
         t.write_bytes += ts.write_bytes;
+        t.cancelled_write_bytes += ts.cancelled_write_bytes;
         t.nvcsw += ts.nvcsw;
         t.nivcsw += ts.nivcsw;
         t.minflt += ts.minflt;

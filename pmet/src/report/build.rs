@@ -100,8 +100,9 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         cpu_system_s: f.cpu.map(|c| round6(c.1)),
         peak_rss_bytes: (peak > 0).then_some(peak),
         max_threads: (ebpf || p.samples > 0).then_some(p.max_threads),
-        disk_read_bytes: f.disk.map(|d| d.0),
-        disk_write_bytes: f.disk.map(|d| d.1),
+        disk_read_bytes: f.disk.map(|d| d.read),
+        disk_write_bytes: f.disk.map(|d| d.written()),
+        disk_cancelled_write_bytes: f.disk.map(|d| d.cancelled),
         net: ebpf.then(|| net(&p.net)),
         exe: p.exe.clone(),
         argv_truncated: p.argv_truncated,
@@ -164,7 +165,7 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
         totals.cpu_user_s += p.cpu_user_s.unwrap_or(0.0);
         totals.cpu_system_s += p.cpu_system_s.unwrap_or(0.0);
         totals.disk_read_bytes += p.disk_read_bytes.unwrap_or(0);
-        totals.disk_write_bytes += p.disk_write_bytes.unwrap_or(0);
+        totals.disk_cancelled_write_bytes += p.disk_cancelled_write_bytes.unwrap_or(0);
         if let Some(n) = &p.net {
             totals.net.get_or_insert_with(Net::default).add(n);
         }
@@ -175,6 +176,16 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
             totals.processes_running += 1;
         }
     }
+    // The tree's net writes come from its sums, not its processes' nets: the
+    // kernel charges a cancellation to whoever dropped the pages (`rm`), not
+    // to whoever wrote them.
+    let dirtied: u64 = tree
+        .procs
+        .iter()
+        .filter_map(|p| figures(p, info.ticks_per_s, info.kernel_io).disk)
+        .map(|d| d.write)
+        .sum();
+    totals.disk_write_bytes = dirtied.saturating_sub(totals.disk_cancelled_write_bytes);
     totals.cpu_user_s = round6(totals.cpu_user_s);
     totals.cpu_system_s = round6(totals.cpu_system_s);
 

@@ -287,8 +287,14 @@ pub struct Totals {
     pub cpu_system_s: f64,
     /// Storage bytes read.
     pub disk_read_bytes: u64,
-    /// Storage bytes written.
+    /// Storage bytes written: what the tree wrote less what it dropped
+    /// before writeback (a temporary file deleted while still in the page
+    /// cache never reaches the device).
     pub disk_write_bytes: u64,
+    /// Dirty bytes the tree dropped before writeback (already taken out of
+    /// `disk_write_bytes`; the sum of the two is what it dirtied).
+    #[serde(default)]
+    pub disk_cancelled_write_bytes: u64,
     /// Network traffic (`null` without eBPF).
     pub net: Option<Net>,
     /// Processes whose figures are missing from these sums (their fields are null).
@@ -340,8 +346,13 @@ pub struct ProcessReport {
     pub max_threads: Option<u32>,
     /// Storage bytes read.
     pub disk_read_bytes: Option<u64>,
-    /// Storage bytes written.
+    /// Storage bytes written, less what it dropped before writeback.
     pub disk_write_bytes: Option<u64>,
+    /// Dirty bytes it dropped before writeback (truncating or deleting a
+    /// file: the kernel charges them to the process that drops them, which
+    /// may not be the one that wrote them).
+    #[serde(default)]
+    pub disk_cancelled_write_bytes: Option<u64>,
     /// Network traffic (`null` without eBPF).
     pub net: Option<Net>,
     /// Path given to its last exec.
