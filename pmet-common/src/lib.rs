@@ -175,17 +175,16 @@ pub struct ExitEvent {
     pub cookie: u64,
     /// The thread's comm.
     pub comm: [u8; COMM_LEN],
+    /// Its CPU and I/O as it exits (`STATS_VALID`): exact but for what it
+    /// spends tearing itself down afterwards, which the free adds. They stand
+    /// in when the free is never seen.
+    pub figures: TaskFigures,
 }
 
-/// A tracked thread's task_struct is being freed (`sched_process_free`): every
-/// figure in it is final, including CPU time used on the way out of `do_exit`.
+/// A thread's CPU and storage figures, read from its `task_struct`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FreeEvent {
-    /// The freed thread.
-    pub hdr: EventHeader,
-    /// The process's cookie.
-    pub cookie: u64,
+pub struct TaskFigures {
     /// `se.sum_exec_runtime`: nanoseconds on CPU, exact.
     pub sum_exec_runtime: u64,
     /// `utime` (tick-sampled nanoseconds); only its ratio to `stime` is used.
@@ -198,6 +197,19 @@ pub struct FreeEvent {
     pub write_bytes: u64,
     /// `ioac.cancelled_write_bytes`: dirty bytes dropped by truncation.
     pub cancelled_write_bytes: u64,
+}
+
+/// A tracked thread's task_struct is being freed (`sched_process_free`): every
+/// figure in it is final, including CPU time used on the way out of `do_exit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreeEvent {
+    /// The freed thread.
+    pub hdr: EventHeader,
+    /// The process's cookie.
+    pub cookie: u64,
+    /// Its final figures (`STATS_VALID`).
+    pub figures: TaskFigures,
     /// [`exit_flags`] (`STATS_VALID`). The exit code is not read again
     /// here: the exit event already carries it.
     pub flags: u32,
@@ -365,7 +377,8 @@ mod tests {
         assert_eq!(size_of::<ForkEvent>(), 24 + 8 + 16 + 16);
         assert_eq!(size_of::<ExecArgsHeader>(), 32);
         assert_eq!(size_of::<ExecEvent>(), 24 + 8 + 16);
-        assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16);
+        assert_eq!(size_of::<TaskFigures>(), 48);
+        assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16 + 48);
         assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 7 + 8);
         assert_eq!(size_of::<NetKey>(), 16);
         assert_eq!(size_of::<NetCounters>(), 64);

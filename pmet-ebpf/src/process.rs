@@ -12,11 +12,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use aya_log_ebpf::warn;
 use pmet_common::{
-    ARGV_LEN, COMM_LEN, Dying, EventHeader, ExecArgsEvent, ExecArgsHeader, ExecEvent, ExitEvent,
-    FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS, Tracked, config_flags, counter, exec_flags,
-    exit_flags, fork_flags, kind,
+    ARGV_LEN, COMM_LEN, Config, Dying, EventHeader, ExecArgsEvent, ExecArgsHeader, ExecEvent,
+    ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS, TaskFigures, Tracked, config_flags,
+    counter, exec_flags, exit_flags, fork_flags, kind,
 };
 
 use crate::{CONFIG, DYING, EVENTS, SCRATCH, TRACKED, bump, tracked};
@@ -95,12 +94,10 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
         // SAFETY: no preconditions. Boot time is unique enough per pid: two
         // processes with one pid cannot be created in the same nanosecond.
         cookie = unsafe { bpf_ktime_get_boot_ns() } | 1;
+        // A full map is counted and flagged; userspace says so. (No aya-log
+        // here: its formatting was most of this hot program's instructions.)
         if TRACKED.insert(child, Tracked { cookie }, 0).is_err() {
             bump(counter::TRACKED_FULL);
-            warn!(
-                ctx,
-                "pmet: tracked-process map full; pid {} is not followed", child
-            );
             flags |= fork_flags::UNTRACKED;
         }
     }
@@ -297,14 +294,56 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if group_dead {
         let _ = TRACKED.remove(tgid);
     }
+    let figures = match task_figures(task, &cfg) {
+        Some(f) => {
+            flags |= exit_flags::STATS_VALID;
+            f
+        }
+        None => TaskFigures::default(),
+    };
     send(ExitEvent {
         hdr: header(kind::EXIT, tgid, tid),
         exit_code,
         flags,
         cookie: t.cookie,
         comm: comm(),
+        figures,
     });
     0
+}
+
+/// A task's CPU and storage figures, or `None` when this kernel's layout
+/// does not give them (or a read fails, which is counted).
+#[inline(always)]
+fn task_figures(task: u64, cfg: &Config) -> Option<TaskFigures> {
+    let read = |off: u32| -> Option<u64> {
+        if off == 0 {
+            return None;
+        }
+        // SAFETY: offset from this kernel's BTF; the task is alive or not yet
+        // freed in both callers.
+        unsafe { bpf_probe_read_kernel((task + off as u64) as *const u64) }.ok()
+    };
+    match (
+        read(cfg.task_sum_exec_runtime),
+        read(cfg.task_utime),
+        read(cfg.task_stime),
+    ) {
+        (Some(sum_exec_runtime), Some(utime), Some(stime)) => Some(TaskFigures {
+            sum_exec_runtime,
+            utime,
+            stime,
+            read_bytes: read(cfg.task_read_bytes).unwrap_or(0),
+            write_bytes: read(cfg.task_write_bytes).unwrap_or(0),
+            cancelled_write_bytes: read(cfg.task_cancelled_write_bytes).unwrap_or(0),
+        }),
+        _ => {
+            if cfg.task_sum_exec_runtime != 0 {
+                bump(counter::READ_FAILED);
+            }
+            None
+        }
+    }
 }
 
 /// A task_struct is freed, after its last context switch: its CPU time now
@@ -328,33 +367,14 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
             return 0;
         }
     }
-    let read = |off: u32| -> Option<u64> {
-        if off == 0 {
-            return None;
-        }
-        // SAFETY: offset from this kernel's BTF; the task is still allocated.
-        unsafe { bpf_probe_read_kernel((task + off as u64) as *const u64) }.ok()
-    };
     let mut ev = FreeEvent {
         hdr: header(kind::FREE, d.tgid, d.tid),
         cookie: d.cookie,
         ..FreeEvent::default()
     };
-    match (
-        read(cfg.task_sum_exec_runtime),
-        read(cfg.task_utime),
-        read(cfg.task_stime),
-    ) {
-        (Some(rt), Some(u), Some(s)) => {
-            ev.sum_exec_runtime = rt;
-            ev.utime = u;
-            ev.stime = s;
-            ev.read_bytes = read(cfg.task_read_bytes).unwrap_or(0);
-            ev.write_bytes = read(cfg.task_write_bytes).unwrap_or(0);
-            ev.cancelled_write_bytes = read(cfg.task_cancelled_write_bytes).unwrap_or(0);
-            ev.flags |= exit_flags::STATS_VALID;
-        }
-        _ => bump(counter::READ_FAILED),
+    if let Some(f) = task_figures(task, &cfg) {
+        ev.figures = f;
+        ev.flags |= exit_flags::STATS_VALID;
     }
     send(ev);
     0

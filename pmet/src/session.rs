@@ -199,7 +199,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         for (task, d) in kernel.dying() {
             if now.saturating_sub(d.exit_ns) >= after.as_nanos() as u64 {
                 kernel.forget_dying(task);
-                self.tree.free_missed(d.tgid, d.cookie);
+                self.tree.free_missed(d.tgid, d.cookie, d.tid);
             }
         }
     }
@@ -466,6 +466,7 @@ pub(crate) mod fake {
                 group_dead: true,
                 exit_code: Some(code << 8),
                 comm: "child".into(),
+                totals: None,
             });
         }
     }

@@ -4,7 +4,7 @@ use std::mem::size_of;
 
 use pmet_common::{
     EventHeader, ExecArgsHeader, ExecEvent, ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent,
-    exec_flags, exit_flags, fork_flags, kind,
+    TaskFigures, exec_flags, exit_flags, fork_flags, kind,
 };
 
 use crate::model::event::{Event, ThreadTotals};
@@ -87,6 +87,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 group_dead: e.flags & exit_flags::GROUP_DEAD != 0,
                 exit_code: (e.flags & exit_flags::CODE_VALID != 0).then_some(e.exit_code),
                 comm: cstr(&e.comm),
+                totals: (e.flags & exit_flags::STATS_VALID != 0).then(|| totals(&e.figures)),
             })
         }
         kind::FREE => {
@@ -96,17 +97,21 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 tgid: e.hdr.tgid,
                 tid: e.hdr.tid,
                 cookie: e.cookie,
-                totals: (e.flags & exit_flags::STATS_VALID != 0).then_some(ThreadTotals {
-                    runtime_ns: e.sum_exec_runtime,
-                    utime_ns: e.utime,
-                    stime_ns: e.stime,
-                    read_bytes: e.read_bytes,
-                    write_bytes: e.write_bytes,
-                    cancelled_write_bytes: e.cancelled_write_bytes,
-                }),
+                totals: (e.flags & exit_flags::STATS_VALID != 0).then(|| totals(&e.figures)),
             })
         }
         _ => None,
+    }
+}
+
+fn totals(f: &TaskFigures) -> ThreadTotals {
+    ThreadTotals {
+        runtime_ns: f.sum_exec_runtime,
+        utime_ns: f.utime,
+        stime_ns: f.stime,
+        read_bytes: f.read_bytes,
+        write_bytes: f.write_bytes,
+        cancelled_write_bytes: f.cancelled_write_bytes,
     }
 }
 
@@ -202,32 +207,42 @@ mod tests {
         let e = ExitEvent {
             hdr: hdr(kind::EXIT, 10, 10),
             exit_code: 3 << 8,
-            flags: exit_flags::GROUP_DEAD | exit_flags::CODE_VALID,
+            flags: exit_flags::GROUP_DEAD | exit_flags::CODE_VALID | exit_flags::STATS_VALID,
             cookie: 5,
             comm: comm("sh"),
+            figures: TaskFigures {
+                sum_exec_runtime: 777,
+                cancelled_write_bytes: 4096,
+                ..TaskFigures::default()
+            },
         };
-        assert!(matches!(
-            decode(&bytes(&e)),
+        match decode(&bytes(&e)) {
             Some(Event::Exit {
                 group_dead: true,
                 exit_code: Some(768),
                 cookie: 5,
+                totals: Some(t),
                 ..
-            })
-        ));
+            }) => assert_eq!((t.runtime_ns, t.cancelled_write_bytes), (777, 4096)),
+            other => panic!("{other:?}"),
+        }
         let e = ExitEvent { flags: 0, ..e };
         assert!(matches!(
             decode(&bytes(&e)),
             Some(Event::Exit {
                 group_dead: false,
                 exit_code: None,
+                totals: None,
                 ..
             })
         ));
         let f = FreeEvent {
             hdr: hdr(kind::FREE, 10, 10),
             cookie: 5,
-            sum_exec_runtime: 999,
+            figures: TaskFigures {
+                sum_exec_runtime: 999,
+                ..TaskFigures::default()
+            },
             flags: exit_flags::STATS_VALID,
             ..FreeEvent::default()
         };

@@ -17,6 +17,18 @@ pub struct ThreadTotals {
     pub cancelled_write_bytes: u64,
 }
 
+impl ThreadTotals {
+    /// Adds another thread's figures to these.
+    pub fn add(&mut self, t: &ThreadTotals) {
+        self.runtime_ns += t.runtime_ns;
+        self.utime_ns += t.utime_ns;
+        self.stime_ns += t.stime_ns;
+        self.read_bytes += t.read_bytes;
+        self.write_bytes += t.write_bytes;
+        self.cancelled_write_bytes += t.cancelled_write_bytes;
+    }
+}
+
 /// One thing the kernel saw happen in the traced tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -77,6 +89,9 @@ pub enum Event {
         exit_code: Option<u32>,
         /// The thread's comm.
         comm: String,
+        /// Its CPU and I/O as it exits, when they could be read: final but
+        /// for the teardown the free adds; they stand in for a missed free.
+        totals: Option<ThreadTotals>,
     },
     /// A tracked thread's task_struct was freed; its figures are final.
     Free {

@@ -163,8 +163,14 @@ pub struct Proc {
     pub freed_threads: u32,
     /// Freed threads whose figures were not readable.
     pub freed_unreadable: u32,
-    /// Exited threads whose free was never seen by the kernel side.
+    /// Exited threads whose free was never seen by the kernel side, and
+    /// whose exit-time figures were not read either.
     pub freed_missing: u32,
+    /// Exited threads whose free was never seen, counted from the figures
+    /// read at their exit instead (exact but for the teardown tail).
+    pub freed_at_exit: u32,
+    /// Exit-time figures of exited threads awaiting their free, by tid.
+    pub exited: Vec<(u32, ThreadTotals)>,
     /// Exit-time records from taskstats.
     pub taskstats: TaskstatsTotals,
     /// The latest /proc sample.
@@ -185,6 +191,12 @@ impl Proc {
     /// Still running (as far as pmet knows).
     pub fn alive(&self) -> bool {
         self.end_ns.is_none() && !self.vanished
+    }
+
+    /// Removes and returns the exit-time figures of thread `tid`.
+    fn take_exited(&mut self, tid: u32) -> Option<ThreadTotals> {
+        let i = self.exited.iter().position(|(t, _)| *t == tid)?;
+        Some(self.exited.swap_remove(i).1)
     }
 
     /// Every thread's final figures have arrived: CPU and disk are exact.
@@ -460,6 +472,7 @@ impl Tree {
                 group_dead,
                 exit_code,
                 comm,
+                totals,
             } => {
                 self.pending_exec.remove(&tid);
                 let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
@@ -469,6 +482,9 @@ impl Tree {
                 let p = &mut self.procs[i];
                 p.threads_alive = p.threads_alive.saturating_sub(1);
                 p.threads_unfreed += 1;
+                if let Some(t) = totals {
+                    p.exited.push((tid, t));
+                }
                 if group_dead {
                     p.end_ns = Some(ts_ns);
                     if p.comm.is_empty() {
@@ -486,6 +502,7 @@ impl Tree {
             }
             Event::Free {
                 tgid,
+                tid,
                 cookie,
                 totals,
                 ..
@@ -496,15 +513,15 @@ impl Tree {
                 };
                 let p = &mut self.procs[i];
                 p.threads_unfreed = p.threads_unfreed.saturating_sub(1);
-                match totals {
+                // The free's figures supersede those read at exit.
+                let at_exit = p.take_exited(tid);
+                match totals.or(at_exit) {
                     Some(t) => {
-                        p.freed.runtime_ns += t.runtime_ns;
-                        p.freed.utime_ns += t.utime_ns;
-                        p.freed.stime_ns += t.stime_ns;
-                        p.freed.read_bytes += t.read_bytes;
-                        p.freed.write_bytes += t.write_bytes;
-                        p.freed.cancelled_write_bytes += t.cancelled_write_bytes;
+                        p.freed.add(&t);
                         p.freed_threads += 1;
+                        if totals.is_none() {
+                            p.freed_at_exit += 1;
+                        }
                     }
                     None => p.freed_unreadable += 1,
                 }
@@ -574,13 +591,22 @@ impl Tree {
     }
 
     /// Gives up on the free of one exited thread of a process: its final
-    /// figures will come from taskstats instead.
-    pub fn free_missed(&mut self, pid: u32, cookie: u64) {
+    /// figures are those read at its exit, or, when those could not be read
+    /// either, taskstats'.
+    pub fn free_missed(&mut self, pid: u32, cookie: u64, tid: u32) {
         if let Some(&i) = self.by_key.get(&(pid, cookie)) {
             let p = &mut self.procs[i];
             if p.threads_unfreed > 0 {
                 p.threads_unfreed -= 1;
-                p.freed_missing += 1;
+                match p.take_exited(tid) {
+                    // Read as it exited: exact but for the teardown tail.
+                    Some(t) => {
+                        p.freed.add(&t);
+                        p.freed_threads += 1;
+                        p.freed_at_exit += 1;
+                    }
+                    None => p.freed_missing += 1,
+                }
             }
         }
     }
@@ -589,9 +615,21 @@ impl Tree {
     /// will not get one (its kernel record may have been overwritten).
     pub fn give_up_frees(&mut self) {
         for p in self.procs.iter_mut().filter(|p| !p.alive()) {
+            for (_, t) in std::mem::take(&mut p.exited) {
+                p.freed.add(&t);
+                p.freed_threads += 1;
+                p.freed_at_exit += 1;
+                p.threads_unfreed = p.threads_unfreed.saturating_sub(1);
+            }
             p.freed_missing += p.threads_unfreed;
             p.threads_unfreed = 0;
         }
+    }
+
+    /// Exited threads whose final figures were read at exit because their
+    /// free was never seen, over all processes.
+    pub fn frees_taken_at_exit(&self) -> u64 {
+        self.procs.iter().map(|p| u64::from(p.freed_at_exit)).sum()
     }
 
     /// Exited threads whose free was never seen, over all processes.
@@ -669,6 +707,7 @@ mod tests {
             group_dead: dead,
             exit_code: Some(code),
             comm: "x".into(),
+            totals: None,
         }
     }
     fn free(tgid: u32, tid: u32, cookie: u64, rt: u64, u: u64, s: u64) -> Event {
@@ -795,6 +834,74 @@ mod tests {
         assert_eq!(p.end_ns, Some(31));
         assert_eq!(t.alive_count(), 1);
         assert_eq!(t.awaiting_totals(), 0);
+    }
+
+    #[test]
+    fn a_missed_free_is_made_good_by_the_figures_read_at_exit() {
+        let at_exit = |rt| ThreadTotals {
+            runtime_ns: rt,
+            utime_ns: 1,
+            stime_ns: 1,
+            read_bytes: 7,
+            ..ThreadTotals::default()
+        };
+        let exit_with = |tid, dead, rt| match exit(101, tid, 11, dead, 0, 30) {
+            Event::Exit {
+                ts_ns,
+                tgid,
+                tid,
+                cookie,
+                group_dead,
+                exit_code,
+                comm,
+                ..
+            } => Event::Exit {
+                ts_ns,
+                tgid,
+                tid,
+                cookie,
+                group_dead,
+                exit_code,
+                comm,
+                totals: Some(at_exit(rt)),
+            },
+            _ => unreachable!(),
+        };
+        let mut t = Tree::new();
+        t.add_root(100, 1, 1, 0, vec!["a".into()]);
+        t.apply(fork(100, 101, 11, 10));
+        t.apply(thread(101, 150));
+        t.apply(exit_with(150, false, 900));
+        t.apply(exit_with(101, true, 1_900));
+        // Thread 150's free comes: its figures (with the teardown tail)
+        // replace those read at exit.
+        t.apply(free(101, 150, 11, 1_000, 1, 1));
+        // The leader's free never comes.
+        t.free_missed(101, 11, 101);
+        let p = &t.procs[1];
+        assert!(p.totals_complete(), "exact: nothing is left to taskstats");
+        assert_eq!(p.freed.runtime_ns, 1_000 + 1_900);
+        assert_eq!(
+            (p.freed_threads, p.freed_at_exit, p.freed_missing),
+            (2, 1, 0)
+        );
+        assert_eq!(t.frees_taken_at_exit(), 1);
+        assert_eq!(t.frees_missed(), 0);
+        assert_eq!(super::super::figures::figures(p, 100, true).source, "exit");
+        // At the end of a session, every free still awaited is given up.
+        let mut t = Tree::new();
+        t.add_root(100, 1, 1, 0, vec!["a".into()]);
+        t.apply(fork(100, 101, 11, 10));
+        t.apply(exit_with(101, true, 500));
+        t.apply(exit(100, 100, 1, true, 0, 40));
+        t.give_up_frees();
+        let p = &t.procs[1];
+        assert_eq!(
+            (p.freed.runtime_ns, p.freed_at_exit, p.freed_missing),
+            (500, 1, 0)
+        );
+        // The root's exit came without figures: only that one is missing.
+        assert_eq!(t.procs[0].freed_missing, 1);
     }
 
     #[test]

@@ -202,7 +202,8 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
         .iter()
         .filter(|p| p.vanished && !p.untracked)
         .count() as u64;
-    collector.lost.free_events_missed = tree.frees_missed();
+    collector.lost.frees_taken_at_exit = tree.frees_taken_at_exit();
+    collector.lost.free_events_missed = tree.frees_missed() + collector.lost.frees_taken_at_exit;
     collector.lost.unmatched_events = tree.orphan_events;
     collector.lost.totals_missing = tree
         .procs
@@ -295,6 +296,7 @@ mod tests {
                 group_dead: true,
                 exit_code: Some(code),
                 comm: "x".into(),
+                totals: None,
             });
             t.apply(Event::Free {
                 ts_ns: 2_100_000_000,

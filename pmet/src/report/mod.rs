@@ -196,11 +196,16 @@ pub struct Lost {
     /// Exec argument lists cut at the kernel-side limit (not a loss of events).
     #[serde(default)]
     pub argv_truncated: u64,
-    /// Exited threads whose task free the kernel side did not see; their
-    /// process's final figures come from taskstats (still measured by the
-    /// kernel, at exit, so not counted in `lost_events`).
+    /// Exited threads whose task free the kernel side did not see. Their
+    /// final figures are those read as they exited (`frees_taken_at_exit`:
+    /// exact but for the microseconds of teardown), or, when that read failed
+    /// too, taskstats'. Still measured by the kernel, so not counted in
+    /// `lost_events`.
     #[serde(default)]
     pub free_events_missed: u64,
+    /// Of those, the ones made good by the figures read at exit.
+    #[serde(default)]
+    pub frees_taken_at_exit: u64,
     /// Kernel-side records of such threads found stale and dropped (not summed).
     #[serde(default)]
     pub stale_free_records: u64,
