@@ -47,8 +47,9 @@ pub mod counter {
     pub const ARGV_TRUNCATED: u32 = 4;
     /// Reading a kernel or user value failed (faulted page, bad pointer).
     pub const READ_FAILED: u32 = 5;
-    /// A freed task did not match the exited one remembered at its address
-    /// (the remembered one's free was not seen); the stale entry was dropped.
+    /// The exited thread remembered at a task address was found stale (its
+    /// free was never seen and the address went to another task); the
+    /// figures kept for it were sent in place of its free.
     pub const FREE_MISMATCH: u32 = 6;
     /// Number of counters.
     pub const LEN: u32 = 8;
@@ -71,6 +72,11 @@ pub mod exit_flags {
     pub const CODE_VALID: u32 = 2;
     /// CPU and I/O figures were read from the task (else they are unknown).
     pub const STATS_VALID: u32 = 4;
+    /// They were read at the thread's last context switch: final.
+    pub const FINAL: u32 = 8;
+    /// Free events only: the free itself was never seen; these are the
+    /// figures kept for the thread in `DYING`.
+    pub const KEPT: u32 = 16;
 }
 
 /// Bits of [`ExecArgsEvent::flags`].
@@ -175,10 +181,6 @@ pub struct ExitEvent {
     pub cookie: u64,
     /// The thread's comm.
     pub comm: [u8; COMM_LEN],
-    /// Its CPU and I/O as it exits (`STATS_VALID`): exact but for what it
-    /// spends tearing itself down afterwards, which the free adds. They stand
-    /// in when the free is never seen.
-    pub figures: TaskFigures,
 }
 
 /// A thread's CPU and storage figures, read from its `task_struct`.
@@ -238,6 +240,14 @@ pub struct Dying {
     /// `CLOCK_BOOTTIME` ns of the exit (lets userspace give up on a free
     /// that never comes).
     pub exit_ns: u64,
+    /// The thread's figures, for when its free is never seen: read at exit
+    /// (`STATS_VALID`; before the address space is torn down, so short of the
+    /// final figures), then at its last context switch (`FINAL`: the same as
+    /// the free's).
+    pub figures: TaskFigures,
+    /// [`exit_flags`]: `STATS_VALID`, `FINAL`.
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 /// Key of the `NET` per-CPU map.
@@ -378,12 +388,12 @@ mod tests {
         assert_eq!(size_of::<ExecArgsHeader>(), 32);
         assert_eq!(size_of::<ExecEvent>(), 24 + 8 + 16);
         assert_eq!(size_of::<TaskFigures>(), 48);
-        assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16 + 48);
+        assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16);
         assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 7 + 8);
         assert_eq!(size_of::<NetKey>(), 16);
         assert_eq!(size_of::<NetCounters>(), 64);
         assert_eq!(size_of::<Config>(), 32 + 40);
-        assert_eq!(size_of::<Dying>(), 24);
+        assert_eq!(size_of::<Dying>(), 24 + 48 + 8);
         assert!(ARGV_LEN.is_power_of_two());
     }
 }

@@ -280,12 +280,27 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         }
     }
     if cfg.task_sum_exec_runtime != 0 {
+        // A thread remembered at this address already: its free was never
+        // seen and its task_struct went to this one. Send what was kept for
+        // it before this thread's entry replaces it.
+        // SAFETY: copied out at once.
+        if let Some(stale) = unsafe { DYING.get(task).copied() } {
+            recover(&stale);
+        }
+        let figures = task_figures(task, &cfg);
         let d = Dying {
             tgid,
             tid,
             cookie: t.cookie,
             // SAFETY: no preconditions.
             exit_ns: unsafe { bpf_ktime_get_boot_ns() },
+            flags: if figures.is_some() {
+                exit_flags::STATS_VALID
+            } else {
+                0
+            },
+            figures: figures.unwrap_or_default(),
+            _pad: 0,
         };
         if DYING.insert(task, d, 0).is_err() {
             bump(counter::DYING_FULL);
@@ -294,21 +309,58 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if group_dead {
         let _ = TRACKED.remove(tgid);
     }
-    let figures = match task_figures(task, &cfg) {
-        Some(f) => {
-            flags |= exit_flags::STATS_VALID;
-            f
-        }
-        None => TaskFigures::default(),
-    };
     send(ExitEvent {
         hdr: header(kind::EXIT, tgid, tid),
         exit_code,
         flags,
         cookie: t.cookie,
         comm: comm(),
-        figures,
     });
+    0
+}
+
+/// Sends, in place of a free that was never seen, the figures kept for the
+/// thread: final when its last context switch was seen.
+#[inline(always)]
+fn recover(d: &Dying) {
+    bump(counter::FREE_MISMATCH);
+    send(FreeEvent {
+        hdr: header(kind::FREE, d.tgid, d.tid),
+        cookie: d.cookie,
+        figures: d.figures,
+        flags: d.flags | exit_flags::KEPT,
+        _pad: 0,
+    });
+}
+
+/// `TASK_DEAD` in `task_struct.__state` (include/linux/sched.h; unchanged
+/// since 4.14): the switch away from a task in that state is its last.
+const TASK_DEAD: u32 = 0x80;
+
+/// A context switch. The one away from a dead task is its last: the
+/// scheduler has just added its final runtime, so its figures now equal
+/// those its free will show. They are kept in its `DYING` entry, for when
+/// that free is never seen. Fires on every switch on the machine: the state
+/// test comes first, the map lookup only for dead tasks.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let prev_state: u32 = ctx.arg(3);
+    if prev_state & TASK_DEAD == 0 {
+        return 0;
+    }
+    let task: u64 = ctx.arg(1);
+    let Some(d) = DYING.get_ptr_mut(task) else {
+        return 0;
+    };
+    let cfg = CONFIG.load();
+    if let Some(f) = task_figures(task, &cfg) {
+        // SAFETY: the map value stays valid while this program runs; only
+        // this thread's own last switch writes it.
+        unsafe {
+            (*d).figures = f;
+            (*d).flags |= exit_flags::STATS_VALID | exit_flags::FINAL;
+        }
+    }
     0
 }
 
@@ -363,7 +415,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: offset from this kernel's BTF; the task is still allocated.
         let pid = unsafe { bpf_probe_read_kernel((task + cfg.task_pid as u64) as *const u32) };
         if pid != Ok(d.tid) {
-            bump(counter::FREE_MISMATCH);
+            recover(&d);
             return 0;
         }
     }

@@ -9,8 +9,11 @@ use std::{
     time::Duration,
 };
 
+use pmet_common::exit_flags;
+
 use crate::{
     collect::{
+        decode::totals,
         source::{EventSource, Sampler},
         taskstats::TaskStats,
     },
@@ -19,7 +22,7 @@ use crate::{
         event::Event,
         series::Recorder,
         snapshot::{Snapshot, Snapshotter},
-        tree::{Baseline, ExitStatus, Seen, Tree},
+        tree::{Baseline, ExitStatus, Kept, Seen, Tree},
     },
     report::{self, Lost},
 };
@@ -199,8 +202,29 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         for (task, d) in kernel.dying() {
             if now.saturating_sub(d.exit_ns) >= after.as_nanos() as u64 {
                 kernel.forget_dying(task);
-                self.tree.free_missed(d.tgid, d.cookie, d.tid);
+                let kept = (d.flags & exit_flags::STATS_VALID != 0).then(|| Kept {
+                    totals: totals(&d.figures),
+                    final_: d.flags & exit_flags::FINAL != 0,
+                });
+                self.tree.free_missed(d.tgid, d.cookie, kept);
             }
+        }
+    }
+
+    /// At the end of a session: takes the figures kept for every exited
+    /// thread whose free has not come, then the frees that came meanwhile,
+    /// and only then gives up on the rest. (A free that ran just before the
+    /// sweep has left the kernel's records already; its event is in the ring.)
+    pub fn finish_frees(&mut self, now: u64) {
+        let before = self.kernel.as_ref().map_or(0, |k| k.dying().len());
+        let unfreed: u32 = self.tree.procs.iter().map(|p| p.threads_unfreed).sum();
+        log::debug!("finish: {before} kept in the kernel, {unfreed} threads await their free");
+        self.sweep_dying(Duration::ZERO, now);
+        self.drain();
+        let unfreed: u32 = self.tree.procs.iter().map(|p| p.threads_unfreed).sum();
+        log::debug!("finish: after the sweep and a drain, {unfreed} threads await their free");
+        if self.kernel.as_ref().is_some_and(|k| k.exit_totals()) {
+            self.tree.give_up_frees();
         }
     }
 
@@ -466,7 +490,6 @@ pub(crate) mod fake {
                 group_dead: true,
                 exit_code: Some(code << 8),
                 comm: "child".into(),
-                totals: None,
             });
         }
     }
@@ -674,6 +697,7 @@ mod tests {
                 tid: 200,
                 cookie: 11,
                 exit_ns: 1200 * MS,
+                ..Dying::default()
             },
         );
         s.drain();
@@ -683,7 +707,39 @@ mod tests {
         s.sweep_dying(FREE_TIMEOUT, 1200 * MS + timeout);
         assert!(kernel(&mut s).dying.is_empty());
         assert_eq!(by_pid(&s, 200)[0].threads_unfreed, 0);
-        assert_eq!(by_pid(&s, 200)[0].freed_missing, 1);
+        assert_eq!(by_pid(&s, 200)[0].freed_missing, 1, "nothing was kept");
+    }
+
+    #[test]
+    fn a_free_given_up_takes_the_figures_kept_at_the_last_switch() {
+        let mut s = session();
+        let k = kernel(&mut s);
+        k.fork(1100 * MS, ROOT, 200, 11);
+        k.exit(1200 * MS, 200, 11, 0);
+        k.dying.insert(
+            0xdead,
+            Dying {
+                tgid: 200,
+                tid: 200,
+                cookie: 11,
+                exit_ns: 1200 * MS,
+                figures: pmet_common::TaskFigures {
+                    sum_exec_runtime: 550_000,
+                    utime: 3,
+                    stime: 1,
+                    ..Default::default()
+                },
+                flags: exit_flags::STATS_VALID | exit_flags::FINAL,
+                _pad: 0,
+            },
+        );
+        s.drain();
+        // The end of a session: every free still awaited is given up.
+        s.sweep_dying(Duration::ZERO, 1300 * MS);
+        let p = by_pid(&s, 200)[0];
+        assert_eq!(p.freed.runtime_ns, 550_000);
+        assert_eq!(p.freed_kept.at_last_switch, 1);
+        assert!(p.totals_complete());
     }
 
     #[test]

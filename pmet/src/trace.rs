@@ -680,10 +680,7 @@ pub async fn trace(
                 "settled: {totals} processes await exit totals, {records} taskstats; {} events matched no known process",
                 s.tree.orphan_events
             );
-            s.sweep_dying(Duration::ZERO, boottime_ns());
-            if exit_totals {
-                s.tree.give_up_frees();
-            }
+            s.finish_frees(boottime_ns());
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -385,6 +385,42 @@ fn disk_writes_are_counted_to_the_byte() {
 }
 
 #[test]
+fn an_exec_storm_is_exact_to_a_thousandth_of_what_wait4_says() {
+    if !can_trace() {
+        return;
+    }
+    // 5,000 short processes, 4 at a time. Under such load some frees never
+    // reach the kernel side's free hook; their final figures then come from
+    // the thread's last context switch, which are the same, never from
+    // taskstats' approximation.
+    let run = pmet(&["trace", "--", workload(), "storm", "5000", "4"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    assert_no_loss(r);
+    let kids: Vec<&Value> = procs(r).iter().filter(|p| p["comm"] == "true").collect();
+    assert_eq!(kids.len(), 5000);
+    let approximated: Vec<&&Value> = kids.iter().filter(|p| p["figures"] != "exit").collect();
+    assert!(approximated.is_empty(), "{approximated:#?}");
+    let truth: Vec<f64> = run
+        .stdout
+        .split_whitespace()
+        .map(|t| t.parse::<f64>().unwrap() / 1e6)
+        .collect();
+    let truth = truth[0] + truth[1];
+    let measured: f64 = kids
+        .iter()
+        .map(|p| p["cpu_user_s"].as_f64().unwrap() + p["cpu_system_s"].as_f64().unwrap())
+        .sum();
+    let err = (measured - truth).abs() / truth;
+    assert!(
+        err < 0.001,
+        "pmet {measured} s, wait4 {truth} s ({:.4} %); {}",
+        err * 100.0,
+        r["collector"]["lost"]
+    );
+}
+
+#[test]
 fn a_file_deleted_before_writeback_was_never_written() {
     if !can_trace() {
         return;

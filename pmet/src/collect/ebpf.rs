@@ -218,6 +218,8 @@ impl Kernel {
         let mut btf_programs: Vec<(&str, &str)> = Vec::new();
         if task.is_some() {
             btf_programs.push(("sched_process_free", "sched_process_free"));
+            // Keeps final figures for a thread whose free goes unseen.
+            btf_programs.push(("sched_switch", "sched_switch"));
         }
         if sock.is_some() {
             btf_programs.extend(SOCK_BTF);

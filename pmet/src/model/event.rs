@@ -89,9 +89,6 @@ pub enum Event {
         exit_code: Option<u32>,
         /// The thread's comm.
         comm: String,
-        /// Its CPU and I/O as it exits, when they could be read: final but
-        /// for the teardown the free adds; they stand in for a missed free.
-        totals: Option<ThreadTotals>,
     },
     /// A tracked thread's task_struct was freed; its figures are final.
     Free {
@@ -105,5 +102,9 @@ pub enum Event {
         cookie: u64,
         /// Final CPU and I/O, when they could be read.
         totals: Option<ThreadTotals>,
+        /// The free itself was never seen: these are the figures the kernel
+        /// side kept for the thread, read at its last context switch
+        /// (`Some(true)`: final) or at its exit (`Some(false)`).
+        kept: Option<bool>,
     },
 }

@@ -63,7 +63,6 @@ fn end(t: u64, pid: u32, code: u32, cpu_ms: u64, write: u64) -> [Event; 2] {
             group_dead: true,
             exit_code: Some(code),
             comm: String::new(),
-            totals: None,
         },
         Event::Free {
             ts_ns: t + MS,
@@ -78,6 +77,7 @@ fn end(t: u64, pid: u32, code: u32, cpu_ms: u64, write: u64) -> [Event; 2] {
                 write_bytes: write,
                 cancelled_write_bytes: 0,
             }),
+            kept: None,
         },
     ]
 }

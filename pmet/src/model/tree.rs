@@ -115,6 +115,25 @@ pub struct TaskstatsTotals {
     pub group_done: bool,
 }
 
+/// How many threads' final figures came from the kernel side's `DYING`
+/// entry instead of their free.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeptFigures {
+    /// Read at the thread's last context switch: the same as its free's.
+    pub at_last_switch: u32,
+    /// Read at its exit: short of the teardown that follows.
+    pub at_exit: u32,
+}
+
+/// Figures the kernel side kept for a thread whose free was not seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// The figures.
+    pub totals: ThreadTotals,
+    /// Read at the last context switch (else at exit).
+    pub final_: bool,
+}
+
 /// One process ever seen in the tree.
 #[derive(Clone, Debug, Default)]
 pub struct Proc {
@@ -164,13 +183,12 @@ pub struct Proc {
     /// Freed threads whose figures were not readable.
     pub freed_unreadable: u32,
     /// Exited threads whose free was never seen by the kernel side, and
-    /// whose exit-time figures were not read either.
+    /// whose figures were not kept for it either.
     pub freed_missing: u32,
     /// Exited threads whose free was never seen, counted from the figures
-    /// read at their exit instead (exact but for the teardown tail).
-    pub freed_at_exit: u32,
-    /// Exit-time figures of exited threads awaiting their free, by tid.
-    pub exited: Vec<(u32, ThreadTotals)>,
+    /// the kernel side kept for them: read at their last context switch
+    /// (final), or at their exit (short of the address space's teardown).
+    pub freed_kept: KeptFigures,
     /// Exit-time records from taskstats.
     pub taskstats: TaskstatsTotals,
     /// The latest /proc sample.
@@ -191,12 +209,6 @@ impl Proc {
     /// Still running (as far as pmet knows).
     pub fn alive(&self) -> bool {
         self.end_ns.is_none() && !self.vanished
-    }
-
-    /// Removes and returns the exit-time figures of thread `tid`.
-    fn take_exited(&mut self, tid: u32) -> Option<ThreadTotals> {
-        let i = self.exited.iter().position(|(t, _)| *t == tid)?;
-        Some(self.exited.swap_remove(i).1)
     }
 
     /// Every thread's final figures have arrived: CPU and disk are exact.
@@ -472,7 +484,6 @@ impl Tree {
                 group_dead,
                 exit_code,
                 comm,
-                totals,
             } => {
                 self.pending_exec.remove(&tid);
                 let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
@@ -482,9 +493,6 @@ impl Tree {
                 let p = &mut self.procs[i];
                 p.threads_alive = p.threads_alive.saturating_sub(1);
                 p.threads_unfreed += 1;
-                if let Some(t) = totals {
-                    p.exited.push((tid, t));
-                }
                 if group_dead {
                     p.end_ns = Some(ts_ns);
                     if p.comm.is_empty() {
@@ -502,9 +510,9 @@ impl Tree {
             }
             Event::Free {
                 tgid,
-                tid,
                 cookie,
                 totals,
+                kept,
                 ..
             } => {
                 let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
@@ -512,18 +520,24 @@ impl Tree {
                     return;
                 };
                 let p = &mut self.procs[i];
-                p.threads_unfreed = p.threads_unfreed.saturating_sub(1);
-                // The free's figures supersede those read at exit.
-                let at_exit = p.take_exited(tid);
-                match totals.or(at_exit) {
+                if p.threads_unfreed == 0 && p.freed_missing > 0 {
+                    // Given up on, yet here it is: its exact figures replace
+                    // the fallback after all.
+                    p.freed_missing -= 1;
+                } else {
+                    p.threads_unfreed = p.threads_unfreed.saturating_sub(1);
+                }
+                match totals {
                     Some(t) => {
                         p.freed.add(&t);
                         p.freed_threads += 1;
-                        if totals.is_none() {
-                            p.freed_at_exit += 1;
-                        }
                     }
                     None => p.freed_unreadable += 1,
+                }
+                match kept {
+                    Some(true) => p.freed_kept.at_last_switch += 1,
+                    Some(false) => p.freed_kept.at_exit += 1,
+                    None => {}
                 }
             }
         }
@@ -591,19 +605,22 @@ impl Tree {
     }
 
     /// Gives up on the free of one exited thread of a process: its final
-    /// figures are those read at its exit, or, when those could not be read
-    /// either, taskstats'.
-    pub fn free_missed(&mut self, pid: u32, cookie: u64, tid: u32) {
+    /// figures are those the kernel side kept for it, or, when it kept none,
+    /// taskstats'.
+    pub fn free_missed(&mut self, pid: u32, cookie: u64, kept: Option<Kept>) {
         if let Some(&i) = self.by_key.get(&(pid, cookie)) {
             let p = &mut self.procs[i];
             if p.threads_unfreed > 0 {
                 p.threads_unfreed -= 1;
-                match p.take_exited(tid) {
-                    // Read as it exited: exact but for the teardown tail.
-                    Some(t) => {
-                        p.freed.add(&t);
+                match kept {
+                    Some(k) => {
+                        p.freed.add(&k.totals);
                         p.freed_threads += 1;
-                        p.freed_at_exit += 1;
+                        if k.final_ {
+                            p.freed_kept.at_last_switch += 1;
+                        } else {
+                            p.freed_kept.at_exit += 1;
+                        }
                     }
                     None => p.freed_missing += 1,
                 }
@@ -615,21 +632,19 @@ impl Tree {
     /// will not get one (its kernel record may have been overwritten).
     pub fn give_up_frees(&mut self) {
         for p in self.procs.iter_mut().filter(|p| !p.alive()) {
-            for (_, t) in std::mem::take(&mut p.exited) {
-                p.freed.add(&t);
-                p.freed_threads += 1;
-                p.freed_at_exit += 1;
-                p.threads_unfreed = p.threads_unfreed.saturating_sub(1);
-            }
             p.freed_missing += p.threads_unfreed;
             p.threads_unfreed = 0;
         }
     }
 
-    /// Exited threads whose final figures were read at exit because their
-    /// free was never seen, over all processes.
-    pub fn frees_taken_at_exit(&self) -> u64 {
-        self.procs.iter().map(|p| u64::from(p.freed_at_exit)).sum()
+    /// Exited threads whose figures came from the kernel side's kept ones
+    /// because their free was never seen, over all processes.
+    pub fn frees_kept(&self) -> KeptFigures {
+        self.procs.iter().fold(KeptFigures::default(), |mut k, p| {
+            k.at_last_switch += p.freed_kept.at_last_switch;
+            k.at_exit += p.freed_kept.at_exit;
+            k
+        })
     }
 
     /// Exited threads whose free was never seen, over all processes.
@@ -707,7 +722,6 @@ mod tests {
             group_dead: dead,
             exit_code: Some(code),
             comm: "x".into(),
-            totals: None,
         }
     }
     fn free(tgid: u32, tid: u32, cookie: u64, rt: u64, u: u64, s: u64) -> Event {
@@ -724,6 +738,7 @@ mod tests {
                 write_bytes: 20,
                 cancelled_write_bytes: 0,
             }),
+            kept: None,
         }
     }
 
@@ -837,71 +852,55 @@ mod tests {
     }
 
     #[test]
-    fn a_missed_free_is_made_good_by_the_figures_read_at_exit() {
-        let at_exit = |rt| ThreadTotals {
-            runtime_ns: rt,
-            utime_ns: 1,
-            stime_ns: 1,
-            read_bytes: 7,
-            ..ThreadTotals::default()
-        };
-        let exit_with = |tid, dead, rt| match exit(101, tid, 11, dead, 0, 30) {
-            Event::Exit {
-                ts_ns,
-                tgid,
-                tid,
-                cookie,
-                group_dead,
-                exit_code,
-                comm,
-                ..
-            } => Event::Exit {
-                ts_ns,
-                tgid,
-                tid,
-                cookie,
-                group_dead,
-                exit_code,
-                comm,
-                totals: Some(at_exit(rt)),
+    fn a_missed_free_is_made_good_by_the_figures_kept_for_it() {
+        let kept = |rt, final_| Kept {
+            totals: ThreadTotals {
+                runtime_ns: rt,
+                utime_ns: 1,
+                stime_ns: 1,
+                read_bytes: 7,
+                ..ThreadTotals::default()
             },
-            _ => unreachable!(),
+            final_,
         };
         let mut t = Tree::new();
         t.add_root(100, 1, 1, 0, vec!["a".into()]);
         t.apply(fork(100, 101, 11, 10));
         t.apply(thread(101, 150));
-        t.apply(exit_with(150, false, 900));
-        t.apply(exit_with(101, true, 1_900));
-        // Thread 150's free comes: its figures (with the teardown tail)
-        // replace those read at exit.
+        t.apply(thread(101, 151));
+        t.apply(exit(101, 150, 11, false, 0, 20));
+        t.apply(exit(101, 151, 11, false, 0, 21));
+        t.apply(exit(101, 101, 11, true, 0, 30));
         t.apply(free(101, 150, 11, 1_000, 1, 1));
-        // The leader's free never comes.
-        t.free_missed(101, 11, 101);
+        // Two frees never come: one thread's figures were kept at its last
+        // switch, one's only at its exit.
+        t.free_missed(101, 11, Some(kept(1_900, true)));
+        t.free_missed(101, 11, Some(kept(300, false)));
         let p = &t.procs[1];
-        assert!(p.totals_complete(), "exact: nothing is left to taskstats");
-        assert_eq!(p.freed.runtime_ns, 1_000 + 1_900);
+        assert!(p.totals_complete(), "nothing is left to taskstats");
+        assert_eq!(p.freed.runtime_ns, 1_000 + 1_900 + 300);
+        assert_eq!(p.freed_threads, 3);
         assert_eq!(
-            (p.freed_threads, p.freed_at_exit, p.freed_missing),
-            (2, 1, 0)
+            t.frees_kept(),
+            KeptFigures {
+                at_last_switch: 1,
+                at_exit: 1
+            }
         );
-        assert_eq!(t.frees_taken_at_exit(), 1);
         assert_eq!(t.frees_missed(), 0);
         assert_eq!(super::super::figures::figures(p, 100, true).source, "exit");
-        // At the end of a session, every free still awaited is given up.
-        let mut t = Tree::new();
-        t.add_root(100, 1, 1, 0, vec!["a".into()]);
-        t.apply(fork(100, 101, 11, 10));
-        t.apply(exit_with(101, true, 500));
-        t.apply(exit(100, 100, 1, true, 0, 40));
-        t.give_up_frees();
-        let p = &t.procs[1];
-        assert_eq!(
-            (p.freed.runtime_ns, p.freed_at_exit, p.freed_missing),
-            (500, 1, 0)
-        );
-        // The root's exit came without figures: only that one is missing.
-        assert_eq!(t.procs[0].freed_missing, 1);
+        // Nothing kept: taskstats' figures, and it is counted as missing.
+        t.apply(fork(100, 102, 13, 40));
+        t.apply(exit(102, 102, 13, true, 0, 50));
+        t.free_missed(102, 13, None);
+        assert_eq!(t.procs[2].freed_missing, 1);
+        assert_eq!(t.frees_missed(), 1);
+        assert!(!t.procs[2].totals_complete());
+        // ... until its free turns up late after all: exact again.
+        t.apply(free(102, 102, 13, 4_000, 1, 1));
+        assert_eq!(t.procs[2].freed_missing, 0);
+        assert!(t.procs[2].totals_complete());
+        assert_eq!(t.procs[2].freed.runtime_ns, 4_000);
     }
 
     #[test]

@@ -202,8 +202,11 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
         .iter()
         .filter(|p| p.vanished && !p.untracked)
         .count() as u64;
-    collector.lost.frees_taken_at_exit = tree.frees_taken_at_exit();
-    collector.lost.free_events_missed = tree.frees_missed() + collector.lost.frees_taken_at_exit;
+    let kept = tree.frees_kept();
+    collector.lost.frees_kept_at_last_switch = u64::from(kept.at_last_switch);
+    collector.lost.frees_kept_at_exit = u64::from(kept.at_exit);
+    collector.lost.free_events_missed =
+        tree.frees_missed() + u64::from(kept.at_last_switch) + u64::from(kept.at_exit);
     collector.lost.unmatched_events = tree.orphan_events;
     collector.lost.totals_missing = tree
         .procs
@@ -296,7 +299,6 @@ mod tests {
                 group_dead: true,
                 exit_code: Some(code),
                 comm: "x".into(),
-                totals: None,
             });
             t.apply(Event::Free {
                 ts_ns: 2_100_000_000,
@@ -311,6 +313,7 @@ mod tests {
                     write_bytes: 8192,
                     cancelled_write_bytes: 0,
                 }),
+                kept: None,
             });
         }
         t.set_net(

@@ -197,16 +197,22 @@ pub struct Lost {
     #[serde(default)]
     pub argv_truncated: u64,
     /// Exited threads whose task free the kernel side did not see. Their
-    /// final figures are those read as they exited (`frees_taken_at_exit`:
-    /// exact but for the microseconds of teardown), or, when that read failed
-    /// too, taskstats'. Still measured by the kernel, so not counted in
-    /// `lost_events`.
+    /// final figures are those the kernel side kept for them (see the next
+    /// two), or, when it kept none, taskstats'. Still measured by the
+    /// kernel, so not counted in `lost_events`.
     #[serde(default)]
     pub free_events_missed: u64,
-    /// Of those, the ones made good by the figures read at exit.
+    /// Of those, figures read at the thread's last context switch: the same
+    /// as the free's.
     #[serde(default)]
-    pub frees_taken_at_exit: u64,
-    /// Kernel-side records of such threads found stale and dropped (not summed).
+    pub frees_kept_at_last_switch: u64,
+    /// Of those, figures read at the thread's exit: short of the teardown of
+    /// its address space that follows (hundreds of µs for a short process).
+    #[serde(default)]
+    pub frees_kept_at_exit: u64,
+    /// Of `free_events_missed`, those found stale in the kernel (the address
+    /// of their task went to another before the free was seen) and sent
+    /// with their kept figures (not summed).
     #[serde(default)]
     pub stale_free_records: u64,
 }

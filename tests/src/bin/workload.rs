@@ -341,6 +341,27 @@ fn cpu_children(n: u32, ms: u64) {
     println!("{} {}", us(ru.ru_utime), us(ru.ru_stime));
 }
 
+/// An exec storm: `n` short children (each `/bin/true`), at most `par` at
+/// once; then prints RUSAGE_CHILDREN (user µs, system µs), the truth that
+/// `/usr/bin/time` would show.
+fn storm(n: u32, par: u32) {
+    let mut running = std::collections::VecDeque::new();
+    for _ in 0..n {
+        if running.len() >= par as usize {
+            wait_ok(running.pop_front().expect("one running"), "storm child");
+        }
+        running.push_back(Command::new("/bin/true").spawn().expect("spawn"));
+    }
+    for c in running {
+        wait_ok(c, "storm child");
+    }
+    // SAFETY: valid pointer to a zeroed rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    println!("{} {}", us(ru.ru_utime), us(ru.ru_stime));
+}
+
 /// Writes `bytes` (a multiple of 4096) to a new file and syncs it.
 fn disk_write(bytes: u64) {
     let dir = env::temp_dir().join(format!("pmet-workload-{}", std::process::id()));
@@ -444,6 +465,7 @@ fn main() {
         "cpu" => burn(arg(&args, 1, "ms")),
         "threads" => threads(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         "cpu-children" => cpu_children(arg(&args, 1, "count"), arg(&args, 2, "ms")),
+        "storm" => storm(arg(&args, 1, "count"), arg(&args, 2, "parallel")),
         "disk-write" => disk_write(arg(&args, 1, "bytes")),
         "memory" => memory(arg(&args, 1, "mib")),
         "now" => now(),
