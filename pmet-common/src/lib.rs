@@ -332,8 +332,11 @@ pub struct Config {
     pub execveat_filename: u16,
     /// `syscalls:sys_enter_execveat` `argv`.
     pub execveat_argv: u16,
+    /// `sock.sk_type` (for the BTF socket programs): only stream and datagram
+    /// sockets carry TCP and UDP payload; a raw socket's bytes include headers.
+    pub sk_type: u16,
     /// Padding, always zero.
-    pub _pad: [u16; 3],
+    pub _pad: [u16; 2],
     /// `task_struct.exit_code`.
     pub task_exit_code: u32,
     /// `task_struct.se.sum_exec_runtime`.

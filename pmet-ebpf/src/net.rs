@@ -22,6 +22,9 @@ const IPPROTO_UDP: u16 = 17;
 const IPPROTO_UDPLITE: u16 = 136;
 const IPPROTO_MPTCP: u16 = 262;
 const MSG_PEEK: i32 = 2;
+/// `sk_type` values of the sockets whose bytes are TCP or UDP payload.
+const SOCK_STREAM: u16 = 1;
+const SOCK_DGRAM: u16 = 2;
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
@@ -76,6 +79,16 @@ fn try_count_btf(ctx: &BtfTracePointContext, tx: bool) -> Result<(), i32> {
         unsafe { bpf_probe_read_kernel((sk + u64::from(cfg.sk_family)) as *const u16)? };
     let protocol: u16 =
         unsafe { bpf_probe_read_kernel((sk + u64::from(cfg.sk_protocol)) as *const u16)? };
+    if cfg.sk_type != 0 {
+        // A raw socket opened with IPPROTO_UDP (or TCP) moves whole packets,
+        // headers included: not payload of either protocol.
+        // SAFETY: offset from this kernel's BTF; sk is live during the call.
+        let ty: u16 =
+            unsafe { bpf_probe_read_kernel((sk + u64::from(cfg.sk_type)) as *const u16)? };
+        if ty != SOCK_STREAM && ty != SOCK_DGRAM {
+            return Ok(());
+        }
+    }
     let flags = if tx { 0 } else { ctx.arg::<u64>(2) as i32 };
     add(tgid, t.cookie, family, protocol, ret, flags, tx);
     Ok(())

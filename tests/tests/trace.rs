@@ -385,6 +385,20 @@ fn disk_writes_are_counted_to_the_byte() {
 }
 
 #[test]
+fn raw_sockets_are_not_counted_as_udp() {
+    if !can_trace() {
+        return;
+    }
+    // 20 packets through a raw IPPROTO_UDP socket (headers included), then
+    // 20 ordinary 100-byte datagrams: only the latter are UDP payload.
+    let run = pmet(&["trace", "--", workload(), "raw-udp", "20", "100"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let p = &procs(run.report())[0];
+    assert_eq!(net(p, "udp", "tx"), 20 * 100, "{p:#}");
+    assert_eq!(p["net"]["udp"]["tx_calls"], 20);
+}
+
+#[test]
 fn an_exec_storm_is_exact_to_a_thousandth_of_what_wait4_says() {
     if !can_trace() {
         return;

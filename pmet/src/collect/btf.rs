@@ -41,6 +41,8 @@ pub struct SockOffsets {
     pub family: u16,
     /// `sk_protocol` (a bitfield before Linux 5.6: then not resolvable).
     pub protocol: u16,
+    /// `sk_type` (0 when not resolvable: raw sockets are then not told apart).
+    pub kind: u16,
 }
 
 /// Resolves [`SockOffsets`]; `None` when this kernel's layout does not allow
@@ -50,9 +52,11 @@ pub fn sock_offsets(path: &Path) -> Option<SockOffsets> {
     let sock = find_struct(&btf, "sock").ok()?;
     let family = member_offset(&btf, &sock, &["__sk_common", "skc_family"]).ok()?;
     let protocol = member_offset(&btf, &sock, &["sk_protocol"]).ok()?;
+    let kind = member_offset(&btf, &sock, &["sk_type"]).ok();
     Some(SockOffsets {
         family: u16::try_from(family).ok()?,
         protocol: u16::try_from(protocol).ok()?,
+        kind: kind.and_then(|k| u16::try_from(k).ok()).unwrap_or(0),
     })
 }
 

@@ -186,6 +186,7 @@ impl Kernel {
         if let Some(o) = sock {
             cfg.sk_family = o.family;
             cfg.sk_protocol = o.protocol;
+            cfg.sk_type = o.kind;
         }
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &cfg, true)

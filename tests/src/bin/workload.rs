@@ -202,6 +202,41 @@ fn udp(family: u8, count: u32, size: usize) {
     wait_ok(recv, "udp receiver");
 }
 
+/// Sends `count` UDP datagrams of `size` payload bytes to a closed port on
+/// 127.0.0.1 through a raw socket (IPPROTO_UDP), header built by hand, then
+/// the same through an ordinary UDP socket. Only the second is UDP payload
+/// as a tracer should count it. Needs CAP_NET_RAW.
+fn raw_udp(count: u32, size: usize) {
+    // SAFETY: plain socket calls with valid buffers and lengths below.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let mut dst: libc::sockaddr_in = std::mem::zeroed();
+        dst.sin_family = libc::AF_INET as u16;
+        dst.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let mut pkt = vec![0u8; 8 + size];
+        pkt[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        pkt[2..4].copy_from_slice(&9u16.to_be_bytes()); // discard
+        pkt[4..6].copy_from_slice(&((8 + size) as u16).to_be_bytes());
+        for _ in 0..count {
+            let n = libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&raw const dst).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            assert_eq!(n, pkt.len() as isize, "{}", std::io::Error::last_os_error());
+        }
+        libc::close(fd);
+    }
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for _ in 0..count {
+        s.send_to(&vec![0u8; size], "127.0.0.1:9").expect("send");
+    }
+}
+
 fn udp_recv(family: u8, count: u32, size: usize) {
     note_role("udp-recv");
     let s = UdpSocket::bind(loopback(family)).expect("bind");
@@ -466,6 +501,7 @@ fn main() {
         "threads" => threads(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         "cpu-children" => cpu_children(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         "storm" => storm(arg(&args, 1, "count"), arg(&args, 2, "parallel")),
+        "raw-udp" => raw_udp(arg(&args, 1, "count"), arg(&args, 2, "bytes")),
         "disk-write" => disk_write(arg(&args, 1, "bytes")),
         "memory" => memory(arg(&args, 1, "mib")),
         "now" => now(),
