@@ -66,6 +66,8 @@ pub struct Session<E, S> {
     snapshots: Snapshotter,
     /// The series the report keeps.
     pub recorder: Recorder,
+    /// taskstats records the kernel dropped (the listener's count).
+    pub taskstats_overflows: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Processes the kernel no longer tracks whose exit has not arrived, and
     /// since when (boottime ns).
     suspects: HashMap<(u32, u64), u64>,
@@ -94,7 +96,18 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             cookies: Cookies(0),
             recorder: Recorder::new(report::MAX_TREE_POINTS, report::MAX_PROC_POINTS),
             suspects: HashMap::new(),
+            taskstats_overflows: None,
         }
+    }
+
+    /// Every loss so far (the one value the live view and the report show).
+    pub fn losses(&self) -> Lost {
+        let counters = self.kernel.as_ref().map(|k| k.counters());
+        let overflows = self
+            .taskstats_overflows
+            .as_ref()
+            .map_or(0, |o| o.load(std::sync::atomic::Ordering::Relaxed));
+        Lost::measure(counters.as_ref(), self.undecodable, overflows, &self.tree)
     }
 
     /// A fresh userspace cookie.
@@ -318,12 +331,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             }
         }
         self.samples += 1;
-        let lost = self
-            .kernel
-            .as_ref()
-            .map_or(0, |k| Lost::from_kernel(&k.counters()).total())
-            + self.undecodable;
-        let snap = self.snapshots.take(&self.tree, now, lost);
+        let snap = self.snapshots.take(&self.tree, now, self.losses().total());
         let keys = self.tree.live_keys().into_iter().collect();
         self.recorder.record(&snap, &keys);
         snap
@@ -629,6 +637,22 @@ mod tests {
         assert!(!p.vanished);
         assert_eq!(p.exit.map(|e| e.shell_code()), Some(3));
         assert!(!s.has_suspects());
+    }
+
+    #[test]
+    fn the_live_view_and_the_report_count_the_same_losses() {
+        let mut s = session();
+        kernel(&mut s).fork(1100 * MS, ROOT, 200, 11);
+        kernel(&mut s).counters[pmet_common::counter::RINGBUF_FULL as usize] = 3;
+        kernel(&mut s).undecodable = 2;
+        s.tick(1200 * MS);
+        kernel(&mut s).tracked.remove(&200);
+        s.tick(1300 * MS);
+        let snap = s.tick(1300 * MS + SUSPECT_GRACE.as_nanos() as u64);
+        let l = s.losses();
+        assert_eq!((l.ring_buffer, l.read_failures, l.exits_unseen), (3, 2, 1));
+        assert_eq!(snap.lost, l.total(), "one value for both");
+        assert_eq!(l.total(), 6);
     }
 
     #[test]

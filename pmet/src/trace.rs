@@ -31,7 +31,7 @@ use crate::{
     model::{snapshot::Snapshot, tree::ExitStatus},
     privileges::{self, Account},
     render::{sink::Sink, trace_events::trace_events},
-    report::{self, Collector, Host, Lost, OutputTarget, Report, RunInfo},
+    report::{self, Collector, Host, OutputTarget, Report, RunInfo},
     session::{self, SUSPECT_GRACE, Session},
     signals,
 };
@@ -386,6 +386,7 @@ pub async fn trace(
     let start_ns = boottime_ns();
     let started_at = SystemTime::now();
     let mut s = Session::new(kernel, procfs, start_ns, kernel_io, follow_children);
+    s.taskstats_overflows = listener.as_ref().map(|l| l.overflows.clone());
     let command: Option<Vec<String>> = prepared.is_some().then(|| {
         opts.command
             .iter()
@@ -700,11 +701,7 @@ pub async fn trace(
     sink.finish();
     let end_ns = s.end_ns(boottime_ns());
 
-    let mut lost = Lost::from_kernel(&s.kernel.as_ref().map(|k| k.counters()).unwrap_or_default());
-    lost.read_failures += s.undecodable;
-    lost.taskstats_overflows = listener.as_ref().map_or(0, |l| {
-        l.overflows.load(std::sync::atomic::Ordering::Relaxed)
-    });
+    let lost = s.losses();
     let info = RunInfo {
         command,
         start_ns,

@@ -197,22 +197,6 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
     };
     let mut collector = info.collector.clone();
     collector.events = tree.events;
-    collector.lost.exits_unseen = tree
-        .procs
-        .iter()
-        .filter(|p| p.vanished && !p.untracked)
-        .count() as u64;
-    let kept = tree.frees_kept();
-    collector.lost.frees_kept_at_last_switch = u64::from(kept.at_last_switch);
-    collector.lost.frees_kept_at_exit = u64::from(kept.at_exit);
-    collector.lost.free_events_missed =
-        tree.frees_missed() + u64::from(kept.at_last_switch) + u64::from(kept.at_exit);
-    collector.lost.unmatched_events = tree.orphan_events;
-    collector.lost.totals_missing = tree
-        .procs
-        .iter()
-        .filter(|p| !p.alive() && !p.vanished && !p.totals_complete() && p.taskstats.records == 0)
-        .count() as u64;
     collector.lost_events = collector.lost.total();
 
     Report {
@@ -370,7 +354,9 @@ mod tests {
             comm: "sh".into(),
         });
         t.mark_vanished(103, 3_000_000_000);
-        let r = build(&t, &info(), None);
+        let mut i = info();
+        i.collector.lost = super::super::Lost::measure(None, 0, 0, &t);
+        let r = build(&t, &i, None);
         let p = r.processes.iter().find(|p| p.pid == 103).unwrap();
         assert_eq!(p.cpu_user_s, None);
         assert_eq!(p.disk_read_bytes, None);

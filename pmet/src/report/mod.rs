@@ -233,6 +233,41 @@ impl Lost {
         }
     }
 
+    /// Every loss of a session, in one place, for the live view and the
+    /// report alike: the kernel side's counters, records pmet could not
+    /// decode, taskstats' overflows, and what the tree shows (exits never
+    /// seen, final figures missing, events about unknown processes, frees
+    /// made good from kept figures).
+    pub fn measure(
+        kernel: Option<&[u64; pmet_common::counter::LEN as usize]>,
+        undecodable: u64,
+        taskstats_overflows: u64,
+        tree: &crate::model::tree::Tree,
+    ) -> Self {
+        let mut l = kernel.map(Self::from_kernel).unwrap_or_default();
+        l.read_failures += undecodable;
+        l.taskstats_overflows = taskstats_overflows;
+        l.exits_unseen = tree
+            .procs
+            .iter()
+            .filter(|p| p.vanished && !p.untracked)
+            .count() as u64;
+        let kept = tree.frees_kept();
+        l.frees_kept_at_last_switch = u64::from(kept.at_last_switch);
+        l.frees_kept_at_exit = u64::from(kept.at_exit);
+        l.free_events_missed =
+            tree.frees_missed() + u64::from(kept.at_last_switch) + u64::from(kept.at_exit);
+        l.unmatched_events = tree.orphan_events;
+        l.totals_missing = tree
+            .procs
+            .iter()
+            .filter(|p| {
+                !p.alive() && !p.vanished && !p.totals_complete() && p.taskstats.records == 0
+            })
+            .count() as u64;
+        l
+    }
+
     /// What `lost_events` sums: every cause that leaves an event, a figure
     /// or a process out (the live view's LOST and the report agree).
     pub fn total(&self) -> u64 {
