@@ -49,8 +49,8 @@ static CONFIG: Global<Config> = Global::new(Config {
     sk_protocol: 0,
 });
 
-/// Processes in the traced tree, by tgid. Sizes here are defaults; the loader
-/// may override them.
+/// Processes in the traced tree, by tgid. The loader sets every map's size at
+/// load (`pmet/src/collect/ebpf.rs`); the sizes here are placeholders.
 #[map]
 static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(65536, 0);
 

@@ -45,16 +45,35 @@ fn exit_status_passes_through() {
     assert_eq!(procs(r)[0]["exit_signal"], 15);
 }
 
-fn check_tcp(family: &str, bytes: u64, reply: u64) {
-    let run = pmet(&[
-        "trace",
-        "--",
-        workload(),
-        "tcp",
-        family,
-        &bytes.to_string(),
-        &reply.to_string(),
-    ]);
+/// pmet, with the classic socket tracepoints forced when `classic`.
+fn pmet_hooks(args: &[&str], classic: bool) -> common::Run {
+    let run = common::pmet_with(args, |c| {
+        if classic {
+            c.env("PMET_TEST_CLASSIC_SOCKETS", "1");
+        }
+    });
+    assert_eq!(
+        run.stderr.contains("classic socket tracepoints"),
+        classic,
+        "{}",
+        run.stderr
+    );
+    run
+}
+
+fn check_tcp(family: &str, bytes: u64, reply: u64, classic: bool) {
+    let run = pmet_hooks(
+        &[
+            "trace",
+            "--",
+            workload(),
+            "tcp",
+            family,
+            &bytes.to_string(),
+            &reply.to_string(),
+        ],
+        classic,
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let r = run.report();
     assert_no_loss(r);
@@ -83,7 +102,7 @@ fn tcp_over_ipv4_is_counted_to_the_byte_per_process() {
     if !can_trace() {
         return;
     }
-    check_tcp("4", 100_000, 40_000);
+    check_tcp("4", 100_000, 40_000, false);
 }
 
 #[test]
@@ -91,11 +110,24 @@ fn tcp_over_ipv6_is_counted_to_the_byte_per_process() {
     if !can_trace() {
         return;
     }
-    check_tcp("6", 3_000_017, 65_537);
+    check_tcp("6", 3_000_017, 65_537, false);
 }
 
-fn check_udp(family: &str) {
-    let run = pmet(&["trace", "--", workload(), "udp", family, "50", "1000"]);
+#[test]
+fn the_classic_socket_tracepoints_count_to_the_byte_too() {
+    if !can_trace() {
+        return;
+    }
+    // The fallback for kernels whose BTF lacks `struct sock`'s offsets.
+    check_tcp("4", 100_000, 40_000, true);
+    check_udp("6", true);
+}
+
+fn check_udp(family: &str, classic: bool) {
+    let run = pmet_hooks(
+        &["trace", "--", workload(), "udp", family, "50", "1000"],
+        classic,
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let r = run.report();
     assert_no_loss(r);
@@ -118,7 +150,7 @@ fn udp_over_ipv4_is_counted_to_the_byte() {
     if !can_trace() {
         return;
     }
-    check_udp("4");
+    check_udp("4", false);
 }
 
 #[test]
@@ -126,7 +158,7 @@ fn udp_over_ipv6_is_counted_to_the_byte() {
     if !can_trace() {
         return;
     }
-    check_udp("6");
+    check_udp("6", false);
 }
 
 #[test]
@@ -382,6 +414,58 @@ fn disk_writes_are_counted_to_the_byte() {
         "written {written}"
     );
     assert_eq!(written % 4096, 0);
+}
+
+/// The verifier's instruction count per program, with the budget each must
+/// stay within: a kernel-side change that makes a hook heavier shows here
+/// first (and `sched_switch` runs on every context switch of the machine).
+#[test]
+fn every_kernel_program_stays_within_its_verifier_budget() {
+    if !can_trace() {
+        return;
+    }
+    const BUDGETS: [(&str, u64); 9] = [
+        ("task_newtask", 600),
+        ("sys_enter_execve", 12_000),
+        ("sys_enter_execveat", 12_000),
+        ("sched_process_exec", 600),
+        ("sched_process_exit", 1_800),
+        ("sched_process_free", 700),
+        ("sched_switch", 400),
+        ("sock_send_btf", 2_100),
+        ("sock_recv_btf", 2_100),
+    ];
+    let run = common::pmet_with(&["trace", "-q", "--", "true"], |c| {
+        c.env("PMET_LOG", "debug");
+    });
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut seen = 0;
+    for line in run.stderr.lines() {
+        // "pmet: debug: program NAME: N instructions, M verified"
+        let Some(rest) = line.strip_prefix("pmet: debug: program ") else {
+            continue;
+        };
+        let Some((name, counts)) = rest.split_once(": ") else {
+            continue;
+        };
+        let verified: u64 = counts
+            .split(", ")
+            .nth(1)
+            .and_then(|v| v.strip_suffix(" verified"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("unreadable: {line}"));
+        let budget = BUDGETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("program {name} has no budget here"))
+            .1;
+        assert!(
+            verified <= budget,
+            "{name}: {verified} verified > budget {budget}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 9, "every program reported:\n{}", run.stderr);
 }
 
 #[test]

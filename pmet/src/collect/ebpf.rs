@@ -44,6 +44,28 @@ const SOCK_BTF: [(&str, &str); 2] = [
     ("sock_recv_btf", "sock_recv_length"),
 ];
 
+/// Memory the per-CPU `NET` map may take: each entry holds one
+/// `NetCounters` per possible CPU, so its size is set at load from the CPU
+/// count instead of growing with it (16,384 entries are 2 MiB on 2 CPUs, and
+/// would be 256 MiB on 256).
+const NET_MAP_BUDGET: usize = 32 << 20;
+/// `NET` entries: processes of the tree with socket traffic at one time.
+const NET_MAX_ENTRIES: u32 = 16384;
+/// Fewest `NET` entries, however many CPUs.
+const NET_MIN_ENTRIES: u32 = 1024;
+/// `TRACKED` entries: processes of the tree alive at one time.
+const TRACKED_MAX_ENTRIES: u32 = 65536;
+/// `DYING` entries: exited threads awaiting their free.
+const DYING_MAX_ENTRIES: u32 = 16384;
+
+/// How many `NET` entries fit [`NET_MAP_BUDGET`] with `cpus` possible CPUs.
+pub fn net_entries(cpus: usize) -> u32 {
+    let per_entry = std::mem::size_of::<NetCounters>() * cpus.max(1);
+    u32::try_from(NET_MAP_BUDGET / per_entry)
+        .unwrap_or(u32::MAX)
+        .clamp(NET_MIN_ENTRIES, NET_MAX_ENTRIES)
+}
+
 /// Finds every tracepoint field offset the programs need.
 pub fn tracepoint_config(tracefs: &Tracefs) -> Result<Config, Error> {
     let send = |f| tracefs.offset("sock", "sock_send_length", f);
@@ -188,8 +210,12 @@ impl Kernel {
             cfg.sk_protocol = o.protocol;
             cfg.sk_type = o.kind;
         }
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &cfg, true)
+            .map_max_entries("TRACKED", TRACKED_MAX_ENTRIES)
+            .map_max_entries("DYING", DYING_MAX_ENTRIES)
+            .map_max_entries("NET", net_entries(cpus))
             .load(OBJECT)
             .map_err(|e| Error::Load(error_chain(&e)))?;
         let logger = match EbpfLogger::init(&mut ebpf) {
@@ -368,4 +394,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = x.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_net_map_stays_within_its_budget_on_any_cpu_count() {
+        assert_eq!(net_entries(2), NET_MAX_ENTRIES);
+        assert_eq!(net_entries(16), NET_MAX_ENTRIES);
+        assert_eq!(net_entries(256), 2048);
+        assert_eq!(net_entries(4096), NET_MIN_ENTRIES);
+        for cpus in [1, 2, 16, 64, 256, 1024] {
+            let bytes = net_entries(cpus) as usize * 64 * cpus;
+            assert!(bytes <= NET_MAP_BUDGET || net_entries(cpus) == NET_MIN_ENTRIES);
+        }
+    }
 }
