@@ -168,6 +168,18 @@ pub enum Format {
     Summary,
 }
 
+impl From<Format> for crate::render::sink::SampleFormat {
+    fn from(f: Format) -> Self {
+        use crate::render::sink::SampleFormat as S;
+        match f {
+            Format::Live => S::Live,
+            Format::Simple => S::Simple,
+            Format::Jsonl => S::Jsonl,
+            Format::Summary => S::Summary,
+        }
+    }
+}
+
 /// Options of `pmet trace`.
 #[derive(Debug, Args)]
 pub struct TraceArgs {

@@ -13,6 +13,7 @@ use crate::{
     history::{HistoryError, default_path, with_store},
     privileges::{self, Credentials},
     render::{
+        diff_table::diff_table,
         html::html,
         report_text::report_text,
         style::Style,
@@ -22,7 +23,7 @@ use crate::{
     },
     report::{
         OutputTarget, Report,
-        diff::{check, diff, parse_limits, render},
+        diff::{check, diff, parse_limits},
         read::{ReadError, parse_report, read_report},
     },
 };
@@ -224,7 +225,7 @@ pub fn diff_cmd(a: &DiffArgs) -> i32 {
                 }
             }
             if let Some(code) = crate::out::stdout_or_status(
-                render(&d, &base.name, &new.name, &verdicts, 15).as_bytes(),
+                diff_table(&d, &base.name, &new.name, &verdicts, 15).as_bytes(),
             ) {
                 return code;
             }

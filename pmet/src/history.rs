@@ -15,8 +15,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, config::DbConfig, param
 
 use crate::{
     privileges::{Credentials, as_user},
-    render::units::command_line,
     report::{Report, diff::metric},
+    units::command_line,
 };
 
 /// Why the store could not be used.

@@ -25,6 +25,7 @@ pub mod report;
 pub mod session;
 pub mod signals;
 pub mod trace;
+pub mod units;
 pub mod userfile;
 
 pub use error::Error;

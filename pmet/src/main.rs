@@ -111,7 +111,7 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&Error::Other(format!("cannot start the runtime: {e}"))),
     };
-    let make_sink = move |stream| Sink::new(format, what, style, stream);
+    let make_sink = move |stream| Sink::new(format.into(), what, style, stream);
     match rt.block_on(trace(opts, make_sink)) {
         Ok(outcome) => {
             if !quiet {

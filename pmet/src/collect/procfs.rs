@@ -5,30 +5,7 @@
 
 use std::{collections::HashMap, fs, io, path::PathBuf};
 
-/// One look at a live process, taken from /proc/PID/{stat,status,io}.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Sample {
-    /// `CLOCK_BOOTTIME` nanoseconds when it was taken.
-    pub ts_ns: u64,
-    /// User CPU, clock ticks (whole process, exited threads included).
-    pub utime_ticks: u64,
-    /// System CPU, clock ticks.
-    pub stime_ticks: u64,
-    /// Resident set size now, bytes.
-    pub rss_bytes: u64,
-    /// Peak resident set size so far (VmHWM), bytes.
-    pub hwm_bytes: u64,
-    /// Threads now.
-    pub threads: u32,
-    /// Storage bytes read (None when /proc/PID/io is not readable).
-    pub read_bytes: Option<u64>,
-    /// Storage bytes written.
-    pub write_bytes: Option<u64>,
-    /// Of those, dirty bytes dropped before writeback (truncation, unlink).
-    pub cancelled_write_bytes: Option<u64>,
-    /// Process start, clock ticks after boot (identifies the instance of a pid).
-    pub start_ticks: u64,
-}
+pub use crate::model::input::Sample;
 
 /// Fields of /proc/PID/stat that pmet uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

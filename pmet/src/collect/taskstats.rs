@@ -41,9 +41,6 @@ const TASKSTATS_TYPE_AGGR_PID: u16 = 4;
 /// How long the reader lets records queue between two batches.
 const BATCH: Duration = Duration::from_millis(20);
 
-/// `ac_flag` bit: the last thread of its group.
-pub const AGROUP: u8 = 0x20;
-
 /// Byte offsets in `struct taskstats` (stable: fields are only ever appended;
 /// checked against <linux/taskstats.h> version 13 and this kernel's 16).
 mod off {
@@ -73,50 +70,7 @@ mod off {
     pub const MIN_LEN: usize = 288;
 }
 
-/// One exited task, as the kernel reported it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TaskStats {
-    /// Thread id.
-    pub tid: u32,
-    /// Process id (`ac_tgid`; the tid on kernels too old to say).
-    pub tgid: u32,
-    /// Parent pid.
-    pub ppid: u32,
-    /// comm.
-    pub comm: String,
-    /// Wait-status-style exit code (`status << 8`, or the signal).
-    pub exit_code: u32,
-    /// `ac_flag`.
-    pub flags: u8,
-    /// User CPU, microseconds (tick-sampled).
-    pub utime_us: u64,
-    /// System CPU, microseconds (tick-sampled).
-    pub stime_us: u64,
-    /// Scheduler runtime, ns (`cpu_run_virtual_total`; 0 when not provided).
-    pub run_ns: u64,
-    /// Peak RSS of the address space, KiB.
-    pub hiwater_rss_kb: u64,
-    /// Peak virtual size, KiB.
-    pub hiwater_vm_kb: u64,
-    /// Bytes passed to read-like calls.
-    pub read_char: u64,
-    /// Bytes passed to write-like calls.
-    pub write_char: u64,
-    /// Storage bytes read.
-    pub read_bytes: u64,
-    /// Storage bytes written.
-    pub write_bytes: u64,
-    /// Dirty bytes cancelled by truncation.
-    pub cancelled_write_bytes: u64,
-    /// Voluntary context switches.
-    pub nvcsw: u64,
-    /// Involuntary context switches.
-    pub nivcsw: u64,
-    /// Minor page faults.
-    pub minflt: u64,
-    /// Major page faults.
-    pub majflt: u64,
-}
+pub use crate::model::input::{AGROUP, TaskStats};
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_ne_bytes([b[o], b[o + 1]])

@@ -8,7 +8,7 @@ use super::{
     event::{Event, ThreadTotals},
     tree::Tree,
 };
-use crate::collect::{procfs::Sample, taskstats::TaskStats};
+use crate::model::input::{Sample, TaskStats};
 
 const S: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;

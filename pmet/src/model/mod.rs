@@ -4,6 +4,7 @@ pub mod event;
 pub mod figures;
 #[cfg(test)]
 pub mod fixture;
+pub mod input;
 pub mod series;
 pub mod snapshot;
 pub mod tree;

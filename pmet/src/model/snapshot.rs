@@ -260,7 +260,7 @@ impl Snapshotter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{collect::procfs::Sample, model::event::Event};
+    use crate::model::{event::Event, input::Sample};
 
     #[test]
     fn rates_come_from_the_previous_snapshot() {

@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use pmet_common::NetCounters;
 
 use super::event::{Event, ThreadTotals};
-use crate::collect::{procfs::Sample, taskstats::TaskStats};
+use crate::model::input::{Sample, TaskStats};
 
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -569,7 +569,7 @@ impl Tree {
         // The group's last record carries the wait status. The exit event
         // says the same; this stands in when that event was lost (taskstats
         // does not share the ring buffer).
-        if ts.flags & crate::collect::taskstats::AGROUP != 0 {
+        if ts.flags & crate::model::input::AGROUP != 0 {
             p.taskstats.group_done = true;
             if p.exit.is_none() {
                 p.exit = Some(ExitStatus::from_raw(ts.exit_code));
@@ -974,7 +974,7 @@ mod tests {
         ts.tgid = 100;
         ts.tid = 100;
         ts.hiwater_rss_kb = 500;
-        ts.flags = crate::collect::taskstats::AGROUP;
+        ts.flags = crate::model::input::AGROUP;
         ts.exit_code = 2 << 8;
         assert!(t.apply_taskstats(&ts));
         let p = &t.procs[0].taskstats;
@@ -1001,7 +1001,7 @@ mod tests {
         let ts = TaskStats {
             tid: 100,
             tgid: 100,
-            flags: crate::collect::taskstats::AGROUP,
+            flags: crate::model::input::AGROUP,
             exit_code: 9,
             ..TaskStats::default()
         };

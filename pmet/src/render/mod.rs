@@ -1,5 +1,6 @@
 //! Output for people (and streams for tools).
 
+pub mod diff_table;
 pub mod html;
 pub mod live;
 pub mod report_text;
@@ -13,4 +14,5 @@ pub mod svg;
 pub mod term;
 pub mod trace_events;
 pub mod tree;
-pub mod units;
+/// The formatting helpers (a base module: reports use them too).
+pub use crate::units;

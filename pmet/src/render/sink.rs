@@ -9,7 +9,20 @@ use super::{
     style::Style,
     term::Panel,
 };
-use crate::{cli::Format, model::snapshot::Snapshot};
+use crate::model::snapshot::Snapshot;
+
+/// What is shown per sample while tracing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleFormat {
+    /// A live view redrawn in place (terminals only).
+    Live,
+    /// One plain line per sample.
+    Simple,
+    /// One JSON object per sample (JSON Lines).
+    Jsonl,
+    /// Nothing until the final summary.
+    Summary,
+}
 
 /// The per-sample output of a session.
 pub enum Sink {
@@ -39,9 +52,14 @@ pub enum Sink {
 
 impl Sink {
     /// A sink for `format`, writing lines to `out`.
-    pub fn new(format: Format, what: String, style: Style, out: Box<dyn Write + Send>) -> Self {
+    pub fn new(
+        format: SampleFormat,
+        what: String,
+        style: Style,
+        out: Box<dyn Write + Send>,
+    ) -> Self {
         match format {
-            Format::Live => match Panel::start() {
+            SampleFormat::Live => match Panel::start() {
                 Ok(panel) => Sink::Live {
                     panel,
                     what,
@@ -54,9 +72,9 @@ impl Sink {
                     Sink::Nothing
                 }
             },
-            Format::Simple => Sink::Lines { out, json: false },
-            Format::Jsonl => Sink::Lines { out, json: true },
-            Format::Summary => Sink::Nothing,
+            SampleFormat::Simple => Sink::Lines { out, json: false },
+            SampleFormat::Jsonl => Sink::Lines { out, json: true },
+            SampleFormat::Summary => Sink::Nothing,
         }
     }
 

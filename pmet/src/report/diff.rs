@@ -1,12 +1,12 @@
 //! Comparing two reports: the tree's totals, and the processes matched by
 //! command line; and the limits a CI job gates on (`--fail-if`).
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::{ProcessReport, Report};
-use crate::render::units::{bytes, command_line, duration};
+use crate::units::{bytes, command_line, duration};
 
 /// What a figure counts, for display and for limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -21,14 +21,16 @@ pub enum Unit {
 }
 
 impl Unit {
-    fn show(self, v: f64) -> String {
+    /// `v` in this unit, for a person (its sign dropped).
+    pub fn show(self, v: f64) -> String {
         match self {
             Unit::Seconds => duration(v.abs()),
             Unit::Bytes => bytes(v.abs().round() as u64),
             Unit::Count => format!("{}", v.abs().round()),
         }
     }
-    fn signed(self, v: f64) -> String {
+    /// `v` in this unit with its sign.
+    pub fn signed(self, v: f64) -> String {
         format!("{}{}", if v < 0.0 { "-" } else { "+" }, self.show(v))
     }
 }
@@ -398,75 +400,6 @@ pub fn check(d: &Diff, limits: &[Limit]) -> Vec<Verdict> {
             }
         })
         .collect()
-}
-
-fn change_text(m: &MetricDiff) -> String {
-    match (m.change, m.change_pct) {
-        (Some(c), Some(p)) => format!("{} ({:+.1} %)", m.unit.signed(c), p),
-        (Some(c), None) => m.unit.signed(c),
-        _ => "-".into(),
-    }
-}
-
-/// The comparison as a table for people.
-pub fn render(
-    d: &Diff,
-    base_name: &str,
-    new_name: &str,
-    verdicts: &[Verdict],
-    top: usize,
-) -> String {
-    let mut o = String::new();
-    let _ = writeln!(o, "pmet diff: {base_name} → {new_name}");
-    let _ = writeln!(o, "  {:<36} {:>12} {:>12}  change", "", "base", "new");
-    for m in &d.metrics {
-        let show = |v: Option<f64>| v.map_or("unknown".into(), |v| m.unit.show(v));
-        let _ = writeln!(
-            o,
-            "  {:<36} {:>12} {:>12}  {}",
-            m.label,
-            show(m.base),
-            show(m.new),
-            change_text(m)
-        );
-    }
-    let _ = writeln!(
-        o,
-        "  processes, matched by command line (biggest CPU change first):"
-    );
-    for p in d.processes.iter().take(top) {
-        let cpu = |g: &Option<Group>| {
-            g.as_ref().map_or("—".into(), |g| {
-                format!("{}×{}", g.count, duration(g.cpu_s))
-            })
-        };
-        let _ = writeln!(
-            o,
-            "    {:>18} → {:<18}  {}",
-            cpu(&p.base),
-            cpu(&p.new),
-            crate::render::units::fit(&p.command, 60)
-        );
-    }
-    if d.processes.len() > top {
-        let _ = writeln!(
-            o,
-            "    … {} more (see --format json)",
-            d.processes.len() - top
-        );
-    }
-    if !verdicts.is_empty() {
-        let _ = writeln!(o, "  limits:");
-        for v in verdicts {
-            let _ = writeln!(
-                o,
-                "    {} {}",
-                if v.ok { "ok  " } else { "FAIL" },
-                v.message
-            );
-        }
-    }
-    o
 }
 
 #[cfg(test)]
