@@ -448,7 +448,7 @@ pub(crate) mod fake {
         io,
     };
 
-    use pmet_common::{Dying, NetCounters, counter};
+    use pmet_common::{Dying, counter};
 
     use crate::{
         collect::{
@@ -456,7 +456,7 @@ pub(crate) mod fake {
             source::{EventSource, Sampler},
         },
         error::Error,
-        model::event::Event,
+        model::{event::Event, net::Net},
     };
 
     /// The kernel side: a queue of events and the maps, set by the test.
@@ -464,7 +464,7 @@ pub(crate) mod fake {
     pub struct FakeKernel {
         pub events: VecDeque<Event>,
         pub tracked: HashMap<u32, u64>,
-        pub net: HashMap<(u32, u64), NetCounters>,
+        pub net: HashMap<(u32, u64), Net>,
         pub counters: [u64; counter::LEN as usize],
         pub dying: HashMap<u64, Dying>,
         pub undecodable: u64,
@@ -514,10 +514,10 @@ pub(crate) mod fake {
         fn tracked(&self, pid: u32) -> Option<u64> {
             self.tracked.get(&pid).copied()
         }
-        fn net(&self, pid: u32, cookie: u64) -> Option<NetCounters> {
+        fn net(&self, pid: u32, cookie: u64) -> Option<Net> {
             self.net.get(&(pid, cookie)).copied()
         }
-        fn take_net(&mut self, pid: u32, cookie: u64) -> Option<NetCounters> {
+        fn take_net(&mut self, pid: u32, cookie: u64) -> Option<Net> {
             self.net.remove(&(pid, cookie))
         }
         fn counters(&self) -> [u64; counter::LEN as usize] {
@@ -586,7 +586,7 @@ pub(crate) mod fake {
 
 #[cfg(test)]
 mod tests {
-    use pmet_common::{Dying, NetCounters};
+    use pmet_common::Dying;
 
     use super::{
         fake::{FakeKernel, FakeProc},
@@ -682,9 +682,12 @@ mod tests {
         k.fork(1100 * MS, ROOT, 200, 11);
         k.net.insert(
             (200, 11),
-            NetCounters {
-                tcp_tx_bytes: 5,
-                ..NetCounters::default()
+            crate::model::net::Net {
+                tcp: crate::model::net::Traffic {
+                    tx_bytes: 5,
+                    ..Default::default()
+                },
+                ..Default::default()
             },
         );
         k.exit(1150 * MS, 200, 11, 0);
@@ -700,11 +703,11 @@ mod tests {
             [(11, Some(0)), (13, Some(1))]
         );
         assert_eq!(
-            ps[0].net.tcp_tx_bytes, 5,
+            ps[0].net.tcp.tx_bytes, 5,
             "counters stay with their instance"
         );
         assert!(ps[0].net_final);
-        assert_eq!(ps[1].net.tcp_tx_bytes, 0);
+        assert_eq!(ps[1].net.tcp.tx_bytes, 0);
         assert!(kernel(&mut s).net.is_empty(), "final counters are taken");
     }
 

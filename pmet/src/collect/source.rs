@@ -12,7 +12,13 @@ use super::{
     ebpf::Kernel,
     procfs::{Procfs, Sample, Stat, ThreadFigures},
 };
-use crate::{error::Error, model::event::Event};
+use crate::{
+    error::Error,
+    model::{
+        event::Event,
+        net::{Net, Traffic},
+    },
+};
 
 /// The kernel side: events about the tracked tree, and the maps behind them.
 pub trait EventSource {
@@ -23,10 +29,10 @@ pub trait EventSource {
     fn track(&mut self, pid: u32, cookie: u64) -> Result<(), Error>;
     /// The cookie a pid is tracked under, if it still is.
     fn tracked(&self, pid: u32) -> Option<u64>;
-    /// A live process's socket counters.
-    fn net(&self, pid: u32, cookie: u64) -> Option<NetCounters>;
-    /// An exited process's final socket counters, removed from the kernel.
-    fn take_net(&mut self, pid: u32, cookie: u64) -> Option<NetCounters>;
+    /// A live process's network traffic so far.
+    fn net(&self, pid: u32, cookie: u64) -> Option<Net>;
+    /// An exited process's final traffic, removed from the kernel.
+    fn take_net(&mut self, pid: u32, cookie: u64) -> Option<Net>;
     /// Loss counters, indexed by `pmet_common::counter`.
     fn counters(&self) -> [u64; counter::LEN as usize];
     /// Exited threads whose free has not been seen, by task address.
@@ -55,6 +61,26 @@ pub trait Sampler {
     fn subtree(&self, pid: u32) -> Vec<u32>;
 }
 
+/// The kernel side's counters as the model keeps them: the one conversion.
+impl From<&NetCounters> for Net {
+    fn from(c: &NetCounters) -> Self {
+        Net {
+            tcp: Traffic {
+                tx_bytes: c.tcp_tx_bytes,
+                rx_bytes: c.tcp_rx_bytes,
+                tx_calls: c.tcp_tx_calls,
+                rx_calls: c.tcp_rx_calls,
+            },
+            udp: Traffic {
+                tx_bytes: c.udp_tx_bytes,
+                rx_bytes: c.udp_rx_bytes,
+                tx_calls: c.udp_tx_calls,
+                rx_calls: c.udp_rx_calls,
+            },
+        }
+    }
+}
+
 impl EventSource for Kernel {
     fn drain_into(&mut self, out: &mut Vec<Event>) -> u64 {
         let mut undecodable = 0;
@@ -72,11 +98,11 @@ impl EventSource for Kernel {
     fn tracked(&self, pid: u32) -> Option<u64> {
         Kernel::tracked(self, pid)
     }
-    fn net(&self, pid: u32, cookie: u64) -> Option<NetCounters> {
-        Kernel::net(self, pid, cookie)
+    fn net(&self, pid: u32, cookie: u64) -> Option<Net> {
+        Kernel::net(self, pid, cookie).as_ref().map(Net::from)
     }
-    fn take_net(&mut self, pid: u32, cookie: u64) -> Option<NetCounters> {
-        Kernel::take_net(self, pid, cookie)
+    fn take_net(&mut self, pid: u32, cookie: u64) -> Option<Net> {
+        Kernel::take_net(self, pid, cookie).as_ref().map(Net::from)
     }
     fn counters(&self) -> [u64; counter::LEN as usize] {
         Kernel::counters(self)

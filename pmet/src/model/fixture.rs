@@ -4,6 +4,8 @@
 
 use pmet_common::NetCounters;
 
+use super::net::Net;
+
 use super::{
     event::{Event, ThreadTotals},
     tree::Tree,
@@ -136,12 +138,14 @@ pub fn web_job() -> (Tree, u64) {
     for e in evs {
         t.apply(e);
     }
-    let net = |tcp_tx, tcp_rx| NetCounters {
-        tcp_tx_bytes: tcp_tx,
-        tcp_rx_bytes: tcp_rx,
-        tcp_tx_calls: 3,
-        tcp_rx_calls: 7,
-        ..NetCounters::default()
+    let net = |tcp_tx, tcp_rx| {
+        Net::from(&NetCounters {
+            tcp_tx_bytes: tcp_tx,
+            tcp_rx_bytes: tcp_rx,
+            tcp_tx_calls: 3,
+            tcp_rx_calls: 7,
+            ..NetCounters::default()
+        })
     };
     t.set_net(1001, 2003, net(10_485_760 + 262_144, 300), true);
     t.set_net(1002, 2005, net(150, 10_485_760), true);
@@ -190,10 +194,12 @@ pub fn live_at(t: &mut Tree, secs: u64) {
     t.apply_sample(1000, sample(1, 1_700));
     t.apply_sample(1001, sample(40 * secs, 21_500));
     t.apply_sample(1002, sample(15 * secs, 9_800));
-    let net = |tx: u64, rx: u64| NetCounters {
-        tcp_tx_bytes: tx,
-        tcp_rx_bytes: rx,
-        ..NetCounters::default()
+    let net = |tx: u64, rx: u64| {
+        Net::from(&NetCounters {
+            tcp_tx_bytes: tx,
+            tcp_rx_bytes: rx,
+            ..NetCounters::default()
+        })
     };
     t.set_net(1001, 2003, net(2_000_000 * secs, 300), false);
     t.set_net(1002, 2005, net(150, 2_000_000 * secs), false);

@@ -5,6 +5,7 @@ pub mod figures;
 #[cfg(test)]
 pub mod fixture;
 pub mod input;
+pub mod net;
 pub mod series;
 pub mod snapshot;
 pub mod tree;

@@ -6,7 +6,32 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::{NetBytes, Snapshot};
+use super::{net::Net, snapshot::Snapshot};
+
+/// A tree point's network bytes so far: the report's compact shape for a
+/// time series (bytes only, no call counts), kept as it always was.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetPoint {
+    /// TCP sent.
+    pub tcp_tx: u64,
+    /// TCP received.
+    pub tcp_rx: u64,
+    /// UDP sent.
+    pub udp_tx: u64,
+    /// UDP received.
+    pub udp_rx: u64,
+}
+
+impl From<&Net> for NetPoint {
+    fn from(n: &Net) -> Self {
+        Self {
+            tcp_tx: n.tcp.tx_bytes,
+            tcp_rx: n.tcp.rx_bytes,
+            udp_tx: n.udp.tx_bytes,
+            udp_rx: n.udp.rx_bytes,
+        }
+    }
+}
 
 /// One moment of the whole tree.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -25,7 +50,7 @@ pub struct TreePoint {
     /// Storage bytes written so far.
     pub disk_write_bytes: u64,
     /// Network bytes so far (`null` without eBPF).
-    pub net: Option<NetBytes>,
+    pub net: Option<NetPoint>,
     /// Processes alive.
     pub alive: u32,
 }
@@ -232,7 +257,7 @@ impl Recorder {
             rss_bytes: s.rss_bytes,
             disk_read_bytes: s.disk_read_bytes,
             disk_write_bytes: s.disk_write_bytes,
-            net: s.net,
+            net: s.net.as_ref().map(NetPoint::from),
             alive: s.alive as u32,
         });
         // The first snapshot has no rates yet.

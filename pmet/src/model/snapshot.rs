@@ -3,10 +3,9 @@
 
 use std::collections::HashMap;
 
-use pmet_common::NetCounters;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{figures::figures, tree::Tree};
+use super::{figures::figures, net::Net, tree::Tree};
 
 /// Bytes per second each way, TCP and UDP apart.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -32,46 +31,15 @@ impl NetRate {
     }
 }
 
-/// Cumulative network bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NetBytes {
-    /// TCP sent.
-    pub tcp_tx: u64,
-    /// TCP received.
-    pub tcp_rx: u64,
-    /// UDP sent.
-    pub udp_tx: u64,
-    /// UDP received.
-    pub udp_rx: u64,
-}
-
-impl From<&NetCounters> for NetBytes {
-    fn from(c: &NetCounters) -> Self {
-        Self {
-            tcp_tx: c.tcp_tx_bytes,
-            tcp_rx: c.tcp_rx_bytes,
-            udp_tx: c.udp_tx_bytes,
-            udp_rx: c.udp_rx_bytes,
-        }
-    }
-}
-
-impl NetBytes {
-    fn add(&mut self, o: &NetBytes) {
-        self.tcp_tx += o.tcp_tx;
-        self.tcp_rx += o.tcp_rx;
-        self.udp_tx += o.udp_tx;
-        self.udp_rx += o.udp_rx;
-    }
-
-    fn rate_since(&self, before: &NetBytes, dt: f64) -> NetRate {
+impl NetRate {
+    /// Bytes per second from `before` to `now`, `dt` seconds apart.
+    fn between(now: &Net, before: &Net, dt: f64) -> NetRate {
         let r = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
         NetRate {
-            tcp_tx: r(self.tcp_tx, before.tcp_tx),
-            tcp_rx: r(self.tcp_rx, before.tcp_rx),
-            udp_tx: r(self.udp_tx, before.udp_tx),
-            udp_rx: r(self.udp_rx, before.udp_rx),
+            tcp_tx: r(now.tcp.tx_bytes, before.tcp.tx_bytes),
+            tcp_rx: r(now.tcp.rx_bytes, before.tcp.rx_bytes),
+            udp_tx: r(now.udp.tx_bytes, before.udp.tx_bytes),
+            udp_rx: r(now.udp.rx_bytes, before.udp.rx_bytes),
         }
     }
 }
@@ -92,7 +60,7 @@ pub struct ProcLine {
     /// Resident memory now.
     pub rss_bytes: Option<u64>,
     /// Network bytes so far (`None` without eBPF).
-    pub net: Option<NetBytes>,
+    pub net: Option<Net>,
     /// Network rate since the previous snapshot.
     pub net_rate: NetRate,
 }
@@ -124,7 +92,7 @@ pub struct Snapshot {
     /// Write rate, B/s.
     pub disk_write_rate: f64,
     /// Network bytes so far (`None` without eBPF).
-    pub net: Option<NetBytes>,
+    pub net: Option<Net>,
     /// Network rate since the previous snapshot.
     pub net_rate: NetRate,
     /// Events or figures lost so far.
@@ -136,7 +104,7 @@ pub struct Snapshot {
 #[derive(Clone, Copy, Default)]
 struct Prev {
     cpu_s: f64,
-    net: NetBytes,
+    net: Net,
 }
 
 /// Takes snapshots, remembering the previous one for rates.
@@ -183,7 +151,7 @@ impl Snapshotter {
                 write += d.write;
                 cancelled += d.cancelled;
             }
-            let net = NetBytes::from(&p.net);
+            let net = p.net;
             total.net.add(&net);
             if matches!(p.exit, Some(e) if e.shell_code() != 0) {
                 failed += 1;
@@ -199,7 +167,7 @@ impl Snapshotter {
             let (cpu_pct, net_rate) = match (dt, self.procs.get(&key)) {
                 (Some(dt), Some(before)) => (
                     (now.cpu_s - before.cpu_s).max(0.0) / dt * 100.0,
-                    net.rate_since(&before.net, dt),
+                    NetRate::between(&net, &before.net, dt),
                 ),
                 _ => (0.0, NetRate::default()),
             };
@@ -229,7 +197,7 @@ impl Snapshotter {
         let (cpu_pct, net_rate, read_rate, write_rate) = match (dt, self.last) {
             (Some(dt), Some((_, before, r0, w0))) => (
                 (total.cpu_s - before.cpu_s).max(0.0) / dt * 100.0,
-                total.net.rate_since(&before.net, dt),
+                NetRate::between(&total.net, &before.net, dt),
                 read.saturating_sub(r0) as f64 / dt,
                 write.saturating_sub(w0) as f64 / dt,
             ),
@@ -284,10 +252,10 @@ mod tests {
         t.set_net(
             101,
             11,
-            NetCounters {
+            crate::model::net::Net::from(&pmet_common::NetCounters {
                 tcp_rx_bytes: 1000,
-                ..NetCounters::default()
-            },
+                ..pmet_common::NetCounters::default()
+            }),
             false,
         );
         let mut s = Snapshotter::new(0, 100, true, true);
@@ -298,10 +266,10 @@ mod tests {
         t.set_net(
             101,
             11,
-            NetCounters {
+            crate::model::net::Net::from(&pmet_common::NetCounters {
                 tcp_rx_bytes: 3000,
-                ..NetCounters::default()
-            },
+                ..pmet_common::NetCounters::default()
+            }),
             false,
         );
         let b = s.take(&t, 3_000_000_000, 0);
@@ -313,6 +281,6 @@ mod tests {
         assert_eq!(b.processes[0].pid, 101, "busiest first");
         assert_eq!(b.processes[0].cpu_pct, 25.0);
         assert_eq!(b.processes[0].net_rate.tcp_rx, 1000.0);
-        assert_eq!(b.net.unwrap().tcp_rx, 3000);
+        assert_eq!(b.net.unwrap().tcp.rx_bytes, 3000);
     }
 }

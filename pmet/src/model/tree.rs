@@ -5,10 +5,11 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use pmet_common::NetCounters;
-
 use super::event::{Event, ThreadTotals};
-use crate::model::input::{Sample, TaskStats};
+use crate::model::{
+    input::{Sample, TaskStats},
+    net::Net,
+};
 
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,7 +199,7 @@ pub struct Proc {
     /// Highest VmHWM seen in samples, bytes.
     pub sampled_peak_rss: u64,
     /// Socket traffic (final once `net_final`).
-    pub net: NetCounters,
+    pub net: Net,
     /// `net` was read after the process exited.
     pub net_final: bool,
     /// Attach-time figures to subtract.
@@ -597,7 +598,7 @@ impl Tree {
     }
 
     /// Records a process's socket counters (final when it has exited).
-    pub fn set_net(&mut self, pid: u32, cookie: u64, net: NetCounters, final_: bool) {
+    pub fn set_net(&mut self, pid: u32, cookie: u64, net: Net, final_: bool) {
         if let Some(&i) = self.by_key.get(&(pid, cookie)) {
             self.procs[i].net = net;
             self.procs[i].net_final |= final_;

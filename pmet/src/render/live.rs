@@ -101,13 +101,13 @@ pub fn live_lines(
             Some(n) => format!(
                 "{} TCP ↑ {} {} ↓ {} {} │ UDP ↑ {} {} ↓ {} {}",
                 st.dim("net"),
-                bytes(n.tcp_tx),
+                bytes(n.tcp.tx_bytes),
                 st.dim(&rate(s.net_rate.tcp_tx)),
-                bytes(n.tcp_rx),
+                bytes(n.tcp.rx_bytes),
                 st.dim(&rate(s.net_rate.tcp_rx)),
-                bytes(n.udp_tx),
+                bytes(n.udp.tx_bytes),
                 st.dim(&rate(s.net_rate.udp_tx)),
-                bytes(n.udp_rx),
+                bytes(n.udp.rx_bytes),
                 st.dim(&rate(s.net_rate.udp_rx)),
             ),
             None => format!("{} unknown without eBPF", st.dim("net")),
@@ -176,7 +176,10 @@ pub fn live_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::snapshot::{NetBytes, NetRate};
+    use crate::model::{
+        net::{Net, Traffic},
+        snapshot::NetRate,
+    };
 
     pub(crate) fn snapshot() -> Snapshot {
         let p = |pid, cpu_pct, cpu_s, rx: f64, argv: &[&str]| ProcLine {
@@ -186,7 +189,7 @@ mod tests {
             cpu_pct,
             cpu_s: Some(cpu_s),
             rss_bytes: Some(12 << 20),
-            net: Some(NetBytes::default()),
+            net: Some(Net::default()),
             net_rate: NetRate {
                 tcp_rx: rx,
                 ..NetRate::default()
@@ -204,11 +207,13 @@ mod tests {
             disk_write_bytes: 34 << 20,
             disk_read_rate: 0.0,
             disk_write_rate: 2.5 * 1048576.0,
-            net: Some(NetBytes {
-                tcp_tx: 1536 << 10,
-                tcp_rx: 200 << 10,
-                udp_tx: 0,
-                udp_rx: 0,
+            net: Some(Net {
+                tcp: Traffic {
+                    tx_bytes: 1536 << 10,
+                    rx_bytes: 200 << 10,
+                    ..Traffic::default()
+                },
+                ..Net::default()
             }),
             net_rate: NetRate {
                 tcp_tx: 120.0 * 1024.0,

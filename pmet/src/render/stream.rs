@@ -7,20 +7,17 @@ use super::{
     live::{elapsed, rate},
     units::{bytes, duration},
 };
-use crate::{
-    model::snapshot::{NetBytes, Snapshot},
-    report::{Net, Traffic},
-};
+use crate::{model::snapshot::Snapshot, report::Net};
 
 /// A `--format simple` line.
 pub fn simple_line(s: &Snapshot) -> String {
     let net = match &s.net {
         Some(n) => format!(
             "tcp ↑{} ↓{}  udp ↑{} ↓{}",
-            bytes(n.tcp_tx),
-            bytes(n.tcp_rx),
-            bytes(n.udp_tx),
-            bytes(n.udp_rx)
+            bytes(n.tcp.tx_bytes),
+            bytes(n.tcp.rx_bytes),
+            bytes(n.udp.tx_bytes),
+            bytes(n.udp.rx_bytes)
         ),
         None => "net unknown".into(),
     };
@@ -44,21 +41,6 @@ pub fn simple_line(s: &Snapshot) -> String {
         line.push_str(&format!("  LOST {}", s.lost));
     }
     line
-}
-
-fn net(n: &NetBytes) -> Net {
-    Net {
-        tcp: Traffic {
-            tx_bytes: n.tcp_tx,
-            rx_bytes: n.tcp_rx,
-            ..Traffic::default()
-        },
-        udp: Traffic {
-            tx_bytes: n.udp_tx,
-            rx_bytes: n.udp_rx,
-            ..Traffic::default()
-        },
-    }
 }
 
 /// One process in a JSON Lines record.
@@ -105,7 +87,7 @@ pub fn json_line(s: &Snapshot) -> String {
         rss_bytes: s.rss_bytes,
         disk_read_bytes: s.disk_read_bytes,
         disk_write_bytes: s.disk_write_bytes,
-        net: s.net.as_ref().map(net),
+        net: s.net,
         lost_events: s.lost,
         processes: s
             .processes
@@ -116,7 +98,7 @@ pub fn json_line(s: &Snapshot) -> String {
                 cpu_pct: r3(p.cpu_pct),
                 cpu_s: p.cpu_s.map(|c| (c * 1e6).round() / 1e6),
                 rss_bytes: p.rss_bytes,
-                net: p.net.as_ref().map(net),
+                net: p.net,
             })
             .collect(),
     };

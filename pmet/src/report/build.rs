@@ -1,11 +1,7 @@
 //! From the tree model to a [`Report`]: the one place where each reported
 //! figure's source is chosen.
 
-use pmet_common::NetCounters;
-
-use super::{
-    Collector, Host, Net, ProcStats, ProcessReport, Report, SCHEMA, SeriesReport, Totals, Traffic,
-};
+use super::{Collector, Host, Net, ProcStats, ProcessReport, Report, SCHEMA, SeriesReport, Totals};
 use crate::model::{
     figures::figures,
     series::{Recorder, Stat},
@@ -52,23 +48,6 @@ fn offset_s(ns: u64, start: u64) -> f64 {
     ((ns as i128 - start as i128) as f64 / 1e3).round() / 1e6
 }
 
-fn net(c: &NetCounters) -> Net {
-    Net {
-        tcp: Traffic {
-            tx_bytes: c.tcp_tx_bytes,
-            rx_bytes: c.tcp_rx_bytes,
-            tx_calls: c.tcp_tx_calls,
-            rx_calls: c.tcp_rx_calls,
-        },
-        udp: Traffic {
-            tx_bytes: c.udp_tx_bytes,
-            rx_bytes: c.udp_rx_bytes,
-            tx_calls: c.udp_tx_calls,
-            rx_calls: c.udp_rx_calls,
-        },
-    }
-}
-
 fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
 }
@@ -103,7 +82,7 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         disk_read_bytes: f.disk.map(|d| d.read),
         disk_write_bytes: f.disk.map(|d| d.written()),
         disk_cancelled_write_bytes: f.disk.map(|d| d.cancelled),
-        net: ebpf.then(|| net(&p.net)),
+        net: ebpf.then_some(p.net),
         exe: p.exe.clone(),
         argv_truncated: p.argv_truncated,
         core_dumped,
@@ -303,13 +282,13 @@ mod tests {
         t.set_net(
             101,
             11,
-            NetCounters {
+            crate::model::net::Net::from(&pmet_common::NetCounters {
                 tcp_tx_bytes: 100_000,
                 udp_rx_bytes: 50_000,
                 tcp_tx_calls: 2,
                 udp_rx_calls: 50,
-                ..NetCounters::default()
-            },
+                ..pmet_common::NetCounters::default()
+            }),
             true,
         );
         t

@@ -283,43 +283,7 @@ impl Lost {
     }
 }
 
-/// TCP and UDP traffic.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct Net {
-    /// TCP, IPv4 and IPv6.
-    pub tcp: Traffic,
-    /// UDP (and UDP-Lite), IPv4 and IPv6.
-    pub udp: Traffic,
-}
-
-/// Bytes and calls one way and the other.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct Traffic {
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Successful send calls.
-    #[serde(default)]
-    pub tx_calls: u64,
-    /// Successful receive calls.
-    #[serde(default)]
-    pub rx_calls: u64,
-}
-
-impl Net {
-    /// Adds another process's traffic.
-    pub fn add(&mut self, o: &Net) {
-        for (a, b) in [(&mut self.tcp, &o.tcp), (&mut self.udp, &o.udp)] {
-            a.tx_bytes += b.tx_bytes;
-            a.rx_bytes += b.rx_bytes;
-            a.tx_calls += b.tx_calls;
-            a.rx_calls += b.rx_calls;
-        }
-    }
-}
+pub use crate::model::net::{Net, Traffic};
 
 /// The tree, summed over every process.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
