@@ -313,6 +313,11 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 if now.saturating_sub(since) >= SUSPECT_GRACE.as_nanos() as u64 {
                     log::debug!("pid {pid} left the kernel's tracked set without an exit event");
                     self.tree.mark_vanished(pid, since);
+                    // Its traffic is final too, and its kernel entry must
+                    // not outlive it (it would, with no exit to take it).
+                    if let Some(n) = self.kernel.as_mut().and_then(|k| k.take_net(pid, cookie)) {
+                        self.tree.set_net(pid, cookie, n, true);
+                    }
                 } else {
                     still.insert(key, since);
                 }
@@ -664,8 +669,16 @@ mod tests {
         s.tick(1300 * MS);
         s.tick(1300 * MS + SUSPECT_GRACE.as_nanos() as u64 - 1);
         assert!(!by_pid(&s, 200)[0].vanished, "not before the grace");
+        kernel(&mut s)
+            .net
+            .insert((200, 11), crate::model::net::Net::default());
         s.tick(1300 * MS + SUSPECT_GRACE.as_nanos() as u64);
+        assert!(
+            kernel(&mut s).net.is_empty(),
+            "its kernel entry is taken, not leaked"
+        );
         let p = by_pid(&s, 200)[0];
+        assert!(p.net_final);
         assert!(p.vanished);
         assert_eq!(
             p.end_ns,

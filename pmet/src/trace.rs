@@ -709,6 +709,7 @@ pub async fn trace(
     let end_ns = s.end_ns(boottime_ns());
 
     let lost = s.losses();
+    let (self_cpu, self_rss) = self_usage();
     let info = RunInfo {
         command,
         start_ns,
@@ -719,13 +720,13 @@ pub async fn trace(
             ebpf,
             interval_ms: first.as_millis() as u64,
             samples: s.samples,
-            events: 0,
-            lost_events: 0,
+            events: s.tree.events,
+            lost_events: lost.total(),
             lost,
             taskstats: listener.is_some(),
             exit_totals,
-            self_cpu_s: None,
-            self_peak_rss_bytes: None,
+            self_cpu_s: Some(self_cpu),
+            self_peak_rss_bytes: Some(self_rss),
         },
         stopped_early,
         kernel_io,
@@ -737,10 +738,7 @@ pub async fn trace(
         }
         .into(),
     };
-    let mut report = report::build(&s.tree, &info, Some(&s.recorder));
-    let (self_cpu, self_rss) = self_usage();
-    report.collector.self_cpu_s = Some(self_cpu);
-    report.collector.self_peak_rss_bytes = Some(self_rss);
+    let report = report::build(&s.tree, &info, Some(&s.recorder));
     // The reactor lets go of the kernel's fds; the caller detaches them.
     drop(ring);
     drop(log_fd);

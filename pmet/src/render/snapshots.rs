@@ -9,10 +9,12 @@ use crate::{
         style::Style,
         summary::summary,
     },
-    report::{Collector, RunInfo, build},
+    report::{Collector, Lost, RunInfo, build},
 };
 
-fn info(start: u64) -> RunInfo {
+/// What a session would say about `tree`.
+fn info(tree: &crate::model::tree::Tree, start: u64) -> RunInfo {
+    let lost = Lost::measure(None, 0, 0, tree);
     RunInfo {
         command: Some(vec![
             "sh".into(),
@@ -29,6 +31,9 @@ fn info(start: u64) -> RunInfo {
             samples: 3,
             taskstats: true,
             exit_totals: true,
+            events: tree.events,
+            lost_events: lost.total(),
+            lost,
             ..Collector::default()
         },
         kernel_io: true,
@@ -40,14 +45,14 @@ fn info(start: u64) -> RunInfo {
 #[test]
 fn summary_of_a_recorded_run() {
     let (tree, start) = fixture::web_job();
-    let report = build(&tree, &info(start), None);
+    let report = build(&tree, &info(&tree, start), None);
     insta::assert_snapshot!(summary(&report, 100, Style::default()));
 }
 
 #[test]
 fn report_of_a_recorded_run() {
     let (tree, start) = fixture::web_job();
-    let report = build(&tree, &info(start), None);
+    let report = build(&tree, &info(&tree, start), None);
     insta::assert_json_snapshot!(report);
 }
 

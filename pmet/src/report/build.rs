@@ -174,9 +174,7 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
         Some(ExitStatus::Signal { signal, .. }) => (None, Some(signal)),
         None => (None, None),
     };
-    let mut collector = info.collector.clone();
-    collector.events = tree.events;
-    collector.lost_events = collector.lost.total();
+    let collector = info.collector.clone();
 
     Report {
         schema: SCHEMA.to_owned(),
@@ -335,6 +333,7 @@ mod tests {
         t.mark_vanished(103, 3_000_000_000);
         let mut i = info();
         i.collector.lost = super::super::Lost::measure(None, 0, 0, &t);
+        i.collector.lost_events = i.collector.lost.total();
         let r = build(&t, &i, None);
         let p = r.processes.iter().find(|p| p.pid == 103).unwrap();
         assert_eq!(p.cpu_user_s, None);
