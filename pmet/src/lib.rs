@@ -17,6 +17,7 @@ pub mod commands;
 pub mod error;
 pub mod history;
 pub mod launch;
+pub mod lifecycle;
 pub mod model;
 pub mod out;
 pub mod privileges;

@@ -28,9 +28,11 @@ use crate::{
     },
     error::Error,
     launch::{self, Prepared},
+    lifecycle::{Action, Lifecycle, Target},
     model::{snapshot::Snapshot, tree::ExitStatus},
     privileges::{self, Account},
     render::{sink::Sink, trace_events::trace_events},
+    report::Output,
     report::{self, Collector, Host, OutputTarget, Report, RunInfo},
     session::{self, SUSPECT_GRACE, Session},
     signals,
@@ -45,18 +47,7 @@ pub enum EbpfMode {
     Off,
 }
 
-/// What happens, once the launched command exits, to the processes it left
-/// running.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Descendants {
-    /// Return at once; they are reported as still running and left alone.
-    #[default]
-    Leave,
-    /// Follow them until they end, at most this long (`--wait-descendants`).
-    Wait(Option<Duration>),
-    /// SIGTERM them, SIGKILL after this grace (`--kill-descendants`).
-    Kill(Duration),
-}
+pub use crate::lifecycle::Descendants;
 
 /// What to trace and how.
 #[derive(Clone, Debug)]
@@ -118,8 +109,6 @@ pub struct Outcome {
     pub trace_events_error: Option<Error>,
 }
 
-/// How long a launched command gets to exit after SIGTERM at `--duration`.
-const TERM_GRACE: Duration = Duration::from_secs(5);
 /// Longest wait, at the end, for the last exit records to arrive.
 const SETTLE: Duration = Duration::from_millis(3000);
 /// Stop waiting earlier once no record has arrived for this long.
@@ -282,16 +271,21 @@ fn child_env(account: Option<&Account>) -> Vec<(OsString, OsString)> {
     env
 }
 
-/// Runs a session. Errors before tracing starts are returned; once the tree
-/// is being followed, problems are logged and the report is still produced.
-/// `make_sink` is called once tracing has begun.
-pub async fn trace(
-    opts: TraceOptions,
-    make_sink: impl FnOnce(Box<dyn Write + Send>) -> Sink,
-) -> Result<Outcome, Error> {
-    // Inputs first: nothing is loaded or launched for a request that cannot
-    // succeed, and no file is created for one.
-    let procfs = Procfs::default();
+/// What was checked and opened before anything is loaded or launched.
+struct Inputs {
+    euid: u32,
+    /// The report, trace events: anchored, written as the invoking user.
+    output: Option<Output>,
+    trace_events: Option<Output>,
+    /// The per-sample lines' destination.
+    stream: Box<dyn Write + Send>,
+    /// The command, ready to start (launch mode).
+    prepared: Option<Prepared>,
+}
+
+/// Checks every input, in the order a person would fix them, and creates
+/// nothing for a request that cannot succeed.
+fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
     // SAFETY: no preconditions.
     let euid = unsafe { libc::geteuid() };
     let (sudo_uid, sudo_gid) = (
@@ -319,7 +313,7 @@ pub async fn trace(
     let prepare_file = |p: &std::path::PathBuf, option| {
         OutputTarget::File(p.clone()).prepare(owner.as_ref(), option)
     };
-    let trace_events_out = opts
+    let trace_events = opts
         .trace_events
         .as_ref()
         .map(|p| prepare_file(p, "--trace-events"))
@@ -346,14 +340,79 @@ pub async fn trace(
             None
         }
     };
-    let follow_children = !opts.exclude_children;
     // The last check passed: only now is the stream created (or truncated).
     let stream: Box<dyn Write + Send> = match &stream_out {
         Some(o) => Box::new(std::io::LineWriter::new(o.open_stream()?)),
         None => Box::new(std::io::stderr()),
     };
-    launch::raise_nofile();
+    Ok(Inputs {
+        euid,
+        output,
+        trace_events,
+        stream,
+        prepared,
+    })
+}
 
+/// A session under way: the kernel side, taskstats, the tree, the command.
+struct Started {
+    s: Session<Kernel, Procfs>,
+    listener: Option<Listener>,
+    ts_rx: mpsc::UnboundedReceiver<Vec<TaskStats>>,
+    root_pid: u32,
+    /// Readable once the launched command exits.
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    root_status: Option<ExitStatus>,
+    launched: bool,
+    start_ns: u64,
+    started_at: SystemTime,
+    command: Option<Vec<String>>,
+}
+
+impl Started {
+    /// Reaps what has exited among pmet's children: the root (whose status
+    /// is recorded) and orphans adopted as subreaper, whose final figures
+    /// wait for their reaping.
+    fn reap(&mut self, lc: &mut Lifecycle) {
+        if !self.launched {
+            return;
+        }
+        if let Some(raw) = launch::reap_children(self.root_pid) {
+            self.root_reaped(raw, lc);
+        }
+    }
+
+    fn root_reaped(&mut self, raw: i32, lc: &mut Lifecycle) {
+        if self.root_status.is_none() {
+            let st = status_from_wait(raw);
+            self.root_status = Some(st);
+            self.s.root_exited(st, boottime_ns());
+            lc.root_exited();
+        }
+    }
+
+    /// Carries out what the lifecycle decided; whether to finish.
+    fn act(&self, actions: Vec<Action>) -> bool {
+        let mut finish = false;
+        for a in actions {
+            match a {
+                Action::Signal(Target::Root, sig) => {
+                    // SAFETY: plain kill of our own, unreaped, child.
+                    unsafe { libc::kill(self.root_pid as i32, sig) };
+                }
+                Action::Signal(Target::Tree, sig) => signal_tree(&self.s, sig),
+                Action::Finish => finish = true,
+            }
+        }
+        finish
+    }
+}
+
+/// Loads the kernel side (or falls back to polling, saying why), starts
+/// taskstats, and launches the command gated (or attaches).
+fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started, Error> {
+    let follow_children = !opts.exclude_children;
+    launch::raise_nofile();
     let kernel = match opts.ebpf {
         EbpfMode::Off => None,
         EbpfMode::Auto => match load_kernel(follow_children) {
@@ -371,9 +430,8 @@ pub async fn trace(
             }
         },
     };
-    let ebpf = kernel.is_some();
-    let (ts_tx, mut ts_rx) = mpsc::unbounded_channel::<Vec<TaskStats>>();
-    let listener = if euid == 0 {
+    let (ts_tx, ts_rx) = mpsc::unbounded_channel::<Vec<TaskStats>>();
+    let listener = if inputs.euid == 0 {
         match Listener::start(move |recs| {
             let _ = ts_tx.send(recs);
         }) {
@@ -388,22 +446,20 @@ pub async fn trace(
     } else {
         None
     };
-
     let kernel_io = kernel.as_ref().is_some_and(|k| k.kernel_io);
     let start_ns = boottime_ns();
     let started_at = SystemTime::now();
     let mut s = Session::new(kernel, procfs, start_ns, kernel_io, follow_children);
     s.taskstats_overflows = listener.as_ref().map(|l| l.overflows.clone());
-    let command: Option<Vec<String>> = prepared.is_some().then(|| {
+    let command: Option<Vec<String>> = inputs.prepared.is_some().then(|| {
         opts.command
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
     });
-
-    let mut pidfd: Option<AsyncFd<OwnedFd>> = None;
+    let mut pidfd = None;
     let root_pid;
-    if let Some(p) = &prepared {
+    if let Some(p) = &inputs.prepared {
         launch::become_subreaper();
         let gate = launch::spawn_gated(p)?;
         root_pid = gate.pid;
@@ -426,7 +482,7 @@ pub async fn trace(
             .and_then(watch)
             .map_err(|e| log::warn!("pidfd_open({root_pid}): {e}; polling for the exit instead"))
             .ok();
-        if euid == 0 {
+        if inputs.euid == 0 {
             privileges::drop_capabilities();
         }
         if let Err(e) = gate.release() {
@@ -436,245 +492,176 @@ pub async fn trace(
     } else {
         root_pid = opts.pid.expect("attach mode has a pid");
         session::attach(&mut s, root_pid, opts.since_process_start, boottime_ns())?;
-        if euid == 0 {
+        if inputs.euid == 0 {
             privileges::drop_capabilities();
         }
     }
-    let launched = prepared.is_some();
+    Ok(Started {
+        s,
+        listener,
+        ts_rx,
+        root_pid,
+        pidfd,
+        root_status: None,
+        launched: inputs.prepared.is_some(),
+        start_ns,
+        started_at,
+        command,
+    })
+}
 
-    let ring = match &s.kernel {
+/// Follows the tree, merging kernel events, exit records and samples, until
+/// the lifecycle says the run is over.
+async fn follow(
+    st: &mut Started,
+    lc: &mut Lifecycle,
+    intervals: (Duration, Duration, Duration),
+    sink: &mut Sink,
+) -> Result<(), Error> {
+    let ring = match &st.s.kernel {
         Some(k) => Some(
             watch(Fd(k.events_fd()))
                 .map_err(|e| Error::Other(format!("epoll on the ring buffer: {e}")))?,
         ),
         None => None,
     };
-    let log_fd = s
-        .kernel
-        .as_ref()
-        .and_then(|k| k.logger.as_ref())
-        .and_then(|l| watch(Fd(l.as_raw_fd())).ok());
-
+    let log_fd =
+        st.s.kernel
+            .as_ref()
+            .and_then(|k| k.logger.as_ref())
+            .and_then(|l| watch(Fd(l.as_raw_fd())).ok());
     let sig = |k: SignalKind| signal(k).map_err(|e| Error::Other(format!("signal handler: {e}")));
-    // INT, TERM, HUP, QUIT, USR1 and USR2: taken with their sender, passed on
-    // to the command unless it already has them, and never left to end pmet
-    // with the live view's scroll region still set or without the report.
+    // INT, TERM, HUP, QUIT, USR1 and USR2: taken with their sender, so the
+    // lifecycle can pass them on, and never left to end pmet with the live
+    // view's scroll region still set or without the report.
     let sigfd = signals::SignalFd::open().map_err(|e| Error::Other(format!("signalfd: {e}")))?;
     let mut sigwinch = sig(SignalKind::window_change())?;
-    // After a TERM or HUP (docker stop, a CI cancel): when to stop waiting.
-    let mut stop_by: Option<Instant> = None;
-    let mut stop_signal = libc::SIGINT;
     // Orphans re-parented to pmet (the subreaper) are reaped as they exit.
     let mut sigchld = sig(SignalKind::child())?;
-    // After the root exits: when to stop following (or, with
-    // --kill-descendants, to send SIGKILL) what it left running.
-    let mut after_root: Option<Instant> = None;
-    let mut killed_descendants = false;
-    let mut kill_sent = false;
-    let far = Instant::now() + Duration::from_secs(86400 * 365 * 30);
-    let mut deadline = opts.duration.map_or(far, |d| Instant::now() + d);
-    let mut root_status: Option<ExitStatus> = None;
-    let mut stopped_early: Option<String> = None;
-    let mut signals = 0u32;
-    let mut term_sent = false;
-    let (min, first, max) = opts.intervals;
+    let (min, first, max) = intervals;
     let mut pace = Pace {
         min,
         now: first,
         max,
         last_shape: (0, 0),
     };
-    let mut sink = make_sink(stream);
     let mut backoff: Option<Instant> = None;
     // A first look at once: rates need a starting point.
-    let snap = s.tick(boottime_ns());
+    let snap = st.s.tick(boottime_ns());
     sink.sample(&snap);
     let mut next_tick = Instant::now() + pace.after(&snap);
+    let never = Instant::now() + Duration::from_secs(86400 * 365 * 30);
 
     loop {
-        let root_running = launched && root_status.is_none();
+        let root_running = lc.root_running();
         let pumping = backoff.is_some();
-        tokio::select! {
+        let deadline = lc.next_deadline().unwrap_or(never);
+        let actions = tokio::select! {
             g = async { ring.as_ref().expect("guarded").readable().await }, if ring.is_some() && !pumping => {
                 match g {
-                    Ok(mut g) => { g.clear_ready(); s.drain(); }
+                    Ok(mut g) => { g.clear_ready(); st.s.drain(); }
                     Err(e) => log::error!("ring buffer: {e}"),
                 }
                 backoff = Some(Instant::now() + BATCH);
+                Vec::new()
             }
-            Some(recs) = ts_rx.recv(), if !pumping => {
-                s.pending_ts.extend(recs);
-                s.apply_taskstats();
+            Some(recs) = st.ts_rx.recv(), if !pumping => {
+                st.s.pending_ts.extend(recs);
+                st.s.apply_taskstats();
                 backoff = Some(Instant::now() + BATCH);
+                Vec::new()
             }
             _ = async { tokio::time::sleep_until(backoff.expect("guarded")).await }, if pumping => {
                 // Let events pile up for a moment, then take them in one go:
                 // one wakeup per batch instead of one per event.
-                while let Ok(more) = ts_rx.try_recv() {
-                    s.pending_ts.extend(more);
+                while let Ok(more) = st.ts_rx.try_recv() {
+                    st.s.pending_ts.extend(more);
                 }
-                s.apply_taskstats();
+                st.s.apply_taskstats();
                 backoff = None;
+                Vec::new()
             }
             _ = tokio::time::sleep_until(next_tick) => {
-                let snap = s.tick(boottime_ns());
+                let snap = st.s.tick(boottime_ns());
                 sink.sample(&snap);
                 let mut wait = pace.after(&snap);
-                if s.has_suspects() {
+                if st.s.has_suspects() {
                     // Decide on a possibly lost exit soon, not a slow tick later.
                     wait = wait.min(SUSPECT_GRACE);
                 }
                 next_tick = Instant::now() + wait;
+                Vec::new()
             }
-            r = async { pidfd.as_ref().expect("guarded").readable().await }, if root_running && pidfd.is_some() => {
+            r = async { st.pidfd.as_ref().expect("guarded").readable().await }, if root_running && st.pidfd.is_some() => {
                 if let Ok(mut g) = r { g.clear_ready(); }
-                if let Ok(Some(raw)) = launch::wait(root_pid, true) {
-                    let st = status_from_wait(raw);
-                    root_status = Some(st);
-                    s.root_exited(st, boottime_ns());
+                if let Ok(Some(raw)) = launch::wait(st.root_pid, true) {
+                    st.root_reaped(raw, lc);
                 }
+                Vec::new()
             }
-            _ = tokio::time::sleep(Duration::from_millis(50)), if root_running && pidfd.is_none() => {
-                if let Ok(Some(raw)) = launch::wait(root_pid, true) {
-                    let st = status_from_wait(raw);
-                    root_status = Some(st);
-                    s.root_exited(st, boottime_ns());
+            _ = tokio::time::sleep(Duration::from_millis(50)), if root_running && st.pidfd.is_none() => {
+                if let Ok(Some(raw)) = launch::wait(st.root_pid, true) {
+                    st.root_reaped(raw, lc);
                 }
+                Vec::new()
             }
             g = async { log_fd.as_ref().expect("guarded").readable().await }, if log_fd.is_some() => {
                 if let Ok(mut g) = g { g.clear_ready(); }
-                if let Some(l) = s.kernel.as_mut().and_then(|k| k.logger.as_mut()) { l.flush(); }
+                if let Some(l) = st.s.kernel.as_mut().and_then(|k| k.logger.as_mut()) { l.flush(); }
+                Vec::new()
             }
-            _ = sigwinch.recv() => sink.resize(),
-            _ = sigchld.recv(), if launched => {
-                if let Some(raw) = launch::reap_children(root_pid)
-                    && root_status.is_none()
-                {
-                    let st = status_from_wait(raw);
-                    root_status = Some(st);
-                    s.root_exited(st, boottime_ns());
-                }
-            }
-            _ = async { tokio::time::sleep_until(after_root.expect("guarded")).await }, if after_root.is_some() => {
-                match opts.descendants {
-                    Descendants::Kill(_) if !killed_descendants => {
-                        signal_tree(&s, libc::SIGKILL);
-                        killed_descendants = true;
-                        after_root = Some(Instant::now() + TERM_GRACE);
+            _ = sigwinch.recv() => { sink.resize(); Vec::new() }
+            _ = sigchld.recv(), if st.launched => { st.reap(lc); Vec::new() }
+            got = sigfd.recv() => match got {
+                Ok(got) => {
+                    let from_tree = got.sender.is_some_and(|pid| st.s.tree.live(pid).is_some());
+                    if !st.launched || got.from_terminal {
+                        log::info!("signal {}: waiting for the traced command to exit (again to stop now)", got.signo);
                     }
-                    // The limit of --wait-descendants, or processes that
-                    // outlived SIGKILL (uninterruptible): report them running.
-                    _ => break,
+                    lc.on_signal(got, from_tree, Instant::now())
                 }
-            }
-            got = sigfd.recv() => {
-                let got = match got {
-                    Ok(g) => g,
-                    Err(e) => {
-                        log::error!("signalfd: {e}");
-                        continue;
-                    }
-                };
-                let from_tree = got
-                    .sender
-                    .is_some_and(|pid| s.tree.live(pid).is_some());
-                if launched && got.pass_on(from_tree) {
-                    // Sent to pmet alone, meant for the command: to every
-                    // process of its tree, as a terminal would to its group.
-                    signal_tree(&s, got.signo);
+                Err(e) => {
+                    log::error!("signalfd: {e}");
+                    Vec::new()
                 }
-                if matches!(got.signo, libc::SIGUSR1 | libc::SIGUSR2) {
-                    continue;
-                }
-                signals += 1;
-                stop_signal = got.signo;
-                if !launched || signals >= 2 {
-                    // A second signal: the report now, whatever still runs.
-                    stopped_early = Some("interrupted".into());
-                    break;
-                }
-                if matches!(got.signo, libc::SIGTERM | libc::SIGHUP) {
-                    // Being stopped: the command gets a grace to exit, then
-                    // the report is written regardless.
-                    stop_by.get_or_insert(Instant::now() + TERM_GRACE);
-                } else {
-                    log::info!("interrupt: waiting for the traced command to exit (Ctrl+C again to stop now)");
-                }
-            }
-            _ = async { tokio::time::sleep_until(stop_by.expect("guarded")).await }, if stop_by.is_some() => {
-                stopped_early = Some("interrupted".into());
-                break;
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                stopped_early = Some("duration".into());
-                if launched && root_status.is_none() && !kill_sent {
-                    // As timeout(1) with --kill-after: SIGTERM, then SIGKILL
-                    // for a command that ignores it.
-                    let sig = if term_sent { libc::SIGKILL } else { libc::SIGTERM };
-                    // SAFETY: plain kill of our own child.
-                    unsafe { libc::kill(root_pid as i32, sig) };
-                    kill_sent = term_sent;
-                    term_sent = true;
-                    deadline = Instant::now() + TERM_GRACE;
-                } else {
-                    break;
-                }
-            }
+            },
+            _ = tokio::time::sleep_until(deadline) => lc.on_deadline(Instant::now()),
+        };
+        if st.act(actions) {
+            return Ok(());
         }
-        let root_done = !launched || root_status.is_some();
-        if root_done {
+        if !lc.root_running() {
             // One more look: a fork may be in flight in the ring buffer.
-            s.drain();
-            if s.tree.alive_count() == 0 {
-                break;
-            }
-            if launched && after_root.is_none() {
-                match opts.descendants {
-                    // Like time(1): the command's end is the end.
-                    Descendants::Leave => break,
-                    Descendants::Wait(limit) => {
-                        after_root = Some(limit.map_or(far, |l| Instant::now() + l));
-                    }
-                    Descendants::Kill(grace) => {
-                        signal_tree(&s, libc::SIGTERM);
-                        after_root = Some(Instant::now() + grace);
-                    }
-                }
-            }
+            st.s.drain();
+        }
+        let actions = lc.on_change(st.s.tree.alive_count(), Instant::now());
+        if st.act(actions) {
+            return Ok(());
         }
     }
+}
 
-    // Settle: the final figures of the last exits arrive after an RCU grace
-    // period (milliseconds; up to a second on a loaded machine). Stop when all
-    // are in, or when none has arrived for a while: a free the kernel side
-    // did not see is not worth more waiting, taskstats covers it.
+/// The final figures of the last exits arrive after an RCU grace period
+/// (milliseconds; up to a second on a loaded machine): waits for them while
+/// they keep coming, then takes what the kernel kept for the rest.
+async fn settle(st: &mut Started, lc: &mut Lifecycle) {
     let hard_stop = Instant::now() + SETTLE;
     let mut last_progress = Instant::now();
     let mut awaiting = usize::MAX;
-    let exit_totals = s.kernel.as_ref().is_some_and(|k| k.exit_totals);
+    let exit_totals = st.s.kernel.as_ref().is_some_and(|k| k.exit_totals);
     loop {
-        if launched {
-            // An orphan's task is freed, with its final figures, only once
-            // pmet (its subreaper now) has reaped it.
-            if let Some(raw) = launch::reap_children(root_pid)
-                && root_status.is_none()
-            {
-                let st = status_from_wait(raw);
-                root_status = Some(st);
-                s.root_exited(st, boottime_ns());
-            }
+        st.reap(lc);
+        while let Ok(recs) = st.ts_rx.try_recv() {
+            st.s.pending_ts.extend(recs);
         }
-        while let Ok(recs) = ts_rx.try_recv() {
-            s.pending_ts.extend(recs);
-        }
-        s.apply_taskstats();
+        st.s.apply_taskstats();
         let totals = if exit_totals {
-            s.tree.awaiting_totals()
+            st.s.tree.awaiting_totals()
         } else {
             0
         };
-        let records = if listener.is_some() {
-            s.tree.awaiting_taskstats()
+        let records = if st.listener.is_some() {
+            st.s.tree.awaiting_taskstats()
         } else {
             0
         };
@@ -686,50 +673,41 @@ pub async fn trace(
         if awaiting == 0 || now >= hard_stop || now >= last_progress + SETTLE_IDLE {
             log::debug!(
                 "settled: {totals} processes await exit totals, {records} taskstats; {} events matched no known process",
-                s.tree.orphan_events
+                st.s.tree.orphan_events
             );
-            s.finish_frees(boottime_ns());
-            break;
+            st.s.finish_frees(boottime_ns());
+            return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    if launched
-        && root_status.is_none()
-        && let Ok(Some(raw)) = launch::wait(root_pid, true)
-    {
-        let st = status_from_wait(raw);
-        root_status = Some(st);
-        s.root_exited(st, boottime_ns());
-    }
-    // A last sample: still-running processes (an early stop) get their
-    // figures, and a short run gets at least one look.
-    let snap = s.tick(boottime_ns());
-    sink.sample(&snap);
-    sink.finish();
-    let end_ns = s.end_ns(boottime_ns());
+}
 
-    let lost = s.losses();
+/// Builds the report, writes what was asked for, and hands back what stays
+/// loaded (detached by the caller after showing the results).
+fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs) -> Outcome {
+    let end_ns = st.s.end_ns(boottime_ns());
+    let lost = st.s.losses();
     let (self_cpu, self_rss) = self_usage();
     let info = RunInfo {
-        command,
-        start_ns,
+        command: st.command.take(),
+        start_ns: st.start_ns,
         end_ns,
-        started_at: humantime::format_rfc3339_millis(started_at).to_string(),
-        ticks_per_s: s.procfs.ticks_per_s,
+        started_at: humantime::format_rfc3339_millis(st.started_at).to_string(),
+        ticks_per_s: st.s.procfs.ticks_per_s,
         collector: Collector {
-            ebpf,
-            interval_ms: first.as_millis() as u64,
-            samples: s.samples,
-            events: s.tree.events,
+            ebpf: st.s.kernel.is_some(),
+            interval_ms: opts.intervals.1.as_millis() as u64,
+            samples: st.s.samples,
+            events: st.s.tree.events,
             lost_events: lost.total(),
             lost,
-            taskstats: listener.is_some(),
-            exit_totals,
+            taskstats: st.listener.is_some(),
+            exit_totals: st.s.kernel.as_ref().is_some_and(|k| k.exit_totals),
             self_cpu_s: Some(self_cpu),
             self_peak_rss_bytes: Some(self_rss),
         },
-        stopped_early,
-        kernel_io,
+        stopped_early: lc.stopped_early().map(str::to_owned),
+        kernel_io: st.s.kernel.as_ref().is_some_and(|k| k.kernel_io),
         host: Some(host()),
         counting_from: if opts.pid.is_some() && !opts.since_process_start {
             "attach"
@@ -738,42 +716,57 @@ pub async fn trace(
         }
         .into(),
     };
-    let report = report::build(&s.tree, &info, Some(&s.recorder));
-    // The reactor lets go of the kernel's fds; the caller detaches them.
-    drop(ring);
-    drop(log_fd);
-    let loaded = Loaded {
-        _kernel: s.kernel.take(),
-        _taskstats: listener,
-    };
-    drop(s);
-
-    let exit_code = match (launched, root_status, report.stopped_early.as_deref()) {
-        (false, ..) => 0,
-        (true, Some(st), _) => st.shell_code(),
-        // Still running when pmet stopped waiting: as a shell reports an
-        // interrupt, and as timeout(1) reports a timeout.
-        (true, None, Some("interrupted")) => 128 + stop_signal,
-        (true, None, _) => 124,
-    };
-    let write_error = output.as_ref().and_then(|o| {
+    let report = report::build(&st.s.tree, &info, Some(&st.s.recorder));
+    let exit_code = lc.exit_code(st.root_status);
+    let write_error = inputs.output.as_ref().and_then(|o| {
         o.write_with(|w| {
             serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other)?;
             w.write_all(b"\n")
         })
         .err()
     });
-    let trace_events_error = trace_events_out.as_ref().and_then(|o| {
+    let trace_events_error = inputs.trace_events.as_ref().and_then(|o| {
         o.write_with(|w| {
             serde_json::to_writer(&mut *w, &trace_events(&report)).map_err(std::io::Error::other)
         })
         .err()
     });
-    Ok(Outcome {
-        loaded,
+    Outcome {
+        loaded: Loaded {
+            _kernel: st.s.kernel.take(),
+            _taskstats: st.listener.take(),
+        },
         report,
         exit_code,
         write_error,
         trace_events_error,
-    })
+    }
+}
+
+/// Runs a session. Errors before tracing starts are returned; once the tree
+/// is being followed, problems are logged and the report is still produced.
+/// `make_sink` is given the sample stream once every input has been checked.
+pub async fn trace(
+    mut opts: TraceOptions,
+    make_sink: impl FnOnce(Box<dyn Write + Send>) -> Sink,
+) -> Result<Outcome, Error> {
+    let procfs = Procfs::default();
+    let mut inputs = check_inputs(&opts, &procfs)?;
+    let mut st = start(&opts, &inputs, procfs)?;
+    let stream = std::mem::replace(&mut inputs.stream, Box::new(std::io::sink()));
+    let mut sink = make_sink(stream);
+    let mut lc = Lifecycle::new(
+        st.launched,
+        opts.descendants,
+        opts.duration.take(),
+        Instant::now(),
+    );
+    follow(&mut st, &mut lc, opts.intervals, &mut sink).await?;
+    settle(&mut st, &mut lc).await;
+    // A last sample: still-running processes (an early stop) get their
+    // figures, and a short run gets at least one look.
+    let snap = st.s.tick(boottime_ns());
+    sink.sample(&snap);
+    sink.finish();
+    Ok(finish(st, &lc, &opts, &inputs))
 }
