@@ -43,6 +43,42 @@ impl Cookies {
     }
 }
 
+/// Longest wait, at the end, for the last exits' final figures.
+pub const SETTLE: Duration = Duration::from_millis(3000);
+/// Stop waiting earlier once none has arrived for this long.
+pub const SETTLE_IDLE: Duration = Duration::from_millis(500);
+
+/// The wait at the end of a run for the final figures of the last exits,
+/// which arrive after an RCU grace period (milliseconds; up to a second on a
+/// loaded machine): on while they keep coming, over when all are in, after
+/// [`SETTLE_IDLE`] without progress, or after [`SETTLE`] in all.
+#[derive(Debug)]
+pub struct Settle {
+    started: Duration,
+    last_progress: Duration,
+    awaiting: usize,
+}
+
+impl Settle {
+    /// Starts waiting at `now` (any monotonic clock, as a duration).
+    pub fn new(now: Duration) -> Self {
+        Self {
+            started: now,
+            last_progress: now,
+            awaiting: usize::MAX,
+        }
+    }
+
+    /// `awaiting` exits still lack figures at `now`: whether to stop waiting.
+    pub fn done(&mut self, awaiting: usize, now: Duration) -> bool {
+        if awaiting < self.awaiting {
+            self.awaiting = awaiting;
+            self.last_progress = now;
+        }
+        awaiting == 0 || now >= self.started + SETTLE || now >= self.last_progress + SETTLE_IDLE
+    }
+}
+
 /// A tracing session's state: the tree and everything that feeds it. It
 /// owns the rules (which exit is lost, when a free is given up, what a
 /// polling round does); the kernel and /proc are reached through
@@ -658,6 +694,50 @@ mod tests {
         assert_eq!((l.ring_buffer, l.read_failures, l.exits_unseen), (3, 2, 1));
         assert_eq!(snap.lost, l.total(), "one value for both");
         assert_eq!(l.total(), 6);
+    }
+
+    #[test]
+    fn a_fork_the_kernel_could_not_follow_is_counted_not_waited_for() {
+        let mut s = session();
+        kernel(&mut s).events.push_back(Event::Fork {
+            ts_ns: 1100 * MS,
+            parent_tgid: ROOT,
+            child: 300,
+            cookie: 0,
+            thread: false,
+            untracked: true,
+            comm: "x".into(),
+        });
+        s.drain();
+        let p = by_pid(&s, 300)[0];
+        assert!(p.untracked && p.vanished, "no exit will come for it");
+        assert_eq!(s.tree.alive_count(), 1, "only the root");
+        assert_eq!(s.tree.awaiting_totals(), 0, "nothing to wait for");
+        kernel(&mut s).counters[pmet_common::counter::TRACKED_FULL as usize] = 1;
+        assert_eq!(s.losses().tracked_map_full, 1);
+        assert_eq!(s.losses().exits_unseen, 0, "counted once, as map full");
+    }
+
+    #[test]
+    fn settling_waits_while_figures_come_and_no_longer() {
+        let ms = Duration::from_millis;
+        // All in at once.
+        assert!(Settle::new(ms(0)).done(0, ms(0)));
+        // Coming in: waits; stuck: gives up after the idle time.
+        let mut st = Settle::new(ms(0));
+        assert!(!st.done(5, ms(0)));
+        assert!(!st.done(3, ms(400)));
+        assert!(!st.done(3, ms(400) + SETTLE_IDLE - ms(1)));
+        assert!(st.done(3, ms(400) + SETTLE_IDLE));
+        // Trickling in forever: the hard stop.
+        let mut st = Settle::new(ms(0));
+        let mut n = 1000;
+        let mut t = ms(0);
+        while !st.done(n, t) {
+            n -= 1;
+            t += ms(100);
+        }
+        assert_eq!(t, SETTLE);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::{
     render::{sink::Sink, trace_events::trace_events},
     report::Output,
     report::{self, Collector, Host, OutputTarget, Report, RunInfo},
-    session::{self, SUSPECT_GRACE, Session},
+    session::{self, SUSPECT_GRACE, Session, Settle},
     signals,
 };
 
@@ -109,10 +109,6 @@ pub struct Outcome {
     pub trace_events_error: Option<Error>,
 }
 
-/// Longest wait, at the end, for the last exit records to arrive.
-const SETTLE: Duration = Duration::from_millis(3000);
-/// Stop waiting earlier once no record has arrived for this long.
-const SETTLE_IDLE: Duration = Duration::from_millis(500);
 /// After taking in kernel events, wait this long before the next look, so a
 /// storm of events costs one wakeup per batch rather than one per event.
 const BATCH: Duration = Duration::from_millis(20);
@@ -645,9 +641,8 @@ async fn follow(
 /// (milliseconds; up to a second on a loaded machine): waits for them while
 /// they keep coming, then takes what the kernel kept for the rest.
 async fn settle(st: &mut Started, lc: &mut Lifecycle) {
-    let hard_stop = Instant::now() + SETTLE;
-    let mut last_progress = Instant::now();
-    let mut awaiting = usize::MAX;
+    let t0 = Instant::now();
+    let mut wait = Settle::new(Duration::ZERO);
     let exit_totals = st.s.kernel.as_ref().is_some_and(|k| k.exit_totals);
     loop {
         st.reap(lc);
@@ -665,12 +660,7 @@ async fn settle(st: &mut Started, lc: &mut Lifecycle) {
         } else {
             0
         };
-        if totals + records < awaiting {
-            awaiting = totals + records;
-            last_progress = Instant::now();
-        }
-        let now = Instant::now();
-        if awaiting == 0 || now >= hard_stop || now >= last_progress + SETTLE_IDLE {
+        if wait.done(totals + records, t0.elapsed()) {
             log::debug!(
                 "settled: {totals} processes await exit totals, {records} taskstats; {} events matched no known process",
                 st.s.tree.orphan_events
