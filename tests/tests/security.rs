@@ -737,3 +737,37 @@ fn usr1_and_usr2_reach_the_command_and_pmet_carries_on() {
     let report: Value = serde_json::from_slice(&std::fs::read(&r).unwrap()).unwrap();
     assert_eq!(report["exit_code"], 42);
 }
+
+#[test]
+fn a_stream_that_fills_up_is_said_once_and_the_report_still_written() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("r.json");
+    let o = Command::new(pmet_bin())
+        .args([
+            "trace",
+            "--format",
+            "jsonl",
+            "-i",
+            "20ms",
+            "--stream",
+            "/dev/full",
+            "-o",
+        ])
+        .arg(&r)
+        .args(["--", "sh", "-c", "sleep 0.3; exit 3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    assert_eq!(
+        stderr.matches("writing the samples failed").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&r).unwrap()).unwrap();
+    assert_eq!(report["exit_code"], 3);
+}

@@ -100,11 +100,16 @@ impl Sink {
             Sink::Nothing => Ok(()),
         };
         if let Err(e) = r {
-            log::debug!("sample output: {e}");
             if e.kind() == io::ErrorKind::BrokenPipe {
-                // The reader went away; keep tracing, stop writing.
-                *self = Sink::Nothing;
+                // The reader went away: nothing to say, and nobody to say it to.
+                log::debug!("sample output: {e}");
+            } else {
+                // A full disk, say: said once; the trace and the report go on.
+                log::warn!(
+                    "writing the samples failed ({e}); no more are written, the report still is"
+                );
             }
+            *self = Sink::Nothing;
         }
     }
 
