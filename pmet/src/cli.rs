@@ -252,6 +252,12 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_ebpf: bool,
 
+    /// List at most N threads per process in the report, the most CPU first;
+    /// the rest are summed in `threads_dropped`.
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = value_parser!(u32).range(0..=1_000_000))]
+    pub max_threads_listed: u32,
+
     /// Also store the run in the history (see `pmet history`).
     #[arg(long)]
     pub record: bool,

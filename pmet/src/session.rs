@@ -19,7 +19,7 @@ use crate::{
     },
     error::Error,
     model::{
-        event::Event,
+        event::{Event, ThreadTotals},
         series::Recorder,
         snapshot::{Snapshot, Snapshotter},
         tree::{Baseline, ExitStatus, Kept, Seen, Tree},
@@ -255,7 +255,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                     totals: totals(&d.figures),
                     final_: d.flags & exit_flags::FINAL != 0,
                 });
-                self.tree.free_missed(d.tgid, d.cookie, kept);
+                self.tree.free_missed(d.tgid, d.cookie, d.tid, kept);
             }
         }
     }
@@ -417,6 +417,28 @@ pub fn attach<E: EventSource, S: Sampler>(
             }
             let baseline = baseline(&s.procfs, pid, since_start, now);
             let tick_ns = 1_000_000_000 / s.procfs.ticks_per_s().max(1);
+            // Each thread's own use so far: subtracted from its figures,
+            // unless counting from the process's start.
+            let threads_at_attach = s
+                .procfs
+                .threads(pid)
+                .into_iter()
+                .map(|t| {
+                    let used = if since_start {
+                        ThreadTotals::default()
+                    } else {
+                        ThreadTotals {
+                            runtime_ns: t.runtime_ns.unwrap_or(0),
+                            utime_ns: t.utime_ticks * tick_ns,
+                            stime_ns: t.stime_ticks * tick_ns,
+                            read_bytes: t.read_bytes.unwrap_or(0),
+                            write_bytes: t.write_bytes.unwrap_or(0),
+                            cancelled_write_bytes: t.cancelled_write_bytes.unwrap_or(0),
+                        }
+                    };
+                    (t.tid, used)
+                })
+                .collect();
             s.tree.add_seen(Seen {
                 pid,
                 ppid: stat.ppid,
@@ -427,6 +449,7 @@ pub fn attach<E: EventSource, S: Sampler>(
                 threads: stat.num_threads,
                 baseline,
                 preexisting: true,
+                threads_at_attach,
             });
         }
     }

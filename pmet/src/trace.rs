@@ -78,6 +78,8 @@ pub struct TraceOptions {
     pub record: bool,
     /// Launch mode: what to do with descendants when the command exits.
     pub descendants: Descendants,
+    /// Threads listed per process in the report (the rest summed).
+    pub max_threads_listed: usize,
 }
 
 /// What stays loaded until dropped: the kernel programs and the taskstats
@@ -699,6 +701,7 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         stopped_early: lc.stopped_early().map(str::to_owned),
         kernel_io: st.s.kernel.as_ref().is_some_and(|k| k.kernel_io),
         host: Some(host()),
+        max_threads_listed: Some(opts.max_threads_listed),
         counting_from: if opts.pid.is_some() && !opts.since_process_start {
             "attach"
         } else {

@@ -557,6 +557,58 @@ fn a_file_deleted_before_writeback_was_never_written() {
 }
 
 #[test]
+fn each_thread_is_listed_with_its_own_name_and_cpu() {
+    if !can_trace() {
+        return;
+    }
+    let cpu = |t: &Value| t["cpu_user_s"].as_f64().unwrap() + t["cpu_system_s"].as_f64().unwrap();
+    for (listed, max) in [(5usize, "256"), (2, "2")] {
+        let run = pmet(&[
+            "trace",
+            "--max-threads-listed",
+            max,
+            "--",
+            workload(),
+            "threads",
+            "4",
+            "150",
+        ]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let p = &procs(run.report())[0];
+        let threads = p["threads"].as_array().unwrap();
+        assert_eq!(threads.len(), listed, "{p:#}");
+        // The busiest first: each burner used 150 ms of its own CPU clock
+        // (the truth, by construction), plus its start and exit.
+        for t in threads.iter().take(listed.min(4)) {
+            let name = t["comm"].as_str().unwrap();
+            assert!(name.starts_with("burn-"), "{t}");
+            let c = cpu(t);
+            assert!((0.150..0.153).contains(&c), "{name}: {c} s");
+            assert!(t["end_offset_s"].as_f64().unwrap() > t["start_offset_s"].as_f64().unwrap());
+        }
+        let dropped = &p["threads_dropped"];
+        let listed_cpu: f64 = threads.iter().map(cpu).sum();
+        let dropped_cpu = dropped["cpu_user_s"].as_f64().unwrap_or(0.0)
+            + dropped["cpu_system_s"].as_f64().unwrap_or(0.0);
+        if listed == 5 {
+            assert!(dropped.is_null());
+            assert!(
+                threads.iter().any(|t| t["comm"] == "workload"),
+                "the main thread"
+            );
+        } else {
+            assert_eq!(dropped["count"], 3);
+        }
+        // Thread CPU sums to the process's.
+        let total = cpu(p);
+        assert!(
+            (listed_cpu + dropped_cpu - total).abs() < 1e-5,
+            "threads {listed_cpu} + {dropped_cpu} vs process {total}"
+        );
+    }
+}
+
+#[test]
 fn peak_memory_of_a_short_process_is_known() {
     if !can_trace() {
         return;

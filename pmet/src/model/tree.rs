@@ -135,6 +135,37 @@ pub struct Kept {
     pub final_: bool,
 }
 
+/// Most thread records a process keeps; the figures of later ones are summed
+/// in [`Proc::threads_overflow`] (a process of thousands of short threads
+/// must not make the tree grow without bound).
+pub const MAX_THREADS_KEPT: usize = 4096;
+
+/// One thread of a process, as the kernel side saw it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ThreadRec {
+    /// Thread id.
+    pub tid: u32,
+    /// Its name: inherited at creation, its own (`PR_SET_NAME`) at exit.
+    pub comm: String,
+    /// `CLOCK_BOOTTIME` ns of its creation; `None` when it ran before tracing.
+    pub start_ns: Option<u64>,
+    /// `CLOCK_BOOTTIME` ns of its exit; `None` while it runs.
+    pub end_ns: Option<u64>,
+    /// Its final figures (at free, or kept for a free not seen).
+    pub totals: Option<ThreadTotals>,
+    /// What it had used when pmet attached (subtracted; zero otherwise).
+    pub baseline: ThreadTotals,
+}
+
+/// Threads beyond [`MAX_THREADS_KEPT`], summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadsOverflow {
+    /// How many.
+    pub count: u32,
+    /// Their final figures, summed.
+    pub totals: ThreadTotals,
+}
+
 /// One process ever seen in the tree.
 #[derive(Clone, Debug, Default)]
 pub struct Proc {
@@ -204,9 +235,40 @@ pub struct Proc {
     pub net_final: bool,
     /// Attach-time figures to subtract.
     pub baseline: Baseline,
+    /// Its threads, in creation order (at most [`MAX_THREADS_KEPT`]).
+    pub threads: Vec<ThreadRec>,
+    /// Threads beyond those kept.
+    pub threads_overflow: ThreadsOverflow,
 }
 
 impl Proc {
+    /// The record of thread `tid`, created (as running before tracing) when
+    /// pmet has none and there is room.
+    fn thread_mut(&mut self, tid: u32) -> Option<&mut ThreadRec> {
+        if let Some(i) = self.threads.iter().rposition(|t| t.tid == tid) {
+            return Some(&mut self.threads[i]);
+        }
+        if self.threads.len() >= MAX_THREADS_KEPT {
+            return None;
+        }
+        self.threads.push(ThreadRec {
+            tid,
+            ..ThreadRec::default()
+        });
+        self.threads.last_mut()
+    }
+
+    /// A thread's final figures arrived (from its free, or kept for it).
+    fn thread_totals(&mut self, tid: u32, t: ThreadTotals) {
+        match self.thread_mut(tid) {
+            Some(r) => r.totals = Some(t),
+            None => {
+                self.threads_overflow.count += 1;
+                self.threads_overflow.totals.add(&t);
+            }
+        }
+    }
+
     /// Still running (as far as pmet knows).
     pub fn alive(&self) -> bool {
         self.end_ns.is_none() && !self.vanished
@@ -244,6 +306,8 @@ pub struct Seen {
     pub baseline: Baseline,
     /// Running before tracing began.
     pub preexisting: bool,
+    /// Its threads at attach and what each had used then.
+    pub threads_at_attach: Vec<(u32, ThreadTotals)>,
 }
 
 /// Everything known about the traced tree.
@@ -289,7 +353,16 @@ impl Tree {
         Self::default()
     }
 
-    fn insert(&mut self, p: Proc) -> usize {
+    fn insert(&mut self, mut p: Proc) -> usize {
+        if p.threads.is_empty() {
+            // Its main thread, under the process's own id.
+            p.threads.push(ThreadRec {
+                tid: p.pid,
+                comm: p.comm.clone(),
+                start_ns: Some(p.start_ns),
+                ..ThreadRec::default()
+            });
+        }
         let i = self.procs.len();
         let (pid, cookie) = (p.pid, p.cookie);
         if let Some(parent) = p.parent {
@@ -343,6 +416,21 @@ impl Tree {
     /// polling. The first one added becomes the root.
     pub fn add_seen(&mut self, n: Seen) -> usize {
         let parent = self.live.get(&n.ppid).copied();
+        let threads: Vec<ThreadRec> = n
+            .threads_at_attach
+            .into_iter()
+            .take(MAX_THREADS_KEPT)
+            .map(|(tid, baseline)| ThreadRec {
+                tid,
+                comm: if tid == n.pid {
+                    n.comm.clone()
+                } else {
+                    String::new()
+                },
+                baseline,
+                ..ThreadRec::default()
+            })
+            .collect();
         let i = self.insert(Proc {
             pid: n.pid,
             ppid: Some(n.ppid),
@@ -355,6 +443,7 @@ impl Tree {
             threads_alive: n.threads.max(1),
             max_threads: n.threads.max(1),
             baseline: n.baseline,
+            threads,
             ..Proc::default()
         });
         if self.root.is_none() {
@@ -424,6 +513,16 @@ impl Tree {
                     let p = &mut self.procs[pi];
                     p.threads_alive += 1;
                     p.max_threads = p.max_threads.max(p.threads_alive);
+                    if p.threads.len() < MAX_THREADS_KEPT {
+                        p.threads.push(ThreadRec {
+                            tid: child,
+                            comm,
+                            start_ns: Some(ts_ns),
+                            ..ThreadRec::default()
+                        });
+                    } else {
+                        p.threads_overflow.count += 1;
+                    }
                     return;
                 }
                 let parent = &self.procs[pi];
@@ -469,6 +568,11 @@ impl Tree {
                     return;
                 };
                 let p = &mut self.procs[i];
+                // The exec'ing thread is the process's only one now, under
+                // its id, with the new program's name.
+                if let Some(t) = p.thread_mut(tgid) {
+                    t.comm = comm.clone();
+                }
                 p.comm = comm;
                 p.execs += 1;
                 if let Some((filename, argv, truncated)) = self.pending_exec.remove(&old_tid) {
@@ -494,6 +598,12 @@ impl Tree {
                 let p = &mut self.procs[i];
                 p.threads_alive = p.threads_alive.saturating_sub(1);
                 p.threads_unfreed += 1;
+                if let Some(t) = p.thread_mut(tid) {
+                    t.end_ns = Some(ts_ns);
+                    if !comm.is_empty() {
+                        t.comm = comm.clone();
+                    }
+                }
                 if group_dead {
                     p.end_ns = Some(ts_ns);
                     if p.comm.is_empty() {
@@ -511,6 +621,7 @@ impl Tree {
             }
             Event::Free {
                 tgid,
+                tid,
                 cookie,
                 totals,
                 kept,
@@ -532,6 +643,7 @@ impl Tree {
                     Some(t) => {
                         p.freed.add(&t);
                         p.freed_threads += 1;
+                        p.thread_totals(tid, t);
                     }
                     None => p.freed_unreadable += 1,
                 }
@@ -608,7 +720,7 @@ impl Tree {
     /// Gives up on the free of one exited thread of a process: its final
     /// figures are those the kernel side kept for it, or, when it kept none,
     /// taskstats'.
-    pub fn free_missed(&mut self, pid: u32, cookie: u64, kept: Option<Kept>) {
+    pub fn free_missed(&mut self, pid: u32, cookie: u64, tid: u32, kept: Option<Kept>) {
         if let Some(&i) = self.by_key.get(&(pid, cookie)) {
             let p = &mut self.procs[i];
             if p.threads_unfreed > 0 {
@@ -617,6 +729,7 @@ impl Tree {
                     Some(k) => {
                         p.freed.add(&k.totals);
                         p.freed_threads += 1;
+                        p.thread_totals(tid, k.totals);
                         if k.final_ {
                             p.freed_kept.at_last_switch += 1;
                         } else {
@@ -875,8 +988,8 @@ mod tests {
         t.apply(free(101, 150, 11, 1_000, 1, 1));
         // Two frees never come: one thread's figures were kept at its last
         // switch, one's only at its exit.
-        t.free_missed(101, 11, Some(kept(1_900, true)));
-        t.free_missed(101, 11, Some(kept(300, false)));
+        t.free_missed(101, 11, 151, Some(kept(1_900, true)));
+        t.free_missed(101, 11, 101, Some(kept(300, false)));
         let p = &t.procs[1];
         assert!(p.totals_complete(), "nothing is left to taskstats");
         assert_eq!(p.freed.runtime_ns, 1_000 + 1_900 + 300);
@@ -893,7 +1006,7 @@ mod tests {
         // Nothing kept: taskstats' figures, and it is counted as missing.
         t.apply(fork(100, 102, 13, 40));
         t.apply(exit(102, 102, 13, true, 0, 50));
-        t.free_missed(102, 13, None);
+        t.free_missed(102, 13, 102, None);
         assert_eq!(t.procs[2].freed_missing, 1);
         assert_eq!(t.frees_missed(), 1);
         assert!(!t.procs[2].totals_complete());

@@ -1,11 +1,14 @@
 //! From the tree model to a [`Report`]: the one place where each reported
 //! figure's source is chosen.
 
-use super::{Collector, Host, Net, ProcStats, ProcessReport, Report, SCHEMA, SeriesReport, Totals};
+use super::{
+    Collector, DEFAULT_MAX_THREADS_LISTED, Host, Net, ProcStats, ProcessReport, Report, SCHEMA,
+    SeriesReport, ThreadReport, ThreadsDropped, Totals,
+};
 use crate::model::{
     figures::figures,
     series::{Recorder, Stat},
-    tree::{ExitStatus, Proc, Tree},
+    tree::{ExitStatus, Proc, ThreadRec, Tree, split_runtime},
 };
 
 /// Most tree points a report keeps.
@@ -37,6 +40,8 @@ pub struct RunInfo {
     /// `attach` (figures count from the moment pmet attached) or
     /// `process_start`.
     pub counting_from: String,
+    /// Threads listed per process (`None`: the default).
+    pub max_threads_listed: Option<usize>,
 }
 
 fn secs(ns: u64) -> f64 {
@@ -94,7 +99,64 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         vanished: p.vanished,
         series: Vec::new(),
         stats: None,
+        threads: Vec::new(),
+        threads_dropped: None,
     }
+}
+
+/// A thread's final (user, system) CPU seconds, less what it had used at
+/// attach.
+fn thread_cpu(t: &ThreadRec) -> Option<(f64, f64)> {
+    let f = t.totals?;
+    let b = &t.baseline;
+    let (u, s) = split_runtime(
+        f.runtime_ns.saturating_sub(b.runtime_ns),
+        f.utime_ns.saturating_sub(b.utime_ns),
+        f.stime_ns.saturating_sub(b.stime_ns),
+    );
+    Some((u as f64 / 1e9, s as f64 / 1e9))
+}
+
+/// A process's threads, the most CPU first, at most `max`; the rest (and
+/// those beyond what the tree kept) summed.
+fn threads(p: &Proc, info: &RunInfo, max: usize) -> (Vec<ThreadReport>, Option<ThreadsDropped>) {
+    let mut all: Vec<(Option<(f64, f64)>, &ThreadRec)> =
+        p.threads.iter().map(|t| (thread_cpu(t), t)).collect();
+    let busy = |c: &Option<(f64, f64)>| c.map_or(-1.0, |(u, s)| u + s);
+    all.sort_by(|a, b| {
+        busy(&b.0)
+            .total_cmp(&busy(&a.0))
+            .then(a.1.tid.cmp(&b.1.tid))
+    });
+    let listed = all
+        .iter()
+        .take(max)
+        .map(|(cpu, t)| ThreadReport {
+            tid: t.tid,
+            comm: t.comm.clone(),
+            cpu_user_s: cpu.map(|c| round6(c.0)),
+            cpu_system_s: cpu.map(|c| round6(c.1)),
+            start_offset_s: t.start_ns.map(|s| offset_s(s, info.start_ns)),
+            end_offset_s: t.end_ns.map(|e| offset_s(e, info.start_ns)),
+        })
+        .collect();
+    let o = &p.threads_overflow;
+    let (ou, os) = split_runtime(o.totals.runtime_ns, o.totals.utime_ns, o.totals.stime_ns);
+    let mut dropped = ThreadsDropped {
+        count: u64::from(o.count),
+        cpu_user_s: ou as f64 / 1e9,
+        cpu_system_s: os as f64 / 1e9,
+    };
+    for (cpu, _) in all.iter().skip(max) {
+        dropped.count += 1;
+        if let Some((u, s)) = cpu {
+            dropped.cpu_user_s += u;
+            dropped.cpu_system_s += s;
+        }
+    }
+    dropped.cpu_user_s = round6(dropped.cpu_user_s);
+    dropped.cpu_system_s = round6(dropped.cpu_system_s);
+    (listed, (dropped.count > 0).then_some(dropped))
 }
 
 /// Builds the report of a run; `recorded` adds its series and statistics.
@@ -113,8 +175,16 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
             let series = recorded
                 .and_then(|r| r.procs.get(&(p.pid, p.cookie)))
                 .filter(|s| s.points.len() >= 2);
+            let (threads, threads_dropped) = threads(
+                p,
+                info,
+                info.max_threads_listed
+                    .unwrap_or(DEFAULT_MAX_THREADS_LISTED),
+            );
             ProcessReport {
                 parent: p.parent.map(|pi| position[pi]),
+                threads,
+                threads_dropped,
                 series: series.map(|s| s.points.clone()).unwrap_or_default(),
                 stats: series.map(|s| ProcStats {
                     cpu_pct: Stat::of(&s.points.iter().map(|x| x.cpu_pct).collect::<Vec<_>>()),

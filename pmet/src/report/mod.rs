@@ -399,7 +399,47 @@ pub struct ProcessReport {
     /// Statistics over its samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<ProcStats>,
+    /// Its threads, the most CPU first (at most `--max-threads-listed`).
+    #[serde(default)]
+    pub threads: Vec<ThreadReport>,
+    /// Threads not listed, summed; `null` when every thread is listed.
+    #[serde(default)]
+    pub threads_dropped: Option<ThreadsDropped>,
 }
+
+/// One thread of a process.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ThreadReport {
+    /// Thread id.
+    pub tid: u32,
+    /// Its own name (`prctl(PR_SET_NAME)`, `pthread_setname_np`) as it
+    /// exited, else the one it inherited.
+    pub comm: String,
+    /// User CPU seconds, final (`null` while it ran when tracing stopped).
+    pub cpu_user_s: Option<f64>,
+    /// System CPU seconds.
+    pub cpu_system_s: Option<f64>,
+    /// Seconds from the start of tracing (`null`: running before it).
+    pub start_offset_s: Option<f64>,
+    /// Seconds from the start of tracing to its exit (`null` while running).
+    pub end_offset_s: Option<f64>,
+}
+
+/// Threads of a process left out of its list, summed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ThreadsDropped {
+    /// How many.
+    pub count: u64,
+    /// Their user CPU seconds (those with final figures).
+    pub cpu_user_s: f64,
+    /// Their system CPU seconds.
+    pub cpu_system_s: f64,
+}
+
+/// Threads listed per process unless `--max-threads-listed` says otherwise.
+pub const DEFAULT_MAX_THREADS_LISTED: usize = 256;
 
 /// The machine.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

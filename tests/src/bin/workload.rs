@@ -472,8 +472,17 @@ fn alive(n: u32, ms: u64) {
     }
 }
 
+/// `n` threads named `burn-0`, `burn-1`, ... (pthread_setname_np), each
+/// burning `ms` of its own CPU.
 fn threads(n: u32, ms: u64) {
-    let hs: Vec<_> = (0..n).map(|_| thread::spawn(move || burn(ms))).collect();
+    let hs: Vec<_> = (0..n)
+        .map(|i| {
+            thread::Builder::new()
+                .name(format!("burn-{i}"))
+                .spawn(move || burn(ms))
+                .expect("spawn thread")
+        })
+        .collect();
     for h in hs {
         h.join().expect("join");
     }
