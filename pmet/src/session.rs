@@ -366,6 +366,11 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         for (pid, cookie) in self.tree.live_keys() {
             if let Some(s) = self.procfs.sample(pid, now) {
                 self.tree.apply_sample(pid, s);
+                if self.tree.shares_due(pid)
+                    && let Some(sh) = self.procfs.shares(pid)
+                {
+                    self.tree.apply_shares(pid, sh);
+                }
             }
             if let Some(n) = self.kernel.as_ref().and_then(|k| k.net(pid, cookie)) {
                 self.tree.set_net(pid, cookie, n, false);
@@ -516,7 +521,7 @@ pub(crate) mod fake {
 
     use crate::{
         collect::{
-            procfs::{Sample, Stat, ThreadFigures},
+            procfs::{Sample, Shares, Stat, ThreadFigures},
             source::{EventSource, Sampler},
         },
         error::Error,
@@ -603,6 +608,7 @@ pub(crate) mod fake {
     pub struct FakeProc {
         pub stats: HashMap<u32, Stat>,
         pub samples: HashMap<u32, Sample>,
+        pub shares: HashMap<u32, Shares>,
     }
 
     impl Sampler for FakeProc {
@@ -623,6 +629,9 @@ pub(crate) mod fake {
         }
         fn threads(&self, _pid: u32) -> Vec<ThreadFigures> {
             Vec::new()
+        }
+        fn shares(&self, pid: u32) -> Option<Shares> {
+            self.shares.get(&pid).copied()
         }
         fn scan(&self) -> Vec<Stat> {
             self.stats.values().cloned().collect()

@@ -609,6 +609,45 @@ fn each_thread_is_listed_with_its_own_name_and_cpu() {
 }
 
 #[test]
+fn memory_shared_between_processes_is_counted_once() {
+    if !can_trace() {
+        return;
+    }
+    // 200 MiB its own, 100 MiB shared with its child: PSS 250 MiB for the
+    // parent, 50 MiB for the child, and the tree's 300 MiB, not the 400 MiB
+    // that summed RSS would say.
+    let run = pmet(&[
+        "trace",
+        "-i",
+        "50ms",
+        "--",
+        workload(),
+        "shared-memory",
+        "200",
+        "100",
+        "1500",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    let mib = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("{v}")) as f64 / 1048576.0;
+    let within = |got: f64, want: f64| (got - want).abs() <= want * 0.02;
+    let (parent, child) = (&procs(r)[0], &procs(r)[1]);
+    let m = &parent["memory"];
+    assert!(within(mib(&m["pss_peak_bytes"]), 250.0), "{m}");
+    assert!(within(mib(&m["private_peak_bytes"]), 200.0), "{m}");
+    assert!(mib(&m["shared_peak_bytes"]) >= 100.0, "{m}");
+    assert!(within(mib(&m["anon_peak_bytes"]), 200.0), "{m}");
+    assert!(within(mib(&m["shmem_peak_bytes"]), 100.0), "{m}");
+    assert!(
+        within(mib(&child["memory"]["pss_peak_bytes"]), 50.0),
+        "{}",
+        child["memory"]
+    );
+    let tree = mib(&r["totals"]["pss_peak_bytes"]);
+    assert!(within(tree, 300.0), "tree PSS {tree} MiB");
+}
+
+#[test]
 fn peak_memory_of_a_short_process_is_known() {
     if !can_trace() {
         return;

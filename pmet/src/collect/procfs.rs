@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, fs, io, path::PathBuf};
 
-pub use crate::model::input::Sample;
+pub use crate::model::input::{Sample, Shares};
 
 /// Fields of /proc/PID/stat that pmet uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -162,6 +162,23 @@ impl Procfs {
                 .as_ref()
                 .and_then(|m| m.get("cancelled_write_bytes").copied()),
             start_ticks: stat.starttime,
+            anon_bytes: status.get("RssAnon").copied().unwrap_or(0),
+            file_bytes: status.get("RssFile").copied().unwrap_or(0),
+            shmem_bytes: status.get("RssShmem").copied().unwrap_or(0),
+            swap_bytes: status.get("VmSwap").copied().unwrap_or(0),
+        })
+    }
+
+    /// What of `pid`'s memory is its own, from `smaps_rollup` (`None` when it
+    /// is gone, or not readable).
+    pub fn shares(&self, pid: u32) -> Option<Shares> {
+        let text = fs::read_to_string(self.path(pid, "smaps_rollup")).ok()?;
+        let m = parse_status(&text);
+        let get = |k: &str| m.get(k).copied().unwrap_or(0);
+        Some(Shares {
+            pss_bytes: *m.get("Pss")?,
+            private_bytes: get("Private_Clean") + get("Private_Dirty"),
+            shared_bytes: get("Shared_Clean") + get("Shared_Dirty"),
         })
     }
 

@@ -10,7 +10,7 @@ use pmet_common::{Dying, NetCounters, counter};
 use super::{
     decode::decode,
     ebpf::Kernel,
-    procfs::{Procfs, Sample, Stat, ThreadFigures},
+    procfs::{Procfs, Sample, Shares, Stat, ThreadFigures},
 };
 use crate::{
     error::Error,
@@ -53,6 +53,8 @@ pub trait Sampler {
     fn cmdline(&self, pid: u32) -> io::Result<Vec<String>>;
     /// A live sample of one process.
     fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample>;
+    /// What of one process's memory is its own (costlier than a sample).
+    fn shares(&self, pid: u32) -> Option<Shares>;
     /// Per-thread figures of one process.
     fn threads(&self, pid: u32) -> Vec<ThreadFigures>;
     /// Every process.
@@ -133,6 +135,9 @@ impl Sampler for Procfs {
     }
     fn threads(&self, pid: u32) -> Vec<ThreadFigures> {
         Procfs::threads(self, pid)
+    }
+    fn shares(&self, pid: u32) -> Option<Shares> {
+        Procfs::shares(self, pid)
     }
     fn scan(&self) -> Vec<Stat> {
         Procfs::scan(self)

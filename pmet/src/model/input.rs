@@ -25,6 +25,27 @@ pub struct Sample {
     pub cancelled_write_bytes: Option<u64>,
     /// Process start, clock ticks after boot (identifies the instance of a pid).
     pub start_ticks: u64,
+    /// Resident anonymous, file-backed and shared-memory bytes, and swapped
+    /// out bytes (`status`: RssAnon, RssFile, RssShmem, VmSwap).
+    pub anon_bytes: u64,
+    /// See `anon_bytes`.
+    pub file_bytes: u64,
+    /// See `anon_bytes`.
+    pub shmem_bytes: u64,
+    /// See `anon_bytes`.
+    pub swap_bytes: u64,
+}
+
+/// What of a process's memory is its own (`/proc/PID/smaps_rollup`), read
+/// less often than a sample: the kernel walks every mapping for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shares {
+    /// Proportional set size: each shared page counted once across its sharers.
+    pub pss_bytes: u64,
+    /// Pages mapped by this process only.
+    pub private_bytes: u64,
+    /// Pages mapped by others too.
+    pub shared_bytes: u64,
 }
 
 /// `ac_flag` bit: the last thread of its group.

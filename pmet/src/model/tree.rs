@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use super::event::{Event, ThreadTotals};
 use crate::model::{
-    input::{Sample, TaskStats},
+    input::{Sample, Shares, TaskStats},
     net::Net,
 };
 
@@ -135,6 +135,30 @@ pub struct Kept {
     pub final_: bool,
 }
 
+/// A process's memory, each figure at its highest sampled value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryPeak {
+    /// Proportional set size (`None` until `smaps_rollup` was read).
+    pub pss: Option<u64>,
+    /// Pages mapped by this process only.
+    pub private: Option<u64>,
+    /// Pages mapped by others too.
+    pub shared: Option<u64>,
+    /// Swapped out.
+    pub swap: u64,
+    /// Resident anonymous memory.
+    pub anon: u64,
+    /// Resident file-backed memory.
+    pub file: u64,
+    /// Resident shared memory (tmpfs, shm).
+    pub shmem: u64,
+}
+
+/// `smaps_rollup` is read again once RSS has grown by this fraction since the
+/// last read, or after this many samples (it costs about 3.7 times a sample).
+const SHARES_RSS_GROWTH: f64 = 1.02;
+const SHARES_EVERY: u32 = 10;
+
 /// Most thread records a process keeps; the figures of later ones are summed
 /// in [`Proc::threads_overflow`] (a process of thousands of short threads
 /// must not make the tree grow without bound).
@@ -235,6 +259,12 @@ pub struct Proc {
     pub net_final: bool,
     /// Attach-time figures to subtract.
     pub baseline: Baseline,
+    /// Its memory at its sampled peaks (`None` until sampled).
+    pub memory_peak: Option<MemoryPeak>,
+    /// RSS when `smaps_rollup` was last read, and samples since.
+    shares_at: Option<(u64, u32)>,
+    /// PSS at the last read of `smaps_rollup`.
+    pub last_pss: u64,
     /// Its threads, in creation order (at most [`MAX_THREADS_KEPT`]).
     pub threads: Vec<ThreadRec>,
     /// Threads beyond those kept.
@@ -315,6 +345,9 @@ pub struct Seen {
 pub struct Tree {
     /// Every process, in the order pmet learned of it.
     pub procs: Vec<Proc>,
+    /// The most PSS the live processes held together at one look: the
+    /// tree's memory with shared pages counted once.
+    pub pss_peak: u64,
     /// Live processes by pid.
     live: HashMap<u32, usize>,
     /// Every process by (pid, cookie).
@@ -707,6 +740,47 @@ impl Tree {
         p.sampled_peak_rss = p.sampled_peak_rss.max(s.hwm_bytes).max(s.rss_bytes);
         p.max_threads = p.max_threads.max(s.threads);
         p.last_sample = Some(s);
+        let m = p.memory_peak.get_or_insert_with(MemoryPeak::default);
+        m.anon = m.anon.max(s.anon_bytes);
+        m.file = m.file.max(s.file_bytes);
+        m.shmem = m.shmem.max(s.shmem_bytes);
+        m.swap = m.swap.max(s.swap_bytes);
+        if let Some((_, since)) = &mut p.shares_at {
+            *since += 1;
+        }
+    }
+
+    /// Whether `pid`'s `smaps_rollup` is worth reading now: never read, its
+    /// RSS at a new high, or not read for a while.
+    pub fn shares_due(&self, pid: u32) -> bool {
+        let Some(p) = self.live.get(&pid).map(|&i| &self.procs[i]) else {
+            return false;
+        };
+        let rss = p.last_sample.map_or(0, |s| s.rss_bytes);
+        match p.shares_at {
+            None => true,
+            Some((at, since)) => {
+                rss as f64 > at as f64 * SHARES_RSS_GROWTH || since >= SHARES_EVERY
+            }
+        }
+    }
+
+    /// Records what of `pid`'s memory is its own.
+    pub fn apply_shares(&mut self, pid: u32, sh: Shares) {
+        let Some(&i) = self.live.get(&pid) else {
+            return;
+        };
+        let p = &mut self.procs[i];
+        let rss = p.last_sample.map_or(0, |s| s.rss_bytes);
+        p.shares_at = Some((rss, 0));
+        p.last_pss = sh.pss_bytes;
+        let m = p.memory_peak.get_or_insert_with(MemoryPeak::default);
+        let max = |a: Option<u64>, b: u64| Some(a.map_or(b, |a| a.max(b)));
+        m.pss = max(m.pss, sh.pss_bytes);
+        m.private = max(m.private, sh.private_bytes);
+        m.shared = max(m.shared, sh.shared_bytes);
+        let total: u64 = self.live.values().map(|&i| self.procs[i].last_pss).sum();
+        self.pss_peak = self.pss_peak.max(total);
     }
 
     /// Records a process's socket counters (final when it has exited).

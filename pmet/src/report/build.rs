@@ -2,8 +2,8 @@
 //! figure's source is chosen.
 
 use super::{
-    Collector, DEFAULT_MAX_THREADS_LISTED, Host, Net, ProcStats, ProcessReport, Report, SCHEMA,
-    SeriesReport, ThreadReport, ThreadsDropped, Totals,
+    Collector, DEFAULT_MAX_THREADS_LISTED, Host, MemoryReport, Net, ProcStats, ProcessReport,
+    Report, SCHEMA, SeriesReport, ThreadReport, ThreadsDropped, Totals,
 };
 use crate::model::{
     figures::figures,
@@ -99,6 +99,15 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         vanished: p.vanished,
         series: Vec::new(),
         stats: None,
+        memory: p.memory_peak.map(|m| MemoryReport {
+            pss_peak_bytes: m.pss,
+            private_peak_bytes: m.private,
+            shared_peak_bytes: m.shared,
+            swap_peak_bytes: m.swap,
+            anon_peak_bytes: m.anon,
+            file_peak_bytes: m.file,
+            shmem_peak_bytes: m.shmem,
+        }),
         threads: Vec::new(),
         threads_dropped: None,
     }
@@ -204,6 +213,7 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
         net: ebpf.then(Net::default),
         processes: processes.len() as u64,
         max_processes_alive: tree.max_alive as u64,
+        pss_peak_bytes: (tree.pss_peak > 0).then_some(tree.pss_peak),
         ..Totals::default()
     };
     for p in &processes {

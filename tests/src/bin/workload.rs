@@ -408,6 +408,60 @@ fn disk_write(bytes: u64) {
     std::fs::remove_file(&path).expect("remove");
 }
 
+/// `shared` MiB of a shared anonymous mapping touched by it and by a child
+/// it forks, then (once the child has touched it too) `private` MiB of its
+/// own: its PSS is then private + shared / 2 (plus its binary's pages), the
+/// child's shared / 2. Allocated after the fork, the private memory is not
+/// shared copy-on-write with the child. Both hold for `ms`.
+fn shared_memory(private: usize, shared: usize, ms: u64) {
+    // SAFETY: a fresh anonymous shared mapping of the size asked, touched
+    // within bounds below, and unmapped at exit.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            shared << 20,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "mmap");
+    let touch = || {
+        for i in (0..shared << 20).step_by(4096) {
+            // SAFETY: within the mapping.
+            unsafe { *(map as *mut u8).add(i) = 1 };
+        }
+    };
+    touch();
+    let mut fds = [0; 2];
+    // SAFETY: a pipe for the child to say it has touched the mapping.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fork; the child only touches the mapping, writes one byte,
+    // sleeps and exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        touch();
+        // SAFETY: valid fd and buffer.
+        unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+        thread::sleep(Duration::from_millis(ms));
+        // SAFETY: leaving the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: valid fd and buffer.
+    unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
+    let mut own = vec![0u8; private << 20];
+    for i in (0..own.len()).step_by(4096) {
+        own[i] = 1;
+    }
+    thread::sleep(Duration::from_millis(ms));
+    std::hint::black_box(&own);
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(child, &mut st, 0) };
+}
+
 /// Allocates and touches `mib` MiB, so peak RSS is at least that.
 fn memory(mib: usize) {
     let mut v = vec![0u8; mib << 20];
@@ -510,6 +564,11 @@ fn main() {
         "threads" => threads(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         "cpu-children" => cpu_children(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         "storm" => storm(arg(&args, 1, "count"), arg(&args, 2, "parallel")),
+        "shared-memory" => shared_memory(
+            arg(&args, 1, "private MiB"),
+            arg(&args, 2, "shared MiB"),
+            arg(&args, 3, "ms"),
+        ),
         "raw-udp" => raw_udp(arg(&args, 1, "count"), arg(&args, 2, "bytes")),
         "disk-write" => disk_write(arg(&args, 1, "bytes")),
         "memory" => memory(arg(&args, 1, "mib")),
