@@ -161,8 +161,14 @@ pub struct ExecEvent {
     pub hdr: EventHeader,
     /// Thread id that called exec (matches an earlier [`ExecArgsHeader`]).
     pub old_tid: u32,
+    /// Real user id after exec (setuid programs keep the caller's).
+    pub uid: u32,
+    /// Real group id after exec.
+    pub gid: u32,
     /// Padding, always zero.
     pub _pad: u32,
+    /// Its cgroup (v2) id: the inode of its cgroup directory.
+    pub cgroup_id: u64,
     /// comm after exec.
     pub comm: [u8; COMM_LEN],
 }
@@ -389,7 +395,7 @@ mod tests {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<ForkEvent>(), 24 + 8 + 16 + 16);
         assert_eq!(size_of::<ExecArgsHeader>(), 32);
-        assert_eq!(size_of::<ExecEvent>(), 24 + 8 + 16);
+        assert_eq!(size_of::<ExecEvent>(), 24 + 16 + 8 + 16);
         assert_eq!(size_of::<TaskFigures>(), 48);
         assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16);
         assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 7 + 8);

@@ -5,9 +5,9 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::bpf_probe_read_user_str,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_probe_read_user_str,
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -235,10 +235,15 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             tid
         }
     };
+    let ids = bpf_get_current_uid_gid();
     send(ExecEvent {
         hdr: header(kind::EXEC, tgid, tid),
         old_tid,
+        uid: ids as u32,
+        gid: (ids >> 32) as u32,
         _pad: 0,
+        // SAFETY: no preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: comm(),
     });
     0

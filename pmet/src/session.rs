@@ -455,6 +455,7 @@ pub fn attach<E: EventSource, S: Sampler>(
                 baseline,
                 preexisting: true,
                 threads_at_attach,
+                ids: s.procfs.ids(pid),
             });
         }
     }
@@ -632,6 +633,9 @@ pub(crate) mod fake {
         }
         fn shares(&self, pid: u32) -> Option<Shares> {
             self.shares.get(&pid).copied()
+        }
+        fn ids(&self, _pid: u32) -> Option<crate::model::event::Ids> {
+            None
         }
         fn scan(&self) -> Vec<Stat> {
             self.stats.values().cloned().collect()

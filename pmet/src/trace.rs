@@ -674,6 +674,25 @@ async fn settle(st: &mut Started, lc: &mut Lifecycle) {
     }
 }
 
+/// The user names and cgroup paths of the ids in the tree, looked up once
+/// each at the end.
+fn names(tree: &crate::model::tree::Tree) -> report::Names {
+    let ids: Vec<_> = tree.procs.iter().filter_map(|p| p.ids).collect();
+    let uids: std::collections::HashSet<u32> = ids.iter().map(|i| i.uid).collect();
+    let cgroups: std::collections::HashSet<u64> = ids
+        .iter()
+        .map(|i| i.cgroup_id)
+        .filter(|&c| c != 0)
+        .collect();
+    report::Names {
+        users: uids
+            .into_iter()
+            .filter_map(|u| Some((u, privileges::account(&u.to_string())?.name)))
+            .collect(),
+        cgroups: crate::collect::cgroup::paths_of(&cgroups),
+    }
+}
+
 /// Builds the report, writes what was asked for, and hands back what stays
 /// loaded (detached by the caller after showing the results).
 fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs) -> Outcome {
@@ -702,6 +721,8 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         kernel_io: st.s.kernel.as_ref().is_some_and(|k| k.kernel_io),
         host: Some(host()),
         max_threads_listed: Some(opts.max_threads_listed),
+        start_wall: Some(st.started_at),
+        names: names(&st.s.tree),
         counting_from: if opts.pid.is_some() && !opts.since_process_start {
             "attach"
         } else {

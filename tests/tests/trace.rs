@@ -648,6 +648,56 @@ fn memory_shared_between_processes_is_counted_once() {
 }
 
 #[test]
+fn who_ran_each_process_and_in_which_container() {
+    if !can_trace() {
+        return;
+    }
+    // A cgroup named as docker names a container's, in the v2 hierarchy.
+    let base = std::path::Path::new("/sys/fs/cgroup");
+    let v2 = if base.join("cgroup.controllers").exists() {
+        base.to_owned()
+    } else {
+        base.join("unified")
+    };
+    let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xfeed);
+    let slice = v2.join("pmet-test.slice");
+    let scope = slice.join(format!("docker-{id}.scope"));
+    std::fs::create_dir_all(&scope).expect("create the cgroup");
+    // It moves itself into the container's cgroup, then execs.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec sleep 0.2",
+        scope.display()
+    );
+    let run = pmet(&["trace", "--", "sh", "-c", &script]);
+    let _ = std::fs::remove_dir(&scope);
+    let _ = std::fs::remove_dir(&slice);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    let p = &procs(r)[0];
+    assert_eq!(p["comm"], "sleep", "{p:#}");
+    assert_eq!(p["container"]["id"], id, "{p:#}");
+    assert_eq!(p["container"]["runtime"], "docker");
+    assert_eq!(
+        p["cgroup"],
+        format!("/pmet-test.slice/docker-{id}.scope"),
+        "{p:#}"
+    );
+    // SAFETY: no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    assert_eq!(
+        (p["uid"].as_u64(), p["gid"].as_u64()),
+        (Some(uid.into()), Some(gid.into()))
+    );
+    assert_eq!(p["user"], "root");
+    let started = p["started_at"].as_str().unwrap();
+    assert_eq!(
+        &started[..10],
+        &r["started_at"].as_str().unwrap()[..10],
+        "{started}"
+    );
+}
+
+#[test]
 fn peak_memory_of_a_short_process_is_known() {
     if !can_trace() {
         return;

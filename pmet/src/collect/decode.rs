@@ -7,7 +7,7 @@ use pmet_common::{
     TaskFigures, exec_flags, exit_flags, fork_flags, kind,
 };
 
-use crate::model::event::{Event, ThreadTotals};
+use crate::model::event::{Event, Ids, ThreadTotals};
 
 /// Reads a `T` from the start of `b` if it is long enough.
 fn read<T: Copy>(b: &[u8]) -> Option<T> {
@@ -75,6 +75,11 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 tgid: e.hdr.tgid,
                 old_tid: e.old_tid,
                 comm: cstr(&e.comm),
+                ids: Ids {
+                    uid: e.uid,
+                    gid: e.gid,
+                    cgroup_id: e.cgroup_id,
+                },
             })
         }
         kind::EXIT => {

@@ -2,6 +2,7 @@
 //! records, and /proc.
 
 pub mod btf;
+pub mod cgroup;
 pub mod decode;
 pub mod ebpf;
 pub mod procfs;

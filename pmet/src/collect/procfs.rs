@@ -91,7 +91,7 @@ pub fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
 /// Where /proc is; tests point it elsewhere.
 #[derive(Clone, Debug)]
 pub struct Procfs {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
     pub ticks_per_s: u64,
     /// Page size, bytes.

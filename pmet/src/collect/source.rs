@@ -15,7 +15,7 @@ use super::{
 use crate::{
     error::Error,
     model::{
-        event::Event,
+        event::{Event, Ids},
         net::{Net, Traffic},
     },
 };
@@ -53,6 +53,8 @@ pub trait Sampler {
     fn cmdline(&self, pid: u32) -> io::Result<Vec<String>>;
     /// A live sample of one process.
     fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample>;
+    /// Who a process runs as and its cgroup (for one pmet attaches to).
+    fn ids(&self, pid: u32) -> Option<Ids>;
     /// What of one process's memory is its own (costlier than a sample).
     fn shares(&self, pid: u32) -> Option<Shares>;
     /// Per-thread figures of one process.
@@ -138,6 +140,9 @@ impl Sampler for Procfs {
     }
     fn shares(&self, pid: u32) -> Option<Shares> {
         Procfs::shares(self, pid)
+    }
+    fn ids(&self, pid: u32) -> Option<Ids> {
+        super::cgroup::ids_of(&self.root, pid)
     }
     fn scan(&self) -> Vec<Stat> {
         Procfs::scan(self)

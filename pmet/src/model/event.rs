@@ -29,6 +29,17 @@ impl ThreadTotals {
     }
 }
 
+/// Who a process runs as and in which cgroup, as the kernel said at exec.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ids {
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// cgroup v2 id (the inode of its cgroup directory; 0: unknown).
+    pub cgroup_id: u64,
+}
+
 /// One thing the kernel saw happen in the traced tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -72,6 +83,8 @@ pub enum Event {
         old_tid: u32,
         /// comm of the new program.
         comm: String,
+        /// Who it runs as and where, after the exec.
+        ids: Ids,
     },
     /// A tracked thread exited.
     Exit {

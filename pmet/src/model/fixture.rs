@@ -50,6 +50,7 @@ fn exec(t: u64, pid: u32, argv: &[&str]) -> [Event; 2] {
             tgid: pid,
             old_tid: pid,
             comm: argv[0].chars().take(15).collect(),
+            ids: Default::default(),
         },
     ]
 }

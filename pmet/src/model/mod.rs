@@ -1,5 +1,6 @@
 //! The process tree, built from everything collected.
 
+pub mod container;
 pub mod event;
 pub mod figures;
 #[cfg(test)]

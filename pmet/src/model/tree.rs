@@ -7,6 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use super::event::{Event, ThreadTotals};
 use crate::model::{
+    event::Ids,
     input::{Sample, Shares, TaskStats},
     net::Net,
 };
@@ -259,6 +260,9 @@ pub struct Proc {
     pub net_final: bool,
     /// Attach-time figures to subtract.
     pub baseline: Baseline,
+    /// Who it runs as and in which cgroup: from its last exec, else
+    /// inherited at fork, else read at attach.
+    pub ids: Option<Ids>,
     /// Its memory at its sampled peaks (`None` until sampled).
     pub memory_peak: Option<MemoryPeak>,
     /// RSS when `smaps_rollup` was last read, and samples since.
@@ -338,6 +342,8 @@ pub struct Seen {
     pub preexisting: bool,
     /// Its threads at attach and what each had used then.
     pub threads_at_attach: Vec<(u32, ThreadTotals)>,
+    /// Who it runs as and where, read at attach.
+    pub ids: Option<Ids>,
 }
 
 /// Everything known about the traced tree.
@@ -476,6 +482,7 @@ impl Tree {
             threads_alive: n.threads.max(1),
             max_threads: n.threads.max(1),
             baseline: n.baseline,
+            ids: n.ids,
             threads,
             ..Proc::default()
         });
@@ -568,6 +575,8 @@ impl Tree {
                     argv: parent.argv.clone(),
                     exe: parent.exe.clone(),
                     argv_truncated: parent.argv_truncated,
+                    // Credentials and cgroup are the parent's until it execs.
+                    ids: parent.ids,
                     start_ns: ts_ns,
                     untracked,
                     threads_alive: 1,
@@ -594,6 +603,7 @@ impl Tree {
                 tgid,
                 old_tid,
                 comm,
+                ids,
                 ..
             } => {
                 let Some(&i) = self.live.get(&tgid) else {
@@ -608,6 +618,7 @@ impl Tree {
                 }
                 p.comm = comm;
                 p.execs += 1;
+                p.ids = Some(ids);
                 if let Some((filename, argv, truncated)) = self.pending_exec.remove(&old_tid) {
                     p.exe = Some(filename);
                     p.argv = argv.into();
@@ -992,6 +1003,7 @@ mod tests {
             tgid: 101,
             old_tid: 101,
             comm: "true".into(),
+            ids: Default::default(),
         });
         t.apply(fork(100, 102, 12, 2_300));
         assert_eq!(t.alive_count(), 3);

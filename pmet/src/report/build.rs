@@ -6,6 +6,7 @@ use super::{
     Report, SCHEMA, SeriesReport, ThreadReport, ThreadsDropped, Totals,
 };
 use crate::model::{
+    container::{container, k8s_pod_uid},
     figures::figures,
     series::{Recorder, Stat},
     tree::{ExitStatus, Proc, ThreadRec, Tree, split_runtime},
@@ -42,6 +43,19 @@ pub struct RunInfo {
     pub counting_from: String,
     /// Threads listed per process (`None`: the default).
     pub max_threads_listed: Option<usize>,
+    /// Wall-clock time at `start_ns`, for each process's `started_at`.
+    pub start_wall: Option<std::time::SystemTime>,
+    /// User names by uid, and cgroup paths by id, as resolved at the end.
+    pub names: Names,
+}
+
+/// Names the report shows for ids the kernel gave.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    /// User names by uid.
+    pub users: std::collections::HashMap<u32, String>,
+    /// cgroup v2 paths by id.
+    pub cgroups: std::collections::HashMap<u64, String>,
 }
 
 fn secs(ns: u64) -> f64 {
@@ -58,6 +72,9 @@ fn round6(v: f64) -> f64 {
 }
 
 fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
+    let cgroup = p
+        .ids
+        .and_then(|i| info.names.cgroups.get(&i.cgroup_id).cloned());
     let f = figures(p, info.ticks_per_s, info.kernel_io);
     let (exit_code, exit_signal, core_dumped) = match p.exit {
         Some(ExitStatus::Code(c)) => (Some(c), None, false),
@@ -99,6 +116,20 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         vanished: p.vanished,
         series: Vec::new(),
         stats: None,
+        started_at: info.start_wall.map(|w| {
+            let t = if p.start_ns >= info.start_ns {
+                w + std::time::Duration::from_nanos(p.start_ns - info.start_ns)
+            } else {
+                w - std::time::Duration::from_nanos(info.start_ns - p.start_ns)
+            };
+            humantime::format_rfc3339_millis(t).to_string()
+        }),
+        uid: p.ids.map(|i| i.uid),
+        gid: p.ids.map(|i| i.gid),
+        user: p.ids.and_then(|i| info.names.users.get(&i.uid).cloned()),
+        cgroup: cgroup.clone(),
+        container: cgroup.as_deref().and_then(container),
+        k8s_pod_uid: cgroup.as_deref().and_then(k8s_pod_uid),
         memory: p.memory_peak.map(|m| MemoryReport {
             pss_peak_bytes: m.pss,
             private_peak_bytes: m.private,

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod read;
 mod write;
 
+pub use build::Names;
 pub use build::{MAX_PROC_POINTS, MAX_TREE_POINTS, RunInfo, build};
 pub use write::{Output, OutputTarget};
 
@@ -403,6 +404,28 @@ pub struct ProcessReport {
     /// Statistics over its samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<ProcStats>,
+    /// When it started, RFC 3339 (`null` when unknown).
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// Real user id it ran as after its last exec (else its parent's at its
+    /// fork), `null` without eBPF.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Real group id.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// The user's name (OpenTelemetry `process.owner`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Its cgroup v2 path at its last exec.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// The container that cgroup names (OpenTelemetry `container.id`).
+    #[serde(default)]
+    pub container: Option<crate::model::container::Container>,
+    /// The Kubernetes pod that cgroup names.
+    #[serde(default)]
+    pub k8s_pod_uid: Option<String>,
     /// Its memory at its sampled peaks (`null` when never sampled).
     #[serde(default)]
     pub memory: Option<MemoryReport>,

@@ -1,0 +1,100 @@
+//! Where a process runs, from cgroupfs: the kernel side reports a cgroup v2
+//! id (the inode of the cgroup's directory), which is turned into its path
+//! here, once per distinct id, by walking the v2 hierarchy.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use crate::model::event::Ids;
+
+/// The cgroup v2 hierarchy: `/sys/fs/cgroup` on unified systems, its
+/// `unified` subdirectory on hybrid ones.
+pub fn v2_root() -> Option<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.controllers").exists() {
+        return Some(base.to_owned());
+    }
+    let unified = base.join("unified");
+    unified.join("cgroup.procs").exists().then_some(unified)
+}
+
+/// The paths (relative to the v2 root, starting with `/`) of the cgroups
+/// with these ids; ids not found are left out.
+pub fn paths_of(ids: &HashSet<u64>) -> HashMap<u64, String> {
+    let mut found = HashMap::new();
+    let Some(root) = v2_root() else {
+        return found;
+    };
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        if found.len() == ids.len() {
+            break;
+        }
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        if ids.contains(&meta.ino()) {
+            let rel = dir.strip_prefix(&root).unwrap_or(Path::new(""));
+            found.insert(meta.ino(), format!("/{}", rel.display()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    found
+}
+
+/// Who `pid` runs as and its cgroup v2 id, from /proc under `proc_root`
+/// (for a process pmet attaches to, which makes no exec to report them).
+pub fn ids_of(proc_root: &Path, pid: u32) -> Option<Ids> {
+    let dir = proc_root.join(pid.to_string());
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let field = |name: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let cgroup_id = std::fs::read_to_string(dir.join("cgroup"))
+        .ok()
+        .and_then(|t| {
+            let path = t.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
+            let root = v2_root()?;
+            std::fs::metadata(root.join(path.trim_start_matches('/')))
+                .ok()
+                .map(|m| m.ino())
+        })
+        .unwrap_or(0);
+    Some(Ids {
+        uid: field("Uid:")?,
+        gid: field("Gid:")?,
+        cgroup_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_an_identity_and_its_cgroup_a_path() {
+        let ids = ids_of(Path::new("/proc"), std::process::id()).unwrap();
+        // SAFETY: no preconditions.
+        assert_eq!(ids.uid, unsafe { libc::getuid() });
+        if v2_root().is_some() && ids.cgroup_id != 0 {
+            let paths = paths_of(&HashSet::from([ids.cgroup_id]));
+            assert!(paths[&ids.cgroup_id].starts_with('/'), "{paths:?}");
+        }
+    }
+}
