@@ -13,7 +13,7 @@
 //! the fd pmet was handed.
 
 use std::{
-    ffi::{CString, OsStr},
+    ffi::CString,
     fs::File,
     io::{self, Write},
     os::{
@@ -328,11 +328,6 @@ fn dup(fd: RawFd) -> io::Result<File> {
     let d = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
     // SAFETY: a fresh fd owned here.
     Ok(unsafe { File::from_raw_fd(d) })
-}
-
-/// Whether `p` names one of pmet's own standard streams.
-pub fn is_own_stream(p: &OsStr) -> bool {
-    own_fd(Path::new(p)).is_some()
 }
 
 #[cfg(test)]
