@@ -248,24 +248,20 @@ impl Lost {
         let mut l = kernel.map(Self::from_kernel).unwrap_or_default();
         l.read_failures += undecodable;
         l.taskstats_overflows = taskstats_overflows;
-        l.exits_unseen = tree
-            .procs
-            .iter()
-            .filter(|p| p.vanished && !p.untracked)
-            .count() as u64;
-        let kept = tree.frees_kept();
-        l.frees_kept_at_last_switch = u64::from(kept.at_last_switch);
-        l.frees_kept_at_exit = u64::from(kept.at_exit);
-        l.free_events_missed =
-            tree.frees_missed() + u64::from(kept.at_last_switch) + u64::from(kept.at_exit);
         l.unmatched_events = tree.orphan_events;
-        l.totals_missing = tree
-            .procs
-            .iter()
-            .filter(|p| {
-                !p.alive() && !p.vanished && !p.totals_complete() && p.taskstats.records == 0
-            })
-            .count() as u64;
+        // One pass: this runs at every sample, over every process ever seen.
+        for p in &tree.procs {
+            if p.vanished && !p.untracked {
+                l.exits_unseen += 1;
+            }
+            if !p.alive() && !p.vanished && !p.totals_complete() && p.taskstats.records == 0 {
+                l.totals_missing += 1;
+            }
+            let kept = u64::from(p.freed_kept.at_last_switch) + u64::from(p.freed_kept.at_exit);
+            l.frees_kept_at_last_switch += u64::from(p.freed_kept.at_last_switch);
+            l.frees_kept_at_exit += u64::from(p.freed_kept.at_exit);
+            l.free_events_missed += u64::from(p.freed_missing) + kept;
+        }
         l
     }
 
