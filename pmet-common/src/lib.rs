@@ -28,6 +28,10 @@ pub mod kind {
     pub const EXIT: u32 = 4;
     /// A tracked thread's task_struct is freed: its final accounting ([`super::FreeEvent`]).
     pub const FREE: u32 = 5;
+    /// The environment an exec was given ([`super::ExecArgsEvent`] with an
+    /// empty filename and `NAME=VALUE` strings in place of argv); sent right
+    /// after its `EXEC_ARGS`.
+    pub const EXEC_ENV: u32 = 6;
 }
 
 /// Indices into the `COUNTERS` per-CPU array: things the kernel side could not
@@ -341,8 +345,10 @@ pub struct Config {
     /// `sock.sk_type` (for the BTF socket programs): only stream and datagram
     /// sockets carry TCP and UDP payload; a raw socket's bytes include headers.
     pub sk_type: u16,
-    /// Padding, always zero.
-    pub _pad: [u16; 2],
+    /// `syscalls:sys_enter_execve` `envp`.
+    pub execve_envp: u16,
+    /// `syscalls:sys_enter_execveat` `envp`.
+    pub execveat_envp: u16,
     /// `task_struct.exit_code`.
     pub task_exit_code: u32,
     /// `task_struct.se.sum_exec_runtime`.

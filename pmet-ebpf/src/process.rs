@@ -115,7 +115,13 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
 #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
     let cfg = CONFIG.load();
-    exec_args(&ctx, cfg.execve_filename, cfg.execve_argv, 0)
+    exec_args(
+        &ctx,
+        cfg.execve_filename,
+        cfg.execve_argv,
+        cfg.execve_envp,
+        0,
+    )
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
@@ -125,13 +131,20 @@ pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
         &ctx,
         cfg.execveat_filename,
         cfg.execveat_argv,
+        cfg.execveat_envp,
         exec_flags::EXECVEAT,
     )
 }
 
 #[inline(always)]
-fn exec_args(ctx: &TracePointContext, off_filename: u16, off_argv: u16, flags: u16) -> u32 {
-    match try_exec_args(ctx, off_filename, off_argv, flags) {
+fn exec_args(
+    ctx: &TracePointContext,
+    off_filename: u16,
+    off_argv: u16,
+    off_envp: u16,
+    flags: u16,
+) -> u32 {
+    match try_exec_args(ctx, off_filename, off_argv, off_envp, flags) {
         Ok(()) => 0,
         Err(_) => {
             bump(counter::READ_FAILED);
@@ -143,11 +156,13 @@ fn exec_args(ctx: &TracePointContext, off_filename: u16, off_argv: u16, flags: u
 /// Reads the path and argv of an exec while the caller's memory still holds
 /// them: once the exec succeeds they are gone, and a process that lives a
 /// millisecond has no /proc entry left to read.
+#[inline(always)]
 fn try_exec_args(
     ctx: &TracePointContext,
     off_filename: u16,
     off_argv: u16,
-    mut flags: u16,
+    off_envp: u16,
+    flags: u16,
 ) -> Result<(), i32> {
     let (tgid, tid) = current();
     if tracked(tgid).is_none() {
@@ -157,20 +172,48 @@ fn try_exec_args(
     let filename: u64 = unsafe { ctx.read_at(off_filename as usize)? };
     let argv: u64 = unsafe { ctx.read_at(off_argv as usize)? };
     let ev: *mut ExecArgsEvent = SCRATCH.get_ptr_mut(0).ok_or(-1)?;
-    // SAFETY: `ev` points at this CPU's scratch slot, large enough for every
-    // write below: each argv read starts below ARGV_LEN and reads at most
-    // ARGV_LEN bytes into a 2 * ARGV_LEN buffer.
+    // SAFETY: `ev` points at this CPU's scratch slot.
     unsafe {
         let name = (*ev).filename.as_mut_ptr();
         if bpf_probe_read_user_str(name.cast(), FILENAME_LEN as u32, filename as *const _) < 0 {
             *name = 0;
         }
+        send_strings(ev, kind::EXEC_ARGS, tgid, tid, argv, flags);
+        if off_envp != 0 {
+            // The environment, read here for the same reason as argv; what
+            // of it is kept is userspace's policy (names, values on request).
+            let envp: u64 = ctx.read_at(off_envp as usize)?;
+            *name = 0;
+            send_strings(ev, kind::EXEC_ENV, tgid, tid, envp, flags);
+        }
+    }
+    Ok(())
+}
+
+/// Reads the NUL-terminated strings of the user array `vec` (argv or envp)
+/// into `ev` and sends them as a `kind` record.
+///
+/// # Safety
+/// `ev` must point at this CPU's scratch slot: each read starts below
+/// `ARGV_LEN` and reads at most `ARGV_LEN` bytes into a `2 * ARGV_LEN` buffer.
+#[inline(always)]
+unsafe fn send_strings(
+    ev: *mut ExecArgsEvent,
+    kind: u32,
+    tgid: u32,
+    tid: u32,
+    vec: u64,
+    mut flags: u16,
+) {
+    // SAFETY: as the caller promises; user pointers are read with the
+    // probe helpers, which fail rather than fault.
+    unsafe {
         let buf = (*ev).argv.as_mut_ptr();
         let mut off: usize = 0;
         let mut argc: u16 = 0;
         let mut i: u32 = 0;
         while i < MAX_ARGS {
-            let p: u64 = bpf_probe_read_user((argv as *const u64).add(i as usize)).unwrap_or(0);
+            let p: u64 = bpf_probe_read_user((vec as *const u64).add(i as usize)).unwrap_or(0);
             if p == 0 {
                 break;
             }
@@ -189,7 +232,7 @@ fn try_exec_args(
         }
         if i == MAX_ARGS {
             let more: u64 =
-                bpf_probe_read_user((argv as *const u64).add(MAX_ARGS as usize)).unwrap_or(0);
+                bpf_probe_read_user((vec as *const u64).add(MAX_ARGS as usize)).unwrap_or(0);
             if more != 0 {
                 flags |= exec_flags::TRUNCATED;
             }
@@ -202,7 +245,7 @@ fn try_exec_args(
             bump(counter::ARGV_TRUNCATED);
         }
         (*ev).head = ExecArgsHeader {
-            hdr: header(kind::EXEC_ARGS, tgid, tid),
+            hdr: header(kind, tgid, tid),
             argv_len: off as u16,
             argc,
             flags,
@@ -216,7 +259,6 @@ fn try_exec_args(
             bump(counter::RINGBUF_FULL);
         }
     }
-    Ok(())
 }
 
 /// An exec succeeded; comm is already the new program's.

@@ -258,6 +258,17 @@ pub struct TraceArgs {
           value_parser = value_parser!(u32).range(0..=1_000_000))]
     pub max_threads_listed: u32,
 
+    /// Keep the values of these environment variables in the report
+    /// (comma-separated; `*` and `?` match). Every variable's name is always
+    /// listed; any other value is "<redacted>" and is never kept.
+    #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',')]
+    pub env: Vec<String>,
+
+    /// Keep every environment variable's value (secrets included: mind where
+    /// the report goes).
+    #[arg(long, conflicts_with = "env")]
+    pub env_all: bool,
+
     /// Also store the run in the history (see `pmet history`).
     #[arg(long)]
     pub record: bool,

@@ -99,6 +99,10 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
         user: args.user,
         record,
         max_threads_listed: args.max_threads_listed as usize,
+        env_policy: pmet::model::env::EnvPolicy {
+            all: args.env_all,
+            names: args.env,
+        },
         descendants: match (args.wait_descendants, args.kill_descendants) {
             (Some(limit), _) => Descendants::Wait(limit),
             (_, Some(grace)) => Descendants::Kill(grace.unwrap_or(DEFAULT_KILL_GRACE)),

@@ -456,6 +456,7 @@ pub fn attach<E: EventSource, S: Sampler>(
                 preexisting: true,
                 threads_at_attach,
                 ids: s.procfs.ids(pid),
+                env: s.procfs.environ(pid),
             });
         }
     }
@@ -635,6 +636,9 @@ pub(crate) mod fake {
             self.shares.get(&pid).copied()
         }
         fn ids(&self, _pid: u32) -> Option<crate::model::event::Ids> {
+            None
+        }
+        fn environ(&self, _pid: u32) -> Option<Vec<String>> {
             None
         }
         fn scan(&self) -> Vec<Stat> {

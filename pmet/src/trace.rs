@@ -80,6 +80,8 @@ pub struct TraceOptions {
     pub descendants: Descendants,
     /// Threads listed per process in the report (the rest summed).
     pub max_threads_listed: usize,
+    /// Which environment values are kept (names always are).
+    pub env_policy: crate::model::env::EnvPolicy,
 }
 
 /// What stays loaded until dropped: the kernel programs and the taskstats
@@ -448,6 +450,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
     let start_ns = boottime_ns();
     let started_at = SystemTime::now();
     let mut s = Session::new(kernel, procfs, start_ns, kernel_io, follow_children);
+    s.tree.env_policy = opts.env_policy.clone();
     s.taskstats_overflows = listener.as_ref().map(|l| l.overflows.clone());
     let command: Option<Vec<String>> = inputs.prepared.is_some().then(|| {
         opts.command

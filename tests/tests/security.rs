@@ -771,3 +771,89 @@ fn a_stream_that_fills_up_is_said_once_and_the_report_still_written() {
     let report: Value = serde_json::from_slice(&std::fs::read(&r).unwrap()).unwrap();
     assert_eq!(report["exit_code"], 3);
 }
+
+#[test]
+fn a_secret_in_the_environment_reaches_no_output() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret = format!("s3cr3t-{}-{}", std::process::id(), "do-not-leak");
+    let run = |extra: &[&str]| {
+        let mut c = Command::new(pmet_bin());
+        c.args(["trace", "--format", "jsonl", "-i", "20ms", "--stream"])
+            .arg(d.join("s.jsonl"))
+            .arg("--trace-events")
+            .arg(d.join("t.json"))
+            .arg("--record")
+            .args(["-o"])
+            .arg(d.join("r.json"))
+            .args(extra)
+            .args(["--", "sh", "-c", "sleep 0.1; env > /dev/null"])
+            .env("PMET_TEST_SECRET", &secret)
+            .env("PMET_TEST_VISIBLE", "shown")
+            .env("PMET_HISTORY", d.join("history.db"))
+            .env_remove("SUDO_UID");
+        let o = c.output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    };
+    let o = run(&["--env", "PMET_TEST_VIS*"]);
+    // Every output a person or a tool could read afterwards.
+    let html = Command::new(pmet_bin())
+        .arg("report")
+        .arg(d.join("r.json"))
+        .arg("--html")
+        .arg(d.join("r.html"))
+        .env("PMET_HISTORY", d.join("history.db"))
+        .output()
+        .unwrap();
+    let history = Command::new(pmet_bin())
+        .args(["report", "1"])
+        .env("PMET_HISTORY", d.join("history.db"))
+        .output()
+        .unwrap();
+    let mut seen = Vec::new();
+    for f in ["r.json", "s.jsonl", "t.json", "r.html", "history.db"] {
+        seen.push((f.to_string(), std::fs::read(d.join(f)).unwrap()));
+    }
+    for (name, out) in [("pmet stderr", &o.stderr), ("pmet stdout", &o.stdout)] {
+        seen.push((name.into(), out.clone()));
+    }
+    seen.push(("report --html".into(), html.stdout));
+    seen.push(("report 1".into(), history.stdout));
+    for (name, bytes) in &seen {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(!text.contains(&secret), "the secret reached {name}");
+    }
+    let r: Value = serde_json::from_slice(&std::fs::read(d.join("r.json")).unwrap()).unwrap();
+    let env = &r["processes"][0]["env"];
+    assert_eq!(env["PMET_TEST_SECRET"], "<redacted>", "its name is listed");
+    assert_eq!(
+        env["PMET_TEST_VISIBLE"], "shown",
+        "the value asked for is kept"
+    );
+    assert!(env["PATH"].is_string());
+    // The child forked by the shell has the same environment.
+    let sleep = r["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["comm"] == "sleep")
+        .unwrap();
+    assert_eq!(sleep["env"]["PMET_TEST_SECRET"], "<redacted>");
+    // --env-all keeps it, as asked.
+    std::fs::remove_file(d.join("r.json")).unwrap();
+    run(&["--env-all"]);
+    let r: Value = serde_json::from_slice(&std::fs::read(d.join("r.json")).unwrap()).unwrap();
+    assert_eq!(
+        r["processes"][0]["env"]["PMET_TEST_SECRET"],
+        secret.as_str()
+    );
+}

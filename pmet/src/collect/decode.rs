@@ -42,30 +42,40 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 comm: cstr(&e.comm),
             })
         }
-        kind::EXEC_ARGS => {
+        kind::EXEC_ARGS | kind::EXEC_ENV => {
             let h: ExecArgsHeader = read(b)?;
             let rest = &b[size_of::<ExecArgsHeader>()..];
             if rest.len() < FILENAME_LEN {
                 return None;
             }
             let filename = cstr(&rest[..FILENAME_LEN]);
-            let argv_bytes = &rest[FILENAME_LEN..];
-            let argv_bytes = &argv_bytes[..(h.argv_len as usize).min(argv_bytes.len())];
-            let mut argv: Vec<String> = argv_bytes
+            let bytes = &rest[FILENAME_LEN..];
+            let bytes = &bytes[..(h.argv_len as usize).min(bytes.len())];
+            let mut strings: Vec<String> = bytes
                 .split(|&c| c == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
             // The buffer ends with a NUL, leaving one empty piece.
-            if argv_bytes.last() == Some(&0) {
-                argv.pop();
+            if bytes.last() == Some(&0) {
+                strings.pop();
             }
-            argv.truncate(h.argc as usize);
-            Some(Event::ExecArgs {
-                ts_ns: h.hdr.ts_ns,
-                tid: h.hdr.tid,
-                filename,
-                argv,
-                truncated: h.flags & exec_flags::TRUNCATED != 0,
+            strings.truncate(h.argc as usize);
+            let truncated = h.flags & exec_flags::TRUNCATED != 0;
+            Some(if h.hdr.kind == kind::EXEC_ENV {
+                Event::ExecEnv {
+                    ts_ns: h.hdr.ts_ns,
+                    tid: h.hdr.tid,
+                    vars: strings,
+                    truncated,
+                }
+            } else {
+                Event::ExecArgs {
+                    ts_ns: h.hdr.ts_ns,
+                    tid: h.hdr.tid,
+                    filename,
+                    argv: strings,
+                    truncated,
+                }
             })
         }
         kind::EXEC => {

@@ -86,6 +86,8 @@ pub fn tracepoint_config(tracefs: &Tracefs) -> Result<Config, Error> {
         execve_argv: tracefs.offset("syscalls", "sys_enter_execve", "argv")?,
         execveat_filename: tracefs.offset("syscalls", "sys_enter_execveat", "filename")?,
         execveat_argv: tracefs.offset("syscalls", "sys_enter_execveat", "argv")?,
+        execve_envp: tracefs.offset("syscalls", "sys_enter_execve", "envp")?,
+        execveat_envp: tracefs.offset("syscalls", "sys_enter_execveat", "envp")?,
         ..Config::default()
     };
     // One program reads both socket tracepoints with the same offsets; they

@@ -53,6 +53,8 @@ pub trait Sampler {
     fn cmdline(&self, pid: u32) -> io::Result<Vec<String>>;
     /// A live sample of one process.
     fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample>;
+    /// A process's environment, `NAME=VALUE` (for one pmet attaches to).
+    fn environ(&self, pid: u32) -> Option<Vec<String>>;
     /// Who a process runs as and its cgroup (for one pmet attaches to).
     fn ids(&self, pid: u32) -> Option<Ids>;
     /// What of one process's memory is its own (costlier than a sample).
@@ -143,6 +145,10 @@ impl Sampler for Procfs {
     }
     fn ids(&self, pid: u32) -> Option<Ids> {
         super::cgroup::ids_of(&self.root, pid)
+    }
+    fn environ(&self, pid: u32) -> Option<Vec<String>> {
+        let bytes = std::fs::read(self.root.join(pid.to_string()).join("environ")).ok()?;
+        Some(super::procfs::parse_cmdline(&bytes))
     }
     fn scan(&self) -> Vec<Stat> {
         Procfs::scan(self)

@@ -73,6 +73,18 @@ pub enum Event {
         /// argv was cut short.
         truncated: bool,
     },
+    /// The environment a tracked task's exec was given (`NAME=VALUE`; it
+    /// may still fail). The tree keeps only what its policy allows.
+    ExecEnv {
+        /// `CLOCK_BOOTTIME` ns.
+        ts_ns: u64,
+        /// Calling thread.
+        tid: u32,
+        /// The variables, `NAME=VALUE`.
+        vars: Vec<String>,
+        /// Cut short at the kernel-side limit.
+        truncated: bool,
+    },
     /// A tracked process finished an exec.
     Exec {
         /// `CLOCK_BOOTTIME` ns.

@@ -1,6 +1,7 @@
 //! The process tree, built from everything collected.
 
 pub mod container;
+pub mod env;
 pub mod event;
 pub mod figures;
 #[cfg(test)]

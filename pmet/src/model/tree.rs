@@ -7,6 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use super::event::{Event, ThreadTotals};
 use crate::model::{
+    env::{EnvPolicy, EnvVar},
     event::Ids,
     input::{Sample, Shares, TaskStats},
     net::Net,
@@ -263,6 +264,10 @@ pub struct Proc {
     /// Who it runs as and in which cgroup: from its last exec, else
     /// inherited at fork, else read at attach.
     pub ids: Option<Ids>,
+    /// Its environment at its last exec (names; values the policy keeps).
+    pub env: Option<Arc<[EnvVar]>>,
+    /// That environment was cut short at the kernel-side limit.
+    pub env_truncated: bool,
     /// Its memory at its sampled peaks (`None` until sampled).
     pub memory_peak: Option<MemoryPeak>,
     /// RSS when `smaps_rollup` was last read, and samples since.
@@ -344,6 +349,8 @@ pub struct Seen {
     pub threads_at_attach: Vec<(u32, ThreadTotals)>,
     /// Who it runs as and where, read at attach.
     pub ids: Option<Ids>,
+    /// Its environment, read at attach (`NAME=VALUE`; the policy applies).
+    pub env: Option<Vec<String>>,
 }
 
 /// Everything known about the traced tree.
@@ -362,6 +369,10 @@ pub struct Tree {
     latest: HashMap<u32, usize>,
     /// exec arguments waiting for their exec to succeed, by thread id.
     pending_exec: HashMap<u32, (String, Vec<String>, bool)>,
+    /// Environments of execs under way, by calling thread, as kept.
+    pending_env: HashMap<u32, (Arc<[EnvVar]>, bool)>,
+    /// Which environment values are kept (names always are).
+    pub env_policy: EnvPolicy,
     /// The process pmet launched or attached to.
     pub root: Option<usize>,
     /// Kernel events applied.
@@ -483,6 +494,7 @@ impl Tree {
             max_threads: n.threads.max(1),
             baseline: n.baseline,
             ids: n.ids,
+            env: n.env.map(|v| self.env_policy.apply(v)),
             threads,
             ..Proc::default()
         });
@@ -575,8 +587,11 @@ impl Tree {
                     argv: parent.argv.clone(),
                     exe: parent.exe.clone(),
                     argv_truncated: parent.argv_truncated,
-                    // Credentials and cgroup are the parent's until it execs.
+                    // Credentials, cgroup and environment are the parent's
+                    // until it execs.
                     ids: parent.ids,
+                    env: parent.env.clone(),
+                    env_truncated: parent.env_truncated,
                     start_ns: ts_ns,
                     untracked,
                     threads_alive: 1,
@@ -599,6 +614,17 @@ impl Tree {
             } => {
                 self.pending_exec.insert(tid, (filename, argv, truncated));
             }
+            Event::ExecEnv {
+                tid,
+                vars,
+                truncated,
+                ..
+            } => {
+                // Values not asked for are dropped here, before anything
+                // else sees them.
+                let kept = self.env_policy.apply(vars);
+                self.pending_env.insert(tid, (kept, truncated));
+            }
             Event::Exec {
                 tgid,
                 old_tid,
@@ -619,6 +645,10 @@ impl Tree {
                 p.comm = comm;
                 p.execs += 1;
                 p.ids = Some(ids);
+                if let Some((env, truncated)) = self.pending_env.remove(&old_tid) {
+                    p.env = Some(env);
+                    p.env_truncated = truncated;
+                }
                 if let Some((filename, argv, truncated)) = self.pending_exec.remove(&old_tid) {
                     p.exe = Some(filename);
                     p.argv = argv.into();
@@ -635,6 +665,7 @@ impl Tree {
                 comm,
             } => {
                 self.pending_exec.remove(&tid);
+                self.pending_env.remove(&tid);
                 let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
                     self.orphan_events += 1;
                     return;

@@ -7,6 +7,7 @@ use super::{
 };
 use crate::model::{
     container::{container, k8s_pod_uid},
+    env::REDACTED,
     figures::figures,
     series::{Recorder, Stat},
     tree::{ExitStatus, Proc, ThreadRec, Tree, split_runtime},
@@ -130,6 +131,15 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         cgroup: cgroup.clone(),
         container: cgroup.as_deref().and_then(container),
         k8s_pod_uid: cgroup.as_deref().and_then(k8s_pod_uid),
+        env: p.env.as_ref().map(|env| {
+            env.iter()
+                .map(|v| {
+                    let value = v.value.clone().unwrap_or_else(|| REDACTED.to_owned());
+                    (v.name.clone(), value)
+                })
+                .collect()
+        }),
+        env_truncated: p.env_truncated,
         memory: p.memory_peak.map(|m| MemoryReport {
             pss_peak_bytes: m.pss,
             private_peak_bytes: m.private,

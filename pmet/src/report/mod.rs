@@ -422,6 +422,14 @@ pub struct ProcessReport {
     /// The Kubernetes pod that cgroup names.
     #[serde(default)]
     pub k8s_pod_uid: Option<String>,
+    /// Its environment at its last exec: every name; a value only where
+    /// `--env`/`--env-all` asked for it, else `"<redacted>"` (the value was
+    /// never kept). `null` when unknown.
+    #[serde(default)]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    /// That environment was cut short at the kernel-side limit.
+    #[serde(default)]
+    pub env_truncated: bool,
     /// Its memory at its sampled peaks (`null` when never sampled).
     #[serde(default)]
     pub memory: Option<MemoryReport>,
