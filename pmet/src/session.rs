@@ -376,6 +376,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 self.tree.set_net(pid, cookie, n, false);
             }
         }
+        self.tree.note_pss();
         self.samples += 1;
         let snap = self.snapshots.take(&self.tree, now, self.losses().total());
         let keys = self.tree.live_keys().into_iter().collect();
@@ -1001,6 +1002,59 @@ mod tests {
             let d = f.disk.unwrap();
             assert_eq!((d.read, d.write), (ticks * 10, ticks * 20));
         }
+    }
+
+    #[test]
+    fn smaps_is_read_when_rss_grows_or_a_while_has_passed() {
+        use crate::collect::procfs::{Sample, Shares};
+        let mut s: Session<FakeKernel, FakeProc> =
+            Session::new(None, FakeProc::default(), 1000 * MS, false, false);
+        s.procfs.stats.insert(
+            300,
+            Stat {
+                pid: 300,
+                ppid: 1,
+                state: 'S',
+                num_threads: 1,
+                ..Stat::default()
+            },
+        );
+        attach(&mut s, 300, false, 1000 * MS).unwrap();
+        let rss = |s: &mut Session<FakeKernel, FakeProc>, mib: u64, pss_mib: u64| {
+            s.procfs.samples.insert(
+                300,
+                Sample {
+                    rss_bytes: mib << 20,
+                    ..Sample::default()
+                },
+            );
+            s.procfs.shares.insert(
+                300,
+                Shares {
+                    pss_bytes: pss_mib << 20,
+                    ..Shares::default()
+                },
+            );
+        };
+        let peak = |s: &Session<FakeKernel, FakeProc>| s.tree.procs[0].memory_peak.unwrap().pss;
+        rss(&mut s, 100, 60);
+        s.tick(1100 * MS);
+        assert_eq!(peak(&s), Some(60 << 20), "read at the first look");
+        assert_eq!(s.tree.pss_peak, 60 << 20);
+        rss(&mut s, 101, 80);
+        s.tick(1200 * MS);
+        assert_eq!(peak(&s), Some(60 << 20), "RSS within 2 %: not read again");
+        rss(&mut s, 103, 90);
+        s.tick(1300 * MS);
+        assert_eq!(peak(&s), Some(90 << 20), "RSS at a new high: read");
+        rss(&mut s, 103, 95);
+        for t in 0..9 {
+            s.tick((1400 + t * 100) * MS);
+        }
+        assert_eq!(peak(&s), Some(90 << 20));
+        s.tick(2300 * MS);
+        assert_eq!(peak(&s), Some(95 << 20), "and every tenth sample");
+        assert_eq!(s.tree.pss_peak, 95 << 20);
     }
 
     #[test]

@@ -821,6 +821,11 @@ impl Tree {
         m.pss = max(m.pss, sh.pss_bytes);
         m.private = max(m.private, sh.private_bytes);
         m.shared = max(m.shared, sh.shared_bytes);
+    }
+
+    /// After a round of samples: the live processes' PSS together, against
+    /// the tree's peak.
+    pub fn note_pss(&mut self) {
         let total: u64 = self.live.values().map(|&i| self.procs[i].last_pss).sum();
         self.pss_peak = self.pss_peak.max(total);
     }
