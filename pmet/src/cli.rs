@@ -78,7 +78,8 @@ METRIC>+N<unit> the absolute change exceeds N (units: B KiB MiB GiB kB MB GB, ms
 METRIC>N<unit>  the new value itself exceeds N\n  \
 (also >=, < and <=)\n\
 Metrics: duration, cpu, cpu_user, cpu_system, rss (the tree's sampled peak), max_rss (largest\n\
-process peak), disk_read, disk_write, net_tx, net_rx, processes, failed, lost.\n\
+process peak), pss (the tree's peak with shared pages counted once), disk_read, disk_write,\n\
+net_tx, net_rx, processes, failed, lost.\n\
 A limit whose figure is unknown in either report fails.\n\n\
 Exit status: 0 within limits, 1 a limit breached, 2 bad arguments, 65 a report is damaged,\n\
 66 a report file does not exist.\n\n\

@@ -107,6 +107,13 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
         bytes(t.disk_read_bytes),
         bytes(t.disk_write_bytes)
     );
+    if let Some(pss) = t.pss_peak_bytes {
+        let _ = writeln!(
+            o,
+            "  mem   {} at the peak, shared pages counted once (PSS)",
+            bytes(pss)
+        );
+    }
     if let Some(n) = &t.net {
         let _ = writeln!(
             o,

@@ -36,13 +36,18 @@ impl Unit {
 }
 
 /// The figures compared, by the names `--fail-if` uses.
-pub const METRICS: [(&str, &str, Unit); 13] = [
+pub const METRICS: [(&str, &str, Unit); 14] = [
     ("duration", "duration", Unit::Seconds),
     ("cpu", "CPU (user + system)", Unit::Seconds),
     ("cpu_user", "CPU, user", Unit::Seconds),
     ("cpu_system", "CPU, system", Unit::Seconds),
     ("rss", "peak memory of the tree (sampled)", Unit::Bytes),
     ("max_rss", "largest peak memory of one process", Unit::Bytes),
+    (
+        "pss",
+        "peak memory of the tree, shared pages once (PSS)",
+        Unit::Bytes,
+    ),
     ("disk_read", "disk read", Unit::Bytes),
     ("disk_write", "disk written", Unit::Bytes),
     ("net_tx", "network sent (TCP + UDP)", Unit::Bytes),
@@ -63,6 +68,7 @@ pub fn metric(r: &Report, key: &str) -> Option<f64> {
         "cpu_system" => t.cpu_system_s,
         "rss" => r.stats.as_ref()?.rss_bytes?.max,
         "max_rss" => r.processes.iter().filter_map(|p| p.peak_rss_bytes).max()? as f64,
+        "pss" => t.pss_peak_bytes? as f64,
         "disk_read" => t.disk_read_bytes as f64,
         "disk_write" => t.disk_write_bytes as f64,
         "net_tx" => return net(|n| n.tcp.tx_bytes + n.udp.tx_bytes),
@@ -405,6 +411,23 @@ pub fn check(d: &Diff, limits: &[Limit]) -> Vec<Verdict> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pss_gates_like_any_figure_and_fails_when_a_report_lacks_it() {
+        let with = |pss: Option<u64>| Report {
+            totals: crate::report::Totals {
+                pss_peak_bytes: pss,
+                ..Default::default()
+            },
+            ..Report::default()
+        };
+        let d = diff(&with(Some(100 << 20)), &with(Some(120 << 20)));
+        let limits = parse_limits("pss>+10%").unwrap();
+        assert!(!check(&d, &limits)[0].ok, "20 % more");
+        assert!(check(&d, &parse_limits("pss>+25%").unwrap())[0].ok);
+        let d = diff(&with(None), &with(Some(1)));
+        assert!(!check(&d, &limits)[0].ok, "an older report cannot say");
+    }
 
     #[test]
     fn limits_that_could_never_trip_are_refused() {
