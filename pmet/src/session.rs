@@ -265,13 +265,23 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
     /// and only then gives up on the rest. (A free that ran just before the
     /// sweep has left the kernel's records already; its event is in the ring.)
     pub fn finish_frees(&mut self, now: u64) {
-        let before = self.kernel.as_ref().map_or(0, |k| k.dying().len());
-        let unfreed: u32 = self.tree.procs.iter().map(|p| p.threads_unfreed).sum();
-        log::debug!("finish: {before} kept in the kernel, {unfreed} threads await their free");
+        let unfreed = |t: &Tree| t.procs.iter().map(|p| p.threads_unfreed).sum::<u32>();
+        let debug = log::log_enabled!(log::Level::Debug);
+        if debug {
+            let kept = self.kernel.as_ref().map_or(0, |k| k.dying().len());
+            log::debug!(
+                "finish: {kept} kept in the kernel, {} threads await their free",
+                unfreed(&self.tree)
+            );
+        }
         self.sweep_dying(Duration::ZERO, now);
         self.drain();
-        let unfreed: u32 = self.tree.procs.iter().map(|p| p.threads_unfreed).sum();
-        log::debug!("finish: after the sweep and a drain, {unfreed} threads await their free");
+        if debug {
+            log::debug!(
+                "finish: after the sweep and a drain, {} threads await their free",
+                unfreed(&self.tree)
+            );
+        }
         if self.kernel.as_ref().is_some_and(|k| k.exit_totals()) {
             self.tree.give_up_frees();
         }
@@ -901,6 +911,17 @@ mod tests {
         assert_eq!(p.freed.runtime_ns, 550_000);
         assert_eq!(p.freed_kept.at_last_switch, 1);
         assert!(p.totals_complete());
+        // What the report and the live view say about it.
+        let l = s.losses();
+        assert_eq!(
+            (
+                l.free_events_missed,
+                l.frees_kept_at_last_switch,
+                l.frees_kept_at_exit
+            ),
+            (1, 1, 0)
+        );
+        assert_eq!(l.total(), 0, "made good: not a loss");
     }
 
     #[test]

@@ -137,22 +137,33 @@ pub struct Kept {
     pub final_: bool,
 }
 
-/// A process's memory, each figure at its highest sampled value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A process's memory, each figure at its highest sampled value; the report
+/// writes it as it is (`processes[].memory`). PSS, private and shared come
+/// from `smaps_rollup` (`None` until it could be read); the rest from
+/// `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct MemoryPeak {
-    /// Proportional set size (`None` until `smaps_rollup` was read).
+    /// Proportional set size: shared pages divided among their sharers.
+    #[serde(rename = "pss_peak_bytes")]
     pub pss: Option<u64>,
     /// Pages mapped by this process only.
+    #[serde(rename = "private_peak_bytes")]
     pub private: Option<u64>,
     /// Pages mapped by others too.
+    #[serde(rename = "shared_peak_bytes")]
     pub shared: Option<u64>,
     /// Swapped out.
+    #[serde(rename = "swap_peak_bytes")]
     pub swap: u64,
     /// Resident anonymous memory.
+    #[serde(rename = "anon_peak_bytes")]
     pub anon: u64,
     /// Resident file-backed memory.
+    #[serde(rename = "file_peak_bytes")]
     pub file: u64,
-    /// Resident shared memory (tmpfs, shm).
+    /// Resident shared memory (tmpfs, System V and POSIX shm).
+    #[serde(rename = "shmem_peak_bytes")]
     pub shmem: u64,
 }
 
@@ -872,21 +883,6 @@ impl Tree {
         }
     }
 
-    /// Exited threads whose figures came from the kernel side's kept ones
-    /// because their free was never seen, over all processes.
-    pub fn frees_kept(&self) -> KeptFigures {
-        self.procs.iter().fold(KeptFigures::default(), |mut k, p| {
-            k.at_last_switch += p.freed_kept.at_last_switch;
-            k.at_exit += p.freed_kept.at_exit;
-            k
-        })
-    }
-
-    /// Exited threads whose free was never seen, over all processes.
-    pub fn frees_missed(&self) -> u64 {
-        self.procs.iter().map(|p| u64::from(p.freed_missing)).sum()
-    }
-
     /// Marks a live process as gone without an exit event (its event was lost).
     pub fn mark_vanished(&mut self, pid: u32, ts_ns: u64) {
         if let Some(i) = self.live.remove(&pid) {
@@ -1117,20 +1113,21 @@ mod tests {
         assert_eq!(p.freed.runtime_ns, 1_000 + 1_900 + 300);
         assert_eq!(p.freed_threads, 3);
         assert_eq!(
-            t.frees_kept(),
+            p.freed_kept,
             KeptFigures {
                 at_last_switch: 1,
                 at_exit: 1
             }
         );
-        assert_eq!(t.frees_missed(), 0);
+        let missing = |t: &Tree| t.procs.iter().map(|p| p.freed_missing).sum::<u32>();
+        assert_eq!(missing(&t), 0);
         assert_eq!(super::super::figures::figures(p, 100, true).source, "exit");
         // Nothing kept: taskstats' figures, and it is counted as missing.
         t.apply(fork(100, 102, 13, 40));
         t.apply(exit(102, 102, 13, true, 0, 50));
         t.free_missed(102, 13, 102, None);
         assert_eq!(t.procs[2].freed_missing, 1);
-        assert_eq!(t.frees_missed(), 1);
+        assert_eq!(missing(&t), 1);
         assert!(!t.procs[2].totals_complete());
         // ... until its free turns up late after all: exact again.
         t.apply(free(102, 102, 13, 4_000, 1, 1));

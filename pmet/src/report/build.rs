@@ -2,8 +2,8 @@
 //! figure's source is chosen.
 
 use super::{
-    Collector, DEFAULT_MAX_THREADS_LISTED, Host, MemoryReport, Net, ProcStats, ProcessReport,
-    Report, SCHEMA, SeriesReport, ThreadReport, ThreadsDropped, Totals,
+    Collector, DEFAULT_MAX_THREADS_LISTED, Host, Net, ProcStats, ProcessReport, Report, SCHEMA,
+    SeriesReport, ThreadReport, ThreadsDropped, Totals,
 };
 use crate::model::{
     container::{container, k8s_pod_uid},
@@ -140,15 +140,7 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
                 .collect()
         }),
         env_truncated: p.env_truncated,
-        memory: p.memory_peak.map(|m| MemoryReport {
-            pss_peak_bytes: m.pss,
-            private_peak_bytes: m.private,
-            shared_peak_bytes: m.shared,
-            swap_peak_bytes: m.swap,
-            anon_peak_bytes: m.anon,
-            file_peak_bytes: m.file,
-            shmem_peak_bytes: m.shmem,
-        }),
+        memory: p.memory_peak,
         threads: Vec::new(),
         threads_dropped: None,
     }

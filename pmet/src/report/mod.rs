@@ -432,35 +432,13 @@ pub struct ProcessReport {
     pub env_truncated: bool,
     /// Its memory at its sampled peaks (`null` when never sampled).
     #[serde(default)]
-    pub memory: Option<MemoryReport>,
+    pub memory: Option<crate::model::tree::MemoryPeak>,
     /// Its threads, the most CPU first (at most `--max-threads-listed`).
     #[serde(default)]
     pub threads: Vec<ThreadReport>,
     /// Threads not listed, summed; `null` when every thread is listed.
     #[serde(default)]
     pub threads_dropped: Option<ThreadsDropped>,
-}
-
-/// A process's memory, each figure at its highest sampled value. PSS,
-/// private and shared come from `smaps_rollup` (`null` when it could not be
-/// read); the rest from `status`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct MemoryReport {
-    /// Proportional set size: shared pages divided among their sharers.
-    pub pss_peak_bytes: Option<u64>,
-    /// Pages only it maps.
-    pub private_peak_bytes: Option<u64>,
-    /// Pages others map too.
-    pub shared_peak_bytes: Option<u64>,
-    /// Swapped out.
-    pub swap_peak_bytes: u64,
-    /// Resident anonymous memory.
-    pub anon_peak_bytes: u64,
-    /// Resident file-backed memory.
-    pub file_peak_bytes: u64,
-    /// Resident shared memory (tmpfs, System V and POSIX shm).
-    pub shmem_peak_bytes: u64,
 }
 
 /// One thread of a process.
