@@ -184,11 +184,7 @@ fn spawn_ready(args: &[&str], dir: &std::path::Path) -> std::process::Child {
         .stderr(std::fs::File::create(dir.join("err")).unwrap())
         .spawn()
         .unwrap();
-    let t0 = std::time::Instant::now();
-    while !ready.exists() {
-        assert!(t0.elapsed().as_secs() < 20, "the command never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_for_file(&ready);
     std::thread::sleep(std::time::Duration::from_millis(100));
     child
 }
@@ -214,8 +210,7 @@ fn sigterm_to_pmet_reaches_the_whole_tree_not_only_the_root() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
     let st = p.wait().unwrap();
-    let r: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).unwrap()).unwrap();
+    let r: Value = common::read_json(&dir.path().join("r.json"));
     kill_survivors(&r);
     assert_eq!(st.code(), Some(128 + libc::SIGTERM));
     assert_eq!(r["totals"]["processes_running"], 0, "{r:#}");
@@ -249,8 +244,7 @@ fn a_command_deaf_to_sigterm_still_gets_its_report_after_the_grace() {
     unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
     let st = p.wait().unwrap();
     let took = t0.elapsed();
-    let r: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).unwrap()).unwrap();
+    let r: Value = common::read_json(&dir.path().join("r.json"));
     kill_survivors(&r);
     assert_eq!(st.code(), Some(128 + libc::SIGTERM));
     assert_eq!(r["stopped_early"], "interrupted");
@@ -284,11 +278,7 @@ fn as_pid_1_of_a_namespace_docker_stop_still_gets_the_report() {
         .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
         .spawn()
         .unwrap();
-    let t0 = std::time::Instant::now();
-    while !ready.exists() {
-        assert!(t0.elapsed().as_secs() < 20, "the command never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_for_file(&ready);
     let children =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap();
     let pid1: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
@@ -306,7 +296,7 @@ fn as_pid_1_of_a_namespace_docker_stop_still_gets_the_report() {
     let took = t0.elapsed();
     assert!(took.as_secs() < 10, "within docker stop's 10 s: {took:?}");
     assert_eq!(st.code(), Some(128 + libc::SIGTERM));
-    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r: Value = common::read_json(&report);
     assert_eq!(r["stopped_early"], "interrupted");
     // Inside a pid namespace the kernel side would see other pids than pmet:
     // pmet says so and polls, rather than report a tree it cannot follow.

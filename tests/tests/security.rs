@@ -176,7 +176,7 @@ fn planted_symlinks_cannot_redirect_the_report_or_trace_events() {
     assert_untouched(&victim);
     assert_users_regular_file(&w.join("r.json"));
     assert_users_regular_file(&w.join("t.json"));
-    let r: Value = serde_json::from_slice(&std::fs::read(w.join("r.json")).unwrap()).unwrap();
+    let r: Value = common::read_json(&w.join("r.json"));
     assert_eq!(r["exit_code"], 7);
 }
 
@@ -602,7 +602,7 @@ fn a_closed_or_full_stderr_still_returns_the_commands_status() {
             .status()
             .unwrap();
         assert_eq!(st.code(), Some(5), "{name}");
-        let report: Value = serde_json::from_slice(&std::fs::read(&r).unwrap()).unwrap();
+        let report: Value = common::read_json(&r);
         assert_eq!(
             report["exit_code"], 5,
             "{name}: the report is still written"
@@ -725,16 +725,12 @@ fn usr1_and_usr2_reach_the_command_and_pmet_carries_on() {
         .args(["--", "sh", "-c", &script])
         .spawn()
         .unwrap();
-    let t0 = std::time::Instant::now();
-    while !ready.exists() {
-        assert!(t0.elapsed().as_secs() < 20, "the command never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_for_file(&ready);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(42));
-    let report: Value = serde_json::from_slice(&std::fs::read(&r).unwrap()).unwrap();
+    let report: Value = common::read_json(&r);
     assert_eq!(report["exit_code"], 42);
 }
 
@@ -768,7 +764,7 @@ fn a_stream_that_fills_up_is_said_once_and_the_report_still_written() {
         "{stderr}"
     );
     assert!(stderr.contains("No space left on device"), "{stderr}");
-    let report: Value = serde_json::from_slice(&std::fs::read(&r).unwrap()).unwrap();
+    let report: Value = common::read_json(&r);
     assert_eq!(report["exit_code"], 3);
 }
 
@@ -832,7 +828,7 @@ fn a_secret_in_the_environment_reaches_no_output() {
         let text = String::from_utf8_lossy(bytes);
         assert!(!text.contains(&secret), "the secret reached {name}");
     }
-    let r: Value = serde_json::from_slice(&std::fs::read(d.join("r.json")).unwrap()).unwrap();
+    let r: Value = common::read_json(&d.join("r.json"));
     let env = &r["processes"][0]["env"];
     assert_eq!(env["PMET_TEST_SECRET"], "<redacted>", "its name is listed");
     assert_eq!(
@@ -851,7 +847,7 @@ fn a_secret_in_the_environment_reaches_no_output() {
     // --env-all keeps it, as asked.
     std::fs::remove_file(d.join("r.json")).unwrap();
     run(&["--env-all"]);
-    let r: Value = serde_json::from_slice(&std::fs::read(d.join("r.json")).unwrap()).unwrap();
+    let r: Value = common::read_json(&d.join("r.json"));
     assert_eq!(
         r["processes"][0]["env"]["PMET_TEST_SECRET"],
         secret.as_str()

@@ -128,6 +128,26 @@ pub fn pmet_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Run {
     }
 }
 
+/// Waits until the traced command has created `path` (its way of saying it
+/// is ready); fails the test after 20 s.
+pub fn wait_for_file(path: &std::path::Path) {
+    let t0 = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "the command never created {}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A JSON file pmet wrote (a report, trace events), parsed.
+pub fn read_json(path: &std::path::Path) -> Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// `net.<proto>.<dir>_bytes` of a process.
 pub fn net(p: &Value, proto: &str, dir: &str) -> u64 {
     p["net"][proto][format!("{dir}_bytes")]
