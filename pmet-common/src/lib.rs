@@ -32,6 +32,12 @@ pub mod kind {
     /// empty filename and `NAME=VALUE` strings in place of argv); sent right
     /// after its `EXEC_ARGS`.
     pub const EXEC_ENV: u32 = 6;
+    /// A tracked process moved its first byte on a socket, or began a TCP
+    /// connect ([`super::ConnEvent`]).
+    pub const CONN: u32 = 7;
+    /// A TCP socket a tracked process used was destroyed: its life, final
+    /// ([`super::ConnEndEvent`]).
+    pub const CONN_END: u32 = 8;
 }
 
 /// Indices into the `COUNTERS` per-CPU array: things the kernel side could not
@@ -55,6 +61,9 @@ pub mod counter {
     /// free was never seen and the address went to another task); the
     /// figures kept for it were sent in place of its free.
     pub const FREE_MISMATCH: u32 = 6;
+    /// A socket's bytes or life could not be kept per connection (map
+    /// full): the process's `net` totals still have them, unattributed.
+    pub const CONN_FULL: u32 = 7;
     /// Number of counters.
     pub const LEN: u32 = 8;
 }
@@ -89,6 +98,37 @@ pub mod exec_flags {
     pub const TRUNCATED: u16 = 1;
     /// The call was execveat (the filename may be relative to a directory fd).
     pub const EXECVEAT: u16 = 2;
+}
+
+/// [`ConnEvent::role`] and [`SockLife::role`]: how the socket came to be.
+pub mod conn_role {
+    /// A TCP socket first seen carrying bytes: its connect or accept came
+    /// before pmet followed it.
+    pub const UNKNOWN: u16 = 0;
+    /// A tracked process called connect (seen entering `SYN_SENT`).
+    pub const CONNECT: u16 = 1;
+    /// A connection a listener accepted (seen going `SYN_RECV` to `ESTABLISHED`).
+    pub const ACCEPT: u16 = 2;
+    /// A UDP socket.
+    pub const UDP: u16 = 3;
+}
+
+/// [`SockLife::outcome`]: how a TCP connection ended.
+pub mod conn_outcome {
+    /// Still open.
+    pub const OPEN: u16 = 0;
+    /// Closed by either side with a FIN.
+    pub const CLOSED: u16 = 1;
+    /// Ended by a reset (`ECONNRESET`, `EPIPE`).
+    pub const RESET: u16 = 2;
+    /// The connect was refused (`ECONNREFUSED`).
+    pub const REFUSED: u16 = 3;
+    /// The kernel gave up (`ETIMEDOUT`).
+    pub const TIMEOUT: u16 = 4;
+    /// An ICMP error ended it (`EHOSTUNREACH`, `ENETUNREACH`).
+    pub const UNREACHABLE: u16 = 5;
+    /// The program closed a connect before it completed.
+    pub const ABORTED: u16 = 6;
 }
 
 /// Start of every event.
@@ -226,6 +266,102 @@ pub struct FreeEvent {
     /// here: the exit event already carries it.
     pub flags: u32,
     pub _pad: u32,
+}
+
+/// A socket's two ends as the kernel holds them: addresses in network
+/// order (IPv4 in the first four bytes), ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Local address.
+    pub laddr: [u8; 16],
+    /// Remote address (zero: none, an unconnected UDP socket).
+    pub raddr: [u8; 16],
+    /// Local port (zero: not bound yet).
+    pub lport: u16,
+    /// Remote port.
+    pub rport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Padding, always zero.
+    pub _pad: u16,
+}
+
+/// A tracked process used a socket: its first byte on it, or its connect.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEvent {
+    /// `tgid`/`tid` are the user's.
+    pub hdr: EventHeader,
+    /// The process's cookie.
+    pub proc_cookie: u64,
+    /// The socket's cookie (`bpf_get_socket_cookie`): unique while the system runs.
+    pub sock_cookie: u64,
+    /// The ends at that moment.
+    pub ends: Endpoints,
+    /// 6 (TCP) or 17 (UDP).
+    pub proto: u16,
+    /// [`conn_role`].
+    pub role: u16,
+    /// Padding, always zero.
+    pub _pad: u32,
+}
+
+/// Value of the `SOCKS` map (key: socket cookie): a TCP socket a tracked
+/// process used, from its connect or accept to its destruction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLife {
+    /// `CLOCK_BOOTTIME` ns of the connect or of the completed handshake.
+    pub opened_ns: u64,
+    /// When it left `ESTABLISHED` for good (0: open).
+    pub closed_ns: u64,
+    /// Its ends, refreshed at each state change (a connect's local port
+    /// is chosen after `SYN_SENT`).
+    pub ends: Endpoints,
+    /// Segments retransmitted (`tcp:tcp_retransmit_skb`).
+    pub retransmits: u32,
+    /// [`conn_role`].
+    pub role: u16,
+    /// [`conn_outcome`].
+    pub outcome: u16,
+}
+
+/// A TCP socket in `SOCKS` was destroyed: no byte can move on it any more.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEndEvent {
+    /// `tgid`/`tid` are whoever's context it happened in (often none of the tree's).
+    pub hdr: EventHeader,
+    /// The socket's cookie.
+    pub sock_cookie: u64,
+    /// Its life, final.
+    pub life: SockLife,
+}
+
+/// Key of the `CONNS` per-CPU map: one process's use of one socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// Process id.
+    pub tgid: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+    /// The process's cookie.
+    pub proc_cookie: u64,
+    /// The socket's cookie.
+    pub sock_cookie: u64,
+}
+
+/// Value of the `CONNS` per-CPU map: bytes under the same rules as
+/// [`NetCounters`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnBytes {
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
 }
 
 /// Value of the `TRACKED` map (key: tgid).
@@ -371,6 +507,22 @@ pub struct Config {
     pub sk_family: u16,
     /// `sock.sk_protocol`.
     pub sk_protocol: u16,
+    /// `__sk_common.skc_daddr` (see [`config_flags::CONNECTIONS`]).
+    pub sk_daddr: u16,
+    /// `__sk_common.skc_rcv_saddr`.
+    pub sk_rcv_saddr: u16,
+    /// `__sk_common.skc_dport`.
+    pub sk_dport: u16,
+    /// `__sk_common.skc_num`.
+    pub sk_num: u16,
+    /// `__sk_common.skc_v6_daddr`.
+    pub sk_v6_daddr: u16,
+    /// `__sk_common.skc_v6_rcv_saddr`.
+    pub sk_v6_rcv_saddr: u16,
+    /// `sock.sk_err`.
+    pub sk_err: u16,
+    /// Padding, always zero.
+    pub _pad: u16,
 }
 
 /// Bits of [`Config::flags`].
@@ -378,6 +530,9 @@ pub mod config_flags {
     /// New processes created by tracked ones join the tree (else only the
     /// root is followed).
     pub const FOLLOW_CHILDREN: u32 = 1;
+    /// BTF gave the `struct sock` offsets connections need (`skc_daddr` is
+    /// at offset 0, so a zero offset cannot mean "absent" there).
+    pub const CONNECTIONS: u32 = 2;
 }
 
 #[cfg(feature = "user")]
@@ -389,6 +544,9 @@ mod user {
     unsafe impl aya::Pod for super::Dying {}
     unsafe impl aya::Pod for super::NetKey {}
     unsafe impl aya::Pod for super::NetCounters {}
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::ConnBytes {}
+    unsafe impl aya::Pod for super::SockLife {}
 }
 
 #[cfg(test)]
@@ -407,7 +565,13 @@ mod tests {
         assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 7 + 8);
         assert_eq!(size_of::<NetKey>(), 16);
         assert_eq!(size_of::<NetCounters>(), 64);
-        assert_eq!(size_of::<Config>(), 32 + 40);
+        assert_eq!(size_of::<Config>(), 32 + 40 + 16);
+        assert_eq!(size_of::<Endpoints>(), 40);
+        assert_eq!(size_of::<ConnEvent>(), 24 + 16 + 40 + 8);
+        assert_eq!(size_of::<SockLife>(), 16 + 40 + 8);
+        assert_eq!(size_of::<ConnEndEvent>(), 24 + 8 + 64);
+        assert_eq!(size_of::<ConnKey>(), 24);
+        assert_eq!(size_of::<ConnBytes>(), 16);
         assert_eq!(size_of::<Dying>(), 24 + 48 + 8);
         assert!(ARGV_LEN.is_power_of_two());
     }

@@ -8,15 +8,18 @@
 // binary; the programs only mean something on the BPF target.
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
 
+mod conn;
 mod net;
 mod process;
 
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use pmet_common::{Config, Dying, ExecArgsEvent, NetCounters, NetKey, Tracked};
+use pmet_common::{
+    Config, ConnBytes, ConnKey, Dying, ExecArgsEvent, NetCounters, NetKey, SockLife, Tracked,
+};
 
 /// Offsets into tracepoint records and `task_struct`, filled in by the loader.
 #[unsafe(no_mangle)]
@@ -48,6 +51,14 @@ static CONFIG: Global<Config> = Global::new(Config {
     flags: 0,
     sk_family: 0,
     sk_protocol: 0,
+    sk_daddr: 0,
+    sk_rcv_saddr: 0,
+    sk_dport: 0,
+    sk_num: 0,
+    sk_v6_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_err: 0,
+    _pad: 0,
 });
 
 /// Processes in the traced tree, by tgid. The loader sets every map's size at
@@ -63,6 +74,22 @@ static DYING: HashMap<u64, Dying> = HashMap::with_max_entries(16384, 0);
 /// has no usable atomic add from Rust; userspace sums the CPUs.
 #[map]
 static NET: PerCpuHashMap<NetKey, NetCounters> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Bytes per process and socket. Userspace removes a socket's entries once
+/// it is destroyed or its process has gone; a full map leaves the bytes in
+/// `NET`'s totals only (counted, shown as unattributed).
+#[map]
+static CONNS: PerCpuHashMap<ConnKey, ConnBytes> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// The life of each TCP socket the tree used, by socket cookie, until it is
+/// destroyed.
+#[map]
+static SOCKS: HashMap<u64, SockLife> = HashMap::with_max_entries(16384, 0);
+
+/// Handshakes completed for any listener on the host (cookie to time), so an
+/// accepted connection's opening is known when a tracked process claims it.
+#[map]
+static ACCEPTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
 /// Lifecycle events for userspace.
 #[map]

@@ -90,7 +90,9 @@ fn try_count_btf(ctx: &BtfTracePointContext, tx: bool) -> Result<(), i32> {
         }
     }
     let flags = if tx { 0 } else { ctx.arg::<u64>(2) as i32 };
-    add(tgid, t.cookie, family, protocol, ret, flags, tx);
+    if let Some(tcp) = add(tgid, t.cookie, family, protocol, ret, flags, tx) {
+        crate::conn::count(ctx.arg(0), tgid, t.cookie, tcp, tx, ret as u64);
+    }
     Ok(())
 }
 
@@ -114,25 +116,34 @@ fn try_count(ctx: &TracePointContext, tx: bool) -> Result<(), i32> {
     } else {
         unsafe { ctx.read_at(cfg.sock_flags as usize)? }
     };
-    add(tgid, t.cookie, family, protocol, ret, flags, tx);
+    let _ = add(tgid, t.cookie, family, protocol, ret, flags, tx);
     Ok(())
 }
 
-/// Counts `ret` bytes moved by process `tgid` when they are network bytes.
+/// Counts `ret` bytes moved by process `tgid` when they are network bytes;
+/// says whether they were TCP (`Some(true)`) or UDP (`Some(false)`).
 #[inline(always)]
-fn add(tgid: u32, cookie: u64, family: u16, protocol: u16, ret: i32, flags: i32, tx: bool) {
+fn add(
+    tgid: u32,
+    cookie: u64,
+    family: u16,
+    protocol: u16,
+    ret: i32,
+    flags: i32,
+    tx: bool,
+) -> Option<bool> {
     if family != AF_INET && family != AF_INET6 {
         // Unix sockets and the rest are IPC, not network.
-        return;
+        return None;
     }
     let tcp = protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP;
     let udp = protocol == IPPROTO_UDP || protocol == IPPROTO_UDPLITE;
     if !tcp && !udp {
-        return;
+        return None;
     }
     if !tx && flags & MSG_PEEK != 0 {
         // Peeked bytes are read again later; count them once.
-        return;
+        return None;
     }
     let key = NetKey {
         tgid,
@@ -149,7 +160,7 @@ fn add(tgid: u32, cookie: u64, family: u16, protocol: u16, ret: i32, flags: i32,
                 Some(c) => c,
                 None => {
                     bump(counter::NET_FULL);
-                    return;
+                    return Some(tcp);
                 }
             }
         }
@@ -177,4 +188,5 @@ fn add(tgid: u32, cookie: u64, family: u16, protocol: u16, ret: i32, flags: i32,
             }
         }
     }
+    Some(tcp)
 }

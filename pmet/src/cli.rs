@@ -259,6 +259,12 @@ pub struct TraceArgs {
           value_parser = value_parser!(u32).range(0..=1_000_000))]
     pub max_threads_listed: u32,
 
+    /// List at most N connections per process in the report, in the order
+    /// they were first used; the rest are summed in `connections_dropped`.
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = value_parser!(u32).range(0..=10_000_000))]
+    pub max_connections: u32,
+
     /// Keep the values of these environment variables in the report
     /// (comma-separated; `*` and `?` match). Every variable's name is always
     /// listed; any other value is "<redacted>" and is never kept.

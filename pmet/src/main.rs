@@ -99,6 +99,7 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
         user: args.user,
         record,
         max_threads_listed: args.max_threads_listed as usize,
+        max_connections: args.max_connections as usize,
         env_policy: pmet::model::env::EnvPolicy {
             all: args.env_all,
             names: args.env,

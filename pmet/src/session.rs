@@ -208,21 +208,73 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         let mut events = Vec::new();
         self.undecodable += kernel.drain_into(&mut events);
         let mut exits = Vec::new();
+        let mut ended = Vec::new();
         for ev in events {
-            if let Event::Exit {
-                group_dead: true,
-                tgid,
-                cookie,
-                ..
-            } = ev
-            {
-                exits.push((tgid, cookie));
+            match ev {
+                Event::Exit {
+                    group_dead: true,
+                    tgid,
+                    cookie,
+                    ..
+                } => exits.push((tgid, cookie)),
+                Event::ConnEnd { sock_cookie, .. } => ended.push(sock_cookie),
+                _ => {}
             }
             self.tree.apply(ev);
         }
-        for (pid, cookie) in exits {
+        // A destroyed socket moves no more bytes: take each user's.
+        for sock in ended {
+            for key in self.tree.sock_users(sock) {
+                if let Some((tx, rx)) = kernel.conn_bytes(key, sock, true) {
+                    self.tree.set_conn_bytes(key, sock, tx, rx, true);
+                }
+            }
+        }
+        for &(pid, cookie) in &exits {
             let net = kernel.take_net(pid, cookie).unwrap_or_default();
             self.tree.set_net(pid, cookie, net, true);
+        }
+        for key in exits {
+            self.read_conns(key, true);
+        }
+    }
+
+    /// Reads one process's connections from the kernel: the bytes of those
+    /// not yet final, and the life so far of TCP sockets still followed.
+    /// `gone`: the process has ended, so its bytes are final and taken.
+    fn read_conns(&mut self, key: (u32, u64), gone: bool) {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return;
+        };
+        let Some(p) = self.tree.get(key) else {
+            return;
+        };
+        let end_ns = p.end_ns;
+        for sock in p.conns.pending() {
+            if let Some((tx, rx)) = kernel.conn_bytes(key, sock, gone) {
+                self.tree.set_conn_bytes(key, sock, tx, rx, gone);
+            }
+            if let Some(life) = kernel.sock_life(sock) {
+                self.tree.set_conn_life(sock, &life);
+            }
+        }
+        if !gone && let Some(n) = kernel.net(key.0, key.1) {
+            // Read after its connections: a byte is counted in the totals
+            // first, so the totals are never behind their parts.
+            self.tree.set_net(key.0, key.1, n, false);
+        }
+        if gone && let Some(end) = end_ns {
+            self.tree.conns_process_ended(key, end);
+        }
+    }
+
+    /// At the end of a session: every connection's bytes and life as they
+    /// stand (those of processes still running are read, not taken).
+    pub fn finish_connections(&mut self) {
+        self.drain();
+        for key in self.tree.keys() {
+            let gone = self.tree.get(key).is_some_and(|p| !p.alive());
+            self.read_conns(key, gone);
         }
     }
 
@@ -364,6 +416,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                     if let Some(n) = self.kernel.as_mut().and_then(|k| k.take_net(pid, cookie)) {
                         self.tree.set_net(pid, cookie, n, true);
                     }
+                    self.read_conns((pid, cookie), true);
                 } else {
                     still.insert(key, since);
                 }
@@ -538,7 +591,7 @@ pub(crate) mod fake {
             source::{EventSource, Sampler},
         },
         error::Error,
-        model::{event::Event, net::Net},
+        model::{conn::Life, event::Event, net::Net},
     };
 
     /// The kernel side: a queue of events and the maps, set by the test.
@@ -550,6 +603,10 @@ pub(crate) mod fake {
         pub counters: [u64; counter::LEN as usize],
         pub dying: HashMap<u64, Dying>,
         pub undecodable: u64,
+        /// Bytes per (pid, cookie, socket cookie).
+        pub conns: HashMap<(u32, u64, u64), (u64, u64)>,
+        /// Followed TCP sockets.
+        pub socks: HashMap<u64, Life>,
     }
 
     impl FakeKernel {
@@ -613,6 +670,20 @@ pub(crate) mod fake {
         }
         fn exit_totals(&self) -> bool {
             true
+        }
+        fn connections(&self) -> bool {
+            true
+        }
+        fn conn_bytes(&mut self, key: (u32, u64), sock: u64, take: bool) -> Option<(u64, u64)> {
+            let k = (key.0, key.1, sock);
+            if take {
+                self.conns.remove(&k)
+            } else {
+                self.conns.get(&k).copied()
+            }
+        }
+        fn sock_life(&self, sock: u64) -> Option<Life> {
+            self.socks.get(&sock).copied()
         }
     }
 

@@ -80,6 +80,8 @@ pub struct TraceOptions {
     pub descendants: Descendants,
     /// Threads listed per process in the report (the rest summed).
     pub max_threads_listed: usize,
+    /// Connections listed per process in the report (the rest summed).
+    pub max_connections: usize,
     /// Which environment values are kept (names always are).
     pub env_policy: crate::model::env::EnvPolicy,
 }
@@ -451,6 +453,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
     let started_at = SystemTime::now();
     let mut s = Session::new(kernel, procfs, start_ns, kernel_io, follow_children);
     s.tree.env_policy = opts.env_policy.clone();
+    s.tree.max_connections = Some(opts.max_connections);
     s.taskstats_overflows = listener.as_ref().map(|l| l.overflows.clone());
     let command: Option<Vec<String>> = inputs.prepared.is_some().then(|| {
         opts.command
@@ -699,6 +702,7 @@ fn names(tree: &crate::model::tree::Tree) -> report::Names {
 /// Builds the report, writes what was asked for, and hands back what stays
 /// loaded (detached by the caller after showing the results).
 fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs) -> Outcome {
+    st.s.finish_connections();
     let end_ns = st.s.end_ns(boottime_ns());
     let lost = st.s.losses();
     let (self_cpu, self_rss) = self_usage();
@@ -726,6 +730,7 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         max_threads_listed: Some(opts.max_threads_listed),
         start_wall: Some(st.started_at),
         names: names(&st.s.tree),
+        connections: st.s.kernel.as_ref().is_some_and(|k| k.connections),
         counting_from: if opts.pid.is_some() && !opts.since_process_start {
             "attach"
         } else {

@@ -43,6 +43,27 @@ pub struct SockOffsets {
     pub protocol: u16,
     /// `sk_type` (0 when not resolvable: raw sockets are then not told apart).
     pub kind: u16,
+    /// What connections need (`None`: only per-process totals are kept).
+    pub ends: Option<EndOffsets>,
+}
+
+/// Byte offsets of a socket's ends and error inside `struct sock`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndOffsets {
+    /// `__sk_common.skc_daddr`.
+    pub daddr: u16,
+    /// `__sk_common.skc_rcv_saddr`.
+    pub rcv_saddr: u16,
+    /// `__sk_common.skc_dport`.
+    pub dport: u16,
+    /// `__sk_common.skc_num`.
+    pub num: u16,
+    /// `__sk_common.skc_v6_daddr` (0 without IPv6).
+    pub v6_daddr: u16,
+    /// `__sk_common.skc_v6_rcv_saddr` (0 without IPv6).
+    pub v6_rcv_saddr: u16,
+    /// `sk_err`.
+    pub err: u16,
 }
 
 /// Resolves [`SockOffsets`]; `None` when this kernel's layout does not allow
@@ -53,10 +74,27 @@ pub fn sock_offsets(path: &Path) -> Option<SockOffsets> {
     let family = member_offset(&btf, &sock, &["__sk_common", "skc_family"]).ok()?;
     let protocol = member_offset(&btf, &sock, &["sk_protocol"]).ok()?;
     let kind = member_offset(&btf, &sock, &["sk_type"]).ok();
+    let common = |name: &str| {
+        member_offset(&btf, &sock, &["__sk_common", name])
+            .ok()
+            .and_then(|o| u16::try_from(o).ok())
+    };
+    let ends = (|| {
+        Some(EndOffsets {
+            daddr: common("skc_daddr")?,
+            rcv_saddr: common("skc_rcv_saddr")?,
+            dport: common("skc_dport")?,
+            num: common("skc_num")?,
+            v6_daddr: common("skc_v6_daddr").unwrap_or(0),
+            v6_rcv_saddr: common("skc_v6_rcv_saddr").unwrap_or(0),
+            err: u16::try_from(member_offset(&btf, &sock, &["sk_err"]).ok()?).ok()?,
+        })
+    })();
     Some(SockOffsets {
         family: u16::try_from(family).ok()?,
         protocol: u16::try_from(protocol).ok()?,
         kind: kind.and_then(|k| u16::try_from(k).ok()).unwrap_or(0),
+        ends,
     })
 }
 
@@ -186,6 +224,12 @@ mod tests {
         }
         let o = sock_offsets(path).unwrap();
         assert!(o.family > 0 && o.protocol > o.family);
+        let e = o.ends.expect("this kernel's sock gives every end");
+        // struct sock_common opens with the address pair, then the ports.
+        assert_eq!((e.daddr, e.rcv_saddr), (0, 4));
+        assert_eq!((e.dport, e.num), (12, 14));
+        assert!(e.v6_daddr > e.num && e.v6_rcv_saddr == e.v6_daddr + 16);
+        assert!(e.err > o.family);
     }
 
     #[test]

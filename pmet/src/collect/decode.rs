@@ -3,11 +3,14 @@
 use std::mem::size_of;
 
 use pmet_common::{
-    EventHeader, ExecArgsHeader, ExecEvent, ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent,
-    TaskFigures, exec_flags, exit_flags, fork_flags, kind,
+    ConnEndEvent, ConnEvent, EventHeader, ExecArgsHeader, ExecEvent, ExitEvent, FILENAME_LEN,
+    ForkEvent, FreeEvent, SockLife, TaskFigures, exec_flags, exit_flags, fork_flags, kind,
 };
 
-use crate::model::event::{Event, Ids, ThreadTotals};
+use crate::model::{
+    conn::{Life, Opened, Outcome, Proto, Role, endpoint},
+    event::{Event, Ids, ThreadTotals},
+};
 
 /// Reads a `T` from the start of `b` if it is long enough.
 fn read<T: Copy>(b: &[u8]) -> Option<T> {
@@ -115,7 +118,50 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 kept: (e.flags & exit_flags::KEPT != 0).then_some(e.flags & exit_flags::FINAL != 0),
             })
         }
+        kind::CONN => {
+            let e: ConnEvent = read(b)?;
+            let n = &e.ends;
+            Some(Event::Conn {
+                tgid: e.hdr.tgid,
+                proc_cookie: e.proc_cookie,
+                opened: Opened {
+                    sock_cookie: e.sock_cookie,
+                    proto: if e.proto == 17 {
+                        Proto::Udp
+                    } else {
+                        Proto::Tcp
+                    },
+                    role: Role::from_kernel(e.role),
+                    local: endpoint(n.family, &n.laddr, n.lport).filter(|l| l.port() != 0),
+                    remote: endpoint(n.family, &n.raddr, n.rport).filter(|r| r.port() != 0),
+                    ts_ns: e.hdr.ts_ns,
+                },
+            })
+        }
+        kind::CONN_END => {
+            let e: ConnEndEvent = read(b)?;
+            Some(Event::ConnEnd {
+                sock_cookie: e.sock_cookie,
+                life: life(&e.life, true),
+            })
+        }
         _ => None,
+    }
+}
+
+/// A TCP socket's life as the model keeps it (`ended`: the socket is gone).
+pub fn life(l: &SockLife, ended: bool) -> Life {
+    let n = &l.ends;
+    Life {
+        opened_ns: l.opened_ns,
+        closed_ns: (l.closed_ns != 0).then_some(l.closed_ns),
+        // A connect refused before its port was chosen has no local end.
+        local: endpoint(n.family, &n.laddr, n.lport).filter(|l| l.port() != 0),
+        remote: endpoint(n.family, &n.raddr, n.rport).filter(|r| r.port() != 0),
+        role: Role::from_kernel(l.role),
+        outcome: Outcome::from_kernel(l.outcome),
+        retransmits: u64::from(l.retransmits),
+        ended,
     }
 }
 

@@ -13,7 +13,7 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
 };
 use aya_log::EbpfLogger;
-use pmet_common::{Config, NetCounters, NetKey, Tracked, counter};
+use pmet_common::{Config, ConnBytes, ConnKey, NetCounters, NetKey, SockLife, Tracked, counter};
 
 use super::{
     btf::{SockOffsets, TaskOffsets},
@@ -43,6 +43,13 @@ const SOCK_BTF: [(&str, &str); 2] = [
     ("sock_send_btf", "sock_send_length"),
     ("sock_recv_btf", "sock_recv_length"),
 ];
+/// Connection life (BTF only: sockets are named by cookie, which needs the
+/// kernel's own `struct sock *`).
+const CONN_BTF: [(&str, &str); 3] = [
+    ("inet_sock_set_state", "inet_sock_set_state"),
+    ("tcp_retransmit_skb", "tcp_retransmit_skb"),
+    ("tcp_destroy_sock", "tcp_destroy_sock"),
+];
 
 /// Memory the per-CPU `NET` map may take: each entry holds one
 /// `NetCounters` per possible CPU, so its size is set at load from the CPU
@@ -58,12 +65,28 @@ const TRACKED_MAX_ENTRIES: u32 = 65536;
 /// `DYING` entries: exited threads awaiting their free.
 const DYING_MAX_ENTRIES: u32 = 16384;
 
+/// `CONNS` entries: (process, socket) pairs not yet taken by userspace, in
+/// the same memory budget as `NET`.
+const CONNS_MAX_ENTRIES: u32 = 65536;
+const CONNS_MIN_ENTRIES: u32 = 4096;
+/// `SOCKS` entries: TCP sockets of the tree not yet destroyed.
+const SOCKS_MAX_ENTRIES: u32 = 16384;
+
 /// How many `NET` entries fit [`NET_MAP_BUDGET`] with `cpus` possible CPUs.
 pub fn net_entries(cpus: usize) -> u32 {
-    let per_entry = std::mem::size_of::<NetCounters>() * cpus.max(1);
+    per_cpu_entries::<NetCounters>(cpus, NET_MIN_ENTRIES, NET_MAX_ENTRIES)
+}
+
+/// How many `CONNS` entries fit the same budget.
+pub fn conns_entries(cpus: usize) -> u32 {
+    per_cpu_entries::<ConnBytes>(cpus, CONNS_MIN_ENTRIES, CONNS_MAX_ENTRIES)
+}
+
+fn per_cpu_entries<V>(cpus: usize, min: u32, max: u32) -> u32 {
+    let per_entry = std::mem::size_of::<V>() * cpus.max(1);
     u32::try_from(NET_MAP_BUDGET / per_entry)
         .unwrap_or(u32::MAX)
-        .clamp(NET_MIN_ENTRIES, NET_MAX_ENTRIES)
+        .clamp(min, max)
 }
 
 /// Finds every tracepoint field offset the programs need.
@@ -126,6 +149,10 @@ pub struct Kernel {
     net: PerCpuHashMap<MapData, NetKey, NetCounters>,
     counters: PerCpuArray<MapData, u64>,
     dying: HashMap<MapData, u64, pmet_common::Dying>,
+    conns: PerCpuHashMap<MapData, ConnKey, ConnBytes>,
+    socks: HashMap<MapData, u64, SockLife>,
+    /// Connections are followed (BTF gave every offset they need).
+    pub connections: bool,
     /// Final per-thread figures at free time are available.
     pub exit_totals: bool,
     /// They include storage I/O.
@@ -211,13 +238,26 @@ impl Kernel {
             cfg.sk_family = o.family;
             cfg.sk_protocol = o.protocol;
             cfg.sk_type = o.kind;
+            if let Some(e) = o.ends {
+                cfg.sk_daddr = e.daddr;
+                cfg.sk_rcv_saddr = e.rcv_saddr;
+                cfg.sk_dport = e.dport;
+                cfg.sk_num = e.num;
+                cfg.sk_v6_daddr = e.v6_daddr;
+                cfg.sk_v6_rcv_saddr = e.v6_rcv_saddr;
+                cfg.sk_err = e.err;
+                cfg.flags |= pmet_common::config_flags::CONNECTIONS;
+            }
         }
+        let connections = sock.is_some_and(|o| o.ends.is_some());
         let cpus = aya::util::nr_cpus().unwrap_or(1);
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &cfg, true)
             .map_max_entries("TRACKED", TRACKED_MAX_ENTRIES)
             .map_max_entries("DYING", DYING_MAX_ENTRIES)
             .map_max_entries("NET", net_entries(cpus))
+            .map_max_entries("CONNS", conns_entries(cpus))
+            .map_max_entries("SOCKS", SOCKS_MAX_ENTRIES)
             .load(OBJECT)
             .map_err(|e| Error::Load(error_chain(&e)))?;
         let logger = match EbpfLogger::init(&mut ebpf) {
@@ -252,6 +292,9 @@ impl Kernel {
         }
         if sock.is_some() {
             btf_programs.extend(SOCK_BTF);
+        }
+        if connections {
+            btf_programs.extend(CONN_BTF);
         }
         if !btf_programs.is_empty() {
             let btf = Btf::from_sys_fs().map_err(|e| Error::Btf {
@@ -304,7 +347,12 @@ impl Kernel {
         let counters =
             PerCpuArray::try_from(map(&mut ebpf, "COUNTERS")?).map_err(bad("COUNTERS"))?;
         let dying = HashMap::try_from(map(&mut ebpf, "DYING")?).map_err(bad("DYING"))?;
+        let conns = PerCpuHashMap::try_from(map(&mut ebpf, "CONNS")?).map_err(bad("CONNS"))?;
+        let socks = HashMap::try_from(map(&mut ebpf, "SOCKS")?).map_err(bad("SOCKS"))?;
         Ok(Self {
+            conns,
+            socks,
+            connections,
             events,
             logger,
             tracked,
@@ -381,6 +429,25 @@ impl Kernel {
         let _ = self.dying.remove(&task);
     }
 
+    /// Reads (and with `take`, removes) one process's bytes on one socket.
+    pub fn conn_bytes(&mut self, key: &ConnKey, take: bool) -> Option<ConnBytes> {
+        let per_cpu = self.conns.get(key, 0).ok()?;
+        let mut sum = ConnBytes::default();
+        for c in per_cpu.iter() {
+            sum.tx_bytes += c.tx_bytes;
+            sum.rx_bytes += c.rx_bytes;
+        }
+        if take {
+            let _ = self.conns.remove(key);
+        }
+        Some(sum)
+    }
+
+    /// A followed TCP socket's life so far (one not yet destroyed).
+    pub fn sock_life(&self, sock_cookie: u64) -> Option<SockLife> {
+        self.socks.get(&sock_cookie, 0).ok()
+    }
+
     /// Raw fd of the event ring buffer, for polling.
     pub fn events_fd(&self) -> i32 {
         self.events.as_raw_fd()
@@ -408,6 +475,8 @@ mod tests {
         assert_eq!(net_entries(16), NET_MAX_ENTRIES);
         assert_eq!(net_entries(256), 2048);
         assert_eq!(net_entries(4096), NET_MIN_ENTRIES);
+        assert_eq!(conns_entries(2), CONNS_MAX_ENTRIES);
+        assert_eq!(conns_entries(256), 8192);
         for cpus in [1, 2, 16, 64, 256, 1024] {
             let bytes = net_entries(cpus) as usize * 64 * cpus;
             assert!(bytes <= NET_MAP_BUDGET || net_entries(cpus) == NET_MIN_ENTRIES);

@@ -5,7 +5,7 @@
 
 use std::io;
 
-use pmet_common::{Dying, NetCounters, counter};
+use pmet_common::{ConnKey, Dying, NetCounters, counter};
 
 use super::{
     decode::decode,
@@ -15,6 +15,7 @@ use super::{
 use crate::{
     error::Error,
     model::{
+        conn::Life,
         event::{Event, Ids},
         net::{Net, Traffic},
     },
@@ -41,6 +42,13 @@ pub trait EventSource {
     fn forget_dying(&mut self, task: u64);
     /// Whether final per-thread figures arrive at free time.
     fn exit_totals(&self) -> bool;
+    /// Whether connections are followed.
+    fn connections(&self) -> bool;
+    /// A process's bytes on one socket as (sent, received); `take` removes
+    /// them from the kernel (the socket or the process is gone).
+    fn conn_bytes(&mut self, key: (u32, u64), sock_cookie: u64, take: bool) -> Option<(u64, u64)>;
+    /// A TCP socket's life so far, while the kernel still follows it.
+    fn sock_life(&self, sock_cookie: u64) -> Option<Life>;
 }
 
 /// /proc: live figures and the shape of the process table.
@@ -121,6 +129,21 @@ impl EventSource for Kernel {
     }
     fn exit_totals(&self) -> bool {
         self.exit_totals
+    }
+    fn connections(&self) -> bool {
+        self.connections
+    }
+    fn conn_bytes(&mut self, key: (u32, u64), sock_cookie: u64, take: bool) -> Option<(u64, u64)> {
+        let k = ConnKey {
+            tgid: key.0,
+            _pad: 0,
+            proc_cookie: key.1,
+            sock_cookie,
+        };
+        Kernel::conn_bytes(self, &k, take).map(|b| (b.tx_bytes, b.rx_bytes))
+    }
+    fn sock_life(&self, sock_cookie: u64) -> Option<Life> {
+        Kernel::sock_life(self, sock_cookie).map(|l| super::decode::life(&l, false))
     }
 }
 

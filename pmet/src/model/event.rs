@@ -40,6 +40,8 @@ pub struct Ids {
     pub cgroup_id: u64,
 }
 
+use super::conn::{Life, Opened};
+
 /// One thing the kernel saw happen in the traced tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -131,5 +133,21 @@ pub enum Event {
         /// side kept for the thread, read at its last context switch
         /// (`Some(true)`: final) or at its exit (`Some(false)`).
         kept: Option<bool>,
+    },
+    /// A tracked process used a socket for the first time.
+    Conn {
+        /// The process.
+        tgid: u32,
+        /// The process's cookie.
+        proc_cookie: u64,
+        /// The socket and its ends.
+        opened: Opened,
+    },
+    /// A TCP socket the tree used was destroyed; its life is final.
+    ConnEnd {
+        /// The socket.
+        sock_cookie: u64,
+        /// Its life.
+        life: Life,
     },
 }

@@ -1,5 +1,6 @@
 //! The process tree, built from everything collected.
 
+pub mod conn;
 pub mod container;
 pub mod env;
 pub mod event;

@@ -5,7 +5,10 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::event::{Event, ThreadTotals};
+use super::{
+    conn::{Conns, DEFAULT_MAX_CONNECTIONS, Life},
+    event::{Event, ThreadTotals},
+};
 use crate::model::{
     env::{EnvPolicy, EnvVar},
     event::Ids,
@@ -289,6 +292,8 @@ pub struct Proc {
     pub threads: Vec<ThreadRec>,
     /// Threads beyond those kept.
     pub threads_overflow: ThreadsOverflow,
+    /// The sockets it used.
+    pub conns: Conns,
 }
 
 impl Proc {
@@ -392,6 +397,10 @@ pub struct Tree {
     pub orphan_events: u64,
     /// Most processes alive at once.
     pub max_alive: usize,
+    /// Connections listed per process (`None`: the default).
+    pub max_connections: Option<usize>,
+    /// The processes that used each socket, by socket cookie.
+    sock_users: HashMap<u64, Vec<usize>>,
 }
 
 /// cputime_adjust() as the kernel does it for getrusage/wait4: the exact
@@ -739,6 +748,75 @@ impl Tree {
                     None => {}
                 }
             }
+            Event::Conn {
+                tgid,
+                proc_cookie,
+                opened,
+            } => {
+                let Some(&i) = self.by_key.get(&(tgid, proc_cookie)) else {
+                    self.orphan_events += 1;
+                    return;
+                };
+                let max = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+                self.procs[i].conns.open(opened, max);
+                let users = self.sock_users.entry(opened.sock_cookie).or_default();
+                if !users.contains(&i) {
+                    users.push(i);
+                }
+            }
+            Event::ConnEnd { sock_cookie, life } => {
+                for &i in self.sock_users.get(&sock_cookie).into_iter().flatten() {
+                    self.procs[i].conns.set_life(sock_cookie, &life);
+                }
+            }
+        }
+    }
+
+    /// One process by (pid, cookie).
+    pub fn get(&self, key: (u32, u64)) -> Option<&Proc> {
+        self.by_key.get(&key).map(|&i| &self.procs[i])
+    }
+
+    /// Every process's (pid, cookie), in the order pmet learned of them.
+    pub fn keys(&self) -> Vec<(u32, u64)> {
+        self.procs.iter().map(|p| (p.pid, p.cookie)).collect()
+    }
+
+    /// A process ended at `end_ns`: its UDP sockets are closed by then.
+    pub fn conns_process_ended(&mut self, key: (u32, u64), end_ns: u64) {
+        if let Some(&i) = self.by_key.get(&key) {
+            self.procs[i].conns.process_ended(end_ns);
+        }
+    }
+
+    /// The processes that used a socket, as (pid, cookie).
+    pub fn sock_users(&self, sock_cookie: u64) -> Vec<(u32, u64)> {
+        self.sock_users
+            .get(&sock_cookie)
+            .into_iter()
+            .flatten()
+            .map(|&i| (self.procs[i].pid, self.procs[i].cookie))
+            .collect()
+    }
+
+    /// A process's bytes on one socket, read from the kernel.
+    pub fn set_conn_bytes(
+        &mut self,
+        key: (u32, u64),
+        sock_cookie: u64,
+        tx: u64,
+        rx: u64,
+        final_: bool,
+    ) {
+        if let Some(&i) = self.by_key.get(&key) {
+            self.procs[i].conns.set_bytes(sock_cookie, tx, rx, final_);
+        }
+    }
+
+    /// A TCP socket's life so far, for every process that used it.
+    pub fn set_conn_life(&mut self, sock_cookie: u64, life: &Life) {
+        for &i in self.sock_users.get(&sock_cookie).into_iter().flatten() {
+            self.procs[i].conns.set_life(sock_cookie, life);
         }
     }
 

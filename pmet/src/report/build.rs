@@ -2,8 +2,8 @@
 //! figure's source is chosen.
 
 use super::{
-    Collector, DEFAULT_MAX_THREADS_LISTED, Host, Net, ProcStats, ProcessReport, Report, SCHEMA,
-    SeriesReport, ThreadReport, ThreadsDropped, Totals,
+    Collector, ConnectionReport, ConnectionsDropped, DEFAULT_MAX_THREADS_LISTED, Host, Net,
+    ProcStats, ProcessReport, Report, SCHEMA, SeriesReport, ThreadReport, ThreadsDropped, Totals,
 };
 use crate::model::{
     container::{container, k8s_pod_uid},
@@ -48,6 +48,8 @@ pub struct RunInfo {
     pub start_wall: Option<std::time::SystemTime>,
     /// User names by uid, and cgroup paths by id, as resolved at the end.
     pub names: Names,
+    /// Connections were followed.
+    pub connections: bool,
 }
 
 /// Names the report shows for ids the kernel gave.
@@ -143,7 +145,46 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         memory: p.memory_peak,
         threads: Vec::new(),
         threads_dropped: None,
+        connections: None,
+        connections_dropped: None,
     }
+}
+
+/// A process's connections, and what its `net` holds beyond them.
+fn connections(p: &Proc, info: &RunInfo) -> (Vec<ConnectionReport>, Option<ConnectionsDropped>) {
+    let listed: Vec<ConnectionReport> = p
+        .conns
+        .list
+        .iter()
+        .map(|c| ConnectionReport {
+            proto: c.proto,
+            role: c.role,
+            local: c.local.map(|a| a.to_string()),
+            remote: c.remote.map(|a| a.to_string()),
+            tx_bytes: c.tx_bytes,
+            rx_bytes: c.rx_bytes,
+            opened_offset_s: offset_s(c.opened_ns, info.start_ns),
+            closed_offset_s: c.closed_ns.map(|e| offset_s(e, info.start_ns)),
+            outcome: c.outcome,
+            retransmits: c.retransmits,
+        })
+        .collect();
+    let d = &p.conns.dropped;
+    // Whatever `net` holds beyond the listed connections is theirs (or the
+    // kernel's, when its map was full): the two always sum to `net`.
+    let tx: u64 = listed.iter().map(|c| c.tx_bytes).sum();
+    let rx: u64 = listed.iter().map(|c| c.rx_bytes).sum();
+    let net_tx = p.net.tcp.tx_bytes + p.net.udp.tx_bytes;
+    let net_rx = p.net.tcp.rx_bytes + p.net.udp.rx_bytes;
+    let dropped = ConnectionsDropped {
+        count: d.count,
+        tx_bytes: net_tx.saturating_sub(tx),
+        rx_bytes: net_rx.saturating_sub(rx),
+        retransmits: d.retransmits,
+        failed: d.failed,
+    };
+    let any = dropped != ConnectionsDropped::default();
+    (listed, any.then_some(dropped))
 }
 
 /// A thread's final (user, system) CPU seconds, less what it had used at
@@ -223,10 +264,18 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
                 info.max_threads_listed
                     .unwrap_or(DEFAULT_MAX_THREADS_LISTED),
             );
+            let (conns, conns_dropped) = if info.connections {
+                let (l, d) = connections(p, info);
+                (Some(l), d)
+            } else {
+                (None, None)
+            };
             ProcessReport {
                 parent: p.parent.map(|pi| position[pi]),
                 threads,
                 threads_dropped,
+                connections: conns,
+                connections_dropped: conns_dropped,
                 series: series.map(|s| s.points.clone()).unwrap_or_default(),
                 stats: series.map(|s| ProcStats {
                     cpu_pct: Stat::of(&s.points.iter().map(|x| x.cpu_pct).collect::<Vec<_>>()),

@@ -439,6 +439,61 @@ pub struct ProcessReport {
     /// Threads not listed, summed; `null` when every thread is listed.
     #[serde(default)]
     pub threads_dropped: Option<ThreadsDropped>,
+    /// Each socket it used, in the order it first used them (at most
+    /// `--max-connections`); `null` when connections were not followed
+    /// (no eBPF, or a kernel whose BTF lacks `struct sock`'s ends).
+    #[serde(default)]
+    pub connections: Option<Vec<ConnectionReport>>,
+    /// What its unlisted connections did, summed: those over the limit, and
+    /// bytes the kernel could not attribute to a socket. `null` when every
+    /// byte of `net` is in `connections`.
+    #[serde(default)]
+    pub connections_dropped: Option<ConnectionsDropped>,
+}
+
+/// One process's use of one socket.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionReport {
+    /// `tcp` or `udp`.
+    pub proto: crate::model::conn::Proto,
+    /// `connect`, `accept`, `udp`, or `unknown` (a TCP socket already
+    /// connected when pmet first saw it: one it attached to, or inherited).
+    pub role: crate::model::conn::Role,
+    /// `127.0.0.1:8080` or `[::1]:8080`; `null` before it was bound.
+    pub local: Option<String>,
+    /// The peer; `null` for an unconnected UDP socket.
+    pub remote: Option<String>,
+    /// Bytes this process sent on it (the same rules as `net`).
+    pub tx_bytes: u64,
+    /// Bytes this process received on it.
+    pub rx_bytes: u64,
+    /// Seconds from the start of tracing to its connect, its completed
+    /// handshake (accept) or, for UDP and `unknown`, its first byte.
+    pub opened_offset_s: f64,
+    /// Seconds to its close (for UDP, which has no close event: the end of
+    /// the process); `null` while open.
+    pub closed_offset_s: Option<f64>,
+    /// `open`, `closed`, `reset`, `refused`, `timeout`, `unreachable`,
+    /// or `aborted` (the program closed it before its connect completed).
+    pub outcome: crate::model::conn::Outcome,
+    /// TCP segments sent again.
+    pub retransmits: u64,
+}
+
+/// A process's connections left out of its list, summed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ConnectionsDropped {
+    /// Connections over `--max-connections`.
+    pub count: u64,
+    /// Bytes sent on them, and any the kernel could not attribute.
+    pub tx_bytes: u64,
+    /// Bytes received likewise.
+    pub rx_bytes: u64,
+    /// Their retransmits.
+    pub retransmits: u64,
+    /// How many of them failed.
+    pub failed: u64,
 }
 
 /// One thread of a process.

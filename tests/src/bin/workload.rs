@@ -181,6 +181,63 @@ fn tcp_send(family: u8, port: u16, bytes: u64, reply: u64) {
     }
 }
 
+/// Connects to a port nobody listens on (found by binding and closing it):
+/// the connect is refused.
+fn refused(family: u8) {
+    let port = TcpListener::bind(loopback(family))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut addr = loopback(family);
+    addr.set_port(port);
+    match TcpStream::connect(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("{port}"),
+        other => {
+            eprintln!("refused: connect to {addr} gave {other:?}");
+            exit(1);
+        }
+    }
+}
+
+/// Sends `bytes` over a loopback connection while an nftables rule drops
+/// every segment to the server for `ms`: the kernel retransmits until the
+/// rule is gone. Needs root and `nft`; meant for a network namespace of its
+/// own, where the rule touches nothing else.
+fn retransmit(bytes: u64, ms: u64) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let (mut s, _) = l.accept().expect("accept");
+    let nft = |script: &str| {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("nft script");
+        wait_ok(child, "nft");
+    };
+    nft(&format!(
+        "table inet pmet_rtx {{\n chain inp {{\n  type filter hook input priority 0;\n  tcp dport {port} drop\n }}\n}}\n"
+    ));
+    write_n(&mut c, bytes);
+    thread::sleep(Duration::from_millis(ms));
+    nft("delete table inet pmet_rtx\n");
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let got = read_to_end_counting(&mut s);
+    if got != bytes {
+        eprintln!("retransmit: got {got}, expected {bytes}");
+        exit(1);
+    }
+    println!("{port}");
+}
+
 fn udp(family: u8, count: u32, size: usize) {
     let (recv, port) = start_with_port(&[
         "udp-recv".into(),
@@ -619,6 +676,8 @@ fn main() {
             arg(&args, 4, "size"),
         ),
         "unix" => unix(arg(&args, 1, "bytes")),
+        "refused" => refused(arg(&args, 1, "family")),
+        "retransmit" => retransmit(arg(&args, 1, "bytes"), arg(&args, 2, "ms")),
         "orphan" => orphan(arg(&args, 1, "ms")),
         "orphan-mid" => orphan_mid(arg(&args, 1, "ms")),
         "kill-child" => kill_child(),
