@@ -178,10 +178,19 @@ pub struct Dropped {
 pub struct Conns {
     /// Those listed, in the order they were first used.
     pub list: Vec<Connection>,
-    /// Index into `list` by socket cookie; `None`: over the limit.
-    index: HashMap<u64, Option<usize>>,
+    /// Where each socket's record is, by socket cookie.
+    index: HashMap<u64, Slot>,
     /// What was not listed.
     pub dropped: Dropped,
+}
+
+/// Where a socket's figures go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// `list[i]`.
+    Listed(usize),
+    /// Over the limit: summed in `dropped` once final (`true`: they are).
+    Dropped(bool),
 }
 
 /// First use of a socket by a process, as the kernel announced it.
@@ -208,11 +217,12 @@ impl Conns {
             return;
         }
         if self.list.len() >= max {
-            self.index.insert(o.sock_cookie, None);
+            self.index.insert(o.sock_cookie, Slot::Dropped(false));
             self.dropped.count += 1;
             return;
         }
-        self.index.insert(o.sock_cookie, Some(self.list.len()));
+        self.index
+            .insert(o.sock_cookie, Slot::Listed(self.list.len()));
         self.list.push(Connection {
             sock_cookie: o.sock_cookie,
             proto: o.proto,
@@ -233,7 +243,10 @@ impl Conns {
     pub fn pending(&self) -> Vec<u64> {
         self.index
             .iter()
-            .filter(|(_, i)| i.is_none_or(|i| !self.list[i].bytes_final))
+            .filter(|(_, slot)| match slot {
+                Slot::Listed(i) => !self.list[*i].bytes_final,
+                Slot::Dropped(done) => !done,
+            })
             .map(|(&c, _)| c)
             .collect()
     }
@@ -245,8 +258,8 @@ impl Conns {
 
     /// Bytes on one socket, read from the kernel (`final_`: taken).
     pub fn set_bytes(&mut self, sock_cookie: u64, tx: u64, rx: u64, final_: bool) {
-        match self.index.get(&sock_cookie) {
-            Some(Some(i)) => {
+        match self.index.get_mut(&sock_cookie) {
+            Some(Slot::Listed(i)) => {
                 let c = &mut self.list[*i];
                 if !c.bytes_final {
                     c.tx_bytes = tx;
@@ -254,7 +267,8 @@ impl Conns {
                     c.bytes_final = final_;
                 }
             }
-            Some(None) if final_ => {
+            Some(Slot::Dropped(done)) if final_ && !*done => {
+                *done = true;
                 self.dropped.tx_bytes += tx;
                 self.dropped.rx_bytes += rx;
             }
@@ -265,7 +279,7 @@ impl Conns {
     /// A TCP socket's life, as followed so far or final.
     pub fn set_life(&mut self, sock_cookie: u64, l: &Life) {
         match self.index.get(&sock_cookie) {
-            Some(Some(i)) => {
+            Some(Slot::Listed(i)) => {
                 let c = &mut self.list[*i];
                 c.opened_ns = l.opened_ns;
                 c.closed_ns = l.closed_ns;
@@ -276,7 +290,7 @@ impl Conns {
                 c.local = l.local.or(c.local);
                 c.remote = l.remote.or(c.remote);
             }
-            Some(None) if l.ended => {
+            Some(Slot::Dropped(_)) if l.ended => {
                 self.dropped.retransmits += l.retransmits;
                 self.dropped.failed += u64::from(l.outcome.failed());
             }
