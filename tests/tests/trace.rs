@@ -931,3 +931,34 @@ fn peak_memory_of_a_short_process_is_known() {
     let peak = p["peak_rss_bytes"].as_u64().unwrap();
     assert!((100 << 20..110 << 20).contains(&peak), "peak {peak}");
 }
+
+#[test]
+fn connections_over_the_limit_are_summed_never_lost() {
+    if !can_trace() {
+        return;
+    }
+    let run = pmet(&[
+        "trace",
+        "--max-connections",
+        "0",
+        "--",
+        workload(),
+        "tcp",
+        "4",
+        "30000",
+        "7000",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_no_loss(run.report());
+    for (role, tx, rx) in [("tcp-serve", 7000, 30000), ("tcp-send", 30000, 7000)] {
+        let p = run.one(role);
+        assert_eq!(p["connections"], serde_json::json!([]), "{role}");
+        let d = &p["connections_dropped"];
+        assert_eq!(d["count"], 1, "{role}: {d}");
+        assert_eq!(
+            (d["tx_bytes"].as_u64(), d["rx_bytes"].as_u64()),
+            (Some(tx), Some(rx)),
+            "{role}"
+        );
+    }
+}

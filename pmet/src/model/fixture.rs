@@ -7,6 +7,7 @@ use pmet_common::NetCounters;
 use super::net::Net;
 
 use super::{
+    conn::{Life, Opened, Outcome, Proto, Role},
     event::{Event, ThreadTotals},
     tree::Tree,
 };
@@ -131,6 +132,104 @@ pub fn web_job() -> (Tree, u64) {
     evs.extend(end(start + 420 * MS, 1004, 1 << 8, 2, 0));
     evs.push(fork(start + 450 * MS, 1000, 1005));
     evs.extend(exec(start + 451 * MS, 1005, &["sleep", "60"]));
+    // Each client's connection, the server's side of it, and a connect to
+    // [::1]:8080 refused before the second client fell back to IPv4.
+    let conns = [
+        (
+            1002,
+            11,
+            Role::Connect,
+            "127.0.0.1:40001",
+            "127.0.0.1:8080",
+            205,
+            1490,
+            2,
+        ),
+        (
+            1001,
+            21,
+            Role::Accept,
+            "127.0.0.1:8080",
+            "127.0.0.1:40001",
+            206,
+            1495,
+            0,
+        ),
+        (
+            1003,
+            12,
+            Role::Connect,
+            "127.0.0.1:40002",
+            "127.0.0.1:8080",
+            305,
+            890,
+            0,
+        ),
+        (
+            1001,
+            22,
+            Role::Accept,
+            "127.0.0.1:8080",
+            "127.0.0.1:40002",
+            306,
+            895,
+            0,
+        ),
+    ];
+    evs.push(Event::Conn {
+        tgid: 1003,
+        proc_cookie: cookie(1003),
+        opened: Opened {
+            sock_cookie: 13,
+            proto: Proto::Tcp,
+            role: Role::Connect,
+            local: None,
+            remote: "[::1]:8080".parse().ok(),
+            ts_ns: start + 302 * MS,
+        },
+    });
+    evs.push(Event::ConnEnd {
+        sock_cookie: 13,
+        life: Life {
+            opened_ns: start + 302 * MS,
+            closed_ns: Some(start + 303 * MS),
+            local: None,
+            remote: "[::1]:8080".parse().ok(),
+            role: Role::Connect,
+            outcome: Outcome::Refused,
+            retransmits: 0,
+            ended: true,
+        },
+    });
+    for (pid, sock, role, local, remote, open_ms, _, _) in conns {
+        evs.push(Event::Conn {
+            tgid: pid,
+            proc_cookie: cookie(pid),
+            opened: Opened {
+                sock_cookie: sock,
+                proto: Proto::Tcp,
+                role,
+                local: local.parse().ok(),
+                remote: remote.parse().ok(),
+                ts_ns: start + open_ms * MS,
+            },
+        });
+    }
+    for (_, sock, role, local, remote, open_ms, close_ms, rtx) in conns {
+        evs.push(Event::ConnEnd {
+            sock_cookie: sock,
+            life: Life {
+                opened_ns: start + open_ms * MS,
+                closed_ns: Some(start + close_ms * MS),
+                local: local.parse().ok(),
+                remote: remote.parse().ok(),
+                role,
+                outcome: Outcome::Closed,
+                retransmits: rtx,
+                ended: true,
+            },
+        });
+    }
     evs.extend(end(start + 900 * MS, 1003, 0, 30, 0));
     evs.extend(end(start + 1500 * MS, 1002, 0, 180, 4096));
     evs.extend(end(start + 1600 * MS, 1005, 9, 1, 0));
@@ -151,6 +250,14 @@ pub fn web_job() -> (Tree, u64) {
     t.set_net(1001, 2003, net(10_485_760 + 262_144, 300), true);
     t.set_net(1002, 2005, net(150, 10_485_760), true);
     t.set_net(1003, 2007, net(150, 262_144), true);
+    for (pid, sock, tx, rx) in [
+        (1002, 11, 150, 10_485_760),
+        (1001, 21, 10_485_760, 150),
+        (1003, 12, 150, 262_144),
+        (1001, 22, 262_144, 150),
+    ] {
+        t.set_conn_bytes((pid, cookie(pid)), sock, tx, rx, true);
+    }
     for (pid, rss_kb) in [
         (1001u32, 21_500u64),
         (1002, 9_800),

@@ -103,8 +103,61 @@ pub fn html(r: &Report) -> String {
             net
         );
     }
-    o.push_str("</table>\n</body>\n</html>\n");
+    o.push_str("</table>\n");
+    connections_table(r, &mut o);
+    o.push_str("</body>\n</html>\n");
     o
+}
+
+/// Every connection, grouped by process in tree order; nothing when
+/// connections were not followed.
+fn connections_table(r: &Report, o: &mut String) {
+    if r.processes.iter().all(|p| p.connections.is_none()) {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "<h2>Connections</h2>\n<table id=\"connections\">\n<tr><th>pid</th><th>proto</th><th>role</th><th class=\"cmd\">local</th><th class=\"cmd\">remote</th><th>sent</th><th>received</th><th>opened s</th><th>closed s</th><th>outcome</th><th>retransmits</th></tr>"
+    );
+    let text = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
+    for (i, _) in tree_order(r) {
+        let p = &r.processes[i];
+        for c in p.connections.iter().flatten() {
+            let _ = writeln!(
+                o,
+                "<tr{}><td>{}</td><td>{}</td><td>{}</td><td class=\"cmd\">{}</td><td class=\"cmd\">{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                if c.outcome.failed() {
+                    " class=\"failed\""
+                } else {
+                    ""
+                },
+                p.pid,
+                text(&c.proto),
+                text(&c.role),
+                esc(c.local.as_deref().unwrap_or("—")),
+                esc(c.remote.as_deref().unwrap_or("—")),
+                bytes(c.tx_bytes),
+                bytes(c.rx_bytes),
+                c.opened_offset_s,
+                c.closed_offset_s.map_or("—".into(), |e| format!("{e:.3}")),
+                text(&c.outcome),
+                c.retransmits
+            );
+        }
+        if let Some(d) = &p.connections_dropped {
+            let _ = writeln!(
+                o,
+                "<tr><td>{}</td><td colspan=\"4\" class=\"cmd\">{} more, not listed (--max-connections), and bytes not tied to a socket</td><td>{}</td><td>{}</td><td></td><td></td><td>{} failed</td><td>{}</td></tr>",
+                p.pid,
+                d.count,
+                bytes(d.tx_bytes),
+                bytes(d.rx_bytes),
+                d.failed,
+                d.retransmits
+            );
+        }
+    }
+    o.push_str("</table>\n");
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ fn info(tree: &crate::model::tree::Tree, start: u64) -> RunInfo {
         },
         kernel_io: true,
         counting_from: "process_start".into(),
+        connections: true,
         ..RunInfo::default()
     }
 }
@@ -75,4 +76,42 @@ fn sample_lines_of_a_recorded_run() {
         Style::default(),
     );
     insta::assert_snapshot!("live", live.join("\n"));
+}
+
+#[test]
+fn html_lists_every_connection() {
+    let (tree, start) = fixture::web_job();
+    let report = build(&tree, &info(&tree, start), None);
+    let html = crate::render::html::html(&report);
+    let table = &html[html
+        .find("<table id=\"connections\">")
+        .expect("a connections table")..];
+    let table = &table[..table.find("</table>").expect("closed")];
+    // Five rows and the header; the refused one marked as failed.
+    assert_eq!(table.matches("<tr").count(), 6, "{table}");
+    assert_eq!(table.matches("class=\"failed\"").count(), 1, "{table}");
+    assert!(
+        table.contains("<td class=\"cmd\">[::1]:8080</td>"),
+        "{table}"
+    );
+    assert!(table.contains("<td>refused</td>"), "{table}");
+}
+
+#[test]
+fn connection_metrics_count_every_connection_a_report_has() {
+    let (tree, start) = fixture::web_job();
+    let report = build(&tree, &info(&tree, start), None);
+    let m = |k| crate::report::diff::metric(&report, k);
+    assert_eq!(m("connections"), Some(5.0));
+    assert_eq!(m("failed_connections"), Some(1.0));
+    assert_eq!(m("retransmits"), Some(2.0));
+    let without = build(
+        &tree,
+        &RunInfo {
+            connections: false,
+            ..info(&tree, start)
+        },
+        None,
+    );
+    assert_eq!(crate::report::diff::metric(&without, "connections"), None);
 }

@@ -157,6 +157,7 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
     for l in &tree {
         let _ = writeln!(o, "    {l}");
     }
+    o.push_str(&connections(r, width, st));
     if r.processes.len() <= tree.len() {
         // Every process is on screen already: the rankings add nothing.
         return if failures_at_end {
@@ -235,6 +236,123 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
     } else {
         o
     }
+}
+
+/// One remote endpoint, over every process that talked to it.
+#[derive(Default)]
+struct Peer {
+    tx: u64,
+    rx: u64,
+    connections: u64,
+    failed: u64,
+}
+
+/// Who the tree talked to (the top remote endpoints by bytes) and which
+/// connections failed; empty when connections were not followed or none
+/// had a remote end.
+pub fn connections(r: &Report, width: usize, st: Style) -> String {
+    let mut o = String::new();
+    let mut peers: std::collections::BTreeMap<(String, &str), Peer> = Default::default();
+    let mut failed: Vec<(&ProcessReport, &crate::report::ConnectionReport)> = Vec::new();
+    let (mut count, mut retransmits) = (0u64, 0u64);
+    for p in &r.processes {
+        for c in p.connections.iter().flatten() {
+            count += 1;
+            retransmits += c.retransmits;
+            if c.outcome.failed() {
+                failed.push((p, c));
+            }
+            let Some(remote) = &c.remote else { continue };
+            let proto = match c.proto {
+                crate::model::conn::Proto::Tcp => "tcp",
+                crate::model::conn::Proto::Udp => "udp",
+            };
+            // An accepted connection's remote port is the client's
+            // ephemeral one: grouped by client host and the port it reached.
+            let key = match (c.role, c.local.as_deref()) {
+                (crate::model::conn::Role::Accept, Some(local)) => {
+                    let host = remote.rsplit_once(':').map_or(remote.as_str(), |h| h.0);
+                    let port = local.rsplit_once(':').map_or("", |l| l.1);
+                    format!("from {host} to :{port}")
+                }
+                _ => remote.clone(),
+            };
+            let e = peers.entry((key, proto)).or_default();
+            e.tx += c.tx_bytes;
+            e.rx += c.rx_bytes;
+            e.connections += 1;
+            e.failed += u64::from(c.outcome.failed());
+        }
+        if let Some(d) = &p.connections_dropped {
+            count += d.count;
+            retransmits += d.retransmits;
+        }
+    }
+    if count == 0 {
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "  conns {count} connection{} · {} failed · {retransmits} retransmit{}",
+        if count == 1 { "" } else { "s" },
+        if failed.is_empty() {
+            "0".to_owned()
+        } else {
+            st.red(&failed.len().to_string())
+        },
+        if retransmits == 1 { "" } else { "s" },
+    );
+    let mut ranked: Vec<(&(String, &str), &Peer)> = peers.iter().collect();
+    ranked.sort_by(|a, b| {
+        (b.1.tx + b.1.rx)
+            .cmp(&(a.1.tx + a.1.rx))
+            .then_with(|| a.0.cmp(b.0))
+    });
+    if !ranked.is_empty() {
+        let _ = writeln!(o, "  top remote endpoints:");
+        let _ = writeln!(
+            o,
+            "    {:>21}  {:>6}  {:>5}  endpoint",
+            "sent/received", "conns", "fail"
+        );
+        for ((remote, proto), p) in ranked.iter().take(TOP) {
+            let _ = writeln!(
+                o,
+                "    {:>21}  {:>6}  {:>5}  {}",
+                format!("{}/{}", bytes(p.tx), bytes(p.rx)),
+                p.connections,
+                p.failed,
+                fit(
+                    &format!("{proto} {remote}"),
+                    width.saturating_sub(44).max(10)
+                )
+            );
+        }
+    }
+    if !failed.is_empty() {
+        let _ = writeln!(o, "  failed connections:");
+        for (p, c) in failed.iter().take(TOP) {
+            let what = format!(
+                "{:?} {}",
+                c.outcome,
+                c.remote.as_deref().unwrap_or("(no remote)")
+            )
+            .to_lowercase();
+            let head = format!("    {:>7}  {:<34}  ", p.pid, what);
+            let room = width.saturating_sub(head.chars().count()).max(10);
+            let _ = writeln!(
+                o,
+                "    {:>7}  {}  {}",
+                p.pid,
+                st.red(&format!("{what:<34}")),
+                fit(&name(p), room)
+            );
+        }
+        if failed.len() > TOP {
+            let _ = writeln!(o, "    … and {} more", failed.len() - TOP);
+        }
+    }
+    o
 }
 
 /// The failed processes, listed.

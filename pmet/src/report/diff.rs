@@ -36,7 +36,7 @@ impl Unit {
 }
 
 /// The figures compared, by the names `--fail-if` uses.
-pub const METRICS: [(&str, &str, Unit); 14] = [
+pub const METRICS: [(&str, &str, Unit); 17] = [
     ("duration", "duration", Unit::Seconds),
     ("cpu", "CPU (user + system)", Unit::Seconds),
     ("cpu_user", "CPU, user", Unit::Seconds),
@@ -52,6 +52,13 @@ pub const METRICS: [(&str, &str, Unit); 14] = [
     ("disk_write", "disk written", Unit::Bytes),
     ("net_tx", "network sent (TCP + UDP)", Unit::Bytes),
     ("net_rx", "network received (TCP + UDP)", Unit::Bytes),
+    ("connections", "connections (sockets used)", Unit::Count),
+    (
+        "failed_connections",
+        "failed connections (refused, reset, timed out…)",
+        Unit::Count,
+    ),
+    ("retransmits", "TCP retransmits", Unit::Count),
     ("processes", "processes", Unit::Count),
     ("failed", "failed processes", Unit::Count),
     ("lost", "lost events", Unit::Count),
@@ -73,11 +80,35 @@ pub fn metric(r: &Report, key: &str) -> Option<f64> {
         "disk_write" => t.disk_write_bytes as f64,
         "net_tx" => return net(|n| n.tcp.tx_bytes + n.udp.tx_bytes),
         "net_rx" => return net(|n| n.tcp.rx_bytes + n.udp.rx_bytes),
+        "connections" => return conns(r, |c| c.count, |_| 1),
+        "failed_connections" => {
+            return conns(r, |d| d.failed, |c| u64::from(c.outcome.failed()));
+        }
+        "retransmits" => return conns(r, |d| d.retransmits, |c| c.retransmits),
         "processes" => t.processes as f64,
         "failed" => t.failed_processes as f64,
         "lost" => r.collector.lost_events as f64,
         _ => return None,
     })
+}
+
+/// A connection figure summed over the tree, listed and dropped alike;
+/// `None` when the report's connections were not followed.
+fn conns(
+    r: &Report,
+    dropped: fn(&super::ConnectionsDropped) -> u64,
+    each: fn(&super::ConnectionReport) -> u64,
+) -> Option<f64> {
+    let mut followed = false;
+    let mut sum = 0;
+    for p in &r.processes {
+        if let Some(list) = &p.connections {
+            followed = true;
+            sum += list.iter().map(each).sum::<u64>();
+        }
+        sum += p.connections_dropped.as_ref().map_or(0, dropped);
+    }
+    followed.then_some(sum as f64)
 }
 
 /// One compared figure.
