@@ -216,6 +216,11 @@ pub struct Lost {
     /// with their kept figures (not summed).
     #[serde(default)]
     pub stale_free_records: u64,
+    /// Socket uses the kernel could not record per connection (map full):
+    /// their bytes are in `net` and in `connections_dropped`, not in
+    /// `connections`. Not a loss of any figure, so not in `lost_events`.
+    #[serde(default)]
+    pub conn_map_full: u64,
 }
 
 impl Lost {
@@ -230,6 +235,7 @@ impl Lost {
             read_failures: c[k::READ_FAILED as usize],
             stale_free_records: c[k::FREE_MISMATCH as usize],
             argv_truncated: c[k::ARGV_TRUNCATED as usize],
+            conn_map_full: c[k::CONN_FULL as usize],
             ..Lost::default()
         }
     }
