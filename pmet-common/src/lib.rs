@@ -209,12 +209,16 @@ pub struct ExecEvent {
     pub uid: u32,
     /// Real group id after exec.
     pub gid: u32,
-    /// Padding, always zero.
-    pub _pad: u32,
+    /// Its pid inside its own pid namespace (0: unknown).
+    pub ns_pid: u32,
     /// Its cgroup (v2) id: the inode of its cgroup directory.
     pub cgroup_id: u64,
     /// comm after exec.
     pub comm: [u8; COMM_LEN],
+    /// Its pid namespace: the namespace's inode number (0: unknown).
+    pub pid_ns: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
 }
 
 /// A tracked thread exited (`sched:sched_process_exit`, in its own context).
@@ -521,8 +525,18 @@ pub struct Config {
     pub sk_v6_rcv_saddr: u16,
     /// `sock.sk_err`.
     pub sk_err: u16,
-    /// Padding, always zero.
-    pub _pad: u16,
+    /// `struct pid.level` (see `task_thread_pid`).
+    pub pid_level: u16,
+    /// `task_struct.thread_pid` (0: pid namespaces are not read).
+    pub task_thread_pid: u32,
+    /// `struct pid.numbers`.
+    pub pid_numbers: u16,
+    /// `struct upid.ns`.
+    pub upid_ns: u16,
+    /// `sizeof(struct upid)`.
+    pub upid_size: u16,
+    /// `struct pid_namespace.ns.inum`.
+    pub pidns_inum: u16,
 }
 
 /// Bits of [`Config::flags`].
@@ -559,13 +573,13 @@ mod tests {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<ForkEvent>(), 24 + 8 + 16 + 16);
         assert_eq!(size_of::<ExecArgsHeader>(), 32);
-        assert_eq!(size_of::<ExecEvent>(), 24 + 16 + 8 + 16);
+        assert_eq!(size_of::<ExecEvent>(), 24 + 16 + 8 + 16 + 8);
         assert_eq!(size_of::<TaskFigures>(), 48);
         assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16);
         assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 7 + 8);
         assert_eq!(size_of::<NetKey>(), 16);
         assert_eq!(size_of::<NetCounters>(), 64);
-        assert_eq!(size_of::<Config>(), 32 + 40 + 16);
+        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12);
         assert_eq!(size_of::<Endpoints>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 24 + 16 + 40 + 8);
         assert_eq!(size_of::<SockLife>(), 16 + 40 + 8);

@@ -58,7 +58,12 @@ static CONFIG: Global<Config> = Global::new(Config {
     sk_v6_daddr: 0,
     sk_v6_rcv_saddr: 0,
     sk_err: 0,
-    _pad: 0,
+    pid_level: 0,
+    task_thread_pid: 0,
+    pid_numbers: 0,
+    upid_ns: 0,
+    upid_size: 0,
+    pidns_inum: 0,
 });
 
 /// Processes in the traced tree, by tgid. The loader sets every map's size at

@@ -278,17 +278,49 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         }
     };
     let ids = bpf_get_current_uid_gid();
+    let (ns_pid, pid_ns) = pid_in_ns(&cfg).unwrap_or((0, 0));
     send(ExecEvent {
         hdr: header(kind::EXEC, tgid, tid),
         old_tid,
         uid: ids as u32,
         gid: (ids >> 32) as u32,
-        _pad: 0,
+        ns_pid,
         // SAFETY: no preconditions.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: comm(),
+        pid_ns,
+        _pad: 0,
     });
     0
+}
+
+/// The current task's pid in its own pid namespace and that namespace's
+/// inode: `task->thread_pid->numbers[level]` (what `task_active_pid_ns`
+/// and `/proc/PID/status`'s last `NSpid` read).
+#[inline(always)]
+fn pid_in_ns(cfg: &Config) -> Option<(u32, u32)> {
+    if cfg.task_thread_pid == 0 {
+        return None;
+    }
+    // SAFETY (all reads): offsets from this kernel's BTF; the current task
+    // and its pid are live while it runs.
+    unsafe {
+        let task = bpf_get_current_task();
+        let pid: u64 =
+            bpf_probe_read_kernel((task + u64::from(cfg.task_thread_pid)) as *const u64).ok()?;
+        let level: u32 =
+            bpf_probe_read_kernel((pid + u64::from(cfg.pid_level)) as *const u32).ok()?;
+        // The kernel nests at most 32 pid namespaces.
+        if level > 32 {
+            return None;
+        }
+        let upid = pid + u64::from(cfg.pid_numbers) + u64::from(level) * u64::from(cfg.upid_size);
+        let nr: u32 = bpf_probe_read_kernel(upid as *const u32).ok()?;
+        let ns: u64 = bpf_probe_read_kernel((upid + u64::from(cfg.upid_ns)) as *const u64).ok()?;
+        let inum: u32 =
+            bpf_probe_read_kernel((ns + u64::from(cfg.pidns_inum)) as *const u32).ok()?;
+        Some((nr, inum))
+    }
 }
 
 /// A thread exits (in its own context). When it is the last of its process,

@@ -209,6 +209,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         self.undecodable += kernel.drain_into(&mut events);
         let mut exits = Vec::new();
         let mut ended = Vec::new();
+        let mut execs = Vec::new();
         for ev in events {
             match ev {
                 Event::Exit {
@@ -218,9 +219,23 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                     ..
                 } => exits.push((tgid, cookie)),
                 Event::ConnEnd { sock_cookie, .. } => ended.push(sock_cookie),
+                Event::Exec { tgid, .. } => execs.push(tgid),
                 _ => {}
             }
             self.tree.apply(ev);
+        }
+        // Its working directory as it exec'd, read now: taken only if the
+        // kernel still tracks the same instance after the read, so a pid
+        // reused meanwhile cannot lend its directory.
+        for pid in execs {
+            let Some(cookie) = self.tree.live(pid).map(|p| p.cookie) else {
+                continue;
+            };
+            if let Some(cwd) = self.procfs.cwd(pid)
+                && kernel.tracked(pid) == Some(cookie)
+            {
+                self.tree.set_cwd((pid, cookie), cwd);
+            }
         }
         // A destroyed socket moves no more bytes: take each user's.
         for sock in ended {
@@ -521,6 +536,7 @@ pub fn attach<E: EventSource, S: Sampler>(
                 threads_at_attach,
                 ids: s.procfs.ids(pid),
                 env: s.procfs.environ(pid),
+                cwd: s.procfs.cwd(pid),
             });
         }
     }
@@ -621,6 +637,7 @@ pub(crate) mod fake {
                 cookie,
                 thread: false,
                 untracked: false,
+                new_pid_ns: false,
                 comm: "child".into(),
             });
         }
@@ -693,6 +710,7 @@ pub(crate) mod fake {
         pub stats: HashMap<u32, Stat>,
         pub samples: HashMap<u32, Sample>,
         pub shares: HashMap<u32, Shares>,
+        pub cwds: HashMap<u32, String>,
     }
 
     impl Sampler for FakeProc {
@@ -716,6 +734,9 @@ pub(crate) mod fake {
         }
         fn shares(&self, pid: u32) -> Option<Shares> {
             self.shares.get(&pid).copied()
+        }
+        fn cwd(&self, pid: u32) -> Option<String> {
+            self.cwds.get(&pid).cloned()
         }
         fn ids(&self, _pid: u32) -> Option<crate::model::event::Ids> {
             None
@@ -828,6 +849,7 @@ mod tests {
             cookie: 0,
             thread: false,
             untracked: true,
+            new_pid_ns: false,
             comm: "x".into(),
         });
         s.drain();

@@ -962,3 +962,54 @@ fn connections_over_the_limit_are_summed_never_lost() {
         );
     }
 }
+
+#[test]
+fn pid_namespace_and_the_pid_inside_it_are_read_at_exec() {
+    if !can_trace() {
+        return;
+    }
+    // What the process itself sees: its pid in the new namespace ($$ of
+    // the shell, which then becomes stat) and the namespace's inode.
+    let run = pmet(&[
+        "trace",
+        "--",
+        "unshare",
+        "--pid",
+        "--fork",
+        "sh",
+        "-c",
+        "echo $$; exec stat -L -c %i /proc/self/ns/pid",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    assert_no_loss(r);
+    let mut seen = run.stdout.lines();
+    let inner_pid: u64 = seen.next().unwrap().parse().unwrap();
+    let inner_ns: u64 = seen.next().unwrap().parse().unwrap();
+    assert_eq!(inner_pid, 1);
+    let host_ns = std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let stat = procs(r).iter().find(|p| p["comm"] == "stat").expect("stat");
+    assert_eq!(stat["ns_pid"], inner_pid);
+    assert_eq!(stat["pid_ns"], inner_ns);
+    assert_ne!(stat["pid"], 1);
+    let unshare = &procs(r)[0];
+    assert_eq!(unshare["pid_ns"], host_ns);
+    assert_eq!(unshare["ns_pid"], unshare["pid"]);
+}
+
+#[test]
+fn the_working_directory_is_the_one_at_exec() {
+    if !can_trace() {
+        return;
+    }
+    let run = pmet(&["trace", "--", "sh", "-c", "cd /usr/share && exec sleep 0.3"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    let sleep = procs(r)
+        .iter()
+        .find(|p| p["comm"] == "sleep")
+        .expect("sleep");
+    assert_eq!(sleep["cwd"], "/usr/share");
+}

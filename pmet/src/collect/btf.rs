@@ -32,6 +32,25 @@ pub struct TaskOffsets {
     pub cancelled_write_bytes: u32,
     /// `pid` (the thread id).
     pub pid: u32,
+    /// Where a task's pid namespace and its pid there are read.
+    pub pid_ns: Option<PidNsOffsets>,
+}
+
+/// Offsets from a task to its pid in its own pid namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidNsOffsets {
+    /// `task_struct.thread_pid`.
+    pub thread_pid: u32,
+    /// `struct pid.level`.
+    pub level: u16,
+    /// `struct pid.numbers`.
+    pub numbers: u16,
+    /// `struct upid.ns` (`nr` is at 0).
+    pub upid_ns: u16,
+    /// `sizeof(struct upid)`.
+    pub upid_size: u16,
+    /// `struct pid_namespace.ns.inum`.
+    pub inum: u16,
 }
 
 /// Byte offsets inside `struct sock`, for the BTF socket programs.
@@ -125,6 +144,27 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, Error> {
         write_bytes: opt(&["ioac", "write_bytes"]).unwrap_or(0),
         cancelled_write_bytes: opt(&["ioac", "cancelled_write_bytes"]).unwrap_or(0),
         pid: off(&["pid"])?,
+        pid_ns: pid_ns_offsets(&btf, opt(&["thread_pid"])),
+    })
+}
+
+fn pid_ns_offsets(btf: &Btf, thread_pid: Option<u32>) -> Option<PidNsOffsets> {
+    let small = |v: u32| u16::try_from(v).ok();
+    let pid = find_struct(btf, "pid").ok()?;
+    let upid = find_struct(btf, "upid").ok()?;
+    let ns = find_struct(btf, "pid_namespace").ok()?;
+    if member_offset(btf, &upid, &["nr"]).ok()? != 0 {
+        return None;
+    }
+    let upid_ns = member_offset(btf, &upid, &["ns"]).ok()?;
+    Some(PidNsOffsets {
+        thread_pid: thread_pid?,
+        level: small(member_offset(btf, &pid, &["level"]).ok()?)?,
+        numbers: small(member_offset(btf, &pid, &["numbers"]).ok()?)?,
+        upid_ns: small(upid_ns)?,
+        // { int nr; struct pid_namespace *ns; }: the pointer ends it.
+        upid_size: small((upid_ns + 8).next_multiple_of(8))?,
+        inum: small(member_offset(btf, &ns, &["ns", "inum"]).ok()?)?,
     })
 }
 
@@ -212,6 +252,9 @@ mod tests {
         assert!(o.exit_code > 0 && o.sum_exec_runtime > 0 && o.utime > 0 && o.stime > 0);
         assert!(o.pid > o.exit_code, "pid follows exit_code in task_struct");
         assert_eq!(o.stime, o.utime + 8, "stime follows utime in task_struct");
+        let n = o.pid_ns.expect("pid namespace offsets");
+        assert_eq!((n.upid_ns, n.upid_size), (8, 16));
+        assert!(n.thread_pid > 0 && n.numbers > n.level);
         assert_eq!(o.write_bytes, o.read_bytes + 8);
         assert_eq!(o.cancelled_write_bytes, o.write_bytes + 8);
     }

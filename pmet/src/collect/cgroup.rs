@@ -76,10 +76,21 @@ pub fn ids_of(proc_root: &Path, pid: u32) -> Option<Ids> {
                 .map(|m| m.ino())
         })
         .unwrap_or(0);
+    // The last NSpid is its pid in its own namespace; the namespace is
+    // the inode behind ns/pid.
+    let ns_pid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|v| v.split_whitespace().last()?.parse().ok());
+    let pid_ns = std::fs::metadata(dir.join("ns").join("pid"))
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok());
     Some(Ids {
         uid: field("Uid:")?,
         gid: field("Gid:")?,
         cgroup_id,
+        pid_ns: pid_ns.and(ns_pid).and(pid_ns),
+        ns_pid: pid_ns.and(ns_pid),
     })
 }
 

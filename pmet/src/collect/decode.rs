@@ -12,6 +12,9 @@ use crate::model::{
     event::{Event, Ids, ThreadTotals},
 };
 
+/// `clone(2)`'s flag for a new pid namespace.
+const CLONE_NEWPID: u64 = 0x2000_0000;
+
 /// Reads a `T` from the start of `b` if it is long enough.
 fn read<T: Copy>(b: &[u8]) -> Option<T> {
     if b.len() < size_of::<T>() {
@@ -42,6 +45,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 cookie: e.cookie,
                 thread: e.flags & fork_flags::THREAD != 0,
                 untracked: e.flags & fork_flags::UNTRACKED != 0,
+                new_pid_ns: e.clone_flags & CLONE_NEWPID != 0,
                 comm: cstr(&e.comm),
             })
         }
@@ -92,6 +96,8 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                     uid: e.uid,
                     gid: e.gid,
                     cgroup_id: e.cgroup_id,
+                    pid_ns: (e.pid_ns != 0).then_some(e.pid_ns),
+                    ns_pid: (e.pid_ns != 0).then_some(e.ns_pid),
                 },
             })
         }
@@ -222,6 +228,7 @@ mod tests {
                 cookie: 7,
                 thread: false,
                 untracked: false,
+                new_pid_ns: false,
                 comm: "bash".into()
             })
         );

@@ -135,6 +135,14 @@ pub fn with_task_offsets(mut cfg: Config, o: &TaskOffsets) -> Config {
     cfg.task_write_bytes = o.write_bytes;
     cfg.task_cancelled_write_bytes = o.cancelled_write_bytes;
     cfg.task_pid = o.pid;
+    if let Some(n) = o.pid_ns {
+        cfg.task_thread_pid = n.thread_pid;
+        cfg.pid_level = n.level;
+        cfg.pid_numbers = n.numbers;
+        cfg.upid_ns = n.upid_ns;
+        cfg.upid_size = n.upid_size;
+        cfg.pidns_inum = n.inum;
+    }
     cfg
 }
 

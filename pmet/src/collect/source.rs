@@ -65,6 +65,8 @@ pub trait Sampler {
     fn environ(&self, pid: u32) -> Option<Vec<String>>;
     /// Who a process runs as and its cgroup (for one pmet attaches to).
     fn ids(&self, pid: u32) -> Option<Ids>;
+    /// Its working directory.
+    fn cwd(&self, pid: u32) -> Option<String>;
     /// What of one process's memory is its own (costlier than a sample).
     fn shares(&self, pid: u32) -> Option<Shares>;
     /// Per-thread figures of one process.
@@ -168,6 +170,10 @@ impl Sampler for Procfs {
     }
     fn ids(&self, pid: u32) -> Option<Ids> {
         super::cgroup::ids_of(&self.root, pid)
+    }
+    fn cwd(&self, pid: u32) -> Option<String> {
+        let target = std::fs::read_link(self.root.join(pid.to_string()).join("cwd")).ok()?;
+        Some(target.to_string_lossy().into_owned())
     }
     fn environ(&self, pid: u32) -> Option<Vec<String>> {
         let bytes = std::fs::read(self.root.join(pid.to_string()).join("environ")).ok()?;

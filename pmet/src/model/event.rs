@@ -38,6 +38,28 @@ pub struct Ids {
     pub gid: u32,
     /// cgroup v2 id (the inode of its cgroup directory; 0: unknown).
     pub cgroup_id: u64,
+    /// Its pid namespace (the namespace's inode number).
+    pub pid_ns: Option<u32>,
+    /// Its pid inside that namespace.
+    pub ns_pid: Option<u32>,
+}
+
+/// The initial pid namespace's inode number (`PROC_PID_INIT_INO`): a
+/// process there has the same pid inside as out.
+pub const INIT_PID_NS: u32 = 0xEFFF_FFFC;
+
+impl Ids {
+    /// What a new process created with `clone_flags` inherits of these:
+    /// all but its pid inside the namespace, known only where that is the
+    /// host's, and not the namespace itself when the clone made a new one.
+    pub fn inherited(&self, child: u32, new_pid_ns: bool) -> Ids {
+        let pid_ns = if new_pid_ns { None } else { self.pid_ns };
+        Ids {
+            pid_ns,
+            ns_pid: (pid_ns == Some(INIT_PID_NS)).then_some(child),
+            ..*self
+        }
+    }
 }
 
 use super::conn::{Life, Opened};
@@ -59,6 +81,8 @@ pub enum Event {
         thread: bool,
         /// The kernel could not track the new process (map full).
         untracked: bool,
+        /// The new process is the first of a new pid namespace.
+        new_pid_ns: bool,
         /// The creator's comm, inherited.
         comm: String,
     },

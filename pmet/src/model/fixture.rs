@@ -33,6 +33,7 @@ fn fork(t: u64, parent: u32, child: u32) -> Event {
         cookie: cookie(child),
         thread: false,
         untracked: false,
+        new_pid_ns: false,
         comm: "sh".into(),
     }
 }

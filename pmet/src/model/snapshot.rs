@@ -241,6 +241,7 @@ mod tests {
             cookie: 11,
             thread: false,
             untracked: false,
+            new_pid_ns: false,
             comm: "curl".into(),
         });
         let sample = |ticks, rss| Sample {

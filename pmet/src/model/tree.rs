@@ -294,6 +294,8 @@ pub struct Proc {
     pub threads_overflow: ThreadsOverflow,
     /// The sockets it used.
     pub conns: Conns,
+    /// Its working directory when it exec'd (or when pmet attached).
+    pub cwd: Option<String>,
 }
 
 impl Proc {
@@ -367,6 +369,8 @@ pub struct Seen {
     pub ids: Option<Ids>,
     /// Its environment, read at attach (`NAME=VALUE`; the policy applies).
     pub env: Option<Vec<String>>,
+    /// Its working directory, read at attach.
+    pub cwd: Option<String>,
 }
 
 /// Everything known about the traced tree.
@@ -515,6 +519,7 @@ impl Tree {
             baseline: n.baseline,
             ids: n.ids,
             env: n.env.map(|v| self.env_policy.apply(v)),
+            cwd: n.cwd,
             threads,
             ..Proc::default()
         });
@@ -574,6 +579,7 @@ impl Tree {
                 cookie,
                 thread,
                 untracked,
+                new_pid_ns,
                 comm,
             } => {
                 let Some(&pi) = self.live.get(&parent_tgid) else {
@@ -608,8 +614,9 @@ impl Tree {
                     exe: parent.exe.clone(),
                     argv_truncated: parent.argv_truncated,
                     // Credentials, cgroup and environment are the parent's
-                    // until it execs.
-                    ids: parent.ids,
+                    // until it execs; its pid namespace too, unless it
+                    // starts a new one.
+                    ids: parent.ids.map(|i| i.inherited(child, new_pid_ns)),
                     env: parent.env.clone(),
                     env_truncated: parent.env_truncated,
                     start_ns: ts_ns,
@@ -769,6 +776,13 @@ impl Tree {
                     self.procs[i].conns.set_life(sock_cookie, &life);
                 }
             }
+        }
+    }
+
+    /// A process's working directory, read at its exec.
+    pub fn set_cwd(&mut self, key: (u32, u64), cwd: String) {
+        if let Some(&i) = self.by_key.get(&key) {
+            self.procs[i].cwd = Some(cwd);
         }
     }
 
@@ -1008,6 +1022,7 @@ mod tests {
             cookie,
             thread: false,
             untracked: false,
+            new_pid_ns: false,
             comm: "sh".into(),
         }
     }
@@ -1019,6 +1034,7 @@ mod tests {
             cookie: 0,
             thread: true,
             untracked: false,
+            new_pid_ns: false,
             comm: "sh".into(),
         }
     }

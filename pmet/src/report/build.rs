@@ -133,6 +133,9 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         cgroup: cgroup.clone(),
         container: cgroup.as_deref().and_then(container),
         k8s_pod_uid: cgroup.as_deref().and_then(k8s_pod_uid),
+        pid_ns: p.ids.and_then(|i| i.pid_ns),
+        ns_pid: p.ids.and_then(|i| i.ns_pid),
+        cwd: p.cwd.clone(),
         env: p.env.as_ref().map(|env| {
             env.iter()
                 .map(|v| {
@@ -411,6 +414,7 @@ mod tests {
             cookie: 11,
             thread: false,
             untracked: false,
+            new_pid_ns: false,
             comm: "sh".into(),
         });
         for (pid, cookie, code) in [(101u32, 11u64, 9u32), (100, 1, 3 << 8)] {
@@ -490,6 +494,7 @@ mod tests {
             cookie: 13,
             thread: false,
             untracked: false,
+            new_pid_ns: false,
             comm: "sh".into(),
         });
         t.mark_vanished(103, 3_000_000_000);

@@ -428,6 +428,17 @@ pub struct ProcessReport {
     /// The Kubernetes pod that cgroup names.
     #[serde(default)]
     pub k8s_pod_uid: Option<String>,
+    /// Its pid namespace (the namespace's inode number, as `ls -l
+    /// /proc/PID/ns/pid` shows it), read by the kernel side at its exec.
+    #[serde(default)]
+    pub pid_ns: Option<u32>,
+    /// Its pid inside that namespace (the last `NSpid` of
+    /// `/proc/PID/status`): what the process itself and its container see.
+    #[serde(default)]
+    pub ns_pid: Option<u32>,
+    /// Its working directory when it exec'd.
+    #[serde(default)]
+    pub cwd: Option<String>,
     /// Its environment at its last exec: every name; a value only where
     /// `--env`/`--env-all` asked for it, else `"<redacted>"` (the value was
     /// never kept). `null` when unknown.
