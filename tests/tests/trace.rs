@@ -646,7 +646,7 @@ fn every_kernel_program_stays_within_its_verifier_budget() {
         ("task_newtask", 600),
         ("sys_enter_execve", 26_000),
         ("sys_enter_execveat", 29_000),
-        ("sched_process_exec", 600),
+        ("sched_process_exec", 700),
         ("sched_process_exit", 1_800),
         ("sched_process_free", 700),
         ("sched_switch", 400),
