@@ -537,6 +537,20 @@ pub struct Config {
     pub upid_size: u16,
     /// `struct pid_namespace.ns.inum`.
     pub pidns_inum: u16,
+    /// `task_struct.mm` (see [`config_flags::BTF_PROCESS`]).
+    pub task_mm: u32,
+    /// `mm_struct.arg_start`.
+    pub mm_arg_start: u16,
+    /// `mm_struct.arg_end`.
+    pub mm_arg_end: u16,
+    /// `mm_struct.env_start`.
+    pub mm_env_start: u16,
+    /// `mm_struct.env_end`.
+    pub mm_env_end: u16,
+    /// `linux_binprm.filename`.
+    pub bprm_filename: u16,
+    /// Padding, always zero.
+    pub _pad: u16,
 }
 
 /// Bits of [`Config::flags`].
@@ -547,6 +561,11 @@ pub mod config_flags {
     /// BTF gave the `struct sock` offsets connections need (`skc_daddr` is
     /// at offset 0, so a zero offset cannot mean "absent" there).
     pub const CONNECTIONS: u32 = 2;
+    /// The process hooks run as BTF tracepoints, and an exec's path, argv
+    /// and environment are read at `sched_process_exec` from the new
+    /// program's memory (`mm->arg_start..arg_end`, `env_start..env_end`),
+    /// with no syscall tracepoint.
+    pub const BTF_PROCESS: u32 = 4;
 }
 
 #[cfg(feature = "user")]
@@ -579,7 +598,7 @@ mod tests {
         assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 7 + 8);
         assert_eq!(size_of::<NetKey>(), 16);
         assert_eq!(size_of::<NetCounters>(), 64);
-        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12);
+        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12 + 16);
         assert_eq!(size_of::<Endpoints>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 24 + 16 + 40 + 8);
         assert_eq!(size_of::<SockLife>(), 16 + 40 + 8);

@@ -64,6 +64,13 @@ static CONFIG: Global<Config> = Global::new(Config {
     upid_ns: 0,
     upid_size: 0,
     pidns_inum: 0,
+    task_mm: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    mm_env_start: 0,
+    mm_env_end: 0,
+    bprm_filename: 0,
+    _pad: 0,
 });
 
 /// Processes in the traced tree, by tgid. The loader sets every map's size at

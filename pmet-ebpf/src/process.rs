@@ -7,7 +7,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_probe_read_user_str,
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{self, bpf_probe_read_user_str},
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -72,7 +73,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 }
 
 fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
-    let (tgid, tid) = current();
+    let (tgid, _) = current();
     if tracked(tgid).is_none() {
         return Ok(());
     }
@@ -82,6 +83,34 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
     // clone_flags is 8 bytes on current kernels and was 4 on older ones; the
     // low word (little-endian first) holds CLONE_THREAD either way.
     let clone_flags = u64::from(unsafe { ctx.read_at::<u32>(cfg.newtask_clone_flags as usize)? });
+    newtask(child, clone_flags);
+    Ok(())
+}
+
+/// The same hook as a BTF tracepoint: detached at once, no record built.
+#[btf_tracepoint(function = "task_newtask")]
+pub fn task_newtask_btf(ctx: BtfTracePointContext) -> i32 {
+    let (tgid, _) = current();
+    if tracked(tgid).is_none() {
+        return 0;
+    }
+    let cfg = CONFIG.load();
+    // TP_PROTO(struct task_struct *task, u64 clone_flags)
+    let task: u64 = ctx.arg(0);
+    let clone_flags: u64 = ctx.arg(1);
+    // SAFETY: offset from this kernel's BTF; the new task is live.
+    match unsafe { bpf_probe_read_kernel((task + u64::from(cfg.task_pid)) as *const u32) } {
+        Ok(child) => newtask(child, clone_flags),
+        Err(_) => bump(counter::READ_FAILED),
+    }
+    0
+}
+
+/// A tracked task created task `child`: a new process joins the tree.
+#[inline(always)]
+fn newtask(child: u32, clone_flags: u64) {
+    let (tgid, tid) = current();
+    let cfg = CONFIG.load();
     let is_thread = clone_flags & CLONE_THREAD != 0;
     let mut flags = 0;
     let mut cookie = 0;
@@ -89,7 +118,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
         flags |= fork_flags::THREAD;
     } else if cfg.flags & config_flags::FOLLOW_CHILDREN == 0 {
         // Only the root is followed.
-        return Ok(());
+        return;
     } else {
         // SAFETY: no preconditions. Boot time is unique enough per pid: two
         // processes with one pid cannot be created in the same nanosecond.
@@ -109,7 +138,6 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
         cookie,
         comm: comm(),
     });
-    Ok(())
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
@@ -277,6 +305,114 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             tid
         }
     };
+    exec(old_tid);
+    0
+}
+
+/// The same hook as a BTF tracepoint. The path, argv and environment are
+/// read here, from the new program's own memory, where the kernel has just
+/// copied them (`mm->arg_start..arg_end`, `env_start..env_end`): one read
+/// each, no syscall tracepoint, and only for execs that succeed.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec_btf(ctx: BtfTracePointContext) -> i32 {
+    let (tgid, _) = current();
+    if tracked(tgid).is_none() {
+        return 0;
+    }
+    // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+    let old_tid = ctx.arg::<u64>(1) as u32;
+    let bprm: u64 = ctx.arg(2);
+    if exec_strings(tgid, old_tid, bprm).is_err() {
+        bump(counter::READ_FAILED);
+    }
+    exec(old_tid);
+    0
+}
+
+/// Sends an exec's path and argv (`EXEC_ARGS`), then its environment
+/// (`EXEC_ENV`), read from the current task's new memory.
+#[inline(always)]
+fn exec_strings(tgid: u32, old_tid: u32, bprm: u64) -> Result<(), i32> {
+    let cfg = CONFIG.load();
+    let ev: *mut ExecArgsEvent = SCRATCH.get_ptr_mut(0).ok_or(-1)?;
+    // SAFETY (all reads): offsets from this kernel's BTF; the task, its mm
+    // and bprm are live during the hook; user memory is read with the probe
+    // helper, which fails rather than faults.
+    unsafe {
+        let task = bpf_get_current_task();
+        let mm: u64 = bpf_probe_read_kernel((task + u64::from(cfg.task_mm)) as *const u64)?;
+        let field = |off: u16| bpf_probe_read_kernel((mm + u64::from(off)) as *const u64);
+        let name = (*ev).filename.as_mut_ptr();
+        let path: u64 = bpf_probe_read_kernel((bprm + u64::from(cfg.bprm_filename)) as *const u64)?;
+        if generated::bpf_probe_read_kernel_str(name.cast(), FILENAME_LEN as u32, path as *const _)
+            < 0
+        {
+            *name = 0;
+        }
+        let (start, end) = (field(cfg.mm_arg_start)?, field(cfg.mm_arg_end)?);
+        send_block(ev, kind::EXEC_ARGS, tgid, old_tid, start, end);
+        *name = 0;
+        let (start, end) = (field(cfg.mm_env_start)?, field(cfg.mm_env_end)?);
+        send_block(ev, kind::EXEC_ENV, tgid, old_tid, start, end);
+    }
+    Ok(())
+}
+
+/// Sends the NUL-separated strings between `start` and `end` in user memory
+/// as a `kind` record, at most `ARGV_LEN` bytes of them.
+///
+/// # Safety
+/// `ev` must point at this CPU's scratch slot.
+#[inline(always)]
+unsafe fn send_block(ev: *mut ExecArgsEvent, kind: u32, tgid: u32, tid: u32, start: u64, end: u64) {
+    let mut flags = 0;
+    let mut len = end.saturating_sub(start);
+    if len > ARGV_LEN as u64 {
+        len = ARGV_LEN as u64;
+        flags |= exec_flags::TRUNCATED;
+        bump(counter::ARGV_TRUNCATED);
+    }
+    // SAFETY: as the caller promises; `len` is at most ARGV_LEN, within the
+    // 2 * ARGV_LEN buffer.
+    unsafe {
+        let buf = (*ev).argv.as_mut_ptr();
+        if len > 0
+            && bpf_probe_read_user_buf(buf, len as u32 & (2 * ARGV_LEN as u32 - 1), start).is_err()
+        {
+            len = 0;
+        }
+        (*ev).head = ExecArgsHeader {
+            hdr: header(kind, tgid, tid),
+            argv_len: len as u16,
+            // Counted by userspace from the NULs.
+            argc: u16::MAX,
+            flags,
+            _pad: 0,
+        };
+        let len = size_of::<ExecArgsHeader>() + FILENAME_LEN + (len as usize & (2 * ARGV_LEN - 1));
+        let bytes = core::slice::from_raw_parts(ev as *const u8, len);
+        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            bump(counter::RINGBUF_FULL);
+        }
+    }
+}
+
+/// `bpf_probe_read_user` into a buffer of a length known to the verifier.
+///
+/// # Safety
+/// `dst` must have room for `len` bytes.
+#[inline(always)]
+unsafe fn bpf_probe_read_user_buf(dst: *mut u8, len: u32, src: u64) -> Result<(), i64> {
+    // SAFETY: as the caller promises.
+    let r = unsafe { generated::bpf_probe_read_user(dst.cast(), len, src as *const _) };
+    if r < 0 { Err(r) } else { Ok(()) }
+}
+
+/// A tracked process finished an exec: who it is now.
+#[inline(always)]
+fn exec(old_tid: u32) {
+    let (tgid, tid) = current();
+    let cfg = CONFIG.load();
     let ids = bpf_get_current_uid_gid();
     let (ns_pid, pid_ns) = pid_in_ns(&cfg).unwrap_or((0, 0));
     send(ExecEvent {
@@ -291,7 +427,6 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         pid_ns,
         _pad: 0,
     });
-    0
 }
 
 /// The current task's pid in its own pid namespace and that namespace's
@@ -333,7 +468,6 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let cfg = CONFIG.load();
-    let mut flags = 0;
     let group_dead = if cfg.exit_group_dead != 0 {
         // SAFETY: offset from this kernel's tracepoint format.
         unsafe { ctx.read_at::<u8>(cfg.exit_group_dead as usize) }.unwrap_or(0) != 0
@@ -342,6 +476,29 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         // available sign (wrong only when the leader exits before its threads).
         tid == tgid
     };
+    exit(t, group_dead);
+    0
+}
+
+/// The same hook as a BTF tracepoint (kernels with `group_dead`, 6.16+:
+/// the loader uses it only where the classic record has the field).
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    let (tgid, _) = current();
+    let Some(t) = tracked(tgid) else {
+        return 0;
+    };
+    // TP_PROTO(struct task_struct *p, bool group_dead)
+    exit(t, ctx.arg::<u64>(1) & 0xff != 0);
+    0
+}
+
+/// A tracked thread exits (in its own context).
+#[inline(always)]
+fn exit(t: Tracked, group_dead: bool) {
+    let (tgid, tid) = current();
+    let cfg = CONFIG.load();
+    let mut flags = 0;
     if group_dead {
         flags |= exit_flags::GROUP_DEAD;
     }
@@ -395,7 +552,6 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         cookie: t.cookie,
         comm: comm(),
     });
-    0
 }
 
 /// Sends, in place of a free that was never seen, the figures kept for the

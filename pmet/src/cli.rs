@@ -265,6 +265,13 @@ pub struct TraceArgs {
           value_parser = value_parser!(u32).range(0..=10_000_000))]
     pub max_connections: u32,
 
+    /// Do not read /proc/PID/smaps_rollup: each process's PSS, private and
+    /// shared memory (and the tree's PSS) are then null. It costs about
+    /// 3.7 times a status read, read when a process's RSS reaches a new high
+    /// or every tenth sample (see BENCHMARKS.md for what it adds).
+    #[arg(long)]
+    pub no_pss: bool,
+
     /// Keep the values of these environment variables in the report
     /// (comma-separated; `*` and `?` match). Every variable's name is always
     /// listed; any other value is "<redacted>" and is never kept.

@@ -100,6 +100,7 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
         record,
         max_threads_listed: args.max_threads_listed as usize,
         max_connections: args.max_connections as usize,
+        no_pss: args.no_pss,
         env_policy: pmet::model::env::EnvPolicy {
             all: args.env_all,
             names: args.env,

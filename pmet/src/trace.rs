@@ -82,6 +82,8 @@ pub struct TraceOptions {
     pub max_threads_listed: usize,
     /// Connections listed per process in the report (the rest summed).
     pub max_connections: usize,
+    /// smaps_rollup is not read.
+    pub no_pss: bool,
     /// Which environment values are kept (names always are).
     pub env_policy: crate::model::env::EnvPolicy,
 }
@@ -235,26 +237,35 @@ fn status_from_wait(raw: i32) -> ExitStatus {
 fn load_kernel(follow_children: bool) -> Result<Kernel, Error> {
     privileges::check_ebpf()?;
     privileges::check_pid_namespace()?;
-    let tracefs = Tracefs::find_or_mount()?;
-    let mut cfg = ebpf::tracepoint_config(&tracefs)?;
-    if follow_children {
-        cfg.flags |= pmet_common::config_flags::FOLLOW_CHILDREN;
-    }
-    let task = match btf::task_offsets(Path::new(btf::VMLINUX)) {
+    let mut task = match btf::task_offsets(Path::new(btf::VMLINUX)) {
         Ok(o) => Some(o),
         Err(e) => {
             log::warn!("{e}; final CPU and disk figures will come from taskstats only");
             None
         }
     };
-    // A test switch: the classic socket tracepoints, as on a kernel whose BTF
-    // lacks `struct sock`'s offsets, so CI checks that fallback too.
-    let sock = if std::env::var_os("PMET_TEST_CLASSIC_SOCKETS").is_some() {
-        log::warn!("PMET_TEST_CLASSIC_SOCKETS: using the classic socket tracepoints");
+    // A test switch: the classic tracepoints, as on a kernel whose BTF lacks
+    // what the BTF hooks need, so CI checks that fallback too.
+    let classic = std::env::var_os("PMET_TEST_CLASSIC").is_some();
+    let sock = if classic {
+        log::warn!("PMET_TEST_CLASSIC: using the classic process and socket tracepoints");
+        if let Some(t) = task.as_mut() {
+            t.exec = None;
+        }
         None
     } else {
         btf::sock_offsets(Path::new(btf::VMLINUX))
     };
+    // Every hook on BTF needs no tracefs at all (nor its mount).
+    let all_btf = sock.is_some() && task.as_ref().is_some_and(|t| t.exec.is_some());
+    let mut cfg = if all_btf {
+        pmet_common::Config::default()
+    } else {
+        ebpf::tracepoint_config(&Tracefs::find_or_mount()?)?
+    };
+    if follow_children {
+        cfg.flags |= pmet_common::config_flags::FOLLOW_CHILDREN;
+    }
     Kernel::load(cfg, task.as_ref(), sock)
 }
 
@@ -454,6 +465,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
     let mut s = Session::new(kernel, procfs, start_ns, kernel_io, follow_children);
     s.tree.env_policy = opts.env_policy.clone();
     s.tree.max_connections = Some(opts.max_connections);
+    s.tree.no_pss = opts.no_pss;
     s.taskstats_overflows = listener.as_ref().map(|l| l.overflows.clone());
     let command: Option<Vec<String>> = inputs.prepared.is_some().then(|| {
         opts.command

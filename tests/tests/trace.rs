@@ -45,15 +45,16 @@ fn exit_status_passes_through() {
     assert_eq!(procs(r)[0]["exit_signal"], 15);
 }
 
-/// pmet, with the classic socket tracepoints forced when `classic`.
+/// pmet, with the classic tracepoints (process and socket) forced when `classic`.
 fn pmet_hooks(args: &[&str], classic: bool) -> common::Run {
     let run = common::pmet_with(args, |c| {
         if classic {
-            c.env("PMET_TEST_CLASSIC_SOCKETS", "1");
+            c.env("PMET_TEST_CLASSIC", "1");
         }
     });
     assert_eq!(
-        run.stderr.contains("classic socket tracepoints"),
+        run.stderr
+            .contains("classic process and socket tracepoints"),
         classic,
         "{}",
         run.stderr
@@ -642,12 +643,19 @@ fn every_kernel_program_stays_within_its_verifier_budget() {
     if !can_trace() {
         return;
     }
-    const BUDGETS: [(&str, u64); 12] = [
+    const BUDGETS: [(&str, u64); 17] = [
+        // The classic fallback (PMET_TEST_CLASSIC).
         ("task_newtask", 600),
         ("sys_enter_execve", 26_000),
         ("sys_enter_execveat", 29_000),
         ("sched_process_exec", 700),
         ("sched_process_exit", 1_800),
+        ("sock_send_length", 2_000),
+        ("sock_recv_length", 2_000),
+        // The BTF hooks, the default.
+        ("task_newtask_btf", 600),
+        ("sched_process_exec_btf", 1_400),
+        ("sched_process_exit_btf", 1_800),
         ("sched_process_free", 700),
         ("sched_switch", 400),
         // Most of it is a socket's first use (announcing it, its ends);
@@ -658,37 +666,46 @@ fn every_kernel_program_stays_within_its_verifier_budget() {
         ("tcp_retransmit_skb", 100),
         ("tcp_destroy_sock", 200),
     ];
-    let run = common::pmet_with(&["trace", "-q", "--", "true"], |c| {
-        c.env("PMET_LOG", "debug");
-    });
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let mut seen = 0;
-    for line in run.stderr.lines() {
-        // "pmet: debug: program NAME: N instructions, M verified"
-        let Some(rest) = line.strip_prefix("pmet: debug: program ") else {
-            continue;
-        };
-        let Some((name, counts)) = rest.split_once(": ") else {
-            continue;
-        };
-        let verified: u64 = counts
-            .split(", ")
-            .nth(1)
-            .and_then(|v| v.strip_suffix(" verified"))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("unreadable: {line}"));
-        let budget = BUDGETS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("program {name} has no budget here"))
-            .1;
-        assert!(
-            verified <= budget,
-            "{name}: {verified} verified > budget {budget}"
+    for (classic, programs) in [(false, 10), (true, 9)] {
+        let run = common::pmet_with(&["trace", "-q", "--", "true"], |c| {
+            c.env("PMET_LOG", "debug");
+            if classic {
+                c.env("PMET_TEST_CLASSIC", "1");
+            }
+        });
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let mut seen = 0;
+        for line in run.stderr.lines() {
+            // "pmet: debug: program NAME: N instructions, M verified"
+            let Some(rest) = line.strip_prefix("pmet: debug: program ") else {
+                continue;
+            };
+            let Some((name, counts)) = rest.split_once(": ") else {
+                continue;
+            };
+            let verified: u64 = counts
+                .split(", ")
+                .nth(1)
+                .and_then(|v| v.strip_suffix(" verified"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("unreadable: {line}"));
+            let budget = BUDGETS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("program {name} has no budget here"))
+                .1;
+            assert!(
+                verified <= budget,
+                "{name}: {verified} verified > budget {budget}"
+            );
+            seen += 1;
+        }
+        assert_eq!(
+            seen, programs,
+            "every program reported (classic: {classic}):\n{}",
+            run.stderr
         );
-        seen += 1;
     }
-    assert_eq!(seen, 12, "every program reported:\n{}", run.stderr);
 }
 
 #[test]

@@ -32,6 +32,8 @@ pub struct Opts {
     pub rounds: usize,
     /// Smaller workloads, for a quick look.
     pub quick: bool,
+    /// Sections to run (all when empty).
+    pub only: Vec<String>,
 }
 
 struct Bench {
@@ -327,12 +329,32 @@ pub fn run(root: &Path, pmet: PathBuf, workload: PathBuf, opts: &Opts) -> Result
         fs::read_to_string("/proc/uptime").map(|_| "this machine").unwrap_or("this machine")
     ));
 
-    exec_storm(&b, rounds, &mut md)?;
-    network(&b, rounds, &mut md)?;
-    compute(&b, rounds, &mut md)?;
-    startup(&b, &mut md)?;
-    idle_and_scale(&b, &mut md)?;
-    capacity(&b, &mut md)?;
+    let known = ["exec", "network", "compute", "startup", "scale", "capacity"];
+    if let Some(bad) = opts.only.iter().find(|o| !known.contains(&o.as_str())) {
+        anyhow::bail!(
+            "no bench section {bad:?}; the sections are {}",
+            known.join(", ")
+        );
+    }
+    let on = |name: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == name);
+    if on("exec") {
+        exec_storm(&b, rounds, &mut md)?;
+    }
+    if on("network") {
+        network(&b, rounds, &mut md)?;
+    }
+    if on("compute") {
+        compute(&b, rounds, &mut md)?;
+    }
+    if on("startup") {
+        startup(&b, &mut md)?;
+    }
+    if on("scale") {
+        idle_and_scale(&b, &mut md)?;
+    }
+    if on("capacity") {
+        capacity(&b, &mut md)?;
+    }
     Ok(md.0)
 }
 
@@ -908,14 +930,56 @@ fn idle_and_scale(b: &Bench, md: &mut Md) -> Result<()> {
         total,
         true,
     )?);
+    // Many processes alive: where per-process sampling costs most. The
+    // smaps_rollup reads behind PSS are measured by taking them away
+    // (`--no-pss`), interleaved, three rounds each.
     let alive = if b.quick { 300 } else { 1000 };
-    rows.push(scale_row(
+    let args = ["alive".to_owned(), alive.to_string(), "3000".into()];
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    let mut last = None;
+    for round in 0..3 {
+        for no_pss in [round % 2 == 1, round % 2 == 0] {
+            let report = b.dir.join(if no_pss {
+                "alive-nopss.json"
+            } else {
+                "alive.json"
+            });
+            let mut cmd = Command::new(&b.pmet);
+            cmd.arg("trace").arg("-q");
+            if no_pss {
+                cmd.arg("--no-pss");
+            }
+            cmd.arg("-o")
+                .arg(&report)
+                .arg("--")
+                .arg(&b.workload)
+                .args(&args);
+            let t = timed(&mut cmd)?;
+            let rep = Bench::report(&report)?;
+            let pct = f(&rep, "self_cpu_s") / t.wall * 100.0;
+            if no_pss {
+                without.push(pct);
+            } else {
+                with.push(pct);
+                last = Some((rep, t));
+            }
+        }
+    }
+    let (rep, t) = last.expect("three rounds ran");
+    rows.push(vec![
         format!("{alive} processes alive at once for 3 s"),
-        "alive.json",
-        &["alive".into(), alive.to_string(), "3000".into()],
-        alive + 1,
-        false,
-    )?);
+        format!(
+            "{:.3} % of a core over {:.1} s; {:.3} % with `--no-pss` (smaps_rollup reads cost {:+.3} points, medians of 3 interleaved runs each)",
+            median(&with),
+            t.wall,
+            median(&without),
+            median(&with) - median(&without)
+        ),
+        format!("{:.1} MB", f(&rep, "self_peak_rss_bytes") / 1e6),
+        format!("{} / {}", rep["totals"]["processes"], alive + 1),
+        format!("{}", rep["collector"]["lost_events"]),
+    ]);
     md.table(
         &[
             "workload",

@@ -61,13 +61,17 @@ enum Task {
         /// Smaller workloads, for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Run only these sections (comma-separated): exec, network,
+        /// compute, startup, scale, capacity.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
 /// Debian packages of the tools the bench compares with.
 const BENCH_PACKAGES: [&str; 4] = ["bpftrace", "nethogs", "sysstat", "time"];
 
-fn bench(rounds: usize, quick: bool) -> Result<()> {
+fn bench(rounds: usize, quick: bool, only: Vec<String>) -> Result<()> {
     setup()?;
     setup_apt(&BENCH_PACKAGES)?;
     if output(Command::new("psrecord").arg("--help")).is_none() {
@@ -81,7 +85,11 @@ fn bench(rounds: usize, quick: bool) -> Result<()> {
         &root(),
         target.join("release").join("pmet"),
         target.join("release").join("workload"),
-        &bench::Opts { rounds, quick },
+        &bench::Opts {
+            rounds,
+            quick,
+            only,
+        },
     )?;
     let out = target.join("bench").join("report.md");
     std::fs::write(&out, &md)?;
@@ -292,6 +300,10 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Lint => lint(),
         Task::Demo => demo(),
-        Task::Bench { rounds, quick } => bench(rounds, quick),
+        Task::Bench {
+            rounds,
+            quick,
+            only,
+        } => bench(rounds, quick, only),
     }
 }

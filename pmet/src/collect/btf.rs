@@ -34,6 +34,24 @@ pub struct TaskOffsets {
     pub pid: u32,
     /// Where a task's pid namespace and its pid there are read.
     pub pid_ns: Option<PidNsOffsets>,
+    /// What the process hooks need as BTF tracepoints (`None`: the classic
+    /// ones are used).
+    pub exec: Option<ExecOffsets>,
+}
+
+/// Offsets for reading an exec's path, argv and environment at
+/// `sched_process_exec`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecOffsets {
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.arg_start`, `arg_end`, `env_start`, `env_end`.
+    pub arg_start: u16,
+    pub arg_end: u16,
+    pub env_start: u16,
+    pub env_end: u16,
+    /// `linux_binprm.filename`.
+    pub bprm_filename: u16,
 }
 
 /// Offsets from a task to its pid in its own pid namespace.
@@ -145,6 +163,51 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, Error> {
         cancelled_write_bytes: opt(&["ioac", "cancelled_write_bytes"]).unwrap_or(0),
         pid: off(&["pid"])?,
         pid_ns: pid_ns_offsets(&btf, opt(&["thread_pid"])),
+        exec: exec_offsets(&btf, opt(&["mm"])),
+    })
+}
+
+/// The number of arguments of BTF tracepoint `name` (its `btf_trace_NAME`
+/// typedef's, less the context pointer every one starts with).
+fn tracepoint_args(btf: &Btf, name: &str) -> Option<usize> {
+    let t = btf
+        .resolve_types_by_name(&format!("btf_trace_{name}"))
+        .ok()?
+        .into_iter()
+        .find(|t| matches!(t, Type::Typedef(_)))?;
+    let Type::Typedef(td) = t else { return None };
+    let Type::Ptr(p) = btf.resolve_chained_type(&td).ok()? else {
+        return None;
+    };
+    let Type::FuncProto(f) = btf.resolve_chained_type(&p).ok()? else {
+        return None;
+    };
+    f.parameters.len().checked_sub(1)
+}
+
+fn exec_offsets(btf: &Btf, task_mm: Option<u32>) -> Option<ExecOffsets> {
+    // The hooks as pmet reads them: task_newtask(task, clone_flags),
+    // sched_process_exec(p, old_pid, bprm), sched_process_exit(p, group_dead).
+    for (tp, args) in [
+        ("task_newtask", 2),
+        ("sched_process_exec", 3),
+        ("sched_process_exit", 2),
+    ] {
+        if tracepoint_args(btf, tp) != Some(args) {
+            return None;
+        }
+    }
+    let small = |v: u32| u16::try_from(v).ok();
+    let mm = find_struct(btf, "mm_struct").ok()?;
+    let bprm = find_struct(btf, "linux_binprm").ok()?;
+    let at = |name: &str| small(member_offset(btf, &mm, &[name]).ok()?);
+    Some(ExecOffsets {
+        task_mm: task_mm?,
+        arg_start: at("arg_start")?,
+        arg_end: at("arg_end")?,
+        env_start: at("env_start")?,
+        env_end: at("env_end")?,
+        bprm_filename: small(member_offset(btf, &bprm, &["filename"]).ok()?)?,
     })
 }
 
@@ -252,6 +315,11 @@ mod tests {
         assert!(o.exit_code > 0 && o.sum_exec_runtime > 0 && o.utime > 0 && o.stime > 0);
         assert!(o.pid > o.exit_code, "pid follows exit_code in task_struct");
         assert_eq!(o.stime, o.utime + 8, "stime follows utime in task_struct");
+        let x = o
+            .exec
+            .expect("this kernel's process hooks work as BTF tracepoints");
+        assert_eq!(x.arg_end, x.arg_start + 8);
+        assert_eq!(x.env_end, x.env_start + 8);
         let n = o.pid_ns.expect("pid namespace offsets");
         assert_eq!((n.upid_ns, n.upid_size), (8, 16));
         assert!(n.thread_pid > 0 && n.numbers > n.level);

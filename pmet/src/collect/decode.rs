@@ -62,12 +62,13 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 .split(|&c| c == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            // The buffer ends with a NUL, leaving one empty piece.
-            if bytes.last() == Some(&0) {
+            let truncated = h.flags & exec_flags::TRUNCATED != 0;
+            // The buffer ends with a NUL, leaving one empty piece; or, cut
+            // short mid-string, with a piece that is not a whole one.
+            if bytes.last() == Some(&0) || truncated {
                 strings.pop();
             }
             strings.truncate(h.argc as usize);
-            let truncated = h.flags & exec_flags::TRUNCATED != 0;
             Some(if h.hdr.kind == kind::EXEC_ENV {
                 Event::ExecEnv {
                     ts_ns: h.hdr.ts_ns,

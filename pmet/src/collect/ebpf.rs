@@ -33,6 +33,14 @@ const TRACEPOINTS: [(&str, &str, &str); 5] = [
     ("sched_process_exit", "sched", "sched_process_exit"),
 ];
 
+/// The process hooks as BTF tracepoints (preferred: detached at once, and
+/// no syscall tracepoint: an exec's strings are read at `sched_process_exec`).
+const PROCESS_BTF: [(&str, &str); 3] = [
+    ("task_newtask_btf", "task_newtask"),
+    ("sched_process_exec_btf", "sched_process_exec"),
+    ("sched_process_exit_btf", "sched_process_exit"),
+];
+
 /// The socket hooks, as classic tracepoints (the fallback) and as BTF
 /// tracepoints (preferred: cheaper per call, and detached at once).
 const SOCK_CLASSIC: [(&str, &str, &str); 2] = [
@@ -135,6 +143,15 @@ pub fn with_task_offsets(mut cfg: Config, o: &TaskOffsets) -> Config {
     cfg.task_write_bytes = o.write_bytes;
     cfg.task_cancelled_write_bytes = o.cancelled_write_bytes;
     cfg.task_pid = o.pid;
+    if let Some(x) = o.exec {
+        cfg.task_mm = x.task_mm;
+        cfg.mm_arg_start = x.arg_start;
+        cfg.mm_arg_end = x.arg_end;
+        cfg.mm_env_start = x.env_start;
+        cfg.mm_env_end = x.env_end;
+        cfg.bprm_filename = x.bprm_filename;
+        cfg.flags |= pmet_common::config_flags::BTF_PROCESS;
+    }
     if let Some(n) = o.pid_ns {
         cfg.task_thread_pid = n.thread_pid;
         cfg.pid_level = n.level;
@@ -275,11 +292,15 @@ impl Kernel {
                 None
             }
         };
-        let classic = TRACEPOINTS.iter().chain(if sock.is_none() {
-            &SOCK_CLASSIC[..]
-        } else {
-            &[]
-        });
+        let process_btf = cfg.flags & pmet_common::config_flags::BTF_PROCESS != 0;
+        let classic = TRACEPOINTS
+            .iter()
+            .filter(|_| !process_btf)
+            .chain(if sock.is_none() {
+                &SOCK_CLASSIC[..]
+            } else {
+                &[]
+            });
         for &(prog, cat, name) in classic {
             let hook = format!("tracepoint {cat}:{name}");
             let p: &mut TracePoint = ebpf
@@ -293,6 +314,9 @@ impl Kernel {
                 .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
         }
         let mut btf_programs: Vec<(&str, &str)> = Vec::new();
+        if process_btf {
+            btf_programs.extend(PROCESS_BTF);
+        }
         if task.is_some() {
             btf_programs.push(("sched_process_free", "sched_process_free"));
             // Keeps final figures for a thread whose free goes unseen.

@@ -403,6 +403,8 @@ pub struct Tree {
     pub max_alive: usize,
     /// Connections listed per process (`None`: the default).
     pub max_connections: Option<usize>,
+    /// smaps_rollup is never read (`--no-pss`).
+    pub no_pss: bool,
     /// The processes that used each socket, by socket cookie.
     sock_users: HashMap<u64, Vec<usize>>,
 }
@@ -898,6 +900,9 @@ impl Tree {
     /// Whether `pid`'s `smaps_rollup` is worth reading now: never read, its
     /// RSS at a new high, or not read for a while.
     pub fn shares_due(&self, pid: u32) -> bool {
+        if self.no_pss {
+            return false;
+        }
         let Some(p) = self.live.get(&pid).map(|&i| &self.procs[i]) else {
             return false;
         };
