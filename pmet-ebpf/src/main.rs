@@ -85,18 +85,25 @@ static DYING: HashMap<u64, Dying> = HashMap::with_max_entries(16384, 0);
 /// Socket bytes per tracked process. Per-CPU because this kernel's BPF target
 /// has no usable atomic add from Rust; userspace sums the CPUs.
 #[map]
-static NET: PerCpuHashMap<NetKey, NetCounters> = PerCpuHashMap::with_max_entries(16384, 0);
+static NET: PerCpuHashMap<NetKey, NetCounters> =
+    PerCpuHashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+/// Per-CPU maps allocate their elements as they are first used, not at load:
+/// preallocating `CONNS` and `NET` took ~47 ms of every start-up, and an
+/// element is created once per process (or socket), off every hot path.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Bytes per process and socket. Userspace removes a socket's entries once
 /// it is destroyed or its process has gone; a full map leaves the bytes in
 /// `NET`'s totals only (counted, shown as unattributed).
 #[map]
-static CONNS: PerCpuHashMap<ConnKey, ConnBytes> = PerCpuHashMap::with_max_entries(16384, 0);
+static CONNS: PerCpuHashMap<ConnKey, ConnBytes> =
+    PerCpuHashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 /// The life of each TCP socket the tree used, by socket cookie, until it is
 /// destroyed.
 #[map]
-static SOCKS: HashMap<u64, SockLife> = HashMap::with_max_entries(16384, 0);
+static SOCKS: HashMap<u64, SockLife> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 /// Handshakes completed for any listener on the host (cookie to time), so an
 /// accepted connection's opening is known when a tracked process claims it.

@@ -666,23 +666,34 @@ async fn settle(st: &mut Started, lc: &mut Lifecycle) {
     let exit_totals = st.s.kernel.as_ref().is_some_and(|k| k.exit_totals);
     loop {
         st.reap(lc);
+        if let Some(l) = &st.listener {
+            l.flush();
+        }
         while let Ok(recs) = st.ts_rx.try_recv() {
             st.s.pending_ts.extend(recs);
         }
         st.s.apply_taskstats();
-        let totals = if exit_totals {
+        let mut totals = if exit_totals {
             st.s.tree.awaiting_totals()
         } else {
             0
         };
+        if totals > 0 && st.s.take_final_early() {
+            totals = st.s.tree.awaiting_totals();
+        }
         let records = if st.listener.is_some() {
             st.s.tree.awaiting_taskstats()
         } else {
             0
         };
+        log::trace!(
+            "settling at {:?}: {totals} await exit totals, {records} taskstats",
+            t0.elapsed()
+        );
         if wait.done(totals + records, t0.elapsed()) {
             log::debug!(
-                "settled: {totals} processes await exit totals, {records} taskstats; {} events matched no known process",
+                "settled in {:?}: {totals} processes await exit totals, {records} taskstats; {} events matched no known process",
+                t0.elapsed(),
                 st.s.tree.orphan_events
             );
             st.s.finish_frees(boottime_ns());

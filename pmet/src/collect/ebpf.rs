@@ -276,7 +276,14 @@ impl Kernel {
         }
         let connections = sock.is_some_and(|o| o.ends.is_some());
         let cpus = aya::util::nr_cpus().unwrap_or(1);
-        let mut ebpf = EbpfLoader::new()
+        // aya's loader parses the kernel's BTF when it is made, and the BTF
+        // tracepoints need it again to find their targets: the second parse
+        // runs on another thread meanwhile (tens of ms each).
+        let t0 = std::time::Instant::now();
+        let target_btf = std::thread::spawn(Btf::from_sys_fs);
+        let mut loader = EbpfLoader::new();
+        log::debug!("loader made (kernel BTF parsed) in {:?}", t0.elapsed());
+        let mut ebpf = loader
             .override_global("CONFIG", &cfg, true)
             .map_max_entries("TRACKED", TRACKED_MAX_ENTRIES)
             .map_max_entries("DYING", DYING_MAX_ENTRIES)
@@ -329,10 +336,15 @@ impl Kernel {
             btf_programs.extend(CONN_BTF);
         }
         if !btf_programs.is_empty() {
-            let btf = Btf::from_sys_fs().map_err(|e| Error::Btf {
-                path: super::btf::VMLINUX.into(),
-                what: e.to_string(),
-            })?;
+            log::debug!("object loaded in {:?}", t0.elapsed());
+            let btf = target_btf
+                .join()
+                .map_err(|_| Error::Load("parsing the kernel's BTF panicked".into()))?
+                .map_err(|e| Error::Btf {
+                    path: super::btf::VMLINUX.into(),
+                    what: e.to_string(),
+                })?;
+            log::debug!("kernel BTF ready at {:?}", t0.elapsed());
             for (prog, tracepoint) in btf_programs {
                 let hook = format!("BTF tracepoint {tracepoint}");
                 let p: &mut BtfTracePoint = ebpf
@@ -346,6 +358,7 @@ impl Kernel {
                     .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
             }
         }
+        log::debug!("programs loaded and attached at {:?}", t0.elapsed());
         if log::log_enabled!(log::Level::Debug) {
             // The verifier's work per program: the figure to watch when a
             // kernel-side change makes a hook heavier or nears the limits.

@@ -323,8 +323,9 @@ impl Listener {
                             // for each costs the traced workload more than the
                             // records themselves. Let them queue (the socket
                             // buffer holds tens of thousands) and take them in
-                            // batches.
-                            std::thread::sleep(BATCH);
+                            // batches, unless the session asks for them now
+                            // (`flush`, at the end of a run).
+                            std::thread::park_timeout(BATCH);
                         }
                     }
                 })?
@@ -337,6 +338,16 @@ impl Listener {
             thread: Some(thread),
             overflows,
         })
+    }
+}
+
+impl Listener {
+    /// Delivers what has queued now rather than at the end of the current
+    /// batch interval: the end of a run waits for the last records.
+    pub fn flush(&self) {
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
     }
 }
 

@@ -407,6 +407,9 @@ pub struct Tree {
     pub no_pss: bool,
     /// The processes that used each socket, by socket cookie.
     sock_users: HashMap<u64, Vec<usize>>,
+    /// Threads (tid, cookie) whose final figures were taken before their
+    /// free arrived.
+    final_early: std::collections::HashSet<(u32, u64)>,
 }
 
 /// cputime_adjust() as the kernel does it for getrusage/wait4: the exact
@@ -731,6 +734,11 @@ impl Tree {
                 kept,
                 ..
             } => {
+                if self.final_early.remove(&(tid, cookie)) {
+                    // Its final figures are in already, read at its last
+                    // switch: the same as these.
+                    return;
+                }
                 let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
                     self.orphan_events += 1;
                     return;
@@ -969,6 +977,30 @@ impl Tree {
                 }
             }
         }
+    }
+
+    /// The final figures of an exited thread, read by the kernel side at its
+    /// last context switch (the same as its free's), taken before its free
+    /// comes: at the end of a run, so as not to wait out the RCU grace
+    /// period that delays every free. The free, if it still comes, is
+    /// ignored.
+    pub fn free_final_early(&mut self, pid: u32, cookie: u64, tid: u32, totals: ThreadTotals) {
+        let Some(&i) = self.by_key.get(&(pid, cookie)) else {
+            return;
+        };
+        let p = &mut self.procs[i];
+        if p.threads_unfreed == 0 || !self.final_early.insert((tid, cookie)) {
+            return;
+        }
+        p.threads_unfreed -= 1;
+        p.freed.add(&totals);
+        p.freed_threads += 1;
+        p.thread_totals(tid, totals);
+    }
+
+    /// Whether a thread's final figures were taken before its free.
+    pub fn took_final_early(&self, tid: u32, cookie: u64) -> bool {
+        self.final_early.contains(&(tid, cookie))
     }
 
     /// At the end of a session: every exited thread still awaiting its free
