@@ -398,6 +398,7 @@ impl Started {
     fn root_reaped(&mut self, raw: i32, lc: &mut Lifecycle) {
         if self.root_status.is_none() {
             let st = status_from_wait(raw);
+            log::debug!("root reaped at boottime {} ns", boottime_ns());
             self.root_status = Some(st);
             self.s.root_exited(st, boottime_ns());
             lc.root_exited();
@@ -807,11 +808,18 @@ pub async fn trace(
         Instant::now(),
     );
     follow(&mut st, &mut lc, opts.intervals, &mut sink).await?;
+    let ended = Instant::now();
     settle(&mut st, &mut lc).await;
     // A last sample: still-running processes (an early stop) get their
     // figures, and a short run gets at least one look.
     let snap = st.s.tick(boottime_ns());
     sink.sample(&snap);
     sink.finish();
-    Ok(finish(st, &lc, &opts, &inputs))
+    log::debug!(
+        "settled and sampled {:?} after the tree ended",
+        ended.elapsed()
+    );
+    let outcome = finish(st, &lc, &opts, &inputs);
+    log::debug!("report written {:?} after the tree ended", ended.elapsed());
+    Ok(outcome)
 }

@@ -345,18 +345,50 @@ impl Kernel {
                     what: e.to_string(),
                 })?;
             log::debug!("kernel BTF ready at {:?}", t0.elapsed());
-            for (prog, tracepoint) in btf_programs {
-                let hook = format!("BTF tracepoint {tracepoint}");
-                let p: &mut BtfTracePoint = ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| Error::Load(format!("program {prog} missing from the object")))?
-                    .try_into()
-                    .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
-                p.load(tracepoint, &btf)
-                    .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
-                p.attach()
-                    .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
+            // Verified on as many threads as there are programs: the
+            // verifier's time is most of start-up, and each load is
+            // independent (nothing runs before the command is launched).
+            let mut wanted: Vec<(&str, &str, &mut aya::programs::Program)> = Vec::new();
+            for (name, p) in ebpf.programs_mut() {
+                if let Some(&(prog, tp)) = btf_programs.iter().find(|(n, _)| *n == name) {
+                    wanted.push((prog, tp, p));
+                }
             }
+            if let Some((prog, _)) = btf_programs
+                .iter()
+                .find(|(n, _)| !wanted.iter().any(|w| w.0 == *n))
+            {
+                return Err(Error::Load(format!(
+                    "program {prog} missing from the object"
+                )));
+            }
+            let btf = &btf;
+            std::thread::scope(|s| {
+                let handles: Vec<_> = wanted
+                    .into_iter()
+                    .map(|(prog, tracepoint, p)| {
+                        s.spawn(move || -> Result<(), Error> {
+                            let hook = format!("BTF tracepoint {tracepoint}");
+                            let p: &mut BtfTracePoint = p
+                                .try_into()
+                                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
+                            p.load(tracepoint, btf)
+                                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
+                            p.attach()
+                                .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Load("loading a program panicked".into()))
+                        })
+                    })
+                    .collect::<Result<Vec<()>, Error>>()
+            })?;
         }
         log::debug!("programs loaded and attached at {:?}", t0.elapsed());
         if log::log_enabled!(log::Level::Debug) {

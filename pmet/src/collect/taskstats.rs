@@ -365,7 +365,10 @@ impl Drop for Listener {
         );
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // Not joined: it may be blocked in a receive for up to its
+            // 100 ms timeout, which pmet's exit would wait out. It ends at
+            // its next wake-up; the socket closes with its last owner.
+            t.thread().unpark();
         }
     }
 }
