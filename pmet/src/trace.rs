@@ -480,6 +480,9 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         launch::become_subreaper();
         let gate = launch::spawn_gated(p)?;
         root_pid = gate.pid;
+        if inputs.euid == 0 {
+            privileges::prefer_tracer();
+        }
         let cookie = s.next_cookie();
         if let Some(k) = s.kernel.as_mut()
             && let Err(e) = k.track(gate.pid, cookie)
@@ -510,6 +513,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         root_pid = opts.pid.expect("attach mode has a pid");
         session::attach(&mut s, root_pid, opts.since_process_start, boottime_ns())?;
         if inputs.euid == 0 {
+            privileges::prefer_tracer();
             privileges::drop_capabilities();
         }
     }

@@ -276,13 +276,16 @@ impl Kernel {
         }
         let connections = sock.is_some_and(|o| o.ends.is_some());
         let cpus = aya::util::nr_cpus().unwrap_or(1);
-        // aya's loader parses the kernel's BTF when it is made, and the BTF
-        // tracepoints need it again to find their targets: the second parse
-        // runs on another thread meanwhile (tens of ms each).
+        // aya's loader parses the kernel's BTF when it is made, for CO-RE
+        // relocations, which pmet's programs do not have: it is dropped at
+        // once, and the copy the BTF tracepoints need to find their targets
+        // is parsed on another thread while the object loads. (Two copies
+        // alive at once would add ~15 MB to pmet's peak memory.)
         let t0 = std::time::Instant::now();
-        let target_btf = std::thread::spawn(Btf::from_sys_fs);
         let mut loader = EbpfLoader::new();
+        loader.btf(None);
         log::debug!("loader made (kernel BTF parsed) in {:?}", t0.elapsed());
+        let target_btf = std::thread::spawn(Btf::from_sys_fs);
         let mut ebpf = loader
             .override_global("CONFIG", &cfg, true)
             .map_max_entries("TRACKED", TRACKED_MAX_ENTRIES)
@@ -390,6 +393,11 @@ impl Kernel {
                     .collect::<Result<Vec<()>, Error>>()
             })?;
         }
+        // The parsed BTF (tens of MB in many small allocations, some on the
+        // threads above) is freed by now: give it back rather than carry it
+        // as resident memory for the whole run.
+        // SAFETY: no preconditions.
+        unsafe { libc::malloc_trim(0) };
         log::debug!("programs loaded and attached at {:?}", t0.elapsed());
         if log::log_enabled!(log::Level::Debug) {
             // The verifier's work per program: the figure to watch when a

@@ -287,6 +287,9 @@ impl Listener {
             std::thread::Builder::new()
                 .name("pmet-taskstats".into())
                 .spawn(move || {
+                    // Made before the command is forked; as the session's
+                    // thread does after it, keep up with exit storms.
+                    crate::privileges::prefer_tracer();
                     let mut buf = vec![0u8; 1 << 16];
                     while !stop.load(Ordering::Relaxed) {
                         // Wait for the first record (or the stop timeout),

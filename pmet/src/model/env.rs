@@ -9,7 +9,7 @@ use std::sync::Arc;
 pub const REDACTED: &str = "<redacted>";
 
 /// One environment variable; `value` is `None` when it was not kept.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct EnvVar {
     /// Its name.
     pub name: String,

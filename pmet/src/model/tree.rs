@@ -391,6 +391,8 @@ pub struct Tree {
     pending_exec: HashMap<u32, (String, Vec<String>, bool)>,
     /// Environments of execs under way, by calling thread, as kept.
     pending_env: HashMap<u32, (Arc<[EnvVar]>, bool)>,
+    /// Every distinct environment kept, shared by the processes that had it.
+    envs: std::collections::HashSet<Arc<[EnvVar]>>,
     /// Which environment values are kept (names always are).
     pub env_policy: EnvPolicy,
     /// The process pmet launched or attached to.
@@ -655,6 +657,15 @@ impl Tree {
                 // Values not asked for are dropped here, before anything
                 // else sees them.
                 let kept = self.env_policy.apply(vars);
+                // Most processes of a tree have the same environment: one
+                // copy of each distinct one, shared.
+                let kept = match self.envs.get(&*kept) {
+                    Some(same) => same.clone(),
+                    None => {
+                        self.envs.insert(kept.clone());
+                        kept
+                    }
+                };
                 self.pending_env.insert(tid, (kept, truncated));
             }
             Event::Exec {
