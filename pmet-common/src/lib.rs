@@ -90,6 +90,9 @@ pub mod exit_flags {
     /// Free events only: the free itself was never seen; these are the
     /// figures kept for the thread in `DYING`.
     pub const KEPT: u32 = 16;
+    /// Exit events of the last thread only: the process has socket
+    /// counters in `NET` (else userspace need not look).
+    pub const HAD_NET: u32 = 32;
 }
 
 /// Bits of [`ExecArgsEvent::flags`].

@@ -15,11 +15,11 @@ use aya_ebpf::{
 };
 use pmet_common::{
     ARGV_LEN, COMM_LEN, Config, Dying, EventHeader, ExecArgsEvent, ExecArgsHeader, ExecEvent,
-    ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS, TaskFigures, Tracked, config_flags,
-    counter, exec_flags, exit_flags, fork_flags, kind,
+    ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS, NetKey, TaskFigures, Tracked,
+    config_flags, counter, exec_flags, exit_flags, fork_flags, kind,
 };
 
-use crate::{CONFIG, DYING, EVENTS, SCRATCH, TRACKED, bump, tracked};
+use crate::{CONFIG, DYING, EVENTS, NET, SCRATCH, TRACKED, bump, tracked};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -544,6 +544,14 @@ fn exit(t: Tracked, group_dead: bool) {
     }
     if group_dead {
         let _ = TRACKED.remove(tgid);
+        let key = NetKey {
+            tgid,
+            _pad: 0,
+            cookie: t.cookie,
+        };
+        if NET.get_ptr(key).is_some() {
+            flags |= exit_flags::HAD_NET;
+        }
     }
     send(ExitEvent {
         hdr: header(kind::EXIT, tgid, tid),

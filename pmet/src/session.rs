@@ -216,8 +216,9 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                     group_dead: true,
                     tgid,
                     cookie,
+                    had_net,
                     ..
-                } => exits.push((tgid, cookie)),
+                } => exits.push((tgid, cookie, had_net)),
                 Event::ConnEnd { sock_cookie, .. } => ended.push(sock_cookie),
                 Event::Exec { tgid, .. } => execs.push(tgid),
                 _ => {}
@@ -245,12 +246,18 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 }
             }
         }
-        for &(pid, cookie) in &exits {
-            let net = kernel.take_net(pid, cookie).unwrap_or_default();
+        for &(pid, cookie, had_net) in &exits {
+            // Most processes never touch a socket: the kernel side says
+            // which have counters, saving a map lookup per exit.
+            let net = if had_net {
+                kernel.take_net(pid, cookie).unwrap_or_default()
+            } else {
+                Default::default()
+            };
             self.tree.set_net(pid, cookie, net, true);
         }
-        for key in exits {
-            self.read_conns(key, true);
+        for (pid, cookie, _) in exits {
+            self.read_conns((pid, cookie), true);
         }
     }
 
@@ -676,6 +683,7 @@ pub(crate) mod fake {
                 tid: pid,
                 cookie,
                 group_dead: true,
+                had_net: true,
                 exit_code: Some(code << 8),
                 comm: "child".into(),
             });

@@ -266,7 +266,8 @@ impl UserFile {
                 }
                 let (f, tmp) = create_temp(dir)?;
                 let res = (|| {
-                    let mut out = io::BufWriter::new(f);
+                    // Reports run to tens of MB: fewer, larger writes.
+                    let mut out = io::BufWriter::with_capacity(1 << 20, f);
                     fill(&mut out)?;
                     let f = out.into_inner().map_err(io::IntoInnerError::into_error)?;
                     f.sync_all()?;

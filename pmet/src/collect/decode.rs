@@ -58,32 +58,34 @@ pub fn decode(b: &[u8]) -> Option<Event> {
             let filename = cstr(&rest[..FILENAME_LEN]);
             let bytes = &rest[FILENAME_LEN..];
             let bytes = &bytes[..(h.argv_len as usize).min(bytes.len())];
+            let truncated = h.flags & exec_flags::TRUNCATED != 0;
+            if h.hdr.kind == kind::EXEC_ENV {
+                // Whole strings only: a block cut short mid-string ends at
+                // its last NUL.
+                let whole = bytes.iter().rposition(|&c| c == 0).map_or(0, |i| i + 1);
+                return Some(Event::ExecEnv {
+                    ts_ns: h.hdr.ts_ns,
+                    tid: h.hdr.tid,
+                    block: bytes[..whole].to_vec(),
+                    truncated,
+                });
+            }
             let mut strings: Vec<String> = bytes
                 .split(|&c| c == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            let truncated = h.flags & exec_flags::TRUNCATED != 0;
             // The buffer ends with a NUL, leaving one empty piece; or, cut
             // short mid-string, with a piece that is not a whole one.
             if bytes.last() == Some(&0) || truncated {
                 strings.pop();
             }
             strings.truncate(h.argc as usize);
-            Some(if h.hdr.kind == kind::EXEC_ENV {
-                Event::ExecEnv {
-                    ts_ns: h.hdr.ts_ns,
-                    tid: h.hdr.tid,
-                    vars: strings,
-                    truncated,
-                }
-            } else {
-                Event::ExecArgs {
-                    ts_ns: h.hdr.ts_ns,
-                    tid: h.hdr.tid,
-                    filename,
-                    argv: strings,
-                    truncated,
-                }
+            Some(Event::ExecArgs {
+                ts_ns: h.hdr.ts_ns,
+                tid: h.hdr.tid,
+                filename,
+                argv: strings,
+                truncated,
             })
         }
         kind::EXEC => {
@@ -110,6 +112,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 tid: e.hdr.tid,
                 cookie: e.cookie,
                 group_dead: e.flags & exit_flags::GROUP_DEAD != 0,
+                had_net: e.flags & exit_flags::HAD_NET != 0,
                 exit_code: (e.flags & exit_flags::CODE_VALID != 0).then_some(e.exit_code),
                 comm: cstr(&e.comm),
             })
@@ -277,7 +280,7 @@ mod tests {
         let e = ExitEvent {
             hdr: hdr(kind::EXIT, 10, 10),
             exit_code: 3 << 8,
-            flags: exit_flags::GROUP_DEAD | exit_flags::CODE_VALID,
+            flags: exit_flags::GROUP_DEAD | exit_flags::CODE_VALID | exit_flags::HAD_NET,
             cookie: 5,
             comm: comm("sh"),
         };
@@ -285,6 +288,7 @@ mod tests {
             decode(&bytes(&e)),
             Some(Event::Exit {
                 group_dead: true,
+                had_net: true,
                 exit_code: Some(768),
                 cookie: 5,
                 ..
@@ -295,6 +299,7 @@ mod tests {
             decode(&bytes(&e)),
             Some(Event::Exit {
                 group_dead: false,
+                had_net: false,
                 exit_code: None,
                 ..
             })

@@ -37,9 +37,12 @@ impl EnvPolicy {
                 .any(|p| glob(p.as_bytes(), name.as_bytes()))
     }
 
-    /// `NAME=VALUE` strings as kept: names always, values by the policy.
+    /// `NAME=VALUE` strings as kept: names always, values by the policy;
+    /// sorted by name, and of a name given twice the last (what `getenv`
+    /// in most programs and the report's JSON object both hold).
     pub fn apply(&self, vars: Vec<String>) -> Arc<[EnvVar]> {
-        vars.into_iter()
+        let mut kept: Vec<EnvVar> = vars
+            .into_iter()
             .map(|v| {
                 let (name, value) = v.split_once('=').unwrap_or((&v, ""));
                 EnvVar {
@@ -47,7 +50,100 @@ impl EnvPolicy {
                     value: self.keeps(name).then(|| value.to_owned()),
                 }
             })
-            .collect()
+            .collect();
+        // Stable: of equal names the last stays last, and is kept.
+        kept.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut out: Vec<EnvVar> = Vec::with_capacity(kept.len());
+        for v in kept {
+            match out.last_mut() {
+                Some(last) if last.name == v.name => *last = v,
+                _ => out.push(v),
+            }
+        }
+        out.into()
+    }
+}
+
+/// The `NAME=VALUE` strings of a NUL-separated block.
+pub fn split_block(block: &[u8]) -> Vec<String> {
+    block
+        .split(|&c| c == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// Environments as kept, by the raw block they came from: most processes of
+/// a tree exec with the same environment, and a block seen before is found
+/// by a keyed 128-bit hash without splitting it again. The keys are random
+/// per run, so a traced program cannot craft a block that collides with
+/// another's and borrow its kept values.
+#[derive(Debug, Default)]
+pub struct EnvCache {
+    keys: (std::hash::RandomState, std::hash::RandomState),
+    by_block: std::collections::HashMap<(u64, u64), Arc<[EnvVar]>>,
+    distinct: std::collections::HashSet<Arc<[EnvVar]>>,
+}
+
+impl EnvCache {
+    /// `block` as `policy` keeps it, shared with every other process that
+    /// had the same.
+    pub fn kept(&mut self, policy: &EnvPolicy, block: &[u8]) -> Arc<[EnvVar]> {
+        use std::hash::BuildHasher;
+        let key = (self.keys.0.hash_one(block), self.keys.1.hash_one(block));
+        if let Some(env) = self.by_block.get(&key) {
+            return env.clone();
+        }
+        let kept = policy.apply(split_block(block));
+        // Blocks that differ only in dropped values keep to one copy.
+        let kept = match self.distinct.get(&*kept) {
+            Some(same) => same.clone(),
+            None => {
+                self.distinct.insert(kept.clone());
+                kept
+            }
+        };
+        self.by_block.insert(key, kept.clone());
+        kept
+    }
+}
+
+/// A process's environment as the report writes it: a JSON object from
+/// each name to its value or `"<redacted>"`, written straight from the
+/// shared, sorted copy the tree keeps (no per-process copy for the report).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvReport(pub Arc<[EnvVar]>);
+
+impl serde::Serialize for EnvReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for v in self.0.iter() {
+            m.serialize_entry(&v.name, v.value.as_deref().unwrap_or(REDACTED))?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EnvReport {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = std::collections::BTreeMap::<String, String>::deserialize(d)?;
+        Ok(EnvReport(
+            m.into_iter()
+                .map(|(name, value)| EnvVar {
+                    name,
+                    value: (value != REDACTED).then_some(value),
+                })
+                .collect(),
+        ))
+    }
+}
+
+impl EnvReport {
+    /// The value of `name` as the report has it.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let v = self.0.iter().find(|v| v.name == name)?;
+        Some(v.value.as_deref().unwrap_or(REDACTED))
     }
 }
 
@@ -66,6 +162,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_name_given_twice_keeps_its_last_value_and_the_report_round_trips() {
+        let env = EnvPolicy {
+            all: true,
+            names: vec![],
+        }
+        .apply(vec!["B=1".into(), "A=x".into(), "B=2".into()]);
+        assert_eq!(env.len(), 2);
+        assert_eq!(
+            (env[1].name.as_str(), env[1].value.as_deref()),
+            ("B", Some("2"))
+        );
+        let redacted = EnvPolicy::default().apply(vec!["A=x".into()]);
+        let json = serde_json::to_string(&EnvReport(redacted.clone())).unwrap();
+        assert_eq!(json, r#"{"A":"<redacted>"}"#);
+        let back: EnvReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, EnvReport(redacted));
+        assert_eq!(back.get("A"), Some(REDACTED));
+    }
+
+    #[test]
+    fn one_copy_of_each_environment_however_many_processes_had_it() {
+        let policy = EnvPolicy {
+            all: false,
+            names: vec!["KEEP".into()],
+        };
+        let mut c = EnvCache::default();
+        let a = c.kept(&policy, b"KEEP=1\0SECRET=x\0");
+        let again = c.kept(&policy, b"KEEP=1\0SECRET=x\0");
+        let other_secret = c.kept(&policy, b"KEEP=1\0SECRET=y\0");
+        let other_kept = c.kept(&policy, b"KEEP=2\0SECRET=x\0");
+        assert!(Arc::ptr_eq(&a, &again));
+        assert!(
+            Arc::ptr_eq(&a, &other_secret),
+            "differs only in a dropped value"
+        );
+        assert!(!Arc::ptr_eq(&a, &other_kept));
+        assert_eq!(other_kept[0].value.as_deref(), Some("2"));
+        assert_eq!(a[1].value, None);
+        assert_eq!(split_block(b"A=1\0\0B=2\0"), ["A=1", "B=2"]);
+    }
+
+    #[test]
     fn only_the_values_asked_for_are_kept() {
         let vars = || {
             vec![
@@ -80,7 +218,8 @@ mod tests {
         assert!(none.iter().all(|v| v.value.is_none()), "{none:?}");
         assert_eq!(
             none.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
-            ["HOME", "AWS_SECRET_ACCESS_KEY", "CI_JOB_ID", "EMPTY", "ODD"]
+            ["AWS_SECRET_ACCESS_KEY", "CI_JOB_ID", "EMPTY", "HOME", "ODD"],
+            "sorted by name"
         );
         let some = EnvPolicy {
             all: false,
@@ -91,13 +230,17 @@ mod tests {
             .iter()
             .filter_map(|v| Some((v.name.as_str(), v.value.as_deref()?)))
             .collect();
-        assert_eq!(kept, [("HOME", "/root"), ("CI_JOB_ID", "42")]);
+        assert_eq!(kept, [("CI_JOB_ID", "42"), ("HOME", "/root")]);
         let all = EnvPolicy {
             all: true,
             names: vec![],
         }
         .apply(vars());
-        assert_eq!(all[1].value.as_deref(), Some("hunter2"));
+        assert_eq!(
+            all[0].value.as_deref(),
+            Some("hunter2"),
+            "AWS_SECRET_ACCESS_KEY"
+        );
     }
 
     #[test]

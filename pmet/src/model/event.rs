@@ -106,8 +106,9 @@ pub enum Event {
         ts_ns: u64,
         /// Calling thread.
         tid: u32,
-        /// The variables, `NAME=VALUE`.
-        vars: Vec<String>,
+        /// The variables, `NAME=VALUE`, each ending in a NUL (as the
+        /// kernel side read them; split only when this block is new).
+        block: Vec<u8>,
         /// Cut short at the kernel-side limit.
         truncated: bool,
     },
@@ -136,6 +137,9 @@ pub enum Event {
         cookie: u64,
         /// It was the last thread: the process is gone.
         group_dead: bool,
+        /// The process has socket counters to read (last thread only;
+        /// `true` when the kernel side cannot tell).
+        had_net: bool,
         /// Raw `task_struct.exit_code` when it could be read.
         exit_code: Option<u32>,
         /// The thread's comm.

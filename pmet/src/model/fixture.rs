@@ -66,6 +66,7 @@ fn end(t: u64, pid: u32, code: u32, cpu_ms: u64, write: u64) -> [Event; 2] {
             tid: pid,
             cookie,
             group_dead: true,
+            had_net: true,
             exit_code: Some(code),
             comm: String::new(),
         },

@@ -10,7 +10,7 @@ use super::{
     event::{Event, ThreadTotals},
 };
 use crate::model::{
-    env::{EnvPolicy, EnvVar},
+    env::{EnvCache, EnvPolicy, EnvVar},
     event::Ids,
     input::{Sample, Shares, TaskStats},
     net::Net,
@@ -392,7 +392,7 @@ pub struct Tree {
     /// Environments of execs under way, by calling thread, as kept.
     pending_env: HashMap<u32, (Arc<[EnvVar]>, bool)>,
     /// Every distinct environment kept, shared by the processes that had it.
-    envs: std::collections::HashSet<Arc<[EnvVar]>>,
+    envs: EnvCache,
     /// Which environment values are kept (names always are).
     pub env_policy: EnvPolicy,
     /// The process pmet launched or attached to.
@@ -650,22 +650,13 @@ impl Tree {
             }
             Event::ExecEnv {
                 tid,
-                vars,
+                block,
                 truncated,
                 ..
             } => {
                 // Values not asked for are dropped here, before anything
                 // else sees them.
-                let kept = self.env_policy.apply(vars);
-                // Most processes of a tree have the same environment: one
-                // copy of each distinct one, shared.
-                let kept = match self.envs.get(&*kept) {
-                    Some(same) => same.clone(),
-                    None => {
-                        self.envs.insert(kept.clone());
-                        kept
-                    }
-                };
+                let kept = self.envs.kept(&self.env_policy, &block);
                 self.pending_env.insert(tid, (kept, truncated));
             }
             Event::Exec {
@@ -706,6 +697,7 @@ impl Tree {
                 group_dead,
                 exit_code,
                 comm,
+                ..
             } => {
                 self.pending_exec.remove(&tid);
                 self.pending_env.remove(&tid);
@@ -1093,6 +1085,7 @@ mod tests {
             tid,
             cookie,
             group_dead: dead,
+            had_net: true,
             exit_code: Some(code),
             comm: "x".into(),
         }

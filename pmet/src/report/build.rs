@@ -7,7 +7,7 @@ use super::{
 };
 use crate::model::{
     container::{container, k8s_pod_uid},
-    env::REDACTED,
+    env::EnvReport,
     figures::figures,
     series::{Recorder, Stat},
     tree::{ExitStatus, Proc, ThreadRec, Tree, split_runtime},
@@ -136,14 +136,7 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         pid_ns: p.ids.and_then(|i| i.pid_ns),
         ns_pid: p.ids.and_then(|i| i.ns_pid),
         cwd: p.cwd.clone(),
-        env: p.env.as_ref().map(|env| {
-            env.iter()
-                .map(|v| {
-                    let value = v.value.clone().unwrap_or_else(|| REDACTED.to_owned());
-                    (v.name.clone(), value)
-                })
-                .collect()
-        }),
+        env: p.env.clone().map(EnvReport),
         env_truncated: p.env_truncated,
         memory: p.memory_peak,
         threads: Vec::new(),
@@ -424,6 +417,7 @@ mod tests {
                 tid: pid,
                 cookie,
                 group_dead: true,
+                had_net: true,
                 exit_code: Some(code),
                 comm: "x".into(),
             });

@@ -443,7 +443,7 @@ pub struct ProcessReport {
     /// `--env`/`--env-all` asked for it, else `"<redacted>"` (the value was
     /// never kept). `null` when unknown.
     #[serde(default)]
-    pub env: Option<std::collections::BTreeMap<String, String>>,
+    pub env: Option<crate::model::env::EnvReport>,
     /// That environment was cut short at the kernel-side limit.
     #[serde(default)]
     pub env_truncated: bool,
