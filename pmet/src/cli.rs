@@ -265,6 +265,22 @@ pub struct TraceArgs {
           value_parser = value_parser!(u32).range(0..=10_000_000))]
     pub max_connections: u32,
 
+    /// Serve the figures as OpenMetrics at http://ADDR/metrics while pmet
+    /// runs, for Prometheus to scrape (e.g. 127.0.0.1:9464 or [::]:9464).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub prometheus: Option<String>,
+
+    /// Write the same exposition to PATH at every sample, atomically, for
+    /// node_exporter's textfile collector.
+    #[arg(long, value_name = "PATH")]
+    pub textfile: Option<PathBuf>,
+
+    /// Give at most N processes series of their own (the rest are summed
+    /// under their executable name).
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = value_parser!(u32).range(0..=100_000))]
+    pub metrics_top: u32,
+
     /// Do not read /proc/PID/smaps_rollup: each process's PSS, private and
     /// shared memory (and the tree's PSS) are then null. It costs about
     /// 3.7 times a status read, read when a process's RSS reaches a new high

@@ -127,6 +127,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The metrics endpoint cannot listen where it was asked to.
+    #[error(
+        "cannot listen on {addr}: {source}; choose a free address with --prometheus (HOST:PORT)"
+    )]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// An invalid argument that clap cannot check by itself.
     #[error("{0}")]
     Usage(String),
@@ -145,7 +156,7 @@ impl Error {
             Error::CommandNotFound(_) => exit::NOT_FOUND,
             Error::NotExecutable { .. } => exit::NOT_EXECUTABLE,
             Error::NoSuchPid(_) => exit::NO_SUCH_PID,
-            Error::Output { .. } => exit::OUTPUT,
+            Error::Output { .. } | Error::Listen { .. } => exit::OUTPUT,
             Error::Usage(_) => exit::USAGE,
             Error::History(_) => exit::HISTORY,
             Error::NotRoot { .. }

@@ -7,7 +7,8 @@
 //! - [`model`]: they are merged into one model of the process tree;
 //! - [`report`] and [`render`]: the JSON report and the human summary go out.
 //!
-//! [`trace`] runs a session; [`launch`] starts the traced command so that
+//! [`trace`] runs a session; [`export`] serves its figures to Prometheus
+//! while it runs; [`launch`] starts the traced command so that
 //! nothing it does is missed. [`userfile`] writes every file pmet makes for
 //! a user with that user's credentials ([`privileges::as_user`]).
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod collect;
 pub mod commands;
 pub mod error;
+pub mod export;
 pub mod history;
 pub mod launch;
 pub mod lifecycle;

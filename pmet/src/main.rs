@@ -101,6 +101,9 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
         max_threads_listed: args.max_threads_listed as usize,
         max_connections: args.max_connections as usize,
         no_pss: args.no_pss,
+        prometheus: args.prometheus,
+        textfile: args.textfile,
+        metrics_top: args.metrics_top as usize,
         env_policy: pmet::model::env::EnvPolicy {
             all: args.env_all,
             names: args.env,

@@ -84,6 +84,12 @@ pub struct TraceOptions {
     pub max_connections: usize,
     /// smaps_rollup is not read.
     pub no_pss: bool,
+    /// Serve OpenMetrics here (`--prometheus`).
+    pub prometheus: Option<String>,
+    /// Write the exposition here at every sample (`--textfile`).
+    pub textfile: Option<std::path::PathBuf>,
+    /// Processes with series of their own.
+    pub metrics_top: usize,
     /// Which environment values are kept (names always are).
     pub env_policy: crate::model::env::EnvPolicy,
 }
@@ -294,6 +300,10 @@ struct Inputs {
     stream: Box<dyn Write + Send>,
     /// The command, ready to start (launch mode).
     prepared: Option<Prepared>,
+    /// The metrics endpoint's socket, bound before launching.
+    metrics_listener: Option<std::net::TcpListener>,
+    /// The textfile for node_exporter.
+    textfile: Option<Output>,
 }
 
 /// Checks every input, in the order a person would fix them, and creates
@@ -336,6 +346,24 @@ fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
         .as_ref()
         .map(|p| prepare_file(p, "--stream"))
         .transpose()?;
+    let textfile = opts
+        .textfile
+        .as_ref()
+        .map(|p| prepare_file(p, "--textfile"))
+        .transpose()?;
+    let metrics_listener = opts
+        .prometheus
+        .as_ref()
+        .map(|addr| {
+            let listen = |source| Error::Listen {
+                addr: addr.clone(),
+                source,
+            };
+            let l = std::net::TcpListener::bind(addr.as_str()).map_err(listen)?;
+            l.set_nonblocking(true).map_err(listen)?;
+            Ok::<_, Error>(l)
+        })
+        .transpose()?;
     if opts.record {
         crate::commands::check_record()?;
     }
@@ -364,6 +392,8 @@ fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
         trace_events,
         stream,
         prepared,
+        metrics_listener,
+        textfile,
     })
 }
 
@@ -380,9 +410,44 @@ struct Started {
     start_ns: u64,
     started_at: SystemTime,
     command: Option<Vec<String>>,
+    /// The exporters (`--prometheus`, `--textfile`), when asked for.
+    export: Option<Export>,
+}
+
+/// What the exporters need through the session.
+struct Export {
+    exporter: crate::export::Exporter,
+    textfile: Option<Output>,
+    /// A textfile write failed (said once).
+    failed: bool,
 }
 
 impl Started {
+    /// Updates what the exporters show, after a sample.
+    fn export(&mut self, lost: u64) {
+        let Some(x) = self.export.as_mut() else {
+            return;
+        };
+        let ebpf = self.s.kernel.is_some();
+        let kernel_io = self.s.kernel.as_ref().is_some_and(|k| k.kernel_io);
+        x.exporter.update(
+            &self.s.tree,
+            self.s.procfs.ticks_per_s,
+            kernel_io,
+            ebpf,
+            lost,
+        );
+        if let Some(t) = &x.textfile {
+            let text = x.exporter.published().text();
+            if let Err(e) = t.write_with(|w| w.write_all(text.as_bytes()))
+                && !x.failed
+            {
+                x.failed = true;
+                crate::say!("pmet: --textfile: {e}; the exposition is no longer updated");
+            }
+        }
+    }
+
     /// Reaps what has exited among pmet's children: the root (whose status
     /// is recorded) and orphans adopted as subreaper, whose final figures
     /// wait for their reaping.
@@ -528,6 +593,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         start_ns,
         started_at,
         command,
+        export: None,
     })
 }
 
@@ -570,6 +636,7 @@ async fn follow(
     // A first look at once: rates need a starting point.
     let snap = st.s.tick(boottime_ns());
     sink.sample(&snap);
+    st.export(snap.lost);
     let mut next_tick = Instant::now() + pace.after(&snap);
     let never = Instant::now() + Duration::from_secs(86400 * 365 * 30);
 
@@ -605,6 +672,7 @@ async fn follow(
             _ = tokio::time::sleep_until(next_tick) => {
                 let snap = st.s.tick(boottime_ns());
                 sink.sample(&snap);
+                st.export(snap.lost);
                 let mut wait = pace.after(&snap);
                 if st.s.has_suspects() {
                     // Decide on a possibly lost exit soon, not a slow tick later.
@@ -810,6 +878,21 @@ pub async fn trace(
     let procfs = Procfs::default();
     let mut inputs = check_inputs(&opts, &procfs)?;
     let mut st = start(&opts, &inputs, procfs)?;
+    if opts.prometheus.is_some() || inputs.textfile.is_some() {
+        let exporter = crate::export::Exporter::new(opts.metrics_top);
+        if let Some(l) = inputs.metrics_listener.take() {
+            let l = tokio::net::TcpListener::from_std(l).map_err(|source| Error::Listen {
+                addr: opts.prometheus.clone().unwrap_or_default(),
+                source,
+            })?;
+            tokio::spawn(crate::export::serve(l, exporter.published()));
+        }
+        st.export = Some(Export {
+            exporter,
+            textfile: inputs.textfile.take(),
+            failed: false,
+        });
+    }
     let stream = std::mem::replace(&mut inputs.stream, Box::new(std::io::sink()));
     let mut sink = make_sink(stream);
     let mut lc = Lifecycle::new(
@@ -825,6 +908,7 @@ pub async fn trace(
     // figures, and a short run gets at least one look.
     let snap = st.s.tick(boottime_ns());
     sink.sample(&snap);
+    st.export(snap.lost);
     sink.finish();
     log::debug!(
         "settled and sampled {:?} after the tree ended",

@@ -3,6 +3,7 @@
 pub mod diff_table;
 pub mod html;
 pub mod live;
+pub mod openmetrics;
 pub mod report_text;
 pub mod sink;
 #[cfg(test)]

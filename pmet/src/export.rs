@@ -1,0 +1,330 @@
+//! The session's figures for the systems people already run, while it runs:
+//! an OpenMetrics endpoint for Prometheus to scrape (`--prometheus ADDR`,
+//! `/metrics`) and a textfile for node_exporter's textfile collector
+//! (`--textfile PATH`, replaced atomically at every sample).
+//!
+//! Cardinality is bounded: at most `--metrics-top N` processes have series
+//! of their own, given to processes in the order they are first seen while
+//! a slot is free, and kept until the process has exited and one scrape has
+//! seen its final values (then the slot is free again). Every other process is summed
+//! under its executable name alone. A process never moves between the two,
+//! so every counter only grows, as Prometheus requires.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::{
+    model::{
+        container::container,
+        figures::figures,
+        net::Net,
+        tree::{Proc, Tree},
+    },
+    render::openmetrics::{Row, TreeFigures, exposition},
+};
+
+/// Processes with series of their own unless `--metrics-top` says otherwise.
+pub const DEFAULT_METRICS_TOP: usize = 50;
+
+/// What the endpoint serves, and how many scrapes have taken it.
+#[derive(Clone, Default)]
+pub struct Published {
+    text: Arc<Mutex<String>>,
+    scrapes: Arc<AtomicU64>,
+}
+
+impl Published {
+    /// The exposition now.
+    pub fn text(&self) -> String {
+        self.text.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
+/// The figures one process last showed, so none of its counters goes down
+/// (a live process's CPU split from ticks can exceed the exact split its
+/// exit brings by a tick).
+#[derive(Clone, Copy, Default)]
+struct Shown {
+    user: f64,
+    system: f64,
+    read: u64,
+    write: u64,
+}
+
+/// Builds the exposition from the tree at each sample.
+pub struct Exporter {
+    published: Published,
+    top: usize,
+    /// Processes with series of their own, and the scrape count when their
+    /// final values were first published (`None` while alive).
+    own: HashMap<(u32, u64), Option<u64>>,
+    /// Processes whose own series are gone (exited and scraped).
+    retired: HashSet<(u32, u64)>,
+    shown: HashMap<(u32, u64), Shown>,
+    /// Container ids by cgroup id, looked up once each.
+    containers: HashMap<u64, Option<String>>,
+}
+
+impl Exporter {
+    /// An exporter giving at most `top` processes series of their own.
+    pub fn new(top: usize) -> Self {
+        Self {
+            published: Published::default(),
+            top,
+            own: HashMap::new(),
+            retired: HashSet::new(),
+            shown: HashMap::new(),
+            containers: HashMap::new(),
+        }
+    }
+
+    /// What the endpoint serves.
+    pub fn published(&self) -> Published {
+        self.published.clone()
+    }
+
+    fn container_of(&mut self, p: &Proc) -> Option<String> {
+        let id = p.ids?.cgroup_id;
+        if id == 0 {
+            return None;
+        }
+        self.containers
+            .entry(id)
+            .or_insert_with(|| {
+                let paths = crate::collect::cgroup::paths_of(&HashSet::from([id]));
+                paths
+                    .get(&id)
+                    .and_then(|path| container(path))
+                    .map(|c| c.id)
+            })
+            .clone()
+    }
+
+    /// One process's row, its counters never below what was shown before.
+    fn row(&mut self, p: &Proc, ticks_per_s: u64, kernel_io: bool, ebpf: bool) -> Row {
+        let f = figures(p, ticks_per_s, kernel_io);
+        let key = (p.pid, p.cookie);
+        let s = self.shown.entry(key).or_default();
+        if let Some((u, sy)) = f.cpu {
+            s.user = s.user.max(u);
+            s.system = s.system.max(sy);
+        }
+        if let Some(d) = f.disk {
+            s.read = s.read.max(d.read);
+            s.write = s.write.max(d.written());
+        }
+        let s = *s;
+        Row {
+            pid: Some(p.pid),
+            ppid: p.ppid,
+            exe: p.comm.clone(),
+            container: self.container_of(p),
+            cpu_user_s: s.user,
+            cpu_system_s: s.system,
+            rss_bytes: if p.alive() {
+                p.last_sample.map_or(0, |x| x.rss_bytes)
+            } else {
+                0
+            },
+            disk_read_bytes: s.read,
+            disk_write_bytes: s.write,
+            net: ebpf.then_some(p.net),
+        }
+    }
+
+    /// Rebuilds what is served from the tree as it is now.
+    pub fn update(
+        &mut self,
+        tree: &Tree,
+        ticks_per_s: u64,
+        kernel_io: bool,
+        ebpf: bool,
+        lost: u64,
+    ) {
+        let scrapes = self.published.scrapes.load(Ordering::Relaxed);
+        // Exited processes whose final values a scrape has seen give their
+        // slot back.
+        let done: Vec<_> = self
+            .own
+            .iter()
+            .filter(|(_, at)| at.is_some_and(|at| scrapes > at))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            self.own.remove(&k);
+            self.retired.insert(k);
+        }
+        let mut rows = Vec::new();
+        let mut others: HashMap<String, Row> = HashMap::new();
+        for p in &tree.procs {
+            let key = (p.pid, p.cookie);
+            if self.retired.contains(&key) {
+                continue;
+            }
+            // A process gets a slot when first seen, if one is free (one
+            // that has already exited too: its final values are shown to
+            // one scrape).
+            if !self.shown.contains_key(&key) && self.own.len() < self.top {
+                self.own.insert(key, None);
+            }
+            let row = self.row(p, ticks_per_s, kernel_io, ebpf);
+            match self.own.get_mut(&key) {
+                Some(at) => {
+                    if !p.alive() && at.is_none() {
+                        *at = Some(scrapes);
+                    }
+                    rows.push(row);
+                }
+                None => {
+                    let sum = others.entry(row.exe.clone()).or_insert_with(|| Row {
+                        exe: row.exe.clone(),
+                        net: ebpf.then(Net::default),
+                        ..Row::default()
+                    });
+                    sum.cpu_user_s += row.cpu_user_s;
+                    sum.cpu_system_s += row.cpu_system_s;
+                    sum.rss_bytes += row.rss_bytes;
+                    sum.disk_read_bytes += row.disk_read_bytes;
+                    sum.disk_write_bytes += row.disk_write_bytes;
+                    if let (Some(s), Some(n)) = (sum.net.as_mut(), row.net.as_ref()) {
+                        s.add(n);
+                    }
+                }
+            }
+        }
+        let mut others: Vec<Row> = others.into_values().collect();
+        others.sort_by(|a, b| a.exe.cmp(&b.exe));
+        rows.extend(others);
+        let text = exposition(
+            &rows,
+            TreeFigures {
+                seen: tree.procs.len() as u64,
+                alive: tree.alive_count() as u64,
+                lost,
+            },
+        );
+        if let Ok(mut t) = self.published.text.lock() {
+            *t = text;
+        }
+    }
+}
+
+/// Serves `/metrics` on `listener` until the session ends. Anyone who can
+/// reach the address can read the figures (no secrets: no argv, no
+/// environment); requests are bounded in size and time.
+pub async fn serve(listener: TcpListener, published: Published) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let published = published.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut len = 0;
+            let read = async {
+                while len < buf.len() {
+                    match conn.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let line = buf[..len].split(|&c| c == b'\n').next().unwrap_or_default();
+            let path = line.split(|&c| c == b' ').nth(1).unwrap_or_default();
+            let get = line.starts_with(b"GET ");
+            let response = if get && (path == b"/metrics" || path.starts_with(b"/metrics?")) {
+                let body = published.text();
+                published.scrapes.fetch_add(1, Ordering::Relaxed);
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                let body = "pmet serves its figures at /metrics\n";
+                format!(
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let _ = conn.write_all(response.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixture;
+
+    fn pids(text: &str, metric: &str) -> Vec<String> {
+        let mut v: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with(metric))
+            .filter_map(|l| {
+                l.split("process_pid=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn at_most_n_processes_have_series_and_the_rest_are_summed_by_name() {
+        let (tree, _) = fixture::web_job();
+        let mut x = Exporter::new(2);
+        x.update(&tree, 100, true, true, 0);
+        let text = x.published().text();
+        // The first two seen have their own series; the others (all
+        // exited) are summed under their names.
+        assert_eq!(
+            pids(&text, "process_memory_usage_bytes"),
+            ["", "1000", "1001"]
+        );
+        for exe in ["curl", "grep", "sleep"] {
+            assert!(
+                text.contains(&format!(
+                    "process_memory_usage_bytes{{process_pid=\"\",process_parent_pid=\"\",process_executable_name=\"{exe}\""
+                )),
+                "{exe}: {text}"
+            );
+        }
+        // The two curls' bytes, summed.
+        assert!(text.contains(
+            "process_executable_name=\"curl\",container_id=\"\",network_io_direction=\"receive\",network_transport=\"tcp\"} 10747904"
+        ), "{text}");
+        // Both own processes have exited: once a scrape has seen their
+        // final values, their series go and their slots are free; the sums
+        // keep everything they had.
+        x.published.scrapes.fetch_add(1, Ordering::Relaxed);
+        x.update(&tree, 100, true, true, 0);
+        let text = x.published().text();
+        assert_eq!(pids(&text, "process_memory_usage_bytes"), [""]);
+        assert!(text.contains("pmet_processes_seen_total 6"), "{text}");
+    }
+}
