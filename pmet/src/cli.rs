@@ -275,6 +275,16 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH")]
     pub textfile: Option<PathBuf>,
 
+    /// Push the exposition to a Prometheus Pushgateway at the end (and
+    /// every --push-interval), as job="pmet", instance=<host name>: for CI
+    /// jobs that end before any scrape.
+    #[arg(long, value_name = "http://HOST:PORT")]
+    pub pushgateway: Option<String>,
+
+    /// With --pushgateway, also push this often while the command runs.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "pushgateway")]
+    pub push_interval: Option<Duration>,
+
     /// Give at most N processes series of their own (the rest are summed
     /// under their executable name).
     #[arg(long, value_name = "N", default_value_t = 50,

@@ -272,6 +272,158 @@ pub async fn serve(listener: TcpListener, published: Published) {
     }
 }
 
+/// The exposition in Prometheus' classic text format (0.0.4), which the
+/// Pushgateway takes: counter families named with their `_total` suffix,
+/// no `# UNIT` and no `# EOF`.
+pub fn classic(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for l in openmetrics.lines() {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# TYPE ", "# HELP "].iter().find_map(|head| {
+            let rest = l.strip_prefix(head)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{head}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(l));
+        out.push('\n');
+    }
+    out
+}
+
+/// Where a Pushgateway is: `http://HOST:PORT[/PREFIX]` (no TLS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    /// `HOST:PORT`.
+    pub authority: String,
+    /// Path prefix, without a trailing slash.
+    pub prefix: String,
+}
+
+impl Gateway {
+    /// Parses `--pushgateway URL`; the error names what to give instead.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!("--pushgateway {url}: give an http:// address (HTTPS is not supported yet)")
+        })?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.is_empty() || !authority.contains(':') {
+            return Err(format!(
+                "--pushgateway {url}: give the port too, e.g. http://localhost:9091"
+            ));
+        }
+        Ok(Gateway {
+            authority: authority.to_owned(),
+            prefix: if path.is_empty() {
+                String::new()
+            } else {
+                format!("/{}", path.trim_end_matches('/'))
+            },
+        })
+    }
+
+    /// Replaces the group `job="pmet", instance=INSTANCE` with `body`.
+    pub fn push(&self, instance: &str, body: &str) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let instance: String = instance
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = format!("{}/metrics/job/pmet/instance/{instance}", self.prefix);
+        let fail = |what: String| format!("pushing to http://{}{path}: {what}", self.authority);
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&self.authority)
+            .map_err(|e| fail(e.to_string()))?
+            .next()
+            .ok_or_else(|| fail("no address".into()))?;
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| fail(e.to_string()))?;
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = c.set_write_timeout(Some(Duration::from_secs(10)));
+        write!(
+            c,
+            "PUT {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.authority,
+            body.len()
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let mut head = [0u8; 512];
+        let n = c.read(&mut head).map_err(|e| fail(e.to_string()))?;
+        let status = String::from_utf8_lossy(&head[..n]);
+        let status = status.lines().next().unwrap_or_default();
+        match status.split(' ').nth(1) {
+            Some(code) if code.starts_with('2') => Ok(()),
+            _ => Err(fail(format!("the gateway answered `{status}`"))),
+        }
+    }
+}
+
+/// Pushes on a thread of its own, so a slow gateway never stalls tracing:
+/// the latest exposition replaces any not yet sent.
+pub struct Pusher {
+    tx: std::sync::mpsc::Sender<Option<String>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Pusher {
+    /// Starts pushing to `gateway` as instance `instance`.
+    pub fn start(gateway: Gateway, instance: String) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Option<String>>();
+        let thread = std::thread::spawn(move || {
+            let mut last = Ok(());
+            let mut done = false;
+            while !done && let Ok(msg) = rx.recv() {
+                // Only the newest exposition counts; `None` ends the thread
+                // once what came before it is pushed.
+                let mut body = msg;
+                while let Ok(newer) = rx.try_recv() {
+                    match newer {
+                        Some(b) => body = Some(b),
+                        None => done = true,
+                    }
+                }
+                match body {
+                    Some(b) => last = gateway.push(&instance, &b),
+                    None => done = true,
+                }
+            }
+            last
+        });
+        Self {
+            tx,
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues an exposition (OpenMetrics text) for pushing.
+    pub fn push(&self, openmetrics: &str) {
+        let _ = self.tx.send(Some(classic(openmetrics)));
+    }
+
+    /// Pushes `openmetrics` as the last word and waits for it: the result
+    /// of that final push.
+    pub fn finish(mut self, openmetrics: &str) -> Result<(), String> {
+        let _ = self.tx.send(Some(classic(openmetrics)));
+        let _ = self.tx.send(None);
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => Err("the push thread failed".into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +444,32 @@ mod tests {
         v.sort();
         v.dedup();
         v
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_as_it_wants_them() {
+        let om = "# HELP a_seconds What.\n# TYPE a_seconds counter\n# UNIT a_seconds seconds\na_seconds_total{x=\"1\"} 2.5\n# HELP g A gauge.\n# TYPE g gauge\ng 3\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP a_seconds_total What.\n# TYPE a_seconds_total counter\na_seconds_total{x=\"1\"} 2.5\n# HELP g A gauge.\n# TYPE g gauge\ng 3\n"
+        );
+    }
+
+    #[test]
+    fn gateway_addresses_are_checked() {
+        assert_eq!(
+            Gateway::parse("http://pg:9091/base/").unwrap(),
+            Gateway {
+                authority: "pg:9091".into(),
+                prefix: "/base".into()
+            }
+        );
+        assert!(
+            Gateway::parse("https://pg:9091")
+                .unwrap_err()
+                .contains("http://")
+        );
+        assert!(Gateway::parse("http://pg").unwrap_err().contains("port"));
     }
 
     #[test]

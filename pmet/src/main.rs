@@ -104,6 +104,8 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
         prometheus: args.prometheus,
         textfile: args.textfile,
         metrics_top: args.metrics_top as usize,
+        pushgateway: args.pushgateway,
+        push_interval: args.push_interval,
         env_policy: pmet::model::env::EnvPolicy {
             all: args.env_all,
             names: args.env,
@@ -150,7 +152,7 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
             }
             // Results first, then the (slow) detach.
             drop(outcome.loaded);
-            if let Some(e) = outcome.write_error.or(record_error) {
+            if let Some(e) = outcome.write_error.or(outcome.push_error).or(record_error) {
                 return fail(&e);
             }
             ExitCode::from(outcome.exit_code.clamp(0, 255) as u8)

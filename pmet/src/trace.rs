@@ -90,6 +90,10 @@ pub struct TraceOptions {
     pub textfile: Option<std::path::PathBuf>,
     /// Processes with series of their own.
     pub metrics_top: usize,
+    /// Push to this Pushgateway (`--pushgateway`).
+    pub pushgateway: Option<String>,
+    /// And this often while running.
+    pub push_interval: Option<Duration>,
     /// Which environment values are kept (names always are).
     pub env_policy: crate::model::env::EnvPolicy,
 }
@@ -121,6 +125,8 @@ pub struct Outcome {
     pub write_error: Option<Error>,
     /// Writing `--trace-events` failed.
     pub trace_events_error: Option<Error>,
+    /// The last push to the Pushgateway failed.
+    pub push_error: Option<Error>,
 }
 
 /// After taking in kernel events, wait this long before the next look, so a
@@ -189,6 +195,13 @@ fn signal_tree(s: &Session<Kernel, Procfs>, sig: i32) {
             log::debug!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
         }
     }
+}
+
+/// This machine's name, for the Pushgateway's `instance`.
+fn host_name() -> String {
+    sysinfo::System::host_name()
+        .ok()
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn host() -> Host {
@@ -304,6 +317,8 @@ struct Inputs {
     metrics_listener: Option<std::net::TcpListener>,
     /// The textfile for node_exporter.
     textfile: Option<Output>,
+    /// The Pushgateway.
+    gateway: Option<crate::export::Gateway>,
 }
 
 /// Checks every input, in the order a person would fix them, and creates
@@ -364,6 +379,12 @@ fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
             Ok::<_, Error>(l)
         })
         .transpose()?;
+    let gateway = opts
+        .pushgateway
+        .as_deref()
+        .map(crate::export::Gateway::parse)
+        .transpose()
+        .map_err(Error::Usage)?;
     if opts.record {
         crate::commands::check_record()?;
     }
@@ -394,6 +415,7 @@ fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
         prepared,
         metrics_listener,
         textfile,
+        gateway,
     })
 }
 
@@ -420,6 +442,10 @@ struct Export {
     textfile: Option<Output>,
     /// A textfile write failed (said once).
     failed: bool,
+    /// Pushes to a Pushgateway, every `interval` if given, and at the end.
+    pusher: Option<crate::export::Pusher>,
+    interval: Option<Duration>,
+    last_push: Instant,
 }
 
 impl Started {
@@ -437,6 +463,12 @@ impl Started {
             ebpf,
             lost,
         );
+        if let (Some(p), Some(every)) = (&x.pusher, x.interval)
+            && x.last_push.elapsed() >= every
+        {
+            p.push(&x.exporter.published().text());
+            x.last_push = Instant::now();
+        }
         if let Some(t) = &x.textfile {
             let text = x.exporter.published().text();
             if let Err(e) = t.write_with(|w| w.write_all(text.as_bytes()))
@@ -865,6 +897,7 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         exit_code,
         write_error,
         trace_events_error,
+        push_error: None,
     }
 }
 
@@ -878,7 +911,7 @@ pub async fn trace(
     let procfs = Procfs::default();
     let mut inputs = check_inputs(&opts, &procfs)?;
     let mut st = start(&opts, &inputs, procfs)?;
-    if opts.prometheus.is_some() || inputs.textfile.is_some() {
+    if opts.prometheus.is_some() || inputs.textfile.is_some() || inputs.gateway.is_some() {
         let exporter = crate::export::Exporter::new(opts.metrics_top);
         if let Some(l) = inputs.metrics_listener.take() {
             let l = tokio::net::TcpListener::from_std(l).map_err(|source| Error::Listen {
@@ -887,10 +920,17 @@ pub async fn trace(
             })?;
             tokio::spawn(crate::export::serve(l, exporter.published()));
         }
+        let pusher = inputs
+            .gateway
+            .take()
+            .map(|g| crate::export::Pusher::start(g, host_name()));
         st.export = Some(Export {
             exporter,
             textfile: inputs.textfile.take(),
             failed: false,
+            pusher,
+            interval: opts.push_interval,
+            last_push: Instant::now(),
         });
     }
     let stream = std::mem::replace(&mut inputs.stream, Box::new(std::io::sink()));
@@ -909,12 +949,18 @@ pub async fn trace(
     let snap = st.s.tick(boottime_ns());
     sink.sample(&snap);
     st.export(snap.lost);
+    // The last word to the Pushgateway, waited for: a CI job's figures.
+    let push_error = st.export.as_mut().and_then(|x| {
+        let text = x.exporter.published().text();
+        x.pusher.take()?.finish(&text).err().map(Error::Push)
+    });
     sink.finish();
     log::debug!(
         "settled and sampled {:?} after the tree ended",
         ended.elapsed()
     );
-    let outcome = finish(st, &lc, &opts, &inputs);
+    let mut outcome = finish(st, &lc, &opts, &inputs);
+    outcome.push_error = push_error;
     log::debug!("report written {:?} after the tree ended", ended.elapsed());
     Ok(outcome)
 }

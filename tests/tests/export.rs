@@ -138,7 +138,8 @@ fn the_textfile_holds_the_reports_numbers() {
 fn get(addr: &str, path: &str) -> Option<(u32, String)> {
     let mut c = TcpStream::connect(addr).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    // HTTP/1.0: a whole body, never chunked.
+    write!(c, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
     let mut text = String::new();
     c.read_to_string(&mut text).ok()?;
     let status = text.split(' ').nth(1)?.parse().ok()?;
@@ -226,4 +227,119 @@ fn an_address_that_cannot_be_listened_on_is_refused_before_launch() {
     );
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     assert!(!marker.exists(), "nothing was launched");
+}
+
+/// A Pushgateway of its own, on a free port, stopped when dropped.
+struct Gateway {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Gateway {
+    fn start() -> Self {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let child = Command::new("prometheus-pushgateway")
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus-pushgateway (`cargo xtask setup` installs it)");
+        let t0 = Instant::now();
+        while get(&addr, "/metrics").is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the gateway did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Gateway { child, addr }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_ci_job_pushes_its_figures_to_a_pushgateway() {
+    if !can_trace() {
+        return;
+    }
+    let gw = Gateway::start();
+    let run = pmet(&[
+        "trace",
+        "--pushgateway",
+        &format!("http://{}", gw.addr),
+        "--",
+        workload(),
+        "tcp",
+        "4",
+        "30000",
+        "7000",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let sender = run.one("tcp-send");
+    let pid = sender["pid"].to_string();
+    let (status, body) = get(&gw.addr, "/metrics").expect("the gateway answers");
+    assert_eq!(status, 200);
+    let s = samples(&body);
+    assert_eq!(
+        value(
+            &s,
+            "process_network_io_bytes_total",
+            &[
+                ("job", "pmet"),
+                ("process_pid", pid.as_str()),
+                ("network_io_direction", "transmit"),
+                ("network_transport", "tcp")
+            ]
+        ),
+        30000.0
+    );
+    assert_eq!(
+        value(&s, "pmet_processes_seen_total", &[("job", "pmet")]),
+        run.report()["totals"]["processes"].as_f64().unwrap()
+    );
+    // The gateway took them as counters, not untyped samples.
+    assert!(
+        body.contains("# TYPE process_network_io_bytes_total counter"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_push_that_fails_is_said_and_the_report_is_still_written() {
+    if !can_trace() {
+        return;
+    }
+    // A port nobody listens on.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let run = pmet(&[
+        "trace",
+        "--pushgateway",
+        &format!("http://{addr}"),
+        "--",
+        "true",
+    ]);
+    assert_eq!(run.code, Some(3), "{}", run.stderr);
+    assert!(run.stderr.contains("pushing to http://"), "{}", run.stderr);
+    assert_eq!(run.report()["exit_code"], 0);
+    let bad = pmet(&["trace", "--pushgateway", "https://pg:9091", "--", "true"]);
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("give an http:// address"),
+        "{}",
+        bad.stderr
+    );
 }

@@ -28,8 +28,15 @@ const APT_PACKAGES: [&str; 4] = [
 
 /// Debian packages the test suite drives pmet with (tmux: the live view in a
 /// real terminal; chromium: the HTML report in a real browser; iproute2 and
-/// nftables: a network namespace whose firewall makes TCP retransmit).
-const TEST_PACKAGES: [&str; 4] = ["tmux", "chromium", "iproute2", "nftables"];
+/// nftables: a network namespace whose firewall makes TCP retransmit;
+/// prometheus-pushgateway: a real gateway to push to).
+const TEST_PACKAGES: [&str; 5] = [
+    "tmux",
+    "chromium",
+    "iproute2",
+    "nftables",
+    "prometheus-pushgateway",
+];
 
 #[derive(Parser)]
 #[command(about = "pmet's developer tasks")]
