@@ -189,6 +189,12 @@ pub struct TraceArgs {
           value_parser = value_parser!(u32).range(1..))]
     pub pid: Option<u32>,
 
+    /// Trace every process on the host during the run (those already running
+    /// count from now, as with --pid); pmet itself is left out. Ends with
+    /// --duration or Ctrl-C.
+    #[arg(long, conflicts_with_all = ["command", "pid", "user", "wait_descendants", "kill_descendants"])]
+    pub all: bool,
+
     /// Stop after this long (e.g. 30s, 5m, 1h30m; a bare number is seconds).
     /// A launched command is then sent SIGTERM, as timeout(1) does, and
     /// SIGKILL if it is still running 5 s later.
@@ -323,7 +329,7 @@ pub struct TraceArgs {
 
     /// The command to run, with its arguments (put it after `--`).
     #[arg(value_name = "COMMAND", trailing_var_arg = true,
-          required_unless_present = "pid", num_args = 1..)]
+          required_unless_present_any = ["pid", "all"], num_args = 1..)]
     pub command: Vec<OsString>,
 }
 

@@ -83,7 +83,9 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
     let (record, trace_events) = (args.record, args.trace_events.clone());
     let opts = TraceOptions {
         command: args.command,
-        pid: args.pid,
+        // Every process on the host descends from pid 1.
+        pid: if args.all { Some(1) } else { args.pid },
+        all: args.all,
         duration: args.duration,
         intervals,
         output: output.clone(),

@@ -225,6 +225,10 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             }
             self.tree.apply(ev);
         }
+        // Processes started after the run ended are not followed further.
+        for pid in self.tree.take_late_forks() {
+            kernel.untrack(pid);
+        }
         // Its working directory as it exec'd, read now: taken only if the
         // kernel still tracks the same instance after the read, so a pid
         // reused meanwhile cannot lend its directory.
@@ -502,8 +506,12 @@ pub fn attach<E: EventSource, S: Sampler>(
     root: u32,
     since_start: bool,
     now: u64,
+    exclude: Option<u32>,
 ) -> Result<(), Error> {
-    let mut seen = HashSet::new();
+    // pmet itself, host-wide: not traced, nor anything it starts.
+    let mut seen: HashSet<u32> = exclude
+        .map(|me| s.procfs.subtree(me).into_iter().collect())
+        .unwrap_or_default();
     for _round in 0..100 {
         let subtree = if s.follow_children {
             s.procfs.subtree(root)
@@ -698,6 +706,9 @@ pub(crate) mod fake {
         fn track(&mut self, pid: u32, cookie: u64) -> Result<(), Error> {
             self.tracked.insert(pid, cookie);
             Ok(())
+        }
+        fn untrack(&mut self, pid: u32) {
+            self.tracked.remove(&pid);
         }
         fn tracked(&self, pid: u32) -> Option<u64> {
             self.tracked.get(&pid).copied()
@@ -1103,6 +1114,34 @@ mod tests {
     }
 
     #[test]
+    fn processes_started_after_the_run_ended_are_left_out_without_a_loss() {
+        let mut s = session();
+        kernel(&mut s).fork(1100 * MS, ROOT, 200, 11);
+        s.drain();
+        s.tree.close(1500 * MS);
+        let k = kernel(&mut s);
+        // Forked before the end, seen after it: part of the run.
+        k.fork(1400 * MS, ROOT, 201, 13);
+        // Forked after it, with a child of its own and an exit.
+        k.fork(1600 * MS, 200, 202, 15);
+        k.fork(1610 * MS, 202, 203, 17);
+        k.exit(1700 * MS, 202, 15, 0);
+        s.drain();
+        assert_eq!(by_pid(&s, 201).len(), 1);
+        assert!(by_pid(&s, 202).is_empty() && by_pid(&s, 203).is_empty());
+        assert_eq!(kernel(&mut s).tracked(202), None, "no longer followed");
+        assert_eq!(kernel(&mut s).tracked(203), None);
+        assert_eq!(s.losses().total(), 0);
+        // A process of the run that exits after it ended, whose final
+        // figures are not in yet: incomplete, but not a loss.
+        kernel(&mut s).exit(1800 * MS, 200, 11, 0);
+        s.drain();
+        let p = by_pid(&s, 200)[0];
+        assert!(!p.alive() && !p.totals_complete());
+        assert_eq!(s.losses().total(), 0);
+    }
+
+    #[test]
     fn the_root_exits_with_a_descendant_still_running() {
         let mut s = session();
         kernel(&mut s).fork(1100 * MS, ROOT, 200, 11);
@@ -1191,7 +1230,7 @@ mod tests {
             };
             // 2 s of CPU before attach, 1 s while traced.
             s.procfs.samples.insert(300, at(200));
-            attach(&mut s, 300, since_start, 1000 * MS).unwrap();
+            attach(&mut s, 300, since_start, 1000 * MS, None).unwrap();
             s.procfs.samples.insert(300, at(300));
             s.tick(2000 * MS);
             let f = figures(&s.tree.procs[0], 100, true);
@@ -1218,7 +1257,7 @@ mod tests {
                 ..Stat::default()
             },
         );
-        attach(&mut s, 300, false, 1000 * MS).unwrap();
+        attach(&mut s, 300, false, 1000 * MS, None).unwrap();
         let rss = |s: &mut Session<FakeKernel, FakeProc>, mib: u64, pss_mib: u64| {
             s.procfs.samples.insert(
                 300,
@@ -1276,12 +1315,12 @@ mod tests {
         for (pid, ppid) in [(300, 1), (301, 300), (302, 301), (400, 1)] {
             s.procfs.stats.insert(pid, stat(pid, ppid));
         }
-        attach(&mut s, 300, false, 1000 * MS).unwrap();
+        attach(&mut s, 300, false, 1000 * MS, None).unwrap();
         let pids: Vec<u32> = s.tree.procs.iter().map(|p| p.pid).collect();
         assert_eq!(pids, [300, 301, 302]);
         assert!(s.tree.procs.iter().all(|p| p.preexisting));
         assert_eq!(kernel(&mut s).tracked.len(), 3);
-        let e = attach(&mut s, 999, false, 1000 * MS);
+        let e = attach(&mut s, 999, false, 1000 * MS, None);
         assert!(e.is_ok(), "the root is already set: {e:?}");
         let mut fresh = Session::new(
             Some(FakeKernel::default()),
@@ -1291,7 +1330,7 @@ mod tests {
             true,
         );
         assert!(matches!(
-            attach(&mut fresh, 999, false, 0),
+            attach(&mut fresh, 999, false, 0, None),
             Err(Error::NoSuchPid(999))
         ));
     }
@@ -1309,7 +1348,7 @@ mod tests {
             ..Stat::default()
         };
         s.procfs.stats.insert(ROOT, stat(ROOT, 1));
-        attach(&mut s, ROOT, false, 1000 * MS).unwrap();
+        attach(&mut s, ROOT, false, 1000 * MS, None).unwrap();
         s.procfs.stats.insert(200, stat(200, ROOT));
         s.procfs.stats.insert(201, stat(201, 200));
         s.tick(1100 * MS);

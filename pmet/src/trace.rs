@@ -90,6 +90,8 @@ pub struct TraceOptions {
     pub textfile: Option<std::path::PathBuf>,
     /// Processes with series of their own.
     pub metrics_top: usize,
+    /// Host-wide (`--all`): `pid` is 1, and pmet leaves itself out.
+    pub all: bool,
     /// Push to this Pushgateway (`--pushgateway`).
     pub pushgateway: Option<String>,
     /// And this often while running.
@@ -608,7 +610,14 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         }
     } else {
         root_pid = opts.pid.expect("attach mode has a pid");
-        session::attach(&mut s, root_pid, opts.since_process_start, boottime_ns())?;
+        let me = opts.all.then(std::process::id);
+        session::attach(
+            &mut s,
+            root_pid,
+            opts.since_process_start,
+            boottime_ns(),
+            me,
+        )?;
         if inputs.euid == 0 {
             privileges::prefer_tracer();
             privileges::drop_capabilities();
@@ -859,6 +868,7 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         start_wall: Some(st.started_at),
         names: names(&st.s.tree),
         connections: st.s.kernel.as_ref().is_some_and(|k| k.connections),
+        all: opts.all,
         counting_from: if opts.pid.is_some() && !opts.since_process_start {
             "attach"
         } else {
@@ -943,6 +953,10 @@ pub async fn trace(
     );
     follow(&mut st, &mut lc, opts.intervals, &mut sink).await?;
     let ended = Instant::now();
+    // The run is over: what starts from now (a storm still running under
+    // --all, or processes the command left behind) is not part of it.
+    st.s.drain();
+    st.s.tree.close(boottime_ns());
     settle(&mut st, &mut lc).await;
     // A last sample: still-running processes (an early stop) get their
     // figures, and a short run gets at least one look.

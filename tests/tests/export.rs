@@ -248,15 +248,17 @@ impl Gateway {
             .stderr(Stdio::null())
             .spawn()
             .expect("prometheus-pushgateway (`cargo xtask setup` installs it)");
+        // Made first, so a gateway that never answers is still stopped.
+        let gw = Gateway { child, addr };
         let t0 = Instant::now();
-        while get(&addr, "/metrics").is_none() {
+        while get(&gw.addr, "/metrics").is_none() {
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
                 "the gateway did not start"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Gateway { child, addr }
+        gw
     }
 }
 

@@ -1030,3 +1030,76 @@ fn the_working_directory_is_the_one_at_exec() {
         .expect("sleep");
     assert_eq!(sleep["cwd"], "/usr/share");
 }
+
+#[test]
+fn all_traces_every_process_on_the_host_but_pmet() {
+    if !can_trace() {
+        return;
+    }
+    // One process already running, outside any tree pmet starts, and one
+    // started by this test (not by pmet) while pmet runs.
+    let mut before = Command::new(workload())
+        .args(["sleep", "3000"])
+        .spawn()
+        .unwrap();
+    let pmet_run = std::thread::spawn(|| pmet(&["trace", "--all", "-d", "1500ms"]));
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let during = Command::new(workload())
+        .args(["exit", "3"])
+        .status()
+        .unwrap();
+    assert_eq!(during.code(), Some(3));
+    let run = pmet_run.join().unwrap();
+    before.kill().unwrap();
+    before.wait().unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    assert_eq!(r["mode"], "all");
+    assert_eq!(r["root_pid"], 1);
+    assert_eq!(r["stopped_early"], "duration");
+    let ps = procs(r);
+    let old = ps
+        .iter()
+        .find(|p| p["pid"] == before.id())
+        .expect("the process running before");
+    assert_eq!(old["preexisting"], true);
+    let new = ps
+        .iter()
+        .find(|p| p["argv"][1] == "exit" && p["argv"][2] == "3")
+        .expect("the process started during the run");
+    assert_eq!(new["exit_code"], 3);
+    assert_eq!(new["preexisting"], false);
+    assert_eq!(new["ppid"], std::process::id());
+    // (Other tests' pmet sessions may be running and are traced; this one,
+    // the only one with --all, is not.)
+    assert!(
+        !ps.iter().any(|p| p["argv"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "--all"))),
+        "pmet leaves itself out"
+    );
+    let missing: Vec<_> = ps
+        .iter()
+        .filter(|p| {
+            p["end_offset_s"] != serde_json::Value::Null
+                && p["figures"] != "exit"
+                && p["figures"] != "taskstats"
+        })
+        .map(|p| {
+            (
+                p["pid"].clone(),
+                p["comm"].clone(),
+                p["figures"].clone(),
+                p["preexisting"].clone(),
+                p["start_offset_s"].clone(),
+                p["end_offset_s"].clone(),
+                p["vanished"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        r["collector"]["lost_events"], 0,
+        "{missing:?} {:#}",
+        r["collector"]
+    );
+}

@@ -460,6 +460,11 @@ impl Kernel {
             })
     }
 
+    /// Stops following a process (and what it starts from now on).
+    pub fn untrack(&mut self, pid: u32) {
+        let _ = self.tracked.remove(&pid);
+    }
+
     /// The kernel's view of whether a process is still tracked.
     pub fn tracked(&self, pid: u32) -> Option<u64> {
         self.tracked.get(&pid, 0).ok().map(|t| t.cookie)

@@ -28,6 +28,9 @@ pub trait EventSource {
     fn drain_into(&mut self, out: &mut Vec<Event>) -> u64;
     /// Puts a process in the tracked tree.
     fn track(&mut self, pid: u32, cookie: u64) -> Result<(), Error>;
+    /// Takes a process out of the tracked tree (it and what it starts from
+    /// now on are no longer followed).
+    fn untrack(&mut self, pid: u32);
     /// The cookie a pid is tracked under, if it still is.
     fn tracked(&self, pid: u32) -> Option<u64>;
     /// A live process's network traffic so far.
@@ -110,6 +113,9 @@ impl EventSource for Kernel {
     }
     fn track(&mut self, pid: u32, cookie: u64) -> Result<(), Error> {
         Kernel::track(self, pid, cookie)
+    }
+    fn untrack(&mut self, pid: u32) {
+        Kernel::untrack(self, pid)
     }
     fn tracked(&self, pid: u32) -> Option<u64> {
         Kernel::tracked(self, pid)

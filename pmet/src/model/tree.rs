@@ -409,6 +409,11 @@ pub struct Tree {
     pub no_pss: bool,
     /// The processes that used each socket, by socket cookie.
     sock_users: HashMap<u64, Vec<usize>>,
+    /// When the run ended, if it has.
+    closed_at: Option<u64>,
+    /// Processes created after that, left out.
+    late: std::collections::HashSet<u32>,
+    late_forks: Vec<u32>,
     /// Threads (tid, cookie) whose final figures were taken before their
     /// free arrived.
     final_early: std::collections::HashSet<(u32, u64)>,
@@ -575,6 +580,26 @@ impl Tree {
             .count()
     }
 
+    /// An event about a process pmet does not know: a loss, unless the
+    /// process started after the run ended.
+    fn unknown(&mut self, pid: u32) {
+        if !self.late.contains(&pid) {
+            self.orphan_events += 1;
+        }
+    }
+
+    /// The run ended at `at` (boottime ns): processes created after it are
+    /// left out (their events dropped, not counted as losses).
+    pub fn close(&mut self, at: u64) {
+        self.closed_at = Some(at);
+    }
+
+    /// Processes left out since the last call, for the kernel to stop
+    /// following.
+    pub fn take_late_forks(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.late_forks)
+    }
+
     /// Applies one kernel event.
     pub fn apply(&mut self, ev: Event) {
         self.events += 1;
@@ -590,10 +615,24 @@ impl Tree {
                 comm,
             } => {
                 let Some(&pi) = self.live.get(&parent_tgid) else {
-                    log::debug!("fork of {child} by unknown {parent_tgid}");
-                    self.orphan_events += 1;
+                    if self.late.contains(&parent_tgid) {
+                        // A child of one left out is left out too.
+                        if !thread {
+                            self.late.insert(child);
+                            self.late_forks.push(child);
+                        }
+                    } else {
+                        log::debug!("fork of {child} by unknown {parent_tgid}");
+                        self.orphan_events += 1;
+                    }
                     return;
                 };
+                if !thread && self.closed_at.is_some_and(|at| ts_ns > at) {
+                    // Started after the run ended: not part of it.
+                    self.late.insert(child);
+                    self.late_forks.push(child);
+                    return;
+                }
                 if thread {
                     let p = &mut self.procs[pi];
                     p.threads_alive += 1;
@@ -667,7 +706,7 @@ impl Tree {
                 ..
             } => {
                 let Some(&i) = self.live.get(&tgid) else {
-                    self.orphan_events += 1;
+                    self.unknown(tgid);
                     return;
                 };
                 let p = &mut self.procs[i];
@@ -702,7 +741,7 @@ impl Tree {
                 self.pending_exec.remove(&tid);
                 self.pending_env.remove(&tid);
                 let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
-                    self.orphan_events += 1;
+                    self.unknown(tgid);
                     return;
                 };
                 let p = &mut self.procs[i];
@@ -743,7 +782,7 @@ impl Tree {
                     return;
                 }
                 let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
-                    self.orphan_events += 1;
+                    self.unknown(tgid);
                     return;
                 };
                 let p = &mut self.procs[i];
@@ -774,7 +813,7 @@ impl Tree {
                 opened,
             } => {
                 let Some(&i) = self.by_key.get(&(tgid, proc_cookie)) else {
-                    self.orphan_events += 1;
+                    self.unknown(tgid);
                     return;
                 };
                 let max = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
@@ -999,6 +1038,13 @@ impl Tree {
         p.freed.add(&totals);
         p.freed_threads += 1;
         p.thread_totals(tid, totals);
+    }
+
+    /// Whether a process ended after the run did (its final figures may
+    /// not be in by the time the report is written: not a loss).
+    pub fn ended_after_close(&self, p: &Proc) -> bool {
+        self.closed_at
+            .is_some_and(|at| p.end_ns.is_some_and(|end| end > at))
     }
 
     /// Whether a thread's final figures were taken before its free.

@@ -50,6 +50,8 @@ pub struct RunInfo {
     pub names: Names,
     /// Connections were followed.
     pub connections: bool,
+    /// Host-wide (`--all`).
+    pub all: bool,
 }
 
 /// Names the report shows for ids the kernel gave.
@@ -348,6 +350,8 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
         processes,
         mode: if info.command.is_some() {
             "launch"
+        } else if info.all {
+            "all"
         } else {
             "attach"
         }

@@ -260,7 +260,12 @@ impl Lost {
             if p.vanished && !p.untracked {
                 l.exits_unseen += 1;
             }
-            if !p.alive() && !p.vanished && !p.totals_complete() && p.taskstats.records == 0 {
+            if !p.alive()
+                && !p.vanished
+                && !p.totals_complete()
+                && p.taskstats.records == 0
+                && !tree.ended_after_close(p)
+            {
                 l.totals_missing += 1;
             }
             let kept = u64::from(p.freed_kept.at_last_switch) + u64::from(p.freed_kept.at_exit);
