@@ -75,6 +75,10 @@ pub mod fork_flags {
     /// The new process could not be added to the tracked set (map full): it
     /// and its descendants are not followed.
     pub const UNTRACKED: u32 = 2;
+    /// Not a fork: a process of the traced cgroups (`--cgroup`) that pmet
+    /// did not follow yet joined the tree as it forked or exec'd; `child`
+    /// is the process itself.
+    pub const JOINED: u32 = 4;
 }
 
 /// Bits of [`ExitEvent::flags`] and [`FreeEvent::flags`].
@@ -569,6 +573,9 @@ pub mod config_flags {
     /// program's memory (`mm->arg_start..arg_end`, `env_start..env_end`),
     /// with no syscall tracepoint.
     pub const BTF_PROCESS: u32 = 4;
+    /// The tree is the processes of the cgroups in `SCOPE` (`--cgroup`,
+    /// `--container`): one that forks or execs there joins it.
+    pub const CGROUP_SCOPE: u32 = 8;
 }
 
 #[cfg(feature = "user")]

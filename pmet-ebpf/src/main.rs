@@ -110,6 +110,10 @@ static SOCKS: HashMap<u64, SockLife> = HashMap::with_max_entries(16384, BPF_F_NO
 #[map]
 static ACCEPTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
+/// The cgroups (ids) whose processes make up the tree with `--cgroup`.
+#[map]
+static SCOPE: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
 /// Lifecycle events for userspace.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);

@@ -4,6 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
@@ -19,7 +20,7 @@ use pmet_common::{
     config_flags, counter, exec_flags, exit_flags, fork_flags, kind,
 };
 
-use crate::{CONFIG, DYING, EVENTS, NET, SCRATCH, TRACKED, bump, tracked};
+use crate::{CONFIG, DYING, EVENTS, NET, SCOPE, SCRATCH, TRACKED, bump, tracked};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -59,6 +60,44 @@ fn send<T: 'static>(event: T) {
     }
 }
 
+/// The current process, tracked: already, or joining now because it runs in
+/// one of the traced cgroups (`--cgroup`), which is said with a `JOINED`
+/// record before anything else about it.
+#[inline(always)]
+fn tracked_or_joining(tgid: u32, tid: u32) -> Option<Tracked> {
+    if let Some(t) = tracked(tgid) {
+        return Some(t);
+    }
+    let cfg = CONFIG.load();
+    if cfg.flags & config_flags::CGROUP_SCOPE == 0 {
+        return None;
+    }
+    // SAFETY: no preconditions.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    SCOPE.get_ptr(cgroup)?;
+    // SAFETY: no preconditions.
+    let cookie = unsafe { bpf_ktime_get_boot_ns() } | 1;
+    if TRACKED
+        .insert(tgid, Tracked { cookie }, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        // Another thread of it joined first, or the map is full.
+        return tracked(tgid).or_else(|| {
+            bump(counter::TRACKED_FULL);
+            None
+        });
+    }
+    send(ForkEvent {
+        hdr: header(kind::FORK, tgid, tid),
+        child: tgid,
+        flags: fork_flags::JOINED,
+        clone_flags: 0,
+        cookie,
+        comm: comm(),
+    });
+    Some(Tracked { cookie })
+}
+
 /// A task was created (fires in the creator's context, before the new task
 /// can run). A new process joins the tree here, so nothing it does is missed.
 #[tracepoint(category = "task", name = "task_newtask")]
@@ -73,8 +112,8 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 }
 
 fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
-    let (tgid, _) = current();
-    if tracked(tgid).is_none() {
+    let (tgid, tid) = current();
+    if tracked_or_joining(tgid, tid).is_none() {
         return Ok(());
     }
     let cfg = CONFIG.load();
@@ -90,8 +129,8 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
 /// The same hook as a BTF tracepoint: detached at once, no record built.
 #[btf_tracepoint(function = "task_newtask")]
 pub fn task_newtask_btf(ctx: BtfTracePointContext) -> i32 {
-    let (tgid, _) = current();
-    if tracked(tgid).is_none() {
+    let (tgid, tid) = current();
+    if tracked_or_joining(tgid, tid).is_none() {
         return 0;
     }
     let cfg = CONFIG.load();
@@ -293,7 +332,7 @@ unsafe fn send_strings(
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current();
-    if tracked(tgid).is_none() {
+    if tracked_or_joining(tgid, tid).is_none() {
         return 0;
     }
     let cfg = CONFIG.load();
@@ -315,8 +354,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 /// each, no syscall tracepoint, and only for execs that succeed.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec_btf(ctx: BtfTracePointContext) -> i32 {
-    let (tgid, _) = current();
-    if tracked(tgid).is_none() {
+    let (tgid, tid) = current();
+    if tracked_or_joining(tgid, tid).is_none() {
         return 0;
     }
     // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)

@@ -195,6 +195,18 @@ pub struct TraceArgs {
     #[arg(long, conflicts_with_all = ["command", "pid", "user", "wait_descendants", "kill_descendants"])]
     pub all: bool,
 
+    /// Trace every process in this cgroup (v2 path, e.g.
+    /// /system.slice/nginx.service) and the cgroups below it: those in it
+    /// now, and any that forks or execs there during the run.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["command", "pid", "all", "user", "wait_descendants", "kill_descendants"])]
+    pub cgroup: Option<String>,
+
+    /// Trace every process of this container (docker, containerd, CRI-O,
+    /// podman or LXC id, or a unique prefix of at least 4 characters),
+    /// found through its cgroup: no runtime socket is asked.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["command", "pid", "all", "cgroup", "user", "wait_descendants", "kill_descendants"])]
+    pub container: Option<String>,
+
     /// Stop after this long (e.g. 30s, 5m, 1h30m; a bare number is seconds).
     /// A launched command is then sent SIGTERM, as timeout(1) does, and
     /// SIGKILL if it is still running 5 s later.
@@ -329,7 +341,7 @@ pub struct TraceArgs {
 
     /// The command to run, with its arguments (put it after `--`).
     #[arg(value_name = "COMMAND", trailing_var_arg = true,
-          required_unless_present_any = ["pid", "all"], num_args = 1..)]
+          required_unless_present_any = ["pid", "all", "cgroup", "container"], num_args = 1..)]
     pub command: Vec<OsString>,
 }
 

@@ -86,6 +86,8 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
         // Every process on the host descends from pid 1.
         pid: if args.all { Some(1) } else { args.pid },
         all: args.all,
+        cgroup: args.cgroup,
+        container: args.container,
         duration: args.duration,
         intervals,
         output: output.clone(),

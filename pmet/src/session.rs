@@ -221,6 +221,14 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 } => exits.push((tgid, cookie, had_net)),
                 Event::ConnEnd { sock_cookie, .. } => ended.push(sock_cookie),
                 Event::Exec { tgid, .. } => execs.push(tgid),
+                Event::Join { pid, cookie, ts_ns } => {
+                    // Before what follows about it (its exec, its forks).
+                    if self.tree.live(pid).is_none() {
+                        let seen = seen_now(&self.procfs, pid, cookie, false, ts_ns, false);
+                        self.tree.add_seen(seen);
+                    }
+                    continue;
+                }
                 _ => {}
             }
             self.tree.apply(ev);
@@ -528,61 +536,87 @@ pub fn attach<E: EventSource, S: Sampler>(
                 // Forked after its parent was tracked: the kernel announced it.
                 continue;
             }
-            let Ok(stat) = s.procfs.stat(pid) else {
-                continue;
-            };
-            if stat.state == 'Z' {
-                continue;
-            }
-            let cookie = s.next_cookie();
-            if let Some(k) = s.kernel.as_mut() {
-                k.track(pid, cookie)?;
-            }
-            let baseline = baseline(&s.procfs, pid, since_start, now);
-            let tick_ns = 1_000_000_000 / s.procfs.ticks_per_s().max(1);
-            // Each thread's own use so far: subtracted from its figures,
-            // unless counting from the process's start.
-            let threads_at_attach = s
-                .procfs
-                .threads(pid)
-                .into_iter()
-                .map(|t| {
-                    let used = if since_start {
-                        ThreadTotals::default()
-                    } else {
-                        ThreadTotals {
-                            runtime_ns: t.runtime_ns.unwrap_or(0),
-                            utime_ns: t.utime_ticks * tick_ns,
-                            stime_ns: t.stime_ticks * tick_ns,
-                            read_bytes: t.read_bytes.unwrap_or(0),
-                            write_bytes: t.write_bytes.unwrap_or(0),
-                            cancelled_write_bytes: t.cancelled_write_bytes.unwrap_or(0),
-                        }
-                    };
-                    (t.tid, used)
-                })
-                .collect();
-            s.tree.add_seen(Seen {
-                pid,
-                ppid: stat.ppid,
-                cookie,
-                start_ns: stat.starttime * tick_ns,
-                comm: stat.comm.clone(),
-                argv: s.procfs.cmdline(pid).unwrap_or_default(),
-                threads: stat.num_threads,
-                baseline,
-                preexisting: true,
-                threads_at_attach,
-                ids: s.procfs.ids(pid),
-                env: s.procfs.environ(pid),
-                cwd: s.procfs.cwd(pid),
-            });
+            attach_one(s, pid, since_start, now)?;
         }
     }
     if s.tree.root.is_none() {
         return Err(Error::NoSuchPid(root));
     }
     Ok(())
+}
+
+/// Follows one running process from now: tracked in the kernel, added to
+/// the tree with what it had used so far as its baseline. Whether it was
+/// there (a zombie or a process gone meanwhile is skipped).
+pub fn attach_one<E: EventSource, S: Sampler>(
+    s: &mut Session<E, S>,
+    pid: u32,
+    since_start: bool,
+    now: u64,
+) -> Result<bool, Error> {
+    let Ok(stat) = s.procfs.stat(pid) else {
+        return Ok(false);
+    };
+    if stat.state == 'Z' {
+        return Ok(false);
+    }
+    let cookie = s.next_cookie();
+    if let Some(k) = s.kernel.as_mut() {
+        k.track(pid, cookie)?;
+    }
+    s.tree
+        .add_seen(seen_now(&s.procfs, pid, cookie, since_start, now, true));
+    Ok(true)
+}
+
+/// A running process as /proc shows it now, for [`Tree::add_seen`].
+fn seen_now(
+    procfs: &impl Sampler,
+    pid: u32,
+    cookie: u64,
+    since_start: bool,
+    now: u64,
+    preexisting: bool,
+) -> Seen {
+    let stat = procfs.stat(pid).unwrap_or_default();
+    let baseline = baseline(procfs, pid, since_start, now);
+    let tick_ns = 1_000_000_000 / procfs.ticks_per_s().max(1);
+    // Each thread's own use so far: subtracted from its figures, unless
+    // counting from the process's start.
+    let threads_at_attach = procfs
+        .threads(pid)
+        .into_iter()
+        .map(|t| {
+            let used = if since_start {
+                ThreadTotals::default()
+            } else {
+                ThreadTotals {
+                    runtime_ns: t.runtime_ns.unwrap_or(0),
+                    utime_ns: t.utime_ticks * tick_ns,
+                    stime_ns: t.stime_ticks * tick_ns,
+                    read_bytes: t.read_bytes.unwrap_or(0),
+                    write_bytes: t.write_bytes.unwrap_or(0),
+                    cancelled_write_bytes: t.cancelled_write_bytes.unwrap_or(0),
+                }
+            };
+            (t.tid, used)
+        })
+        .collect();
+    Seen {
+        pid,
+        ppid: stat.ppid,
+        cookie,
+        start_ns: stat.starttime * tick_ns,
+        comm: stat.comm.clone(),
+        argv: procfs.cmdline(pid).unwrap_or_default(),
+        threads: stat.num_threads,
+        baseline,
+        preexisting,
+        threads_at_attach,
+        ids: procfs.ids(pid),
+        env: procfs.environ(pid),
+        cwd: procfs.cwd(pid),
+    }
 }
 
 /// What a process had used when pmet attached: subtracted from its final

@@ -92,6 +92,10 @@ pub struct TraceOptions {
     pub metrics_top: usize,
     /// Host-wide (`--all`): `pid` is 1, and pmet leaves itself out.
     pub all: bool,
+    /// A cgroup's processes (`--cgroup`).
+    pub cgroup: Option<String>,
+    /// A container's processes (`--container`).
+    pub container: Option<String>,
     /// Push to this Pushgateway (`--pushgateway`).
     pub pushgateway: Option<String>,
     /// And this often while running.
@@ -255,7 +259,7 @@ fn status_from_wait(raw: i32) -> ExitStatus {
 }
 
 /// Loads the kernel side, or says why it cannot.
-fn load_kernel(follow_children: bool) -> Result<Kernel, Error> {
+fn load_kernel(follow_children: bool, scope: bool) -> Result<Kernel, Error> {
     privileges::check_ebpf()?;
     privileges::check_pid_namespace()?;
     let mut task = match btf::task_offsets(Path::new(btf::VMLINUX)) {
@@ -286,6 +290,9 @@ fn load_kernel(follow_children: bool) -> Result<Kernel, Error> {
     };
     if follow_children {
         cfg.flags |= pmet_common::config_flags::FOLLOW_CHILDREN;
+    }
+    if scope {
+        cfg.flags |= pmet_common::config_flags::CGROUP_SCOPE;
     }
     Kernel::load(cfg, task.as_ref(), sock)
 }
@@ -321,6 +328,8 @@ struct Inputs {
     textfile: Option<Output>,
     /// The Pushgateway.
     gateway: Option<crate::export::Gateway>,
+    /// The cgroups followed (`--cgroup`, `--container`).
+    scope: Option<crate::collect::cgroup::Scope>,
 }
 
 /// Checks every input, in the order a person would fix them, and creates
@@ -390,7 +399,23 @@ fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
     if opts.record {
         crate::commands::check_record()?;
     }
+    let scope = match (&opts.cgroup, &opts.container) {
+        (Some(path), _) => Some(crate::collect::cgroup::scope_at(path).map_err(Error::Usage)?),
+        (None, Some(id)) => {
+            Some(crate::collect::cgroup::container_scope(id).map_err(Error::Usage)?)
+        }
+        (None, None) => None,
+    };
+    if let Some(sc) = &scope
+        && !sc.pids.iter().any(|&p| p != std::process::id())
+    {
+        return Err(Error::Usage(format!(
+            "cgroup {} has no processes to follow; start them first, or trace a command with `pmet trace -- CMD`",
+            sc.path
+        )));
+    }
     let prepared = match opts.pid {
+        None if scope.is_some() => None,
         None => Some(Prepared::new(
             &opts.command,
             child_env(account.as_ref()),
@@ -418,6 +443,7 @@ fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
         metrics_listener,
         textfile,
         gateway,
+        scope,
     })
 }
 
@@ -436,6 +462,8 @@ struct Started {
     command: Option<Vec<String>>,
     /// The exporters (`--prometheus`, `--textfile`), when asked for.
     export: Option<Export>,
+    /// The launched command, waiting to be let go.
+    gate: Option<launch::Gated>,
 }
 
 /// What the exporters need through the session.
@@ -528,8 +556,15 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
     launch::raise_nofile();
     let kernel = match opts.ebpf {
         EbpfMode::Off => None,
-        EbpfMode::Auto => match load_kernel(follow_children) {
-            Ok(k) => Some(k),
+        EbpfMode::Auto => match load_kernel(follow_children, inputs.scope.is_some()) {
+            Ok(mut k) => {
+                if let Some(sc) = &inputs.scope {
+                    k.set_scope(&sc.ids)?;
+                }
+                Some(k)
+            }
+            // A cgroup's processes are known only to the kernel side.
+            Err(e) if inputs.scope.is_some() => return Err(e),
             Err(e) => {
                 let fix = match &e {
                     Error::NotRoot { .. } => "",
@@ -574,6 +609,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
             .collect()
     });
     let mut pidfd = None;
+    let mut gate_to_release = None;
     let root_pid;
     if let Some(p) = &inputs.prepared {
         launch::become_subreaper();
@@ -604,9 +640,29 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         if inputs.euid == 0 {
             privileges::drop_capabilities();
         }
-        if let Err(e) = gate.release() {
-            let _ = launch::wait(root_pid, false);
-            return Err(e);
+        // Released by the caller once the live view (if any) holds its
+        // lines: the command's first output must land above it.
+        gate_to_release = Some(gate);
+    } else if let Some(sc) = &inputs.scope {
+        if s.kernel.is_none() {
+            return Err(Error::Usage(
+                "--cgroup and --container need eBPF (run pmet as root, without --no-ebpf)".into(),
+            ));
+        }
+        // Those in the cgroups now; the kernel side adds any that fork or
+        // exec there from now on (pmet itself is left out).
+        let now = boottime_ns();
+        for &pid in sc.pids.iter().filter(|&&p| p != std::process::id()) {
+            session::attach_one(&mut s, pid, opts.since_process_start, now)?;
+        }
+        root_pid = s
+            .tree
+            .root
+            .map(|r| s.tree.procs[r].pid)
+            .ok_or_else(|| Error::Usage(format!("cgroup {} has no processes left", sc.path)))?;
+        if inputs.euid == 0 {
+            privileges::prefer_tracer();
+            privileges::drop_capabilities();
         }
     } else {
         root_pid = opts.pid.expect("attach mode has a pid");
@@ -635,6 +691,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         started_at,
         command,
         export: None,
+        gate: gate_to_release,
     })
 }
 
@@ -869,6 +926,7 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         names: names(&st.s.tree),
         connections: st.s.kernel.as_ref().is_some_and(|k| k.connections),
         all: opts.all,
+        cgroup: inputs.scope.as_ref().map(|sc| sc.path.clone()),
         counting_from: if opts.pid.is_some() && !opts.since_process_start {
             "attach"
         } else {
@@ -945,6 +1003,12 @@ pub async fn trace(
     }
     let stream = std::mem::replace(&mut inputs.stream, Box::new(std::io::sink()));
     let mut sink = make_sink(stream);
+    if let Some(gate) = st.gate.take()
+        && let Err(e) = gate.release()
+    {
+        let _ = launch::wait(st.root_pid, false);
+        return Err(e);
+    }
     let mut lc = Lifecycle::new(
         st.launched,
         opts.descendants,

@@ -1103,3 +1103,89 @@ fn all_traces_every_process_on_the_host_but_pmet() {
         r["collector"]
     );
 }
+
+#[test]
+fn a_containers_processes_are_followed_existing_and_new() {
+    if !can_trace() {
+        return;
+    }
+    let base = std::path::Path::new("/sys/fs/cgroup");
+    let v2 = if base.join("cgroup.controllers").exists() {
+        base.to_owned()
+    } else {
+        base.join("unified")
+    };
+    let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xbeef);
+    let slice = v2.join("pmet-scope-test.slice");
+    let scope = slice.join(format!("docker-{id}.scope"));
+    std::fs::create_dir_all(&scope).expect("create the cgroup");
+    let procs_file = scope.join("cgroup.procs");
+    // Already in the container when pmet starts.
+    let mut before = Command::new(workload())
+        .args(["sleep", "4000"])
+        .spawn()
+        .unwrap();
+    std::fs::write(&procs_file, before.id().to_string()).unwrap();
+    let arg = id[..12].to_owned();
+    let run = std::thread::spawn(move || pmet(&["trace", "--container", &arg, "-d", "1500ms"]));
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // A process that enters the container and execs there (as `docker
+    // exec` does), and one that stays outside.
+    let entered = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > {} && exec {} exit 5",
+                procs_file.display(),
+                workload()
+            ),
+        ])
+        .status()
+        .unwrap();
+    let outside = Command::new(workload())
+        .args(["exit", "6"])
+        .status()
+        .unwrap();
+    let run = run.join().unwrap();
+    before.kill().unwrap();
+    before.wait().unwrap();
+    let _ = std::fs::remove_dir(&scope);
+    let _ = std::fs::remove_dir(&slice);
+    assert_eq!((entered.code(), outside.code()), (Some(5), Some(6)));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    assert_eq!(r["mode"], "cgroup");
+    assert_eq!(
+        r["cgroup"],
+        format!("/pmet-scope-test.slice/docker-{id}.scope")
+    );
+    let ps = procs(r);
+    let old = ps
+        .iter()
+        .find(|p| p["pid"] == before.id())
+        .expect("the process in the container before");
+    assert_eq!(old["preexisting"], true);
+    let joined = ps
+        .iter()
+        .find(|p| p["argv"][1] == "exit" && p["argv"][2] == "5")
+        .unwrap_or_else(|| panic!("the process that entered: {r:#}"));
+    assert_eq!(joined["exit_code"], 5);
+    assert_eq!(joined["container"]["id"], id);
+    assert!(
+        !ps.iter()
+            .any(|p| p["argv"][1] == "exit" && p["argv"][2] == "6"),
+        "the one outside is not followed"
+    );
+    assert_eq!(r["collector"]["lost_events"], 0, "{:#}", r["collector"]);
+
+    let bad = pmet(&["trace", "--cgroup", "/no/such/cgroup", "-d", "1s"]);
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(bad.stderr.contains("no such cgroup"), "{}", bad.stderr);
+    let none = pmet(&["trace", "--container", "0123456789ab", "-d", "1s"]);
+    assert_eq!(none.code, Some(2), "{}", none.stderr);
+    assert!(
+        none.stderr.contains("no running container"),
+        "{}",
+        none.stderr
+    );
+}

@@ -52,6 +52,114 @@ pub fn paths_of(ids: &HashSet<u64>) -> HashMap<u64, String> {
     found
 }
 
+/// The cgroups a run follows (`--cgroup`, `--container`): one and every
+/// cgroup below it, with the processes in them now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The cgroup's path under the v2 root, starting with `/`.
+    pub path: String,
+    /// Its id and its descendants' (directory inodes).
+    pub ids: Vec<u64>,
+    /// The processes in them now.
+    pub pids: Vec<u32>,
+}
+
+/// The cgroup at `path`: absolute under the v2 root (`/system.slice/x`), or
+/// a full path into the v2 mount. The error says what to give instead.
+pub fn scope_at(path: &str) -> Result<Scope, String> {
+    let root = v2_root().ok_or_else(|| {
+        "no cgroup v2 hierarchy here (--cgroup needs /sys/fs/cgroup or /sys/fs/cgroup/unified)"
+            .to_owned()
+    })?;
+    let given = Path::new(path);
+    let dir = if given.starts_with(&root) {
+        given.to_owned()
+    } else {
+        root.join(path.trim_start_matches('/'))
+    };
+    if !dir.join("cgroup.procs").exists() {
+        return Err(format!(
+            "--cgroup {path}: no such cgroup under {} (give its path there, e.g. /system.slice/foo.service)",
+            root.display()
+        ));
+    }
+    let rel = dir.strip_prefix(&root).unwrap_or(Path::new(""));
+    let mut scope = Scope {
+        path: format!("/{}", rel.display()),
+        ..Scope::default()
+    };
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&d) else {
+            continue;
+        };
+        scope.ids.push(meta.ino());
+        if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            scope
+                .pids
+                .extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    Ok(scope)
+}
+
+/// The cgroup of the container whose id starts with `prefix` (docker,
+/// containerd, CRI-O, podman, LXC names, as the report recognises them):
+/// found by walking the hierarchy, no runtime socket asked.
+pub fn container_scope(prefix: &str) -> Result<Scope, String> {
+    let root = v2_root()
+        .ok_or_else(|| "no cgroup v2 hierarchy here (--container needs one)".to_owned())?;
+    if prefix.len() < 4 {
+        return Err(format!(
+            "--container {prefix}: give at least 4 characters of the container id"
+        ));
+    }
+    let mut hits: Vec<(String, String)> = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        let rel = format!(
+            "/{}",
+            d.strip_prefix(&root).unwrap_or(Path::new("")).display()
+        );
+        if let Some(c) = crate::model::container::container(&rel)
+            && c.id.starts_with(prefix)
+        {
+            // The outermost cgroup of the container; its children are in
+            // its scope anyway.
+            if !hits.iter().any(|(_, p)| rel.starts_with(p.as_str())) {
+                hits.push((c.id, rel));
+            }
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    let ids: HashSet<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
+    match (ids.len(), hits.first()) {
+        (1, Some((_, path))) => scope_at(path),
+        (0, _) => Err(format!(
+            "--container {prefix}: no running container's cgroup matches (is it running on this host?)"
+        )),
+        (n, _) => Err(format!(
+            "--container {prefix}: {n} containers match; give more of the id"
+        )),
+    }
+}
+
 /// Who `pid` runs as and its cgroup v2 id, from /proc under `proc_root`
 /// (for a process pmet attaches to, which makes no exec to report them).
 pub fn ids_of(proc_root: &Path, pid: u32) -> Option<Ids> {

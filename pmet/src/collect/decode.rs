@@ -38,6 +38,13 @@ pub fn decode(b: &[u8]) -> Option<Event> {
     match hdr.kind {
         kind::FORK => {
             let e: ForkEvent = read(b)?;
+            if e.flags & fork_flags::JOINED != 0 {
+                return Some(Event::Join {
+                    ts_ns: e.hdr.ts_ns,
+                    pid: e.child,
+                    cookie: e.cookie,
+                });
+            }
             Some(Event::Fork {
                 ts_ns: e.hdr.ts_ns,
                 parent_tgid: e.hdr.tgid,

@@ -176,6 +176,7 @@ pub struct Kernel {
     dying: HashMap<MapData, u64, pmet_common::Dying>,
     conns: PerCpuHashMap<MapData, ConnKey, ConnBytes>,
     socks: HashMap<MapData, u64, SockLife>,
+    scope: HashMap<MapData, u64, u8>,
     /// Connections are followed (BTF gave every offset they need).
     pub connections: bool,
     /// Final per-thread figures at free time are available.
@@ -434,7 +435,9 @@ impl Kernel {
         let dying = HashMap::try_from(map(&mut ebpf, "DYING")?).map_err(bad("DYING"))?;
         let conns = PerCpuHashMap::try_from(map(&mut ebpf, "CONNS")?).map_err(bad("CONNS"))?;
         let socks = HashMap::try_from(map(&mut ebpf, "SOCKS")?).map_err(bad("SOCKS"))?;
+        let scope = HashMap::try_from(map(&mut ebpf, "SCOPE")?).map_err(bad("SCOPE"))?;
         Ok(Self {
+            scope,
             conns,
             socks,
             connections,
@@ -458,6 +461,18 @@ impl Kernel {
                 map: "TRACKED",
                 detail: format!("cannot track pid {pid}: {e}"),
             })
+    }
+
+    /// The cgroups whose processes join the tree (`--cgroup`; the object
+    /// must have been loaded with `CGROUP_SCOPE`).
+    pub fn set_scope(&mut self, ids: &[u64]) -> Result<(), Error> {
+        for &id in ids {
+            self.scope.insert(id, 1, 0).map_err(|e| Error::Map {
+                map: "SCOPE",
+                detail: format!("cannot add cgroup {id}: {e}"),
+            })?;
+        }
+        Ok(())
     }
 
     /// Stops following a process (and what it starts from now on).

@@ -178,4 +178,14 @@ pub enum Event {
         /// Its life.
         life: Life,
     },
+    /// A process of the traced cgroups that pmet was not following forked
+    /// or exec'd there, and joined the tree (it counts from now).
+    Join {
+        /// `CLOCK_BOOTTIME` ns.
+        ts_ns: u64,
+        /// The process.
+        pid: u32,
+        /// Its cookie.
+        cookie: u64,
+    },
 }

@@ -823,6 +823,8 @@ impl Tree {
                     users.push(i);
                 }
             }
+            // Taken in by the session, which reads the process from /proc.
+            Event::Join { .. } => {}
             Event::ConnEnd { sock_cookie, life } => {
                 for &i in self.sock_users.get(&sock_cookie).into_iter().flatten() {
                     self.procs[i].conns.set_life(sock_cookie, &life);

@@ -49,6 +49,10 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
     let what = match &r.command {
         Some(c) => command_line(c),
         None if r.mode == "all" => "every process on the host (--all)".to_owned(),
+        None if r.mode == "cgroup" => format!(
+            "the processes of cgroup {}",
+            r.cgroup.as_deref().unwrap_or("?")
+        ),
         None => format!("pid {}", r.root_pid),
     };
     let _ = writeln!(o, "{} {}", st.bold("pmet:"), fit(&what, width - 6));

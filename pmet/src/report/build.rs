@@ -52,6 +52,8 @@ pub struct RunInfo {
     pub connections: bool,
     /// Host-wide (`--all`).
     pub all: bool,
+    /// The cgroup followed (`--cgroup`, `--container`).
+    pub cgroup: Option<String>,
 }
 
 /// Names the report shows for ids the kernel gave.
@@ -348,10 +350,13 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
         collector,
         totals,
         processes,
+        cgroup: info.cgroup.clone(),
         mode: if info.command.is_some() {
             "launch"
         } else if info.all {
             "all"
+        } else if info.cgroup.is_some() {
+            "cgroup"
         } else {
             "attach"
         }

@@ -89,9 +89,13 @@ pub struct Report {
     pub totals: Totals,
     /// Every process ever seen, in start order.
     pub processes: Vec<ProcessReport>,
-    /// `launch` or `attach`.
+    /// `launch`, `attach`, `all` (`--all`) or `cgroup` (`--cgroup`,
+    /// `--container`).
     #[serde(default)]
     pub mode: String,
+    /// The cgroup followed, its path under the v2 root (`cgroup` mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     /// Tracing stopped before the tree finished (duration elapsed or interrupted).
     #[serde(default)]
     pub stopped_early: Option<String>,
