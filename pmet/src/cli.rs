@@ -64,6 +64,17 @@ sudo pmet trace --pid 4242 --duration 30s -o attach.json\n  \
 pmet trace --no-ebpf -- make     (no root: polling only, less exact)"
     )]
     Trace(Box<TraceArgs>),
+    /// What uses this machine right now: every process on the host, ranked
+    /// by CPU, memory, disk or network (exact per process, short-lived ones
+    /// included), one JSON object per interval.
+    #[command(
+        after_help = "The full-screen view is not built yet: pmet top streams JSON Lines (--format jsonl), which a pipe gets by default.
+
+Examples:
+  sudo pmet top --sort net --limit 5 -d 10s | jq -c '.processes[] | [.pid, .comm, .net_tx_bytes_per_s]'
+  sudo pmet top --format jsonl -i 2s > top.jsonl"
+    )]
+    Top(TopArgs),
     /// Show a saved report (a file, or a run id from `pmet history`); export
     /// it as HTML, SVG, or a trace for Perfetto.
     #[command(after_help = "Examples:\n  \
@@ -182,6 +193,39 @@ impl From<Format> for crate::render::sink::SampleFormat {
 }
 
 /// Options of `pmet trace`.
+/// `pmet top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// What to rank processes by.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub sort: crate::render::top::TopSort,
+
+    /// How many processes each line lists.
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
+
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// How often to print a line.
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// `jsonl`: one JSON object per interval on standard output (the only
+    /// format so far; the default when standard output is not a terminal).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<TopFormat>,
+}
+
+/// Output formats of `pmet top`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TopFormat {
+    /// One JSON object per interval (JSON Lines).
+    Jsonl,
+}
+
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// Attach to this running process and its descendants instead of launching a command.

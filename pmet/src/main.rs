@@ -44,7 +44,57 @@ fn fail(e: &Error) -> ExitCode {
     ExitCode::from(e.exit_code() as u8)
 }
 
+/// `pmet top`: a host-wide session (`--all`) whose samples are the top
+/// processes as JSON Lines on standard output, with no summary or report.
+fn run_top(a: pmet::cli::TopArgs) -> ExitCode {
+    if a.format.is_none() && stdout_is_tty() {
+        return fail(&Error::Usage(
+            "the full-screen view of pmet top is not built yet; use --format jsonl (or pipe it)"
+                .into(),
+        ));
+    }
+    #[derive(Parser)]
+    struct Only {
+        #[command(flatten)]
+        args: TraceArgs,
+    }
+    let interval = humantime::format_duration(a.interval).to_string();
+    let mut argv: Vec<String> = [
+        "pmet-top",
+        "--all",
+        "--stream",
+        "/dev/stdout",
+        "--interval",
+        &interval,
+        "--min-interval",
+        &interval,
+        "--max-interval",
+        &interval,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if let Some(d) = a.duration {
+        argv.extend([
+            "--duration".into(),
+            humantime::format_duration(d).to_string(),
+        ]);
+    }
+    match Only::try_parse_from(argv) {
+        Ok(o) => run_trace_as(o.args, true, Some((a.sort, a.limit as usize))),
+        Err(e) => fail(&Error::Usage(e.to_string())),
+    }
+}
+
 fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
+    run_trace_as(args, quiet, None)
+}
+
+/// A trace session; `top` makes its samples `pmet top`'s lines.
+fn run_trace_as(
+    args: TraceArgs,
+    quiet: bool,
+    top: Option<(pmet::render::top::TopSort, usize)>,
+) -> ExitCode {
     // Before any thread exists, so every thread inherits it: the signals
     // pmet passes on are only ever read from its signalfd.
     pmet::signals::block();
@@ -54,6 +104,7 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
     };
     let tty = stderr_is_tty();
     let format = match (quiet, args.format) {
+        _ if top.is_some() => Format::Summary,
         (true, _) => Format::Summary,
         (false, Some(f)) => f,
         (false, None) if tty => Format::Live,
@@ -127,7 +178,11 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&Error::Other(format!("cannot start the runtime: {e}"))),
     };
-    let make_sink = move |stream| Sink::new(format.into(), what, style, stream);
+    let sample_format = match top {
+        Some((sort, limit)) => pmet::render::sink::SampleFormat::Top(sort, limit),
+        None => format.into(),
+    };
+    let make_sink = move |stream| Sink::new(sample_format, what, style, stream);
     match rt.block_on(trace(opts, make_sink)) {
         Ok(outcome) => {
             if !quiet {
@@ -188,6 +243,7 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Trace(args) => run_trace(*args, cli.quiet),
+        Command::Top(a) => run_top(a),
         Command::Report(a) => code(commands::report(&a, terminal_width(), stdout_is_tty())),
         Command::Diff(a) => code(commands::diff_cmd(&a)),
         Command::History(a) => code(commands::history_cmd(&a, terminal_width())),

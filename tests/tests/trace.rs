@@ -1189,3 +1189,68 @@ fn a_containers_processes_are_followed_existing_and_new() {
         none.stderr
     );
 }
+
+#[test]
+fn top_ranks_the_host_and_counts_short_processes() {
+    if !can_trace() {
+        return;
+    }
+    let mut burner = Command::new(workload())
+        .args(["cpu", "4000"])
+        .spawn()
+        .unwrap();
+    let top = std::thread::spawn(|| {
+        Command::new(common::pmet_bin())
+            .args([
+                "top", "--sort", "cpu", "--limit", "1000", "-d", "2500ms", "-i", "500ms",
+            ])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let short = Command::new(workload())
+        .args(["exit", "0"])
+        .spawn()
+        .unwrap();
+    let short_pid = short.id();
+    short.wait_with_output().unwrap();
+    let out = top.join().unwrap();
+    burner.kill().unwrap();
+    burner.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    // 2.5 s at 0.5 s: four or five lines after the first look.
+    assert!((3..=6).contains(&lines.len()), "{} lines", lines.len());
+    for l in &lines {
+        assert_eq!(l["sort"], "cpu");
+        let cpu: Vec<f64> = l["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["cpu_pct"].as_f64().unwrap())
+            .collect();
+        assert!(cpu.windows(2).all(|w| w[0] >= w[1]), "ranked: {cpu:?}");
+    }
+    // The burner leads a line with most of a core.
+    assert!(
+        lines.iter().any(|l| l["processes"][0]["pid"] == burner.id()
+            && l["processes"][0]["cpu_pct"].as_f64().unwrap() > 50.0),
+        "{lines:#?}"
+    );
+    // The process that lived a moment is in the line of the interval it
+    // ended in.
+    let seen = lines
+        .iter()
+        .flat_map(|l| l["processes"].as_array().unwrap())
+        .find(|p| p["pid"] == short_pid)
+        .expect("the short process");
+    assert_eq!(seen["ended"], true);
+}

@@ -63,6 +63,15 @@ pub struct ProcLine {
     pub net: Option<Net>,
     /// Network rate since the previous snapshot.
     pub net_rate: NetRate,
+    /// Its parent.
+    pub ppid: Option<u32>,
+    /// Storage read rate since the previous snapshot, B/s.
+    pub disk_read_rate: f64,
+    /// Storage write rate, B/s.
+    pub disk_write_rate: f64,
+    /// It ended since the previous snapshot (its rates cover its last
+    /// moments: a process that lived a millisecond counts too).
+    pub ended: bool,
 }
 
 /// The tree at one moment.
@@ -99,12 +108,18 @@ pub struct Snapshot {
     pub lost: u64,
     /// Live processes, busiest (by CPU) first.
     pub processes: Vec<ProcLine>,
+    /// Processes that ended since the previous snapshot (for `pmet top`:
+    /// the live view and the trace stream show the living).
+    #[serde(skip)]
+    pub ended: Vec<ProcLine>,
 }
 
 #[derive(Clone, Copy, Default)]
 struct Prev {
     cpu_s: f64,
     net: Net,
+    read: u64,
+    write: u64,
 }
 
 /// Takes snapshots, remembering the previous one for rates.
@@ -137,6 +152,7 @@ impl Snapshotter {
         let mut rss = 0u64;
         let mut failed = 0usize;
         let mut lines = Vec::new();
+        let mut ended_lines = Vec::new();
         let dt = self
             .last
             .map(|(t, ..)| now_ns.saturating_sub(t) as f64 / 1e9)
@@ -156,25 +172,41 @@ impl Snapshotter {
             if matches!(p.exit, Some(e) if e.shell_code() != 0) {
                 failed += 1;
             }
-            if !p.alive() {
-                continue;
-            }
+            let since_last = |end: u64| self.last.is_none_or(|(t, ..)| end > t);
+            let ended = match p.end_ns {
+                None if !p.vanished => false,
+                Some(end) if since_last(end) => true,
+                _ => continue,
+            };
             let now = Prev {
                 cpu_s: cpu.unwrap_or(0.0),
                 net,
+                read: f.disk.map_or(0, |d| d.read),
+                write: f.disk.map_or(0, |d| d.written()),
             };
             let key = (p.pid, p.cookie);
-            let (cpu_pct, net_rate) = match (dt, self.procs.get(&key)) {
-                (Some(dt), Some(before)) => (
-                    (now.cpu_s - before.cpu_s).max(0.0) / dt * 100.0,
-                    NetRate::between(&net, &before.net, dt),
-                ),
-                _ => (0.0, NetRate::default()),
+            // A process new since the last snapshot started from nothing.
+            let before = self.procs.get(&key).copied().unwrap_or_default();
+            let (cpu_pct, net_rate, read_rate, write_rate) = match dt {
+                Some(dt)
+                    if self.procs.contains_key(&key)
+                        || p.start_ns > self.last.map_or(0, |l| l.0) =>
+                {
+                    (
+                        (now.cpu_s - before.cpu_s).max(0.0) / dt * 100.0,
+                        NetRate::between(&net, &before.net, dt),
+                        now.read.saturating_sub(before.read) as f64 / dt,
+                        now.write.saturating_sub(before.write) as f64 / dt,
+                    )
+                }
+                _ => (0.0, NetRate::default(), 0.0, 0.0),
             };
-            procs.insert(key, now);
-            let rss_now = p.last_sample.map(|s| s.rss_bytes);
-            rss += rss_now.unwrap_or(0);
-            lines.push(ProcLine {
+            let rss_now = if ended {
+                None
+            } else {
+                p.last_sample.map(|s| s.rss_bytes)
+            };
+            let line = ProcLine {
                 pid: p.pid,
                 comm: p.comm.clone(),
                 argv: p.argv.to_vec(),
@@ -183,7 +215,18 @@ impl Snapshotter {
                 rss_bytes: rss_now,
                 net: self.ebpf.then_some(net),
                 net_rate,
-            });
+                ppid: p.ppid,
+                disk_read_rate: read_rate,
+                disk_write_rate: write_rate,
+                ended,
+            };
+            if ended {
+                ended_lines.push(line);
+                continue;
+            }
+            procs.insert(key, now);
+            rss += rss_now.unwrap_or(0);
+            lines.push(line);
         }
         lines.sort_by(|a, b| {
             b.cpu_pct
@@ -221,6 +264,7 @@ impl Snapshotter {
             net_rate,
             lost,
             processes: lines,
+            ended: ended_lines,
         }
     }
 }

@@ -174,7 +174,7 @@ pub fn live_lines(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{
         net::{Net, Traffic},
@@ -194,6 +194,10 @@ mod tests {
                 tcp_rx: rx,
                 ..NetRate::default()
             },
+            ppid: Some(1),
+            disk_read_rate: 0.0,
+            disk_write_rate: 0.0,
+            ended: false,
         };
         Snapshot {
             t: 12.34,
@@ -244,6 +248,7 @@ mod tests {
                     &["sh", "-c", "python3 train.py --epochs 3"],
                 ),
             ],
+            ended: Vec::new(),
         }
     }
 

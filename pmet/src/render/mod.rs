@@ -13,6 +13,7 @@ pub mod style;
 pub mod summary;
 pub mod svg;
 pub mod term;
+pub mod top;
 pub mod trace_events;
 pub mod tree;
 /// The formatting helpers (a base module: reports use them too).

@@ -22,6 +22,8 @@ pub enum SampleFormat {
     Jsonl,
     /// Nothing until the final summary.
     Summary,
+    /// `pmet top` as JSON Lines: the top N processes by a figure.
+    Top(super::top::TopSort, usize),
 }
 
 /// The per-sample output of a session.
@@ -45,6 +47,18 @@ pub enum Sink {
         out: Box<dyn Write + Send>,
         /// JSON Lines rather than plain text.
         json: bool,
+    },
+    /// `pmet top`: one JSON line per sample with the top processes.
+    Top {
+        /// Destination.
+        out: Box<dyn Write + Send>,
+        /// What to rank by.
+        sort: super::top::TopSort,
+        /// How many.
+        limit: usize,
+        /// A sample has been taken (the first has no rates, and is not
+        /// printed).
+        primed: bool,
     },
     /// Nothing per sample.
     Nothing,
@@ -75,6 +89,12 @@ impl Sink {
             SampleFormat::Simple => Sink::Lines { out, json: false },
             SampleFormat::Jsonl => Sink::Lines { out, json: true },
             SampleFormat::Summary => Sink::Nothing,
+            SampleFormat::Top(sort, limit) => Sink::Top {
+                out,
+                sort,
+                limit,
+                primed: false,
+            },
         }
     }
 
@@ -95,6 +115,18 @@ impl Sink {
             }
             Sink::Lines { out, json } => {
                 let line = if *json { json_line(s) } else { simple_line(s) };
+                writeln!(out, "{line}").and_then(|()| out.flush())
+            }
+            Sink::Top {
+                out,
+                sort,
+                limit,
+                primed,
+            } => {
+                if !std::mem::replace(primed, true) {
+                    return;
+                }
+                let line = super::top::top_line(s, *sort, *limit);
                 writeln!(out, "{line}").and_then(|()| out.flush())
             }
             Sink::Nothing => Ok(()),
@@ -137,7 +169,7 @@ impl Sink {
             Sink::Live { panel, .. } => {
                 let _ = panel.finish();
             }
-            Sink::Lines { out, .. } => {
+            Sink::Lines { out, .. } | Sink::Top { out, .. } => {
                 let _ = out.flush();
             }
             Sink::Nothing => {}
