@@ -66,11 +66,13 @@ pmet trace --no-ebpf -- make     (no root: polling only, less exact)"
     Trace(Box<TraceArgs>),
     /// What uses this machine right now: every process on the host, ranked
     /// by CPU, memory, disk or network (exact per process, short-lived ones
-    /// included), one JSON object per interval.
+    /// included); full screen on a terminal, JSON Lines otherwise.
     #[command(
-        after_help = "The full-screen view is not built yet: pmet top streams JSON Lines (--format jsonl), which a pipe gets by default.
+        after_help = "Keys (full screen): c m d n sort by CPU, memory, disk, network; t tree; / filter by command text; q quit.
+Piped, or with --format jsonl: one JSON object per interval on standard output.
 
 Examples:
+  sudo pmet top
   sudo pmet top --sort net --limit 5 -d 10s | jq -c '.processes[] | [.pid, .comm, .net_tx_bytes_per_s]'
   sudo pmet top --format jsonl -i 2s > top.jsonl"
     )]
@@ -90,7 +92,7 @@ METRIC>N<unit>  the new value itself exceeds N\n  \
 (also >=, < and <=)\n\
 Metrics: duration, cpu, cpu_user, cpu_system, rss (the tree's sampled peak), max_rss (largest\n\
 process peak), pss (the tree's peak with shared pages counted once), disk_read, disk_write,\n\
-net_tx, net_rx, processes, failed, lost.\n\
+net_tx, net_rx, connections, failed_connections, retransmits, processes, failed, lost.\n\
 A limit whose figure is unknown in either report fails.\n\n\
 Exit status: 0 within limits, 1 a limit breached, 2 bad arguments, 65 a report is damaged,\n\
 66 a report file does not exist.\n\n\
@@ -213,8 +215,8 @@ pub struct TopArgs {
     #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
 
-    /// `jsonl`: one JSON object per interval on standard output (the only
-    /// format so far; the default when standard output is not a terminal).
+    /// `jsonl`: one JSON object per interval on standard output, the
+    /// default when standard output is not a terminal.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<TopFormat>,
 }

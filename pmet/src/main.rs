@@ -47,12 +47,7 @@ fn fail(e: &Error) -> ExitCode {
 /// `pmet top`: a host-wide session (`--all`) whose samples are the top
 /// processes as JSON Lines on standard output, with no summary or report.
 fn run_top(a: pmet::cli::TopArgs) -> ExitCode {
-    if a.format.is_none() && stdout_is_tty() {
-        return fail(&Error::Usage(
-            "the full-screen view of pmet top is not built yet; use --format jsonl (or pipe it)"
-                .into(),
-        ));
-    }
+    let full_screen = a.format.is_none() && stdout_is_tty();
     #[derive(Parser)]
     struct Only {
         #[command(flatten)]
@@ -79,8 +74,13 @@ fn run_top(a: pmet::cli::TopArgs) -> ExitCode {
             humantime::format_duration(d).to_string(),
         ]);
     }
+    let format = if full_screen {
+        pmet::render::sink::SampleFormat::TopView(a.sort)
+    } else {
+        pmet::render::sink::SampleFormat::Top(a.sort, a.limit as usize)
+    };
     match Only::try_parse_from(argv) {
-        Ok(o) => run_trace_as(o.args, true, Some((a.sort, a.limit as usize))),
+        Ok(o) => run_trace_as(o.args, true, Some(format)),
         Err(e) => fail(&Error::Usage(e.to_string())),
     }
 }
@@ -93,7 +93,7 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
 fn run_trace_as(
     args: TraceArgs,
     quiet: bool,
-    top: Option<(pmet::render::top::TopSort, usize)>,
+    top: Option<pmet::render::sink::SampleFormat>,
 ) -> ExitCode {
     // Before any thread exists, so every thread inherits it: the signals
     // pmet passes on are only ever read from its signalfd.
@@ -178,10 +178,7 @@ fn run_trace_as(
         Ok(rt) => rt,
         Err(e) => return fail(&Error::Other(format!("cannot start the runtime: {e}"))),
     };
-    let sample_format = match top {
-        Some((sort, limit)) => pmet::render::sink::SampleFormat::Top(sort, limit),
-        None => format.into(),
-    };
+    let sample_format = top.unwrap_or_else(|| format.into());
     let make_sink = move |stream| Sink::new(sample_format, what, style, stream);
     match rt.block_on(trace(opts, make_sink)) {
         Ok(outcome) => {

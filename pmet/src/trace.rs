@@ -798,6 +798,14 @@ async fn follow(
                 Vec::new()
             }
             _ = sigwinch.recv() => { sink.resize(); Vec::new() }
+            k = sink.next_key(), if sink.takes_keys() => {
+                // `pmet top`'s full-screen view: q, Esc, Ctrl-C end it.
+                if k.is_some_and(|k| sink.key(k)) {
+                    vec![Action::Finish]
+                } else {
+                    Vec::new()
+                }
+            }
             _ = sigchld.recv(), if st.launched => { st.reap(lc); Vec::new() }
             got = sigfd.recv() => match got {
                 Ok(got) => {

@@ -146,3 +146,83 @@ fn piped_output_has_no_escape_codes() {
     assert!(!err.contains('\x1b'), "{err:?}");
     assert!(!err.contains('⠋'), "no spinner when not a terminal");
 }
+
+#[test]
+fn top_full_screen_in_80_by_24_sorts_filters_and_quits() {
+    if !can_trace() || !have_tmux() {
+        return;
+    }
+    let s = Session(format!("pmet-top-{}", std::process::id()));
+    let mut burner = Command::new(workload())
+        .args(["cpu", "8000"])
+        .spawn()
+        .unwrap();
+    let line = format!(
+        "{} top -i 300ms; echo TOP-DONE $?; sleep 60",
+        pmet_bin().display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &s.0,
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &line,
+    ]);
+    // The first frame has no rates yet; the burner leads the CPU ranking
+    // from the second.
+    let first_row = |text: &str| {
+        text.lines()
+            .skip_while(|l| !l.contains("COMMAND"))
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let t0 = Instant::now();
+    let first = loop {
+        let text = screen(&s);
+        if first_row(&text).starts_with(&format!("{} ", burner.id())) {
+            break text;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the burner never led:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for want in [
+        "pmet top ·",
+        "sorted by cpu",
+        "PID",
+        "CPU%",
+        "COMMAND",
+        "q: quit",
+        "workload cpu 8000",
+    ] {
+        assert!(first.contains(want), "missing {want:?}:\n{first}");
+    }
+    tmux(&["send-keys", "-t", &s.0, "m"]);
+    let by_mem = wait_for(&s, "sorted by mem", Duration::from_secs(5));
+    assert!(by_mem.contains("sorted by mem"), "{by_mem}");
+    tmux(&["send-keys", "-t", &s.0, "/", "cpu 8000", "Enter"]);
+    let filtered = wait_for(&s, "filter: cpu 8000", Duration::from_secs(5));
+    let rows: Vec<&str> = filtered
+        .lines()
+        .skip_while(|l| !l.contains("COMMAND"))
+        .skip(1)
+        .filter(|l| !l.trim().is_empty() && !l.contains("q: quit"))
+        .collect();
+    assert_eq!(rows.len(), 1, "only the burner:\n{filtered}");
+    tmux(&["send-keys", "-t", &s.0, "q"]);
+    let after = wait_for(&s, "TOP-DONE", Duration::from_secs(10));
+    burner.kill().unwrap();
+    burner.wait().unwrap();
+    assert!(after.contains("TOP-DONE 0"), "{after}");
+    assert!(
+        !after.contains("COMMAND"),
+        "the terminal is restored:\n{after}"
+    );
+}

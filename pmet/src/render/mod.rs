@@ -14,6 +14,7 @@ pub mod summary;
 pub mod svg;
 pub mod term;
 pub mod top;
+pub mod top_view;
 pub mod trace_events;
 pub mod tree;
 /// The formatting helpers (a base module: reports use them too).

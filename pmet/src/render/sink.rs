@@ -24,6 +24,8 @@ pub enum SampleFormat {
     Summary,
     /// `pmet top` as JSON Lines: the top N processes by a figure.
     Top(super::top::TopSort, usize),
+    /// `pmet top` full-screen, ranked by a figure at first.
+    TopView(super::top::TopSort),
 }
 
 /// The per-sample output of a session.
@@ -60,6 +62,8 @@ pub enum Sink {
         /// printed).
         primed: bool,
     },
+    /// `pmet top` full-screen.
+    TopView(Box<super::top_view::TopView>),
     /// Nothing per sample.
     Nothing,
 }
@@ -89,6 +93,13 @@ impl Sink {
             SampleFormat::Simple => Sink::Lines { out, json: false },
             SampleFormat::Jsonl => Sink::Lines { out, json: true },
             SampleFormat::Summary => Sink::Nothing,
+            SampleFormat::TopView(sort) => match super::top_view::TopView::start(sort) {
+                Ok(view) => Sink::TopView(Box::new(view)),
+                Err(e) => {
+                    log::error!("cannot take over the terminal ({e}); use --format jsonl");
+                    Sink::Nothing
+                }
+            },
             SampleFormat::Top(sort, limit) => Sink::Top {
                 out,
                 sort,
@@ -129,6 +140,7 @@ impl Sink {
                 let line = super::top::top_line(s, *sort, *limit);
                 writeln!(out, "{line}").and_then(|()| out.flush())
             }
+            Sink::TopView(view) => view.draw(s),
             Sink::Nothing => Ok(()),
         };
         if let Err(e) = r {
@@ -145,8 +157,33 @@ impl Sink {
         }
     }
 
+    /// Whether this sink reads keys (the full-screen view).
+    pub fn takes_keys(&self) -> bool {
+        matches!(self, Sink::TopView(_))
+    }
+
+    /// The next key pressed (never, for a sink that reads none).
+    pub async fn next_key(&mut self) -> Option<super::top_view::Key> {
+        match self {
+            Sink::TopView(view) => view.next_key().await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Takes a key; `true` when it asks to quit.
+    pub fn key(&mut self, k: super::top_view::Key) -> bool {
+        match self {
+            Sink::TopView(view) => view.key(k),
+            _ => false,
+        }
+    }
+
     /// Follows a terminal resize.
     pub fn resize(&mut self) {
+        if let Sink::TopView(view) = self {
+            let _ = view.resize();
+            return;
+        }
         if let Sink::Live {
             panel,
             what,
@@ -172,7 +209,7 @@ impl Sink {
             Sink::Lines { out, .. } | Sink::Top { out, .. } => {
                 let _ = out.flush();
             }
-            Sink::Nothing => {}
+            Sink::TopView(_) | Sink::Nothing => {}
         }
     }
 }
