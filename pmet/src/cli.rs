@@ -349,6 +349,16 @@ pub struct TraceArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "pushgateway")]
     pub push_interval: Option<Duration>,
 
+    /// Send the figures as OTLP/HTTP protobuf metrics to this endpoint
+    /// (e.g. http://collector:4318/v1/metrics) every --otlp-interval and at
+    /// the end (waited for), with the OpenTelemetry process names.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
+
+    /// How often to send OTLP metrics while the command runs.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub otlp_interval: Duration,
+
     /// Give at most N processes series of their own (the rest are summed
     /// under their executable name).
     #[arg(long, value_name = "N", default_value_t = 50,

@@ -37,11 +37,13 @@ use crate::{
 /// Processes with series of their own unless `--metrics-top` says otherwise.
 pub const DEFAULT_METRICS_TOP: usize = 50;
 
-/// What the endpoint serves, and how many scrapes have taken it.
+/// What the endpoint serves, and how many scrapes have taken it; the rows
+/// behind it, for OTLP.
 #[derive(Clone, Default)]
 pub struct Published {
     text: Arc<Mutex<String>>,
     scrapes: Arc<AtomicU64>,
+    rows: Arc<Mutex<(Vec<Row>, TreeFigures)>>,
 }
 
 impl Published {
@@ -206,16 +208,17 @@ impl Exporter {
         let mut others: Vec<Row> = others.into_values().collect();
         others.sort_by(|a, b| a.exe.cmp(&b.exe));
         rows.extend(others);
-        let text = exposition(
-            &rows,
-            TreeFigures {
-                seen: tree.procs.len() as u64,
-                alive: tree.alive_count() as u64,
-                lost,
-            },
-        );
+        let figures = TreeFigures {
+            seen: tree.procs.len() as u64,
+            alive: tree.alive_count() as u64,
+            lost,
+        };
+        let text = exposition(&rows, figures);
         if let Ok(mut t) = self.published.text.lock() {
             *t = text;
+        }
+        if let Ok(mut r) = self.published.rows.lock() {
+            *r = (rows, figures);
         }
     }
 }
@@ -269,6 +272,193 @@ pub async fn serve(listener: TcpListener, published: Published) {
             let _ = conn.write_all(response.as_bytes()).await;
             let _ = conn.shutdown().await;
         });
+    }
+}
+
+/// OTLP/HTTP (protobuf) metrics, with the OpenTelemetry SDK: the same
+/// rows as the Prometheus exposition, under the semantic conventions' own
+/// names (`process.cpu.time`, `process.memory.usage`, `process.disk.io`,
+/// `process.network.io`; `pmet.*` for the tree), pushed every `interval`
+/// and once more at the end. The SDK and its blocking HTTP client live on a
+/// thread of their own, away from the session's async loop.
+pub struct Otlp {
+    done: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Otlp {
+    /// Starts exporting `published`'s rows to `endpoint`
+    /// (`http://HOST:4318/v1/metrics`).
+    pub fn start(endpoint: String, interval: Duration, published: Published, host: String) -> Self {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || -> Result<(), String> {
+            use opentelemetry::{KeyValue, metrics::MeterProvider as _};
+            use opentelemetry_otlp::{MetricExporter, WithExportConfig};
+            use opentelemetry_sdk::{
+                Resource,
+                metrics::{PeriodicReader, SdkMeterProvider},
+            };
+            let exporter = MetricExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint.clone())
+                .build()
+                .map_err(|e| format!("--otlp {endpoint}: {e}"))?;
+            let reader = PeriodicReader::builder(exporter)
+                .with_interval(interval)
+                .build();
+            let provider = SdkMeterProvider::builder()
+                .with_reader(reader)
+                .with_resource(
+                    Resource::builder()
+                        .with_service_name("pmet")
+                        .with_attribute(KeyValue::new("host.name", host))
+                        .build(),
+                )
+                .build();
+            let meter = provider.meter("pmet");
+            let who = |r: &Row| {
+                let mut a = vec![KeyValue::new("process.executable.name", r.exe.clone())];
+                if let Some(p) = r.pid {
+                    a.push(KeyValue::new("process.pid", i64::from(p)));
+                }
+                if let Some(p) = r.ppid {
+                    a.push(KeyValue::new("process.parent_pid", i64::from(p)));
+                }
+                if let Some(c) = &r.container {
+                    a.push(KeyValue::new("container.id", c.clone()));
+                }
+                a
+            };
+            let with = |mut a: Vec<KeyValue>, more: &[(&'static str, &'static str)]| {
+                a.extend(more.iter().map(|(k, v)| KeyValue::new(*k, *v)));
+                a
+            };
+            let rows = published.rows.clone();
+            let _cpu = meter
+                .f64_observable_counter("process.cpu.time")
+                .with_unit("s")
+                .with_description("CPU seconds used by the process, by mode")
+                .with_callback(move |o| {
+                    if let Ok(r) = rows.lock() {
+                        for row in &r.0 {
+                            o.observe(row.cpu_user_s, &with(who(row), &[("cpu.mode", "user")]));
+                            o.observe(row.cpu_system_s, &with(who(row), &[("cpu.mode", "system")]));
+                        }
+                    }
+                })
+                .build();
+            let rows = published.rows.clone();
+            let _mem = meter
+                .i64_observable_up_down_counter("process.memory.usage")
+                .with_unit("By")
+                .with_description("Resident memory of the process")
+                .with_callback(move |o| {
+                    if let Ok(r) = rows.lock() {
+                        for row in &r.0 {
+                            o.observe(row.rss_bytes as i64, &who(row));
+                        }
+                    }
+                })
+                .build();
+            let rows = published.rows.clone();
+            let _disk = meter
+                .u64_observable_counter("process.disk.io")
+                .with_unit("By")
+                .with_description("Storage bytes the process caused to be read or written")
+                .with_callback(move |o| {
+                    if let Ok(r) = rows.lock() {
+                        for row in &r.0 {
+                            o.observe(
+                                row.disk_read_bytes,
+                                &with(who(row), &[("disk.io.direction", "read")]),
+                            );
+                            o.observe(
+                                row.disk_write_bytes,
+                                &with(who(row), &[("disk.io.direction", "write")]),
+                            );
+                        }
+                    }
+                })
+                .build();
+            let rows = published.rows.clone();
+            let _net = meter
+                .u64_observable_counter("process.network.io")
+                .with_unit("By")
+                .with_description("Socket payload bytes the process sent or received")
+                .with_callback(move |o| {
+                    if let Ok(r) = rows.lock() {
+                        for row in &r.0 {
+                            let Some(n) = &row.net else { continue };
+                            for (transport, t) in [("tcp", &n.tcp), ("udp", &n.udp)] {
+                                for (dir, v) in [("transmit", t.tx_bytes), ("receive", t.rx_bytes)]
+                                {
+                                    o.observe(
+                                        v,
+                                        &with(
+                                            who(row),
+                                            &[
+                                                ("network.io.direction", dir),
+                                                ("network.transport", transport),
+                                            ],
+                                        ),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                })
+                .build();
+            let rows = published.rows.clone();
+            let _seen = meter
+                .u64_observable_counter("pmet.processes.seen")
+                .with_description("Processes of the traced scope seen so far")
+                .with_callback(move |o| {
+                    if let Ok(r) = rows.lock() {
+                        o.observe(r.1.seen, &[]);
+                    }
+                })
+                .build();
+            let rows = published.rows.clone();
+            let _lost = meter
+                .u64_observable_counter("pmet.lost_events")
+                .with_description("Events or figures pmet lost (0 on a healthy run)")
+                .with_callback(move |o| {
+                    if let Ok(r) = rows.lock() {
+                        o.observe(r.1.lost, &[]);
+                    }
+                })
+                .build();
+            let rows = published.rows.clone();
+            let _alive = meter
+                .i64_observable_gauge("pmet.processes.alive")
+                .with_description("Processes of the traced scope alive now")
+                .with_callback(move |o| {
+                    if let Ok(r) = rows.lock() {
+                        o.observe(r.1.alive as i64, &[]);
+                    }
+                })
+                .build();
+            // Until the session ends; then the last word, waited for.
+            let _ = wait.recv();
+            let flushed = provider
+                .force_flush()
+                .map_err(|e| format!("--otlp {endpoint}: {e}"));
+            let _ = provider.shutdown();
+            flushed
+        });
+        Self {
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// Pushes the figures as they are now and stops: the result of that push.
+    pub fn finish(mut self) -> Result<(), String> {
+        let _ = self.done.send(());
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => Err("the OTLP thread failed".into()),
+        }
     }
 }
 

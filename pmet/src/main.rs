@@ -161,6 +161,8 @@ fn run_trace_as(
         metrics_top: args.metrics_top as usize,
         pushgateway: args.pushgateway,
         push_interval: args.push_interval,
+        otlp: args.otlp,
+        otlp_interval: args.otlp_interval,
         env_policy: pmet::model::env::EnvPolicy {
             all: args.env_all,
             names: args.env,

@@ -100,6 +100,10 @@ pub struct TraceOptions {
     pub pushgateway: Option<String>,
     /// And this often while running.
     pub push_interval: Option<Duration>,
+    /// Send OTLP metrics here (`--otlp`).
+    pub otlp: Option<String>,
+    /// That often.
+    pub otlp_interval: Duration,
     /// Which environment values are kept (names always are).
     pub env_policy: crate::model::env::EnvPolicy,
 }
@@ -464,6 +468,9 @@ struct Started {
     export: Option<Export>,
     /// The launched command, waiting to be let go.
     gate: Option<launch::Gated>,
+    /// pmet passed a signal on to the whole tree: processes it reached may
+    /// still be on their way out when the command has ended.
+    signalled_tree: bool,
 }
 
 /// What the exporters need through the session.
@@ -476,6 +483,8 @@ struct Export {
     pusher: Option<crate::export::Pusher>,
     interval: Option<Duration>,
     last_push: Instant,
+    /// Sends OTLP metrics.
+    otlp: Option<crate::export::Otlp>,
 }
 
 impl Started {
@@ -533,7 +542,7 @@ impl Started {
     }
 
     /// Carries out what the lifecycle decided; whether to finish.
-    fn act(&self, actions: Vec<Action>) -> bool {
+    fn act(&mut self, actions: Vec<Action>) -> bool {
         let mut finish = false;
         for a in actions {
             match a {
@@ -541,7 +550,10 @@ impl Started {
                     // SAFETY: plain kill of our own, unreaped, child.
                     unsafe { libc::kill(self.root_pid as i32, sig) };
                 }
-                Action::Signal(Target::Tree, sig) => signal_tree(&self.s, sig),
+                Action::Signal(Target::Tree, sig) => {
+                    signal_tree(&self.s, sig);
+                    self.signalled_tree = true;
+                }
                 Action::Finish => finish = true,
             }
         }
@@ -692,6 +704,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         command,
         export: None,
         gate: gate_to_release,
+        signalled_tree: false,
     })
 }
 
@@ -869,7 +882,15 @@ async fn settle(st: &mut Started, lc: &mut Lifecycle) {
             "settling at {:?}: {totals} await exit totals, {records} taskstats",
             t0.elapsed()
         );
-        if wait.done(totals + records, t0.elapsed()) {
+        // Processes pmet signalled with the rest of the tree are given a
+        // moment to end (they usually do within milliseconds), so they are
+        // not reported as still running by a hair.
+        let signalled = if st.signalled_tree {
+            st.s.tree.alive_count()
+        } else {
+            0
+        };
+        if wait.done(totals + records + signalled, t0.elapsed()) {
             log::debug!(
                 "settled in {:?}: {totals} processes await exit totals, {records} taskstats; {} events matched no known process",
                 t0.elapsed(),
@@ -987,7 +1008,11 @@ pub async fn trace(
     let procfs = Procfs::default();
     let mut inputs = check_inputs(&opts, &procfs)?;
     let mut st = start(&opts, &inputs, procfs)?;
-    if opts.prometheus.is_some() || inputs.textfile.is_some() || inputs.gateway.is_some() {
+    if opts.prometheus.is_some()
+        || inputs.textfile.is_some()
+        || inputs.gateway.is_some()
+        || opts.otlp.is_some()
+    {
         let exporter = crate::export::Exporter::new(opts.metrics_top);
         if let Some(l) = inputs.metrics_listener.take() {
             let l = tokio::net::TcpListener::from_std(l).map_err(|source| Error::Listen {
@@ -1000,6 +1025,9 @@ pub async fn trace(
             .gateway
             .take()
             .map(|g| crate::export::Pusher::start(g, host_name()));
+        let otlp = opts.otlp.clone().map(|url| {
+            crate::export::Otlp::start(url, opts.otlp_interval, exporter.published(), host_name())
+        });
         st.export = Some(Export {
             exporter,
             textfile: inputs.textfile.take(),
@@ -1007,6 +1035,7 @@ pub async fn trace(
             pusher,
             interval: opts.push_interval,
             last_push: Instant::now(),
+            otlp,
         });
     }
     let stream = std::mem::replace(&mut inputs.stream, Box::new(std::io::sink()));
@@ -1035,10 +1064,13 @@ pub async fn trace(
     let snap = st.s.tick(boottime_ns());
     sink.sample(&snap);
     st.export(snap.lost);
-    // The last word to the Pushgateway, waited for: a CI job's figures.
+    // The last word to the Pushgateway and the OTLP endpoint, waited for:
+    // a CI job's figures.
     let push_error = st.export.as_mut().and_then(|x| {
         let text = x.exporter.published().text();
-        x.pusher.take()?.finish(&text).err().map(Error::Push)
+        let pushed = x.pusher.take().and_then(|p| p.finish(&text).err());
+        let sent = x.otlp.take().and_then(|o| o.finish().err());
+        pushed.or(sent).map(Error::Push)
     });
     sink.finish();
     log::debug!(

@@ -345,3 +345,128 @@ fn a_push_that_fails_is_said_and_the_report_is_still_written() {
         bad.stderr
     );
 }
+
+/// An OTLP/HTTP receiver: a Python server that keeps each request's body,
+/// decoded with the OpenTelemetry protobuf definitions into JSON lines.
+const OTLP_RECEIVER: &str = r#"
+import http.server, json, sys
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as ms
+out = open(sys.argv[2], "a")
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        req = ms.ExportMetricsServiceRequest()
+        req.ParseFromString(body)
+        points = []
+        for rm in req.resource_metrics:
+            res = {a.key: a.value.string_value for a in rm.resource.attributes}
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    kind = m.WhichOneof("data")
+                    data = getattr(m, kind)
+                    for dp in data.data_points:
+                        v = dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int
+                        attrs = {a.key: (a.value.string_value or a.value.int_value) for a in dp.attributes}
+                        points.append({"name": m.name, "kind": kind, "unit": m.unit,
+                                       "monotonic": getattr(data, "is_monotonic", None),
+                                       "value": v, "attrs": attrs, "resource": res,
+                                       "path": self.path})
+        out.write(json.dumps(points) + "\n"); out.flush()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+#[test]
+fn otlp_metrics_are_the_reports_numbers() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("rx.py");
+    std::fs::write(&script, OTLP_RECEIVER).unwrap();
+    let got = dir.path().join("got.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut rx = Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(&got)
+        .spawn()
+        .expect("python3");
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the receiver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = pmet(&[
+        "trace",
+        "--otlp",
+        &format!("http://127.0.0.1:{port}/v1/metrics"),
+        "--",
+        workload(),
+        "tcp",
+        "4",
+        "30000",
+        "7000",
+    ]);
+    let _ = rx.kill();
+    let _ = rx.wait();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let text = std::fs::read_to_string(&got).expect("the receiver got metrics");
+    // The last export is the final word.
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let points = last.as_array().unwrap();
+    let point = |name: &str, attrs: &[(&str, serde_json::Value)]| -> &serde_json::Value {
+        let hits: Vec<&serde_json::Value> = points
+            .iter()
+            .filter(|p| p["name"] == name && attrs.iter().all(|(k, v)| &p["attrs"][*k] == v))
+            .collect();
+        assert_eq!(hits.len(), 1, "{name} {attrs:?}: {hits:#?}");
+        hits[0]
+    };
+    let sender = run.one("tcp-send");
+    let pid = sender["pid"].clone();
+    let sent = point(
+        "process.network.io",
+        &[
+            ("process.pid", pid.clone()),
+            ("network.io.direction", "transmit".into()),
+            ("network.transport", "tcp".into()),
+        ],
+    );
+    assert_eq!(sent["value"], 30000);
+    assert_eq!(sent["unit"], "By");
+    assert_eq!(sent["monotonic"], true);
+    assert_eq!(sent["path"], "/v1/metrics");
+    assert_eq!(sent["resource"]["service.name"], "pmet");
+    assert!(
+        sent["resource"]["host.name"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty())
+    );
+    let cpu = point(
+        "process.cpu.time",
+        &[("process.pid", pid), ("cpu.mode", "user".into())],
+    );
+    assert!(
+        (cpu["value"].as_f64().unwrap() - sender["cpu_user_s"].as_f64().unwrap()).abs() < 1e-6,
+        "{cpu} vs {}",
+        sender["cpu_user_s"]
+    );
+    assert_eq!(
+        point("pmet.processes.seen", &[])["value"],
+        run.report()["totals"]["processes"]
+    );
+    assert_eq!(point("pmet.lost_events", &[])["value"], 0);
+}

@@ -232,9 +232,23 @@ fn cargo() -> Command {
     c
 }
 
+/// PyPI packages the test suite uses: a real OTLP protobuf decoder for the
+/// OTLP exporter's test.
+const TEST_PIP: [&str; 1] = ["opentelemetry-proto"];
+
 fn test(args: &[String]) -> Result<()> {
     setup()?;
     setup_apt(&TEST_PACKAGES)?;
+    let have = output(Command::new("python3").args([
+        "-c",
+        "import opentelemetry.proto.collector.metrics.v1.metrics_service_pb2",
+    ]))
+    .is_some();
+    if !have {
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(TEST_PIP))?;
+    }
     run(cargo().args(["build", "--workspace", "--all-targets"]))?;
     let target = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
