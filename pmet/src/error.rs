@@ -138,9 +138,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The last push to the Pushgateway failed.
-    #[error("{0}; the report is written all the same")]
-    Push(String),
     /// An invalid argument that clap cannot check by itself.
     #[error("{0}")]
     Usage(String),
@@ -159,7 +156,7 @@ impl Error {
             Error::CommandNotFound(_) => exit::NOT_FOUND,
             Error::NotExecutable { .. } => exit::NOT_EXECUTABLE,
             Error::NoSuchPid(_) => exit::NO_SUCH_PID,
-            Error::Output { .. } | Error::Listen { .. } | Error::Push(_) => exit::OUTPUT,
+            Error::Output { .. } | Error::Listen { .. } => exit::OUTPUT,
             Error::Usage(_) => exit::USAGE,
             Error::History(_) => exit::HISTORY,
             Error::NotRoot { .. }

@@ -210,7 +210,7 @@ fn run_trace_as(
             }
             // Results first, then the (slow) detach.
             drop(outcome.loaded);
-            if let Some(e) = outcome.write_error.or(outcome.push_error).or(record_error) {
+            if let Some(e) = outcome.write_error.or(record_error) {
                 return fail(&e);
             }
             ExitCode::from(outcome.exit_code.clamp(0, 255) as u8)

@@ -135,8 +135,6 @@ pub struct Outcome {
     pub write_error: Option<Error>,
     /// Writing `--trace-events` failed.
     pub trace_events_error: Option<Error>,
-    /// The last push to the Pushgateway failed.
-    pub push_error: Option<Error>,
 }
 
 /// After taking in kernel events, wait this long before the next look, so a
@@ -479,6 +477,8 @@ struct Export {
     textfile: Option<Output>,
     /// A textfile write failed (said once).
     failed: bool,
+    /// Exports that failed, for the report.
+    errors: u64,
     /// Pushes to a Pushgateway, every `interval` if given, and at the end.
     pusher: Option<crate::export::Pusher>,
     interval: Option<Duration>,
@@ -510,11 +510,14 @@ impl Started {
         }
         if let Some(t) = &x.textfile {
             let text = x.exporter.published().text();
-            if let Err(e) = t.write_with(|w| w.write_all(text.as_bytes()))
-                && !x.failed
-            {
-                x.failed = true;
-                crate::say!("pmet: --textfile: {e}; the exposition is no longer updated");
+            if let Err(e) = t.write_with(|w| w.write_all(text.as_bytes())) {
+                x.errors += 1;
+                if !x.failed {
+                    x.failed = true;
+                    crate::say!(
+                        "pmet: warning: --textfile: {e}; the report is written all the same"
+                    );
+                }
             }
         }
     }
@@ -946,6 +949,7 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             exit_totals: st.s.kernel.as_ref().is_some_and(|k| k.exit_totals),
             self_cpu_s: Some(self_cpu),
             self_peak_rss_bytes: Some(self_rss),
+            export_errors: st.export.as_ref().map_or(0, |x| x.errors),
         },
         stopped_early: lc.stopped_early().map(str::to_owned),
         kernel_io: st.s.kernel.as_ref().is_some_and(|k| k.kernel_io),
@@ -994,7 +998,6 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         exit_code,
         write_error,
         trace_events_error,
-        push_error: None,
     }
 }
 
@@ -1032,6 +1035,7 @@ pub async fn trace(
             exporter,
             textfile: inputs.textfile.take(),
             failed: false,
+            errors: 0,
             pusher,
             interval: opts.push_interval,
             last_push: Instant::now(),
@@ -1065,20 +1069,25 @@ pub async fn trace(
     sink.sample(&snap);
     st.export(snap.lost);
     // The last word to the Pushgateway and the OTLP endpoint, waited for:
-    // a CI job's figures.
-    let push_error = st.export.as_mut().and_then(|x| {
+    // a CI job's figures. A failure is said and counted; it never changes
+    // the command's status.
+    if let Some(x) = st.export.as_mut() {
         let text = x.exporter.published().text();
-        let pushed = x.pusher.take().and_then(|p| p.finish(&text).err());
-        let sent = x.otlp.take().and_then(|o| o.finish().err());
-        pushed.or(sent).map(Error::Push)
-    });
+        if let Some(Err(e)) = x.pusher.take().map(|p| p.finish(&text)) {
+            x.errors += 1;
+            crate::say!("pmet: warning: {e}; the report is written all the same");
+        }
+        if let Some(Err(e)) = x.otlp.take().map(|o| o.finish()) {
+            x.errors += 1;
+            crate::say!("pmet: warning: {e}; the report is written all the same");
+        }
+    }
     sink.finish();
     log::debug!(
         "settled and sampled {:?} after the tree ended",
         ended.elapsed()
     );
-    let mut outcome = finish(st, &lc, &opts, &inputs);
-    outcome.push_error = push_error;
+    let outcome = finish(st, &lc, &opts, &inputs);
     log::debug!("report written {:?} after the tree ended", ended.elapsed());
     Ok(outcome)
 }

@@ -327,16 +327,33 @@ fn a_push_that_fails_is_said_and_the_report_is_still_written() {
         .local_addr()
         .unwrap()
         .to_string();
+    // Said once and counted; the command's status stands.
     let run = pmet(&[
         "trace",
         "--pushgateway",
         &format!("http://{addr}"),
+        "--otlp",
+        &format!("http://{addr}/v1/metrics"),
         "--",
-        "true",
+        "sh",
+        "-c",
+        "exit 7",
     ]);
-    assert_eq!(run.code, Some(3), "{}", run.stderr);
-    assert!(run.stderr.contains("pushing to http://"), "{}", run.stderr);
-    assert_eq!(run.report()["exit_code"], 0);
+    assert_eq!(run.code, Some(7), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("pushing to http://").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.matches("warning: --otlp").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.report()["exit_code"], 7);
+    assert_eq!(run.report()["collector"]["export_errors"], 2);
     let bad = pmet(&["trace", "--pushgateway", "https://pg:9091", "--", "true"]);
     assert_eq!(bad.code, Some(2), "{}", bad.stderr);
     assert!(

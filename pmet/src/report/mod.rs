@@ -172,6 +172,11 @@ pub struct Collector {
     /// pmet's own peak resident memory.
     #[serde(default)]
     pub self_peak_rss_bytes: Option<u64>,
+    /// Exports that failed (`--textfile` writes, `--pushgateway` pushes,
+    /// `--otlp` sends); each kind is said once on stderr. They never change
+    /// pmet's exit status.
+    #[serde(default)]
+    pub export_errors: u64,
 }
 
 /// Losses by cause. All zero on a healthy run.
