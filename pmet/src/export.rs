@@ -252,14 +252,31 @@ pub async fn serve(listener: TcpListener, published: Published) {
             {
                 return;
             }
-            let line = buf[..len].split(|&c| c == b'\n').next().unwrap_or_default();
-            let path = line.split(|&c| c == b' ').nth(1).unwrap_or_default();
-            let get = line.starts_with(b"GET ");
-            let response = if get && (path == b"/metrics" || path.starts_with(b"/metrics?")) {
-                let body = published.text();
+            let request = String::from_utf8_lossy(&buf[..len]);
+            let line = request.lines().next().unwrap_or_default();
+            let path = line.split(' ').nth(1).unwrap_or_default();
+            let get = line.starts_with("GET ");
+            // OpenMetrics to a scraper that asks for it (Prometheus does);
+            // the classic text format to anything else (curl, promtool).
+            let openmetrics = request.lines().any(|h| {
+                h.to_ascii_lowercase().starts_with("accept:")
+                    && h.contains("application/openmetrics-text")
+            });
+            let response = if get && (path == "/metrics" || path.starts_with("/metrics?")) {
+                let (body, kind) = if openmetrics {
+                    (
+                        published.text(),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                } else {
+                    (
+                        classic(&published.text()),
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )
+                };
                 published.scrapes.fetch_add(1, Ordering::Relaxed);
                 format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 )
             } else {

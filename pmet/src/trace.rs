@@ -509,7 +509,9 @@ impl Started {
             x.last_push = Instant::now();
         }
         if let Some(t) = &x.textfile {
-            let text = x.exporter.published().text();
+            // node_exporter's textfile collector reads the classic text
+            // format, as the Pushgateway does.
+            let text = crate::export::classic(&x.exporter.published().text());
             if let Err(e) = t.write_with(|w| w.write_all(text.as_bytes())) {
                 x.errors += 1;
                 if !x.failed {

@@ -79,7 +79,7 @@ fn the_textfile_holds_the_reports_numbers() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let r = run.report();
     let text = std::fs::read_to_string(&prom).unwrap();
-    assert!(text.ends_with("# EOF\n"), "{text}");
+    promtool_passes(&text);
     let s = samples(&text);
     assert_eq!(
         value(&s, "pmet_processes_seen_total", &[]),
@@ -134,12 +134,41 @@ fn the_textfile_holds_the_reports_numbers() {
     }
 }
 
+/// `promtool check metrics` accepts an exposition (node_exporter's textfile
+/// collector and the Pushgateway parse what it parses).
+fn promtool_passes(text: &str) {
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (`cargo xtask setup` installs Debian's prometheus)");
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// GETs `path` from `addr`: (status, body).
 fn get(addr: &str, path: &str) -> Option<(u32, String)> {
+    get_accepting(addr, path, "*/*")
+}
+
+/// GETs `path` from `addr` with an `Accept` header.
+fn get_accepting(addr: &str, path: &str, accept: &str) -> Option<(u32, String)> {
     let mut c = TcpStream::connect(addr).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     // HTTP/1.0: a whole body, never chunked.
-    write!(c, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    write!(
+        c,
+        "GET {path} HTTP/1.0\r\nHost: x\r\nAccept: {accept}\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     c.read_to_string(&mut text).ok()?;
     let status = text.split(' ').nth(1)?.parse().ok()?;
@@ -180,6 +209,15 @@ fn prometheus_scrapes_the_running_tree() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(get(&addr, "/elsewhere").map(|r| r.0), Some(404));
+    // The classic format to curl and promtool; OpenMetrics to whoever asks.
+    promtool_passes(&body);
+    let om = get_accepting(
+        &addr,
+        "/metrics",
+        "application/openmetrics-text; version=1.0.0",
+    )
+    .expect("served");
+    assert!(om.1.ends_with("# EOF\n"), "{}", om.1);
     let pid = child.id();
     let st = child.wait().unwrap();
     assert!(st.success());
@@ -486,4 +524,94 @@ fn otlp_metrics_are_the_reports_numbers() {
         run.report()["totals"]["processes"]
     );
     assert_eq!(point("pmet.lost_events", &[])["value"], 0);
+}
+
+/// Percent-encodes a query-string value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_a_traced_run() {
+    if !can_trace() {
+        return;
+    }
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (target, web) = (free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 500ms\nscrape_configs:\n  - job_name: pmet\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+        ),
+    )
+    .unwrap();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (`cargo xtask setup` installs Debian's)");
+    let web_addr = format!("127.0.0.1:{web}");
+    let t0 = Instant::now();
+    while get(&web_addr, "/-/ready").is_none_or(|r| r.0 != 200) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "prometheus did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its targets are set up a few seconds after it is ready.
+    while get(&web_addr, "/api/v1/targets").is_none_or(|r| !r.1.contains("scrapeUrl")) {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no scrape target");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Known bytes, then a few scrape intervals before the tree ends.
+    let script = format!("{} tcp 4 30000 7000; sleep 2", workload());
+    let run = pmet(&[
+        "trace",
+        "--prometheus",
+        &format!("127.0.0.1:{target}"),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let pid = run.one("tcp-send")["pid"].to_string();
+    // Over the last minute, so the series' staleness after pmet ended does
+    // not hide it.
+    let query = format!(
+        "max_over_time(process_network_io_bytes_total{{process_pid=\"{pid}\",network_io_direction=\"transmit\",network_transport=\"tcp\"}}[1m])"
+    );
+    let (status, body) = get(
+        &web_addr,
+        &format!("/api/v1/query?query={}", encode(&query)),
+    )
+    .expect("query");
+    let _ = prom.kill();
+    let _ = prom.wait();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let result = &v["data"]["result"];
+    assert_eq!(result.as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(result[0]["value"][1], "30000", "{body}");
+    assert_eq!(result[0]["metric"]["job"], "pmet");
 }

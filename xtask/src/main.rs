@@ -29,12 +29,14 @@ const APT_PACKAGES: [&str; 4] = [
 /// Debian packages the test suite drives pmet with (tmux: the live view in a
 /// real terminal; chromium: the HTML report in a real browser; iproute2 and
 /// nftables: a network namespace whose firewall makes TCP retransmit;
-/// prometheus-pushgateway: a real gateway to push to).
-const TEST_PACKAGES: [&str; 5] = [
+/// prometheus and prometheus-pushgateway: a real server to scrape pmet and
+/// a real gateway to push to, and promtool).
+const TEST_PACKAGES: [&str; 6] = [
     "tmux",
     "chromium",
     "iproute2",
     "nftables",
+    "prometheus",
     "prometheus-pushgateway",
 ];
 
