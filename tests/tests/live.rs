@@ -208,7 +208,16 @@ fn top_full_screen_in_80_by_24_sorts_filters_and_quits() {
     let by_mem = wait_for(&s, "sorted by mem", Duration::from_secs(5));
     assert!(by_mem.contains("sorted by mem"), "{by_mem}");
     tmux(&["send-keys", "-t", &s.0, "/", "cpu 8000", "Enter"]);
-    let filtered = wait_for(&s, "filter: cpu 8000", Duration::from_secs(5));
+    // Applied (Enter taken): the footer shows the keys again.
+    let t0 = Instant::now();
+    let filtered = loop {
+        let text = screen(&s);
+        if text.contains("· filter: cpu 8000") && text.contains("q: quit") {
+            break text;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "no filter:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let rows: Vec<&str> = filtered
         .lines()
         .skip_while(|l| !l.contains("COMMAND"))

@@ -1049,11 +1049,34 @@ fn all_traces_every_process_on_the_host_but_pmet() {
         .status()
         .unwrap();
     assert_eq!(during.code(), Some(3));
+    // Known bytes, by processes pmet did not launch (byte counts no other
+    // test uses: other tests' trees are traced too).
+    let talk = Command::new(workload())
+        .args(["tcp", "4", "30001", "7001"])
+        .status()
+        .unwrap();
+    assert!(talk.success());
     let run = pmet_run.join().unwrap();
     before.kill().unwrap();
     before.wait().unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let r = run.report();
+    let sender = procs(r)
+        .iter()
+        .find(|p| p["argv"][1] == "tcp-send" && p["argv"][4] == "30001")
+        .expect("the sender");
+    assert_eq!(
+        (net(sender, "tcp", "tx"), net(sender, "tcp", "rx")),
+        (30001, 7001)
+    );
+    let server = procs(r)
+        .iter()
+        .find(|p| p["argv"][1] == "tcp-serve" && p["argv"][3] == "30001")
+        .expect("the server");
+    assert_eq!(
+        (net(server, "tcp", "rx"), net(server, "tcp", "tx")),
+        (30001, 7001)
+    );
     assert_eq!(r["mode"], "all");
     assert_eq!(r["root_pid"], 1);
     assert_eq!(r["stopped_early"], "duration");
@@ -1146,6 +1169,19 @@ fn a_containers_processes_are_followed_existing_and_new() {
         .args(["exit", "6"])
         .status()
         .unwrap();
+    // Known bytes inside the container, by a tree that entered it.
+    let talked = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > {} && exec {} tcp 4 30002 7002",
+                procs_file.display(),
+                workload()
+            ),
+        ])
+        .status()
+        .unwrap();
+    assert!(talked.success());
     let run = run.join().unwrap();
     before.kill().unwrap();
     before.wait().unwrap();
@@ -1176,6 +1212,15 @@ fn a_containers_processes_are_followed_existing_and_new() {
             .any(|p| p["argv"][1] == "exit" && p["argv"][2] == "6"),
         "the one outside is not followed"
     );
+    let sender = ps
+        .iter()
+        .find(|p| p["argv"][1] == "tcp-send" && p["argv"][4] == "30002")
+        .unwrap_or_else(|| panic!("the sender in the container: {r:#}"));
+    assert_eq!(
+        (net(sender, "tcp", "tx"), net(sender, "tcp", "rx")),
+        (30002, 7002)
+    );
+    assert_eq!(sender["container"]["id"], id);
     assert_eq!(r["collector"]["lost_events"], 0, "{:#}", r["collector"]);
 
     let bad = pmet(&["trace", "--cgroup", "/no/such/cgroup", "-d", "1s"]);

@@ -199,6 +199,17 @@ impl Bench {
         Ok(Observer { child, out })
     }
 
+    /// pmet following every process on the host until stopped.
+    fn pmet_all(&self, report: &Path) -> Result<Observer> {
+        self.observe(
+            "pmet-all",
+            Command::new(&self.pmet)
+                .args(["trace", "--all", "-q", "-o"])
+                .arg(report),
+            "",
+        )
+    }
+
     fn bpftrace(&self) -> Result<Observer> {
         let script = self.dir.join("pmet-equivalent.bt");
         fs::write(&script, BPFTRACE_SCRIPT)?;
@@ -368,6 +379,8 @@ fn exec_storm(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
     // pmet's CPU around a command that does nothing: its start-up and exit,
     // subtracted to give the cost per traced process.
     let mut empty_cpu = vec![];
+    let mut all = vec![];
+    let mut all_seen = vec![];
     for r in 0..rounds {
         let empty = b.dir.join("empty.json");
         timed(b.pmet(&empty).arg("true"))?;
@@ -376,9 +389,22 @@ fn exec_storm(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
                 .as_f64()
                 .unwrap_or(0.0),
         );
-        for which in rotate(3, r) {
+        for which in rotate(4, r) {
             match which {
                 0 => base.push(b.inner(Command::new(&shim[0]).args(&shim[1..]))?.0),
+                3 => {
+                    let all_report = b.dir.join("storm-all.json");
+                    let o = b.pmet_all(&all_report)?;
+                    all.push(b.inner(Command::new(&shim[0]).args(&shim[1..]))?.0);
+                    o.stop()?;
+                    let rep = Bench::report(&all_report)?;
+                    all_seen.push(
+                        rep["processes"]
+                            .as_array()
+                            .map_or(0, |ps| ps.iter().filter(|p| p["comm"] == "true").count())
+                            as f64,
+                    );
+                }
                 1 => {
                     let (secs, _) = b.inner(b.pmet(&report).args(&shim))?;
                     let rep = Bench::report(&report)?;
@@ -441,6 +467,17 @@ fn exec_storm(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
                 ),
             ],
             vec![
+                "pmet --all (every process on the host, not only the tree)".into(),
+                format!("{:.3}", median(&ratio(&all))),
+                {
+                    let (lo, hi) = spread(&ratio(&all));
+                    format!("{lo:.3}–{hi:.3}")
+                },
+                format!("{:.0} / {n} /bin/true", median(&all_seen)),
+                "in its report".into(),
+                "see its report".into(),
+            ],
+            vec![
                 "bpftrace (exec + socket-bytes script, no tree filter)".into(),
                 format!("{:.3}", median(&rb)),
                 format!("{blo:.3}–{bhi:.3}"),
@@ -475,13 +512,32 @@ fn network(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
         c.args(&shim[1..]);
     };
     for r in 0..rounds {
-        for which in rotate(4, r) {
+        for which in rotate(5, r) {
             let _ = fs::remove_file(&roles_path);
             match which {
                 0 => {
                     let mut c = b.workload();
                     tcp(&mut c);
                     base.push(bytes as f64 / b.inner(&mut c)?.0);
+                }
+                4 => {
+                    // pmet host-wide, following every process on the
+                    // machine, while the transfer runs untraced by it
+                    // otherwise.
+                    let all_report = b.dir.join("net-all.json");
+                    let o = b.pmet_all(&all_report)?;
+                    let mut c = b.workload();
+                    tcp(&mut c);
+                    let secs = b.inner(&mut c)?.0;
+                    o.stop()?;
+                    runs.entry("pmet --all")
+                        .or_default()
+                        .push(bytes as f64 / secs);
+                    let rep = Bench::report(&all_report)?;
+                    acc.entry("pmet --all").or_default().push((
+                        role_net(&rep, "tcp-send", "tcp", "tx") as i64 - bytes as i64,
+                        role_net(&rep, "tcp-serve", "tcp", "rx") as i64 - bytes as i64,
+                    ));
                 }
                 1 => {
                     let mut c = b.pmet(&report);
@@ -539,7 +595,7 @@ fn network(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
         if b.quick { "512 MiB" } else { "2 GiB" }
     ));
     let mut rows = vec![];
-    for tool in ["pmet", "bpftrace", "nethogs"] {
+    for tool in ["pmet", "pmet --all", "bpftrace", "nethogs"] {
         let v = &runs[tool];
         let ratios: Vec<f64> = v.iter().zip(&base).map(|(t, u)| t / u).collect();
         let (lo, hi) = spread(&ratios);
@@ -549,6 +605,7 @@ fn network(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
         let (tx_err, rx_err) = (worst(|e| e.0), worst(|e| e.1));
         let name = match tool {
             "pmet" => "**pmet**".to_owned(),
+            "pmet --all" => "pmet --all (every process on the host)".to_owned(),
             "bpftrace" => "bpftrace (same tracepoints, per pid)".to_owned(),
             _ => "nethogs 0.8.7 (pcap)".to_owned(),
         };
@@ -980,18 +1037,24 @@ fn idle_and_scale(b: &Bench, md: &mut Md) -> Result<()> {
     let args = ["alive".to_owned(), alive.to_string(), "3000".into()];
     let mut with = Vec::new();
     let mut without = Vec::new();
+    let mut exporting = Vec::new();
     let mut last = None;
     for round in 0..3 {
-        for no_pss in [round % 2 == 1, round % 2 == 0] {
-            let report = b.dir.join(if no_pss {
-                "alive-nopss.json"
-            } else {
-                "alive.json"
-            });
+        // 0: as is; 1: --no-pss; 2: with the exporters (an endpoint and a
+        // textfile, rebuilt at every sample).
+        for variant in rotate(3, round) {
+            let report = b.dir.join(format!("alive-{variant}.json"));
             let mut cmd = Command::new(&b.pmet);
             cmd.arg("trace").arg("-q");
-            if no_pss {
-                cmd.arg("--no-pss");
+            match variant {
+                1 => {
+                    cmd.arg("--no-pss");
+                }
+                2 => {
+                    cmd.args(["--prometheus", "127.0.0.1:0", "--textfile"])
+                        .arg(b.dir.join("alive.prom"));
+                }
+                _ => {}
             }
             cmd.arg("-o")
                 .arg(&report)
@@ -1001,11 +1064,13 @@ fn idle_and_scale(b: &Bench, md: &mut Md) -> Result<()> {
             let t = timed(&mut cmd)?;
             let rep = Bench::report(&report)?;
             let pct = f(&rep, "self_cpu_s") / t.wall * 100.0;
-            if no_pss {
-                without.push(pct);
-            } else {
-                with.push(pct);
-                last = Some((rep, t));
+            match variant {
+                1 => without.push(pct),
+                2 => exporting.push(pct),
+                _ => {
+                    with.push(pct);
+                    last = Some((rep, t));
+                }
             }
         }
     }
@@ -1013,11 +1078,13 @@ fn idle_and_scale(b: &Bench, md: &mut Md) -> Result<()> {
     rows.push(vec![
         format!("{alive} processes alive at once for 3 s"),
         format!(
-            "{:.3} % of a core over {:.1} s; {:.3} % with `--no-pss` (smaps_rollup reads cost {:+.3} points, medians of 3 interleaved runs each)",
+            "{:.3} % of a core over {:.1} s; {:.3} % with `--no-pss` (smaps_rollup reads cost {:+.3} points); {:.3} % with `--prometheus` and `--textfile` (the exporters cost {:+.3} points); medians of 3 interleaved runs each",
             median(&with),
             t.wall,
             median(&without),
-            median(&with) - median(&without)
+            median(&with) - median(&without),
+            median(&exporting),
+            median(&exporting) - median(&with)
         ),
         format!("{:.1} MB", f(&rep, "self_peak_rss_bytes") / 1e6),
         format!("{} / {}", rep["totals"]["processes"], alive + 1),
