@@ -13,6 +13,15 @@ use std::{
 
 use common::{can_trace, pmet, pmet_bin, workload};
 
+/// A local port nobody listens on (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// An exposition's samples: (name, labels) to value.
 type Samples = HashMap<(String, Vec<(String, String)>), f64>;
 
@@ -182,11 +191,7 @@ fn prometheus_scrapes_the_running_tree() {
         return;
     }
     // A free port: bound, then let go.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(pmet_bin())
         .args(["trace", "-q", "--prometheus", &addr, "-o"])
@@ -275,11 +280,7 @@ struct Gateway {
 
 impl Gateway {
     fn start() -> Self {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string();
+        let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new("prometheus-pushgateway")
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
@@ -360,11 +361,7 @@ fn a_push_that_fails_is_said_and_the_report_is_still_written() {
         return;
     }
     // A port nobody listens on.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = format!("127.0.0.1:{}", free_port());
     // Said once and counted; the command's status stands.
     let run = pmet(&[
         "trace",
@@ -445,11 +442,7 @@ fn otlp_metrics_are_the_reports_numbers() {
     let script = dir.path().join("rx.py");
     std::fs::write(&script, OTLP_RECEIVER).unwrap();
     let got = dir.path().join("got.jsonl");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut rx = Command::new("python3")
         .arg(&script)
         .arg(port.to_string())
@@ -541,14 +534,7 @@ fn a_real_prometheus_scrapes_a_traced_run() {
     if !can_trace() {
         return;
     }
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (target, web) = (free(), free());
+    let (target, web) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("prometheus.yml");
     std::fs::write(

@@ -14,6 +14,16 @@ fn procs(r: &Value) -> &Vec<Value> {
     r["processes"].as_array().expect("processes")
 }
 
+/// The cgroup v2 hierarchy: its own mount, or `unified` on hybrid hosts.
+fn cgroup_v2_root() -> std::path::PathBuf {
+    let base = std::path::Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.controllers").exists() {
+        base.to_owned()
+    } else {
+        base.join("unified")
+    }
+}
+
 fn assert_no_loss(r: &Value) {
     assert_eq!(r["collector"]["ebpf"], true);
     assert_eq!(r["collector"]["lost_events"], 0, "{:#}", r["collector"]);
@@ -893,12 +903,7 @@ fn who_ran_each_process_and_in_which_container() {
         return;
     }
     // A cgroup named as docker names a container's, in the v2 hierarchy.
-    let base = std::path::Path::new("/sys/fs/cgroup");
-    let v2 = if base.join("cgroup.controllers").exists() {
-        base.to_owned()
-    } else {
-        base.join("unified")
-    };
+    let v2 = cgroup_v2_root();
     let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xfeed);
     let slice = v2.join("pmet-test.slice");
     let scope = slice.join(format!("docker-{id}.scope"));
@@ -1132,12 +1137,7 @@ fn a_containers_processes_are_followed_existing_and_new() {
     if !can_trace() {
         return;
     }
-    let base = std::path::Path::new("/sys/fs/cgroup");
-    let v2 = if base.join("cgroup.controllers").exists() {
-        base.to_owned()
-    } else {
-        base.join("unified")
-    };
+    let v2 = cgroup_v2_root();
     let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xbeef);
     let slice = v2.join("pmet-scope-test.slice");
     let scope = slice.join(format!("docker-{id}.scope"));

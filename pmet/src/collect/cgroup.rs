@@ -21,24 +21,13 @@ pub fn v2_root() -> Option<PathBuf> {
     unified.join("cgroup.procs").exists().then_some(unified)
 }
 
-/// The paths (relative to the v2 root, starting with `/`) of the cgroups
-/// with these ids; ids not found are left out.
-pub fn paths_of(ids: &HashSet<u64>) -> HashMap<u64, String> {
-    let mut found = HashMap::new();
-    let Some(root) = v2_root() else {
-        return found;
-    };
-    let mut stack = vec![root.clone()];
+/// Visits `top` and every directory below it, depth first; `visit` says
+/// whether to go into a directory's children.
+fn walk(top: &Path, mut visit: impl FnMut(&Path) -> bool) {
+    let mut stack = vec![top.to_owned()];
     while let Some(dir) = stack.pop() {
-        if found.len() == ids.len() {
-            break;
-        }
-        let Ok(meta) = std::fs::metadata(&dir) else {
+        if !visit(&dir) {
             continue;
-        };
-        if ids.contains(&meta.ino()) {
-            let rel = dir.strip_prefix(&root).unwrap_or(Path::new(""));
-            found.insert(meta.ino(), format!("/{}", rel.display()));
         }
         if let Ok(entries) = std::fs::read_dir(&dir) {
             stack.extend(
@@ -49,6 +38,27 @@ pub fn paths_of(ids: &HashSet<u64>) -> HashMap<u64, String> {
             );
         }
     }
+}
+
+/// The paths (relative to the v2 root, starting with `/`) of the cgroups
+/// with these ids; ids not found are left out.
+pub fn paths_of(ids: &HashSet<u64>) -> HashMap<u64, String> {
+    let mut found = HashMap::new();
+    let Some(root) = v2_root() else {
+        return found;
+    };
+    walk(&root, |dir| {
+        if found.len() == ids.len() {
+            return false;
+        }
+        if let Ok(meta) = std::fs::metadata(dir)
+            && ids.contains(&meta.ino())
+        {
+            let rel = dir.strip_prefix(&root).unwrap_or(Path::new(""));
+            found.insert(meta.ino(), format!("/{}", rel.display()));
+        }
+        true
+    });
     found
 }
 
@@ -88,10 +98,9 @@ pub fn scope_at(path: &str) -> Result<Scope, String> {
         path: format!("/{}", rel.display()),
         ..Scope::default()
     };
-    let mut stack = vec![dir];
-    while let Some(d) = stack.pop() {
-        let Ok(meta) = std::fs::metadata(&d) else {
-            continue;
+    walk(&dir, |d| {
+        let Ok(meta) = std::fs::metadata(d) else {
+            return false;
         };
         scope.ids.push(meta.ino());
         if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
@@ -99,15 +108,8 @@ pub fn scope_at(path: &str) -> Result<Scope, String> {
                 .pids
                 .extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
         }
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            stack.extend(
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
+        true
+    });
     Ok(scope)
 }
 
@@ -123,8 +125,7 @@ pub fn container_scope(prefix: &str) -> Result<Scope, String> {
         ));
     }
     let mut hits: Vec<(String, String)> = Vec::new();
-    let mut stack = vec![root.clone()];
-    while let Some(d) = stack.pop() {
+    walk(&root, |d| {
         let rel = format!(
             "/{}",
             d.strip_prefix(&root).unwrap_or(Path::new("")).display()
@@ -137,17 +138,10 @@ pub fn container_scope(prefix: &str) -> Result<Scope, String> {
             if !hits.iter().any(|(_, p)| rel.starts_with(p.as_str())) {
                 hits.push((c.id, rel));
             }
-            continue;
+            return false;
         }
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            stack.extend(
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
+        true
+    });
     let ids: HashSet<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
     match (ids.len(), hits.first()) {
         (1, Some((_, path))) => scope_at(path),
