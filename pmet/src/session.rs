@@ -146,6 +146,11 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         Lost::measure(counters.as_ref(), self.undecodable, overflows, &self.tree)
     }
 
+    /// Samples list the processes that ended since the previous one too.
+    pub fn keep_ended(&mut self) {
+        self.snapshots.keep_ended = true;
+    }
+
     /// A fresh userspace cookie.
     pub fn next_cookie(&mut self) -> u64 {
         self.cookies.next()

@@ -1046,6 +1046,9 @@ pub async fn trace(
     }
     let stream = std::mem::replace(&mut inputs.stream, Box::new(std::io::sink()));
     let mut sink = make_sink(stream);
+    if sink.wants_ended() {
+        st.s.keep_ended();
+    }
     if let Some(gate) = st.gate.take()
         && let Err(e) = gate.release()
     {

@@ -164,18 +164,23 @@ fn planted_symlinks_cannot_redirect_the_report_or_trace_events() {
     let script = format!(
         "ln -s {v} {w_}/.r.json.pmet-tmp.$PPID; \
          i=0; while [ $i -lt 50 ]; do ln -s {v} {w_}/.pmet-$i.tmp; i=$((i+1)); done; \
-         ln -sf {v} {w_}/r.json; ln -sf {v} {w_}/t.json; exit 7"
+         ln -sf {v} {w_}/r.json; ln -sf {v} {w_}/t.json; ln -sf {v} {w_}/m.prom; exit 7"
     );
+    // The textfile is rewritten at every sample: a symlink planted between
+    // two writes must be replaced, never followed.
     let mut c = sudo_pmet(&["trace", "-q", "-o"]);
     c.arg(w.join("r.json"))
         .arg("--trace-events")
         .arg(w.join("t.json"))
+        .arg("--textfile")
+        .arg(w.join("m.prom"))
         .args(["--", "sh", "-c", &script]);
     let (code, stderr) = run(c);
     assert_eq!(code, Some(7), "the command's status: {stderr}");
     assert_untouched(&victim);
     assert_users_regular_file(&w.join("r.json"));
     assert_users_regular_file(&w.join("t.json"));
+    assert_users_regular_file(&w.join("m.prom"));
     let r: Value = common::read_json(&w.join("r.json"));
     assert_eq!(r["exit_code"], 7);
 }

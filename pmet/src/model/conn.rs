@@ -58,7 +58,30 @@ pub enum Outcome {
     Aborted,
 }
 
+impl Proto {
+    /// Its name in the report (`tcp`, `udp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
 impl Outcome {
+    /// Its name in the report (`closed`, `refused`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Open => "open",
+            Outcome::Closed => "closed",
+            Outcome::Reset => "reset",
+            Outcome::Refused => "refused",
+            Outcome::Timeout => "timeout",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Aborted => "aborted",
+        }
+    }
+
     /// Ended in failure: a connect that never completed, or a reset.
     pub fn failed(self) -> bool {
         !matches!(self, Outcome::Open | Outcome::Closed)
@@ -80,6 +103,16 @@ impl Outcome {
 }
 
 impl Role {
+    /// Its name in the report (`connect`, `accept`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Connect => "connect",
+            Role::Accept => "accept",
+            Role::Udp => "udp",
+            Role::Unknown => "unknown",
+        }
+    }
+
     /// From the kernel side's [`pmet_common::conn_role`] value.
     pub fn from_kernel(v: u16) -> Self {
         use pmet_common::conn_role as r;
@@ -161,12 +194,10 @@ pub struct Connection {
 /// What a process did with sockets beyond the records kept.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Dropped {
-    /// Connections not listed (over the limit).
+    /// Connections not listed (over the limit). Their bytes are not kept:
+    /// they are what `net` holds beyond the listed ones (the report's
+    /// `connections_dropped`).
     pub count: u64,
-    /// Their bytes sent.
-    pub tx_bytes: u64,
-    /// Their bytes received.
-    pub rx_bytes: u64,
     /// Their retransmits.
     pub retransmits: u64,
     /// How many of them failed.
@@ -267,11 +298,7 @@ impl Conns {
                     c.bytes_final = final_;
                 }
             }
-            Some(Slot::Dropped(done)) if final_ && !*done => {
-                *done = true;
-                self.dropped.tx_bytes += tx;
-                self.dropped.rx_bytes += rx;
-            }
+            Some(Slot::Dropped(done)) if final_ => *done = true,
             _ => {}
         }
     }
@@ -360,12 +387,11 @@ mod tests {
             c.dropped,
             Dropped {
                 count: 1,
-                tx_bytes: 10,
-                rx_bytes: 20,
                 retransmits: 4,
                 failed: 1
             }
         );
+        assert!(!c.pending().contains(&3), "taken once: {:?}", c.pending());
         assert_eq!((c.list[0].tx_bytes, c.list[0].rx_bytes), (7, 8));
         c.set_bytes(1, 9, 9, true);
         c.set_bytes(1, 99, 99, true);
@@ -383,6 +409,20 @@ mod tests {
         assert_eq!(c.list[0].outcome, Outcome::Open);
         assert_eq!(c.list[1].closed_ns, Some(100));
         assert_eq!(c.list[1].outcome, Outcome::Closed);
+    }
+
+    #[test]
+    fn names_shown_are_the_reports() {
+        use Outcome::*;
+        for o in [Open, Closed, Reset, Refused, Timeout, Unreachable, Aborted] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+        for r in [Role::Connect, Role::Accept, Role::Udp, Role::Unknown] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        for p in [Proto::Tcp, Proto::Udp] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+        }
     }
 
     #[test]

@@ -131,6 +131,9 @@ pub struct Snapshotter {
     ebpf: bool,
     last: Option<(u64, Prev, u64, u64)>,
     procs: HashMap<(u32, u64), Prev>,
+    /// Lines for the processes that ended since the previous snapshot are
+    /// made (for `pmet top`; the live view and the stream show the living).
+    pub keep_ended: bool,
 }
 
 impl Snapshotter {
@@ -175,7 +178,7 @@ impl Snapshotter {
             let since_last = |end: u64| self.last.is_none_or(|(t, ..)| end > t);
             let ended = match p.end_ns {
                 None if !p.vanished => false,
-                Some(end) if since_last(end) => true,
+                Some(end) if self.keep_ended && since_last(end) => true,
                 _ => continue,
             };
             let now = Prev {

@@ -119,7 +119,6 @@ fn connections_table(r: &Report, o: &mut String) {
         o,
         "<h2>Connections</h2>\n<table id=\"connections\">\n<tr><th>pid</th><th>proto</th><th>role</th><th class=\"cmd\">local</th><th class=\"cmd\">remote</th><th>sent</th><th>received</th><th>opened s</th><th>closed s</th><th>outcome</th><th>retransmits</th></tr>"
     );
-    let text = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
     for (i, _) in tree_order(r) {
         let p = &r.processes[i];
         for c in p.connections.iter().flatten() {
@@ -132,15 +131,15 @@ fn connections_table(r: &Report, o: &mut String) {
                     ""
                 },
                 p.pid,
-                text(&c.proto),
-                text(&c.role),
+                c.proto.as_str(),
+                c.role.as_str(),
                 esc(c.local.as_deref().unwrap_or("—")),
                 esc(c.remote.as_deref().unwrap_or("—")),
                 bytes(c.tx_bytes),
                 bytes(c.rx_bytes),
                 c.opened_offset_s,
                 c.closed_offset_s.map_or("—".into(), |e| format!("{e:.3}")),
-                text(&c.outcome),
+                c.outcome.as_str(),
                 c.retransmits
             );
         }

@@ -157,6 +157,12 @@ impl Sink {
         }
     }
 
+    /// Whether this sink shows the processes that ended between samples
+    /// (`pmet top`): only then are they put in the samples.
+    pub fn wants_ended(&self) -> bool {
+        matches!(self, Sink::Top { .. } | Sink::TopView(_))
+    }
+
     /// Whether this sink reads keys (the full-screen view).
     pub fn takes_keys(&self) -> bool {
         matches!(self, Sink::TopView(_))

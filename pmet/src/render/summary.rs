@@ -268,10 +268,7 @@ pub fn connections(r: &Report, width: usize, st: Style) -> String {
                 failed.push((p, c));
             }
             let Some(remote) = &c.remote else { continue };
-            let proto = match c.proto {
-                crate::model::conn::Proto::Tcp => "tcp",
-                crate::model::conn::Proto::Udp => "udp",
-            };
+            let proto = c.proto.as_str();
             // An accepted connection's remote port is the client's
             // ephemeral one: grouped by client host and the port it reached.
             let key = match (c.role, c.local.as_deref()) {
@@ -338,11 +335,10 @@ pub fn connections(r: &Report, width: usize, st: Style) -> String {
         let _ = writeln!(o, "  failed connections:");
         for (p, c) in failed.iter().take(TOP) {
             let what = format!(
-                "{:?} {}",
-                c.outcome,
+                "{} {}",
+                c.outcome.as_str(),
                 c.remote.as_deref().unwrap_or("(no remote)")
-            )
-            .to_lowercase();
+            );
             let head = format!("    {:>7}  {:<34}  ", p.pid, what);
             let room = width.saturating_sub(head.chars().count()).max(10);
             let _ = writeln!(

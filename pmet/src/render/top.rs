@@ -20,6 +20,18 @@ pub enum TopSort {
     Net,
 }
 
+impl TopSort {
+    /// Its name, as `--sort` and the JSON lines spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopSort::Cpu => "cpu",
+            TopSort::Mem => "mem",
+            TopSort::Disk => "disk",
+            TopSort::Net => "net",
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Row<'a> {
     pid: u32,

@@ -267,15 +267,15 @@ impl TopView {
                 }
             );
             let sorted = format!(
-                "sorted by {sort:?}{}{}",
+                "sorted by {}{}{}",
+                sort.as_str(),
                 if tree { " · tree" } else { "" },
                 if filter.is_empty() {
                     String::new()
                 } else {
                     format!(" · filter: {filter}")
                 }
-            )
-            .to_lowercase();
+            );
             f.render_widget(
                 Paragraph::new(vec![Line::from(summary), Line::from(sorted)]),
                 head,
