@@ -68,7 +68,7 @@ pmet trace --no-ebpf -- make     (no root: polling only, less exact)"
     /// by CPU, memory, disk or network (exact per process, short-lived ones
     /// included); full screen on a terminal, JSON Lines otherwise.
     #[command(
-        after_help = "Keys (full screen): c m d n sort by CPU, memory, disk, network; t tree; / filter by command text; q quit.
+        after_help = "Keys (full screen): c m d n sort by CPU, memory, disk, network; t tree; / filter by command text, user:NAME or container:ID; q quit.
 Piped, or with --format jsonl: one JSON object per interval on standard output.
 
 Examples:
@@ -77,6 +77,15 @@ Examples:
   sudo pmet top --format jsonl -i 2s > top.jsonl"
     )]
     Top(TopArgs),
+    /// Export every process's figures host-wide for as long as it runs:
+    /// a Prometheus endpoint, OTLP, a Pushgateway or a textfile. Memory
+    /// follows the live processes: an ended process is forgotten once its
+    /// final figures have been exported. SIGHUP re-reads --config.
+    #[command(after_help = "Examples:
+  sudo pmet agent --prometheus 0.0.0.0:9464
+  sudo pmet agent --otlp http://collector:4318/v1/metrics --otlp-interval 30s
+  sudo pmet agent --config /etc/pmet/agent.toml     (contrib/pmet-agent.service runs this)")]
+    Agent(AgentArgs),
     /// Show a saved report (a file, or a run id from `pmet history`); export
     /// it as HTML, SVG, or a trace for Perfetto.
     #[command(after_help = "Examples:\n  \
@@ -194,7 +203,6 @@ impl From<Format> for crate::render::sink::SampleFormat {
     }
 }
 
-/// Options of `pmet trace`.
 /// `pmet top`.
 #[derive(Debug, Args)]
 pub struct TopArgs {
@@ -219,6 +227,10 @@ pub struct TopArgs {
     /// default when standard output is not a terminal.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<TopFormat>,
+
+    /// Exporters.
+    #[command(flatten)]
+    pub export: ExportArgs,
 }
 
 /// Output formats of `pmet top`.
@@ -228,6 +240,93 @@ pub enum TopFormat {
     Jsonl,
 }
 
+/// Where the figures go while pmet runs: the exporters of `pmet trace`,
+/// `pmet top` and `pmet agent`.
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Exporters")]
+pub struct ExportArgs {
+    /// Serve the figures as OpenMetrics at http://ADDR/metrics while pmet
+    /// runs, for Prometheus to scrape (e.g. 127.0.0.1:9464 or [::]:9464).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub prometheus: Option<String>,
+
+    /// Write the same exposition to PATH at every sample, atomically, for
+    /// node_exporter's textfile collector.
+    #[arg(long, value_name = "PATH")]
+    pub textfile: Option<PathBuf>,
+
+    /// Push the exposition to a Prometheus Pushgateway at the end (and
+    /// every --push-interval), as job="pmet", instance=<host name>: for CI
+    /// jobs that end before any scrape.
+    #[arg(long, value_name = "http://HOST:PORT")]
+    pub pushgateway: Option<String>,
+
+    /// With --pushgateway, also push this often while pmet runs.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "pushgateway")]
+    pub push_interval: Option<Duration>,
+
+    /// Send the figures as OTLP/HTTP protobuf metrics to this endpoint
+    /// (e.g. http://collector:4318/v1/metrics) every --otlp-interval and at
+    /// the end (waited for), with the OpenTelemetry process names.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
+
+    /// How often to send OTLP metrics while pmet runs.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub otlp_interval: Duration,
+
+    /// Give at most N processes series of their own (the rest are summed
+    /// under their executable name).
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = value_parser!(u32).range(0..=100_000))]
+    pub metrics_top: u32,
+}
+
+impl ExportArgs {
+    /// As the exporters take them.
+    pub fn settings(&self, interval: Option<Duration>) -> crate::export::Settings {
+        crate::export::Settings {
+            prometheus: self.prometheus.clone(),
+            textfile: self.textfile.clone(),
+            pushgateway: self.pushgateway.clone(),
+            push_interval: self.push_interval,
+            otlp: self.otlp.clone(),
+            otlp_interval: self.otlp_interval,
+            metrics_top: self.metrics_top as usize,
+            interval,
+        }
+    }
+}
+
+/// `pmet agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Exporters.
+    #[command(flatten)]
+    pub export: ExportArgs,
+
+    /// Read the exporters and the interval from this TOML file instead of
+    /// the command line, and again on SIGHUP (keys: prometheus, textfile,
+    /// pushgateway, push_interval, otlp, otlp_interval, metrics_top,
+    /// interval; see contrib/agent.toml).
+    #[arg(long, value_name = "FILE",
+          conflicts_with_all = ["prometheus", "textfile", "pushgateway", "push_interval", "otlp", "otlp_interval", "metrics_top", "interval"])]
+    pub config: Option<PathBuf>,
+
+    /// How often to sample every process.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+
+    /// Stop after this long (default: until SIGTERM or Ctrl-C).
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Do not read /proc/PID/smaps_rollup (PSS).
+    #[arg(long)]
+    pub no_pss: bool,
+}
+
+/// Options of `pmet trace`.
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// Attach to this running process and its descendants instead of launching a command.
@@ -329,41 +428,9 @@ pub struct TraceArgs {
           value_parser = value_parser!(u32).range(0..=10_000_000))]
     pub max_connections: u32,
 
-    /// Serve the figures as OpenMetrics at http://ADDR/metrics while pmet
-    /// runs, for Prometheus to scrape (e.g. 127.0.0.1:9464 or [::]:9464).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub prometheus: Option<String>,
-
-    /// Write the same exposition to PATH at every sample, atomically, for
-    /// node_exporter's textfile collector.
-    #[arg(long, value_name = "PATH")]
-    pub textfile: Option<PathBuf>,
-
-    /// Push the exposition to a Prometheus Pushgateway at the end (and
-    /// every --push-interval), as job="pmet", instance=<host name>: for CI
-    /// jobs that end before any scrape.
-    #[arg(long, value_name = "http://HOST:PORT")]
-    pub pushgateway: Option<String>,
-
-    /// With --pushgateway, also push this often while the command runs.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "pushgateway")]
-    pub push_interval: Option<Duration>,
-
-    /// Send the figures as OTLP/HTTP protobuf metrics to this endpoint
-    /// (e.g. http://collector:4318/v1/metrics) every --otlp-interval and at
-    /// the end (waited for), with the OpenTelemetry process names.
-    #[arg(long, value_name = "URL")]
-    pub otlp: Option<String>,
-
-    /// How often to send OTLP metrics while the command runs.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub otlp_interval: Duration,
-
-    /// Give at most N processes series of their own (the rest are summed
-    /// under their executable name).
-    #[arg(long, value_name = "N", default_value_t = 50,
-          value_parser = value_parser!(u32).range(0..=100_000))]
-    pub metrics_top: u32,
+    /// Exporters.
+    #[command(flatten)]
+    pub export: ExportArgs,
 
     /// Do not read /proc/PID/smaps_rollup: each process's PSS, private and
     /// shared memory (and the tree's PSS) are then null. It costs about

@@ -110,6 +110,15 @@ pub enum Error {
         source: io::Error,
     },
     /// Launching failed for another reason.
+    /// The working directory given for the command cannot be used.
+    #[error("cannot start the command in {path}: {source}; give a directory it can enter")]
+    Cwd {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     #[error("could not start the command: {0}")]
     Launch(#[source] io::Error),
     /// `--pid` names nothing.
@@ -157,7 +166,7 @@ impl Error {
             Error::NotExecutable { .. } => exit::NOT_EXECUTABLE,
             Error::NoSuchPid(_) => exit::NO_SUCH_PID,
             Error::Output { .. } | Error::Listen { .. } => exit::OUTPUT,
-            Error::Usage(_) => exit::USAGE,
+            Error::Usage(_) | Error::Cwd { .. } => exit::USAGE,
             Error::History(_) => exit::HISTORY,
             Error::NotRoot { .. }
             | Error::Tracefs(_)

@@ -14,7 +14,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -25,31 +25,199 @@ use tokio::{
 };
 
 use crate::{
+    error::Error,
     model::{
-        container::container,
+        container::container_of_cgroup,
         figures::figures,
-        net::Net,
         tree::{Proc, Tree},
     },
+    privileges::Credentials,
     render::openmetrics::{Row, TreeFigures, exposition},
+    report::{Output, OutputTarget},
 };
 
 /// Processes with series of their own unless `--metrics-top` says otherwise.
 pub const DEFAULT_METRICS_TOP: usize = 50;
 
-/// What the endpoint serves, and how many scrapes have taken it; the rows
-/// behind it, for OTLP.
+/// OTLP is sent this often unless `--otlp-interval` says otherwise.
+pub const DEFAULT_OTLP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where the figures go: the exporter flags, or `pmet agent`'s `--config`
+/// file (TOML, the flags' names with underscores), re-read on SIGHUP.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `--prometheus HOST:PORT`.
+    pub prometheus: Option<String>,
+    /// `--textfile PATH`.
+    pub textfile: Option<std::path::PathBuf>,
+    /// `--pushgateway URL`.
+    pub pushgateway: Option<String>,
+    /// `--push-interval`.
+    #[serde(default, deserialize_with = "some_duration")]
+    pub push_interval: Option<Duration>,
+    /// `--otlp URL`.
+    pub otlp: Option<String>,
+    /// `--otlp-interval`.
+    #[serde(default = "default_otlp_interval", deserialize_with = "duration")]
+    pub otlp_interval: Duration,
+    /// `--metrics-top N`.
+    #[serde(default = "default_metrics_top")]
+    pub metrics_top: usize,
+    /// How often every process is sampled (`pmet agent --interval`).
+    #[serde(default, deserialize_with = "some_duration")]
+    pub interval: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            prometheus: None,
+            textfile: None,
+            pushgateway: None,
+            push_interval: None,
+            otlp: None,
+            otlp_interval: DEFAULT_OTLP_INTERVAL,
+            metrics_top: DEFAULT_METRICS_TOP,
+            interval: None,
+        }
+    }
+}
+
+fn default_otlp_interval() -> Duration {
+    DEFAULT_OTLP_INTERVAL
+}
+
+fn default_metrics_top() -> usize {
+    DEFAULT_METRICS_TOP
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    match humantime::parse_duration(text.trim()) {
+        Ok(v) if !v.is_zero() => Ok(v),
+        Ok(_) => Err(serde::de::Error::custom("must be greater than zero")),
+        Err(e) => Err(serde::de::Error::custom(format!(
+            "`{text}`: {e} (try \"30s\", \"5m\" or \"1h30m\")"
+        ))),
+    }
+}
+
+fn some_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+impl Settings {
+    /// Whether any exporter is asked for.
+    pub fn any(&self) -> bool {
+        self.prometheus.is_some()
+            || self.textfile.is_some()
+            || self.pushgateway.is_some()
+            || self.otlp.is_some()
+    }
+
+    /// Reads a `--config` file; the error names the file and what is wrong.
+    pub fn read(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+    }
+
+    /// Parses a config file's text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let s: Self = toml::from_str(text).map_err(|e| {
+            // toml's message spans lines (a snippet of the file): one line.
+            e.message().to_owned()
+                + &e.span()
+                    .map(|r| {
+                        let line = text[..r.start].matches('\n').count() + 1;
+                        format!(" (line {line})")
+                    })
+                    .unwrap_or_default()
+        })?;
+        s.check_for_agent(false)?;
+        Ok(s)
+    }
+
+    /// What `pmet agent` needs: an exporter, and a push interval to push
+    /// while it runs (it may run for weeks). `flags`: name them as the
+    /// command line does, else as the config file does.
+    pub fn check_for_agent(&self, flags: bool) -> Result<(), String> {
+        let name = |key: &str| {
+            if flags {
+                format!("--{}", key.replace('_', "-"))
+            } else {
+                key.to_owned()
+            }
+        };
+        if !self.any() {
+            return Err(if flags {
+                "no exporter is given: add --prometheus HOST:PORT, --otlp URL, --pushgateway URL with --push-interval, --textfile PATH, or --config FILE".into()
+            } else {
+                "no exporter is given: set prometheus, otlp, pushgateway (with push_interval) or textfile".into()
+            });
+        }
+        if self.pushgateway.is_some() && self.push_interval.is_none() {
+            return Err(format!(
+                "{} needs {}: pmet agent pushes while it runs",
+                name("pushgateway"),
+                name("push_interval")
+            ));
+        }
+        if let Some(g) = &self.pushgateway {
+            Gateway::parse(g)?;
+        }
+        Ok(())
+    }
+}
+
+/// Who takes the published figures. A process's own series go once every
+/// reader in use has taken them after its final values were published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// A scrape of `/metrics`.
+    Scrape = 0,
+    /// An OTLP collection.
+    Otlp = 1,
+    /// A push to the Pushgateway.
+    Push = 2,
+}
+
+/// What the endpoint serves, and how many times each reader has taken it;
+/// the rows behind it, for OTLP.
 #[derive(Clone, Default)]
 pub struct Published {
     text: Arc<Mutex<String>>,
-    scrapes: Arc<AtomicU64>,
     rows: Arc<Mutex<(Vec<Row>, TreeFigures)>>,
+    reads: Arc<[AtomicU64; 3]>,
+    readers: Arc<[AtomicBool; 3]>,
 }
 
 impl Published {
     /// The exposition now.
     pub fn text(&self) -> String {
         self.text.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Says whether `r` takes the figures (a reload may change it).
+    pub fn uses(&self, r: Reader, yes: bool) {
+        self.readers[r as usize].store(yes, Ordering::Relaxed);
+    }
+
+    /// Counts a read by `r`, made before it takes the figures: a read that
+    /// races an update is counted as older than it is, never newer.
+    fn read_by(&self, r: Reader) {
+        self.reads[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reads(&self) -> [u64; 3] {
+        std::array::from_fn(|i| self.reads[i].load(Ordering::Relaxed))
+    }
+
+    /// Every reader in use has read since `at`.
+    fn read_since(&self, at: [u64; 3]) -> bool {
+        let now = self.reads();
+        (0..3).all(|i| !self.readers[i].load(Ordering::Relaxed) || now[i] > at[i])
     }
 }
 
@@ -68,12 +236,15 @@ struct Shown {
 pub struct Exporter {
     published: Published,
     top: usize,
-    /// Processes with series of their own, and the scrape count when their
-    /// final values were first published (`None` while alive).
-    own: HashMap<(u32, u64), Option<u64>>,
-    /// Processes whose own series are gone (exited and scraped).
+    /// Processes with series of their own, and the readers' counts when
+    /// their final values were first published (`None` while alive).
+    own: HashMap<(u32, u64), Option<[u64; 3]>>,
+    /// Processes whose own series are gone (exited and read).
     retired: HashSet<(u32, u64)>,
     shown: HashMap<(u32, u64), Shown>,
+    /// The sums by executable name of the summed processes the session has
+    /// forgotten ([`Exporter::forget`]): what they added stays.
+    gone: HashMap<String, Row>,
     /// Container ids by cgroup id, looked up once each.
     containers: HashMap<u64, Option<String>>,
 }
@@ -87,6 +258,7 @@ impl Exporter {
             own: HashMap::new(),
             retired: HashSet::new(),
             shown: HashMap::new(),
+            gone: HashMap::new(),
             containers: HashMap::new(),
         }
     }
@@ -96,20 +268,43 @@ impl Exporter {
         self.published.clone()
     }
 
+    /// Processes first seen from now on get series of their own while fewer
+    /// than `top` have them (a reload; those that have them keep them).
+    pub fn set_top(&mut self, top: usize) {
+        self.top = top;
+    }
+
+    /// Whether the session may forget `p` (ended, its final figures taken
+    /// in by an update): its own series have been read, or it is summed
+    /// under its name.
+    pub fn forgettable(&self, p: &Proc) -> bool {
+        let key = (p.pid, p.cookie);
+        self.retired.contains(&key)
+            || (!self.own.contains_key(&key) && self.shown.contains_key(&key))
+    }
+
+    /// The session forgot these processes: the summed ones' final figures
+    /// stay in their names' sums.
+    pub fn forget(&mut self, procs: &[Proc], ticks_per_s: u64, kernel_io: bool, ebpf: bool) {
+        for p in procs {
+            let key = (p.pid, p.cookie);
+            if !self.retired.remove(&key) && !self.own.contains_key(&key) {
+                let row = self.row(p, ticks_per_s, kernel_io, ebpf);
+                let sum = self
+                    .gone
+                    .entry(row.exe.clone())
+                    .or_insert_with(|| Row::summed(&row.exe, ebpf));
+                sum.add(&row);
+            }
+            self.shown.remove(&key);
+        }
+    }
+
     fn container_of(&mut self, p: &Proc) -> Option<String> {
         let id = p.ids?.cgroup_id;
-        if id == 0 {
-            return None;
-        }
         self.containers
             .entry(id)
-            .or_insert_with(|| {
-                let paths = crate::collect::cgroup::paths_of(&HashSet::from([id]));
-                paths
-                    .get(&id)
-                    .and_then(|path| container(path))
-                    .map(|c| c.id)
-            })
+            .or_insert_with(|| container_of_cgroup(id))
             .clone()
     }
 
@@ -154,13 +349,12 @@ impl Exporter {
         ebpf: bool,
         lost: u64,
     ) {
-        let scrapes = self.published.scrapes.load(Ordering::Relaxed);
-        // Exited processes whose final values a scrape has seen give their
-        // slot back.
+        // Exited processes whose final values every reader has taken give
+        // their slot back.
         let done: Vec<_> = self
             .own
             .iter()
-            .filter(|(_, at)| at.is_some_and(|at| scrapes > at))
+            .filter(|(_, at)| at.is_some_and(|at| self.published.read_since(at)))
             .map(|(k, _)| *k)
             .collect();
         for k in done {
@@ -168,7 +362,8 @@ impl Exporter {
             self.retired.insert(k);
         }
         let mut rows = Vec::new();
-        let mut others: HashMap<String, Row> = HashMap::new();
+        let mut others = self.gone.clone();
+        let mut now_final = Vec::new();
         for p in &tree.procs {
             let key = (p.pid, p.cookie);
             if self.retired.contains(&key) {
@@ -181,37 +376,27 @@ impl Exporter {
                 self.own.insert(key, None);
             }
             let row = self.row(p, ticks_per_s, kernel_io, ebpf);
-            match self.own.get_mut(&key) {
+            match self.own.get(&key) {
                 Some(at) => {
                     if !p.alive() && at.is_none() {
-                        *at = Some(scrapes);
+                        now_final.push(key);
                     }
                     rows.push(row);
                 }
-                None => {
-                    let sum = others.entry(row.exe.clone()).or_insert_with(|| Row {
-                        exe: row.exe.clone(),
-                        net: ebpf.then(Net::default),
-                        ..Row::default()
-                    });
-                    sum.cpu_user_s += row.cpu_user_s;
-                    sum.cpu_system_s += row.cpu_system_s;
-                    sum.rss_bytes += row.rss_bytes;
-                    sum.disk_read_bytes += row.disk_read_bytes;
-                    sum.disk_write_bytes += row.disk_write_bytes;
-                    if let (Some(s), Some(n)) = (sum.net.as_mut(), row.net.as_ref()) {
-                        s.add(n);
-                    }
-                }
+                None => others
+                    .entry(row.exe.clone())
+                    .or_insert_with(|| Row::summed(&row.exe, ebpf))
+                    .add(&row),
             }
         }
         let mut others: Vec<Row> = others.into_values().collect();
         others.sort_by(|a, b| a.exe.cmp(&b.exe));
         rows.extend(others);
         let figures = TreeFigures {
-            seen: tree.procs.len() as u64,
+            seen: tree.seen_count(),
             alive: tree.alive_count() as u64,
             lost,
+            held: tree.procs.len() as u64,
         };
         let text = exposition(&rows, figures);
         if let Ok(mut t) = self.published.text.lock() {
@@ -219,6 +404,200 @@ impl Exporter {
         }
         if let Ok(mut r) = self.published.rows.lock() {
             *r = (rows, figures);
+        }
+        // Counted from after publishing: a read must come later still.
+        let at = self.published.reads();
+        for k in now_final {
+            self.own.insert(k, Some(at));
+        }
+    }
+}
+
+/// The exporters' endpoints, checked and opened before anything is
+/// launched (and, at a reload, before anything running is replaced), so a
+/// request that cannot succeed changes nothing.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    listener: Option<std::net::TcpListener>,
+    textfile: Option<Output>,
+    gateway: Option<Gateway>,
+}
+
+impl Endpoints {
+    /// Opens what `x` asks for, files as `owner`. `running`: the settings
+    /// in use (a reload), whose unchanged address is not bound again.
+    pub fn open(
+        x: &Settings,
+        owner: Option<&Credentials>,
+        running: Option<&Settings>,
+    ) -> Result<Self, Error> {
+        let listener = match &x.prometheus {
+            Some(addr) if running.is_none_or(|r| r.prometheus.as_ref() != Some(addr)) => {
+                let listen = |source| Error::Listen {
+                    addr: addr.clone(),
+                    source,
+                };
+                let l = std::net::TcpListener::bind(addr.as_str()).map_err(listen)?;
+                l.set_nonblocking(true).map_err(listen)?;
+                Some(l)
+            }
+            _ => None,
+        };
+        let textfile = x
+            .textfile
+            .as_ref()
+            .map(|p| OutputTarget::File(p.clone()).prepare(owner, "--textfile"))
+            .transpose()?;
+        let gateway = x
+            .pushgateway
+            .as_deref()
+            .map(Gateway::parse)
+            .transpose()
+            .map_err(Error::Usage)?;
+        Ok(Self {
+            listener,
+            textfile,
+            gateway,
+        })
+    }
+}
+
+/// A session's exporters at work: the exposition kept up to date, served,
+/// written, pushed and sent; a reload swaps the endpoints that changed.
+pub struct Running {
+    /// Builds what is published.
+    pub exporter: Exporter,
+    settings: Settings,
+    host: String,
+    serve: Option<tokio::task::JoinHandle<()>>,
+    textfile: Option<Output>,
+    /// A textfile write failed (said once).
+    failed: bool,
+    /// Exports that failed, for the report.
+    pub errors: u64,
+    pusher: Option<Pusher>,
+    last_push: std::time::Instant,
+    otlp: Option<Otlp>,
+}
+
+impl Running {
+    /// Starts the exporters `x` asks for (inside the session's runtime).
+    pub fn start(x: Settings, ends: Endpoints, host: String) -> Result<Self, Error> {
+        let mut r = Self {
+            exporter: Exporter::new(x.metrics_top),
+            settings: Settings {
+                otlp: None,
+                ..Settings::default()
+            },
+            host,
+            serve: None,
+            textfile: None,
+            failed: false,
+            errors: 0,
+            pusher: None,
+            last_push: std::time::Instant::now(),
+            otlp: None,
+        };
+        r.apply(x, ends)?;
+        Ok(r)
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Puts `x` in place: what changed is stopped (a pending push or OTLP
+    /// export is finished first) and started anew; the rest keeps running.
+    /// The counters carry on: a reload is not a restart for Prometheus.
+    pub fn apply(&mut self, x: Settings, ends: Endpoints) -> Result<(), Error> {
+        let published = self.exporter.published();
+        if x.prometheus != self.settings.prometheus {
+            if let Some(h) = self.serve.take() {
+                h.abort();
+            }
+            if let (Some(l), Some(addr)) = (ends.listener, &x.prometheus) {
+                let l = TcpListener::from_std(l).map_err(|source| Error::Listen {
+                    addr: addr.clone(),
+                    source,
+                })?;
+                self.serve = Some(tokio::spawn(serve(l, published.clone())));
+            }
+        }
+        self.textfile = ends.textfile;
+        if x.pushgateway != self.settings.pushgateway {
+            if let Some(p) = self.pusher.take() {
+                let text = published.text();
+                self.said(p.finish(&text));
+            }
+            self.pusher = ends
+                .gateway
+                .map(|g| Pusher::start(g, self.host.clone(), published.clone()));
+        }
+        if (&x.otlp, x.otlp_interval) != (&self.settings.otlp, self.settings.otlp_interval) {
+            if let Some(o) = self.otlp.take() {
+                self.said(o.finish());
+            }
+            self.otlp = x
+                .otlp
+                .clone()
+                .map(|url| Otlp::start(url, x.otlp_interval, published.clone(), self.host.clone()));
+        }
+        published.uses(Reader::Scrape, self.serve.is_some());
+        published.uses(Reader::Push, self.pusher.is_some());
+        published.uses(Reader::Otlp, self.otlp.is_some());
+        self.exporter.set_top(x.metrics_top);
+        self.settings = x;
+        Ok(())
+    }
+
+    fn said(&mut self, r: Result<(), String>) {
+        if let Err(e) = r {
+            self.errors += 1;
+            crate::say!("pmet: warning: {e}; the report is written all the same");
+        }
+    }
+
+    /// After an update of the exporter: the textfile is rewritten, and a
+    /// push made when one is due.
+    pub fn published_anew(&mut self) {
+        if let (Some(p), Some(every)) = (&self.pusher, self.settings.push_interval)
+            && self.last_push.elapsed() >= every
+        {
+            p.push(&self.exporter.published().text());
+            self.last_push = std::time::Instant::now();
+        }
+        if let Some(t) = &self.textfile {
+            // node_exporter's textfile collector reads the classic text
+            // format, as the Pushgateway does.
+            let text = classic(&self.exporter.published().text());
+            if let Err(e) = t.write_with(|w| w.write_all(text.as_bytes())) {
+                self.errors += 1;
+                if !self.failed {
+                    self.failed = true;
+                    crate::say!(
+                        "pmet: warning: --textfile: {e}; the report is written all the same"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The last word to the Pushgateway and the OTLP endpoint, waited for
+    /// (a CI job's figures). A failure is said and counted; it never
+    /// changes the command's status.
+    pub fn finish(&mut self) {
+        let text = self.exporter.published().text();
+        if let Some(p) = self.pusher.take() {
+            let r = p.finish(&text);
+            self.said(r);
+        }
+        if let Some(o) = self.otlp.take() {
+            let r = o.finish();
+            self.said(r);
+        }
+        if let Some(h) = self.serve.take() {
+            h.abort();
         }
     }
 }
@@ -263,6 +642,7 @@ pub async fn serve(listener: TcpListener, published: Published) {
                     && h.contains("application/openmetrics-text")
             });
             let response = if get && (path == "/metrics" || path.starts_with("/metrics?")) {
+                published.read_by(Reader::Scrape);
                 let (body, kind) = if openmetrics {
                     (
                         published.text(),
@@ -274,7 +654,6 @@ pub async fn serve(listener: TcpListener, published: Published) {
                         "text/plain; version=0.0.4; charset=utf-8",
                     )
                 };
-                published.scrapes.fetch_add(1, Ordering::Relaxed);
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -426,10 +805,14 @@ impl Otlp {
                 })
                 .build();
             let rows = published.rows.clone();
+            let reads = published.clone();
             let _seen = meter
                 .u64_observable_counter("pmet.processes.seen")
                 .with_description("Processes of the traced scope seen so far")
                 .with_callback(move |o| {
+                    // One collection, counted once (this instrument is one
+                    // of several read in it).
+                    reads.read_by(Reader::Otlp);
                     if let Ok(r) = rows.lock() {
                         o.observe(r.1.seen, &[]);
                     }
@@ -586,7 +969,7 @@ pub struct Pusher {
 
 impl Pusher {
     /// Starts pushing to `gateway` as instance `instance`.
-    pub fn start(gateway: Gateway, instance: String) -> Self {
+    pub fn start(gateway: Gateway, instance: String, published: Published) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Option<String>>();
         let thread = std::thread::spawn(move || {
             let mut last = Ok(());
@@ -602,7 +985,10 @@ impl Pusher {
                     }
                 }
                 match body {
-                    Some(b) => last = gateway.push(&instance, &b),
+                    Some(b) => {
+                        published.read_by(Reader::Push);
+                        last = gateway.push(&instance, &b);
+                    }
                     None => done = true,
                 }
             }
@@ -663,6 +1049,25 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_agent_config_is_valid_and_mistakes_are_named() {
+        let s = Settings::parse(include_str!("../../contrib/agent.toml")).unwrap();
+        assert_eq!(s.prometheus.as_deref(), Some("0.0.0.0:9464"));
+        assert_eq!(s.interval, Some(Duration::from_secs(5)));
+        assert_eq!(s.otlp_interval, DEFAULT_OTLP_INTERVAL);
+        let err = |t: &str| Settings::parse(t).unwrap_err();
+        assert_eq!(
+            err("otlp = \"http://c:4318/v1/metrics\"\ninterval = \"soon\"\n"),
+            "`soon`: expected number at 0 (try \"30s\", \"5m\" or \"1h30m\") (line 2)"
+        );
+        assert!(err("metrics_top = 5\n").starts_with("no exporter is given"));
+        assert_eq!(
+            err("pushgateway = \"http://pg:9091\"\n"),
+            "pushgateway needs push_interval: pmet agent pushes while it runs"
+        );
+        assert!(err("prometheus = \":1\"\nprometheus = \":2\"\n").contains("line 2"));
+    }
+
+    #[test]
     fn gateway_addresses_are_checked() {
         assert_eq!(
             Gateway::parse("http://pg:9091/base/").unwrap(),
@@ -706,10 +1111,54 @@ mod tests {
         // Both own processes have exited: once a scrape has seen their
         // final values, their series go and their slots are free; the sums
         // keep everything they had.
-        x.published.scrapes.fetch_add(1, Ordering::Relaxed);
+        x.published.uses(Reader::Scrape, true);
+        x.published.read_by(Reader::Scrape);
         x.update(&tree, 100, true, true, 0);
         let text = x.published().text();
         assert_eq!(pids(&text, "process_memory_usage_bytes"), [""]);
         assert!(text.contains("pmet_processes_seen_total 6"), "{text}");
+    }
+
+    #[test]
+    fn forgotten_processes_leave_their_sums_and_counts_unchanged() {
+        let (mut tree, _) = fixture::web_job();
+        let mut x = Exporter::new(2);
+        x.published.uses(Reader::Scrape, true);
+        x.update(&tree, 100, true, true, 0);
+        // The summed series and the count of processes seen (in any order:
+        // a family's series come in hash order).
+        let sums = |text: &str| -> Vec<String> {
+            let mut v: Vec<String> = text
+                .lines()
+                .filter(|l| l.contains("process_pid=\"\"") || l.starts_with("pmet_processes_seen"))
+                .map(str::to_owned)
+                .collect();
+            v.sort();
+            v
+        };
+        let before = sums(&x.published().text());
+        // The two with series of their own have not been scraped since
+        // they ended: only the summed ones may go.
+        let gone = tree.prune(100, true, |p| x.forgettable(p));
+        assert_eq!(
+            gone.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            [1002, 1003, 1004, 1005]
+        );
+        x.forget(&gone, 100, true, true);
+        x.update(&tree, 100, true, true, 0);
+        let text = x.published().text();
+        assert_eq!(sums(&text), before);
+        assert!(text.contains("pmet_processes_held 2"), "{text}");
+        // Scraped: the last two go as well, and the totals stay.
+        x.published.read_by(Reader::Scrape);
+        x.update(&tree, 100, true, true, 0);
+        let gone = tree.prune(100, true, |p| x.forgettable(p));
+        assert_eq!(gone.len(), 1, "the root stays");
+        x.forget(&gone, 100, true, true);
+        x.update(&tree, 100, true, true, 0);
+        let text = x.published().text();
+        assert!(text.contains("pmet_processes_seen_total 6"), "{text}");
+        assert!(text.contains("pmet_processes_held 1"), "{text}");
+        assert_eq!(tree.gone.procs, 5);
     }
 }

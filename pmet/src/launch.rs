@@ -80,6 +80,8 @@ pub struct Prepared {
     argv: Vec<CString>,
     envp: Vec<CString>,
     creds: Option<Credentials>,
+    /// The directory it starts in (pmet's own when `None`).
+    cwd: Option<CString>,
     /// [`RESTORED_LIMITS`] as they were before pmet raised them.
     limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
 }
@@ -122,6 +124,7 @@ impl Prepared {
                 })
                 .collect::<Result<_, _>>()?,
             creds,
+            cwd: None,
             limits: RESTORED_LIMITS
                 .into_iter()
                 .filter_map(|r| {
@@ -137,6 +140,23 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// Starts the command in `dir`, checked now (as pmet can see it; the
+    /// command's user is checked again when it starts).
+    pub fn in_dir(mut self, dir: &std::path::Path) -> Result<Self, Error> {
+        let cwd_error = |source| Error::Cwd {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(dir).map_err(cwd_error)?;
+        if !meta.is_dir() {
+            return Err(cwd_error(io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        self.cwd = Some(cstring(dir.as_os_str().as_bytes())?);
+        Ok(self)
+    }
+}
+
 /// A forked child waiting at the gate.
 pub struct Gated {
     /// The child's pid.
@@ -144,6 +164,7 @@ pub struct Gated {
     gate: Option<OwnedFd>,
     errors: OwnedFd,
     path: String,
+    cwd: Option<String>,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -235,6 +256,15 @@ pub fn spawn_gated(p: &Prepared) -> Result<Gated, Error> {
             {
                 fail(125);
             }
+            // As the command's user. A failure is sent negated, apart from
+            // the exec's.
+            if let Some(dir) = &p.cwd
+                && libc::chdir(dir.as_ptr()) != 0
+            {
+                let e = -*libc::__errno_location();
+                libc::write(err_w.as_raw_fd(), (&raw const e).cast(), 4);
+                libc::_exit(126);
+            }
             libc::execve(p.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
             let e = *libc::__errno_location();
             fail(if e == libc::ENOENT { 127 } else { 126 });
@@ -247,6 +277,7 @@ pub fn spawn_gated(p: &Prepared) -> Result<Gated, Error> {
         gate: Some(gate_w),
         errors: err_r,
         path: p.path.to_string_lossy().into_owned(),
+        cwd: p.cwd.as_ref().map(|c| c.to_string_lossy().into_owned()),
     })
 }
 
@@ -283,7 +314,14 @@ impl Gated {
             // The pipe closed on exec: the command is running.
             return Ok(());
         }
-        let e = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+        let code = i32::from_ne_bytes(errno);
+        if code < 0 {
+            return Err(Error::Cwd {
+                path: self.cwd.clone().unwrap_or_default().into(),
+                source: io::Error::from_raw_os_error(-code),
+            });
+        }
+        let e = io::Error::from_raw_os_error(code);
         Err(match e.raw_os_error() {
             Some(libc::ENOENT) => Error::CommandNotFound(self.path.clone()),
             _ => Error::NotExecutable {

@@ -48,52 +48,107 @@ fn fail(e: &Error) -> ExitCode {
 /// processes as JSON Lines on standard output, with no summary or report.
 fn run_top(a: pmet::cli::TopArgs) -> ExitCode {
     let full_screen = a.format.is_none() && stdout_is_tty();
-    #[derive(Parser)]
-    struct Only {
-        #[command(flatten)]
-        args: TraceArgs,
-    }
-    let interval = humantime::format_duration(a.interval).to_string();
-    let mut argv: Vec<String> = [
+    let argv = host_wide(
         "pmet-top",
-        "--all",
-        "--stream",
-        "/dev/stdout",
-        "--interval",
-        &interval,
-        "--min-interval",
-        &interval,
-        "--max-interval",
-        &interval,
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    if let Some(d) = a.duration {
-        argv.extend([
-            "--duration".into(),
-            humantime::format_duration(d).to_string(),
-        ]);
-    }
+        a.interval,
+        a.duration,
+        &["--stream", "/dev/stdout"],
+    );
     let format = if full_screen {
         pmet::render::sink::SampleFormat::TopView(a.sort)
     } else {
         pmet::render::sink::SampleFormat::Top(a.sort, a.limit as usize)
     };
     match Only::try_parse_from(argv) {
-        Ok(o) => run_trace_as(o.args, true, Some(format)),
+        Ok(mut o) => {
+            o.args.export = a.export;
+            run_trace_as(o.args, true, Some(format), None)
+        }
         Err(e) => fail(&Error::Usage(e.to_string())),
     }
 }
 
 fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
-    run_trace_as(args, quiet, None)
+    run_trace_as(args, quiet, None, None)
 }
 
-/// A trace session; `top` makes its samples `pmet top`'s lines.
+/// `pmet agent`: a host-wide session (`--all`) that exports and forgets,
+/// with no summary or report.
+fn run_agent(a: pmet::cli::AgentArgs) -> ExitCode {
+    let settings = match &a.config {
+        Some(path) => pmet::export::Settings::read(path),
+        None => {
+            let s = a.export.settings(a.interval);
+            s.check_for_agent(true)
+                .map(|()| s)
+                .map_err(|e| format!("pmet agent: {e}"))
+        }
+    };
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => return fail(&Error::Usage(e)),
+    };
+    let interval = settings
+        .interval
+        .unwrap_or(std::time::Duration::from_secs(5));
+    let argv = host_wide(
+        "pmet-agent",
+        interval,
+        a.duration,
+        if a.no_pss { &["--no-pss"] } else { &[] },
+    );
+    let agent = pmet::trace::Agent { config: a.config };
+    match Only::try_parse_from(argv) {
+        Ok(o) => run_trace_as(o.args, true, None, Some((settings, agent))),
+        Err(e) => fail(&Error::Usage(e.to_string())),
+    }
+}
+
+/// `pmet trace` options for a host-wide session sampled every `interval`
+/// exactly, for `top` and `agent`.
+fn host_wide(
+    name: &str,
+    interval: std::time::Duration,
+    duration: Option<std::time::Duration>,
+    more: &[&str],
+) -> Vec<String> {
+    let every = humantime::format_duration(interval).to_string();
+    let mut argv: Vec<String> = [
+        name,
+        "--all",
+        "--interval",
+        &every,
+        "--min-interval",
+        &every,
+        "--max-interval",
+        &every,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if let Some(d) = duration {
+        argv.extend([
+            "--duration".into(),
+            humantime::format_duration(d).to_string(),
+        ]);
+    }
+    argv.extend(more.iter().map(|m| (*m).to_owned()));
+    argv
+}
+
+/// Parses options as `pmet trace` does, for `top` and `agent`.
+#[derive(Parser)]
+struct Only {
+    #[command(flatten)]
+    args: TraceArgs,
+}
+
+/// A trace session; `top` makes its samples `pmet top`'s lines, `agent`
+/// makes it `pmet agent`.
 fn run_trace_as(
     args: TraceArgs,
     quiet: bool,
     top: Option<pmet::render::sink::SampleFormat>,
+    agent: Option<(pmet::export::Settings, pmet::trace::Agent)>,
 ) -> ExitCode {
     // Before any thread exists, so every thread inherits it: the signals
     // pmet passes on are only ever read from its signalfd.
@@ -156,13 +211,14 @@ fn run_trace_as(
         max_threads_listed: args.max_threads_listed as usize,
         max_connections: args.max_connections as usize,
         no_pss: args.no_pss,
-        prometheus: args.prometheus,
-        textfile: args.textfile,
-        metrics_top: args.metrics_top as usize,
-        pushgateway: args.pushgateway,
-        push_interval: args.push_interval,
-        otlp: args.otlp,
-        otlp_interval: args.otlp_interval,
+        export: match &agent {
+            Some((x, _)) => x.clone(),
+            None => args.export.settings(None),
+        },
+        agent: agent.map(|(_, a)| a),
+        env: None,
+        cwd: None,
+        embedded: false,
         env_policy: pmet::model::env::EnvPolicy {
             all: args.env_all,
             names: args.env,
@@ -243,6 +299,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Trace(args) => run_trace(*args, cli.quiet),
         Command::Top(a) => run_top(a),
+        Command::Agent(a) => run_agent(a),
         Command::Report(a) => code(commands::report(&a, terminal_width(), stdout_is_tty())),
         Command::Diff(a) => code(commands::diff_cmd(&a)),
         Command::History(a) => code(commands::history_cmd(&a, terminal_width())),

@@ -179,6 +179,11 @@ fn groups_of(name: &str, gid: u32) -> Vec<u32> {
     }
 }
 
+/// The name of the user with this id, if it has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    passwd_entry(None, uid).map(|e| e.0)
+}
+
 /// Looks up a user by name or numeric id.
 pub fn account(user: &str) -> Option<Account> {
     let entry = passwd_entry(Some(user), 0).or_else(|| {

@@ -22,7 +22,7 @@ use crate::{
         event::{Event, ThreadTotals},
         series::Recorder,
         snapshot::{Snapshot, Snapshotter},
-        tree::{Baseline, ExitStatus, Kept, Seen, Tree},
+        tree::{Baseline, ExitStatus, Kept, Proc, Seen, Tree},
     },
     report::{self, Lost},
 };
@@ -107,6 +107,7 @@ pub struct Session<E, S> {
     /// Processes the kernel no longer tracks whose exit has not arrived, and
     /// since when (boottime ns).
     suspects: HashMap<(u32, u64), u64>,
+    kernel_io: bool,
 }
 
 impl<E: EventSource, S: Sampler> Session<E, S> {
@@ -133,17 +134,59 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             recorder: Recorder::new(report::MAX_TREE_POINTS, report::MAX_PROC_POINTS),
             suspects: HashMap::new(),
             taskstats_overflows: None,
+            kernel_io,
         }
     }
 
-    /// Every loss so far (the one value the live view and the report show).
+    /// Every loss of the run, once it has settled (the report's).
     pub fn losses(&self) -> Lost {
+        self.losses_at(None)
+    }
+
+    /// Every loss so far (the one value the live view and the exporters
+    /// show) at `now`: a process that ended less than [`FREE_TIMEOUT`] ago
+    /// may still be waiting for its final figures, not missing them, so the
+    /// count only grows while the run goes on.
+    fn losses_at(&self, now: Option<u64>) -> Lost {
         let counters = self.kernel.as_ref().map(|k| k.counters());
         let overflows = self
             .taskstats_overflows
             .as_ref()
             .map_or(0, |o| o.load(std::sync::atomic::Ordering::Relaxed));
-        Lost::measure(counters.as_ref(), self.undecodable, overflows, &self.tree)
+        let settled_before = now.map(|n| n.saturating_sub(FREE_TIMEOUT.as_nanos() as u64));
+        Lost::measure(
+            counters.as_ref(),
+            self.undecodable,
+            overflows,
+            &self.tree,
+            settled_before,
+        )
+    }
+
+    /// Forgets the processes whose figures are final and that `forget`
+    /// agrees to (`pmet agent`: once exported), with their series; the tree
+    /// keeps their sums. Final: ended a second ago or more with every
+    /// thread's free taken in (or vanished), or ended past the point where a
+    /// missing free is given up. Returns what was forgotten.
+    pub fn prune(&mut self, now: u64, forget: impl Fn(&Proc) -> bool) -> Vec<Proc> {
+        let ago = |d: std::time::Duration| now.saturating_sub(d.as_nanos() as u64);
+        let (settled, given_up) = (
+            ago(std::time::Duration::from_secs(1)),
+            ago(FREE_TIMEOUT + std::time::Duration::from_secs(1)),
+        );
+        let removed = self
+            .tree
+            .prune(self.procfs.ticks_per_s(), self.kernel_io, |p| {
+                let end = p.end_ns.unwrap_or(0);
+                let done =
+                    end <= given_up || (end <= settled && (p.totals_complete() || p.vanished));
+                done && forget(p)
+            });
+        for p in &removed {
+            self.recorder.procs.remove(&(p.pid, p.cookie));
+            self.suspects.remove(&(p.pid, p.cookie));
+        }
+        removed
     }
 
     /// Samples list the processes that ended since the previous one too.
@@ -504,7 +547,9 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         }
         self.tree.note_pss();
         self.samples += 1;
-        let snap = self.snapshots.take(&self.tree, now, self.losses().total());
+        let snap = self
+            .snapshots
+            .take(&self.tree, now, self.losses_at(Some(now)).total());
         let keys = self.tree.live_keys().into_iter().collect();
         self.recorder.record(&snap, &keys);
         snap
@@ -1178,6 +1223,50 @@ mod tests {
         let p = by_pid(&s, 200)[0];
         assert!(!p.alive() && !p.totals_complete());
         assert_eq!(s.losses().total(), 0);
+    }
+
+    #[test]
+    fn a_long_session_forgets_final_processes_and_keeps_their_losses() {
+        let mut s = session();
+        let k = kernel(&mut s);
+        // 200 ends with its free seen; 201 ends and its free never comes.
+        k.fork(1100 * MS, ROOT, 200, 11);
+        k.fork(1100 * MS, ROOT, 201, 13);
+        k.exit(1200 * MS, 200, 11, 0);
+        k.exit(1200 * MS, 201, 13, 0);
+        k.events.push_back(Event::Free {
+            ts_ns: 1210 * MS,
+            tgid: 200,
+            tid: 200,
+            cookie: 11,
+            totals: Some(ThreadTotals {
+                runtime_ns: 5 * MS,
+                ..ThreadTotals::default()
+            }),
+            kept: None,
+        });
+        s.drain();
+        // Within a second of the end nothing goes; 201 is pending, not lost.
+        assert!(s.prune(2000 * MS, |_| true).is_empty());
+        assert_eq!(s.losses_at(Some(2000 * MS)).totals_missing, 0);
+        // 200 is final a second after its end; 201 only once its free is
+        // given up, and then as missing figures, counted once for good.
+        let gone = s.prune(2300 * MS, |_| true);
+        assert_eq!(gone.iter().map(|p| p.pid).collect::<Vec<_>>(), [200]);
+        assert_eq!(s.tree.seen_count(), 3);
+        assert_eq!(s.tree.gone.cpu_s, 0.005);
+        let later = 1200 * MS + (FREE_TIMEOUT + Duration::from_secs(1)).as_nanos() as u64;
+        let before = s.losses_at(Some(later));
+        assert_eq!(before.totals_missing, 1);
+        assert!(
+            s.prune(later, |p| p.pid != 201).is_empty(),
+            "forget says no"
+        );
+        let gone = s.prune(later, |_| true);
+        assert_eq!(gone.iter().map(|p| p.pid).collect::<Vec<_>>(), [201]);
+        assert_eq!(s.losses_at(Some(later)), before);
+        assert_eq!(s.tree.procs.len(), 1, "the root stays");
+        assert_eq!(s.tree.seen_count(), 3);
     }
 
     #[test]

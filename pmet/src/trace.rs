@@ -45,6 +45,8 @@ pub enum EbpfMode {
     Auto,
     /// Poll /proc only (`--no-ebpf`).
     Off,
+    /// Use it, or fail (the Python package's `backend="ebpf"`).
+    Required,
 }
 
 pub use crate::lifecycle::Descendants;
@@ -84,28 +86,64 @@ pub struct TraceOptions {
     pub max_connections: usize,
     /// smaps_rollup is not read.
     pub no_pss: bool,
-    /// Serve OpenMetrics here (`--prometheus`).
-    pub prometheus: Option<String>,
-    /// Write the exposition here at every sample (`--textfile`).
-    pub textfile: Option<std::path::PathBuf>,
-    /// Processes with series of their own.
-    pub metrics_top: usize,
+    /// The exporters.
+    pub export: crate::export::Settings,
+    /// `pmet agent`: ended processes are forgotten once exported, and
+    /// SIGHUP re-reads this config file (if any).
+    pub agent: Option<Agent>,
     /// Host-wide (`--all`): `pid` is 1, and pmet leaves itself out.
     pub all: bool,
     /// A cgroup's processes (`--cgroup`).
     pub cgroup: Option<String>,
     /// A container's processes (`--container`).
     pub container: Option<String>,
-    /// Push to this Pushgateway (`--pushgateway`).
-    pub pushgateway: Option<String>,
-    /// And this often while running.
-    pub push_interval: Option<Duration>,
-    /// Send OTLP metrics here (`--otlp`).
-    pub otlp: Option<String>,
-    /// That often.
-    pub otlp_interval: Duration,
     /// Which environment values are kept (names always are).
     pub env_policy: crate::model::env::EnvPolicy,
+    /// The command's whole environment, instead of pmet's own.
+    pub env: Option<Vec<(OsString, OsString)>>,
+    /// The directory the command starts in, instead of pmet's own.
+    pub cwd: Option<std::path::PathBuf>,
+    /// pmet runs inside another program (the Python package): the process
+    /// is not pmet's alone, so it does not become a subreaper and reaps its
+    /// command only, never another child of that program.
+    pub embedded: bool,
+}
+
+/// What a program embedding pmet asks of a running session.
+#[derive(Debug)]
+pub enum Control {
+    /// A sample now, sent back (also shown as any sample is).
+    Sample(std::sync::mpsc::Sender<Snapshot>),
+    /// As if pmet had been sent this signal by another process: SIGINT or
+    /// SIGTERM is passed on to the command's tree, which is then waited
+    /// for (SIGTERM: a grace, then the report regardless).
+    Signal(i32),
+}
+
+/// A running session's line to the program embedding it.
+#[derive(Debug)]
+pub struct Remote {
+    /// Its requests.
+    pub requests: mpsc::UnboundedReceiver<Control>,
+    /// Told once, when the command has started (or the process is
+    /// attached to): its pid, and whether the kernel side is used.
+    pub started: std::sync::mpsc::Sender<Begun>,
+}
+
+/// A session under way, as [`Remote::started`] tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Begun {
+    /// The command's (or the attached process's) pid.
+    pub pid: u32,
+    /// eBPF is in use (else /proc polling).
+    pub ebpf: bool,
+}
+
+/// `pmet agent`'s own settings.
+#[derive(Clone, Debug, Default)]
+pub struct Agent {
+    /// Re-read on SIGHUP.
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// What stays loaded until dropped: the kernel programs and the taskstats
@@ -324,12 +362,10 @@ struct Inputs {
     stream: Box<dyn Write + Send>,
     /// The command, ready to start (launch mode).
     prepared: Option<Prepared>,
-    /// The metrics endpoint's socket, bound before launching.
-    metrics_listener: Option<std::net::TcpListener>,
-    /// The textfile for node_exporter.
-    textfile: Option<Output>,
-    /// The Pushgateway.
-    gateway: Option<crate::export::Gateway>,
+    /// The exporters' socket, textfile and gateway, opened before launching.
+    endpoints: Option<crate::export::Endpoints>,
+    /// Who files are written as.
+    owner: Option<privileges::Credentials>,
     /// The cgroups followed (`--cgroup`, `--container`).
     scope: Option<crate::collect::cgroup::Scope>,
 }
@@ -374,30 +410,11 @@ fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
         .as_ref()
         .map(|p| prepare_file(p, "--stream"))
         .transpose()?;
-    let textfile = opts
-        .textfile
-        .as_ref()
-        .map(|p| prepare_file(p, "--textfile"))
+    let endpoints = opts
+        .export
+        .any()
+        .then(|| crate::export::Endpoints::open(&opts.export, owner.as_ref(), None))
         .transpose()?;
-    let metrics_listener = opts
-        .prometheus
-        .as_ref()
-        .map(|addr| {
-            let listen = |source| Error::Listen {
-                addr: addr.clone(),
-                source,
-            };
-            let l = std::net::TcpListener::bind(addr.as_str()).map_err(listen)?;
-            l.set_nonblocking(true).map_err(listen)?;
-            Ok::<_, Error>(l)
-        })
-        .transpose()?;
-    let gateway = opts
-        .pushgateway
-        .as_deref()
-        .map(crate::export::Gateway::parse)
-        .transpose()
-        .map_err(Error::Usage)?;
     if opts.record {
         crate::commands::check_record()?;
     }
@@ -418,11 +435,19 @@ fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
     }
     let prepared = match opts.pid {
         None if scope.is_some() => None,
-        None => Some(Prepared::new(
-            &opts.command,
-            child_env(account.as_ref()),
-            account.as_ref().map(Account::credentials),
-        )?),
+        None => {
+            let p = Prepared::new(
+                &opts.command,
+                opts.env
+                    .clone()
+                    .unwrap_or_else(|| child_env(account.as_ref())),
+                account.as_ref().map(Account::credentials),
+            )?;
+            Some(match &opts.cwd {
+                Some(dir) => p.in_dir(dir)?,
+                None => p,
+            })
+        }
         Some(pid) => {
             match procfs.stat(pid) {
                 Ok(s) if s.state != 'Z' && s.state != 'X' => {}
@@ -442,9 +467,8 @@ fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
         trace_events,
         stream,
         prepared,
-        metrics_listener,
-        textfile,
-        gateway,
+        endpoints,
+        owner,
         scope,
     })
 }
@@ -462,29 +486,21 @@ struct Started {
     start_ns: u64,
     started_at: SystemTime,
     command: Option<Vec<String>>,
-    /// The exporters (`--prometheus`, `--textfile`), when asked for.
-    export: Option<Export>,
+    /// The exporters, when asked for.
+    export: Option<crate::export::Running>,
+    /// `pmet agent`.
+    agent: Option<Agent>,
+    /// Inside another program ([`TraceOptions::embedded`]).
+    embedded: bool,
+    /// Requests from the program embedding pmet.
+    requests: Option<mpsc::UnboundedReceiver<Control>>,
+    /// Who files are written as (a reload's textfile).
+    owner: Option<privileges::Credentials>,
     /// The launched command, waiting to be let go.
     gate: Option<launch::Gated>,
     /// pmet passed a signal on to the whole tree: processes it reached may
     /// still be on their way out when the command has ended.
     signalled_tree: bool,
-}
-
-/// What the exporters need through the session.
-struct Export {
-    exporter: crate::export::Exporter,
-    textfile: Option<Output>,
-    /// A textfile write failed (said once).
-    failed: bool,
-    /// Exports that failed, for the report.
-    errors: u64,
-    /// Pushes to a Pushgateway, every `interval` if given, and at the end.
-    pusher: Option<crate::export::Pusher>,
-    interval: Option<Duration>,
-    last_push: Instant,
-    /// Sends OTLP metrics.
-    otlp: Option<crate::export::Otlp>,
 }
 
 impl Started {
@@ -495,31 +511,42 @@ impl Started {
         };
         let ebpf = self.s.kernel.is_some();
         let kernel_io = self.s.kernel.as_ref().is_some_and(|k| k.kernel_io);
-        x.exporter.update(
-            &self.s.tree,
-            self.s.procfs.ticks_per_s,
-            kernel_io,
-            ebpf,
-            lost,
-        );
-        if let (Some(p), Some(every)) = (&x.pusher, x.interval)
-            && x.last_push.elapsed() >= every
-        {
-            p.push(&x.exporter.published().text());
-            x.last_push = Instant::now();
+        let ticks = self.s.procfs.ticks_per_s;
+        x.exporter
+            .update(&self.s.tree, ticks, kernel_io, ebpf, lost);
+        x.published_anew();
+        if self.agent.is_some() {
+            // Memory follows the live processes: the ended are forgotten
+            // once every reader has had their final figures.
+            let gone = self.s.prune(boottime_ns(), |p| x.exporter.forgettable(p));
+            x.exporter.forget(&gone, ticks, kernel_io, ebpf);
         }
-        if let Some(t) = &x.textfile {
-            // node_exporter's textfile collector reads the classic text
-            // format, as the Pushgateway does.
-            let text = crate::export::classic(&x.exporter.published().text());
-            if let Err(e) = t.write_with(|w| w.write_all(text.as_bytes())) {
-                x.errors += 1;
-                if !x.failed {
-                    x.failed = true;
-                    crate::say!(
-                        "pmet: warning: --textfile: {e}; the report is written all the same"
-                    );
-                }
+    }
+
+    /// SIGHUP to `pmet agent`: the config file is read again and what
+    /// changed is put in place; a file that does not parse, or an address
+    /// that cannot be listened on, changes nothing. The new sampling
+    /// interval, if one is set.
+    fn reload(&mut self) -> Option<Duration> {
+        let Some(path) = self.agent.as_ref().and_then(|a| a.config.clone()) else {
+            log::warn!("SIGHUP: nothing to reload (pmet agent runs without --config)");
+            return None;
+        };
+        let x = self.export.as_mut()?;
+        let new = crate::export::Settings::read(&path).and_then(|new| {
+            crate::export::Endpoints::open(&new, self.owner.as_ref(), Some(x.settings()))
+                .and_then(|ends| x.apply(new.clone(), ends))
+                .map(|()| new)
+                .map_err(|e| e.to_string())
+        });
+        match new {
+            Ok(new) => {
+                crate::say!("pmet: reloaded {}", path.display());
+                new.interval
+            }
+            Err(e) => {
+                crate::say!("pmet: error: reload: {e}; the previous settings stay in force");
+                None
             }
         }
     }
@@ -529,6 +556,13 @@ impl Started {
     /// wait for their reaping.
     fn reap(&mut self, lc: &mut Lifecycle) {
         if !self.launched {
+            return;
+        }
+        if self.embedded {
+            // The program's other children are its own to reap.
+            if let Ok(Some(raw)) = launch::wait(self.root_pid, true) {
+                self.root_reaped(raw, lc);
+            }
             return;
         }
         if let Some(raw) = launch::reap_children(self.root_pid) {
@@ -573,6 +607,13 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
     launch::raise_nofile();
     let kernel = match opts.ebpf {
         EbpfMode::Off => None,
+        EbpfMode::Required => {
+            let mut k = load_kernel(follow_children, inputs.scope.is_some())?;
+            if let Some(sc) = &inputs.scope {
+                k.set_scope(&sc.ids)?;
+            }
+            Some(k)
+        }
         EbpfMode::Auto => match load_kernel(follow_children, inputs.scope.is_some()) {
             Ok(mut k) => {
                 if let Some(sc) = &inputs.scope {
@@ -629,7 +670,9 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
     let mut gate_to_release = None;
     let root_pid;
     if let Some(p) = &inputs.prepared {
-        launch::become_subreaper();
+        if !opts.embedded {
+            launch::become_subreaper();
+        }
         let gate = launch::spawn_gated(p)?;
         root_pid = gate.pid;
         if inputs.euid == 0 {
@@ -708,6 +751,10 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         started_at,
         command,
         export: None,
+        agent: None,
+        embedded: opts.embedded,
+        requests: None,
+        owner: None,
         gate: gate_to_release,
         signalled_tree: false,
     })
@@ -816,6 +863,25 @@ async fn follow(
                 Vec::new()
             }
             _ = sigwinch.recv() => { sink.resize(); Vec::new() }
+            r = async { st.requests.as_mut().expect("guarded").recv().await }, if st.requests.is_some() => match r {
+                Some(Control::Sample(reply)) => {
+                    let snap = st.s.tick(boottime_ns());
+                    sink.sample(&snap);
+                    st.export(snap.lost);
+                    let _ = reply.send(snap);
+                    Vec::new()
+                }
+                Some(Control::Signal(signo)) => lc.on_signal(
+                    signals::Received { signo, from_terminal: false, sender: None },
+                    false,
+                    Instant::now(),
+                ),
+                // The program let go of the session: it runs to its end.
+                None => {
+                    st.requests = None;
+                    Vec::new()
+                }
+            },
             k = sink.next_key(), if sink.takes_keys() => {
                 // `pmet top`'s full-screen view: q, Esc, Ctrl-C end it.
                 if k.is_some_and(|k| sink.key(k)) {
@@ -826,6 +892,13 @@ async fn follow(
             }
             _ = sigchld.recv(), if st.launched => { st.reap(lc); Vec::new() }
             got = sigfd.recv() => match got {
+                Ok(got) if got.signo == libc::SIGHUP && st.agent.is_some() => {
+                    if let Some(every) = st.reload() {
+                        (pace.min, pace.now, pace.max) = (every, every, every);
+                        next_tick = Instant::now() + every;
+                    }
+                    Vec::new()
+                }
                 Ok(got) => {
                     let from_tree = got.sender.is_some_and(|pid| st.s.tree.live(pid).is_some());
                     if !st.launched || got.from_terminal {
@@ -1007,43 +1080,30 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
 /// is being followed, problems are logged and the report is still produced.
 /// `make_sink` is given the sample stream once every input has been checked.
 pub async fn trace(
+    opts: TraceOptions,
+    make_sink: impl FnOnce(Box<dyn Write + Send>) -> Sink,
+) -> Result<Outcome, Error> {
+    trace_with(opts, make_sink, None).await
+}
+
+/// [`trace`], driven also by the program embedding pmet through `remote`.
+pub async fn trace_with(
     mut opts: TraceOptions,
     make_sink: impl FnOnce(Box<dyn Write + Send>) -> Sink,
+    remote: Option<Remote>,
 ) -> Result<Outcome, Error> {
     let procfs = Procfs::default();
     let mut inputs = check_inputs(&opts, &procfs)?;
     let mut st = start(&opts, &inputs, procfs)?;
-    if opts.prometheus.is_some()
-        || inputs.textfile.is_some()
-        || inputs.gateway.is_some()
-        || opts.otlp.is_some()
-    {
-        let exporter = crate::export::Exporter::new(opts.metrics_top);
-        if let Some(l) = inputs.metrics_listener.take() {
-            let l = tokio::net::TcpListener::from_std(l).map_err(|source| Error::Listen {
-                addr: opts.prometheus.clone().unwrap_or_default(),
-                source,
-            })?;
-            tokio::spawn(crate::export::serve(l, exporter.published()));
-        }
-        let pusher = inputs
-            .gateway
-            .take()
-            .map(|g| crate::export::Pusher::start(g, host_name()));
-        let otlp = opts.otlp.clone().map(|url| {
-            crate::export::Otlp::start(url, opts.otlp_interval, exporter.published(), host_name())
-        });
-        st.export = Some(Export {
-            exporter,
-            textfile: inputs.textfile.take(),
-            failed: false,
-            errors: 0,
-            pusher,
-            interval: opts.push_interval,
-            last_push: Instant::now(),
-            otlp,
-        });
+    if let Some(ends) = inputs.endpoints.take() {
+        st.export = Some(crate::export::Running::start(
+            opts.export.clone(),
+            ends,
+            host_name(),
+        )?);
     }
+    st.agent = opts.agent.clone();
+    st.owner = inputs.owner.clone();
     let stream = std::mem::replace(&mut inputs.stream, Box::new(std::io::sink()));
     let mut sink = make_sink(stream);
     if sink.wants_ended() {
@@ -1054,6 +1114,13 @@ pub async fn trace(
     {
         let _ = launch::wait(st.root_pid, false);
         return Err(e);
+    }
+    if let Some(r) = remote {
+        let _ = r.started.send(Begun {
+            pid: st.root_pid,
+            ebpf: st.s.kernel.is_some(),
+        });
+        st.requests = Some(r.requests);
     }
     let mut lc = Lifecycle::new(
         st.launched,
@@ -1077,15 +1144,7 @@ pub async fn trace(
     // a CI job's figures. A failure is said and counted; it never changes
     // the command's status.
     if let Some(x) = st.export.as_mut() {
-        let text = x.exporter.published().text();
-        if let Some(Err(e)) = x.pusher.take().map(|p| p.finish(&text)) {
-            x.errors += 1;
-            crate::say!("pmet: warning: {e}; the report is written all the same");
-        }
-        if let Some(Err(e)) = x.otlp.take().map(|o| o.finish()) {
-            x.errors += 1;
-            crate::say!("pmet: warning: {e}; the report is written all the same");
-        }
+        x.finish();
     }
     sink.finish();
     log::debug!(

@@ -601,3 +601,235 @@ fn a_real_prometheus_scrapes_a_traced_run() {
     assert_eq!(result[0]["value"][1], "30000", "{body}");
     assert_eq!(result[0]["metric"]["job"], "pmet");
 }
+
+/// A copy of the workload under a name of its own, so its processes are
+/// summed apart from every other process on the host.
+fn named_workload(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::copy(workload(), &path).unwrap();
+    path
+}
+
+/// Scrapes `addr` until `ready` holds for the samples, or fails after `limit`.
+fn scrape_until(addr: &str, limit: Duration, ready: impl Fn(&Samples) -> bool) -> Samples {
+    let t0 = Instant::now();
+    loop {
+        if let Some((200, body)) = get(addr, "/metrics") {
+            let s = samples(&body);
+            if ready(&s) {
+                return s;
+            }
+        }
+        assert!(t0.elapsed() < limit, "{addr}: not ready after {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop(mut agent: std::process::Child) -> String {
+    // SAFETY: plain kill of our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let st = agent.wait().unwrap();
+    let mut err = String::new();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        st.success(),
+        "the agent ends cleanly on SIGTERM: {st:?}\n{err}"
+    );
+    err
+}
+
+#[test]
+fn the_agent_forgets_ended_processes_and_keeps_their_sums() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("pmetchurn{}", std::process::id() % 10000);
+    let churn = named_workload(dir.path(), &name);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let agent = Command::new(pmet_bin())
+        .args(["agent", "--prometheus", &addr, "--interval", "200ms"])
+        .args(["--metrics-top", "0", "--duration", "120s"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = |s: &Samples| value(s, "pmet_processes_seen_total", &[]);
+    let held = |s: &Samples| value(s, "pmet_processes_held", &[]);
+    let first = scrape_until(&addr, Duration::from_secs(20), |_| true);
+    let (before, held_before) = (seen(&first), held(&first));
+    // 1,500 processes, each sending one 100-byte datagram to their parent.
+    let out = Command::new(&churn)
+        .args(["churn", "1500", "4", "100"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let received: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(received, 150_000.0);
+    let udp = |s: &Samples, dir| {
+        value(
+            s,
+            "process_network_io_bytes_total",
+            &[
+                ("process_executable_name", name.as_str()),
+                ("network_io_direction", dir),
+                ("network_transport", "udp"),
+            ],
+        )
+    };
+    let has_sums = |s: &Samples| {
+        s.keys().any(|(n, l)| {
+            n == "process_network_io_bytes_total"
+                && l.iter()
+                    .any(|(k, v)| k == "process_executable_name" && *v == name)
+        })
+    };
+    // Every one of them seen, with exact bytes, while pmet still holds them…
+    let s = scrape_until(&addr, Duration::from_secs(20), |s| {
+        has_sums(s) && udp(s, "transmit") == 150_000.0
+    });
+    assert_eq!(udp(&s, "receive"), 150_000.0);
+    assert!(seen(&s) - before >= 1501.0, "{} then {}", before, seen(&s));
+    // …and once forgotten (a second after their end, once exported), the
+    // sums stay exact while pmet holds about what it held before them
+    // (other processes on the host come and go).
+    let s = scrape_until(&addr, Duration::from_secs(30), |s| {
+        held(s) <= held_before + 200.0
+    });
+    assert_eq!(udp(&s, "transmit"), 150_000.0);
+    assert_eq!(udp(&s, "receive"), 150_000.0);
+    assert!(seen(&s) - before >= 1501.0);
+    assert_eq!(value(&s, "pmet_lost_events_total", &[]), 0.0);
+    let err = stop(agent);
+    assert!(!err.contains("error"), "{err}");
+}
+
+#[test]
+fn the_agent_reloads_its_config_on_sighup() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let (a, b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let write = |text: String| std::fs::write(&config, text).unwrap();
+    write(format!(
+        "prometheus = \"{a}\"\ninterval = \"200ms\"\nmetrics_top = 5\n"
+    ));
+    let agent = Command::new(pmet_bin())
+        .args(["agent", "--config"])
+        .arg(&config)
+        .args(["--duration", "120s"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hup = || {
+        // SAFETY: plain kill of our own child.
+        unsafe { libc::kill(agent.id() as i32, libc::SIGHUP) };
+    };
+    let own = |s: &Samples| {
+        s.keys()
+            .filter(|(n, l)| {
+                n == "process_memory_usage_bytes"
+                    && l.iter().any(|(k, v)| k == "process_pid" && !v.is_empty())
+            })
+            .count()
+    };
+    let s = scrape_until(&a, Duration::from_secs(20), |_| true);
+    assert_eq!(own(&s), 5, "metrics_top = 5");
+    let seen = value(&s, "pmet_processes_seen_total", &[]);
+    // A new address and a larger top: served there, no longer here.
+    write(format!(
+        "prometheus = \"{b}\"\ninterval = \"200ms\"\nmetrics_top = 7\n"
+    ));
+    hup();
+    // Slots go to processes first seen from now on: start some.
+    std::thread::sleep(Duration::from_millis(500));
+    let sleepers: Vec<_> = (0..3)
+        .map(|_| Command::new("sleep").arg("3").spawn().unwrap())
+        .collect();
+    let s = scrape_until(&b, Duration::from_secs(20), |s| own(s) == 7);
+    assert!(
+        value(&s, "pmet_processes_seen_total", &[]) >= seen,
+        "the counters carry on over a reload"
+    );
+    let t0 = Instant::now();
+    while get(&a, "/metrics").is_some() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{a} still served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A file with a mistake changes nothing.
+    write(format!("prometheus = \"{a}\"\nmetric_top = 3\n"));
+    hup();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(own(&scrape_until(&b, Duration::from_secs(5), |_| true)), 7);
+    assert!(get(&a, "/metrics").is_none());
+    for mut p in sleepers {
+        p.wait().unwrap();
+    }
+    let err = stop(agent);
+    assert!(err.contains("reloaded"), "{err}");
+    assert!(
+        err.contains("reload: --config") && err.contains("unknown field `metric_top`"),
+        "{err}"
+    );
+    assert!(err.contains("the previous settings stay in force"), "{err}");
+}
+
+#[test]
+fn the_shipped_systemd_unit_verifies_and_its_command_starts() {
+    if !can_trace() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let unit = std::fs::read_to_string(root.join("contrib/pmet-agent.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    assert_eq!(
+        exec,
+        "/usr/local/bin/pmet agent --config /etc/pmet/agent.toml"
+    );
+    // The unit as installed, with this build in place of /usr/local/bin/pmet.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = pmet_bin();
+    let path = dir.path().join("pmet-agent.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/pmet", &bin.to_string_lossy()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd; `cargo xtask test` installs it)");
+    assert!(out.status.success(), "{out:?}");
+    // Its command line, with the shipped config pointed at a free port.
+    let config = dir.path().join("agent.toml");
+    let addr = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(root.join("contrib/agent.toml"))
+            .unwrap()
+            .replace("0.0.0.0:9464", &addr),
+    )
+    .unwrap();
+    let agent = Command::new(&bin)
+        .args(["agent", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let s = scrape_until(&addr, Duration::from_secs(20), |_| true);
+    assert!(value(&s, "pmet_processes_alive", &[]) > 1.0);
+    stop(agent);
+}

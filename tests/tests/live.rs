@@ -225,6 +225,53 @@ fn top_full_screen_in_80_by_24_sorts_filters_and_quits() {
         .filter(|l| !l.trim().is_empty() && !l.contains("q: quit"))
         .collect();
     assert_eq!(rows.len(), 1, "only the burner:\n{filtered}");
+    // By user: a process of nobody's, alone under `user:nobody`.
+    let mut sleeper = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "30",
+        ])
+        .spawn()
+        .unwrap();
+    // Esc clears the filter (alone: an Esc followed at once by a key reads
+    // as Alt and that key).
+    tmux(&["send-keys", "-t", &s.0, "/", "Escape"]);
+    let t0 = Instant::now();
+    while screen(&s).contains("· filter:") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "Esc left the filter");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tmux(&["send-keys", "-t", &s.0, "/", "user:nobody", "Enter"]);
+    let t0 = Instant::now();
+    let by_user = loop {
+        let text = screen(&s);
+        let rows: Vec<String> = text
+            .lines()
+            .skip_while(|l| !l.contains("COMMAND"))
+            .skip(1)
+            .filter(|l| !l.trim().is_empty() && !l.contains("q: quit"))
+            .map(str::to_owned)
+            .collect();
+        if text.contains("· filter: user:nobody") && text.contains("q: quit") && rows.len() == 1 {
+            break rows;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no user filter:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        by_user[0].starts_with(&format!("{} ", sleeper.id()))
+            && by_user[0].contains("nobody")
+            && by_user[0].contains("sleep 30"),
+        "{by_user:?}"
+    );
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
     tmux(&["send-keys", "-t", &s.0, "q"]);
     let after = wait_for(&s, "TOP-DONE", Duration::from_secs(10));
     burner.kill().unwrap();

@@ -340,7 +340,9 @@ pub fn run(root: &Path, pmet: PathBuf, workload: PathBuf, opts: &Opts) -> Result
         fs::read_to_string("/proc/uptime").map(|_| "this machine").unwrap_or("this machine")
     ));
 
-    let known = ["exec", "network", "compute", "startup", "scale", "capacity"];
+    let known = [
+        "exec", "network", "compute", "startup", "scale", "capacity", "agent",
+    ];
     if let Some(bad) = opts.only.iter().find(|o| !known.contains(&o.as_str())) {
         anyhow::bail!(
             "no bench section {bad:?}; the sections are {}",
@@ -365,6 +367,10 @@ pub fn run(root: &Path, pmet: PathBuf, workload: PathBuf, opts: &Opts) -> Result
     }
     if on("capacity") {
         capacity(&b, &mut md)?;
+    }
+    // Ten minutes: only when asked for by name.
+    if opts.only.iter().any(|o| o == "agent") {
+        agent(&b, &mut md)?;
     }
     Ok(md.0)
 }
@@ -1168,6 +1174,142 @@ fn capacity(b: &Bench, md: &mut Md) -> Result<()> {
             "processes seen / started",
             "lost events",
             "frees missed",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// GETs http://ADDR/metrics; the body.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        c,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// One unlabelled sample's value in an exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix(" kB")?
+                .parse()
+                .ok()
+        })
+}
+
+/// `pmet agent` for ten minutes (one with --quick) while thousands of short
+/// processes a minute come and go: its memory must follow the live
+/// processes, not every process ever seen.
+fn agent(b: &Bench, md: &mut Md) -> Result<()> {
+    let minutes = if b.quick { 1 } else { 10 };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut agent = Command::new(&b.pmet)
+        .args(["agent", "--prometheus", &addr, "--interval", "1s"])
+        .stderr(fs::File::create(b.dir.join("agent.err"))?)
+        .spawn()?;
+    let pid = agent.id();
+    let t0 = Instant::now();
+    while scrape(&addr).is_none() {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "pmet agent did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let churn = {
+        let (stop, started, workload) = (stop.clone(), started.clone(), b.workload.clone());
+        std::thread::spawn(move || -> Result<()> {
+            use std::sync::atomic::Ordering::Relaxed;
+            while !stop.load(Relaxed) {
+                // 200 processes, each sending one datagram, then a pause:
+                // several thousand a minute on 2 cores, with room left.
+                let st = Command::new(&workload)
+                    .args(["churn", "200", "2", "100"])
+                    .stdout(Stdio::null())
+                    .status()?;
+                anyhow::ensure!(st.success(), "churn failed: {st}");
+                started.fetch_add(201, Relaxed);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Ok(())
+        })
+    };
+    let mut rows = Vec::new();
+    let mut rss = Vec::new();
+    for minute in 1..=minutes {
+        std::thread::sleep(
+            (t0 + Duration::from_secs(60 * minute)).saturating_duration_since(Instant::now()),
+        );
+        let text = scrape(&addr).context("pmet agent stopped answering")?;
+        let kib = rss_kib(pid).context("pmet agent is gone")?;
+        rss.push(kib);
+        rows.push(vec![
+            format!("{minute}"),
+            format!("{}", started.load(std::sync::atomic::Ordering::Relaxed)),
+            format!(
+                "{:.0}",
+                sample(&text, "pmet_processes_seen_total").unwrap_or(0.0)
+            ),
+            format!("{:.0}", sample(&text, "pmet_processes_held").unwrap_or(0.0)),
+            format!(
+                "{:.0}",
+                sample(&text, "pmet_processes_alive").unwrap_or(0.0)
+            ),
+            format!("{:.1}", kib as f64 / 1024.0),
+            format!(
+                "{:.0}",
+                sample(&text, "pmet_lost_events_total").unwrap_or(0.0)
+            ),
+        ]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn
+        .join()
+        .map_err(|_| anyhow::anyhow!("churn thread"))??;
+    // SAFETY: plain signal to our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let st = agent.wait()?;
+    anyhow::ensure!(st.success(), "pmet agent ended with {st}");
+    let started = started.load(std::sync::atomic::Ordering::Relaxed);
+    md.h("7. pmet agent under churn");
+    md.p(&format!(
+        "`pmet agent --prometheus ADDR --interval 1s` for {minutes} min while short processes came and went ({started} started, {:.0} a minute, each sending one UDP datagram); scraped once a minute. RSS at minute 1: {:.1} MiB; at the end: {:.1} MiB (growth {:+.1} MiB). `held` is the processes pmet keeps in memory: the alive and the ended not yet forgotten (forgotten once final, a second after their end, and exported).",
+        started as f64 / minutes as f64,
+        rss[0] as f64 / 1024.0,
+        rss[rss.len() - 1] as f64 / 1024.0,
+        (rss[rss.len() - 1] as f64 - rss[0] as f64) / 1024.0,
+    ));
+    md.table(
+        &[
+            "minute",
+            "processes started",
+            "seen",
+            "held",
+            "alive",
+            "RSS (MiB)",
+            "lost",
         ],
         &rows,
     );

@@ -31,7 +31,8 @@ const APT_PACKAGES: [&str; 4] = [
 /// nftables: a network namespace whose firewall makes TCP retransmit;
 /// prometheus and prometheus-pushgateway: a real server to scrape pmet and
 /// a real gateway to push to, and promtool).
-const TEST_PACKAGES: [&str; 6] = [
+const TEST_PACKAGES: [&str; 7] = [
+    "systemd",
     "tmux",
     "chromium",
     "iproute2",
@@ -71,7 +72,8 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Run only these sections (comma-separated): exec, network,
-        /// compute, startup, scale, capacity.
+        /// compute, startup, scale, capacity; and agent (ten minutes of
+        /// churn under `pmet agent`, one with --quick), run only when named.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

@@ -78,6 +78,19 @@ pub fn k8s_pod_uid(path: &str) -> Option<String> {
     })
 }
 
+/// The id of the container whose cgroup has this id (the cgroup
+/// directory's inode), found through its path.
+pub fn container_of_cgroup(cgroup_id: u64) -> Option<String> {
+    if cgroup_id == 0 {
+        return None;
+    }
+    let paths = crate::collect::cgroup::paths_of(&std::collections::HashSet::from([cgroup_id]));
+    paths
+        .get(&cgroup_id)
+        .and_then(|path| container(path))
+        .map(|c| c.id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,12 @@ pub struct ProcLine {
     /// It ended since the previous snapshot (its rates cover its last
     /// moments: a process that lived a millisecond counts too).
     pub ended: bool,
+    /// Who it runs as (`pmet top` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Its container's id (`pmet top` only, when in one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// The tree at one moment.
@@ -132,8 +138,12 @@ pub struct Snapshotter {
     last: Option<(u64, Prev, u64, u64)>,
     procs: HashMap<(u32, u64), Prev>,
     /// Lines for the processes that ended since the previous snapshot are
-    /// made (for `pmet top`; the live view and the stream show the living).
+    /// made, and lines name each process's user and container (for `pmet
+    /// top`; the live view and the stream show the living).
     pub keep_ended: bool,
+    /// User names by uid and container ids by cgroup id, looked up once.
+    users: HashMap<u32, Option<String>>,
+    containers: HashMap<u64, Option<String>>,
 }
 
 impl Snapshotter {
@@ -148,12 +158,37 @@ impl Snapshotter {
         }
     }
 
+    /// `p`'s user name and container id.
+    fn identify(&mut self, p: &crate::model::tree::Proc) -> (Option<String>, Option<String>) {
+        let Some(ids) = p.ids else {
+            return (None, None);
+        };
+        let user = self
+            .users
+            .entry(ids.uid)
+            .or_insert_with(|| crate::privileges::user_name(ids.uid))
+            .clone()
+            .or_else(|| Some(ids.uid.to_string()));
+        let container = self
+            .containers
+            .entry(ids.cgroup_id)
+            .or_insert_with(|| crate::model::container::container_of_cgroup(ids.cgroup_id))
+            .clone();
+        (user, container)
+    }
+
     /// The tree at `now_ns`.
     pub fn take(&mut self, tree: &Tree, now_ns: u64, lost: u64) -> Snapshot {
-        let mut total = Prev::default();
-        let (mut read, mut write, mut cancelled) = (0u64, 0u64, 0u64);
+        // Processes a long session forgot still count in the totals.
+        let g = &tree.gone;
+        let mut total = Prev {
+            cpu_s: g.cpu_s,
+            net: g.net,
+            ..Prev::default()
+        };
+        let (mut read, mut write, mut cancelled) = (g.read, g.write, g.cancelled);
         let mut rss = 0u64;
-        let mut failed = 0usize;
+        let mut failed = g.failed as usize;
         let mut lines = Vec::new();
         let mut ended_lines = Vec::new();
         let dt = self
@@ -209,6 +244,11 @@ impl Snapshotter {
             } else {
                 p.last_sample.map(|s| s.rss_bytes)
             };
+            let (user, container) = if self.keep_ended {
+                self.identify(p)
+            } else {
+                (None, None)
+            };
             let line = ProcLine {
                 pid: p.pid,
                 comm: p.comm.clone(),
@@ -222,6 +262,8 @@ impl Snapshotter {
                 disk_read_rate: read_rate,
                 disk_write_rate: write_rate,
                 ended,
+                user,
+                container,
             };
             if ended {
                 ended_lines.push(line);
@@ -254,7 +296,7 @@ impl Snapshotter {
         Snapshot {
             t: now_ns.saturating_sub(self.start_ns) as f64 / 1e9,
             alive: tree.alive_count(),
-            seen: tree.procs.len(),
+            seen: tree.seen_count() as usize,
             failed,
             cpu_pct,
             cpu_s: total.cpu_s,

@@ -417,6 +417,57 @@ pub struct Tree {
     /// Threads (tid, cookie) whose final figures were taken before their
     /// free arrived.
     final_early: std::collections::HashSet<(u32, u64)>,
+    /// What the processes dropped by [`Tree::prune`] added up to.
+    pub gone: Gone,
+}
+
+/// The processes a long-running session forgot (`pmet agent`), summed, so
+/// the tree's totals never go down when they are dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Gone {
+    /// How many.
+    pub procs: u64,
+    /// Those that failed (non-zero exit or killed).
+    pub failed: u64,
+    /// CPU seconds.
+    pub cpu_s: f64,
+    /// Storage bytes read, written, and written then cancelled.
+    pub read: u64,
+    /// See `read`.
+    pub write: u64,
+    /// See `read`.
+    pub cancelled: u64,
+    /// Network bytes.
+    pub net: Net,
+    /// Their losses, summed.
+    pub losses: Losses,
+}
+
+/// What the tree shows was lost about processes (the kernel's and
+/// taskstats' own counts are kept elsewhere): one process's, or a sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// Exits never seen.
+    pub exits_unseen: u64,
+    /// Ended processes whose final figures never arrived.
+    pub totals_missing: u64,
+    /// Thread frees made good from the figures kept at the last switch.
+    pub frees_kept_at_last_switch: u64,
+    /// Thread frees made good from the figures kept at exit.
+    pub frees_kept_at_exit: u64,
+    /// Thread frees not seen (those made good included).
+    pub free_events_missed: u64,
+}
+
+impl Losses {
+    /// Adds `o`.
+    pub fn add(&mut self, o: &Losses) {
+        self.exits_unseen += o.exits_unseen;
+        self.totals_missing += o.totals_missing;
+        self.frees_kept_at_last_switch += o.frees_kept_at_last_switch;
+        self.frees_kept_at_exit += o.frees_kept_at_exit;
+        self.free_events_missed += o.free_events_missed;
+    }
 }
 
 /// cputime_adjust() as the kernel does it for getrusage/wait4: the exact
@@ -565,6 +616,100 @@ impl Tree {
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// What was lost about `p`. `settled_before`: while the run goes on,
+    /// a process that ended after this (boottime ns) may still be waiting
+    /// for its final figures, and is not counted as missing them.
+    pub fn losses_of(&self, p: &Proc, settled_before: Option<u64>) -> Losses {
+        let kept_switch = u64::from(p.freed_kept.at_last_switch);
+        let kept_exit = u64::from(p.freed_kept.at_exit);
+        Losses {
+            exits_unseen: u64::from(p.vanished && !p.untracked),
+            totals_missing: u64::from(
+                !p.alive()
+                    && !p.vanished
+                    && !p.totals_complete()
+                    && p.taskstats.records == 0
+                    && !self.ended_after_close(p)
+                    && settled_before.is_none_or(|b| p.end_ns.is_some_and(|e| e <= b)),
+            ),
+            frees_kept_at_last_switch: kept_switch,
+            frees_kept_at_exit: kept_exit,
+            free_events_missed: u64::from(p.freed_missing) + kept_switch + kept_exit,
+        }
+    }
+
+    /// Every process seen, the forgotten included.
+    pub fn seen_count(&self) -> u64 {
+        self.procs.len() as u64 + self.gone.procs
+    }
+
+    /// Forgets the ended processes `forget` agrees to, keeping their sums
+    /// in [`Tree::gone`], for a session that runs for weeks (`pmet agent`):
+    /// memory then follows the live processes, not every process ever seen.
+    /// Indices are renumbered; a live process whose parent was forgotten
+    /// keeps its `ppid` and loses its link. Returns what was dropped.
+    pub fn prune(
+        &mut self,
+        ticks_per_s: u64,
+        kernel_io: bool,
+        forget: impl Fn(&Proc) -> bool,
+    ) -> Vec<Proc> {
+        let drop: Vec<bool> = self
+            .procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| !p.alive() && Some(i) != self.root && forget(p))
+            .collect();
+        if !drop.contains(&true) {
+            return Vec::new();
+        }
+        let mut new_index = Vec::with_capacity(drop.len());
+        let mut next = 0;
+        for &d in &drop {
+            new_index.push((!d).then_some(next));
+            next += usize::from(!d);
+        }
+        let remap = |i: usize| new_index[i];
+        // Renumbers an index in place; false when its process was dropped.
+        let moved = |i: &mut usize| remap(*i).map(|n| *i = n).is_some();
+        let mut kept = Vec::with_capacity(next);
+        let mut removed = Vec::new();
+        for (mut p, d) in std::mem::take(&mut self.procs).into_iter().zip(drop) {
+            if d {
+                let f = crate::model::figures::figures(&p, ticks_per_s, kernel_io);
+                let g = &mut self.gone;
+                g.procs += 1;
+                g.failed += u64::from(matches!(p.exit, Some(e) if e.shell_code() != 0));
+                g.cpu_s += f.cpu.map_or(0.0, |(u, s)| u + s);
+                if let Some(d) = f.disk {
+                    g.read += d.read;
+                    g.write += d.write;
+                    g.cancelled += d.cancelled;
+                }
+                g.net.add(&p.net);
+                let l = self.losses_of(&p, None);
+                self.gone.losses.add(&l);
+                removed.push(p);
+            } else {
+                p.parent = p.parent.and_then(remap);
+                p.children.retain_mut(|c| moved(c));
+                kept.push(p);
+            }
+        }
+        self.procs = kept;
+        self.root = self.root.and_then(remap);
+        self.live.retain(|_, i| moved(i));
+        self.latest.retain(|_, i| moved(i));
+        self.by_key.retain(|_, i| moved(i));
+        self.sock_users.retain(|_, users| {
+            users.retain_mut(|i| moved(i));
+            !users.is_empty()
+        });
+        let forgotten: std::collections::HashSet<u64> = removed.iter().map(|p| p.cookie).collect();
+        self.final_early.retain(|(_, c)| !forgotten.contains(c));
+        removed
     }
 
     /// Processes alive now.

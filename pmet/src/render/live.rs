@@ -198,6 +198,8 @@ pub(crate) mod tests {
             disk_read_rate: 0.0,
             disk_write_rate: 0.0,
             ended: false,
+            user: Some(if pid == 4250 { "www-data" } else { "alice" }.into()),
+            container: (pid == 4250).then(|| "3f4e5d6c7b8a".into()),
         };
         Snapshot {
             t: 12.34,

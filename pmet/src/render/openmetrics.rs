@@ -39,6 +39,29 @@ pub struct Row {
     pub net: Option<Net>,
 }
 
+impl Row {
+    /// An empty sum for the processes named `exe`.
+    pub fn summed(exe: &str, ebpf: bool) -> Self {
+        Row {
+            exe: exe.to_owned(),
+            net: ebpf.then(Net::default),
+            ..Row::default()
+        }
+    }
+
+    /// Adds `other`'s figures to this sum.
+    pub fn add(&mut self, other: &Row) {
+        self.cpu_user_s += other.cpu_user_s;
+        self.cpu_system_s += other.cpu_system_s;
+        self.rss_bytes += other.rss_bytes;
+        self.disk_read_bytes += other.disk_read_bytes;
+        self.disk_write_bytes += other.disk_write_bytes;
+        if let (Some(s), Some(n)) = (self.net.as_mut(), other.net.as_ref()) {
+            s.add(n);
+        }
+    }
+}
+
 /// The tree's own figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TreeFigures {
@@ -48,6 +71,9 @@ pub struct TreeFigures {
     pub alive: u64,
     /// Events or figures lost so far.
     pub lost: u64,
+    /// Processes pmet holds in memory: the alive, and the ended not yet
+    /// forgotten (`pmet agent` forgets them once exported).
+    pub held: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -163,6 +189,13 @@ pub fn exposition(rows: &[Row], tree: TreeFigures) -> String {
         "Processes of the traced scope alive now",
         alive,
     );
+    let held = Gauge::<i64>::default();
+    held.set(tree.held as i64);
+    reg.register(
+        "pmet_processes_held",
+        "Processes pmet holds in memory: the alive, and the ended not yet forgotten",
+        held,
+    );
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &reg);
@@ -208,6 +241,7 @@ mod tests {
                 seen: 7,
                 alive: 2,
                 lost: 0,
+                held: 3,
             },
         );
         for want in [
@@ -220,6 +254,7 @@ mod tests {
             "pmet_processes_seen_total 7",
             "pmet_lost_events_total 0",
             "pmet_processes_alive 2",
+            "pmet_processes_held 3",
         ] {
             assert!(text.contains(want), "missing {want}:\n{text}");
         }

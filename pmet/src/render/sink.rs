@@ -64,6 +64,9 @@ pub enum Sink {
     },
     /// `pmet top` full-screen.
     TopView(Box<super::top_view::TopView>),
+    /// Each sample handed to the program embedding pmet (the Python
+    /// package), until it stops listening.
+    Channel(std::sync::mpsc::Sender<Snapshot>),
     /// Nothing per sample.
     Nothing,
 }
@@ -141,6 +144,9 @@ impl Sink {
                 writeln!(out, "{line}").and_then(|()| out.flush())
             }
             Sink::TopView(view) => view.draw(s),
+            Sink::Channel(tx) => tx
+                .send(s.clone())
+                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe)),
             Sink::Nothing => Ok(()),
         };
         if let Err(e) = r {
@@ -215,7 +221,7 @@ impl Sink {
             Sink::Lines { out, .. } | Sink::Top { out, .. } => {
                 let _ = out.flush();
             }
-            Sink::TopView(_) | Sink::Nothing => {}
+            Sink::TopView(_) | Sink::Channel(_) | Sink::Nothing => {}
         }
     }
 }

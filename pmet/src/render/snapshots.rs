@@ -14,7 +14,7 @@ use crate::{
 
 /// What a session would say about `tree`.
 fn info(tree: &crate::model::tree::Tree, start: u64) -> RunInfo {
-    let lost = Lost::measure(None, 0, 0, tree);
+    let lost = Lost::measure(None, 0, 0, tree, None);
     RunInfo {
         command: Some(vec![
             "sh".into(),

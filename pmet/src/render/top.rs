@@ -45,6 +45,8 @@ struct Row<'a> {
     net_tx_bytes_per_s: Option<f64>,
     net_rx_bytes_per_s: Option<f64>,
     ended: bool,
+    user: Option<&'a str>,
+    container: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -94,6 +96,8 @@ pub fn top_line(s: &Snapshot, sort: TopSort, limit: usize) -> String {
                 net_tx_bytes_per_s: p.net.map(|_| round(r.tcp_tx + r.udp_tx)),
                 net_rx_bytes_per_s: p.net.map(|_| round(r.tcp_rx + r.udp_rx)),
                 ended: p.ended,
+                user: p.user.as_deref(),
+                container: p.container.as_deref(),
             }
         })
         .collect();
@@ -132,5 +136,31 @@ mod tests {
             serde_json::from_str(&top_line(&s, TopSort::Net, 1)).unwrap();
         assert_eq!(by_net["processes"][0]["pid"], 4250);
         assert_eq!(by_net["processes"][0]["net_rx_bytes_per_s"], 10240.0);
+        assert_eq!(by_net["processes"][0]["user"], "www-data");
+        assert_eq!(by_net["processes"][0]["container"], "3f4e5d6c7b8a");
+    }
+
+    #[test]
+    fn the_view_filters_by_user_container_or_text() {
+        use crate::render::top_view::matches;
+        let s = crate::render::live::tests::snapshot();
+        let pids = |f: &str| -> Vec<u32> {
+            s.processes
+                .iter()
+                .filter(|p| matches(f, p))
+                .map(|p| p.pid)
+                .collect()
+        };
+        assert_eq!(pids("user:www-data"), [4250]);
+        assert_eq!(
+            pids("user:www"),
+            Vec::<u32>::new(),
+            "a user is named exactly"
+        );
+        assert_eq!(pids("container:3f4e"), [4250]);
+        assert_eq!(pids("container:"), Vec::<u32>::new());
+        assert_eq!(pids("").len(), s.processes.len());
+        let text = s.processes[0].comm.to_uppercase();
+        assert!(pids(&text).contains(&s.processes[0].pid));
     }
 }

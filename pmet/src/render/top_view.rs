@@ -1,7 +1,8 @@
 //! `pmet top` on a terminal: a full-screen table of the host's processes,
 //! redrawn at every sample and at every key (ratatui, crossterm). Keys:
 //! `c` `m` `d` `n` sort by CPU, memory, disk or network; `t` toggles the
-//! tree; `/` filters by command text (Enter keeps it, Esc clears it); `q`, Esc or Ctrl-C quits. The terminal is restored on
+//! tree; `/` filters by command text, `user:NAME` or `container:ID` (Enter
+//! keeps it, Esc clears it); `q`, Esc or Ctrl-C quits. The terminal is restored on
 //! every way out: quitting, the end of `-d`, an error, a panic.
 
 use std::io::{self, Stdout};
@@ -61,6 +62,24 @@ fn command(p: &ProcLine) -> String {
         }
         None => p.comm.clone(),
     }
+}
+
+/// Whether `p` passes the filter: `user:NAME` (its user, exactly),
+/// `container:ID` (its container id, or a prefix of it), or text found in
+/// its command line or name (any case).
+pub fn matches(filter: &str, p: &ProcLine) -> bool {
+    let filter = filter.trim();
+    if let Some(user) = filter.strip_prefix("user:") {
+        return p.user.as_deref() == Some(user.trim());
+    }
+    if let Some(id) = filter.strip_prefix("container:") {
+        let id = id.trim();
+        return !id.is_empty() && p.container.as_deref().is_some_and(|c| c.starts_with(id));
+    }
+    let needle = filter.to_lowercase();
+    needle.is_empty()
+        || command_line(&p.argv).to_lowercase().contains(&needle)
+        || p.comm.to_lowercase().contains(&needle)
 }
 
 /// Puts the terminal back as it was (also from the panic hook).
@@ -183,16 +202,11 @@ impl TopView {
     }
 
     fn rows(&self, s: &Snapshot) -> Vec<(usize, ProcLine)> {
-        let needle = self.filter.to_lowercase();
         let mut all: Vec<&ProcLine> = s
             .processes
             .iter()
             .chain(&s.ended)
-            .filter(|p| {
-                needle.is_empty()
-                    || command_line(&p.argv).to_lowercase().contains(&needle)
-                    || p.comm.to_lowercase().contains(&needle)
-            })
+            .filter(|p| matches(&self.filter, p))
             .collect();
         let key = |p: &ProcLine| match self.sort {
             TopSort::Cpu => p.cpu_pct,
@@ -288,6 +302,7 @@ impl TopView {
                 };
                 let row = Row::new(vec![
                     p.pid.to_string(),
+                    p.user.clone().unwrap_or_else(|| "-".into()),
                     format!("{:.1}", p.cpu_pct),
                     p.rss_bytes
                         .map(|b| short(b as f64))
@@ -311,6 +326,7 @@ impl TopView {
                 table_rows,
                 [
                     Constraint::Length(7),
+                    Constraint::Length(8),
                     Constraint::Length(5),
                     Constraint::Length(5),
                     Constraint::Length(11),
@@ -321,6 +337,7 @@ impl TopView {
             .header(
                 Row::new(vec![
                     "PID",
+                    "USER",
                     "CPU%",
                     "MEM",
                     "DISK r/w",
@@ -331,7 +348,7 @@ impl TopView {
             );
             f.render_widget(table, body);
             let help = if editing {
-                format!("filter: {filter}_   (Enter keeps it, Esc clears it)")
+                format!("filter: {filter}_   (text, user:NAME or container:ID; Enter keeps it, Esc clears it)")
             } else {
                 "c m d n: sort · t: tree · /: filter · q: quit".to_owned()
             };

@@ -502,7 +502,7 @@ mod tests {
         });
         t.mark_vanished(103, 3_000_000_000);
         let mut i = info();
-        i.collector.lost = super::super::Lost::measure(None, 0, 0, &t);
+        i.collector.lost = super::super::Lost::measure(None, 0, 0, &t, None);
         i.collector.lost_events = i.collector.lost.total();
         let r = build(&t, &i, None);
         let p = r.processes.iter().find(|p| p.pid == 103).unwrap();

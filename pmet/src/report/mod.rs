@@ -259,29 +259,23 @@ impl Lost {
         undecodable: u64,
         taskstats_overflows: u64,
         tree: &crate::model::tree::Tree,
+        settled_before: Option<u64>,
     ) -> Self {
         let mut l = kernel.map(Self::from_kernel).unwrap_or_default();
         l.read_failures += undecodable;
         l.taskstats_overflows = taskstats_overflows;
         l.unmatched_events = tree.orphan_events;
-        // One pass: this runs at every sample, over every process ever seen.
+        // One pass: this runs at every sample, over every process held; the
+        // forgotten ones' are summed in the tree.
+        let mut sum = tree.gone.losses;
         for p in &tree.procs {
-            if p.vanished && !p.untracked {
-                l.exits_unseen += 1;
-            }
-            if !p.alive()
-                && !p.vanished
-                && !p.totals_complete()
-                && p.taskstats.records == 0
-                && !tree.ended_after_close(p)
-            {
-                l.totals_missing += 1;
-            }
-            let kept = u64::from(p.freed_kept.at_last_switch) + u64::from(p.freed_kept.at_exit);
-            l.frees_kept_at_last_switch += u64::from(p.freed_kept.at_last_switch);
-            l.frees_kept_at_exit += u64::from(p.freed_kept.at_exit);
-            l.free_events_missed += u64::from(p.freed_missing) + kept;
+            sum.add(&tree.losses_of(p, settled_before));
         }
+        l.exits_unseen = sum.exits_unseen;
+        l.totals_missing = sum.totals_missing;
+        l.frees_kept_at_last_switch = sum.frees_kept_at_last_switch;
+        l.frees_kept_at_exit = sum.frees_kept_at_exit;
+        l.free_events_missed = sum.free_events_missed;
         l
     }
 

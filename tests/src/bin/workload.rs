@@ -454,6 +454,67 @@ fn storm(n: u32, par: u32) {
     println!("{} {}", us(ru.ru_utime), us(ru.ru_stime));
 }
 
+/// `n` short processes (this binary again), at most `par` at once, each
+/// sending one datagram of `bytes` to a socket of this process, which reads
+/// them all: prints the bytes it received (every datagram, or it fails).
+fn churn(n: u32, par: u32, bytes: usize) {
+    let sink = UdpSocket::bind(loopback(4)).expect("bind");
+    sink.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Room for every datagram even if the reader falls behind (root may
+    // exceed rmem_max; otherwise the reader keeps up at this rate).
+    let room: libc::c_int = 16 << 20;
+    // SAFETY: a valid socket and a c_int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            sink.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&room as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let port = sink.local_addr().expect("addr").port();
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; bytes.max(1)];
+        let mut got = 0usize;
+        let mut left = n;
+        while left > 0 {
+            match sink.recv(&mut buf) {
+                Ok(k) => {
+                    got += k;
+                    left -= 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("every datagram arrives: {e}"),
+            }
+        }
+        got
+    });
+    let mut running = std::collections::VecDeque::new();
+    for _ in 0..n {
+        if running.len() >= par as usize {
+            wait_ok(running.pop_front().expect("one running"), "churn child");
+        }
+        running.push_back(
+            me().args(["udp-blip", &port.to_string(), &bytes.to_string()])
+                .spawn()
+                .expect("spawn"),
+        );
+    }
+    for c in running {
+        wait_ok(c, "churn child");
+    }
+    println!("{}", reader.join().expect("reader"));
+}
+
+/// One datagram of `bytes` to `port` on 127.0.0.1.
+fn udp_blip(port: u16, bytes: usize) {
+    let s = UdpSocket::bind(loopback(4)).expect("bind");
+    s.send_to(&vec![0x5au8; bytes], (Ipv4Addr::LOCALHOST, port))
+        .expect("send");
+}
+
 /// Writes `bytes` (a multiple of 4096) to a new file and syncs it.
 fn disk_write(bytes: u64) {
     let dir = env::temp_dir().join(format!("pmet-workload-{}", std::process::id()));
@@ -621,6 +682,12 @@ fn main() {
         "threads" => threads(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         "cpu-children" => cpu_children(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         "storm" => storm(arg(&args, 1, "count"), arg(&args, 2, "parallel")),
+        "churn" => churn(
+            arg(&args, 1, "count"),
+            arg(&args, 2, "parallel"),
+            arg(&args, 3, "bytes"),
+        ),
+        "udp-blip" => udp_blip(arg(&args, 1, "port"), arg(&args, 2, "bytes")),
         "shared-memory" => shared_memory(
             arg(&args, 1, "private MiB"),
             arg(&args, 2, "shared MiB"),
