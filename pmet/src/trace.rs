@@ -784,7 +784,13 @@ async fn follow(
     // INT, TERM, HUP, QUIT, USR1 and USR2: taken with their sender, so the
     // lifecycle can pass them on, and never left to end pmet with the live
     // view's scroll region still set or without the report.
-    let sigfd = signals::SignalFd::open().map_err(|e| Error::Other(format!("signalfd: {e}")))?;
+    // Embedded, the signals are the program's own (it passes on what it
+    // wants through `Control::Signal`).
+    let sigfd = if st.embedded {
+        None
+    } else {
+        Some(signals::SignalFd::open().map_err(|e| Error::Other(format!("signalfd: {e}")))?)
+    };
     let mut sigwinch = sig(SignalKind::window_change())?;
     // Orphans re-parented to pmet (the subreaper) are reaped as they exit.
     let mut sigchld = sig(SignalKind::child())?;
@@ -891,7 +897,7 @@ async fn follow(
                 }
             }
             _ = sigchld.recv(), if st.launched => { st.reap(lc); Vec::new() }
-            got = sigfd.recv() => match got {
+            got = async { sigfd.as_ref().expect("guarded").recv().await }, if sigfd.is_some() => match got {
                 Ok(got) if got.signo == libc::SIGHUP && st.agent.is_some() => {
                     if let Some(every) = st.reload() {
                         (pace.min, pace.now, pace.max) = (every, every, every);

@@ -4,12 +4,12 @@
 //! else.
 
 use std::{
-    env,
+    env, fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
 mod bench;
@@ -31,7 +31,8 @@ const APT_PACKAGES: [&str; 4] = [
 /// nftables: a network namespace whose firewall makes TCP retransmit;
 /// prometheus and prometheus-pushgateway: a real server to scrape pmet and
 /// a real gateway to push to, and promtool).
-const TEST_PACKAGES: [&str; 7] = [
+const TEST_PACKAGES: [&str; 8] = [
+    "python3-venv",
     "systemd",
     "tmux",
     "chromium",
@@ -58,6 +59,9 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Only the Python package's part of `test`: pip install into a fresh
+    /// venv, pytest as root and as an ordinary user, mypy, the abi3 wheel.
+    TestPython,
     /// Set up, then check formatting and run clippy on both sides of the kernel boundary.
     Lint,
     /// Set up, build, and trace a small real workload (a web server and its clients).
@@ -89,9 +93,7 @@ fn bench(rounds: usize, quick: bool, only: Vec<String>) -> Result<()> {
         run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "psrecord==1.4"]))?;
     }
     run(cargo().args(["build", "--release", "-p", "pmet", "-p", "pmet-tests"]))?;
-    let target = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    let target = target_dir();
     let md = bench::run(
         &root(),
         target.join("release").join("pmet"),
@@ -254,9 +256,7 @@ fn test(args: &[String]) -> Result<()> {
             .args(TEST_PIP))?;
     }
     run(cargo().args(["build", "--workspace", "--all-targets"]))?;
-    let target = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    let target = target_dir();
     let pmet = target.join("debug").join("pmet");
     if !is_root() {
         eprintln!(
@@ -267,7 +267,141 @@ fn test(args: &[String]) -> Result<()> {
     run(cargo()
         .args(["test", "--workspace"])
         .args(args)
-        .env("PMET_BIN", pmet))
+        .env("PMET_BIN", &pmet))?;
+    // A filter picks Rust tests; the whole run includes the Python package.
+    if args.is_empty() {
+        python_tests(&pmet, &target)?;
+    }
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// A Python 3.12 interpreter: on PATH (a pyenv shim answers only when 3.12
+/// is selected), in pyenv's versions, or Debian's.
+fn python312() -> Option<String> {
+    let works = |p: &str| {
+        output(Command::new(p).args(["-c", "import sys; print(sys.executable)"]))
+            .map(|s| s.trim().to_owned())
+    };
+    if let Some(p) = works("python3.12") {
+        return Some(p);
+    }
+    let pyenv = env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))?;
+    let mut found: Vec<PathBuf> = fs::read_dir(pyenv.join("versions"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("3.12"))
+        })
+        .map(|p| p.join("bin").join("python3.12"))
+        .collect();
+    found.sort();
+    found.push("/usr/bin/python3.12".into());
+    found.iter().rev().find_map(|p| works(&p.to_string_lossy()))
+}
+
+/// The Python package (`pmet-py`): built and installed with pip into a
+/// fresh venv as a user would (`pip install ./pmet-py`), its pytest suite
+/// run as root (eBPF) and as an ordinary user (procfs), its type stubs
+/// checked with mypy, and the abi3 wheel built with maturin and installed on
+/// Python 3.12 too.
+fn python_tests(pmet: &Path, target: &Path) -> Result<()> {
+    let py = target.join("py");
+    let venv = py.join("venv-3.11");
+    if venv.exists() {
+        fs::remove_dir_all(&venv)?;
+    }
+    fs::create_dir_all(&py)?;
+    // Debian's interpreter: an ordinary user can run it (pyenv's live
+    // under /root).
+    run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(&venv))?;
+    let bin = |name: &str| venv.join("bin").join(name);
+    run(Command::new(bin("pip"))
+        .args(["install", "--quiet", "pytest", "mypy", "maturin>=1.16,<2"])
+        .arg(root().join("pmet-py")))?;
+    let tests = root().join("pmet-py").join("tests");
+    let pytest = |c: &mut Command| {
+        c.args(["-m", "pytest", "-p", "no:cacheprovider", "-v"])
+            .arg(&tests)
+            .env("PMET_BIN", pmet)
+            .current_dir(&tests);
+    };
+    let mut as_is = Command::new(bin("python"));
+    pytest(&mut as_is);
+    run(&mut as_is)?;
+    if is_root() {
+        // The same suite as nobody: the procfs backend's tests.
+        let mut user = Command::new("setpriv");
+        user.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "env",
+            "HOME=/tmp",
+        ])
+        .arg(bin("python"));
+        pytest(&mut user);
+        run(&mut user)?;
+    }
+    let typing = tests.join("typecheck");
+    run(Command::new(bin("python"))
+        .args(["-m", "mypy", "--strict", "--no-incremental"])
+        .arg(typing.join("uses.py")))?;
+    let wrong = Command::new(bin("python"))
+        .args(["-m", "mypy", "--strict", "--no-incremental"])
+        .arg(typing.join("wrong.py"))
+        .status()?;
+    ensure!(
+        !wrong.success(),
+        "mypy accepted pmet-py/tests/typecheck/wrong.py: the stubs no longer type report fields"
+    );
+    // The wheel, as released: one abi3 wheel for every CPython from 3.11.
+    let wheels = py.join("wheels");
+    if wheels.exists() {
+        fs::remove_dir_all(&wheels)?;
+    }
+    run(Command::new(bin("maturin"))
+        .args(["build", "--release", "--quiet", "-o"])
+        .arg(&wheels)
+        .arg("-m")
+        .arg(root().join("pmet-py").join("Cargo.toml")))?;
+    let wheel = fs::read_dir(&wheels)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .context("maturin wrote no wheel")?;
+    let name = wheel.file_name().unwrap_or_default().to_string_lossy();
+    ensure!(name.contains("abi3"), "{name}: not an abi3 wheel");
+    let py312 = python312().context(
+        "python3.12 is needed to check the wheel on 3.12: none on PATH, in pyenv's versions or in /usr (this machine kind has pyenv's)",
+    )?;
+    let venv312 = py.join("venv-3.12");
+    if venv312.exists() {
+        fs::remove_dir_all(&venv312)?;
+    }
+    run(Command::new(py312.trim())
+        .args(["-m", "venv"])
+        .arg(&venv312))?;
+    run(Command::new(venv312.join("bin").join("pip"))
+        .args(["install", "--quiet"])
+        .arg(&wheel))?;
+    run(Command::new(venv312.join("bin").join("python")).args([
+        "-c",
+        "import sys, pmet; assert sys.version_info[:2] == (3, 12); \
+         r = pmet.trace(['sh', '-c', 'exit 3']); assert r.exit_code == 3, r; \
+         print('pmet', pmet.__version__, 'on', sys.version.split()[0], 'with', r.collector.ebpf and 'ebpf' or 'procfs')",
+    ]))?;
+    Ok(())
 }
 
 fn lint() -> Result<()> {
@@ -302,9 +436,7 @@ fn lint() -> Result<()> {
 fn demo() -> Result<()> {
     setup()?;
     run(cargo().args(["build", "--release", "-p", "pmet"]))?;
-    let target = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    let target = target_dir();
     let pmet = target.join("release").join("pmet");
     let report = target.join("demo-report.json");
     let script = root().join("examples").join("web.py");
@@ -323,6 +455,13 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
         Task::Test { args } => test(&args),
+        Task::TestPython => {
+            setup()?;
+            setup_apt(&TEST_PACKAGES)?;
+            run(cargo().args(["build", "-p", "pmet"]))?;
+            let target = target_dir();
+            python_tests(&target.join("debug").join("pmet"), &target)
+        }
         Task::Lint => lint(),
         Task::Demo => demo(),
         Task::Bench {

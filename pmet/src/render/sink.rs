@@ -65,8 +65,9 @@ pub enum Sink {
     /// `pmet top` full-screen.
     TopView(Box<super::top_view::TopView>),
     /// Each sample handed to the program embedding pmet (the Python
-    /// package), until it stops listening.
-    Channel(std::sync::mpsc::Sender<Snapshot>),
+    /// package), until it stops listening; while its queue is full, new
+    /// samples are dropped rather than waited for.
+    Channel(std::sync::mpsc::SyncSender<Snapshot>),
     /// Nothing per sample.
     Nothing,
 }
@@ -144,9 +145,12 @@ impl Sink {
                 writeln!(out, "{line}").and_then(|()| out.flush())
             }
             Sink::TopView(view) => view.draw(s),
-            Sink::Channel(tx) => tx
-                .send(s.clone())
-                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe)),
+            Sink::Channel(tx) => match tx.try_send(s.clone()) {
+                Ok(()) | Err(std::sync::mpsc::TrySendError::Full(_)) => Ok(()),
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    Err(io::Error::from(io::ErrorKind::BrokenPipe))
+                }
+            },
             Sink::Nothing => Ok(()),
         };
         if let Err(e) = r {
