@@ -101,7 +101,8 @@ METRIC>N<unit>  the new value itself exceeds N\n  \
 (also >=, < and <=)\n\
 Metrics: duration, cpu, cpu_user, cpu_system, rss (the tree's sampled peak), max_rss (largest\n\
 process peak), pss (the tree's peak with shared pages counted once), disk_read, disk_write,\n\
-net_tx, net_rx, connections, failed_connections, retransmits, processes, failed, lost.\n\
+net_tx, net_rx, connections, failed_connections, retransmits, processes, failed, lost,\n\
+gpu_memory (the processes' GPU memory peaks, summed), gpu_busy (SM-weighted GPU seconds).\n\
 A limit whose figure is unknown in either report fails.\n\n\
 Exit status: 0 within limits, 1 a limit breached, 2 bad arguments, 65 a report is damaged,\n\
 66 a report file does not exist.\n\n\

@@ -247,6 +247,8 @@ pub struct Exporter {
     gone: HashMap<String, Row>,
     /// Container ids by cgroup id, looked up once each.
     containers: HashMap<u64, Option<String>>,
+    /// The tree's GPU figures are known (a GPU source is looking).
+    gpu_known: bool,
 }
 
 impl Exporter {
@@ -259,6 +261,7 @@ impl Exporter {
             retired: HashSet::new(),
             shown: HashMap::new(),
             gone: HashMap::new(),
+            gpu_known: false,
             containers: HashMap::new(),
         }
     }
@@ -337,6 +340,13 @@ impl Exporter {
             disk_read_bytes: s.read,
             disk_write_bytes: s.write,
             net: ebpf.then_some(p.net),
+            gpu: self.gpu_known.then(|| {
+                if p.alive() {
+                    (p.gpu.now.0, p.gpu.now.1 / 100.0)
+                } else {
+                    (0, 0.0)
+                }
+            }),
         }
     }
 
@@ -349,6 +359,7 @@ impl Exporter {
         ebpf: bool,
         lost: u64,
     ) {
+        self.gpu_known = tree.gpu_known;
         // Exited processes whose final values every reader has taken give
         // their slot back.
         let done: Vec<_> = self
@@ -799,6 +810,38 @@ impl Otlp {
                                         ),
                                     );
                                 }
+                            }
+                        }
+                    }
+                })
+                .build();
+            let rows = published.rows.clone();
+            let _gpu_mem = meter
+                .i64_observable_up_down_counter("process.gpu.memory.usage")
+                .with_unit("By")
+                .with_description("GPU memory the process holds, all devices together")
+                .with_callback(move |o| {
+                    if let Ok(r) = rows.lock() {
+                        for row in &r.0 {
+                            if let Some((m, _)) = row.gpu {
+                                o.observe(m as i64, &who(row));
+                            }
+                        }
+                    }
+                })
+                .build();
+            let rows = published.rows.clone();
+            let _gpu_util = meter
+                .f64_observable_gauge("process.gpu.utilization")
+                .with_unit("1")
+                .with_description(
+                    "SM (or busiest engine) utilisation of the process, 1 for a whole GPU",
+                )
+                .with_callback(move |o| {
+                    if let Ok(r) = rows.lock() {
+                        for row in &r.0 {
+                            if let Some((_, u)) = row.gpu {
+                                o.observe(u, &who(row));
                             }
                         }
                     }

@@ -108,6 +108,9 @@ pub struct Session<E, S> {
     /// since when (boottime ns).
     suspects: HashMap<(u32, u64), u64>,
     kernel_io: bool,
+    /// NVML or DRM fdinfo, when a GPU is there.
+    gpu: Option<Box<dyn crate::collect::gpu::GpuSource>>,
+    last_gpu_ns: Option<u64>,
 }
 
 impl<E: EventSource, S: Sampler> Session<E, S> {
@@ -135,6 +138,8 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             suspects: HashMap::new(),
             taskstats_overflows: None,
             kernel_io,
+            gpu: None,
+            last_gpu_ns: None,
         }
     }
 
@@ -187,6 +192,49 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             self.suspects.remove(&(p.pid, p.cookie));
         }
         removed
+    }
+
+    /// Follows GPU use through `source` from now on.
+    pub fn watch_gpus(&mut self, source: Box<dyn crate::collect::gpu::GpuSource>) {
+        self.tree.gpu_known = true;
+        self.gpu = Some(source);
+    }
+
+    /// The GPUs followed, and through what.
+    pub fn gpus(&self) -> Option<(&'static str, Vec<crate::collect::gpu::Device>)> {
+        self.gpu.as_ref().map(|g| (g.kind(), g.devices().to_vec()))
+    }
+
+    fn look_at_gpus(&mut self, now: u64) {
+        let Some(g) = self.gpu.as_mut() else {
+            return;
+        };
+        let pids: Vec<u32> = self.tree.live_keys().into_iter().map(|k| k.0).collect();
+        let uses = g.sample(now, &pids);
+        let dt = self
+            .last_gpu_ns
+            .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9);
+        self.last_gpu_ns = Some(now);
+        self.tree.apply_gpu(&uses, dt);
+    }
+
+    /// At the end: where the driver kept lifetime figures of the processes
+    /// that used a GPU (NVML accounting mode, never turned on by pmet),
+    /// they replace the sampled ones.
+    pub fn gpu_lifetimes(&mut self) {
+        let Some(g) = self.gpu.as_ref() else {
+            return;
+        };
+        for p in self
+            .tree
+            .procs
+            .iter_mut()
+            .filter(|p| !p.gpu.devices.is_empty())
+        {
+            for (device, memory, sm) in g.lifetime(p.pid) {
+                p.gpu.lifetime(&device, memory, sm);
+            }
+        }
     }
 
     /// Samples list the processes that ended since the previous one too.
@@ -545,6 +593,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 self.tree.set_net(pid, cookie, n, false);
             }
         }
+        self.look_at_gpus(now);
         self.tree.note_pss();
         self.samples += 1;
         let snap = self

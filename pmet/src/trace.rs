@@ -659,6 +659,21 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
     s.tree.env_policy = opts.env_policy.clone();
     s.tree.max_connections = Some(opts.max_connections);
     s.tree.no_pss = opts.no_pss;
+    match crate::collect::gpu::open() {
+        Ok(g) => {
+            log::info!(
+                "GPUs through {}: {}",
+                g.kind(),
+                g.devices()
+                    .iter()
+                    .map(|d| format!("{} ({})", d.name, d.uuid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            s.watch_gpus(g);
+        }
+        Err(e) => log::info!("no GPU figures: {e}"),
+    }
     s.taskstats_overflows = listener.as_ref().map(|l| l.overflows.clone());
     let command: Option<Vec<String>> = inputs.prepared.is_some().then(|| {
         opts.command
@@ -1010,6 +1025,7 @@ fn names(tree: &crate::model::tree::Tree) -> report::Names {
 /// loaded (detached by the caller after showing the results).
 fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs) -> Outcome {
     st.s.finish_connections();
+    st.s.gpu_lifetimes();
     let end_ns = st.s.end_ns(boottime_ns());
     let lost = st.s.losses();
     let (self_cpu, self_rss) = self_usage();
@@ -1031,6 +1047,10 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             self_cpu_s: Some(self_cpu),
             self_peak_rss_bytes: Some(self_rss),
             export_errors: st.export.as_ref().map_or(0, |x| x.errors),
+            gpu: st.s.gpus().map(|(source, devices)| report::GpuCollector {
+                source: source.into(),
+                devices,
+            }),
         },
         stopped_early: lc.stopped_early().map(str::to_owned),
         kernel_io: st.s.kernel.as_ref().is_some_and(|k| k.kernel_io),

@@ -64,6 +64,12 @@ enum Task {
     TestPython,
     /// Set up, then check formatting and run clippy on both sides of the kernel boundary.
     Lint,
+    /// On a machine with an NVIDIA GPU: pmet's GPU figures against
+    /// nvidia-smi's for a job with a known footprint and an idle process
+    /// (xtask/src/gpu/check.py; runs with a prebuilt pmet and python3
+    /// alone where nothing can be installed: `python3
+    /// xtask/src/gpu/check.py target/release/pmet`).
+    GpuCheck,
     /// Set up, build, and trace a small real workload (a web server and its clients).
     Demo,
     /// Measure pmet's cost and accuracy beside bpftrace, nethogs, psrecord,
@@ -463,6 +469,15 @@ fn main() -> Result<()> {
             python_tests(&target.join("debug").join("pmet"), &target)
         }
         Task::Lint => lint(),
+        Task::GpuCheck => {
+            setup()?;
+            run(cargo().args(["build", "--release", "-p", "pmet"]))?;
+            let target = target_dir();
+            run(Command::new("python3")
+                .arg(root().join("xtask/src/gpu/check.py"))
+                .arg(target.join("release").join("pmet"))
+                .arg(target.join("gpu-check")))
+        }
         Task::Demo => demo(),
         Task::Bench {
             rounds,

@@ -94,16 +94,34 @@ class Lost(Record):
     """Every cause of a loss pmet counts (0 on a healthy run)."""
 
 
+class GpuDevice(Record):
+    """One GPU pmet asked about."""
+
+
+class GpuCollector(Record):
+    """The GPUs followed, and through what (``nvml`` or ``fdinfo``)."""
+
+    _nested = {"devices": GpuDevice}
+
+
+class GpuUse(Record):
+    """One process's GPU use (zeros for a process that used none)."""
+
+
+class GpuTotals(Record):
+    """The tree's GPU use."""
+
+
 class Collector(Record):
     """How the figures were collected."""
 
-    _nested = {"lost": Lost}
+    _nested = {"lost": Lost, "gpu": GpuCollector}
 
 
 class Totals(Record):
     """The whole tree, summed."""
 
-    _nested = {"net": Net}
+    _nested = {"net": Net, "gpu": GpuTotals}
 
 
 class Connection(Record):
@@ -113,7 +131,7 @@ class Connection(Record):
 class ProcessReport(Record):
     """One process of the tree, from its start (or attach) to its end."""
 
-    _nested = {"net": Net, "connections": Connection}
+    _nested = {"net": Net, "connections": Connection, "gpu": GpuUse}
 
 
 class Report(Record):

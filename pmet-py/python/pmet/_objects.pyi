@@ -44,6 +44,31 @@ class Lost(Record):
     stale_free_records: int
     conn_map_full: int
 
+class GpuDevice(Record):
+    uuid: str
+    name: str
+    driver: str
+    memory_total_bytes: int | None
+    accounting: bool | None
+
+class GpuCollector(Record):
+    source: str
+    devices: list[GpuDevice]
+
+class GpuUse(Record):
+    devices: list[str]
+    memory_peak_bytes: int
+    sm_pct_mean: float
+    sm_pct_max: float
+    mem_pct_mean: float | None
+    busy_s: float
+    accounting: bool
+
+class GpuTotals(Record):
+    processes: int
+    memory_peak_bytes: int
+    busy_s: float
+
 class Collector(Record):
     ebpf: bool
     interval_ms: int
@@ -56,6 +81,7 @@ class Collector(Record):
     self_cpu_s: float | None
     self_peak_rss_bytes: int | None
     export_errors: int
+    gpu: GpuCollector | None
 
 class Totals(Record):
     processes: int
@@ -70,6 +96,7 @@ class Totals(Record):
     failed_processes: int
     pss_peak_bytes: int | None
     processes_running: int
+    gpu: GpuTotals | None
 
 class Connection(Record):
     proto: str
@@ -120,6 +147,7 @@ class ProcessReport(Record):
     cwd: str | None
     env: dict[str, str] | None
     connections: list[Connection] | None
+    gpu: GpuUse | None
 
 class Report(Record):
     schema: str

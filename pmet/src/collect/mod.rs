@@ -5,6 +5,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod decode;
 pub mod ebpf;
+pub mod gpu;
 pub mod procfs;
 pub mod source;
 pub mod taskstats;

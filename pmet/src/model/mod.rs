@@ -7,6 +7,7 @@ pub mod event;
 pub mod figures;
 #[cfg(test)]
 pub mod fixture;
+pub mod gpu;
 pub mod input;
 pub mod net;
 pub mod series;

@@ -53,6 +53,18 @@ pub struct TreePoint {
     pub net: Option<NetPoint>,
     /// Processes alive.
     pub alive: u32,
+    /// GPU use (absent without a GPU driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuPoint>,
+}
+
+/// The live processes' GPU use at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuPoint {
+    /// GPU memory they hold.
+    pub memory_bytes: u64,
+    /// Their SM (or busiest engine) utilisation, summed: percent of one GPU.
+    pub sm_pct: f64,
 }
 
 /// One moment of one process.
@@ -259,6 +271,10 @@ impl Recorder {
             disk_write_bytes: s.disk_write_bytes,
             net: s.net.as_ref().map(NetPoint::from),
             alive: s.alive as u32,
+            gpu: s.gpu.map(|g| GpuPoint {
+                sm_pct: r(g.sm_pct, 1e3),
+                ..g
+            }),
         });
         // The first snapshot has no rates yet.
         if self.times.len() > 1 {

@@ -112,6 +112,10 @@ pub struct Snapshot {
     pub net_rate: NetRate,
     /// Events or figures lost so far.
     pub lost: u64,
+    /// The live processes' GPU use at the last look (`None` without a GPU
+    /// driver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::model::series::GpuPoint>,
     /// Live processes, busiest (by CPU) first.
     pub processes: Vec<ProcLine>,
     /// Processes that ended since the previous snapshot (for `pmet top`:
@@ -308,6 +312,14 @@ impl Snapshotter {
             net: self.ebpf.then_some(total.net),
             net_rate,
             lost,
+            gpu: tree.gpu_known.then(|| {
+                let mut g = crate::model::series::GpuPoint::default();
+                for p in tree.procs.iter().filter(|p| p.alive()) {
+                    g.memory_bytes += p.gpu.now.0;
+                    g.sm_pct += p.gpu.now.1;
+                }
+                g
+            }),
             processes: lines,
             ended: ended_lines,
         }

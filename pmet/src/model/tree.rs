@@ -296,6 +296,8 @@ pub struct Proc {
     pub conns: Conns,
     /// Its working directory when it exec'd (or when pmet attached).
     pub cwd: Option<String>,
+    /// What it did on the GPUs (see [`Tree::gpu_known`]).
+    pub gpu: crate::model::gpu::GpuUse,
 }
 
 impl Proc {
@@ -419,6 +421,9 @@ pub struct Tree {
     final_early: std::collections::HashSet<(u32, u64)>,
     /// What the processes dropped by [`Tree::prune`] added up to.
     pub gone: Gone,
+    /// A GPU source was looking: every process's `gpu` is a figure (0 for
+    /// one that never used a GPU), not unknown.
+    pub gpu_known: bool,
 }
 
 /// The processes a long-running session forgot (`pmet agent`), summed, so
@@ -637,6 +642,23 @@ impl Tree {
             frees_kept_at_last_switch: kept_switch,
             frees_kept_at_exit: kept_exit,
             free_events_missed: u64::from(p.freed_missing) + kept_switch + kept_exit,
+        }
+    }
+
+    /// Takes in one look of the GPU source: its rows for the live
+    /// processes, covering `dt_s` seconds since the previous look.
+    pub fn apply_gpu(&mut self, uses: &[crate::collect::gpu::Use], dt_s: f64) {
+        for &i in self.live.values() {
+            self.procs[i].gpu.now = (0, 0.0);
+        }
+        let mut by_pid: HashMap<u32, Vec<&crate::collect::gpu::Use>> = HashMap::new();
+        for u in uses {
+            by_pid.entry(u.pid).or_default().push(u);
+        }
+        for (pid, rows) in by_pid {
+            if let Some(&i) = self.live.get(&pid) {
+                self.procs[i].gpu.look(&rows, dt_s);
+            }
         }
     }
 

@@ -105,8 +105,45 @@ pub fn html(r: &Report) -> String {
     }
     o.push_str("</table>\n");
     connections_table(r, &mut o);
+    gpu_table(r, &mut o);
     o.push_str("</body>\n</html>\n");
     o
+}
+
+/// The processes that used a GPU; nothing when none did.
+fn gpu_table(r: &Report, o: &mut String) {
+    let used: Vec<_> = tree_order(r)
+        .into_iter()
+        .map(|(i, _)| &r.processes[i])
+        .filter_map(|p| Some((p, p.gpu.as_ref().filter(|g| !g.devices.is_empty())?)))
+        .collect();
+    if used.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "<h2>GPU</h2>\n<table id=\"gpu\">\n<tr><th>pid</th><th class=\"cmd\">command</th><th class=\"cmd\">devices</th><th>memory peak</th><th>SM mean</th><th>SM max</th><th>memory ctl mean</th><th>busy s</th></tr>"
+    );
+    for (p, g) in used {
+        let _ = writeln!(
+            o,
+            "<tr><td>{}</td><td class=\"cmd\">{}</td><td class=\"cmd\">{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{}</td><td>{:.3}{}</td></tr>",
+            p.pid,
+            esc(&command_line(&p.argv)),
+            esc(&g.devices.join(", ")),
+            bytes(g.memory_peak_bytes),
+            g.sm_pct_mean,
+            g.sm_pct_max,
+            g.mem_pct_mean.map_or("—".into(), |m| format!("{m:.1}%")),
+            g.busy_s,
+            if g.accounting {
+                " (driver's lifetime figures)"
+            } else {
+                ""
+            }
+        );
+    }
+    o.push_str("</table>\n");
 }
 
 /// Every connection, grouped by process in tree order; nothing when

@@ -117,6 +117,20 @@ pub fn live_lines(
         }
         out.push(cut(&line, width));
     }
+    // A GPU line once the tree holds or uses a GPU.
+    if let Some(g) = s.gpu.filter(|g| g.memory_bytes > 0 || g.sm_pct > 0.0)
+        && max_lines > out.len() + 2
+    {
+        out.push(cut(
+            &format!(
+                "{} SM {:.0}% │ {} held",
+                st.dim("gpu"),
+                g.sm_pct,
+                bytes(g.memory_bytes)
+            ),
+            width,
+        ));
+    }
     let room = max_lines.saturating_sub(out.len());
     if room < 2 || s.processes.is_empty() {
         return out;
@@ -227,6 +241,7 @@ pub(crate) mod tests {
                 ..NetRate::default()
             },
             lost: 0,
+            gpu: None,
             processes: vec![
                 p(
                     4242,
@@ -252,6 +267,27 @@ pub(crate) mod tests {
             ],
             ended: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_gpu_line_once_the_tree_uses_a_gpu() {
+        let mut s = snapshot();
+        let lines = |s: &Snapshot| live_lines(s, "job", 0, 100, 12, Style::default());
+        assert!(!lines(&s).iter().any(|l| l.starts_with("gpu")));
+        s.gpu = Some(crate::model::series::GpuPoint::default());
+        assert!(
+            !lines(&s).iter().any(|l| l.starts_with("gpu")),
+            "known, unused"
+        );
+        s.gpu = Some(crate::model::series::GpuPoint {
+            memory_bytes: 3 << 30,
+            sm_pct: 87.4,
+        });
+        assert!(
+            lines(&s).iter().any(|l| l == "gpu SM 87% │ 3.0 GiB held"),
+            "{:?}",
+            lines(&s)
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Row {
     pub disk_write_bytes: u64,
     /// Network bytes (`None` without eBPF).
     pub net: Option<Net>,
+    /// GPU memory held now and SM utilisation (0 to 1) at the last look
+    /// (`None` when no GPU driver is there to ask).
+    pub gpu: Option<(u64, f64)>,
 }
 
 impl Row {
@@ -58,6 +61,11 @@ impl Row {
         self.disk_write_bytes += other.disk_write_bytes;
         if let (Some(s), Some(n)) = (self.net.as_mut(), other.net.as_ref()) {
             s.add(n);
+        }
+        if let Some((m, u)) = other.gpu {
+            let (sm, su) = self.gpu.get_or_insert((0, 0.0));
+            *sm += m;
+            *su += u;
         }
     }
 }
@@ -133,6 +141,20 @@ pub fn exposition(rows: &[Row], tree: TreeFigures) -> String {
         "Socket payload bytes the process sent or received, by transport",
         net.clone(),
     );
+    let gpu_mem = Family::<Who, Gauge>::default();
+    let gpu_util = Family::<Who, Gauge<f64, AtomicU64>>::default();
+    if rows.iter().any(|r| r.gpu.is_some()) {
+        reg.register(
+            "process_gpu_memory_usage_bytes",
+            "GPU memory the process holds, all devices together",
+            gpu_mem.clone(),
+        );
+        reg.register(
+            "process_gpu_utilization_ratio",
+            "SM (or busiest engine) utilisation of the process at the last look, 1 for a whole GPU",
+            gpu_util.clone(),
+        );
+    }
     for r in rows {
         let who = Who {
             process_pid: r.pid.map(|p| p.to_string()).unwrap_or_default(),
@@ -148,6 +170,10 @@ pub fn exposition(rows: &[Row], tree: TreeFigures) -> String {
             .inc_by(v);
         }
         mem.get_or_create(&who).set(r.rss_bytes as i64);
+        if let Some((m, u)) = r.gpu {
+            gpu_mem.get_or_create(&who).set(m as i64);
+            gpu_util.get_or_create(&who).set(u);
+        }
         for (dir, v) in [("read", r.disk_read_bytes), ("write", r.disk_write_bytes)] {
             disk.get_or_create(&Disk {
                 who: who.clone(),
@@ -228,6 +254,7 @@ mod tests {
                     },
                     udp: Traffic::default(),
                 }),
+                gpu: Some((3 << 30, 0.875)),
             },
             Row {
                 exe: "sh".into(),
@@ -255,11 +282,19 @@ mod tests {
             "pmet_lost_events_total 0",
             "pmet_processes_alive 2",
             "pmet_processes_held 3",
+            "# TYPE process_gpu_memory_usage_bytes gauge",
+            r#"process_gpu_memory_usage_bytes{process_pid="42",process_parent_pid="1",process_executable_name="curl",container_id="abc"} 3221225472"#,
+            r#"process_gpu_utilization_ratio{process_pid="42",process_parent_pid="1",process_executable_name="curl",container_id="abc"} 0.875"#,
         ] {
             assert!(text.contains(want), "missing {want}:\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
-        // No network series for a row without eBPF figures.
+        // No network series for a row without eBPF figures, no GPU series
+        // for one without GPU figures.
         assert!(!text.contains(r#"process_executable_name="sh",container_id="",network"#));
+        assert!(!text.contains(r#"gpu_memory_usage_bytes{process_pid="""#));
+        // No GPU driver: no GPU families at all.
+        let none = exposition(&rows[1..], TreeFigures::default());
+        assert!(!none.contains("gpu"), "{none}");
     }
 }

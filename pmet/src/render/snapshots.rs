@@ -115,3 +115,93 @@ fn connection_metrics_count_every_connection_a_report_has() {
     );
     assert_eq!(crate::report::diff::metric(&without, "connections"), None);
 }
+
+#[test]
+fn gpu_use_reaches_the_report_summary_html_plots_and_diff() {
+    use crate::collect::gpu::{Device, Use};
+    let (mut tree, start) = fixture::web_job();
+    tree.gpu_known = true;
+    // The two curls: one trains on GPU-a, the other holds memory idle.
+    let look = |pid, memory, sm: Option<f64>| Use {
+        pid,
+        device: "GPU-a".into(),
+        memory_bytes: memory,
+        sm_pct: sm,
+        mem_pct: sm.map(|s| s / 2.0),
+    };
+    let curls: Vec<usize> = (0..tree.procs.len())
+        .filter(|&i| tree.procs[i].comm == "curl")
+        .collect();
+    let (busy, idle) = (curls[0], curls[1]);
+    tree.procs[busy]
+        .gpu
+        .look(&[&look(1, 2 << 30, Some(90.0))], 1.0);
+    tree.procs[busy]
+        .gpu
+        .look(&[&look(1, 3 << 30, Some(70.0))], 1.0);
+    tree.procs[idle].gpu.look(&[&look(2, 1 << 20, None)], 1.0);
+    let mut info = info(&tree, start);
+    info.collector.gpu = Some(crate::report::GpuCollector {
+        source: "nvml".into(),
+        devices: vec![Device {
+            uuid: "GPU-a".into(),
+            name: "NVIDIA H100 80GB HBM3".into(),
+            driver: "nvidia 550.54.15".into(),
+            memory_total_bytes: Some(80 << 30),
+            accounting: Some(false),
+        }],
+    });
+    let report = build(&tree, &info, None);
+    let g = report
+        .processes
+        .iter()
+        .find_map(|p| p.gpu.as_ref().filter(|g| g.memory_peak_bytes == 3 << 30));
+    let g = g.expect("the busy curl");
+    assert_eq!(g.devices, ["GPU-a"]);
+    assert_eq!((g.sm_pct_mean, g.sm_pct_max), (80.0, 90.0));
+    assert_eq!(g.mem_pct_mean, Some(40.0));
+    assert_eq!(g.busy_s, 1.6);
+    // Processes that never touched a GPU are at 0, not unknown.
+    let sh = report.processes.iter().find(|p| p.comm == "sh").unwrap();
+    let zero = sh.gpu.as_ref().unwrap();
+    assert_eq!(
+        (zero.memory_peak_bytes, zero.busy_s, zero.sm_pct_mean),
+        (0, 0.0, 0.0)
+    );
+    let t = report.totals.gpu.as_ref().unwrap();
+    assert_eq!(
+        (t.processes, t.memory_peak_bytes, t.busy_s),
+        (2, (3 << 30) + (1 << 20), 1.6)
+    );
+    let text = summary(&report, 100, Style::default());
+    assert!(
+        text.contains("gpu   2 processes on 1 GPU · 3.0 GiB memory at the peaks · 1.600 s busy"),
+        "{text}"
+    );
+    let html = crate::render::html::html(&report);
+    assert!(
+        html.contains("<table id=\"gpu\">") && html.contains("GPU-a"),
+        "{html}"
+    );
+    use crate::report::diff::metric;
+    assert_eq!(
+        metric(&report, "gpu_memory"),
+        Some(((3u64 << 30) + (1 << 20)) as f64)
+    );
+    assert_eq!(metric(&report, "gpu_busy"), Some(1.6));
+    // A recorded series with GPU points gets the two GPU plots.
+    let mut rec = crate::model::series::Recorder::new(720, 120);
+    let mut snaps = Snapshotter::new(start, 100, true, true);
+    for secs in [0, 1, 2] {
+        let mut s = snaps.take(&tree, start + secs * 1_000_000_000, 0);
+        s.gpu = Some(crate::model::series::GpuPoint {
+            memory_bytes: (secs + 1) << 30,
+            sm_pct: 50.0,
+        });
+        rec.record(&s, &std::collections::HashMap::new());
+    }
+    let with_series = build(&tree, &info, Some(&rec));
+    let svg = crate::render::svg::plots_svg(&with_series);
+    assert!(svg.contains("id=\"gpu-memory\"") && svg.contains("id=\"gpu-busy\""));
+    assert!(!crate::render::svg::plots_svg(&report).contains("gpu-memory"));
+}

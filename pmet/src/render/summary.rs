@@ -134,6 +134,19 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
             "  net   unknown: polled /proc only (run as root for eBPF)"
         );
     }
+    if let Some(g) = t.gpu.as_ref().filter(|g| g.processes > 0) {
+        let devices = r.collector.gpu.as_ref().map_or(0, |c| c.devices.len());
+        let _ = writeln!(
+            o,
+            "  gpu   {} process{} on {} GPU{} · {} memory at the peaks · {} busy (SM-weighted)",
+            g.processes,
+            if g.processes == 1 { "" } else { "es" },
+            devices,
+            if devices == 1 { "" } else { "s" },
+            bytes(g.memory_peak_bytes),
+            duration(g.busy_s)
+        );
+    }
     if t.processes_without_figures > 0 {
         let _ = writeln!(
             o,

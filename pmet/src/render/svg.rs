@@ -175,7 +175,10 @@ pub fn plots_svg(r: &Report) -> String {
         .max(1e-3);
     let order = tree_order(r);
     let rows = order.len().min(MAX_ROWS);
-    let timeline_top = 4.0 * (PLOT_H + 50.0) + 10.0;
+    // GPU plots when a GPU was followed.
+    let gpu = points.iter().any(|p| p.gpu.is_some());
+    let charts = if gpu { 6.0 } else { 4.0 };
+    let timeline_top = charts * (PLOT_H + 50.0) + 10.0;
     let height = timeline_top + 30.0 + ROW_H * (rows as f64 + 1.0) + 20.0;
     let mut o = String::new();
     let _ = writeln!(
@@ -262,6 +265,40 @@ pub fn plots_svg(r: &Report) -> String {
         ],
         |v| format!("{}/s", bytes(v as u64)),
     );
+    if gpu {
+        let held = |f: fn(&crate::model::series::GpuPoint) -> f64| -> Vec<(f64, f64)> {
+            points
+                .iter()
+                .filter_map(|p| p.gpu.as_ref().map(|g| (p.t, f(g))))
+                .collect()
+        };
+        chart(
+            &mut o,
+            "gpu-memory",
+            "GPU memory (held by the live processes)",
+            4.0 * (PLOT_H + 50.0),
+            t_max,
+            &[Line {
+                name: "GPU memory",
+                color: "#76b900",
+                points: held(|g| g.memory_bytes as f64),
+            }],
+            |v| bytes(v as u64),
+        );
+        chart(
+            &mut o,
+            "gpu-busy",
+            "GPU SM utilisation (% of one GPU)",
+            5.0 * (PLOT_H + 50.0),
+            t_max,
+            &[Line {
+                name: "SM %",
+                color: "#e377c2",
+                points: held(|g| g.sm_pct),
+            }],
+            |v| format!("{v:.0}%"),
+        );
+    }
 
     // The timeline.
     let plot_w = W - LEFT - RIGHT - 200.0;

@@ -2,8 +2,9 @@
 //! figure's source is chosen.
 
 use super::{
-    Collector, ConnectionReport, ConnectionsDropped, DEFAULT_MAX_THREADS_LISTED, Host, Net,
-    ProcStats, ProcessReport, Report, SCHEMA, SeriesReport, ThreadReport, ThreadsDropped, Totals,
+    Collector, ConnectionReport, ConnectionsDropped, DEFAULT_MAX_THREADS_LISTED, GpuReport,
+    GpuTotals, Host, Net, ProcStats, ProcessReport, Report, SCHEMA, SeriesReport, ThreadReport,
+    ThreadsDropped, Totals,
 };
 use crate::model::{
     container::{container, k8s_pod_uid},
@@ -78,7 +79,7 @@ fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
 }
 
-fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
+fn process(p: &Proc, info: &RunInfo, ebpf: bool, gpu_known: bool) -> ProcessReport {
     let cgroup = p
         .ids
         .and_then(|i| info.names.cgroups.get(&i.cgroup_id).cloned());
@@ -147,6 +148,15 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool) -> ProcessReport {
         threads_dropped: None,
         connections: None,
         connections_dropped: None,
+        gpu: gpu_known.then(|| GpuReport {
+            devices: p.gpu.devices.clone(),
+            memory_peak_bytes: p.gpu.memory_peak_bytes,
+            sm_pct_mean: round6(p.gpu.sm_pct_mean()),
+            sm_pct_max: round6(p.gpu.sm_pct_max),
+            mem_pct_mean: p.gpu.mem_pct_mean().map(round6),
+            busy_s: round6(p.gpu.busy_s),
+            accounting: p.gpu.accounting,
+        }),
     }
 }
 
@@ -286,7 +296,7 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
                             .collect::<Vec<_>>(),
                     ),
                 }),
-                ..process(p, info, ebpf)
+                ..process(p, info, ebpf, tree.gpu_known)
             }
         })
         .collect();
@@ -315,6 +325,12 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
         }
         if p.end_offset_s.is_none() && !p.vanished {
             totals.processes_running += 1;
+        }
+        if let Some(g) = &p.gpu {
+            let t = totals.gpu.get_or_insert_with(GpuTotals::default);
+            t.processes += u64::from(!g.devices.is_empty());
+            t.memory_peak_bytes += g.memory_peak_bytes;
+            t.busy_s = round6(t.busy_s + g.busy_s);
         }
     }
     // The tree's net writes come from its sums, not its processes' nets: the

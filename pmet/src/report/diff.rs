@@ -36,7 +36,7 @@ impl Unit {
 }
 
 /// The figures compared, by the names `--fail-if` uses.
-pub const METRICS: [(&str, &str, Unit); 17] = [
+pub const METRICS: [(&str, &str, Unit); 19] = [
     ("duration", "duration", Unit::Seconds),
     ("cpu", "CPU (user + system)", Unit::Seconds),
     ("cpu_user", "CPU, user", Unit::Seconds),
@@ -62,6 +62,12 @@ pub const METRICS: [(&str, &str, Unit); 17] = [
     ("processes", "processes", Unit::Count),
     ("failed", "failed processes", Unit::Count),
     ("lost", "lost events", Unit::Count),
+    (
+        "gpu_memory",
+        "GPU memory (sum of the processes' peaks)",
+        Unit::Bytes,
+    ),
+    ("gpu_busy", "GPU busy (SM-weighted seconds)", Unit::Seconds),
 ];
 
 /// The value of metric `key` in a report (`None` when the report cannot say).
@@ -88,6 +94,8 @@ pub fn metric(r: &Report, key: &str) -> Option<f64> {
         "processes" => t.processes as f64,
         "failed" => t.failed_processes as f64,
         "lost" => r.collector.lost_events as f64,
+        "gpu_memory" => t.gpu.as_ref()?.memory_peak_bytes as f64,
+        "gpu_busy" => t.gpu.as_ref()?.busy_s,
         _ => return None,
     })
 }

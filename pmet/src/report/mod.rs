@@ -177,6 +177,9 @@ pub struct Collector {
     /// pmet's exit status.
     #[serde(default)]
     pub export_errors: u64,
+    /// The GPUs followed (`null`: no GPU driver on this machine).
+    #[serde(default)]
+    pub gpu: Option<GpuCollector>,
 }
 
 /// Losses by cause. All zero on a healthy run.
@@ -335,6 +338,9 @@ pub struct Totals {
     /// an early stop): their figures are from the last sample.
     #[serde(default)]
     pub processes_running: u64,
+    /// GPU use (`null` when no GPU driver was there to ask).
+    #[serde(default)]
+    pub gpu: Option<GpuTotals>,
 }
 
 /// One process.
@@ -474,6 +480,54 @@ pub struct ProcessReport {
     /// byte of `net` is in `connections`.
     #[serde(default)]
     pub connections_dropped: Option<ConnectionsDropped>,
+    /// What it did on the GPUs: zeros for a process that used none;
+    /// `null` when no GPU driver was there to ask.
+    #[serde(default)]
+    pub gpu: Option<GpuReport>,
+}
+
+/// One process's GPU use.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GpuReport {
+    /// The devices it used (NVML UUIDs, or DRM PCI addresses).
+    pub devices: Vec<String>,
+    /// The most GPU memory it held at one look (all devices together).
+    pub memory_peak_bytes: u64,
+    /// Mean SM (or busiest engine) utilisation over the looks that saw it
+    /// on a GPU, percent.
+    pub sm_pct_mean: f64,
+    /// Highest, percent.
+    pub sm_pct_max: f64,
+    /// Mean memory-controller utilisation, percent (`null` where the
+    /// driver gives none).
+    pub mem_pct_mean: Option<f64>,
+    /// SM-utilisation-weighted seconds.
+    pub busy_s: f64,
+    /// Peak and mean are the driver's lifetime figures (NVML accounting
+    /// mode, where it was already on), not sampled.
+    #[serde(default)]
+    pub accounting: bool,
+}
+
+/// The tree's GPU use.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GpuTotals {
+    /// Processes seen on a GPU.
+    pub processes: u64,
+    /// The sum of the processes' memory peaks (an upper bound of the
+    /// tree's peak at one moment).
+    pub memory_peak_bytes: u64,
+    /// SM-utilisation-weighted seconds, all processes.
+    pub busy_s: f64,
+}
+
+/// The GPUs pmet asked, and how.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GpuCollector {
+    /// `nvml` or `fdinfo`.
+    pub source: String,
+    /// Each device.
+    pub devices: Vec<crate::collect::gpu::Device>,
 }
 
 /// One process's use of one socket.
