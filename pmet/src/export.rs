@@ -4,11 +4,12 @@
 //! (`--textfile PATH`, replaced atomically at every sample).
 //!
 //! Cardinality is bounded: at most `--metrics-top N` processes have series
-//! of their own, given to processes in the order they are first seen while
-//! a slot is free, and kept until the process has exited and one scrape has
-//! seen its final values (then the slot is free again). Every other process is summed
-//! under its executable name alone. A process never moves between the two,
-//! so every counter only grows, as Prometheus requires.
+//! of their own. Free slots go to the processes first seen at a sample, the
+//! most active first, and are kept until the process has exited and every
+//! reader has taken its final values (then the slot is free again). Every
+//! other process is summed under its executable name alone. A process never
+//! moves between the two, so every counter only grows, as Prometheus
+//! requires.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -232,6 +233,17 @@ struct Shown {
     write: u64,
 }
 
+/// How busy a process has been, to rank the ones competing for a slot:
+/// CPU seconds, then a second's worth for each MiB it moved (disk or
+/// network).
+fn activity(p: &Proc, ticks_per_s: u64, kernel_io: bool) -> f64 {
+    let f = figures(p, ticks_per_s, kernel_io);
+    let cpu = f.cpu.map_or(0.0, |(u, s)| u + s);
+    let disk = f.disk.map_or(0, |d| d.read + d.write);
+    let net = p.net.tcp.tx_bytes + p.net.tcp.rx_bytes + p.net.udp.tx_bytes + p.net.udp.rx_bytes;
+    cpu + (disk + net) as f64 / f64::from(1 << 20)
+}
+
 /// Builds the exposition from the tree at each sample.
 pub struct Exporter {
     published: Published,
@@ -372,6 +384,23 @@ impl Exporter {
             self.own.remove(&k);
             self.retired.insert(k);
         }
+        // Free slots go to the processes seen for the first time now, the
+        // most active first (one that has already exited too: its final
+        // values are shown to every reader once).
+        let free = self.top.saturating_sub(self.own.len());
+        if free > 0 {
+            let mut new: Vec<(f64, (u32, u64))> = tree
+                .procs
+                .iter()
+                .map(|p| (p, (p.pid, p.cookie)))
+                .filter(|(_, k)| !self.shown.contains_key(k) && !self.retired.contains(k))
+                .map(|(p, k)| (activity(p, ticks_per_s, kernel_io), k))
+                .collect();
+            new.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            for (_, k) in new.into_iter().take(free) {
+                self.own.insert(k, None);
+            }
+        }
         let mut rows = Vec::new();
         let mut others = self.gone.clone();
         let mut now_final = Vec::new();
@@ -379,12 +408,6 @@ impl Exporter {
             let key = (p.pid, p.cookie);
             if self.retired.contains(&key) {
                 continue;
-            }
-            // A process gets a slot when first seen, if one is free (one
-            // that has already exited too: its final values are shown to
-            // one scrape).
-            if !self.shown.contains_key(&key) && self.own.len() < self.top {
-                self.own.insert(key, None);
             }
             let row = self.row(p, ticks_per_s, kernel_io, ebpf);
             match self.own.get(&key) {
@@ -1133,13 +1156,14 @@ mod tests {
         let mut x = Exporter::new(2);
         x.update(&tree, 100, true, true, 0);
         let text = x.published().text();
-        // The first two seen have their own series; the others (all
-        // exited) are summed under their names.
+        // The two most active (the server and the curl that fetched the
+        // big file) have their own series; the others are summed under
+        // their names.
         assert_eq!(
             pids(&text, "process_memory_usage_bytes"),
-            ["", "1000", "1001"]
+            ["", "1001", "1002"]
         );
-        for exe in ["curl", "grep", "sleep"] {
+        for exe in ["sh", "curl", "grep", "sleep"] {
             assert!(
                 text.contains(&format!(
                     "process_memory_usage_bytes{{process_pid=\"\",process_parent_pid=\"\",process_executable_name=\"{exe}\""
@@ -1147,10 +1171,23 @@ mod tests {
                 "{exe}: {text}"
             );
         }
-        // The two curls' bytes, summed.
-        assert!(text.contains(
-            "process_executable_name=\"curl\",container_id=\"\",network_io_direction=\"receive\",network_transport=\"tcp\"} 10747904"
-        ), "{text}");
+        // The big fetch on its own; the other curl summed under its name.
+        let rx = |who: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("process_network_io_bytes_total")
+                        && l.contains(who)
+                        && l.contains("network_io_direction=\"receive\",network_transport=\"tcp\"")
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        };
+        let (own, summed) = (
+            rx("process_pid=\"1002\"").unwrap(),
+            rx("process_pid=\"\",process_parent_pid=\"\",process_executable_name=\"curl\"")
+                .unwrap(),
+        );
+        assert_eq!(own + summed, 10747904, "{text}");
+        assert!(own > summed);
         // Both own processes have exited: once a scrape has seen their
         // final values, their series go and their slots are free; the sums
         // keep everything they had.
@@ -1185,18 +1222,19 @@ mod tests {
         let gone = tree.prune(100, true, |p| x.forgettable(p));
         assert_eq!(
             gone.iter().map(|p| p.pid).collect::<Vec<_>>(),
-            [1002, 1003, 1004, 1005]
+            [1003, 1004, 1005]
         );
         x.forget(&gone, 100, true, true);
         x.update(&tree, 100, true, true, 0);
         let text = x.published().text();
         assert_eq!(sums(&text), before);
-        assert!(text.contains("pmet_processes_held 2"), "{text}");
-        // Scraped: the last two go as well, and the totals stay.
+        // The root (which never goes) and the two with series of their own.
+        assert!(text.contains("pmet_processes_held 3"), "{text}");
+        // Scraped: those two go as well, and the totals stay.
         x.published.read_by(Reader::Scrape);
         x.update(&tree, 100, true, true, 0);
         let gone = tree.prune(100, true, |p| x.forgettable(p));
-        assert_eq!(gone.len(), 1, "the root stays");
+        assert_eq!(gone.iter().map(|p| p.pid).collect::<Vec<_>>(), [1001, 1002]);
         x.forget(&gone, 100, true, true);
         x.update(&tree, 100, true, true, 0);
         let text = x.published().text();
