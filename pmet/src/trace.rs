@@ -1078,6 +1078,7 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             // Compact: a tree of 10,000 processes is 22 MB this way and 32
             // pretty-printed, and a third slower to write (`jq .` shows it
             // indented; `pmet report` reads it for people).
+            let _once = crate::model::env::JsonOnce::start();
             serde_json::to_writer(&mut *w, &report).map_err(std::io::Error::other)?;
             log::debug!("report serialized in {:?}", t.elapsed());
             w.write_all(b"\n")

@@ -114,14 +114,71 @@ impl EnvCache {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnvReport(pub Arc<[EnvVar]>);
 
-impl serde::Serialize for EnvReport {
+/// The JSON object of one kept environment.
+struct EnvObject<'a>(&'a [EnvVar]);
+
+impl serde::Serialize for EnvObject<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(self.0.len()))?;
-        for v in self.0.iter() {
+        for v in self.0 {
             m.serialize_entry(&v.name, v.value.as_deref().unwrap_or(REDACTED))?;
         }
         m.end()
+    }
+}
+
+type RawEnvs =
+    std::collections::HashMap<*const EnvVar, (Arc<[EnvVar]>, Box<serde_json::value::RawValue>)>;
+
+thread_local! {
+    static RAW: std::cell::RefCell<Option<RawEnvs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While held, each distinct environment is turned into JSON once, and
+/// every process that shares it gets those bytes copied: most processes of
+/// a tree have the same environment, and writing it anew for each was most
+/// of the cost of writing a report. Only for `serde_json` writers (the
+/// bytes are written as they are).
+pub struct JsonOnce(());
+
+impl JsonOnce {
+    /// Starts reusing environments' JSON on this thread.
+    pub fn start() -> Self {
+        RAW.with(|r| *r.borrow_mut() = Some(Default::default()));
+        JsonOnce(())
+    }
+}
+
+impl Drop for JsonOnce {
+    fn drop(&mut self) {
+        RAW.with(|r| *r.borrow_mut() = None);
+    }
+}
+
+impl serde::Serialize for EnvReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut s = Some(s);
+        let done = RAW.with(|r| {
+            let mut r = r.borrow_mut();
+            let cache = r.as_mut()?;
+            // Keyed by the shared copy's address, which the entry keeps
+            // alive: no other environment can take it meanwhile.
+            let entry = cache.entry(self.0.as_ptr()).or_insert_with(|| {
+                let text = serde_json::to_string(&EnvObject(&self.0)).unwrap_or_default();
+                (
+                    self.0.clone(),
+                    serde_json::value::RawValue::from_string(text)
+                        .expect("serde_json wrote valid JSON"),
+                )
+            });
+            Some(entry.1.serialize(s.take()?))
+        });
+        match (done, s) {
+            (Some(written), _) => written,
+            (None, Some(s)) => EnvObject(&self.0).serialize(s),
+            (None, None) => unreachable!("the serializer is used once"),
+        }
     }
 }
 
@@ -160,6 +217,38 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environments_written_once_read_the_same() {
+        let p = EnvPolicy {
+            all: false,
+            names: vec!["PATH".into()],
+        };
+        let a = p.apply(vec![
+            "PATH=/bin".into(),
+            "HOME=/root".into(),
+            "Q=\"x\"".into(),
+        ]);
+        let b = p.apply(vec!["PATH=/usr/bin".into()]);
+        let procs: Vec<Option<EnvReport>> = vec![
+            Some(EnvReport(a.clone())),
+            None,
+            Some(EnvReport(b.clone())),
+            Some(EnvReport(a.clone())),
+        ];
+        let plain = serde_json::to_string(&procs).unwrap();
+        let once = {
+            let _once = JsonOnce::start();
+            serde_json::to_string(&procs).unwrap()
+        };
+        assert_eq!(once, plain);
+        assert_eq!(
+            plain,
+            r#"[{"HOME":"<redacted>","PATH":"/bin","Q":"<redacted>"},null,{"PATH":"/usr/bin"},{"HOME":"<redacted>","PATH":"/bin","Q":"<redacted>"}]"#
+        );
+        // Released: the next writer starts afresh.
+        assert!(RAW.with(|r| r.borrow().is_none()));
+    }
 
     #[test]
     fn a_name_given_twice_keeps_its_last_value_and_the_report_round_trips() {
