@@ -391,22 +391,25 @@ fn python_tests(pmet: &Path, target: &Path) -> Result<()> {
     let py312 = python312().context(
         "python3.12 is needed to check the wheel on 3.12: none on PATH, in pyenv's versions or in /usr (this machine kind has pyenv's)",
     )?;
-    let venv312 = py.join("venv-3.12");
-    if venv312.exists() {
-        fs::remove_dir_all(&venv312)?;
+    // The one wheel on both: Debian's 3.11 and a 3.12.
+    for (minor, python) in [(11, "/usr/bin/python3".to_owned()), (12, py312)] {
+        let venv = py.join(format!("wheel-3.{minor}"));
+        if venv.exists() {
+            fs::remove_dir_all(&venv)?;
+        }
+        run(Command::new(python.trim()).args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet"])
+            .arg(&wheel))?;
+        run(Command::new(venv.join("bin").join("python")).args([
+            "-c",
+            &format!(
+                "import sys, pmet; assert sys.version_info[:2] == (3, {minor}); \
+                 r = pmet.trace(['sh', '-c', 'exit 3']); assert r.exit_code == 3, r; \
+                 print('pmet', pmet.__version__, 'wheel on', sys.version.split()[0], 'with', r.collector.ebpf and 'ebpf' or 'procfs')"
+            ),
+        ]))?;
     }
-    run(Command::new(py312.trim())
-        .args(["-m", "venv"])
-        .arg(&venv312))?;
-    run(Command::new(venv312.join("bin").join("pip"))
-        .args(["install", "--quiet"])
-        .arg(&wheel))?;
-    run(Command::new(venv312.join("bin").join("python")).args([
-        "-c",
-        "import sys, pmet; assert sys.version_info[:2] == (3, 12); \
-         r = pmet.trace(['sh', '-c', 'exit 3']); assert r.exit_code == 3, r; \
-         print('pmet', pmet.__version__, 'on', sys.version.split()[0], 'with', r.collector.ebpf and 'ebpf' or 'procfs')",
-    ]))?;
     Ok(())
 }
 
