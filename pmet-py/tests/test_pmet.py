@@ -88,6 +88,10 @@ def test_exact_tcp_and_udp_bytes_per_process(script):
     assert report.totals.processes == 5
     assert isinstance(report.processes[0], pmet.ProcessReport)
     assert isinstance(report.processes[0].net.tcp, pmet.Traffic)
+    if not Path("/dev/nvidiactl").exists() and not Path("/dev/dri").exists():
+        # No GPU driver: GPU figures are unknown, not 0.
+        assert report.collector.gpu is None and report.totals.gpu is None
+        assert all(p.gpu is None for p in report.processes)
 
 
 @pytest.mark.unprivileged
@@ -158,6 +162,8 @@ def test_sample_once_before_during_and_after_run(script):
     assert me.rss_bytes >= 64 << 20
     assert s.rss_bytes == me.rss_bytes
     assert s.net is not None and s.net.tcp.tx_bytes == 0
+    if not Path("/dev/nvidiactl").exists() and not Path("/dev/dri").exists():
+        assert s.gpu is None, "no GPU driver here: unknown, not 0"
     report = m.run()
     assert not m.is_running()
     last = m.sample_once()

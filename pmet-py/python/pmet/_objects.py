@@ -180,14 +180,21 @@ class ProcessSample(Record):
     _nested = {"net": Net, "net_rate": Rate}
 
 
+class GpuNow(Record):
+    """The live processes' GPU use at one sample (absent without a driver)."""
+
+
 class Sample(Record):
     """The tree at one moment: totals so far, rates since the previous
     sample, and each live process."""
 
-    _nested = {"net": Net, "net_rate": Rate, "processes": ProcessSample}
+    _nested = {"net": Net, "net_rate": Rate, "processes": ProcessSample, "gpu": GpuNow}
 
     def __init__(self, text: str) -> None:
-        super().__init__(json.loads(text))
+        data = json.loads(text)
+        # Written only where a GPU driver is; None (unknown) elsewhere.
+        data.setdefault("gpu", None)
+        super().__init__(data)
 
     def to_json(self) -> str:
         return json.dumps(self._data, separators=(",", ":"))

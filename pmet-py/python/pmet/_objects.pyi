@@ -190,6 +190,10 @@ class ProcessSample(Record):
     disk_write_rate: float
     ended: bool
 
+class GpuNow(Record):
+    memory_bytes: int
+    sm_pct: float
+
 class Sample(Record):
     t: float
     alive: int
@@ -205,6 +209,7 @@ class Sample(Record):
     net: Net | None
     net_rate: Rate
     lost: int
+    gpu: GpuNow | None
     processes: list[ProcessSample]
     def __init__(self, text: str) -> None: ...
     def to_json(self) -> str: ...
