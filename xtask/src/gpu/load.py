@@ -1,8 +1,9 @@
 """A GPU job whose truth is known, for `cargo xtask gpu-check`.
 
-Through the CUDA driver API alone (libcuda.so.1, which every NVIDIA driver
-installs; no toolkit, no PyTorch): allocate MIB MiB of device memory, touch
-it, then keep every SM busy with a spinning kernel (PTX, compiled by the
+With PyTorch where it is installed (the device machine has it), else
+through the CUDA driver API alone (libcuda.so.1, which every NVIDIA driver
+installs; no toolkit): allocate MIB MiB of device memory, touch it, then
+keep the SMs busy (matrix products, or a spinning PTX kernel compiled by the
 driver) for SECONDS, and print what it did. Usage: load.py MIB SECONDS
 """
 
@@ -39,8 +40,32 @@ def check(r, what):
         sys.exit(f"{what}: CUDA error {r}")
 
 
+def with_torch(mib, seconds):
+    """The same job with PyTorch, where it is installed (the issue's job)."""
+    import torch
+
+    held = torch.ones(mib << 20, dtype=torch.uint8, device="cuda")
+    a = torch.randn(4096, 4096, device="cuda")
+    print(f"holding {mib} MiB (PyTorch); multiplying for {seconds} s", flush=True)
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        a = torch.tanh(a @ a)
+        torch.cuda.synchronize()
+        n += 1
+    print(f"done: {n} products, {int(held.sum().item())} bytes held", flush=True)
+    time.sleep(0.5)
+
+
 def main():
     mib, seconds = int(sys.argv[1]), float(sys.argv[2])
+    try:
+        import torch  # noqa: F401
+
+        if torch.cuda.is_available():
+            return with_torch(mib, seconds)
+    except ImportError:
+        pass
     cuda = ctypes.CDLL("libcuda.so.1")
     check(cuda.cuInit(0), "cuInit")
     dev = ctypes.c_int()
