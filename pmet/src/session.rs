@@ -978,7 +978,12 @@ mod tests {
     }
 
     fn by_pid(s: &Session<FakeKernel, FakeProc>, pid: u32) -> Vec<&crate::model::tree::Proc> {
-        s.tree.procs.iter().filter(|p| p.pid == pid).collect()
+        s.tree
+            .procs
+            .iter()
+            .filter(|p| p.pid == pid)
+            .map(|p| &**p)
+            .collect()
     }
 
     #[test]

