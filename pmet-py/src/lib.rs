@@ -123,15 +123,12 @@ struct Monitor {
     shared: Arc<Shared>,
 }
 
+/// The state letter and start time (ticks) of `pid`, as /proc has them.
 fn start_ticks(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The name may hold spaces and parentheses: fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    Some((
-        fields.first()?.chars().next()?,
-        fields.get(19)?.parse().ok()?,
-    ))
+    pmet::collect::procfs::Procfs::default()
+        .stat(pid)
+        .ok()
+        .map(|s| (s.state, s.starttime))
 }
 
 #[pymethods]

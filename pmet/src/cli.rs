@@ -6,10 +6,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum, value_parser};
 use clap_complete::Shell;
 
 use crate::render::style::ColorChoice;
-
-/// Shortest polling interval accepted: below this, /proc polling costs more
-/// than it tells.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+pub use crate::units::{MIN_INTERVAL, parse_duration, parse_interval};
 
 /// Follows a program and its whole process tree, and tells the truth about
 /// what it used.
@@ -494,40 +491,6 @@ impl TraceArgs {
         }
         Ok((min, self.interval.clamp(min, max), max))
     }
-}
-
-/// Parses a human duration; a bare number means seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.starts_with('-') {
-        return Err("must not be negative".into());
-    }
-    let d = if let Ok(secs) = s.parse::<f64>() {
-        if !secs.is_finite() || secs > 1e12 {
-            return Err("must be a finite number of seconds".into());
-        }
-        Duration::from_secs_f64(secs)
-    } else {
-        humantime::parse_duration(s).map_err(|e| format!("{e} (try 30s, 5m or 1h30m)"))?
-    };
-    if d.is_zero() {
-        return Err("must be greater than zero".into());
-    }
-    if d > MAX_DURATION {
-        return Err("must be at most 10 years".into());
-    }
-    Ok(d)
-}
-
-/// Longest duration or interval accepted: past it, clocks overflow.
-const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
-
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d < MIN_INTERVAL {
-        return Err(format!("must be at least {}ms", MIN_INTERVAL.as_millis()));
-    }
-    Ok(d)
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ pub struct Settings {
     #[serde(default = "default_metrics_top")]
     pub metrics_top: usize,
     /// How often every process is sampled (`pmet agent --interval`).
-    #[serde(default, deserialize_with = "some_duration")]
+    #[serde(default, deserialize_with = "some_interval")]
     pub interval: Option<Duration>,
 }
 
@@ -93,19 +93,23 @@ fn default_metrics_top() -> usize {
     DEFAULT_METRICS_TOP
 }
 
+/// A duration in a config file, read as on the command line.
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = <String as serde::Deserialize>::deserialize(d)?;
-    match humantime::parse_duration(text.trim()) {
-        Ok(v) if !v.is_zero() => Ok(v),
-        Ok(_) => Err(serde::de::Error::custom("must be greater than zero")),
-        Err(e) => Err(serde::de::Error::custom(format!(
-            "`{text}`: {e} (try \"30s\", \"5m\" or \"1h30m\")"
-        ))),
-    }
+    crate::units::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
 }
 
 fn some_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
+}
+
+/// A sampling interval in a config file, read as `--interval` is.
+fn some_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    crate::units::parse_interval(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
 }
 
 impl Settings {
@@ -393,7 +397,8 @@ impl Exporter {
                 .procs
                 .iter()
                 .map(|p| (p, (p.pid, p.cookie)))
-                .filter(|(_, k)| !self.shown.contains_key(k) && !self.retired.contains(k))
+                // Not shown yet: new (a retired process was shown).
+                .filter(|(_, k)| !self.shown.contains_key(k))
                 .map(|(p, k)| (activity(p, ticks_per_s, kernel_io), k))
                 .collect();
             new.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -519,10 +524,8 @@ impl Running {
     pub fn start(x: Settings, ends: Endpoints, host: String) -> Result<Self, Error> {
         let mut r = Self {
             exporter: Exporter::new(x.metrics_top),
-            settings: Settings {
-                otlp: None,
-                ..Settings::default()
-            },
+            // Nothing running yet: `apply` starts what `x` asks for.
+            settings: Settings::default(),
             host,
             serve: None,
             textfile: None,
@@ -1123,7 +1126,14 @@ mod tests {
         let err = |t: &str| Settings::parse(t).unwrap_err();
         assert_eq!(
             err("otlp = \"http://c:4318/v1/metrics\"\ninterval = \"soon\"\n"),
-            "`soon`: expected number at 0 (try \"30s\", \"5m\" or \"1h30m\") (line 2)"
+            "`soon`: expected number at 0 (try 30s, 5m or 1h30m) (line 2)"
+        );
+        // As on the command line: bare seconds, and no interval under 10 ms.
+        let s = Settings::parse("otlp = \"http://c:4318\"\notlp_interval = \"2.5\"\n").unwrap();
+        assert_eq!(s.otlp_interval, Duration::from_millis(2500));
+        assert_eq!(
+            err("otlp = \"http://c:4318\"\ninterval = \"1ms\"\n"),
+            "`1ms`: must be at least 10ms (line 2)"
         );
         assert!(err("metrics_top = 5\n").starts_with("no exporter is given"));
         assert_eq!(

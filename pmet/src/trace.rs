@@ -504,6 +504,14 @@ struct Started {
 }
 
 impl Started {
+    /// A sample now: shown, and exported.
+    fn look(&mut self, sink: &mut Sink) -> Snapshot {
+        let snap = self.s.tick(boottime_ns());
+        sink.sample(&snap);
+        self.export(snap.lost);
+        snap
+    }
+
     /// Updates what the exporters show, after a sample.
     fn export(&mut self, lost: u64) {
         let Some(x) = self.export.as_mut() else {
@@ -818,9 +826,7 @@ async fn follow(
     };
     let mut backoff: Option<Instant> = None;
     // A first look at once: rates need a starting point.
-    let snap = st.s.tick(boottime_ns());
-    sink.sample(&snap);
-    st.export(snap.lost);
+    let snap = st.look(sink);
     let mut next_tick = Instant::now() + pace.after(&snap);
     let never = Instant::now() + Duration::from_secs(86400 * 365 * 30);
 
@@ -854,9 +860,7 @@ async fn follow(
                 Vec::new()
             }
             _ = tokio::time::sleep_until(next_tick) => {
-                let snap = st.s.tick(boottime_ns());
-                sink.sample(&snap);
-                st.export(snap.lost);
+                let snap = st.look(sink);
                 let mut wait = pace.after(&snap);
                 if st.s.has_suspects() {
                     // Decide on a possibly lost exit soon, not a slow tick later.
@@ -886,9 +890,7 @@ async fn follow(
             _ = sigwinch.recv() => { sink.resize(); Vec::new() }
             r = async { st.requests.as_mut().expect("guarded").recv().await }, if st.requests.is_some() => match r {
                 Some(Control::Sample(reply)) => {
-                    let snap = st.s.tick(boottime_ns());
-                    sink.sample(&snap);
-                    st.export(snap.lost);
+                    let snap = st.look(sink);
                     let _ = reply.send(snap);
                     Vec::new()
                 }
@@ -1015,7 +1017,7 @@ fn names(tree: &crate::model::tree::Tree) -> report::Names {
     report::Names {
         users: uids
             .into_iter()
-            .filter_map(|u| Some((u, privileges::account(&u.to_string())?.name)))
+            .filter_map(|u| Some((u, privileges::user_name(u)?)))
             .collect(),
         cgroups: crate::collect::cgroup::paths_of(&cgroups),
     }
@@ -1164,9 +1166,7 @@ pub async fn trace_with(
     settle(&mut st, &mut lc).await;
     // A last sample: still-running processes (an early stop) get their
     // figures, and a short run gets at least one look.
-    let snap = st.s.tick(boottime_ns());
-    sink.sample(&snap);
-    st.export(snap.lost);
+    st.look(&mut sink);
     // The last word to the Pushgateway and the OTLP endpoint, waited for:
     // a CI job's figures. A failure is said and counted; it never changes
     // the command's status.

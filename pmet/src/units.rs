@@ -1,5 +1,11 @@
 //! Human units.
 
+use std::time::Duration;
+
+/// Shortest polling interval accepted: below this, /proc polling costs more
+/// than it tells.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Bytes in binary units: `512 B`, `1.5 KiB`, `12.0 MiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -127,6 +133,41 @@ pub fn fit(s: &str, width: usize) -> String {
     let mut out: String = s.chars().take(width - 1).collect();
     out.push('…');
     out
+}
+
+/// Parses a human duration; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    let d = if let Ok(secs) = s.parse::<f64>() {
+        if !secs.is_finite() || secs > 1e12 {
+            return Err("must be a finite number of seconds".into());
+        }
+        Duration::from_secs_f64(secs)
+    } else {
+        humantime::parse_duration(s).map_err(|e| format!("{e} (try 30s, 5m or 1h30m)"))?
+    };
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    if d > MAX_DURATION {
+        return Err("must be at most 10 years".into());
+    }
+    Ok(d)
+}
+
+/// Longest duration or interval accepted: past it, clocks overflow.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// Parses a sampling interval: a duration of at least [`MIN_INTERVAL`].
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_INTERVAL {
+        return Err(format!("must be at least {}ms", MIN_INTERVAL.as_millis()));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -92,37 +92,41 @@ class _Recorder:
     def has_net(self) -> bool:
         return self.monitor.backend == "ebpf"
 
-    def measure(self, item: pytest.Item) -> Generator[None, object, dict[str, Any]]:
+    def begin(self) -> tuple[pmet.Sample, float]:
+        """The tree as a test starts."""
         m = self.monitor
         while m._core.next_sample(0) is not None:  # what came before the test
             pass
-        before = m.sample_once()
-        t0 = time.monotonic()
-        try:
-            yield
-        finally:
-            after = m.sample_once()
-            peak = after.rss_bytes
-            while (text := m._core.next_sample(0)) is not None:
-                peak = max(peak, pmet.Sample(text).rss_bytes)
-            net0, net1 = before.net, after.net
-            entry: dict[str, Any] = {
-                "nodeid": item.nodeid,
-                "duration_s": round(time.monotonic() - t0, 6),
-                "cpu_s": round(after.cpu_s - before.cpu_s, 6),
-                "peak_rss_bytes": max(peak, before.rss_bytes),
-                "net_tx_bytes": None
-                if net1 is None
-                else (net1.tcp.tx_bytes + net1.udp.tx_bytes)
-                - (net0.tcp.tx_bytes + net0.udp.tx_bytes),
-                "net_rx_bytes": None
-                if net1 is None
-                else (net1.tcp.rx_bytes + net1.udp.rx_bytes)
-                - (net0.tcp.rx_bytes + net0.udp.rx_bytes),
-                "processes": after.seen - before.seen,
-                "failed_processes": after.failed - before.failed,
-            }
-            self.tests.append(entry)
+        return m.sample_once(), time.monotonic()
+
+    def end(self, item: pytest.Item, start: tuple[pmet.Sample, float]) -> dict[str, Any]:
+        """What the test used since `begin`, recorded."""
+        before, t0 = start
+        m = self.monitor
+        after = m.sample_once()
+        # The tree's peak over the samples taken during the test.
+        peak = max(before.rss_bytes, after.rss_bytes)
+        while (text := m._core.next_sample(0)) is not None:
+            peak = max(peak, pmet.Sample(text).rss_bytes)
+
+        def moved(s: pmet.Sample, way: str) -> int | None:
+            if s.net is None:
+                return None
+            return int(getattr(s.net.tcp, way) + getattr(s.net.udp, way))
+
+        tx0, tx1 = moved(before, "tx_bytes"), moved(after, "tx_bytes")
+        rx0, rx1 = moved(before, "rx_bytes"), moved(after, "rx_bytes")
+        entry: dict[str, Any] = {
+            "nodeid": item.nodeid,
+            "duration_s": round(time.monotonic() - t0, 6),
+            "cpu_s": round(after.cpu_s - before.cpu_s, 6),
+            "peak_rss_bytes": peak,
+            "net_tx_bytes": None if tx0 is None or tx1 is None else tx1 - tx0,
+            "net_rx_bytes": None if rx0 is None or rx1 is None else rx1 - rx0,
+            "processes": after.seen - before.seen,
+            "failed_processes": after.failed - before.failed,
+        }
+        self.tests.append(entry)
         return entry
 
     def finish(self) -> None:
@@ -190,15 +194,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
                     f"pmet_budget {key}=...: unknown figure; use {', '.join(_BUDGETS)}"
                 )
             budget.setdefault(key, _amount(key, value))
-    measuring = rec.measure(item)
-    next(measuring)
+    start = rec.begin()
     try:
         result = yield
     finally:
-        try:
-            next(measuring)
-        except StopIteration as done:
-            entry = done.value
+        entry = rec.end(item, start)
     figures = {
         "cpu": entry["cpu_s"],
         "rss": entry["peak_rss_bytes"],

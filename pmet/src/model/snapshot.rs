@@ -193,6 +193,7 @@ impl Snapshotter {
         let (mut read, mut write, mut cancelled) = (g.read, g.write, g.cancelled);
         let mut rss = 0u64;
         let mut failed = g.failed as usize;
+        let mut gpu = tree.gpu_known.then(crate::model::series::GpuPoint::default);
         let mut lines = Vec::new();
         let mut ended_lines = Vec::new();
         let dt = self
@@ -275,6 +276,10 @@ impl Snapshotter {
             }
             procs.insert(key, now);
             rss += rss_now.unwrap_or(0);
+            if let Some(g) = gpu.as_mut() {
+                g.memory_bytes += p.gpu.now.0;
+                g.sm_pct += p.gpu.now.1;
+            }
             lines.push(line);
         }
         lines.sort_by(|a, b| {
@@ -312,14 +317,7 @@ impl Snapshotter {
             net: self.ebpf.then_some(total.net),
             net_rate,
             lost,
-            gpu: tree.gpu_known.then(|| {
-                let mut g = crate::model::series::GpuPoint::default();
-                for p in tree.procs.iter().filter(|p| p.alive()) {
-                    g.memory_bytes += p.gpu.now.0;
-                    g.sm_pct += p.gpu.now.1;
-                }
-                g
-            }),
+            gpu,
             processes: lines,
             ended: ended_lines,
         }
@@ -330,6 +328,35 @@ impl Snapshotter {
 mod tests {
     use super::*;
     use crate::model::{event::Event, input::Sample};
+
+    #[test]
+    fn the_live_processes_gpu_use_is_summed_once_known() {
+        let mut t = Tree::new();
+        t.add_root(100, 999, 1, 0, vec!["train".into()]);
+        let mut snaps = Snapshotter::new(0, 100, true, true);
+        assert_eq!(
+            snaps.take(&t, 1_000_000_000, 0).gpu,
+            None,
+            "no driver: unknown"
+        );
+        t.gpu_known = true;
+        t.apply_gpu(
+            &[crate::collect::gpu::Use {
+                pid: 100,
+                device: "GPU-a".into(),
+                memory_bytes: 1 << 30,
+                sm_pct: Some(75.0),
+                mem_pct: None,
+            }],
+            1.0,
+        );
+        let g = snaps.take(&t, 2_000_000_000, 0).gpu.unwrap();
+        assert_eq!((g.memory_bytes, g.sm_pct), (1 << 30, 75.0));
+        // Not seen at the next look: nothing held now.
+        t.apply_gpu(&[], 1.0);
+        let g = snaps.take(&t, 3_000_000_000, 0).gpu.unwrap();
+        assert_eq!((g.memory_bytes, g.sm_pct), (0, 0.0));
+    }
 
     #[test]
     fn rates_come_from_the_previous_snapshot() {
