@@ -304,7 +304,13 @@ impl Exporter {
 
     /// The session forgot these processes: the summed ones' final figures
     /// stay in their names' sums.
-    pub fn forget(&mut self, procs: &[Proc], ticks_per_s: u64, kernel_io: bool, ebpf: bool) {
+    pub fn forget<'a>(
+        &mut self,
+        procs: impl IntoIterator<Item = &'a Proc>,
+        ticks_per_s: u64,
+        kernel_io: bool,
+        ebpf: bool,
+    ) {
         for p in procs {
             let key = (p.pid, p.cookie);
             if !self.retired.remove(&key) && !self.own.contains_key(&key) {

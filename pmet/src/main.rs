@@ -11,7 +11,7 @@ use pmet::{
     render::{
         sink::Sink,
         style::Style,
-        summary::summary,
+        summary::{summary, summary_of},
         term::{size, stderr_is_tty},
         units::command_line,
     },
@@ -241,7 +241,10 @@ fn run_trace_as(
     match rt.block_on(trace(opts, make_sink)) {
         Ok(outcome) => {
             if !quiet {
-                let text = summary(&outcome.report, terminal_width(), style);
+                let text = match &outcome.briefs {
+                    Some(b) => summary_of(&outcome.report, b, terminal_width(), style, true),
+                    None => summary(&outcome.report, terminal_width(), style),
+                };
                 say!("{}", text.strip_suffix('\n').unwrap_or(&text));
                 if let (Some(OutputTarget::File(p)), None) = (&output, &outcome.write_error) {
                     say!("  report written to {}", p.display());

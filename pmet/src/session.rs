@@ -20,7 +20,7 @@ use crate::{
     error::Error,
     model::{
         event::{Event, ThreadTotals},
-        series::Recorder,
+        series::{ProcPoint, Recorder, Series},
         snapshot::{Snapshot, Snapshotter},
         tree::{Baseline, ExitStatus, Kept, Proc, Seen, Tree},
     },
@@ -174,6 +174,19 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
     /// thread's free taken in (or vanished), or ended past the point where a
     /// missing free is given up. Returns what was forgotten.
     pub fn prune(&mut self, now: u64, forget: impl Fn(&Proc) -> bool) -> Vec<Proc> {
+        self.prune_with_series(now, forget)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// [`Session::prune`], handing back each forgotten process's series too
+    /// (a trace writes them to its report).
+    pub fn prune_with_series(
+        &mut self,
+        now: u64,
+        forget: impl Fn(&Proc) -> bool,
+    ) -> Vec<(Proc, Option<Series<ProcPoint>>)> {
         let ago = |d: std::time::Duration| now.saturating_sub(d.as_nanos() as u64);
         let (settled, given_up) = (
             ago(std::time::Duration::from_secs(1)),
@@ -187,11 +200,14 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                     end <= given_up || (end <= settled && (p.totals_complete() || p.vanished));
                 done && forget(p)
             });
-        for p in &removed {
-            self.recorder.procs.remove(&(p.pid, p.cookie));
-            self.suspects.remove(&(p.pid, p.cookie));
-        }
         removed
+            .into_iter()
+            .map(|p| {
+                self.suspects.remove(&(p.pid, p.cookie));
+                let series = self.recorder.procs.remove(&(p.pid, p.cookie));
+                (p, series)
+            })
+            .collect()
     }
 
     /// Follows GPU use through `source` from now on.

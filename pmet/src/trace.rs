@@ -165,8 +165,14 @@ impl std::fmt::Debug for Loaded {
 pub struct Outcome {
     /// The kernel side, still attached; drop it to detach.
     pub loaded: Loaded,
-    /// The report (already written when an output was given).
+    /// The report (already written when an output was given). When the run
+    /// wrote its ended processes out as it went (more than
+    /// [`report::spill::SPILL_AFTER`] of them), `processes` is empty: they
+    /// are in the written report only, and in `briefs`.
     pub report: Report,
+    /// Every process in brief, in report order, when `report.processes` is
+    /// empty for that reason.
+    pub briefs: Option<Vec<report::Brief>>,
     /// The status pmet should exit with.
     pub exit_code: i32,
     /// Writing the report failed (the summary is still shown).
@@ -501,6 +507,10 @@ struct Started {
     /// pmet passed a signal on to the whole tree: processes it reached may
     /// still be on their way out when the command has ended.
     signalled_tree: bool,
+    /// Where ended processes go once the tree holds many (`None`: everything
+    /// is held to the end, for `--record`, `--trace-events`, an embedding
+    /// program, or `pmet agent`, which forgets them instead).
+    spill: Option<report::spill::Spill>,
 }
 
 impl Started {
@@ -509,7 +519,60 @@ impl Started {
         let snap = self.s.tick(boottime_ns());
         sink.sample(&snap);
         self.export(snap.lost);
+        self.spill_ended();
         snap
+    }
+
+    /// Writes out the processes whose figures are final once the tree holds
+    /// many, so memory follows the processes alive. After a sample: every
+    /// process taken has been shown in one.
+    fn spill_ended(&mut self) {
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        if self.s.tree.procs.len() <= report::spill::SPILL_AFTER {
+            return;
+        }
+        let gone = match self.export.as_ref() {
+            Some(x) => self
+                .s
+                .prune_with_series(boottime_ns(), |p| x.exporter.forgettable(p)),
+            None => self.s.prune_with_series(boottime_ns(), |_| true),
+        };
+        if gone.is_empty() {
+            return;
+        }
+        if let Some(x) = self.export.as_mut() {
+            let kernel_io = self.s.kernel.as_ref().is_some_and(|k| k.kernel_io);
+            x.exporter.forget(
+                gone.iter().map(|(p, _)| p),
+                self.s.procfs.ticks_per_s,
+                kernel_io,
+                self.s.kernel.is_some(),
+            );
+        }
+        // Their entries name users and cgroups: looked up once each.
+        let names = spill.names_mut();
+        let mut cgroups = std::collections::HashSet::new();
+        for ids in gone.iter().filter_map(|(p, _)| p.ids) {
+            if !names.users.contains_key(&ids.uid)
+                && let Some(n) = privileges::user_name(ids.uid)
+            {
+                names.users.insert(ids.uid, n);
+            }
+            if ids.cgroup_id != 0 && !names.cgroups.contains_key(&ids.cgroup_id) {
+                cgroups.insert(ids.cgroup_id);
+            }
+        }
+        if !cgroups.is_empty() {
+            names
+                .cgroups
+                .extend(crate::collect::cgroup::paths_of(&cgroups));
+        }
+        let t = Instant::now();
+        let n = gone.len();
+        spill.take(gone, self.s.tree.gpu_known);
+        log::debug!("{n} ended processes written out in {:?}", t.elapsed());
     }
 
     /// Updates what the exporters show, after a sample.
@@ -780,6 +843,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         owner: None,
         gate: gate_to_release,
         signalled_tree: false,
+        spill: None,
     })
 }
 
@@ -1033,10 +1097,8 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
     let (self_cpu, self_rss) = self_usage();
     let info = RunInfo {
         command: st.command.take(),
-        start_ns: st.start_ns,
         end_ns,
         started_at: humantime::format_rfc3339_millis(st.started_at).to_string(),
-        ticks_per_s: st.s.procfs.ticks_per_s,
         collector: Collector {
             ebpf: st.s.kernel.is_some(),
             interval_ms: opts.intervals.1.as_millis() as u64,
@@ -1055,12 +1117,8 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             }),
         },
         stopped_early: lc.stopped_early().map(str::to_owned),
-        kernel_io: st.s.kernel.as_ref().is_some_and(|k| k.kernel_io),
         host: Some(host()),
-        max_threads_listed: Some(opts.max_threads_listed),
-        start_wall: Some(st.started_at),
         names: names(&st.s.tree),
-        connections: st.s.kernel.as_ref().is_some_and(|k| k.connections),
         all: opts.all,
         cgroup: inputs.scope.as_ref().map(|sc| sc.path.clone()),
         counting_from: if opts.pid.is_some() && !opts.since_process_start {
@@ -1069,9 +1127,18 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             "process_start"
         }
         .into(),
+        ..static_info(&st, opts)
     };
     let t = Instant::now();
-    let report = report::build(&st.s.tree, &info, Some(&st.s.recorder));
+    let streamed = st
+        .spill
+        .take()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.finish(&st.s.tree, &info, Some(&st.s.recorder)));
+    let report = match &streamed {
+        Some(_) => None,
+        None => Some(report::build(&st.s.tree, &info, Some(&st.s.recorder))),
+    };
     log::debug!("report built in {:?}", t.elapsed());
     let exit_code = lc.exit_code(st.root_status);
     let write_error = inputs.output.as_ref().and_then(|o| {
@@ -1080,13 +1147,27 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             // Compact: a tree of 10,000 processes is 22 MB this way and 32
             // pretty-printed, and a third slower to write (`jq .` shows it
             // indented; `pmet report` reads it for people).
-            let _once = crate::model::env::JsonOnce::start();
-            serde_json::to_writer(&mut *w, &report).map_err(std::io::Error::other)?;
+            match (&report, &streamed) {
+                (Some(r), _) => {
+                    let _once = crate::model::env::JsonOnce::start();
+                    serde_json::to_writer(&mut *w, r).map_err(std::io::Error::other)?
+                }
+                (None, Some(s)) => s.write_json(w)?,
+                (None, None) => unreachable!("one of the two is made"),
+            }
             log::debug!("report serialized in {:?}", t.elapsed());
             w.write_all(b"\n")
         })
         .err()
     });
+    let (report, briefs) = match (report, streamed) {
+        (Some(r), _) => (r, None),
+        (None, Some(s)) => {
+            let (r, b) = s.into_parts();
+            (r, Some(b))
+        }
+        (None, None) => unreachable!("one of the two is made"),
+    };
     let trace_events_error = inputs.trace_events.as_ref().and_then(|o| {
         o.write_with(|w| {
             serde_json::to_writer(&mut *w, &trace_events(&report)).map_err(std::io::Error::other)
@@ -1099,9 +1180,27 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             _taskstats: st.listener.take(),
         },
         report,
+        briefs,
         exit_code,
         write_error,
         trace_events_error,
+    }
+}
+
+/// What every report entry needs to know of the run, known from its start.
+fn static_info(st: &Started, opts: &TraceOptions) -> RunInfo {
+    RunInfo {
+        start_ns: st.start_ns,
+        ticks_per_s: st.s.procfs.ticks_per_s,
+        collector: Collector {
+            ebpf: st.s.kernel.is_some(),
+            ..Collector::default()
+        },
+        kernel_io: st.s.kernel.as_ref().is_some_and(|k| k.kernel_io),
+        max_threads_listed: Some(opts.max_threads_listed),
+        start_wall: Some(st.started_at),
+        connections: st.s.kernel.as_ref().is_some_and(|k| k.connections),
+        ..RunInfo::default()
     }
 }
 
@@ -1133,6 +1232,13 @@ pub async fn trace_with(
     }
     st.agent = opts.agent.clone();
     st.owner = inputs.owner.clone();
+    // What needs every process held to the end does not spill.
+    if opts.agent.is_none() && !opts.embedded && !opts.record && opts.trace_events.is_none() {
+        st.spill = Some(report::spill::Spill::new(
+            static_info(&st, &opts),
+            inputs.output.is_some(),
+        ));
+    }
     let stream = std::mem::replace(&mut inputs.stream, Box::new(std::io::sink()));
     let mut sink = make_sink(stream);
     if sink.wants_ended() {

@@ -7,7 +7,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::{can_trace, net, pmet, workload};
+use common::{can_trace, net, pmet, pmet_with, workload};
 use serde_json::Value;
 
 fn procs(r: &Value) -> &Vec<Value> {
@@ -741,12 +741,15 @@ fn an_exec_storm_is_exact_to_a_thousandth_of_what_wait4_says() {
     // reach the kernel side's free hook; their final figures then come from
     // the thread's last context switch, which are the same, never from
     // taskstats' approximation.
-    let run = pmet(&["trace", "--", workload(), "storm", "5000", "4"]);
+    let run = pmet_with(&["trace", "--", workload(), "storm", "5000", "4"], |c| {
+        c.env("PMET_LOG", "debug");
+    });
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let r = run.report();
     assert_no_loss(r);
     let kids: Vec<&Value> = procs(r).iter().filter(|p| p["comm"] == "true").collect();
     assert_eq!(kids.len(), 5000);
+    a_long_runs_report_is_whole(&run, 5000);
     let approximated: Vec<&&Value> = kids.iter().filter(|p| p["figures"] != "exit").collect();
     assert!(approximated.is_empty(), "{approximated:#?}");
     let truth: Vec<f64> = run
@@ -765,6 +768,57 @@ fn an_exec_storm_is_exact_to_a_thousandth_of_what_wait4_says() {
         "pmet {measured} s, wait4 {truth} s ({:.4} %); {}",
         err * 100.0,
         r["collector"]["lost"]
+    );
+}
+
+/// More processes than pmet holds (1,024), over more than the second an
+/// ended process waits for its final figures: most were written out as the
+/// run went, and the report was put back together at its end. `run` is a
+/// debug-logged storm of `kids` processes.
+fn a_long_runs_report_is_whole(run: &common::Run, kids: usize) {
+    let written_out: u64 = run
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            let head = &l[..l.find(" ended processes written out")?];
+            head.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .sum();
+    assert!(
+        written_out > 1000,
+        "{written_out} written out:\n{}",
+        run.stderr
+    );
+    let r = run.report();
+    let ps = procs(r);
+    assert_eq!(ps.len(), kids + 1);
+    assert_eq!(r["totals"]["processes"], kids + 1);
+    // Report order (by start), and every parent link to the right process.
+    let starts: Vec<f64> = ps
+        .iter()
+        .map(|p| p["start_offset_s"].as_f64().unwrap())
+        .collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(ps[0]["parent"], Value::Null);
+    for p in &ps[1..] {
+        assert_eq!(p["parent"], 0, "{p:#}");
+        assert_eq!(p["ppid"], ps[0]["pid"]);
+        assert_eq!(p["comm"], "true");
+        assert_eq!(p["exit_code"], 0);
+        // Written out or not, an entry is whole: its environment too.
+        assert_eq!(p["env"]["PATH"], ps[0]["env"]["PATH"], "{p:#}");
+    }
+    // The totals are the sum of the entries, wherever those were kept.
+    let sum = |k: &str| -> f64 { ps.iter().map(|p| p[k].as_f64().unwrap()).sum() };
+    for k in ["cpu_user_s", "cpu_system_s"] {
+        let total = r["totals"][k].as_f64().unwrap();
+        assert!((sum(k) - total).abs() < 1e-5, "{k}: {} vs {total}", sum(k));
+    }
+    let (all, each) = (format!("{} processes", kids + 1), format!("{kids} × true"));
+    assert!(
+        run.stderr.contains(&all) && run.stderr.contains(&each),
+        "{}",
+        run.stderr
     );
 }
 

@@ -298,6 +298,12 @@ pub struct Proc {
     pub cwd: Option<String>,
     /// What it did on the GPUs (see [`Tree::gpu_known`]).
     pub gpu: crate::model::gpu::GpuUse,
+    /// The order pmet learned of it in, over the whole run (forgotten
+    /// processes included): a report lists processes by start, then this.
+    pub seq: u64,
+    /// Its parent's [`Proc::seq`]: the link survives the parent being
+    /// forgotten ([`Tree::prune`]).
+    pub parent_seq: Option<u64>,
 }
 
 impl Proc {
@@ -513,8 +519,10 @@ impl Tree {
         }
         let i = self.procs.len();
         let (pid, cookie) = (p.pid, p.cookie);
+        p.seq = self.seen_count();
         if let Some(parent) = p.parent {
             self.procs[parent].children.push(i);
+            p.parent_seq = Some(self.procs[parent].seq);
         }
         if let Some(&old) = self.live.get(&pid) {
             // The pid was reused while pmet still thought the old holder lived:

@@ -77,7 +77,7 @@ pub fn report_text(r: &Report, source: &str, notes: &[String], width: usize, st:
         .filter(|p| p.exit_signal.is_some() || p.exit_code.is_some_and(|c| c != 0))
         .count();
     o.push_str(&failure_list(
-        r,
+        &crate::report::briefs(r),
         &st.red(&format!("{failed} process(es) failed:")),
         20,
         width,

@@ -7,33 +7,29 @@ use super::{
     style::Style,
     units::{bytes, command_line, duration, fit, signal_name},
 };
-use crate::report::{ProcessReport, Report};
+use crate::report::{Brief, Report, briefs};
 
 /// How many processes the "busiest" table lists.
 const TOP: usize = 5;
 /// Most lines of process tree in the summary.
 const TREE_LINES: usize = 24;
 
-fn status(p: &ProcessReport) -> String {
-    match (p.exit_code, p.exit_signal, p.end_offset_s) {
+fn status(p: &Brief) -> String {
+    match (p.exit_code(), p.exit_signal(), p.ended()) {
         (_, Some(s), _) => format!("killed by {}", signal_name(s)),
         (Some(c), _, _) => format!("exit {c}"),
-        (None, None, None) if p.vanished => "gone (exit unseen)".into(),
-        (None, None, None) => "running".into(),
-        (None, None, Some(_)) => "exited (status unknown)".into(),
+        (None, None, false) if p.vanished() => "gone (exit unseen)".into(),
+        (None, None, false) => "running".into(),
+        (None, None, true) => "exited (status unknown)".into(),
     }
 }
 
-fn cpu(p: &ProcessReport) -> Option<f64> {
-    Some(p.cpu_user_s? + p.cpu_system_s?)
+fn cpu(p: &Brief) -> Option<f64> {
+    p.cpu_s()
 }
 
-fn name(p: &ProcessReport) -> String {
-    if p.argv.is_empty() {
-        p.comm.clone()
-    } else {
-        command_line(&p.argv)
-    }
+fn name(p: &Brief) -> &str {
+    p.name()
 }
 
 /// Renders the summary for a terminal `width` columns wide.
@@ -44,6 +40,18 @@ pub fn summary(r: &Report, width: usize, st: Style) -> String {
 /// The summary, with or without the list of failed processes (which
 /// `pmet report` shows first instead).
 pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) -> String {
+    summary_of(r, &briefs(r), width, st, failures_at_end)
+}
+
+/// The summary of a report whose processes are `ps` (a streamed report's
+/// processes are not held: see `report::spill`).
+pub fn summary_of(
+    r: &Report,
+    ps: &[Brief],
+    width: usize,
+    st: Style,
+    failures_at_end: bool,
+) -> String {
     let width = width.max(60);
     let mut o = String::new();
     let what = match &r.command {
@@ -63,11 +71,7 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
         _ => "still running".into(),
     };
     let t = &r.totals;
-    let alive = r
-        .processes
-        .iter()
-        .filter(|p| p.end_offset_s.is_none() && !p.vanished)
-        .count();
+    let alive = ps.iter().filter(|p| !p.ended() && !p.vanished()).count();
     let mut line = format!(
         "  {root_status} after {} · {} process{}",
         duration(r.duration_s),
@@ -90,12 +94,11 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
     let _ = writeln!(o, "{line}");
     if alive > 0 {
         // Named, so nobody wonders what is still running after pmet returned.
-        let running: Vec<String> = r
-            .processes
+        let running: Vec<String> = ps
             .iter()
-            .filter(|p| p.end_offset_s.is_none() && !p.vanished)
+            .filter(|p| !p.ended() && !p.vanished())
             .take(5)
-            .map(|p| format!("{} {}", p.pid, fit(&name(p), 40)))
+            .map(|p| format!("{} {}", p.pid, fit(name(p), 40)))
             .collect();
         let more = if alive > running.len() { ", …" } else { "" };
         let _ = writeln!(o, "  still running: {}{more}", running.join(", "));
@@ -170,28 +173,28 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
     }
 
     // The story: the tree, folded where it is large.
-    let tree = super::tree::tree_lines(r, width.saturating_sub(4), TREE_LINES, st);
+    let tree = super::tree::tree_lines(ps, width.saturating_sub(4), TREE_LINES, st);
     let _ = writeln!(o, "  process tree:");
     for l in &tree {
         let _ = writeln!(o, "    {l}");
     }
-    o.push_str(&connections(r, width, st));
-    if r.processes.len() <= tree.len() {
+    o.push_str(&connections(ps, width, st));
+    if ps.len() <= tree.len() {
         // Every process is on screen already: the rankings add nothing.
         return if failures_at_end {
-            failures(r, o, width, st)
+            failures(ps, o, width, st)
         } else {
             o
         };
     }
-    let mut busy: Vec<&ProcessReport> = r.processes.iter().filter(|p| cpu(p).is_some()).collect();
+    let mut busy: Vec<&Brief> = ps.iter().filter(|p| cpu(p).is_some()).collect();
     busy.sort_by(|a, b| {
         cpu(b)
             .partial_cmp(&cpu(a))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     busy.truncate(TOP);
-    if r.processes.len() > 1 && !busy.is_empty() {
+    if ps.len() > 1 && !busy.is_empty() {
         let _ = writeln!(o, "  busiest by CPU:");
         let _ = writeln!(
             o,
@@ -200,7 +203,7 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
         );
         for p in busy {
             let net = p
-                .net
+                .net()
                 .map(|n| {
                     format!(
                         "{}/{}",
@@ -213,18 +216,17 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
                 "    {:>7}  {:>9}  {:>9}  {:>19}  ",
                 p.pid,
                 cpu(p).map(duration).unwrap_or_else(|| "-".into()),
-                p.peak_rss_bytes.map(bytes).unwrap_or_else(|| "-".into()),
+                p.peak_rss_bytes().map(bytes).unwrap_or_else(|| "-".into()),
                 net
             );
             let room = width.saturating_sub(head.chars().count()).max(10);
-            let _ = writeln!(o, "{head}{}", fit(&name(p), room));
+            let _ = writeln!(o, "{head}{}", fit(name(p), room));
         }
     }
-    let mut talkers: Vec<(&ProcessReport, u64)> = r
-        .processes
+    let mut talkers: Vec<(&Brief, u64)> = ps
         .iter()
         .filter_map(|p| {
-            let n = p.net?;
+            let n = p.net()?;
             let total = n.tcp.tx_bytes + n.tcp.rx_bytes + n.udp.tx_bytes + n.udp.rx_bytes;
             (total > 0).then_some((p, total))
         })
@@ -238,7 +240,7 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
             "pid", "TCP sent/received", "UDP sent/received"
         );
         for (p, _) in talkers.iter().take(TOP) {
-            let n = p.net.unwrap_or_default();
+            let n = p.net().unwrap_or_default();
             let head = format!(
                 "    {:>7}  {:>21}  {:>21}  ",
                 p.pid,
@@ -246,11 +248,11 @@ pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) 
                 format!("{}/{}", bytes(n.udp.tx_bytes), bytes(n.udp.rx_bytes)),
             );
             let room = width.saturating_sub(head.chars().count()).max(10);
-            let _ = writeln!(o, "{head}{}", fit(&name(p), room));
+            let _ = writeln!(o, "{head}{}", fit(name(p), room));
         }
     }
     if failures_at_end {
-        failures(r, o, width, st)
+        failures(ps, o, width, st)
     } else {
         o
     }
@@ -268,13 +270,13 @@ struct Peer {
 /// Who the tree talked to (the top remote endpoints by bytes) and which
 /// connections failed; empty when connections were not followed or none
 /// had a remote end.
-pub fn connections(r: &Report, width: usize, st: Style) -> String {
+pub fn connections(ps: &[Brief], width: usize, st: Style) -> String {
     let mut o = String::new();
     let mut peers: std::collections::BTreeMap<(String, &str), Peer> = Default::default();
-    let mut failed: Vec<(&ProcessReport, &crate::report::ConnectionReport)> = Vec::new();
+    let mut failed: Vec<(&Brief, &crate::report::ConnectionReport)> = Vec::new();
     let (mut count, mut retransmits) = (0u64, 0u64);
-    for p in &r.processes {
-        for c in p.connections.iter().flatten() {
+    for p in ps {
+        for c in p.connections() {
             count += 1;
             retransmits += c.retransmits;
             if c.outcome.failed() {
@@ -298,7 +300,7 @@ pub fn connections(r: &Report, width: usize, st: Style) -> String {
             e.connections += 1;
             e.failed += u64::from(c.outcome.failed());
         }
-        if let Some(d) = &p.connections_dropped {
+        if let Some(d) = p.connections_dropped() {
             count += d.count;
             retransmits += d.retransmits;
         }
@@ -359,7 +361,7 @@ pub fn connections(r: &Report, width: usize, st: Style) -> String {
                 "    {:>7}  {}  {}",
                 p.pid,
                 st.red(&format!("{what:<34}")),
-                fit(&name(p), room)
+                fit(name(p), room)
             );
         }
         if failed.len() > TOP {
@@ -370,20 +372,16 @@ pub fn connections(r: &Report, width: usize, st: Style) -> String {
 }
 
 /// The failed processes, listed.
-fn failures(r: &Report, mut o: String, width: usize, st: Style) -> String {
-    o.push_str(&failure_list(r, "failed:", TOP, width, st));
+fn failures(ps: &[Brief], mut o: String, width: usize, st: Style) -> String {
+    o.push_str(&failure_list(ps, "failed:", TOP, width, st));
     o
 }
 
 /// The processes that exited non-zero or were killed, under `heading`, at
 /// most `rows` of them; empty when none failed.
-pub fn failure_list(r: &Report, heading: &str, rows: usize, width: usize, st: Style) -> String {
+pub fn failure_list(ps: &[Brief], heading: &str, rows: usize, width: usize, st: Style) -> String {
     let mut o = String::new();
-    let failed: Vec<&ProcessReport> = r
-        .processes
-        .iter()
-        .filter(|p| p.exit_signal.is_some() || p.exit_code.is_some_and(|c| c != 0))
-        .collect();
+    let failed: Vec<&Brief> = ps.iter().filter(|p| p.failed()).collect();
     if failed.is_empty() {
         return o;
     }
@@ -396,7 +394,7 @@ pub fn failure_list(r: &Report, heading: &str, rows: usize, width: usize, st: St
             "    {:>7}  {}  {}",
             p.pid,
             st.red(&format!("{:<18}", status(p))),
-            fit(&name(p), room)
+            fit(name(p), room)
         );
     }
     if failed.len() > rows {
@@ -408,7 +406,7 @@ pub fn failure_list(r: &Report, heading: &str, rows: usize, width: usize, st: St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Collector, Net, Totals, Traffic};
+    use crate::report::{Collector, Net, ProcessReport, Totals, Traffic};
 
     fn report() -> Report {
         let p = |pid, code, sig, cpu: f64, argv: &[&str]| ProcessReport {

@@ -6,77 +6,49 @@ use std::collections::BTreeMap;
 
 use super::{
     style::Style,
-    units::{bytes, command_line, duration, fit, signal_name},
+    units::{bytes, duration, fit, signal_name},
 };
-use crate::report::{ProcessReport, Report};
+use crate::report::Brief;
 
 /// Siblings running the same program are folded from this many on.
 pub const FOLD_AT: usize = 4;
 
-fn name(p: &ProcessReport) -> String {
-    if p.argv.is_empty() {
-        p.comm.clone()
-    } else {
-        command_line(&p.argv)
-    }
-}
-
-/// What makes siblings "the same program": the executable and its first
-/// argument (`python3 -m`, `workload exit`), not the rest.
-fn fold_key(p: &ProcessReport) -> String {
-    let mut k: Vec<&str> = p.argv.iter().take(2).map(String::as_str).collect();
-    match k.first_mut() {
-        Some(exe) => *exe = exe.rsplit('/').next().unwrap_or(exe),
-        None => k.push(&p.comm),
-    }
-    k.join(" ")
-}
-
-fn failed(p: &ProcessReport) -> bool {
-    p.exit_signal.is_some() || p.exit_code.is_some_and(|c| c != 0)
-}
-
-fn cpu(p: &ProcessReport) -> Option<f64> {
-    Some(p.cpu_user_s? + p.cpu_system_s?)
-}
-
-fn figures(p: &ProcessReport, st: Style) -> String {
+fn figures(p: &Brief, st: Style) -> String {
     let mut f = Vec::new();
-    if let Some(c) = cpu(p) {
+    if let Some(c) = p.cpu_s() {
         f.push(duration(c));
     }
-    if let Some(r) = p.peak_rss_bytes {
+    if let Some(r) = p.peak_rss_bytes() {
         f.push(bytes(r));
     }
-    if let Some(n) = p.net {
+    if let Some(n) = p.net() {
         let tx = n.tcp.tx_bytes + n.udp.tx_bytes;
         let rx = n.tcp.rx_bytes + n.udp.rx_bytes;
         if tx + rx > 0 {
             f.push(format!("↑{} ↓{}", bytes(tx), bytes(rx)));
         }
     }
-    match (p.exit_code, p.exit_signal, p.end_offset_s) {
+    match (p.exit_code(), p.exit_signal(), p.ended()) {
         (_, Some(s), _) => f.push(st.red(&format!("killed by {}", signal_name(s)))),
         (Some(c), _, _) if c != 0 => f.push(st.red(&format!("exit {c}"))),
-        (None, None, None) if !p.vanished => f.push(st.cyan("running")),
+        (None, None, false) if !p.vanished() => f.push(st.cyan("running")),
         _ => {}
     }
     f.join(" · ")
 }
 
 struct Tree<'a> {
-    procs: &'a [ProcessReport],
+    procs: &'a [Brief],
     children: Vec<Vec<usize>>,
     roots: Vec<usize>,
 }
 
 impl<'a> Tree<'a> {
-    fn new(r: &'a Report) -> Self {
-        let procs = &r.processes[..];
+    fn new(procs: &'a [Brief]) -> Self {
         let mut children = vec![Vec::new(); procs.len()];
         let mut roots = Vec::new();
         for (i, p) in procs.iter().enumerate() {
-            match p.parent {
+            match p.parent() {
                 Some(pi) if pi < procs.len() && pi != i => children[pi].push(i),
                 _ => roots.push(i),
             }
@@ -105,14 +77,14 @@ impl<'a> Tree<'a> {
 }
 
 /// Renders the tree in at most `max_lines` lines of `width` columns.
-pub fn tree_lines(r: &Report, width: usize, max_lines: usize, st: Style) -> Vec<String> {
-    let t = Tree::new(r);
+pub fn tree_lines(procs: &[Brief], width: usize, max_lines: usize, st: Style) -> Vec<String> {
+    let t = Tree::new(procs);
     let mut out = Vec::new();
     let mut shown = 0usize;
     for &root in &t.roots {
         walk(&t, root, "", "", width, max_lines, st, &mut out, &mut shown);
     }
-    let hidden = r.processes.len().saturating_sub(shown);
+    let hidden = procs.len().saturating_sub(shown);
     if hidden > 0 {
         out.push(st.dim(&format!(
             "… {hidden} more process{} (all of them are in the JSON report)",
@@ -141,7 +113,7 @@ fn walk(
     push_line(
         out,
         &format!("{lead}{branch}"),
-        &format!("{} {}", p.pid, name(p)),
+        &format!("{} {}", p.pid, p.name()),
         &figures(p, st),
         width,
     );
@@ -158,7 +130,7 @@ fn walk(
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     let mut first_of: BTreeMap<String, usize> = BTreeMap::new();
     for &c in &t.children[i] {
-        let k = fold_key(&t.procs[c]);
+        let k = t.procs[c].fold_key().to_owned();
         let first = *first_of.entry(k).or_insert(c);
         groups.entry(first).or_default().push(c);
     }
@@ -180,10 +152,10 @@ fn walk(
             continue;
         }
         // Folded: one line for the lot.
-        let ps: Vec<&ProcessReport> = members.iter().map(|&c| &t.procs[c]).collect();
-        let total_cpu: f64 = ps.iter().filter_map(|p| cpu(p)).sum();
-        let peak = ps.iter().filter_map(|p| p.peak_rss_bytes).max();
-        let nfailed = ps.iter().filter(|p| failed(p)).count();
+        let ps: Vec<&Brief> = members.iter().map(|&c| &t.procs[c]).collect();
+        let total_cpu: f64 = ps.iter().filter_map(|p| p.cpu_s()).sum();
+        let peak = ps.iter().filter_map(|p| p.peak_rss_bytes()).max();
+        let nfailed = ps.iter().filter(|p| p.failed()).count();
         let below: usize = members.iter().map(|&c| t.descendants(c)).sum();
         let mut f = vec![format!("{} in all", duration(total_cpu))];
         if let Some(pk) = peak {
@@ -198,7 +170,7 @@ fn walk(
         push_line(
             out,
             &format!("{child_lead}{branch}"),
-            &format!("{} × {} …", ps.len(), fold_key(ps[0])),
+            &format!("{} × {} …", ps.len(), ps[0].fold_key()),
             &f.join(" · "),
             width,
         );
@@ -222,7 +194,7 @@ fn push_line(out: &mut Vec<String>, prefix: &str, what: &str, figs: &str, width:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Collector, Totals};
+    use crate::report::{Collector, ProcessReport, Report, Totals};
 
     fn proc(pid: u32, parent: Option<usize>, argv: &[&str], code: i32) -> ProcessReport {
         ProcessReport {
@@ -272,7 +244,12 @@ mod tests {
             ));
         }
         ps.push(proc(2, Some(0), &["ld", "-o", "app"], 0));
-        let lines = tree_lines(&report(ps), 100, 30, Style::default());
+        let lines = tree_lines(
+            &crate::report::briefs(&report(ps)),
+            100,
+            30,
+            Style::default(),
+        );
         assert_eq!(lines.len(), 3, "{lines:#?}");
         assert!(lines[0].starts_with("1 make -j8"));
         assert_eq!(
@@ -289,7 +266,12 @@ mod tests {
             // Each a different program: nothing folds.
             ps.push(proc(10 + i, Some(i as usize), &[&format!("step{i}")], 0));
         }
-        let lines = tree_lines(&report(ps), 200, 10, Style::default());
+        let lines = tree_lines(
+            &crate::report::briefs(&report(ps)),
+            200,
+            10,
+            Style::default(),
+        );
         assert_eq!(lines.len(), 11);
         assert_eq!(
             lines[10],

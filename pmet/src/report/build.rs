@@ -10,7 +10,7 @@ use crate::model::{
     container::{container, k8s_pod_uid},
     env::EnvReport,
     figures::figures,
-    series::{Recorder, Stat},
+    series::{ProcPoint, Recorder, Series, Stat},
     tree::{ExitStatus, Proc, ThreadRec, Tree, split_runtime},
 };
 
@@ -252,100 +252,147 @@ fn threads(p: &Proc, info: &RunInfo, max: usize) -> (Vec<ThreadReport>, Option<T
     (listed, (dropped.count > 0).then_some(dropped))
 }
 
+/// A process's entry in the report, but for `parent` (a position in the
+/// whole list, which only the end of the run decides).
+pub fn entry(
+    p: &Proc,
+    info: &RunInfo,
+    series: Option<&Series<ProcPoint>>,
+    gpu_known: bool,
+) -> ProcessReport {
+    let series = series.filter(|s| s.points.len() >= 2);
+    let (threads, threads_dropped) = threads(
+        p,
+        info,
+        info.max_threads_listed
+            .unwrap_or(DEFAULT_MAX_THREADS_LISTED),
+    );
+    let (conns, conns_dropped) = if info.connections {
+        let (l, d) = connections(p, info);
+        (Some(l), d)
+    } else {
+        (None, None)
+    };
+    ProcessReport {
+        threads,
+        threads_dropped,
+        connections: conns,
+        connections_dropped: conns_dropped,
+        series: series.map(|s| s.points.clone()).unwrap_or_default(),
+        stats: series.map(|s| ProcStats {
+            cpu_pct: Stat::of(&s.points.iter().map(|x| x.cpu_pct).collect::<Vec<_>>()),
+            rss_bytes: Stat::of(
+                &s.points
+                    .iter()
+                    .map(|x| x.rss_bytes as f64)
+                    .collect::<Vec<_>>(),
+            ),
+        }),
+        ..process(p, info, info.collector.ebpf, gpu_known)
+    }
+}
+
+/// The tree's totals, summed a process at a time: a long run writes its
+/// ended processes out as it goes (see `spill`) and keeps only these.
+#[derive(Clone, Debug, Default)]
+pub struct Sums {
+    totals: Totals,
+    /// Bytes dirtied (written, cancelled or not): the tree's net writes come
+    /// from these, not from its processes' net writes, because the kernel
+    /// charges a cancellation to whoever dropped the pages (`rm`), not to
+    /// whoever wrote them.
+    dirtied: u64,
+}
+
+impl Sums {
+    /// Adds one process: its entry, and the process it was made from.
+    pub fn add(&mut self, e: &ProcessReport, p: &Proc, info: &RunInfo) {
+        let t = &mut self.totals;
+        t.processes += 1;
+        match (e.cpu_user_s, e.disk_read_bytes) {
+            (Some(_), Some(_)) => {}
+            _ => t.processes_without_figures += 1,
+        }
+        t.cpu_user_s += e.cpu_user_s.unwrap_or(0.0);
+        t.cpu_system_s += e.cpu_system_s.unwrap_or(0.0);
+        t.disk_read_bytes += e.disk_read_bytes.unwrap_or(0);
+        t.disk_cancelled_write_bytes += e.disk_cancelled_write_bytes.unwrap_or(0);
+        if let Some(n) = &e.net {
+            t.net.get_or_insert_with(Net::default).add(n);
+        }
+        if e.exit_signal.is_some() || e.exit_code.is_some_and(|c| c != 0) {
+            t.failed_processes += 1;
+        }
+        if e.end_offset_s.is_none() && !e.vanished {
+            t.processes_running += 1;
+        }
+        if let Some(g) = &e.gpu {
+            let gt = t.gpu.get_or_insert_with(GpuTotals::default);
+            gt.processes += u64::from(!g.devices.is_empty());
+            gt.memory_peak_bytes += g.memory_peak_bytes;
+            gt.busy_s = round6(gt.busy_s + g.busy_s);
+        }
+        if let Some(d) = figures(p, info.ticks_per_s, info.kernel_io).disk {
+            self.dirtied += d.write;
+        }
+    }
+
+    /// The totals of the tree, whose processes were all added.
+    pub fn totals(&self, tree: &Tree, ebpf: bool) -> Totals {
+        let mut t = self.totals.clone();
+        if ebpf {
+            t.net.get_or_insert_with(Net::default);
+        }
+        t.max_processes_alive = tree.max_alive as u64;
+        t.pss_peak_bytes = (tree.pss_peak > 0).then_some(tree.pss_peak);
+        t.disk_write_bytes = self.dirtied.saturating_sub(t.disk_cancelled_write_bytes);
+        t.cpu_user_s = round6(t.cpu_user_s);
+        t.cpu_system_s = round6(t.cpu_system_s);
+        t
+    }
+}
+
+/// The tree's processes in report order: by start, then in the order pmet
+/// learned of them.
+pub fn report_order(tree: &Tree) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..tree.procs.len()).collect();
+    order.sort_by_key(|&i| (tree.procs[i].start_ns, tree.procs[i].seq));
+    order
+}
+
 /// Builds the report of a run; `recorded` adds its series and statistics.
 pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report {
-    let ebpf = info.collector.ebpf;
-    let mut order: Vec<usize> = (0..tree.procs.len()).collect();
-    order.sort_by_key(|&i| (tree.procs[i].start_ns, i));
+    let order = report_order(tree);
     let mut position = vec![0usize; tree.procs.len()];
     for (pos, &i) in order.iter().enumerate() {
         position[i] = pos;
     }
+    let mut sums = Sums::default();
     let processes: Vec<ProcessReport> = order
         .iter()
         .map(|&i| {
             let p = &tree.procs[i];
-            let series = recorded
-                .and_then(|r| r.procs.get(&(p.pid, p.cookie)))
-                .filter(|s| s.points.len() >= 2);
-            let (threads, threads_dropped) = threads(
-                p,
-                info,
-                info.max_threads_listed
-                    .unwrap_or(DEFAULT_MAX_THREADS_LISTED),
-            );
-            let (conns, conns_dropped) = if info.connections {
-                let (l, d) = connections(p, info);
-                (Some(l), d)
-            } else {
-                (None, None)
-            };
-            ProcessReport {
+            let series = recorded.and_then(|r| r.procs.get(&(p.pid, p.cookie)));
+            let e = ProcessReport {
                 parent: p.parent.map(|pi| position[pi]),
-                threads,
-                threads_dropped,
-                connections: conns,
-                connections_dropped: conns_dropped,
-                series: series.map(|s| s.points.clone()).unwrap_or_default(),
-                stats: series.map(|s| ProcStats {
-                    cpu_pct: Stat::of(&s.points.iter().map(|x| x.cpu_pct).collect::<Vec<_>>()),
-                    rss_bytes: Stat::of(
-                        &s.points
-                            .iter()
-                            .map(|x| x.rss_bytes as f64)
-                            .collect::<Vec<_>>(),
-                    ),
-                }),
-                ..process(p, info, ebpf, tree.gpu_known)
-            }
+                ..entry(p, info, series, tree.gpu_known)
+            };
+            sums.add(&e, p, info);
+            e
         })
         .collect();
+    let totals = sums.totals(tree, info.collector.ebpf);
+    head(tree, info, recorded, totals, processes)
+}
 
-    let mut totals = Totals {
-        net: ebpf.then(Net::default),
-        processes: processes.len() as u64,
-        max_processes_alive: tree.max_alive as u64,
-        pss_peak_bytes: (tree.pss_peak > 0).then_some(tree.pss_peak),
-        ..Totals::default()
-    };
-    for p in &processes {
-        match (p.cpu_user_s, p.disk_read_bytes) {
-            (Some(_), Some(_)) => {}
-            _ => totals.processes_without_figures += 1,
-        }
-        totals.cpu_user_s += p.cpu_user_s.unwrap_or(0.0);
-        totals.cpu_system_s += p.cpu_system_s.unwrap_or(0.0);
-        totals.disk_read_bytes += p.disk_read_bytes.unwrap_or(0);
-        totals.disk_cancelled_write_bytes += p.disk_cancelled_write_bytes.unwrap_or(0);
-        if let Some(n) = &p.net {
-            totals.net.get_or_insert_with(Net::default).add(n);
-        }
-        if p.exit_signal.is_some() || p.exit_code.is_some_and(|c| c != 0) {
-            totals.failed_processes += 1;
-        }
-        if p.end_offset_s.is_none() && !p.vanished {
-            totals.processes_running += 1;
-        }
-        if let Some(g) = &p.gpu {
-            let t = totals.gpu.get_or_insert_with(GpuTotals::default);
-            t.processes += u64::from(!g.devices.is_empty());
-            t.memory_peak_bytes += g.memory_peak_bytes;
-            t.busy_s = round6(t.busy_s + g.busy_s);
-        }
-    }
-    // The tree's net writes come from its sums, not its processes' nets: the
-    // kernel charges a cancellation to whoever dropped the pages (`rm`), not
-    // to whoever wrote them.
-    let dirtied: u64 = tree
-        .procs
-        .iter()
-        .filter_map(|p| figures(p, info.ticks_per_s, info.kernel_io).disk)
-        .map(|d| d.write)
-        .sum();
-    totals.disk_write_bytes = dirtied.saturating_sub(totals.disk_cancelled_write_bytes);
-    totals.cpu_user_s = round6(totals.cpu_user_s);
-    totals.cpu_system_s = round6(totals.cpu_system_s);
-
+/// The report around its processes and totals.
+pub fn head(
+    tree: &Tree,
+    info: &RunInfo,
+    recorded: Option<&Recorder>,
+    totals: Totals,
+    processes: Vec<ProcessReport>,
+) -> Report {
     let root = tree.root.map(|r| &tree.procs[r]);
     let (exit_code, exit_signal) = match root.and_then(|r| r.exit) {
         Some(ExitStatus::Code(c)) => (Some(c), None),

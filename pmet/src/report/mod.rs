@@ -5,6 +5,7 @@
 mod build;
 pub mod diff;
 pub mod read;
+pub mod spill;
 mod write;
 
 pub use build::Names;
@@ -298,6 +299,195 @@ impl Lost {
 }
 
 pub use crate::model::net::{Net, Traffic};
+
+/// Longest name a [`Brief`] keeps, in characters: wider than the summary
+/// shows one (the whole command line is in the JSON report).
+pub const BRIEF_NAME_CHARS: usize = 240;
+
+/// How a [`Brief`] names its process: shared by every brief with the same
+/// names (a storm of one program keeps one).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Label {
+    /// Its command line (its comm when it had none), cut to
+    /// [`BRIEF_NAME_CHARS`].
+    name: Box<str>,
+    /// What makes siblings "the same program": the executable's base name
+    /// and its first argument (`python3 -m`, `cc -c`), not the rest.
+    fold: Box<str>,
+}
+
+/// One shared copy of each [`Label`] the briefs hold.
+#[derive(Debug, Default)]
+pub struct Interned(std::collections::HashSet<std::sync::Arc<Label>>);
+
+impl Interned {
+    fn get(&mut self, l: Label) -> std::sync::Arc<Label> {
+        if let Some(a) = self.0.get(&l) {
+            return a.clone();
+        }
+        let a = std::sync::Arc::new(l);
+        self.0.insert(a.clone());
+        a
+    }
+}
+
+/// What the summary shows of a process: its report entry cut to 64 bytes
+/// and a shared label, so that a run of 100,000 processes is summed up
+/// without holding their entries (see [`spill`]). Unknown figures are kept
+/// as values no report holds (`u32::MAX`, `u64::MAX`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Brief {
+    /// Process id.
+    pub pid: u32,
+    parent: u32,
+    label: std::sync::Arc<Label>,
+    cpu_bits: u64,
+    peak_rss: u64,
+    /// Its traffic when there was any (boxed: most processes have none).
+    traffic: Option<Box<Net>>,
+    /// Its connections, when it had any.
+    conns: Option<Box<(Vec<ConnectionReport>, Option<ConnectionsDropped>)>>,
+    exit_code: i32,
+    exit_signal: i32,
+    flags: u8,
+}
+
+impl Brief {
+    const CODE: u8 = 1;
+    const SIGNAL: u8 = 2;
+    const ENDED: u8 = 4;
+    const VANISHED: u8 = 8;
+    const NET_KNOWN: u8 = 16;
+
+    /// The brief of an entry, its names shared through `names`.
+    pub fn of(e: &ProcessReport, names: &mut Interned) -> Self {
+        let listed = e.connections.as_ref().is_some_and(|c| !c.is_empty());
+        let flag = |on: bool, f: u8| if on { f } else { 0 };
+        let name = if e.argv.is_empty() {
+            e.comm.clone()
+        } else {
+            crate::units::command_line(&e.argv)
+        };
+        let mut fold: Vec<&str> = e.argv.iter().take(2).map(String::as_str).collect();
+        match fold.first_mut() {
+            Some(exe) => *exe = exe.rsplit('/').next().unwrap_or(exe),
+            None => fold.push(&e.comm),
+        }
+        Self {
+            pid: e.pid,
+            parent: e.parent.map_or(u32::MAX, |p| p as u32),
+            label: names.get(Label {
+                name: crate::units::fit(&name, BRIEF_NAME_CHARS).into(),
+                fold: fold.join(" ").into(),
+            }),
+            cpu_bits: e
+                .cpu_user_s
+                .zip(e.cpu_system_s)
+                .map_or(u64::MAX, |(u, s)| (u + s).to_bits()),
+            peak_rss: e.peak_rss_bytes.unwrap_or(u64::MAX),
+            traffic: e.net.filter(|n| *n != Net::default()).map(Box::new),
+            conns: (listed || e.connections_dropped.is_some()).then(|| {
+                Box::new((
+                    e.connections.clone().unwrap_or_default(),
+                    e.connections_dropped.clone(),
+                ))
+            }),
+            exit_code: e.exit_code.unwrap_or(0),
+            exit_signal: e.exit_signal.unwrap_or(0),
+            flags: flag(e.exit_code.is_some(), Self::CODE)
+                | flag(e.exit_signal.is_some(), Self::SIGNAL)
+                | flag(e.end_offset_s.is_some(), Self::ENDED)
+                | flag(e.vanished, Self::VANISHED)
+                | flag(e.net.is_some(), Self::NET_KNOWN),
+        }
+    }
+
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    /// Position of its parent in the list.
+    pub fn parent(&self) -> Option<usize> {
+        (self.parent != u32::MAX).then_some(self.parent as usize)
+    }
+
+    /// Sets the position of its parent.
+    pub fn set_parent(&mut self, parent: Option<u32>) {
+        self.parent = parent.unwrap_or(u32::MAX);
+    }
+
+    /// Its command line (its comm when it had none), cut to
+    /// [`BRIEF_NAME_CHARS`].
+    pub fn name(&self) -> &str {
+        &self.label.name
+    }
+
+    /// What makes siblings "the same program": the executable's base name
+    /// and its first argument, not the rest.
+    pub fn fold_key(&self) -> &str {
+        &self.label.fold
+    }
+
+    /// CPU seconds, user and system.
+    pub fn cpu_s(&self) -> Option<f64> {
+        (self.cpu_bits != u64::MAX).then(|| f64::from_bits(self.cpu_bits))
+    }
+
+    /// Peak RSS.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        (self.peak_rss != u64::MAX).then_some(self.peak_rss)
+    }
+
+    /// Exit status.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.has(Self::CODE).then_some(self.exit_code)
+    }
+
+    /// The signal that killed it.
+    pub fn exit_signal(&self) -> Option<i32> {
+        self.has(Self::SIGNAL).then_some(self.exit_signal)
+    }
+
+    /// Its end was seen.
+    pub fn ended(&self) -> bool {
+        self.has(Self::ENDED)
+    }
+
+    /// Its end was not seen; it is no longer running.
+    pub fn vanished(&self) -> bool {
+        self.has(Self::VANISHED)
+    }
+
+    /// Its traffic (`None` when traffic was not followed).
+    pub fn net(&self) -> Option<Net> {
+        self.has(Self::NET_KNOWN)
+            .then(|| self.traffic.as_deref().copied().unwrap_or_default())
+    }
+
+    /// Its listed connections.
+    pub fn connections(&self) -> &[ConnectionReport] {
+        self.conns.as_ref().map_or(&[], |c| &c.0)
+    }
+
+    /// What its connections held beyond those listed.
+    pub fn connections_dropped(&self) -> Option<&ConnectionsDropped> {
+        self.conns.as_ref().and_then(|c| c.1.as_ref())
+    }
+
+    /// It exited non-zero or was killed.
+    pub fn failed(&self) -> bool {
+        self.exit_signal().is_some() || self.exit_code().is_some_and(|c| c != 0)
+    }
+}
+
+/// The briefs of a report's processes, in its order.
+pub fn briefs(r: &Report) -> Vec<Brief> {
+    let mut names = Interned::default();
+    r.processes
+        .iter()
+        .map(|p| Brief::of(p, &mut names))
+        .collect()
+}
 
 /// The tree, summed over every process.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
