@@ -41,10 +41,26 @@ fn push<T>(v: &mut Vec<T>, x: T) {
     v.push(x);
 }
 
+/// Entries are gathered up to this many bytes for one write: few writes,
+/// and little held.
+const WRITE_AT: usize = 48 << 10;
+
 /// `"parent":null`, as serde_json writes it in an entry made without one.
 const NO_PARENT: &[u8] = b"\"parent\":null";
+/// `"env":null`, likewise.
+const NO_ENV_JSON: &[u8] = b"\"env\":null";
+/// [`Spilled::env`] of an entry whose environment is unknown.
+const NO_ENV: u32 = u32::MAX;
 
-/// One process written out (40 bytes).
+/// Where `what` first starts in `bytes`.
+fn find(bytes: &[u8], what: &[u8]) -> Option<u32> {
+    bytes
+        .windows(what.len())
+        .position(|w| w == what)
+        .map(|p| p as u32)
+}
+
+/// One process written out (48 bytes).
 #[derive(Debug)]
 struct Spilled {
     start_ns: u64,
@@ -56,6 +72,10 @@ struct Spilled {
     len: u32,
     /// Where `"parent":null` starts in the entry.
     parent_at: u32,
+    /// Where `"env":null` starts in the entry, and the environment that
+    /// goes there (an index in [`Spill::envs`]; [`NO_ENV`]: none).
+    env_at: u32,
+    env: u32,
 }
 
 /// The ended processes written out so far.
@@ -74,6 +94,11 @@ pub struct Spill {
     kept: std::collections::HashMap<usize, Box<[u8]>>,
     briefs: Vec<Brief>,
     names: super::Interned,
+    /// The environments of the entries written out, each once.
+    envs: Vec<crate::model::env::EnvReport>,
+    /// Their indices by the address of the shared copy, which `envs`
+    /// keeps alive: no other environment can take that address meanwhile.
+    env_ids: std::collections::HashMap<usize, u32>,
     sums: Sums,
     buf: Vec<u8>,
     said: bool,
@@ -110,6 +135,8 @@ impl Spill {
             kept: Default::default(),
             briefs: Vec::new(),
             names: Default::default(),
+            envs: Vec::new(),
+            env_ids: Default::default(),
             sums: Sums::default(),
             buf: Vec::new(),
             said: false,
@@ -133,28 +160,9 @@ impl Spill {
     }
 
     /// Takes ended processes (as [`crate::session::Session::prune_with_series`]
-    /// hands them over) out of memory.
+    /// hands them over) out of memory: their entries go to the scratch file
+    /// in one write.
     pub fn take(&mut self, procs: Vec<(Proc, Option<Series<ProcPoint>>)>, gpu_known: bool) {
-        // Processes of one batch mostly share an environment: its JSON is
-        // made once.
-        let _once = crate::model::env::JsonOnce::start();
-        for (p, series) in procs {
-            self.take_one(&p, series.as_ref(), gpu_known);
-        }
-    }
-
-    fn take_one(&mut self, p: &Proc, series: Option<&Series<ProcPoint>>, gpu_known: bool) {
-        let e = entry(p, &self.info, series, gpu_known);
-        self.sums.add(&e, p, &self.info);
-        push(&mut self.briefs, Brief::of(&e, &mut self.names));
-        let mut s = Spilled {
-            start_ns: p.start_ns,
-            seq: p.seq,
-            parent_seq: p.parent_seq.unwrap_or(u64::MAX),
-            at: self.end,
-            len: 0,
-            parent_at: 0,
-        };
         if self.write && self.file.is_none() && !self.said {
             match scratch() {
                 Ok(f) => self.file = Some(f),
@@ -164,33 +172,84 @@ impl Spill {
                 }
             }
         }
-        if self.write {
-            self.buf.clear();
-            serde_json::to_writer(&mut self.buf, &e).expect("an entry always serializes");
-            s.len = self.buf.len() as u32;
-            // Third, after two numbers: found within the first bytes.
-            s.parent_at = self
-                .buf
-                .windows(NO_PARENT.len())
-                .position(|w| w == NO_PARENT)
-                .expect("an entry made without a parent says so") as u32;
-            let written = match &self.file {
-                Some(f) => f.write_all_at(&self.buf, self.end),
-                None => Err(io::Error::other("no scratch file")),
-            };
-            match written {
-                Ok(()) => self.end += self.buf.len() as u64,
-                Err(err) => {
-                    // Nothing is lost: the entry stays in memory.
-                    if !std::mem::replace(&mut self.said, true) {
-                        log::warn!(
-                            "writing ended processes out failed ({err}); keeping them in memory"
-                        );
-                    }
-                    self.kept
-                        .insert(self.spilled.len(), self.buf.clone().into_boxed_slice());
+        self.buf.clear();
+        let mut first = self.spilled.len();
+        for (p, series) in procs {
+            self.take_one(&p, series.as_ref(), gpu_known);
+            if self.buf.len() >= WRITE_AT {
+                self.flush(first);
+                first = self.spilled.len();
+            }
+        }
+        self.flush(first);
+    }
+
+    /// Writes out the entries made since `first`, gathered in `buf`.
+    fn flush(&mut self, first: usize) {
+        if !self.write || self.spilled.len() == first {
+            return;
+        }
+        let written = match &self.file {
+            Some(f) => f.write_all_at(&self.buf, self.end),
+            None => Err(io::Error::other("no scratch file")),
+        };
+        match written {
+            Ok(()) => self.end += self.buf.len() as u64,
+            Err(err) => {
+                // Nothing is lost: the entries stay in memory.
+                if !std::mem::replace(&mut self.said, true) {
+                    log::warn!(
+                        "writing ended processes out failed ({err}); keeping them in memory"
+                    );
+                }
+                for i in first..self.spilled.len() {
+                    let s = &self.spilled[i];
+                    let from = (s.at - self.end) as usize;
+                    self.kept.insert(
+                        i,
+                        self.buf[from..from + s.len as usize]
+                            .to_vec()
+                            .into_boxed_slice(),
+                    );
                 }
             }
+        }
+        self.buf.clear();
+    }
+
+    fn take_one(&mut self, p: &Proc, series: Option<&Series<ProcPoint>>, gpu_known: bool) {
+        let mut e = entry(p, &self.info, series, gpu_known);
+        self.sums.add(&e, p, &self.info);
+        push(&mut self.briefs, Brief::of(&e, &mut self.names));
+        let mut s = Spilled {
+            start_ns: p.start_ns,
+            seq: p.seq,
+            parent_seq: p.parent_seq.unwrap_or(u64::MAX),
+            at: self.end + self.buf.len() as u64,
+            len: 0,
+            parent_at: 0,
+            env_at: 0,
+            env: NO_ENV,
+        };
+        if self.write {
+            // The environment, shared by many, is written once at the end:
+            // the entry holds its place.
+            if let Some(env) = e.env.take() {
+                let next = self.envs.len() as u32;
+                s.env = *self.env_ids.entry(env.0.as_ptr() as usize).or_insert(next);
+                if s.env == next {
+                    self.envs.push(env);
+                }
+            }
+            let from = self.buf.len();
+            serde_json::to_writer(&mut self.buf, &e).expect("an entry always serializes");
+            let bytes = &self.buf[from..];
+            s.len = bytes.len() as u32;
+            // Third, after two numbers.
+            s.parent_at = find(bytes, NO_PARENT).expect("an entry made without a parent says so");
+            // Its only `"env"`: strings escape their quotes, and no field
+            // before it holds an object with such a key.
+            s.env_at = find(bytes, NO_ENV_JSON).expect("an entry without env says so");
         }
         push(&mut self.spilled, s);
     }
@@ -200,6 +259,11 @@ impl Spill {
     pub fn finish(mut self, tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Streamed {
         let held = report_order(tree);
         let n = self.spilled.len();
+        log::debug!(
+            "{n} processes were written out ({} bytes, {} distinct environments)",
+            self.end,
+            self.envs.len()
+        );
         // Indices below `n` are processes written out; the rest, held ones.
         let key = |i: u32| {
             let i = i as usize;
@@ -342,13 +406,21 @@ impl Streamed {
                     ));
                 }
             };
-            let p = s.parent_at as usize;
+            let (p, v) = (s.parent_at as usize, s.env_at as usize);
             w.write_all(&bytes[..p])?;
             match self.parents[n] {
                 u32::MAX => w.write_all(NO_PARENT)?,
                 pos => write!(w, "\"parent\":{pos}")?,
             }
-            w.write_all(&bytes[p + NO_PARENT.len()..])?;
+            w.write_all(&bytes[p + NO_PARENT.len()..v])?;
+            match self.spill.envs.get(s.env as usize) {
+                Some(env) => {
+                    w.write_all(b"\"env\":")?;
+                    serde_json::to_writer(&mut *w, env).map_err(io::Error::other)?;
+                }
+                None => w.write_all(NO_ENV_JSON)?,
+            }
+            w.write_all(&bytes[v + NO_ENV_JSON.len()..])?;
         }
         w.write_all(&head[at + EMPTY.len() - 1..])
     }
@@ -546,7 +618,7 @@ mod tests {
         // What a run of 100,000 processes holds of each (the goal is under
         // 60 MB in all).
         assert_eq!(std::mem::size_of::<Brief>(), 64);
-        assert_eq!(std::mem::size_of::<Spilled>(), 40);
+        assert_eq!(std::mem::size_of::<Spilled>(), 48);
     }
 
     #[test]
