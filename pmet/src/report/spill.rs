@@ -44,6 +44,8 @@ fn push<T>(v: &mut Vec<T>, x: T) {
 /// Entries are gathered up to this many bytes for one write: few writes,
 /// and little held.
 const WRITE_AT: usize = 48 << 10;
+/// Entries are read back this many bytes at a time.
+const READ_WINDOW: usize = 64 << 10;
 
 /// `"parent":null`, as serde_json writes it in an entry made without one.
 const NO_PARENT: &[u8] = b"\"parent\":null";
@@ -381,7 +383,11 @@ impl Streamed {
             .ok_or_else(|| io::Error::other("report without a processes field"))?;
         w.write_all(&head[..at + EMPTY.len() - 1])?;
         let _once = crate::model::env::JsonOnce::start();
-        let mut buf = Vec::new();
+        // Entries were written in the order processes ended, which is
+        // nearly the order they started in: read a window at a time, not
+        // an entry at a time.
+        let mut win = Vec::new();
+        let mut win_at = 0u64;
         let spilled = self.spill.spilled.len();
         for (n, &i) in self.order.iter().enumerate() {
             if n > 0 {
@@ -396,9 +402,16 @@ impl Streamed {
             let bytes: &[u8] = match (self.spill.kept.get(&i), &self.spill.file) {
                 (Some(k), _) => k,
                 (None, Some(f)) if self.spill.write => {
-                    buf.resize(s.len as usize, 0);
-                    f.read_exact_at(&mut buf, s.at)?;
-                    &buf
+                    let end = s.at + u64::from(s.len);
+                    if s.at < win_at || end > win_at + win.len() as u64 {
+                        let want = (s.len as usize)
+                            .max(READ_WINDOW)
+                            .min((self.spill.end - s.at) as usize);
+                        win.resize(want, 0);
+                        f.read_exact_at(&mut win, s.at)?;
+                        win_at = s.at;
+                    }
+                    &win[(s.at - win_at) as usize..(end - win_at) as usize]
                 }
                 _ => {
                     return Err(io::Error::other(
