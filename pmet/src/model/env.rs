@@ -83,12 +83,36 @@ pub struct EnvCache {
     keys: (std::hash::RandomState, std::hash::RandomState),
     by_block: std::collections::HashMap<(u64, u64), Arc<[EnvVar]>>,
     distinct: std::collections::HashSet<Arc<[EnvVar]>>,
+    /// The latest block and what was kept of it: consecutive execs mostly
+    /// share one, and comparing bytes is a tenth of hashing them twice.
+    last: Option<Latest>,
+}
+
+/// A block, and what was kept of it.
+#[derive(Debug)]
+struct Latest {
+    block: Box<[u8]>,
+    kept: Arc<[EnvVar]>,
 }
 
 impl EnvCache {
     /// `block` as `policy` keeps it, shared with every other process that
     /// had the same.
     pub fn kept(&mut self, policy: &EnvPolicy, block: &[u8]) -> Arc<[EnvVar]> {
+        if let Some(l) = &self.last
+            && *l.block == *block
+        {
+            return l.kept.clone();
+        }
+        let kept = self.kept_hashed(policy, block);
+        self.last = Some(Latest {
+            block: block.into(),
+            kept: kept.clone(),
+        });
+        kept
+    }
+
+    fn kept_hashed(&mut self, policy: &EnvPolicy, block: &[u8]) -> Arc<[EnvVar]> {
         use std::hash::BuildHasher;
         let key = (self.keys.0.hash_one(block), self.keys.1.hash_one(block));
         if let Some(env) = self.by_block.get(&key) {
@@ -289,6 +313,14 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &other_kept));
         assert_eq!(other_kept[0].value.as_deref(), Some("2"));
         assert_eq!(a[1].value, None);
+        // The latest block is found by its bytes; an earlier one by its hash.
+        let back = c.kept(&policy, b"KEEP=1\0SECRET=x\0");
+        assert!(Arc::ptr_eq(&a, &back));
+        assert!(Arc::ptr_eq(&back, &c.kept(&policy, b"KEEP=1\0SECRET=x\0")));
+        assert!(Arc::ptr_eq(
+            &other_kept,
+            &c.kept(&policy, b"KEEP=2\0SECRET=x\0")
+        ));
         assert_eq!(split_block(b"A=1\0\0B=2\0"), ["A=1", "B=2"]);
     }
 
