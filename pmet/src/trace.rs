@@ -184,6 +184,8 @@ pub struct Outcome {
 /// After taking in kernel events, wait this long before the next look, so a
 /// storm of events costs one wakeup per batch rather than one per event.
 const BATCH: Duration = Duration::from_millis(20);
+/// Ended processes are written out at most this often between samples.
+const SPILL_EVERY: Duration = Duration::from_millis(250);
 /// A tree using more CPU than this (percent of a core) counts as busy.
 const BUSY_CPU_PCT: f64 = 5.0;
 
@@ -511,6 +513,8 @@ struct Started {
     /// is held to the end, for `--record`, `--trace-events`, an embedding
     /// program, or `pmet agent`, which forgets them instead).
     spill: Option<report::spill::Spill>,
+    /// When ended processes were last written out.
+    spilled_at: Option<Instant>,
 }
 
 impl Started {
@@ -533,11 +537,20 @@ impl Started {
         if self.s.tree.procs.len() <= report::spill::SPILL_AFTER {
             return;
         }
+        self.spilled_at = Some(Instant::now());
+        // A process's taskstats record comes on its own path: one written
+        // out before its record arrived would lose its peak RSS and
+        // context switches, so it waits for it (held to the end if none
+        // ever comes).
+        let taskstats = self.listener.is_some();
+        let complete = |p: &crate::model::tree::Proc| {
+            !taskstats || p.taskstats.records > 0 || p.vanished || p.untracked
+        };
         let gone = match self.export.as_ref() {
             Some(x) => self
                 .s
-                .prune_with_series(boottime_ns(), |p| x.exporter.forgettable(p)),
-            None => self.s.prune_with_series(boottime_ns(), |_| true),
+                .prune_with_series(boottime_ns(), |p| complete(p) && x.exporter.forgettable(p)),
+            None => self.s.prune_with_series(boottime_ns(), complete),
         };
         if gone.is_empty() {
             return;
@@ -844,6 +857,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         gate: gate_to_release,
         signalled_tree: false,
         spill: None,
+        spilled_at: None,
     })
 }
 
@@ -921,6 +935,14 @@ async fn follow(
                 }
                 st.s.apply_taskstats();
                 backoff = None;
+                // Between samples too, a storm's ended processes go out
+                // a quarter second apart rather than a sample apart (a
+                // sink that lists ended processes waits for its sample).
+                if !sink.wants_ended()
+                    && st.spilled_at.is_none_or(|t| t.elapsed() >= SPILL_EVERY)
+                {
+                    st.spill_ended();
+                }
                 Vec::new()
             }
             _ = tokio::time::sleep_until(next_tick) => {

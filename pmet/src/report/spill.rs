@@ -279,17 +279,19 @@ impl Spill {
         };
         let mut order: Vec<u32> = (0..(n + held.len()) as u32).collect();
         order.sort_by_key(|&i| key(i));
-        let mut position: Vec<(u64, u32)> = order
-            .iter()
-            .enumerate()
-            .map(|(pos, &i)| (key(i).1, pos as u32))
-            .collect();
-        position.sort_unstable();
+        // Each process's position, by its seq: seqs run from 0 to the
+        // number of processes seen, so a plain list does (4 bytes each).
+        let mut position = vec![u32::MAX; tree.seen_count() as usize];
+        for (pos, &i) in order.iter().enumerate() {
+            if let Some(p) = position.get_mut(key(i).1 as usize) {
+                *p = pos as u32;
+            }
+        }
         let position_of = |seq: u64| {
             position
-                .binary_search_by_key(&seq, |&(s, _)| s)
-                .ok()
-                .map(|i| position[i].1)
+                .get(usize::try_from(seq).ok()?)
+                .copied()
+                .filter(|&p| p != u32::MAX)
         };
         let _once = crate::model::env::JsonOnce::start();
         let mut entries = Vec::with_capacity(held.len());
@@ -554,21 +556,30 @@ mod tests {
         (t, r)
     }
 
-    /// Everything `forget` agrees to written out, then the report.
-    fn streamed(forget: impl Fn(&Proc) -> bool, write: bool) -> Streamed {
+    /// The tree with what `forget` agrees to taken out of it, and what was
+    /// taken, with its series.
+    #[allow(clippy::type_complexity)]
+    fn pruned(
+        forget: impl Fn(&Proc) -> bool,
+    ) -> (Tree, Recorder, Vec<(Proc, Option<Series<ProcPoint>>)>) {
         let (mut t, mut rec) = tree();
-        let info = info();
-        let gone: Vec<_> = t
-            .prune(info.ticks_per_s, info.kernel_io, forget)
+        let gone = t
+            .prune(info().ticks_per_s, info().kernel_io, forget)
             .into_iter()
             .map(|p| {
                 let s = rec.procs.remove(&(p.pid, p.cookie));
                 (p, s)
             })
             .collect();
-        let mut spill = Spill::new(info.clone(), write);
+        (t, rec, gone)
+    }
+
+    /// Everything `forget` agrees to written out, then the report.
+    fn streamed(forget: impl Fn(&Proc) -> bool, write: bool) -> Streamed {
+        let (t, rec, gone) = pruned(forget);
+        let mut spill = Spill::new(info(), write);
         spill.take(gone, t.gpu_known);
-        spill.finish(&t, &info, Some(&rec))
+        spill.finish(&t, &info(), Some(&rec))
     }
 
     fn json(s: &Streamed) -> String {
@@ -608,22 +619,13 @@ mod tests {
     fn entries_the_scratch_file_refuses_stay_in_memory_and_nothing_is_lost() {
         let (t, rec) = tree();
         let whole = serde_json::to_string(&build(&t, &info(), Some(&rec))).unwrap();
-        let (mut t, mut rec) = tree();
-        let info = info();
-        let gone: Vec<_> = t
-            .prune(info.ticks_per_s, info.kernel_io, |_| true)
-            .into_iter()
-            .map(|p| {
-                let s = rec.procs.remove(&(p.pid, p.cookie));
-                (p, s)
-            })
-            .collect();
-        let mut spill = Spill::new(info.clone(), true);
+        let (t, rec, gone) = pruned(|_| true);
+        let mut spill = Spill::new(info(), true);
         // Read-only: every write fails, as on a full disk.
         spill.file = Some(File::open("/dev/null").unwrap());
         spill.take(gone, t.gpu_known);
         assert_eq!(spill.kept.len(), spill.len());
-        assert_eq!(json(&spill.finish(&t, &info, Some(&rec))), whole);
+        assert_eq!(json(&spill.finish(&t, &info(), Some(&rec))), whole);
     }
 
     #[test]
