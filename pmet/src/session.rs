@@ -171,8 +171,10 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
     /// Forgets the processes whose figures are final and that `forget`
     /// agrees to (`pmet agent`: once exported), with their series; the tree
     /// keeps their sums. Final: ended a second ago or more with every
-    /// thread's free taken in (or vanished), or ended past the point where a
-    /// missing free is given up. Returns what was forgotten.
+    /// thread's free taken in and, when taskstats is listened to, its record
+    /// too (it comes on its own path, with peak RSS and context switches),
+    /// or vanished; or ended past the point where missing figures are given
+    /// up. Returns what was forgotten.
     pub fn prune(&mut self, now: u64, forget: impl Fn(&Proc) -> bool) -> Vec<Proc> {
         self.prune_with_series(now, forget)
             .into_iter()
@@ -192,12 +194,14 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             ago(std::time::Duration::from_secs(1)),
             ago(FREE_TIMEOUT + std::time::Duration::from_secs(1)),
         );
+        let taskstats = self.taskstats_overflows.is_some();
         let removed = self
             .tree
             .prune(self.procfs.ticks_per_s(), self.kernel_io, |p| {
                 let end = p.end_ns.unwrap_or(0);
-                let done =
-                    end <= given_up || (end <= settled && (p.totals_complete() || p.vanished));
+                let complete =
+                    p.vanished || (p.totals_complete() && (!taskstats || p.taskstats.records > 0));
+                let done = end <= given_up || (end <= settled && complete);
                 done && forget(p)
             });
         removed
@@ -1337,6 +1341,36 @@ mod tests {
         assert_eq!(s.losses_at(Some(later)), before);
         assert_eq!(s.tree.procs.len(), 1, "the root stays");
         assert_eq!(s.tree.seen_count(), 3);
+    }
+
+    #[test]
+    fn with_taskstats_a_process_is_final_once_its_record_has_come() {
+        let mut s = session();
+        s.taskstats_overflows = Some(Default::default());
+        let k = kernel(&mut s);
+        k.fork(1100 * MS, ROOT, 200, 11);
+        k.exit(1200 * MS, 200, 11, 0);
+        k.events.push_back(Event::Free {
+            ts_ns: 1210 * MS,
+            tgid: 200,
+            tid: 200,
+            cookie: 11,
+            totals: Some(ThreadTotals::default()),
+            kept: None,
+        });
+        s.drain();
+        // Its free is in, its record is not: not final yet.
+        assert!(s.prune(2300 * MS, |_| true).is_empty());
+        s.pending_ts.push(crate::model::input::TaskStats {
+            tid: 200,
+            tgid: 200,
+            hiwater_rss_kb: 512,
+            ..Default::default()
+        });
+        s.apply_taskstats();
+        let gone = s.prune(2300 * MS, |_| true);
+        assert_eq!(gone.iter().map(|p| p.pid).collect::<Vec<_>>(), [200]);
+        assert_eq!(gone[0].taskstats.hiwater_rss_kb, 512);
     }
 
     #[test]

@@ -538,19 +538,11 @@ impl Started {
             return;
         }
         self.spilled_at = Some(Instant::now());
-        // A process's taskstats record comes on its own path: one written
-        // out before its record arrived would lose its peak RSS and
-        // context switches, so it waits for it (held to the end if none
-        // ever comes).
-        let taskstats = self.listener.is_some();
-        let complete = |p: &crate::model::tree::Proc| {
-            !taskstats || p.taskstats.records > 0 || p.vanished || p.untracked
-        };
         let gone = match self.export.as_ref() {
             Some(x) => self
                 .s
-                .prune_with_series(boottime_ns(), |p| complete(p) && x.exporter.forgettable(p)),
-            None => self.s.prune_with_series(boottime_ns(), complete),
+                .prune_with_series(boottime_ns(), |p| x.exporter.forgettable(p)),
+            None => self.s.prune_with_series(boottime_ns(), |_| true),
         };
         if gone.is_empty() {
             return;
@@ -564,24 +556,8 @@ impl Started {
                 self.s.kernel.is_some(),
             );
         }
-        // Their entries name users and cgroups: looked up once each.
-        let names = spill.names_mut();
-        let mut cgroups = std::collections::HashSet::new();
-        for ids in gone.iter().filter_map(|(p, _)| p.ids) {
-            if !names.users.contains_key(&ids.uid)
-                && let Some(n) = privileges::user_name(ids.uid)
-            {
-                names.users.insert(ids.uid, n);
-            }
-            if ids.cgroup_id != 0 && !names.cgroups.contains_key(&ids.cgroup_id) {
-                cgroups.insert(ids.cgroup_id);
-            }
-        }
-        if !cgroups.is_empty() {
-            names
-                .cgroups
-                .extend(crate::collect::cgroup::paths_of(&cgroups));
-        }
+        // Their entries name users and cgroups.
+        add_names(spill.names_mut(), gone.iter().filter_map(|(p, _)| p.ids));
         let t = Instant::now();
         let n = gone.len();
         spill.take(gone, self.s.tree.gpu_known);
@@ -689,22 +665,18 @@ impl Started {
 fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started, Error> {
     let follow_children = !opts.exclude_children;
     launch::raise_nofile();
+    let load = || {
+        let mut k = load_kernel(follow_children, inputs.scope.is_some())?;
+        if let Some(sc) = &inputs.scope {
+            k.set_scope(&sc.ids)?;
+        }
+        Ok::<_, Error>(k)
+    };
     let kernel = match opts.ebpf {
         EbpfMode::Off => None,
-        EbpfMode::Required => {
-            let mut k = load_kernel(follow_children, inputs.scope.is_some())?;
-            if let Some(sc) = &inputs.scope {
-                k.set_scope(&sc.ids)?;
-            }
-            Some(k)
-        }
-        EbpfMode::Auto => match load_kernel(follow_children, inputs.scope.is_some()) {
-            Ok(mut k) => {
-                if let Some(sc) = &inputs.scope {
-                    k.set_scope(&sc.ids)?;
-                }
-                Some(k)
-            }
+        EbpfMode::Required => Some(load()?),
+        EbpfMode::Auto => match load() {
+            Ok(k) => Some(k),
             // A cgroup's processes are known only to the kernel side.
             Err(e) if inputs.scope.is_some() => return Err(e),
             Err(e) => {
@@ -1090,23 +1062,33 @@ async fn settle(st: &mut Started, lc: &mut Lifecycle) {
     }
 }
 
+/// Looks up the user names and cgroup paths of `ids` that `names` lacks,
+/// each once (the cgroup tree is walked once for all of them).
+fn add_names(names: &mut report::Names, ids: impl Iterator<Item = crate::model::event::Ids>) {
+    let mut cgroups = std::collections::HashSet::new();
+    for ids in ids {
+        if !names.users.contains_key(&ids.uid)
+            && let Some(n) = privileges::user_name(ids.uid)
+        {
+            names.users.insert(ids.uid, n);
+        }
+        if ids.cgroup_id != 0 && !names.cgroups.contains_key(&ids.cgroup_id) {
+            cgroups.insert(ids.cgroup_id);
+        }
+    }
+    if !cgroups.is_empty() {
+        names
+            .cgroups
+            .extend(crate::collect::cgroup::paths_of(&cgroups));
+    }
+}
+
 /// The user names and cgroup paths of the ids in the tree, looked up once
 /// each at the end.
 fn names(tree: &crate::model::tree::Tree) -> report::Names {
-    let ids: Vec<_> = tree.procs.iter().filter_map(|p| p.ids).collect();
-    let uids: std::collections::HashSet<u32> = ids.iter().map(|i| i.uid).collect();
-    let cgroups: std::collections::HashSet<u64> = ids
-        .iter()
-        .map(|i| i.cgroup_id)
-        .filter(|&c| c != 0)
-        .collect();
-    report::Names {
-        users: uids
-            .into_iter()
-            .filter_map(|u| Some((u, privileges::user_name(u)?)))
-            .collect(),
-        cgroups: crate::collect::cgroup::paths_of(&cgroups),
-    }
+    let mut names = report::Names::default();
+    add_names(&mut names, tree.procs.iter().filter_map(|p| p.ids));
+    names
 }
 
 /// Builds the report, writes what was asked for, and hands back what stays
@@ -1152,14 +1134,9 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         ..static_info(&st, opts)
     };
     let t = Instant::now();
-    let streamed = st
-        .spill
-        .take()
-        .filter(|s| !s.is_empty())
-        .map(|s| s.finish(&st.s.tree, &info, Some(&st.s.recorder)));
-    let report = match &streamed {
-        Some(_) => None,
-        None => Some(report::build(&st.s.tree, &info, Some(&st.s.recorder))),
+    let made = match st.spill.take().filter(|s| !s.is_empty()) {
+        Some(s) => Made::Streamed(s.finish(&st.s.tree, &info, Some(&st.s.recorder))),
+        None => Made::Whole(report::build(&st.s.tree, &info, Some(&st.s.recorder))),
     };
     log::debug!("report built in {:?}", t.elapsed());
     let exit_code = lc.exit_code(st.root_status);
@@ -1169,26 +1146,24 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             // Compact: a tree of 10,000 processes is 22 MB this way and 32
             // pretty-printed, and a third slower to write (`jq .` shows it
             // indented; `pmet report` reads it for people).
-            match (&report, &streamed) {
-                (Some(r), _) => {
+            match &made {
+                Made::Whole(r) => {
                     let _once = crate::model::env::JsonOnce::start();
                     serde_json::to_writer(&mut *w, r).map_err(std::io::Error::other)?
                 }
-                (None, Some(s)) => s.write_json(w)?,
-                (None, None) => unreachable!("one of the two is made"),
+                Made::Streamed(s) => s.write_json(w)?,
             }
             log::debug!("report serialized in {:?}", t.elapsed());
             w.write_all(b"\n")
         })
         .err()
     });
-    let (report, briefs) = match (report, streamed) {
-        (Some(r), _) => (r, None),
-        (None, Some(s)) => {
+    let (report, briefs) = match made {
+        Made::Whole(r) => (r, None),
+        Made::Streamed(s) => {
             let (r, b) = s.into_parts();
             (r, Some(b))
         }
-        (None, None) => unreachable!("one of the two is made"),
     };
     let trace_events_error = inputs.trace_events.as_ref().and_then(|o| {
         o.write_with(|w| {
@@ -1207,6 +1182,14 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         write_error,
         trace_events_error,
     }
+}
+
+/// The report as made at the end: whole, or streamed from where a long
+/// run wrote its ended processes.
+#[allow(clippy::large_enum_variant)] // one value, made once at the end
+enum Made {
+    Whole(Report),
+    Streamed(report::spill::Streamed),
 }
 
 /// What every report entry needs to know of the run, known from its start.

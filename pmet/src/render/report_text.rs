@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::{
     style::Style,
-    summary::{failure_list, summary_with},
+    summary::{failure_list, summary_of},
     units::{bytes, command_line, duration, fit, printable},
 };
 use crate::report::{ProcessReport, Report};
@@ -71,19 +71,16 @@ pub fn report_text(r: &Report, source: &str, notes: &[String], width: usize, st:
     for n in notes {
         let _ = writeln!(o, "  {} {n}", st.dim("note:"));
     }
-    let failed = r
-        .processes
-        .iter()
-        .filter(|p| p.exit_signal.is_some() || p.exit_code.is_some_and(|c| c != 0))
-        .count();
+    let ps = crate::report::briefs(r);
+    let failed = ps.iter().filter(|p| p.failed()).count();
     o.push_str(&failure_list(
-        &crate::report::briefs(r),
+        &ps,
         &st.red(&format!("{failed} process(es) failed:")),
         20,
         width,
         st,
     ));
-    o.push_str(&summary_with(r, width, st, false));
+    o.push_str(&summary_of(r, &ps, width, st, false));
     ranking(
         &mut o,
         "CPU",

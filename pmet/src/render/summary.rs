@@ -28,23 +28,14 @@ fn cpu(p: &Brief) -> Option<f64> {
     p.cpu_s()
 }
 
-fn name(p: &Brief) -> &str {
-    p.name()
-}
-
 /// Renders the summary for a terminal `width` columns wide.
 pub fn summary(r: &Report, width: usize, st: Style) -> String {
-    summary_with(r, width, st, true)
-}
-
-/// The summary, with or without the list of failed processes (which
-/// `pmet report` shows first instead).
-pub fn summary_with(r: &Report, width: usize, st: Style, failures_at_end: bool) -> String {
-    summary_of(r, &briefs(r), width, st, failures_at_end)
+    summary_of(r, &briefs(r), width, st, true)
 }
 
 /// The summary of a report whose processes are `ps` (a streamed report's
-/// processes are not held: see `report::spill`).
+/// processes are not held: see `report::spill`), with or without the list
+/// of failed processes (which `pmet report` shows first instead).
 pub fn summary_of(
     r: &Report,
     ps: &[Brief],
@@ -98,7 +89,7 @@ pub fn summary_of(
             .iter()
             .filter(|p| !p.ended() && !p.vanished())
             .take(5)
-            .map(|p| format!("{} {}", p.pid, fit(name(p), 40)))
+            .map(|p| format!("{} {}", p.pid, fit(p.name(), 40)))
             .collect();
         let more = if alive > running.len() { ", …" } else { "" };
         let _ = writeln!(o, "  still running: {}{more}", running.join(", "));
@@ -220,7 +211,7 @@ pub fn summary_of(
                 net
             );
             let room = width.saturating_sub(head.chars().count()).max(10);
-            let _ = writeln!(o, "{head}{}", fit(name(p), room));
+            let _ = writeln!(o, "{head}{}", fit(p.name(), room));
         }
     }
     let mut talkers: Vec<(&Brief, u64)> = ps
@@ -248,7 +239,7 @@ pub fn summary_of(
                 format!("{}/{}", bytes(n.udp.tx_bytes), bytes(n.udp.rx_bytes)),
             );
             let room = width.saturating_sub(head.chars().count()).max(10);
-            let _ = writeln!(o, "{head}{}", fit(name(p), room));
+            let _ = writeln!(o, "{head}{}", fit(p.name(), room));
         }
     }
     if failures_at_end {
@@ -361,7 +352,7 @@ pub fn connections(ps: &[Brief], width: usize, st: Style) -> String {
                 "    {:>7}  {}  {}",
                 p.pid,
                 st.red(&format!("{what:<34}")),
-                fit(name(p), room)
+                fit(p.name(), room)
             );
         }
         if failed.len() > TOP {
@@ -394,7 +385,7 @@ pub fn failure_list(ps: &[Brief], heading: &str, rows: usize, width: usize, st: 
             "    {:>7}  {}  {}",
             p.pid,
             st.red(&format!("{:<18}", status(p))),
-            fit(name(p), room)
+            fit(p.name(), room)
         );
     }
     if failed.len() > rows {

@@ -128,9 +128,9 @@ fn walk(
     );
     // Group the children by program, keeping the order of first appearance.
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    let mut first_of: BTreeMap<String, usize> = BTreeMap::new();
+    let mut first_of: BTreeMap<&str, usize> = BTreeMap::new();
     for &c in &t.children[i] {
-        let k = t.procs[c].fold_key().to_owned();
+        let k = t.procs[c].fold_key();
         let first = *first_of.entry(k).or_insert(c);
         groups.entry(first).or_default().push(c);
     }

@@ -379,10 +379,9 @@ impl Streamed {
         const EMPTY: &[u8] = b"\"processes\":[]";
         // The only array of that name: `totals.processes` is a number, and
         // a quote inside a string is escaped.
-        let at = head
-            .windows(EMPTY.len())
-            .position(|x| x == EMPTY)
-            .ok_or_else(|| io::Error::other("report without a processes field"))?;
+        let at = find(&head, EMPTY)
+            .ok_or_else(|| io::Error::other("report without a processes field"))?
+            as usize;
         w.write_all(&head[..at + EMPTY.len() - 1])?;
         let _once = crate::model::env::JsonOnce::start();
         // Entries were written in the order processes ended, which is
@@ -403,7 +402,8 @@ impl Streamed {
             };
             let bytes: &[u8] = match (self.spill.kept.get(&i), &self.spill.file) {
                 (Some(k), _) => k,
-                (None, Some(f)) if self.spill.write => {
+                // Opened only when a report is to be written.
+                (None, Some(f)) => {
                     let end = s.at + u64::from(s.len);
                     if s.at < win_at || end > win_at + win.len() as u64 {
                         let want = (s.len as usize)
