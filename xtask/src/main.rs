@@ -86,31 +86,47 @@ enum Task {
         /// churn under `pmet agent`, one with --quick), run only when named.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Shell loops the exec storm runs at once, each its own 3,000 execs
+        /// (8 on a 16-core machine: a parallel build's exec path).
+        #[arg(long, default_value_t = 1)]
+        loops: usize,
+        /// Measure this pmet binary, built elsewhere: nothing is installed or
+        /// built, and tools that are missing get "not installed" rows (for a
+        /// lent machine without a package registry). Needs --workload.
+        #[arg(long, requires = "workload")]
+        pmet: Option<PathBuf>,
+        /// The test helper `workload` built beside that pmet.
+        #[arg(long, requires = "pmet")]
+        workload: Option<PathBuf>,
     },
 }
 
 /// Debian packages of the tools the bench compares with.
 const BENCH_PACKAGES: [&str; 4] = ["bpftrace", "nethogs", "sysstat", "time"];
 
-fn bench(rounds: usize, quick: bool, only: Vec<String>) -> Result<()> {
-    setup()?;
-    setup_apt(&BENCH_PACKAGES)?;
-    if output(Command::new("psrecord").arg("--help")).is_none() {
-        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "psrecord==1.4"]))?;
-    }
-    run(cargo().args(["build", "--release", "-p", "pmet", "-p", "pmet-tests"]))?;
-    let target = target_dir();
-    let md = bench::run(
-        &root(),
-        target.join("release").join("pmet"),
-        target.join("release").join("workload"),
-        &bench::Opts {
-            rounds,
-            quick,
-            only,
-        },
-    )?;
-    let out = target.join("bench").join("report.md");
+fn bench(opts: bench::Opts, prebuilt: Option<(PathBuf, PathBuf)>) -> Result<()> {
+    let (root, pmet, workload) = match prebuilt {
+        // Run where it stands: the source tree may not be where it was built.
+        Some((pmet, workload)) => (env::current_dir()?, pmet, workload),
+        None => {
+            setup()?;
+            setup_apt(&BENCH_PACKAGES)?;
+            if output(Command::new("psrecord").arg("--help")).is_none() {
+                run(Command::new("python3").args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "psrecord==1.4",
+                ]))?;
+            }
+            run(cargo().args(["build", "--release", "-p", "pmet", "-p", "pmet-tests"]))?;
+            let release = target_dir().join("release");
+            (root(), release.join("pmet"), release.join("workload"))
+        }
+    };
+    let md = bench::run(&root, pmet, workload, &opts)?;
+    let out = root.join("target").join("bench").join("report.md");
     std::fs::write(&out, &md)?;
     println!("{md}");
     eprintln!("xtask: written to {}", out.display());
@@ -486,6 +502,17 @@ fn main() -> Result<()> {
             rounds,
             quick,
             only,
-        } => bench(rounds, quick, only),
+            loops,
+            pmet,
+            workload,
+        } => bench(
+            bench::Opts {
+                rounds,
+                quick,
+                only,
+                loops,
+            },
+            pmet.zip(workload),
+        ),
     }
 }

@@ -66,7 +66,11 @@ def main():
     gpus = r["collector"]["gpu"]
     if not gpus:
         sys.exit("gpu-check: pmet saw no GPU (collector.gpu is null); run `pmet -v trace -- true` for why")
-    load = next(p for p in r["processes"] if any("load.py" in a for a in p["argv"]))
+    # The job itself: python running load.py (the `sh -c` around it names
+    # load.py in its argv too, and holds nothing on the GPU).
+    load = next(
+        p for p in r["processes"] if len(p["argv"]) > 1 and p["argv"][1].endswith("load.py")
+    )
     idle = next(p for p in r["processes"] if p["comm"] == "sleep")
     g, z = load["gpu"], idle["gpu"]
     smi_mib = memory.get(load["pid"], 0)
@@ -84,11 +88,24 @@ def main():
     lines = [
         f"`cargo xtask gpu-check` on {dev['name']} ({dev['driver']}, {gpus['source']}, "
         f"accounting {'on' if dev.get('accounting') else 'off'}), "
-        f"{os.cpu_count()} CPUs; the job holds {MIB} MiB and spins every SM for {SECONDS} s:",
+        f"{os.cpu_count()} CPUs; the job allocates {MIB} MiB (its process holds more: the CUDA "
+        f"context and the framework's caches, all counted by both tools) and keeps the SMs "
+        f"busy for {SECONDS} s:",
         "",
         "| figure | pmet | nvidia-smi |",
         "|---|---|---|",
         *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+    ]
+    lines += [
+        "",
+        "nvidia-smi's compute-apps peak per pid (MiB): "
+        + ", ".join(f"{pid}: {mib}" for pid, mib in sorted(memory.items())),
+        "pmet's memory peak per pid (MiB): "
+        + ", ".join(
+            f"{p['pid']} {p['comm']}: {p['gpu']['memory_peak_bytes'] / 2**20:.0f}"
+            for p in r["processes"]
+            if p.get("gpu")
+        ),
     ]
     text = "\n".join(lines) + "\n"
     (out / "gpu-check.md").write_text(text)
