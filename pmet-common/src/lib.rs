@@ -97,6 +97,11 @@ pub mod exit_flags {
     /// Exit events of the last thread only: the process has socket
     /// counters in `NET` (else userspace need not look).
     pub const HAD_NET: u32 = 32;
+    /// Exit events: `peak_rss_pages` was read from the thread's memory
+    /// (still there at `sched_process_exit` from Linux 6.16).
+    pub const MEM_VALID: u32 = 64;
+    /// Free events: the figures include context switches and page faults.
+    pub const CTX_VALID: u32 = 128;
 }
 
 /// Bits of [`ExecArgsEvent::flags`].
@@ -242,6 +247,10 @@ pub struct ExitEvent {
     pub cookie: u64,
     /// The thread's comm.
     pub comm: [u8; COMM_LEN],
+    /// Its memory's peak resident size in pages, as taskstats computes it:
+    /// the larger of `mm->hiwater_rss` and the file, anonymous and shmem
+    /// counters (`MEM_VALID`; 0 for a thread without memory).
+    pub peak_rss_pages: u64,
 }
 
 /// A thread's CPU and storage figures, read from its `task_struct`.
@@ -260,6 +269,14 @@ pub struct TaskFigures {
     pub write_bytes: u64,
     /// `ioac.cancelled_write_bytes`: dirty bytes dropped by truncation.
     pub cancelled_write_bytes: u64,
+    /// `nvcsw`: voluntary context switches.
+    pub nvcsw: u64,
+    /// `nivcsw`: involuntary context switches.
+    pub nivcsw: u64,
+    /// `min_flt`: minor page faults.
+    pub min_flt: u64,
+    /// `maj_flt`: major page faults.
+    pub maj_flt: u64,
 }
 
 /// A tracked thread's task_struct is being freed (`sched_process_free`): every
@@ -556,8 +573,27 @@ pub struct Config {
     pub mm_env_end: u16,
     /// `linux_binprm.filename`.
     pub bprm_filename: u16,
+    /// `mm_struct.hiwater_rss` (0: a thread's peak memory is not read at
+    /// exit; taskstats gives it instead).
+    pub mm_hiwater_rss: u16,
+    /// `mm_struct.rss_stat`: an array of `percpu_counter`, one per
+    /// `MM_FILEPAGES`, `MM_ANONPAGES`, `MM_SWAPENTS`, `MM_SHMEMPAGES`.
+    pub mm_rss_stat: u16,
+    /// `sizeof(struct percpu_counter)`.
+    pub rss_stride: u16,
+    /// `percpu_counter.count`.
+    pub rss_count: u16,
     /// Padding, always zero.
     pub _pad: u16,
+    /// `task_struct.nvcsw` (0: context switches and faults are not read;
+    /// taskstats gives them instead).
+    pub task_nvcsw: u32,
+    /// `task_struct.nivcsw`.
+    pub task_nivcsw: u32,
+    /// `task_struct.min_flt`.
+    pub task_min_flt: u32,
+    /// `task_struct.maj_flt`.
+    pub task_maj_flt: u32,
 }
 
 /// Bits of [`Config::flags`].
@@ -603,19 +639,19 @@ mod tests {
         assert_eq!(size_of::<ForkEvent>(), 24 + 8 + 16 + 16);
         assert_eq!(size_of::<ExecArgsHeader>(), 32);
         assert_eq!(size_of::<ExecEvent>(), 24 + 16 + 8 + 16 + 8);
-        assert_eq!(size_of::<TaskFigures>(), 48);
-        assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16);
-        assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 7 + 8);
+        assert_eq!(size_of::<TaskFigures>(), 80);
+        assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16 + 8);
+        assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 11 + 8);
         assert_eq!(size_of::<NetKey>(), 16);
         assert_eq!(size_of::<NetCounters>(), 64);
-        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12 + 16);
+        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12 + 16 + 8 + 16);
         assert_eq!(size_of::<Endpoints>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 24 + 16 + 40 + 8);
         assert_eq!(size_of::<SockLife>(), 16 + 40 + 8);
         assert_eq!(size_of::<ConnEndEvent>(), 24 + 8 + 64);
         assert_eq!(size_of::<ConnKey>(), 24);
         assert_eq!(size_of::<ConnBytes>(), 16);
-        assert_eq!(size_of::<Dying>(), 24 + 48 + 8);
+        assert_eq!(size_of::<Dying>(), 24 + 80 + 8);
         assert!(ARGV_LEN.is_power_of_two());
     }
 }

@@ -70,7 +70,15 @@ static CONFIG: Global<Config> = Global::new(Config {
     mm_env_start: 0,
     mm_env_end: 0,
     bprm_filename: 0,
+    mm_hiwater_rss: 0,
+    mm_rss_stat: 0,
+    rss_stride: 0,
+    rss_count: 0,
     _pad: 0,
+    task_nvcsw: 0,
+    task_nivcsw: 0,
+    task_min_flt: 0,
+    task_maj_flt: 0,
 });
 
 /// Processes in the traced tree, by tgid. The loader sets every map's size at

@@ -570,7 +570,7 @@ fn exit(t: Tracked, group_dead: bool) {
             // SAFETY: no preconditions.
             exit_ns: unsafe { bpf_ktime_get_boot_ns() },
             flags: if figures.is_some() {
-                exit_flags::STATS_VALID
+                stats_valid(&cfg)
             } else {
                 0
             },
@@ -580,6 +580,10 @@ fn exit(t: Tracked, group_dead: bool) {
         if DYING.insert(task, d, 0).is_err() {
             bump(counter::DYING_FULL);
         }
+    }
+    let peak_rss_pages = peak_rss_pages(task, &cfg);
+    if peak_rss_pages.is_some() {
+        flags |= exit_flags::MEM_VALID;
     }
     if group_dead {
         let _ = TRACKED.remove(tgid);
@@ -598,7 +602,40 @@ fn exit(t: Tracked, group_dead: bool) {
         flags,
         cookie: t.cookie,
         comm: comm(),
+        peak_rss_pages: peak_rss_pages.unwrap_or(0),
     });
+}
+
+/// The peak resident size of the exiting thread's memory, in pages, as
+/// taskstats computes it (`get_mm_hiwater_rss`): the larger of
+/// `hiwater_rss` (updated lazily, when pages are unmapped) and the current
+/// count of file, anonymous and shmem pages (each `percpu_counter`'s
+/// central `count`, as `get_mm_counter` reads it; negative reads as 0).
+/// `None` where this kernel fires the exit tracepoint after the memory is
+/// gone (before 6.16) or the layout is unknown; `Some(0)` for a thread
+/// with no memory of its own (a kernel thread).
+#[inline(always)]
+fn peak_rss_pages(task: u64, cfg: &Config) -> Option<u64> {
+    if cfg.mm_hiwater_rss == 0 {
+        return None;
+    }
+    // SAFETY (all reads): offsets from this kernel's BTF; the current task
+    // and its memory stay valid while it runs this tracepoint, which comes
+    // before `exit_mm`.
+    let mm = unsafe { bpf_probe_read_kernel((task + cfg.task_mm as u64) as *const u64) }.ok()?;
+    if mm == 0 {
+        return Some(0);
+    }
+    let hiwater =
+        unsafe { bpf_probe_read_kernel((mm + cfg.mm_hiwater_rss as u64) as *const u64) }.ok()?;
+    let counter = |i: u64| -> Option<u64> {
+        let at = mm + cfg.mm_rss_stat as u64 + i * cfg.rss_stride as u64 + cfg.rss_count as u64;
+        let v = unsafe { bpf_probe_read_kernel(at as *const i64) }.ok()?;
+        Some(if v > 0 { v as u64 } else { 0 })
+    };
+    // MM_FILEPAGES, MM_ANONPAGES and MM_SHMEMPAGES (MM_SWAPENTS, 2, is not resident).
+    let rss = counter(0)? + counter(1)? + counter(3)?;
+    Some(if hiwater > rss { hiwater } else { rss })
 }
 
 /// Sends, in place of a free that was never seen, the figures kept for the
@@ -640,10 +677,20 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         // this thread's own last switch writes it.
         unsafe {
             (*d).figures = f;
-            (*d).flags |= exit_flags::STATS_VALID | exit_flags::FINAL;
+            (*d).flags |= stats_valid(&cfg) | exit_flags::FINAL;
         }
     }
     0
+}
+
+/// The flags that say which of [`task_figures`]' values were read.
+#[inline(always)]
+fn stats_valid(cfg: &Config) -> u32 {
+    if cfg.task_nvcsw != 0 {
+        exit_flags::STATS_VALID | exit_flags::CTX_VALID
+    } else {
+        exit_flags::STATS_VALID
+    }
 }
 
 /// A task's CPU and storage figures, or `None` when this kernel's layout
@@ -670,6 +717,10 @@ fn task_figures(task: u64, cfg: &Config) -> Option<TaskFigures> {
             read_bytes: read(cfg.task_read_bytes).unwrap_or(0),
             write_bytes: read(cfg.task_write_bytes).unwrap_or(0),
             cancelled_write_bytes: read(cfg.task_cancelled_write_bytes).unwrap_or(0),
+            nvcsw: read(cfg.task_nvcsw).unwrap_or(0),
+            nivcsw: read(cfg.task_nivcsw).unwrap_or(0),
+            min_flt: read(cfg.task_min_flt).unwrap_or(0),
+            maj_flt: read(cfg.task_maj_flt).unwrap_or(0),
         }),
         _ => {
             if cfg.task_sum_exec_runtime != 0 {
@@ -708,7 +759,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     };
     if let Some(f) = task_figures(task, &cfg) {
         ev.figures = f;
-        ev.flags |= exit_flags::STATS_VALID;
+        ev.flags |= stats_valid(&cfg);
     }
     send(ev);
     0

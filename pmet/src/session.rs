@@ -13,7 +13,7 @@ use pmet_common::exit_flags;
 
 use crate::{
     collect::{
-        decode::totals,
+        decode::{ctx, totals},
         source::{EventSource, Sampler},
         taskstats::TaskStats,
     },
@@ -457,8 +457,13 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         let mut took = false;
         for (_, d) in kernel.dying() {
             if d.flags & want == want && !self.tree.took_final_early(d.tid, d.cookie) {
-                self.tree
-                    .free_final_early(d.tgid, d.cookie, d.tid, totals(&d.figures));
+                self.tree.free_final_early(
+                    d.tgid,
+                    d.cookie,
+                    d.tid,
+                    totals(&d.figures),
+                    ctx(&d.figures, d.flags),
+                );
                 took = true;
             }
         }
@@ -480,6 +485,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 let kept = (d.flags & exit_flags::STATS_VALID != 0).then(|| Kept {
                     totals: totals(&d.figures),
                     final_: d.flags & exit_flags::FINAL != 0,
+                    ctx: ctx(&d.figures, d.flags),
                 });
                 self.tree.free_missed(d.tgid, d.cookie, d.tid, kept);
             }
@@ -839,6 +845,7 @@ pub(crate) mod fake {
         pub fn exit(&mut self, ts_ns: u64, pid: u32, cookie: u64, code: u32) {
             self.tracked.remove(&pid);
             self.events.push_back(Event::Exit {
+                peak_rss_bytes: None,
                 ts_ns,
                 tgid: pid,
                 tid: pid,
@@ -1256,6 +1263,7 @@ mod tests {
         // The free comes after all (or the sweep at the end finds the
         // record): neither counts it again.
         kernel(&mut s).events.push_back(Event::Free {
+            ctx: None,
             ts_ns: 1210 * MS,
             tgid: 200,
             tid: 200,
@@ -1309,6 +1317,7 @@ mod tests {
         k.exit(1200 * MS, 200, 11, 0);
         k.exit(1200 * MS, 201, 13, 0);
         k.events.push_back(Event::Free {
+            ctx: None,
             ts_ns: 1210 * MS,
             tgid: 200,
             tid: 200,
@@ -1351,6 +1360,7 @@ mod tests {
         k.fork(1100 * MS, ROOT, 200, 11);
         k.exit(1200 * MS, 200, 11, 0);
         k.events.push_back(Event::Free {
+            ctx: None,
             ts_ns: 1210 * MS,
             tgid: 200,
             tid: 200,

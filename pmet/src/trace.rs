@@ -693,7 +693,15 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         },
     };
     let (ts_tx, ts_rx) = mpsc::unbounded_channel::<Vec<TaskStats>>();
-    let listener = if inputs.euid == 0 {
+    // taskstats only as a fallback: where the kernel side reads each
+    // thread's peak memory at exit and its context switches and faults at
+    // free, a record per exit on the machine would add nothing (and cost
+    // every exiting task a netlink message).
+    let replaced = kernel.as_ref().is_some_and(|k| k.replaces_taskstats);
+    if replaced {
+        log::debug!("taskstats not needed: the kernel side reads peak memory, switches and faults");
+    }
+    let listener = if inputs.euid == 0 && !replaced {
         match Listener::start(move |recs| {
             let _ = ts_tx.send(recs);
         }) {

@@ -37,6 +37,37 @@ pub struct TaskOffsets {
     /// What the process hooks need as BTF tracepoints (`None`: the classic
     /// ones are used).
     pub exec: Option<ExecOffsets>,
+    /// A thread's context switches and page faults (`None`: taskstats is
+    /// needed for them).
+    pub ctx: Option<CtxOffsets>,
+    /// A thread's peak memory, read at its exit (`None`: taskstats is
+    /// needed for it). Only with `exec`: that is where the exit tracepoint
+    /// has `group_dead` (6.16+), which is also where it fires before
+    /// `exit_mm` tears the memory down.
+    pub mem: Option<MemOffsets>,
+}
+
+/// `task_struct` context-switch and fault counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtxOffsets {
+    /// `nvcsw`, `nivcsw`, `min_flt`, `maj_flt`.
+    pub nvcsw: u32,
+    pub nivcsw: u32,
+    pub min_flt: u32,
+    pub maj_flt: u32,
+}
+
+/// Where an `mm_struct` keeps what taskstats' `hiwater_rss` is made of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemOffsets {
+    /// `mm_struct.hiwater_rss`.
+    pub hiwater_rss: u16,
+    /// `mm_struct.rss_stat`: `struct percpu_counter[NR_MM_COUNTERS]` (6.2+).
+    pub rss_stat: u16,
+    /// `sizeof(struct percpu_counter)`.
+    pub stride: u16,
+    /// `percpu_counter.count`.
+    pub count: u16,
 }
 
 /// Offsets for reading an exec's path, argv and environment at
@@ -153,6 +184,7 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, Error> {
     let task = find_struct(&btf, "task_struct").map_err(err)?;
     let off = |path: &[&str]| member_offset(&btf, &task, path).map_err(err);
     let opt = |path: &[&str]| member_offset(&btf, &task, path).ok();
+    let exec = exec_offsets(&btf, opt(&["mm"]));
     Ok(TaskOffsets {
         exit_code: off(&["exit_code"])?,
         sum_exec_runtime: off(&["se", "sum_exec_runtime"])?,
@@ -163,7 +195,42 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, Error> {
         cancelled_write_bytes: opt(&["ioac", "cancelled_write_bytes"]).unwrap_or(0),
         pid: off(&["pid"])?,
         pid_ns: pid_ns_offsets(&btf, opt(&["thread_pid"])),
-        exec: exec_offsets(&btf, opt(&["mm"])),
+        exec,
+        ctx: (|| {
+            Some(CtxOffsets {
+                nvcsw: opt(&["nvcsw"])?,
+                nivcsw: opt(&["nivcsw"])?,
+                min_flt: opt(&["min_flt"])?,
+                maj_flt: opt(&["maj_flt"])?,
+            })
+        })(),
+        mem: exec.and_then(|_| mem_offsets(&btf)),
+    })
+}
+
+/// [`MemOffsets`], where `rss_stat` is the array of four per-CPU counters
+/// the kernel has used since 6.2 (`MM_FILEPAGES`, `MM_ANONPAGES`,
+/// `MM_SWAPENTS`, `MM_SHMEMPAGES`); `None` for any other layout.
+fn mem_offsets(btf: &Btf) -> Option<MemOffsets> {
+    let small = |v: u32| u16::try_from(v).ok();
+    let mm = find_struct(btf, "mm_struct").ok()?;
+    let (bits, ty) = find_member(btf, &mm, "rss_stat", 0)?;
+    let Type::Array(a) = ty else { return None };
+    if a.len() != 4 || bits % 8 != 0 {
+        return None;
+    }
+    let elem = resolve_aggregate(btf, btf.resolve_chained_type(&a).ok()?)?;
+    let Type::Struct(ref counter) = elem else {
+        return None;
+    };
+    if btf.resolve_name(counter).ok()? != "percpu_counter" {
+        return None;
+    }
+    Some(MemOffsets {
+        hiwater_rss: small(member_offset(btf, &mm, &["hiwater_rss"]).ok()?)?,
+        rss_stat: small(bits / 8)?,
+        stride: small(u32::try_from(counter.size()).ok()?)?,
+        count: small(member_offset(btf, &elem, &["count"]).ok()?)?,
     })
 }
 
@@ -325,6 +392,18 @@ mod tests {
         assert!(n.thread_pid > 0 && n.numbers > n.level);
         assert_eq!(o.write_bytes, o.read_bytes + 8);
         assert_eq!(o.cancelled_write_bytes, o.write_bytes + 8);
+        // include/linux/sched.h: nvcsw, nivcsw, start_time, start_boottime,
+        // min_flt, maj_flt.
+        let c = o.ctx.expect("context switch and fault counters");
+        assert_eq!(
+            (c.nivcsw, c.min_flt, c.maj_flt),
+            (c.nvcsw + 8, c.nvcsw + 32, c.nvcsw + 40)
+        );
+        let m = o.mem.expect("this kernel's exit hook sees the memory");
+        // struct percpu_counter { raw_spinlock_t lock; s64 count; struct
+        // list_head list; s32 __percpu *counters; }: 40 bytes with hotplug.
+        assert_eq!((m.count, m.stride), (8, 40), "{m:?}");
+        assert!(m.hiwater_rss > 0 && m.rss_stat > 0);
     }
 
     #[test]

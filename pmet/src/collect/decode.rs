@@ -9,7 +9,7 @@ use pmet_common::{
 
 use crate::model::{
     conn::{Life, Opened, Outcome, Proto, Role, endpoint},
-    event::{Event, Ids, ThreadTotals},
+    event::{Ctx, Event, Ids, ThreadTotals},
 };
 
 /// `clone(2)`'s flag for a new pid namespace.
@@ -27,6 +27,14 @@ fn read<T: Copy>(b: &[u8]) -> Option<T> {
 }
 
 /// A NUL-terminated (or full) byte string.
+/// This machine's page size (the unit of the kernel's memory counters).
+fn page_size() -> u64 {
+    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *SIZE
+        .get_or_init(|| u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
+}
+
 fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
@@ -122,6 +130,8 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 had_net: e.flags & exit_flags::HAD_NET != 0,
                 exit_code: (e.flags & exit_flags::CODE_VALID != 0).then_some(e.exit_code),
                 comm: cstr(&e.comm),
+                peak_rss_bytes: (e.flags & exit_flags::MEM_VALID != 0)
+                    .then(|| e.peak_rss_pages * page_size()),
             })
         }
         kind::FREE => {
@@ -133,6 +143,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 cookie: e.cookie,
                 totals: (e.flags & exit_flags::STATS_VALID != 0).then(|| totals(&e.figures)),
                 kept: (e.flags & exit_flags::KEPT != 0).then_some(e.flags & exit_flags::FINAL != 0),
+                ctx: ctx(&e.figures, e.flags),
             })
         }
         kind::CONN => {
@@ -182,7 +193,18 @@ pub fn life(l: &SockLife, ended: bool) -> Life {
     }
 }
 
-/// A thread's figures as the model keeps them.
+/// A thread's context switches and faults, when `flags` say they were read.
+pub fn ctx(f: &TaskFigures, flags: u32) -> Option<Ctx> {
+    let want = exit_flags::STATS_VALID | exit_flags::CTX_VALID;
+    (flags & want == want).then_some(Ctx {
+        nvcsw: f.nvcsw,
+        nivcsw: f.nivcsw,
+        min_flt: f.min_flt,
+        maj_flt: f.maj_flt,
+    })
+}
+
+/// A thread's CPU and storage figures as the model keeps them.
 pub fn totals(f: &TaskFigures) -> ThreadTotals {
     ThreadTotals {
         runtime_ns: f.sum_exec_runtime,
@@ -285,6 +307,7 @@ mod tests {
     #[test]
     fn exit_and_free_flags() {
         let e = ExitEvent {
+            peak_rss_pages: 0,
             hdr: hdr(kind::EXIT, 10, 10),
             exit_code: 3 << 8,
             flags: exit_flags::GROUP_DEAD | exit_flags::CODE_VALID | exit_flags::HAD_NET,
@@ -308,9 +331,22 @@ mod tests {
                 group_dead: false,
                 had_net: false,
                 exit_code: None,
+                peak_rss_bytes: None,
                 ..
             })
         ));
+        let e = ExitEvent {
+            flags: exit_flags::MEM_VALID,
+            peak_rss_pages: 3,
+            ..e
+        };
+        match decode(&bytes(&e)) {
+            Some(Event::Exit {
+                peak_rss_bytes: Some(b),
+                ..
+            }) => assert_eq!(b, 3 * page_size()),
+            other => panic!("{other:?}"),
+        }
         let f = FreeEvent {
             hdr: hdr(kind::FREE, 10, 10),
             cookie: 5,
@@ -323,8 +359,33 @@ mod tests {
         };
         match decode(&bytes(&f)) {
             Some(Event::Free {
-                totals: Some(t), ..
+                totals: Some(t),
+                ctx: None,
+                ..
             }) => assert_eq!(t.runtime_ns, 999),
+            other => panic!("{other:?}"),
+        }
+        let f = FreeEvent {
+            figures: TaskFigures {
+                nvcsw: 4,
+                nivcsw: 5,
+                min_flt: 6,
+                maj_flt: 7,
+                ..f.figures
+            },
+            flags: exit_flags::STATS_VALID | exit_flags::CTX_VALID,
+            ..f
+        };
+        match decode(&bytes(&f)) {
+            Some(Event::Free { ctx: Some(c), .. }) => assert_eq!(
+                c,
+                Ctx {
+                    nvcsw: 4,
+                    nivcsw: 5,
+                    min_flt: 6,
+                    maj_flt: 7
+                }
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -152,6 +152,18 @@ pub fn with_task_offsets(mut cfg: Config, o: &TaskOffsets) -> Config {
         cfg.bprm_filename = x.bprm_filename;
         cfg.flags |= pmet_common::config_flags::BTF_PROCESS;
     }
+    if let Some(c) = o.ctx {
+        cfg.task_nvcsw = c.nvcsw;
+        cfg.task_nivcsw = c.nivcsw;
+        cfg.task_min_flt = c.min_flt;
+        cfg.task_maj_flt = c.maj_flt;
+    }
+    if let (Some(m), Some(_)) = (o.mem, o.exec) {
+        cfg.mm_hiwater_rss = m.hiwater_rss;
+        cfg.mm_rss_stat = m.rss_stat;
+        cfg.rss_stride = m.stride;
+        cfg.rss_count = m.count;
+    }
     if let Some(n) = o.pid_ns {
         cfg.task_thread_pid = n.thread_pid;
         cfg.pid_level = n.level;
@@ -183,6 +195,9 @@ pub struct Kernel {
     pub exit_totals: bool,
     /// They include storage I/O.
     pub kernel_io: bool,
+    /// Exits carry the memory's peak and frees the context switches and
+    /// page faults: everything taskstats would add, so it is not needed.
+    pub replaces_taskstats: bool,
     ebpf: Ebpf,
 }
 
@@ -415,6 +430,7 @@ impl Kernel {
             }
         }
         let exit_totals = task.is_some();
+        let replaces_taskstats = exit_totals && cfg.mm_hiwater_rss != 0 && cfg.task_nvcsw != 0;
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(Error::Map {
                 map: name,
@@ -449,6 +465,7 @@ impl Kernel {
             dying,
             exit_totals,
             kernel_io: task.is_some_and(|t| t.read_bytes != 0),
+            replaces_taskstats,
             ebpf,
         })
     }

@@ -29,6 +29,30 @@ impl ThreadTotals {
     }
 }
 
+/// A thread's context switches and page faults, read from its task with
+/// its final figures (what taskstats and wait4 report, summed per process).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ctx {
+    /// Voluntary context switches.
+    pub nvcsw: u64,
+    /// Involuntary context switches.
+    pub nivcsw: u64,
+    /// Minor page faults.
+    pub min_flt: u64,
+    /// Major page faults.
+    pub maj_flt: u64,
+}
+
+impl Ctx {
+    /// Adds another thread's counts to these.
+    pub fn add(&mut self, o: &Ctx) {
+        self.nvcsw += o.nvcsw;
+        self.nivcsw += o.nivcsw;
+        self.min_flt += o.min_flt;
+        self.maj_flt += o.maj_flt;
+    }
+}
+
 /// Who a process runs as and in which cgroup, as the kernel said at exec.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ids {
@@ -144,6 +168,10 @@ pub enum Event {
         exit_code: Option<u32>,
         /// The thread's comm.
         comm: String,
+        /// The peak resident size of its memory so far, in bytes, when the
+        /// kernel side could read it (Linux 6.16+: the exit hook comes
+        /// before the memory is torn down).
+        peak_rss_bytes: Option<u64>,
     },
     /// A tracked thread's task_struct was freed; its figures are final.
     Free {
@@ -161,6 +189,8 @@ pub enum Event {
         /// side kept for the thread, read at its last context switch
         /// (`Some(true)`: final) or at its exit (`Some(false)`).
         kept: Option<bool>,
+        /// Its context switches and page faults, read with `totals`.
+        ctx: Option<Ctx>,
     },
     /// A tracked process used a socket for the first time.
     Conn {

@@ -61,6 +61,7 @@ fn end(t: u64, pid: u32, code: u32, cpu_ms: u64, write: u64) -> [Event; 2] {
     let cookie = cookie(pid);
     [
         Event::Exit {
+            peak_rss_bytes: None,
             ts_ns: t,
             tgid: pid,
             tid: pid,
@@ -71,6 +72,7 @@ fn end(t: u64, pid: u32, code: u32, cpu_ms: u64, write: u64) -> [Event; 2] {
             comm: String::new(),
         },
         Event::Free {
+            ctx: None,
             ts_ns: t + MS,
             tgid: pid,
             tid: pid,

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use super::{
     conn::{Conns, DEFAULT_MAX_CONNECTIONS, Life},
-    event::{Event, ThreadTotals},
+    event::{Ctx, Event, ThreadTotals},
 };
 use crate::model::{
     env::{EnvCache, EnvPolicy, EnvVar},
@@ -138,6 +138,8 @@ pub struct Kept {
     pub totals: ThreadTotals,
     /// Read at the last context switch (else at exit).
     pub final_: bool,
+    /// Context switches and faults, read with them.
+    pub ctx: Option<Ctx>,
 }
 
 /// A process's memory, each figure at its highest sampled value; the report
@@ -263,6 +265,12 @@ pub struct Proc {
     pub freed_kept: KeptFigures,
     /// Exit-time records from taskstats.
     pub taskstats: TaskstatsTotals,
+    /// Context switches and faults of the freed threads that carried them
+    /// (`ctx_threads` of the `freed_threads`).
+    pub ctx: Ctx,
+    pub ctx_threads: u32,
+    /// The highest peak resident size its threads' exits read, bytes.
+    pub exit_peak_rss: u64,
     /// The latest /proc sample.
     pub last_sample: Option<Sample>,
     /// Samples taken.
@@ -321,6 +329,37 @@ impl Proc {
             ..ThreadRec::default()
         });
         self.threads.last_mut()
+    }
+
+    /// A freed thread's context switches and faults, when read.
+    fn add_ctx(&mut self, ctx: Option<Ctx>) {
+        if let Some(c) = ctx {
+            self.ctx.add(&c);
+            self.ctx_threads += 1;
+        }
+    }
+
+    /// Context switches (voluntary, involuntary) and major faults of the
+    /// whole process: from its threads' own counters when every freed
+    /// thread carried them, else from taskstats' records, else unknown.
+    pub fn ctx_figures(&self) -> Option<(u64, u64, u64)> {
+        if self.totals_complete()
+            && self.freed_threads > 0
+            && self.ctx_threads == self.freed_threads
+        {
+            Some((self.ctx.nvcsw, self.ctx.nivcsw, self.ctx.maj_flt))
+        } else {
+            let t = &self.taskstats;
+            (t.records > 0).then_some((t.nvcsw, t.nivcsw, t.majflt))
+        }
+    }
+
+    /// Its peak resident memory, bytes (0: unknown): the highest of what
+    /// its exits read, taskstats' record, and the samples.
+    pub fn peak_rss(&self) -> u64 {
+        (self.taskstats.hiwater_rss_kb * 1024)
+            .max(self.sampled_peak_rss)
+            .max(self.exit_peak_rss)
     }
 
     /// A thread's final figures arrived (from its free, or kept for it).
@@ -917,6 +956,7 @@ impl Tree {
                 group_dead,
                 exit_code,
                 comm,
+                peak_rss_bytes,
                 ..
             } => {
                 self.pending_exec.remove(&tid);
@@ -928,6 +968,9 @@ impl Tree {
                 let p = &mut self.procs[i];
                 p.threads_alive = p.threads_alive.saturating_sub(1);
                 p.threads_unfreed += 1;
+                if let Some(b) = peak_rss_bytes {
+                    p.exit_peak_rss = p.exit_peak_rss.max(b);
+                }
                 if let Some(t) = p.thread_mut(tid) {
                     t.end_ns = Some(ts_ns);
                     if !comm.is_empty() {
@@ -955,6 +998,7 @@ impl Tree {
                 cookie,
                 totals,
                 kept,
+                ctx,
                 ..
             } => {
                 if self.final_early.remove(&(tid, cookie)) {
@@ -982,6 +1026,7 @@ impl Tree {
                     }
                     None => p.freed_unreadable += 1,
                 }
+                p.add_ctx(ctx);
                 match kept {
                     Some(true) => p.freed_kept.at_last_switch += 1,
                     Some(false) => p.freed_kept.at_exit += 1,
@@ -1192,6 +1237,7 @@ impl Tree {
                         p.freed.add(&k.totals);
                         p.freed_threads += 1;
                         p.thread_totals(tid, k.totals);
+                        p.add_ctx(k.ctx);
                         if k.final_ {
                             p.freed_kept.at_last_switch += 1;
                         } else {
@@ -1209,7 +1255,14 @@ impl Tree {
     /// comes: at the end of a run, so as not to wait out the RCU grace
     /// period that delays every free. The free, if it still comes, is
     /// ignored.
-    pub fn free_final_early(&mut self, pid: u32, cookie: u64, tid: u32, totals: ThreadTotals) {
+    pub fn free_final_early(
+        &mut self,
+        pid: u32,
+        cookie: u64,
+        tid: u32,
+        totals: ThreadTotals,
+        ctx: Option<Ctx>,
+    ) {
         let Some(&i) = self.by_key.get(&(pid, cookie)) else {
             return;
         };
@@ -1221,6 +1274,7 @@ impl Tree {
         p.freed.add(&totals);
         p.freed_threads += 1;
         p.thread_totals(tid, totals);
+        p.add_ctx(ctx);
     }
 
     /// Whether a process ended after the run did (its final figures may
@@ -1309,6 +1363,7 @@ mod tests {
     }
     fn exit(tgid: u32, tid: u32, cookie: u64, dead: bool, code: u32, ts: u64) -> Event {
         Event::Exit {
+            peak_rss_bytes: None,
             ts_ns: ts,
             tgid,
             tid,
@@ -1321,6 +1376,7 @@ mod tests {
     }
     fn free(tgid: u32, tid: u32, cookie: u64, rt: u64, u: u64, s: u64) -> Event {
         Event::Free {
+            ctx: None,
             ts_ns: 0,
             tgid,
             tid,
@@ -1450,6 +1506,7 @@ mod tests {
     #[test]
     fn a_missed_free_is_made_good_by_the_figures_kept_for_it() {
         let kept = |rt, final_| Kept {
+            ctx: None,
             totals: ThreadTotals {
                 runtime_ns: rt,
                 utime_ns: 1,
@@ -1588,6 +1645,60 @@ mod tests {
         let p = &t.procs[0].taskstats;
         assert_eq!((p.records, p.hiwater_rss_kb), (2, 500));
         assert_eq!(t.procs[0].exit, Some(ExitStatus::Code(2)));
+    }
+
+    #[test]
+    fn switches_faults_and_peak_memory_come_from_the_kernel_side_when_every_thread_had_them() {
+        // The same events as the kernel side sends them where it reads
+        // these itself: `c` switches and faults, or `c` MiB at the peak.
+        let with = |mut ev: Event, c: u64| {
+            match &mut ev {
+                Event::Free { ctx, .. } => {
+                    *ctx = Some(Ctx {
+                        nvcsw: c,
+                        nivcsw: 10 * c,
+                        min_flt: 100 * c,
+                        maj_flt: c,
+                    })
+                }
+                Event::Exit { peak_rss_bytes, .. } => *peak_rss_bytes = Some(c << 20),
+                _ => {}
+            }
+            ev
+        };
+        let mut t = Tree::new();
+        t.add_root(100, 1, 1, 0, vec![]);
+        t.apply(fork(100, 101, 11, 10));
+        t.apply(thread(101, 150));
+        t.apply(with(exit(101, 150, 11, false, 0, 20), 7));
+        t.apply(with(free(101, 150, 11, 1_000, 1, 1), 2));
+        t.apply(with(exit(101, 101, 11, true, 0, 31), 5));
+        t.apply(with(free(101, 101, 11, 3_000, 4, 0), 3));
+        let p = &t.procs[1];
+        // Summed over the threads; the memory is the highest any exit read.
+        assert_eq!(p.ctx_figures(), Some((5, 50, 5)));
+        assert_eq!(p.peak_rss(), 7 << 20);
+
+        // One thread freed without them: taskstats' record, or nothing.
+        t.apply(fork(100, 102, 12, 40));
+        t.apply(thread(102, 160));
+        t.apply(exit(102, 160, 12, false, 0, 50));
+        t.apply(with(free(102, 160, 12, 1_000, 1, 1), 2));
+        t.apply(exit(102, 102, 12, true, 0, 51));
+        t.apply(free(102, 102, 12, 1_000, 1, 1));
+        assert_eq!(t.procs[2].ctx_figures(), None);
+        assert!(t.apply_taskstats(&TaskStats {
+            tid: 102,
+            tgid: 102,
+            flags: crate::model::input::AGROUP,
+            nvcsw: 8,
+            nivcsw: 9,
+            majflt: 1,
+            hiwater_rss_kb: 512,
+            ..TaskStats::default()
+        }));
+        assert_eq!(t.procs[2].ctx_figures(), Some((8, 9, 1)));
+        assert_eq!(t.procs[2].peak_rss(), 512 << 10);
     }
 
     #[test]

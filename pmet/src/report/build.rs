@@ -92,9 +92,8 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool, gpu_known: bool) -> ProcessRepo
         }) => (None, Some(signal), core_dumped),
         None => (None, None, false),
     };
-    let peak = (p.taskstats.hiwater_rss_kb * 1024).max(p.sampled_peak_rss);
-    let t = &p.taskstats;
-    let have_ts = t.records > 0;
+    let peak = p.peak_rss();
+    let ctx = p.ctx_figures();
     ProcessReport {
         pid: p.pid,
         ppid: p.ppid,
@@ -117,9 +116,9 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool, gpu_known: bool) -> ProcessRepo
         argv_truncated: p.argv_truncated,
         core_dumped,
         figures: f.source.to_owned(),
-        voluntary_ctxt_switches: have_ts.then_some(t.nvcsw),
-        involuntary_ctxt_switches: have_ts.then_some(t.nivcsw),
-        major_faults: have_ts.then_some(t.majflt),
+        voluntary_ctxt_switches: ctx.map(|c| c.0),
+        involuntary_ctxt_switches: ctx.map(|c| c.1),
+        major_faults: ctx.map(|c| c.2),
         preexisting: p.preexisting,
         vanished: p.vanished,
         series: Vec::new(),
@@ -484,6 +483,7 @@ mod tests {
         });
         for (pid, cookie, code) in [(101u32, 11u64, 9u32), (100, 1, 3 << 8)] {
             t.apply(Event::Exit {
+                peak_rss_bytes: None,
                 ts_ns: 2_000_000_000 + u64::from(pid),
                 tgid: pid,
                 tid: pid,
@@ -494,6 +494,7 @@ mod tests {
                 comm: "x".into(),
             });
             t.apply(Event::Free {
+                ctx: None,
                 ts_ns: 2_100_000_000,
                 tgid: pid,
                 tid: pid,

@@ -518,6 +518,7 @@ mod tests {
         }
         for &(_, pid, ms) in &kids[..6] {
             t.apply(Event::Exit {
+                peak_rss_bytes: None,
                 ts_ns: (ms + 100) * 1_000_000,
                 tgid: pid,
                 tid: pid,
@@ -528,6 +529,7 @@ mod tests {
                 comm: format!("c{pid}"),
             });
             t.apply(Event::Free {
+                ctx: None,
                 ts_ns: (ms + 101) * 1_000_000,
                 tgid: pid,
                 tid: pid,

@@ -33,7 +33,7 @@ fn usage(msg: &str) -> ! {
          \x20      spawn-tree CHILDREN GRANDCHILDREN | tcp 4|6 BYTES REPLY | udp 4|6 COUNT SIZE |\n\
          \x20      unix BYTES | orphan MS | kill-child | attach-target MS |\n\
          \x20      cpu-children N MS | disk-write BYTES | memory MIB | now | alive N MS |\n\
-         \x20      time CMD..."
+         \x20      time CMD... | rusage CMD..."
     );
     exit(2)
 }
@@ -630,6 +630,30 @@ fn time_cmd(cmd: &[String]) {
     exit(st.code().unwrap_or(1));
 }
 
+/// Runs a command, reaps it with wait4(2), and prints what wait4 said of
+/// it as one JSON line: the kernel's own account of the child, for a test
+/// to hold pmet's figures against.
+fn rusage(cmd: &[String]) {
+    // Reaped below by wait4 itself, which is the point: std's wait would
+    // not hand back the rusage.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; both pointers are valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `child` is not waited for by anyone else.
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(got, pid, "wait4");
+    println!(
+        "{{\"pid\":{pid},\"status\":{status},\"nvcsw\":{},\"nivcsw\":{},\"majflt\":{},\"minflt\":{},\"maxrss_kb\":{}}}",
+        ru.ru_nvcsw, ru.ru_nivcsw, ru.ru_majflt, ru.ru_minflt, ru.ru_maxrss
+    );
+}
+
 /// `n` children alive at once, each sleeping `ms`.
 fn alive(n: u32, ms: u64) {
     let kids: Vec<Child> = (0..n)
@@ -697,6 +721,7 @@ fn main() {
         "disk-write" => disk_write(arg(&args, 1, "bytes")),
         "memory" => memory(arg(&args, 1, "mib")),
         "now" => now(),
+        "rusage" => rusage(&args[1..]),
         "time" if args.len() > 1 => time_cmd(&args[1..]),
         "alive" => alive(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         "spawn-tree" => spawn_tree(arg(&args, 1, "children"), arg(&args, 2, "grandchildren")),
