@@ -1240,7 +1240,7 @@ mod tests {
             gone.iter().map(|p| p.pid).collect::<Vec<_>>(),
             [1003, 1004, 1005]
         );
-        x.forget(&gone, 100, true, true);
+        x.forget(gone.iter().map(|p| &**p), 100, true, true);
         x.update(&tree, 100, true, true, 0);
         let text = x.published().text();
         assert_eq!(sums(&text), before);
@@ -1251,7 +1251,7 @@ mod tests {
         x.update(&tree, 100, true, true, 0);
         let gone = tree.prune(100, true, |p| x.forgettable(p));
         assert_eq!(gone.iter().map(|p| p.pid).collect::<Vec<_>>(), [1001, 1002]);
-        x.forget(&gone, 100, true, true);
+        x.forget(gone.iter().map(|p| &**p), 100, true, true);
         x.update(&tree, 100, true, true, 0);
         let text = x.published().text();
         assert!(text.contains("pmet_processes_seen_total 6"), "{text}");

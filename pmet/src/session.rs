@@ -175,7 +175,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
     /// too (it comes on its own path, with peak RSS and context switches),
     /// or vanished; or ended past the point where missing figures are given
     /// up. Returns what was forgotten.
-    pub fn prune(&mut self, now: u64, forget: impl Fn(&Proc) -> bool) -> Vec<Proc> {
+    pub fn prune(&mut self, now: u64, forget: impl Fn(&Proc) -> bool) -> Vec<Box<Proc>> {
         self.prune_with_series(now, forget)
             .into_iter()
             .map(|(p, _)| p)
@@ -188,7 +188,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         &mut self,
         now: u64,
         forget: impl Fn(&Proc) -> bool,
-    ) -> Vec<(Proc, Option<Series<ProcPoint>>)> {
+    ) -> Vec<(Box<Proc>, Option<Series<ProcPoint>>)> {
         let ago = |d: std::time::Duration| now.saturating_sub(d.as_nanos() as u64);
         let (settled, given_up) = (
             ago(std::time::Duration::from_secs(1)),

@@ -550,7 +550,7 @@ impl Started {
         if let Some(x) = self.export.as_mut() {
             let kernel_io = self.s.kernel.as_ref().is_some_and(|k| k.kernel_io);
             x.exporter.forget(
-                gone.iter().map(|(p, _)| p),
+                gone.iter().map(|(p, _)| &**p),
                 self.s.procfs.ticks_per_s,
                 kernel_io,
                 self.s.kernel.is_some(),
@@ -579,7 +579,8 @@ impl Started {
             // Memory follows the live processes: the ended are forgotten
             // once every reader has had their final figures.
             let gone = self.s.prune(boottime_ns(), |p| x.exporter.forgettable(p));
-            x.exporter.forget(&gone, ticks, kernel_io, ebpf);
+            x.exporter
+                .forget(gone.iter().map(|p| &**p), ticks, kernel_io, ebpf);
         }
     }
 
@@ -665,6 +666,16 @@ impl Started {
 fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started, Error> {
     let follow_children = !opts.exclude_children;
     launch::raise_nofile();
+    // Looking for GPUs (loading NVML and asking the driver for its devices,
+    // tens of ms where a driver is) goes on beside the kernel side's load.
+    let gpus = std::thread::Builder::new()
+        .name("pmet-gpu".into())
+        .spawn(|| {
+            let t0 = std::time::Instant::now();
+            let found = crate::collect::gpu::open();
+            log::debug!("GPUs looked for in {:?}", t0.elapsed());
+            found
+        });
     let load = || {
         let mut k = load_kernel(follow_children, inputs.scope.is_some())?;
         if let Some(sc) = &inputs.scope {
@@ -723,7 +734,14 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
     s.tree.env_policy = opts.env_policy.clone();
     s.tree.max_connections = Some(opts.max_connections);
     s.tree.no_pss = opts.no_pss;
-    match crate::collect::gpu::open() {
+    let gpus = match gpus {
+        Ok(h) => h
+            .join()
+            .unwrap_or_else(|_| Err("the GPU lookup failed".into())),
+        // No thread: look here.
+        Err(_) => crate::collect::gpu::open(),
+    };
+    match gpus {
         Ok(g) => {
             log::info!(
                 "GPUs through {}: {}",

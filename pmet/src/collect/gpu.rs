@@ -108,7 +108,8 @@ pub fn take_samples(samples: &[UtilSample], last_seen: &mut u64) -> HashMap<u32,
 
 /// NVIDIA GPUs through NVML.
 pub struct Nvml {
-    nvml: nvml_wrapper::Nvml,
+    /// Shut down in `Drop`, timed (the driver can take a while).
+    nvml: std::mem::ManuallyDrop<nvml_wrapper::Nvml>,
     devices: Vec<Device>,
     /// Per device, the newest utilisation stamp taken in.
     last_seen: Vec<u64>,
@@ -117,6 +118,15 @@ pub struct Nvml {
 // NVML's handle is used from the session's thread only; the library itself
 // is thread-safe.
 unsafe impl Send for Nvml {}
+
+impl Drop for Nvml {
+    fn drop(&mut self) {
+        let t0 = std::time::Instant::now();
+        // SAFETY: dropped once, here, and never used again.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.nvml) };
+        log::debug!("NVML shut down in {:?}", t0.elapsed());
+    }
+}
 
 impl Nvml {
     /// Loads `libnvidia-ml.so.1` and lists the GPUs; the error says why not.
@@ -155,7 +165,7 @@ impl Nvml {
             .map_or(0, |d| d.as_micros() as u64);
         let last_seen = vec![now_us; devices.len()];
         Ok(Self {
-            nvml,
+            nvml: std::mem::ManuallyDrop::new(nvml),
             devices,
             last_seen,
         })
@@ -172,6 +182,19 @@ impl GpuSource for Nvml {
     }
 
     fn sample(&mut self, _now_ns: u64, pids: &[u32]) -> Vec<Use> {
+        let t0 = std::time::Instant::now();
+        let out = self.sample_devices(pids);
+        log::debug!("NVML sampled in {:?}", t0.elapsed());
+        out
+    }
+
+    fn lifetime(&self, pid: u32) -> Vec<(String, Option<u64>, Option<f64>)> {
+        self.lifetime_of(pid)
+    }
+}
+
+impl Nvml {
+    fn sample_devices(&mut self, pids: &[u32]) -> Vec<Use> {
         use nvml_wrapper::enums::device::UsedGpuMemory;
         let wanted: std::collections::HashSet<u32> = pids.iter().copied().collect();
         let mut out = Vec::new();
@@ -223,7 +246,7 @@ impl GpuSource for Nvml {
         out
     }
 
-    fn lifetime(&self, pid: u32) -> Vec<(String, Option<u64>, Option<f64>)> {
+    fn lifetime_of(&self, pid: u32) -> Vec<(String, Option<u64>, Option<f64>)> {
         self.devices
             .iter()
             .enumerate()

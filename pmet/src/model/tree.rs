@@ -730,7 +730,7 @@ impl Tree {
         ticks_per_s: u64,
         kernel_io: bool,
         forget: impl Fn(&Proc) -> bool,
-    ) -> Vec<Proc> {
+    ) -> Vec<Box<Proc>> {
         let drop: Vec<bool> = self
             .procs
             .iter()
@@ -766,7 +766,8 @@ impl Tree {
                 g.net.add(&p.net);
                 let l = self.losses_of(&p, None);
                 self.gone.losses.add(&l);
-                removed.push(*p);
+                // Boxed as held: a process is ~1.2 KB, not worth a move.
+                removed.push(p);
             } else {
                 p.parent = p.parent.and_then(remap);
                 p.children.retain_mut(|c| moved(c));

@@ -9,7 +9,7 @@ use super::{
 use crate::model::{
     container::{container, k8s_pod_uid},
     env::EnvReport,
-    figures::figures,
+    figures::{Figures, figures},
     series::{ProcPoint, Recorder, Series, Stat},
     tree::{ExitStatus, Proc, ThreadRec, Tree, split_runtime},
 };
@@ -79,11 +79,10 @@ fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
 }
 
-fn process(p: &Proc, info: &RunInfo, ebpf: bool, gpu_known: bool) -> ProcessReport {
+fn process(p: &Proc, info: &RunInfo, ebpf: bool, gpu_known: bool, f: &Figures) -> ProcessReport {
     let cgroup = p
         .ids
         .and_then(|i| info.names.cgroups.get(&i.cgroup_id).cloned());
-    let f = figures(p, info.ticks_per_s, info.kernel_io);
     let (exit_code, exit_signal, core_dumped) = match p.exit {
         Some(ExitStatus::Code(c)) => (Some(c), None, false),
         Some(ExitStatus::Signal {
@@ -253,11 +252,14 @@ fn threads(p: &Proc, info: &RunInfo, max: usize) -> (Vec<ThreadReport>, Option<T
 
 /// A process's entry in the report, but for `parent` (a position in the
 /// whole list, which only the end of the run decides).
+/// `f` is `figures(p)`, computed once by the caller for the entry and for
+/// [`Sums::add`].
 pub fn entry(
     p: &Proc,
     info: &RunInfo,
     series: Option<&Series<ProcPoint>>,
     gpu_known: bool,
+    f: &Figures,
 ) -> ProcessReport {
     let series = series.filter(|s| s.points.len() >= 2);
     let (threads, threads_dropped) = threads(
@@ -287,7 +289,7 @@ pub fn entry(
                     .collect::<Vec<_>>(),
             ),
         }),
-        ..process(p, info, info.collector.ebpf, gpu_known)
+        ..process(p, info, info.collector.ebpf, gpu_known, f)
     }
 }
 
@@ -304,8 +306,8 @@ pub struct Sums {
 }
 
 impl Sums {
-    /// Adds one process: its entry, and the process it was made from.
-    pub fn add(&mut self, e: &ProcessReport, p: &Proc, info: &RunInfo) {
+    /// Adds one process: its entry, and the figures it was made from.
+    pub fn add(&mut self, e: &ProcessReport, f: &Figures) {
         let t = &mut self.totals;
         t.processes += 1;
         match (e.cpu_user_s, e.disk_read_bytes) {
@@ -331,7 +333,7 @@ impl Sums {
             gt.memory_peak_bytes += g.memory_peak_bytes;
             gt.busy_s = round6(gt.busy_s + g.busy_s);
         }
-        if let Some(d) = figures(p, info.ticks_per_s, info.kernel_io).disk {
+        if let Some(d) = f.disk {
             self.dirtied += d.write;
         }
     }
@@ -372,11 +374,12 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
         .map(|&i| {
             let p = &tree.procs[i];
             let series = recorded.and_then(|r| r.procs.get(&(p.pid, p.cookie)));
+            let f = figures(p, info.ticks_per_s, info.kernel_io);
             let e = ProcessReport {
                 parent: p.parent.map(|pi| position[pi]),
-                ..entry(p, info, series, tree.gpu_known)
+                ..entry(p, info, series, tree.gpu_known, &f)
             };
-            sums.add(&e, p, info);
+            sums.add(&e, &f);
             e
         })
         .collect();

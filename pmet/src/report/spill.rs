@@ -21,6 +21,7 @@ use super::{
     build::{Sums, entry, head, report_order},
 };
 use crate::model::{
+    figures::figures,
     series::{ProcPoint, Recorder, Series},
     tree::{Proc, Tree},
 };
@@ -164,7 +165,7 @@ impl Spill {
     /// Takes ended processes (as [`crate::session::Session::prune_with_series`]
     /// hands them over) out of memory: their entries go to the scratch file
     /// in one write.
-    pub fn take(&mut self, procs: Vec<(Proc, Option<Series<ProcPoint>>)>, gpu_known: bool) {
+    pub fn take(&mut self, procs: Vec<(Box<Proc>, Option<Series<ProcPoint>>)>, gpu_known: bool) {
         if self.write && self.file.is_none() && !self.said {
             match scratch() {
                 Ok(f) => self.file = Some(f),
@@ -220,8 +221,9 @@ impl Spill {
     }
 
     fn take_one(&mut self, p: &Proc, series: Option<&Series<ProcPoint>>, gpu_known: bool) {
-        let mut e = entry(p, &self.info, series, gpu_known);
-        self.sums.add(&e, p, &self.info);
+        let f = figures(p, self.info.ticks_per_s, self.info.kernel_io);
+        let mut e = entry(p, &self.info, series, gpu_known, &f);
+        self.sums.add(&e, &f);
         push(&mut self.briefs, Brief::of(&e, &mut self.names));
         let mut s = Spilled {
             start_ns: p.start_ns,
@@ -298,11 +300,12 @@ impl Spill {
         for &i in &held {
             let p = &tree.procs[i];
             let series = recorded.and_then(|r| r.procs.get(&(p.pid, p.cookie)));
+            let f = figures(p, info.ticks_per_s, info.kernel_io);
             let e = ProcessReport {
                 parent: p.parent_seq.and_then(position_of).map(|x| x as usize),
-                ..entry(p, info, series, tree.gpu_known)
+                ..entry(p, info, series, tree.gpu_known, &f)
             };
-            self.sums.add(&e, p, info);
+            self.sums.add(&e, &f);
             self.briefs.push(Brief::of(&e, &mut self.names));
             entries.push(e);
         }
@@ -563,7 +566,7 @@ mod tests {
     #[allow(clippy::type_complexity)]
     fn pruned(
         forget: impl Fn(&Proc) -> bool,
-    ) -> (Tree, Recorder, Vec<(Proc, Option<Series<ProcPoint>>)>) {
+    ) -> (Tree, Recorder, Vec<(Box<Proc>, Option<Series<ProcPoint>>)>) {
         let (mut t, mut rec) = tree();
         let gone = t
             .prune(info().ticks_per_s, info().kernel_io, forget)
