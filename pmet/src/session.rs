@@ -225,6 +225,11 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         self.gpu.as_ref().map(|g| (g.kind(), g.devices().to_vec()))
     }
 
+    /// Hands over the GPU source, done with (the trace closes it on a thread of its own).
+    pub fn take_gpu(&mut self) -> Option<Box<dyn crate::collect::gpu::GpuSource>> {
+        self.gpu.take()
+    }
+
     fn look_at_gpus(&mut self, now: u64) {
         let Some(g) = self.gpu.as_mut() else {
             return;

@@ -1197,6 +1197,16 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         })
         .err()
     });
+    // Shutting NVML down takes ~10 ms (measured on an H200): not on the
+    // way out. A command-line run exits meanwhile; an embedding program
+    // gets it closed in the background.
+    if let Some(g) = st.s.take_gpu() {
+        // Where no thread can be made, the source goes with the refused
+        // closure: closed here.
+        let _ = std::thread::Builder::new()
+            .name("pmet-gpu-close".into())
+            .spawn(move || drop(g));
+    }
     Outcome {
         loaded: Loaded {
             _kernel: st.s.kernel.take(),
