@@ -752,7 +752,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            s.watch_gpus(g);
+            s.watch_gpus(g, opts.intervals.1);
         }
         Err(e) => log::info!("no GPU figures: {e}"),
     }
