@@ -584,6 +584,9 @@ fn exit(t: Tracked, group_dead: bool) {
     let peak_rss_pages = peak_rss_pages(task, &cfg);
     if peak_rss_pages.is_some() {
         flags |= exit_flags::MEM_VALID;
+    } else if cfg.mm_hiwater_rss != 0 {
+        // Expected, and unread: a loss (no taskstats stands in for it).
+        bump(counter::READ_FAILED);
     }
     if group_dead {
         let _ = TRACKED.remove(tgid);
