@@ -206,6 +206,21 @@ impl Drop for Kernel {
         // Detaching a tracepoint waits for an RCU grace period (~70 ms here);
         // one program after another that is half a second at exit. Detach
         // them all at once instead.
+        if log::log_enabled!(log::Level::Debug) {
+            // What each hook cost in the kernel, where the kernel counted it
+            // (`sysctl kernel.bpf_stats_enabled=1` while pmet runs).
+            for (name, p) in self.ebpf.programs() {
+                if let Ok(info) = p.info()
+                    && info.run_count() > 0
+                {
+                    log::debug!(
+                        "program {name} ran {} times, {:.0} ns each",
+                        info.run_count(),
+                        info.run_time().as_nanos() as f64 / info.run_count() as f64
+                    );
+                }
+            }
+        }
         let started = std::time::Instant::now();
         let programs: Vec<&mut aya::programs::Program> =
             self.ebpf.programs_mut().map(|(_, p)| p).collect();
