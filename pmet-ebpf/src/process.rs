@@ -562,7 +562,11 @@ fn exit(t: Tracked, group_dead: bool) {
         if let Some(stale) = unsafe { DYING.get(task).copied() } {
             recover(&stale);
         }
-        let figures = task_figures(task, &cfg);
+        // Without switches and faults: these figures stand in only when
+        // both the last switch and the free go unseen (rarely), and the
+        // process's counts are then left unknown rather than read on every
+        // exit.
+        let figures = task_figures(task, &cfg, false);
         let d = Dying {
             tgid,
             tid,
@@ -570,7 +574,7 @@ fn exit(t: Tracked, group_dead: bool) {
             // SAFETY: no preconditions.
             exit_ns: unsafe { bpf_ktime_get_boot_ns() },
             flags: if figures.is_some() {
-                stats_valid(&cfg)
+                exit_flags::STATS_VALID
             } else {
                 0
             },
@@ -675,7 +679,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let cfg = CONFIG.load();
-    if let Some(f) = task_figures(task, &cfg) {
+    if let Some(f) = task_figures(task, &cfg, true) {
         // SAFETY: the map value stays valid while this program runs; only
         // this thread's own last switch writes it.
         unsafe {
@@ -697,9 +701,10 @@ fn stats_valid(cfg: &Config) -> u32 {
 }
 
 /// A task's CPU and storage figures, or `None` when this kernel's layout
-/// does not give them (or a read fails, which is counted).
+/// does not give them (or a read fails, which is counted); with its context
+/// switches and faults when `ctx`.
 #[inline(always)]
-fn task_figures(task: u64, cfg: &Config) -> Option<TaskFigures> {
+fn task_figures(task: u64, cfg: &Config, ctx: bool) -> Option<TaskFigures> {
     let read = |off: u32| -> Option<u64> {
         if off == 0 {
             return None;
@@ -720,10 +725,26 @@ fn task_figures(task: u64, cfg: &Config) -> Option<TaskFigures> {
             read_bytes: read(cfg.task_read_bytes).unwrap_or(0),
             write_bytes: read(cfg.task_write_bytes).unwrap_or(0),
             cancelled_write_bytes: read(cfg.task_cancelled_write_bytes).unwrap_or(0),
-            nvcsw: read(cfg.task_nvcsw).unwrap_or(0),
-            nivcsw: read(cfg.task_nivcsw).unwrap_or(0),
-            min_flt: read(cfg.task_min_flt).unwrap_or(0),
-            maj_flt: read(cfg.task_maj_flt).unwrap_or(0),
+            nvcsw: if ctx {
+                read(cfg.task_nvcsw).unwrap_or(0)
+            } else {
+                0
+            },
+            nivcsw: if ctx {
+                read(cfg.task_nivcsw).unwrap_or(0)
+            } else {
+                0
+            },
+            min_flt: if ctx {
+                read(cfg.task_min_flt).unwrap_or(0)
+            } else {
+                0
+            },
+            maj_flt: if ctx {
+                read(cfg.task_maj_flt).unwrap_or(0)
+            } else {
+                0
+            },
         }),
         _ => {
             if cfg.task_sum_exec_runtime != 0 {
@@ -760,7 +781,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
         cookie: d.cookie,
         ..FreeEvent::default()
     };
-    if let Some(f) = task_figures(task, &cfg) {
+    if let Some(f) = task_figures(task, &cfg, true) {
         ev.figures = f;
         ev.flags |= stats_valid(&cfg);
     }
