@@ -273,8 +273,6 @@ pub struct TaskFigures {
     pub nvcsw: u64,
     /// `nivcsw`: involuntary context switches.
     pub nivcsw: u64,
-    /// `min_flt`: minor page faults.
-    pub min_flt: u64,
     /// `maj_flt`: major page faults.
     pub maj_flt: u64,
 }
@@ -590,8 +588,6 @@ pub struct Config {
     pub task_nvcsw: u32,
     /// `task_struct.nivcsw`.
     pub task_nivcsw: u32,
-    /// `task_struct.min_flt`.
-    pub task_min_flt: u32,
     /// `task_struct.maj_flt`.
     pub task_maj_flt: u32,
 }
@@ -639,19 +635,19 @@ mod tests {
         assert_eq!(size_of::<ForkEvent>(), 24 + 8 + 16 + 16);
         assert_eq!(size_of::<ExecArgsHeader>(), 32);
         assert_eq!(size_of::<ExecEvent>(), 24 + 16 + 8 + 16 + 8);
-        assert_eq!(size_of::<TaskFigures>(), 80);
+        assert_eq!(size_of::<TaskFigures>(), 72);
         assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16 + 8);
-        assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 11 + 8);
+        assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 10 + 8);
         assert_eq!(size_of::<NetKey>(), 16);
         assert_eq!(size_of::<NetCounters>(), 64);
-        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12 + 16 + 8 + 16);
+        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12 + 16 + 8 + 12);
         assert_eq!(size_of::<Endpoints>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 24 + 16 + 40 + 8);
         assert_eq!(size_of::<SockLife>(), 16 + 40 + 8);
         assert_eq!(size_of::<ConnEndEvent>(), 24 + 8 + 64);
         assert_eq!(size_of::<ConnKey>(), 24);
         assert_eq!(size_of::<ConnBytes>(), 16);
-        assert_eq!(size_of::<Dying>(), 24 + 80 + 8);
+        assert_eq!(size_of::<Dying>(), 24 + 72 + 8);
         assert!(ARGV_LEN.is_power_of_two());
     }
 }

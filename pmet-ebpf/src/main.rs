@@ -77,7 +77,6 @@ static CONFIG: Global<Config> = Global::new(Config {
     _pad: 0,
     task_nvcsw: 0,
     task_nivcsw: 0,
-    task_min_flt: 0,
     task_maj_flt: 0,
 });
 

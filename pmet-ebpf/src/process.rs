@@ -710,9 +710,10 @@ fn task_figures(task: u64, cfg: &Config, ctx: bool) -> Option<TaskFigures> {
             return None;
         }
         // SAFETY: offset from this kernel's BTF; the task is alive or not yet
-        // freed in both callers.
+        // freed in every caller.
         unsafe { bpf_probe_read_kernel((task + off as u64) as *const u64) }.ok()
     };
+    let read_ctx = |off: u32| if ctx { read(off).unwrap_or(0) } else { 0 };
     match (
         read(cfg.task_sum_exec_runtime),
         read(cfg.task_utime),
@@ -725,26 +726,9 @@ fn task_figures(task: u64, cfg: &Config, ctx: bool) -> Option<TaskFigures> {
             read_bytes: read(cfg.task_read_bytes).unwrap_or(0),
             write_bytes: read(cfg.task_write_bytes).unwrap_or(0),
             cancelled_write_bytes: read(cfg.task_cancelled_write_bytes).unwrap_or(0),
-            nvcsw: if ctx {
-                read(cfg.task_nvcsw).unwrap_or(0)
-            } else {
-                0
-            },
-            nivcsw: if ctx {
-                read(cfg.task_nivcsw).unwrap_or(0)
-            } else {
-                0
-            },
-            min_flt: if ctx {
-                read(cfg.task_min_flt).unwrap_or(0)
-            } else {
-                0
-            },
-            maj_flt: if ctx {
-                read(cfg.task_maj_flt).unwrap_or(0)
-            } else {
-                0
-            },
+            nvcsw: read_ctx(cfg.task_nvcsw),
+            nivcsw: read_ctx(cfg.task_nivcsw),
+            maj_flt: read_ctx(cfg.task_maj_flt),
         }),
         _ => {
             if cfg.task_sum_exec_runtime != 0 {

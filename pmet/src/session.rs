@@ -831,7 +831,11 @@ pub(crate) mod fake {
             source::{EventSource, Sampler},
         },
         error::Error,
-        model::{conn::Life, event::Event, net::Net},
+        model::{
+            conn::Life,
+            event::{Event, ThreadTotals},
+            net::Net,
+        },
     };
 
     /// The kernel side: a queue of events and the maps, set by the test.
@@ -871,7 +875,6 @@ pub(crate) mod fake {
         pub fn exit(&mut self, ts_ns: u64, pid: u32, cookie: u64, code: u32) {
             self.tracked.remove(&pid);
             self.events.push_back(Event::Exit {
-                peak_rss_bytes: None,
                 ts_ns,
                 tgid: pid,
                 tid: pid,
@@ -880,6 +883,20 @@ pub(crate) mod fake {
                 had_net: true,
                 exit_code: Some(code << 8),
                 comm: "child".into(),
+                peak_rss_bytes: None,
+            });
+        }
+
+        /// The process's (one) thread is freed with these final figures.
+        pub fn free(&mut self, ts_ns: u64, pid: u32, cookie: u64, totals: ThreadTotals) {
+            self.events.push_back(Event::Free {
+                ts_ns,
+                tgid: pid,
+                tid: pid,
+                cookie,
+                totals: Some(totals),
+                kept: None,
+                ctx: None,
             });
         }
     }
@@ -1328,15 +1345,7 @@ mod tests {
         assert_eq!(p.freed.runtime_ns, 550_000);
         // The free comes after all (or the sweep at the end finds the
         // record): neither counts it again.
-        kernel(&mut s).events.push_back(Event::Free {
-            ctx: None,
-            ts_ns: 1210 * MS,
-            tgid: 200,
-            tid: 200,
-            cookie: 11,
-            totals: Some(totals(&figures)),
-            kept: None,
-        });
+        kernel(&mut s).free(1210 * MS, 200, 11, totals(&figures));
         s.drain();
         s.sweep_dying(Duration::ZERO, 1300 * MS);
         let p = by_pid(&s, 200)[0];
@@ -1382,18 +1391,15 @@ mod tests {
         k.fork(1100 * MS, ROOT, 201, 13);
         k.exit(1200 * MS, 200, 11, 0);
         k.exit(1200 * MS, 201, 13, 0);
-        k.events.push_back(Event::Free {
-            ctx: None,
-            ts_ns: 1210 * MS,
-            tgid: 200,
-            tid: 200,
-            cookie: 11,
-            totals: Some(ThreadTotals {
+        k.free(
+            1210 * MS,
+            200,
+            11,
+            ThreadTotals {
                 runtime_ns: 5 * MS,
                 ..ThreadTotals::default()
-            }),
-            kept: None,
-        });
+            },
+        );
         s.drain();
         // Within a second of the end nothing goes; 201 is pending, not lost.
         assert!(s.prune(2000 * MS, |_| true).is_empty());
@@ -1425,15 +1431,7 @@ mod tests {
         let k = kernel(&mut s);
         k.fork(1100 * MS, ROOT, 200, 11);
         k.exit(1200 * MS, 200, 11, 0);
-        k.events.push_back(Event::Free {
-            ctx: None,
-            ts_ns: 1210 * MS,
-            tgid: 200,
-            tid: 200,
-            cookie: 11,
-            totals: Some(ThreadTotals::default()),
-            kept: None,
-        });
+        k.free(1210 * MS, 200, 11, ThreadTotals::default());
         s.drain();
         // Its free is in, its record is not: not final yet.
         assert!(s.prune(2300 * MS, |_| true).is_empty());

@@ -59,7 +59,7 @@ struct Timed {
 }
 
 /// Waits for `pid` to exit without reaping it, and reads its main thread's
-/// CPU time from `/proc/PID/schedstat` (exact ns, unlike `stat`'s ticks):
+/// CPU time from its schedstat (exact ns, unlike `stat`'s ticks):
 /// for pmet, everything its own thread did, the report's writing included,
 /// which `collector.self_cpu_s` (read before the report) leaves out.
 fn main_cpu_at_exit(pid: u32) -> Option<f64> {
@@ -77,13 +77,8 @@ fn main_cpu_at_exit(pid: u32) -> Option<f64> {
     if r != 0 {
         return None;
     }
-    let ns: u64 = fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(ns as f64 / 1e9)
+    // A zombie's task list is its main thread alone.
+    cpu_ns(pid).ok().map(|ns| ns as f64 / 1e9)
 }
 
 fn boottime_ns() -> u64 {

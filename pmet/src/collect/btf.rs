@@ -50,10 +50,9 @@ pub struct TaskOffsets {
 /// `task_struct` context-switch and fault counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtxOffsets {
-    /// `nvcsw`, `nivcsw`, `min_flt`, `maj_flt`.
+    /// `nvcsw`, `nivcsw`, `maj_flt` (minor faults are not reported).
     pub nvcsw: u32,
     pub nivcsw: u32,
-    pub min_flt: u32,
     pub maj_flt: u32,
 }
 
@@ -200,7 +199,6 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, Error> {
             Some(CtxOffsets {
                 nvcsw: opt(&["nvcsw"])?,
                 nivcsw: opt(&["nivcsw"])?,
-                min_flt: opt(&["min_flt"])?,
                 maj_flt: opt(&["maj_flt"])?,
             })
         })(),
@@ -395,10 +393,7 @@ mod tests {
         // include/linux/sched.h: nvcsw, nivcsw, start_time, start_boottime,
         // min_flt, maj_flt.
         let c = o.ctx.expect("context switch and fault counters");
-        assert_eq!(
-            (c.nivcsw, c.min_flt, c.maj_flt),
-            (c.nvcsw + 8, c.nvcsw + 32, c.nvcsw + 40)
-        );
+        assert_eq!((c.nivcsw, c.maj_flt), (c.nvcsw + 8, c.nvcsw + 40));
         let m = o.mem.expect("this kernel's exit hook sees the memory");
         // struct percpu_counter { raw_spinlock_t lock; s64 count; struct
         // list_head list; s32 __percpu *counters; }: 40 bytes with hotplug.

@@ -26,7 +26,6 @@ fn read<T: Copy>(b: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
 }
 
-/// A NUL-terminated (or full) byte string.
 /// This machine's page size (the unit of the kernel's memory counters).
 fn page_size() -> u64 {
     static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -35,6 +34,7 @@ fn page_size() -> u64 {
         .get_or_init(|| u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
 }
 
+/// A NUL-terminated (or full) byte string.
 fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
@@ -199,7 +199,6 @@ pub fn ctx(f: &TaskFigures, flags: u32) -> Option<Ctx> {
     (flags & want == want).then_some(Ctx {
         nvcsw: f.nvcsw,
         nivcsw: f.nivcsw,
-        min_flt: f.min_flt,
         maj_flt: f.maj_flt,
     })
 }
@@ -307,12 +306,12 @@ mod tests {
     #[test]
     fn exit_and_free_flags() {
         let e = ExitEvent {
-            peak_rss_pages: 0,
             hdr: hdr(kind::EXIT, 10, 10),
             exit_code: 3 << 8,
             flags: exit_flags::GROUP_DEAD | exit_flags::CODE_VALID | exit_flags::HAD_NET,
             cookie: 5,
             comm: comm("sh"),
+            peak_rss_pages: 0,
         };
         assert!(matches!(
             decode(&bytes(&e)),
@@ -369,7 +368,6 @@ mod tests {
             figures: TaskFigures {
                 nvcsw: 4,
                 nivcsw: 5,
-                min_flt: 6,
                 maj_flt: 7,
                 ..f.figures
             },
@@ -382,7 +380,6 @@ mod tests {
                 Ctx {
                     nvcsw: 4,
                     nivcsw: 5,
-                    min_flt: 6,
                     maj_flt: 7
                 }
             ),

@@ -155,10 +155,10 @@ pub fn with_task_offsets(mut cfg: Config, o: &TaskOffsets) -> Config {
     if let Some(c) = o.ctx {
         cfg.task_nvcsw = c.nvcsw;
         cfg.task_nivcsw = c.nivcsw;
-        cfg.task_min_flt = c.min_flt;
         cfg.task_maj_flt = c.maj_flt;
     }
-    if let (Some(m), Some(_)) = (o.mem, o.exec) {
+    // Only where the process hooks are BTF ones (`mem` needs `exec`).
+    if let Some(m) = o.mem {
         cfg.mm_hiwater_rss = m.hiwater_rss;
         cfg.mm_rss_stat = m.rss_stat;
         cfg.rss_stride = m.stride;
@@ -203,9 +203,6 @@ pub struct Kernel {
 
 impl Drop for Kernel {
     fn drop(&mut self) {
-        // Detaching a tracepoint waits for an RCU grace period (~70 ms here);
-        // one program after another that is half a second at exit. Detach
-        // them all at once instead.
         if log::log_enabled!(log::Level::Debug) {
             // What each hook cost in the kernel, where the kernel counted it
             // (`sysctl kernel.bpf_stats_enabled=1` while pmet runs).
@@ -221,6 +218,9 @@ impl Drop for Kernel {
                 }
             }
         }
+        // Detaching a tracepoint waits for an RCU grace period (~70 ms here);
+        // one program after another that is half a second at exit. Detach
+        // them all at once instead.
         let started = std::time::Instant::now();
         let programs: Vec<&mut aya::programs::Program> =
             self.ebpf.programs_mut().map(|(_, p)| p).collect();

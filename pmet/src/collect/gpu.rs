@@ -189,7 +189,20 @@ impl GpuSource for Nvml {
     }
 
     fn lifetime(&self, pid: u32) -> Vec<(String, Option<u64>, Option<f64>)> {
-        self.lifetime_of(pid)
+        self.devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.accounting == Some(true))
+            .filter_map(|(i, dev)| {
+                let d = self.nvml.device_by_index(i as u32).ok()?;
+                let s = d.accounting_stats_for(pid).ok()?;
+                Some((
+                    dev.uuid.clone(),
+                    s.max_memory_usage,
+                    s.gpu_utilization.map(f64::from),
+                ))
+            })
+            .collect()
     }
 }
 
@@ -244,23 +257,6 @@ impl Nvml {
             }
         }
         out
-    }
-
-    fn lifetime_of(&self, pid: u32) -> Vec<(String, Option<u64>, Option<f64>)> {
-        self.devices
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.accounting == Some(true))
-            .filter_map(|(i, dev)| {
-                let d = self.nvml.device_by_index(i as u32).ok()?;
-                let s = d.accounting_stats_for(pid).ok()?;
-                Some((
-                    dev.uuid.clone(),
-                    s.max_memory_usage,
-                    s.gpu_utilization.map(f64::from),
-                ))
-            })
-            .collect()
     }
 }
 

@@ -37,8 +37,6 @@ pub struct Ctx {
     pub nvcsw: u64,
     /// Involuntary context switches.
     pub nivcsw: u64,
-    /// Minor page faults.
-    pub min_flt: u64,
     /// Major page faults.
     pub maj_flt: u64,
 }
@@ -48,7 +46,6 @@ impl Ctx {
     pub fn add(&mut self, o: &Ctx) {
         self.nvcsw += o.nvcsw;
         self.nivcsw += o.nivcsw;
-        self.min_flt += o.min_flt;
         self.maj_flt += o.maj_flt;
     }
 }

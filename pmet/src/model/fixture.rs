@@ -61,7 +61,6 @@ fn end(t: u64, pid: u32, code: u32, cpu_ms: u64, write: u64) -> [Event; 2] {
     let cookie = cookie(pid);
     [
         Event::Exit {
-            peak_rss_bytes: None,
             ts_ns: t,
             tgid: pid,
             tid: pid,
@@ -70,9 +69,9 @@ fn end(t: u64, pid: u32, code: u32, cpu_ms: u64, write: u64) -> [Event; 2] {
             had_net: true,
             exit_code: Some(code),
             comm: String::new(),
+            peak_rss_bytes: None,
         },
         Event::Free {
-            ctx: None,
             ts_ns: t + MS,
             tgid: pid,
             tid: pid,
@@ -86,6 +85,7 @@ fn end(t: u64, pid: u32, code: u32, cpu_ms: u64, write: u64) -> [Event; 2] {
                 cancelled_write_bytes: 0,
             }),
             kept: None,
+            ctx: None,
         },
     ]
 }

@@ -1364,7 +1364,6 @@ mod tests {
     }
     fn exit(tgid: u32, tid: u32, cookie: u64, dead: bool, code: u32, ts: u64) -> Event {
         Event::Exit {
-            peak_rss_bytes: None,
             ts_ns: ts,
             tgid,
             tid,
@@ -1373,11 +1372,11 @@ mod tests {
             had_net: true,
             exit_code: Some(code),
             comm: "x".into(),
+            peak_rss_bytes: None,
         }
     }
     fn free(tgid: u32, tid: u32, cookie: u64, rt: u64, u: u64, s: u64) -> Event {
         Event::Free {
-            ctx: None,
             ts_ns: 0,
             tgid,
             tid,
@@ -1391,6 +1390,7 @@ mod tests {
                 cancelled_write_bytes: 0,
             }),
             kept: None,
+            ctx: None,
         }
     }
 
@@ -1658,7 +1658,6 @@ mod tests {
                     *ctx = Some(Ctx {
                         nvcsw: c,
                         nivcsw: 10 * c,
-                        min_flt: 100 * c,
                         maj_flt: c,
                     })
                 }

@@ -486,7 +486,6 @@ mod tests {
         });
         for (pid, cookie, code) in [(101u32, 11u64, 9u32), (100, 1, 3 << 8)] {
             t.apply(Event::Exit {
-                peak_rss_bytes: None,
                 ts_ns: 2_000_000_000 + u64::from(pid),
                 tgid: pid,
                 tid: pid,
@@ -495,9 +494,9 @@ mod tests {
                 had_net: true,
                 exit_code: Some(code),
                 comm: "x".into(),
+                peak_rss_bytes: None,
             });
             t.apply(Event::Free {
-                ctx: None,
                 ts_ns: 2_100_000_000,
                 tgid: pid,
                 tid: pid,
@@ -511,6 +510,7 @@ mod tests {
                     cancelled_write_bytes: 0,
                 }),
                 kept: None,
+                ctx: None,
             });
         }
         t.set_net(

@@ -521,7 +521,6 @@ mod tests {
         }
         for &(_, pid, ms) in &kids[..6] {
             t.apply(Event::Exit {
-                peak_rss_bytes: None,
                 ts_ns: (ms + 100) * 1_000_000,
                 tgid: pid,
                 tid: pid,
@@ -530,9 +529,9 @@ mod tests {
                 had_net: false,
                 exit_code: Some(if pid == 202 || pid == 401 { 1 << 8 } else { 0 }),
                 comm: format!("c{pid}"),
+                peak_rss_bytes: None,
             });
             t.apply(Event::Free {
-                ctx: None,
                 ts_ns: (ms + 101) * 1_000_000,
                 tgid: pid,
                 tid: pid,
@@ -546,6 +545,7 @@ mod tests {
                     cancelled_write_bytes: 0,
                 }),
                 kept: None,
+                ctx: None,
             });
         }
         let mut r = Recorder::new(720, 120);
