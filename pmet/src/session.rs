@@ -648,6 +648,11 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         self.look_at_gpus(now);
         self.tree.note_pss();
         self.samples += 1;
+        self.tree.fold_settled(
+            self.procfs.ticks_per_s(),
+            self.kernel_io,
+            self.taskstats_overflows.is_some(),
+        );
         let snap = self
             .snapshots
             .take(&self.tree, now, self.losses_at(Some(now)).total());
@@ -1422,6 +1427,63 @@ mod tests {
         assert_eq!(s.losses_at(Some(later)), before);
         assert_eq!(s.tree.procs.len(), 1, "the root stays");
         assert_eq!(s.tree.seen_count(), 3);
+    }
+
+    #[test]
+    fn a_settled_process_is_summed_once_not_walked_and_a_late_change_unfolds_it() {
+        let mut s = session();
+        let k = kernel(&mut s);
+        k.fork(1100 * MS, ROOT, 200, 11);
+        k.fork(1100 * MS, ROOT, 201, 13);
+        k.exit(1200 * MS, 200, 11, 3);
+        let used = ThreadTotals {
+            runtime_ns: 5 * MS,
+            utime_ns: 4 * MS,
+            stime_ns: MS,
+            read_bytes: 4096,
+            ..ThreadTotals::default()
+        };
+        k.free(1210 * MS, 200, 11, used);
+        s.drain();
+        let index = |s: &Session<FakeKernel, FakeProc>, pid| {
+            s.tree.procs.iter().position(|p| p.pid == pid).unwrap()
+        };
+        let snap = s.tick(1300 * MS);
+        assert!(s.tree.is_folded(index(&s, 200)), "ended, every figure in");
+        assert!(!s.tree.is_folded(index(&s, 201)), "alive");
+        assert!(!s.tree.is_folded(index(&s, ROOT)), "alive");
+        assert_eq!(s.tree.folded.procs, 1);
+        assert_eq!(
+            (snap.cpu_s, snap.disk_read_bytes, snap.failed),
+            (0.005, 4096, 1)
+        );
+        // A late change to a folded process (its socket counters read
+        // again) takes it out of the sums, and the next look folds it in
+        // again with the new figures: counted once either way.
+        let mut net = crate::model::net::Net::default();
+        net.udp.tx_bytes = 700;
+        s.tree.set_net(200, 11, net, true);
+        assert!(!s.tree.is_folded(index(&s, 200)));
+        assert_eq!(s.tree.folded, crate::model::tree::Gone::default());
+        let snap = s.tick(1400 * MS);
+        assert!(s.tree.is_folded(index(&s, 200)));
+        assert_eq!(snap.net.unwrap().udp.tx_bytes, 700);
+        assert_eq!(
+            (snap.cpu_s, snap.disk_read_bytes, snap.failed),
+            (0.005, 4096, 1)
+        );
+        // Forgotten, it moves from the folded sums to the gone ones: the
+        // totals stay.
+        assert_eq!(s.prune(2300 * MS, |_| true).len(), 1);
+        assert_eq!(s.tree.folded.procs, 0);
+        assert_eq!(s.tree.gone.procs, 1);
+        let snap = s.tick(2400 * MS);
+        assert_eq!(
+            (snap.cpu_s, snap.disk_read_bytes, snap.failed),
+            (0.005, 4096, 1)
+        );
+        assert_eq!(snap.net.unwrap().udp.tx_bytes, 700);
+        assert_eq!(s.losses().total(), 0);
     }
 
     #[test]

@@ -36,6 +36,12 @@ impl Net {
         self.udp.add(&o.udp);
     }
 
+    /// Takes back what [`Net::add`] added.
+    pub fn sub(&mut self, o: &Net) {
+        self.tcp.sub(&o.tcp);
+        self.udp.sub(&o.udp);
+    }
+
     /// Bytes sent, TCP and UDP.
     pub fn tx_bytes(&self) -> u64 {
         self.tcp.tx_bytes + self.udp.tx_bytes
@@ -53,5 +59,12 @@ impl Traffic {
         self.rx_bytes += o.rx_bytes;
         self.tx_calls += o.tx_calls;
         self.rx_calls += o.rx_calls;
+    }
+
+    fn sub(&mut self, o: &Traffic) {
+        self.tx_bytes = self.tx_bytes.saturating_sub(o.tx_bytes);
+        self.rx_bytes = self.rx_bytes.saturating_sub(o.rx_bytes);
+        self.tx_calls = self.tx_calls.saturating_sub(o.tx_calls);
+        self.rx_calls = self.rx_calls.saturating_sub(o.rx_calls);
     }
 }

@@ -183,8 +183,10 @@ impl Snapshotter {
 
     /// The tree at `now_ns`.
     pub fn take(&mut self, tree: &Tree, now_ns: u64, lost: u64) -> Snapshot {
-        // Processes a long session forgot still count in the totals.
-        let g = &tree.gone;
+        // Processes a long session forgot still count in the totals, and
+        // so do those folded: summed once, not walked at every look.
+        let mut g = tree.gone;
+        g.add(&tree.folded);
         let mut total = Prev {
             cpu_s: g.cpu_s,
             net: g.net,
@@ -201,19 +203,26 @@ impl Snapshotter {
             .map(|(t, ..)| now_ns.saturating_sub(t) as f64 / 1e9)
             .filter(|&d| d > 0.0);
         let mut procs = HashMap::new();
-        for p in &tree.procs {
+        for (i, p) in tree.procs.iter().enumerate() {
+            let folded = tree.is_folded(i);
+            if folded && !self.keep_ended {
+                // Ended: in the totals already, and listed by no one.
+                continue;
+            }
             let f = figures(p, self.ticks_per_s, self.kernel_io);
             let cpu = f.cpu.map(|(u, s)| u + s);
-            total.cpu_s += cpu.unwrap_or(0.0);
-            if let Some(d) = f.disk {
-                read += d.read;
-                write += d.write;
-                cancelled += d.cancelled;
-            }
             let net = p.net;
-            total.net.add(&net);
-            if matches!(p.exit, Some(e) if e.shell_code() != 0) {
-                failed += 1;
+            if !folded {
+                total.cpu_s += cpu.unwrap_or(0.0);
+                if let Some(d) = f.disk {
+                    read += d.read;
+                    write += d.write;
+                    cancelled += d.cancelled;
+                }
+                total.net.add(&net);
+                if matches!(p.exit, Some(e) if e.shell_code() != 0) {
+                    failed += 1;
+                }
             }
             let since_last = |end: u64| self.last.is_none_or(|(t, ..)| end > t);
             let ended = match p.end_ns {

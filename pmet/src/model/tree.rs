@@ -469,6 +469,14 @@ pub struct Tree {
     final_early: std::collections::HashSet<(u32, u64)>,
     /// What the processes dropped by [`Tree::prune`] added up to.
     pub gone: Gone,
+    /// What the folded processes held here add up to: those ended with
+    /// every figure final, which a look no longer walks (see
+    /// [`Tree::fold_settled`]).
+    pub folded: Gone,
+    /// Per process, as `procs`: whether it is in `folded`.
+    is_folded: Vec<bool>,
+    /// The figures' units, given by the first [`Tree::fold_settled`].
+    fold_units: (u64, bool),
     /// A GPU source was looking: every process's `gpu` is a figure (0 for
     /// one that never used a GPU), not unknown.
     pub gpu_known: bool,
@@ -521,6 +529,57 @@ impl Losses {
         self.frees_kept_at_exit += o.frees_kept_at_exit;
         self.free_events_missed += o.free_events_missed;
     }
+
+    /// Takes back what [`Losses::add`] added.
+    fn sub(&mut self, o: &Losses) {
+        self.exits_unseen -= o.exits_unseen;
+        self.totals_missing -= o.totals_missing;
+        self.frees_kept_at_last_switch -= o.frees_kept_at_last_switch;
+        self.frees_kept_at_exit -= o.frees_kept_at_exit;
+        self.free_events_missed -= o.free_events_missed;
+    }
+}
+
+impl Gone {
+    /// One process's share: itself, its figures `f` and its losses `l`.
+    fn of(p: &Proc, f: &crate::model::figures::Figures, l: Losses) -> Self {
+        let d = f.disk.unwrap_or_default();
+        Self {
+            procs: 1,
+            failed: u64::from(matches!(p.exit, Some(e) if e.shell_code() != 0)),
+            cpu_s: f.cpu.map_or(0.0, |(u, s)| u + s),
+            read: d.read,
+            write: d.write,
+            cancelled: d.cancelled,
+            net: p.net,
+            losses: l,
+        }
+    }
+
+    /// Adds one process's share (or a sum of them).
+    pub fn add(&mut self, o: &Gone) {
+        self.procs += o.procs;
+        self.failed += o.failed;
+        self.cpu_s += o.cpu_s;
+        self.read += o.read;
+        self.write += o.write;
+        self.cancelled += o.cancelled;
+        self.net.add(&o.net);
+        self.losses.add(&o.losses);
+    }
+
+    /// Takes back a share [`Gone::add`] added.
+    fn sub(&mut self, o: &Gone) {
+        self.procs -= o.procs;
+        self.failed -= o.failed;
+        // Floating point: what was added may leave a rounding's worth.
+        self.cpu_s = (self.cpu_s - o.cpu_s).max(0.0);
+        self.read -= o.read;
+        self.write -= o.write;
+        self.cancelled -= o.cancelled;
+        self.net.sub(&o.net);
+        self.losses.sub(&o.losses);
+    }
 }
 
 /// cputime_adjust() as the kernel does it for getrusage/wait4: the exact
@@ -570,6 +629,7 @@ impl Tree {
         }
         let alive = p.alive();
         self.procs.push(Box::new(p));
+        self.is_folded.push(false);
         if alive {
             self.live.insert(pid, i);
         }
@@ -654,7 +714,7 @@ impl Tree {
     /// it is gone from /proc, its status unknown.
     pub fn mark_gone(&mut self, pid: u32, ts_ns: u64) {
         if let Some(i) = self.live.remove(&pid) {
-            let p = &mut self.procs[i];
+            let p = self.proc_mut(i);
             p.end_ns = Some(ts_ns);
             p.threads_alive = 0;
         }
@@ -751,30 +811,31 @@ impl Tree {
         let moved = |i: &mut usize| remap(*i).map(|n| *i = n).is_some();
         let mut kept = Vec::with_capacity(next);
         let mut removed = Vec::new();
-        for (mut p, d) in std::mem::take(&mut self.procs).into_iter().zip(drop) {
+        let folded = std::mem::take(&mut self.is_folded);
+        let mut kept_folded = Vec::with_capacity(next);
+        for ((mut p, d), was_folded) in std::mem::take(&mut self.procs)
+            .into_iter()
+            .zip(drop)
+            .zip(folded)
+        {
             if d {
                 let f = crate::model::figures::figures(&p, ticks_per_s, kernel_io);
-                let g = &mut self.gone;
-                g.procs += 1;
-                g.failed += u64::from(matches!(p.exit, Some(e) if e.shell_code() != 0));
-                g.cpu_s += f.cpu.map_or(0.0, |(u, s)| u + s);
-                if let Some(d) = f.disk {
-                    g.read += d.read;
-                    g.write += d.write;
-                    g.cancelled += d.cancelled;
+                let share = Gone::of(&p, &f, self.losses_of(&p, None));
+                if was_folded {
+                    self.folded.sub(&share);
                 }
-                g.net.add(&p.net);
-                let l = self.losses_of(&p, None);
-                self.gone.losses.add(&l);
+                self.gone.add(&share);
                 // Boxed as held: a process is ~1.2 KB, not worth a move.
                 removed.push(p);
             } else {
                 p.parent = p.parent.and_then(remap);
                 p.children.retain_mut(|c| moved(c));
                 kept.push(p);
+                kept_folded.push(was_folded);
             }
         }
         self.procs = kept;
+        self.is_folded = kept_folded;
         self.root = self.root.and_then(remap);
         self.live.retain(|_, i| moved(i));
         self.latest.retain(|_, i| moved(i));
@@ -786,6 +847,63 @@ impl Tree {
         let forgotten: std::collections::HashSet<u64> = removed.iter().map(|p| p.cookie).collect();
         self.final_early.retain(|(_, c)| !forgotten.contains(c));
         removed
+    }
+
+    /// Folds every process whose figures can no longer change into
+    /// [`Tree::folded`], so that a look (a sample's totals, its losses) walks
+    /// only the live and the recently ended, not every process held: in an
+    /// exec storm that is thousands of processes five times a second.
+    /// Settled: ended with its exit seen, every thread's final figures and
+    /// its final socket counters in, and its taskstats record when
+    /// `taskstats` is the only source of its memory figures. Anything that
+    /// still changes a folded process unfolds it first ([`Tree::proc_mut`]).
+    /// `ticks_per_s` and `kernel_io` are [`figures`]' units.
+    ///
+    /// [`figures`]: crate::model::figures::figures
+    pub fn fold_settled(&mut self, ticks_per_s: u64, kernel_io: bool, taskstats: bool) {
+        self.fold_units = (ticks_per_s, kernel_io);
+        for i in 0..self.procs.len() {
+            if self.is_folded[i] {
+                continue;
+            }
+            let p = &self.procs[i];
+            let settled = !p.alive()
+                && !p.vanished
+                && p.net_final
+                && p.totals_complete()
+                && (!taskstats || p.taskstats.records > 0);
+            if settled {
+                let f = crate::model::figures::figures(p, ticks_per_s, kernel_io);
+                let share = Gone::of(p, &f, self.losses_of(p, None));
+                self.folded.add(&share);
+                self.is_folded[i] = true;
+            }
+        }
+    }
+
+    /// Whether the process at `i` is folded into [`Tree::folded`].
+    pub fn is_folded(&self, i: usize) -> bool {
+        self.is_folded.get(i).copied().unwrap_or(false)
+    }
+
+    /// The process at `i`, to change: taken out of [`Tree::folded`] first
+    /// when it was folded (rare: a late event about a settled process, or
+    /// the root's status from wait), to be folded again once settled.
+    fn proc_mut(&mut self, i: usize) -> &mut Proc {
+        self.unfold(i);
+        &mut self.procs[i]
+    }
+
+    /// Takes the process at `i` out of [`Tree::folded`] if it is there.
+    fn unfold(&mut self, i: usize) {
+        if self.is_folded(i) {
+            let (ticks, io) = self.fold_units;
+            let p = &self.procs[i];
+            let f = crate::model::figures::figures(p, ticks, io);
+            let share = Gone::of(p, &f, self.losses_of(p, None));
+            self.folded.sub(&share);
+            self.is_folded[i] = false;
+        }
     }
 
     /// Processes alive now.
@@ -855,7 +973,7 @@ impl Tree {
                     return;
                 }
                 if thread {
-                    let p = &mut self.procs[pi];
+                    let p = self.proc_mut(pi);
                     p.threads_alive += 1;
                     p.max_threads = p.max_threads.max(p.threads_alive);
                     if p.threads.len() < MAX_THREADS_KEPT {
@@ -966,7 +1084,7 @@ impl Tree {
                     self.unknown(tgid);
                     return;
                 };
-                let p = &mut self.procs[i];
+                let p = self.proc_mut(i);
                 p.threads_alive = p.threads_alive.saturating_sub(1);
                 p.threads_unfreed += 1;
                 if let Some(b) = peak_rss_bytes {
@@ -1011,7 +1129,7 @@ impl Tree {
                     self.unknown(tgid);
                     return;
                 };
-                let p = &mut self.procs[i];
+                let p = self.proc_mut(i);
                 if p.threads_unfreed == 0 && p.freed_missing > 0 {
                     // Given up on, yet here it is: its exact figures replace
                     // the fallback after all.
@@ -1120,7 +1238,7 @@ impl Tree {
         let Some(&i) = self.latest.get(&ts.tgid) else {
             return false;
         };
-        let p = &mut self.procs[i];
+        let p = self.proc_mut(i);
         if p.taskstats.group_done {
             // The pid was reused by a process outside the tree.
             return false;
@@ -1155,7 +1273,7 @@ impl Tree {
         let Some(&i) = self.live.get(&pid) else {
             return;
         };
-        let p = &mut self.procs[i];
+        let p = self.proc_mut(i);
         if p.baseline.sample.is_none() && !p.baseline.from_start && p.preexisting && p.samples == 0
         {
             // Should have been set at attach (its read failed); keep deltas
@@ -1199,7 +1317,7 @@ impl Tree {
         let Some(&i) = self.live.get(&pid) else {
             return;
         };
-        let p = &mut self.procs[i];
+        let p = self.proc_mut(i);
         let rss = p.last_sample.map_or(0, |s| s.rss_bytes);
         p.shares_at = Some((rss, 0));
         p.last_pss = sh.pss_bytes;
@@ -1220,8 +1338,9 @@ impl Tree {
     /// Records a process's socket counters (final when it has exited).
     pub fn set_net(&mut self, pid: u32, cookie: u64, net: Net, final_: bool) {
         if let Some(&i) = self.by_key.get(&(pid, cookie)) {
-            self.procs[i].net = net;
-            self.procs[i].net_final |= final_;
+            let p = self.proc_mut(i);
+            p.net = net;
+            p.net_final |= final_;
         }
     }
 
@@ -1230,7 +1349,7 @@ impl Tree {
     /// taskstats'.
     pub fn free_missed(&mut self, pid: u32, cookie: u64, tid: u32, kept: Option<Kept>) {
         if let Some(&i) = self.by_key.get(&(pid, cookie)) {
-            let p = &mut self.procs[i];
+            let p = self.proc_mut(i);
             if p.threads_unfreed > 0 {
                 p.threads_unfreed -= 1;
                 match kept {
@@ -1267,6 +1386,7 @@ impl Tree {
         let Some(&i) = self.by_key.get(&(pid, cookie)) else {
             return;
         };
+        self.unfold(i);
         let p = &mut self.procs[i];
         if p.threads_unfreed == 0 || !self.final_early.insert((tid, cookie)) {
             return;
@@ -1302,7 +1422,7 @@ impl Tree {
     /// Marks a live process as gone without an exit event (its event was lost).
     pub fn mark_vanished(&mut self, pid: u32, ts_ns: u64) {
         if let Some(i) = self.live.remove(&pid) {
-            let p = &mut self.procs[i];
+            let p = self.proc_mut(i);
             p.vanished = true;
             p.end_ns = Some(ts_ns);
         }
@@ -1311,7 +1431,7 @@ impl Tree {
     /// Sets the root's exit status as wait() reported it (authoritative).
     pub fn set_root_exit(&mut self, status: ExitStatus, ts_ns: u64) {
         if let Some(r) = self.root {
-            let p = &mut self.procs[r];
+            let p = self.proc_mut(r);
             p.exit = Some(status);
             if p.end_ns.is_none() {
                 // Polling mode has no exit event; with eBPF the event's own

@@ -269,11 +269,14 @@ impl Lost {
         l.read_failures += undecodable;
         l.taskstats_overflows = taskstats_overflows;
         l.unmatched_events = tree.orphan_events;
-        // One pass: this runs at every sample, over every process held; the
-        // forgotten ones' are summed in the tree.
+        // This runs at every sample: the forgotten and the folded are
+        // summed in the tree, only the rest is walked.
         let mut sum = tree.gone.losses;
-        for p in &tree.procs {
-            sum.add(&tree.losses_of(p, settled_before));
+        sum.add(&tree.folded.losses);
+        for (i, p) in tree.procs.iter().enumerate() {
+            if !tree.is_folded(i) {
+                sum.add(&tree.losses_of(p, settled_before));
+            }
         }
         l.exits_unseen = sum.exits_unseen;
         l.totals_missing = sum.totals_missing;
