@@ -95,7 +95,8 @@ pub mod exit_flags {
     /// figures kept for the thread in `DYING`.
     pub const KEPT: u32 = 16;
     /// Exit events of the last thread only: the process has socket
-    /// counters in `NET` (else userspace need not look).
+    /// counters in `NET` (else userspace need not look); from
+    /// [`tracked_flags::HAD_NET`].
     pub const HAD_NET: u32 = 32;
     /// Exit events: `peak_rss_pages` was read from the thread's memory
     /// (still there at `sched_process_exit` from Linux 6.16).
@@ -396,6 +397,17 @@ pub struct ConnBytes {
 pub struct Tracked {
     /// Unique per process instance, so a reused pid never merges two processes' counters.
     pub cookie: u64,
+    /// [`tracked_flags`].
+    pub flags: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+}
+
+/// Bits of [`Tracked::flags`].
+pub mod tracked_flags {
+    /// The process has socket counters in `NET`: set where its entry is
+    /// made, so its exit says so without a lookup of its own.
+    pub const HAD_NET: u32 = 1;
 }
 
 /// Value of the `DYING` map (key: task_struct address), between a tracked

@@ -11,9 +11,9 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use pmet_common::{NetCounters, NetKey, counter};
+use pmet_common::{NetCounters, NetKey, counter, tracked_flags};
 
-use crate::{CONFIG, NET, bump, tracked};
+use crate::{CONFIG, NET, TRACKED, bump, tracked};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -157,7 +157,19 @@ fn add(
             // the lookup below finds its entry.
             let _ = NET.insert(key, NetCounters::default(), BPF_NOEXIST as u64);
             match NET.get_ptr_mut(key) {
-                Some(c) => c,
+                Some(c) => {
+                    // Its exit says it has counters (once per process).
+                    if let Some(t) = TRACKED.get_ptr_mut(tgid) {
+                        // SAFETY: a live map value; a racing setter writes
+                        // the same bit.
+                        unsafe {
+                            if (*t).cookie == cookie {
+                                (*t).flags |= tracked_flags::HAD_NET;
+                            }
+                        }
+                    }
+                    c
+                }
                 None => {
                     bump(counter::NET_FULL);
                     return Some(tcp);

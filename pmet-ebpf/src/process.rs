@@ -16,23 +16,31 @@ use aya_ebpf::{
 };
 use pmet_common::{
     ARGV_LEN, COMM_LEN, Config, Dying, EventHeader, ExecArgsEvent, ExecArgsHeader, ExecEvent,
-    ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS, NetKey, TaskFigures, Tracked,
-    config_flags, counter, exec_flags, exit_flags, fork_flags, kind,
+    ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS, TaskFigures, Tracked, config_flags,
+    counter, exec_flags, exit_flags, fork_flags, kind, tracked_flags,
 };
 
-use crate::{CONFIG, DYING, EVENTS, NET, SCOPE, SCRATCH, TRACKED, bump, tracked};
+use crate::{CONFIG, DYING, EVENTS, SCOPE, SCRATCH, TRACKED, bump, tracked};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
+/// Boot time now, in ns: read once per program run, for all it sends (in a
+/// VM the clock read was ~0.3 µs of each exec's kernel-side cost when every
+/// record read it again).
 #[inline(always)]
-fn header(kind: u32, tgid: u32, tid: u32) -> EventHeader {
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+fn header(kind: u32, tgid: u32, tid: u32, ts_ns: u64) -> EventHeader {
     EventHeader {
         kind,
         tgid,
         tid,
         _pad: 0,
-        // SAFETY: no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ts_ns,
     }
 }
 
@@ -75,10 +83,17 @@ fn tracked_or_joining(tgid: u32, tid: u32) -> Option<Tracked> {
     // SAFETY: no preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     SCOPE.get_ptr(cgroup)?;
-    // SAFETY: no preconditions.
-    let cookie = unsafe { bpf_ktime_get_boot_ns() } | 1;
+    let ts = now();
+    let cookie = ts | 1;
     if TRACKED
-        .insert(tgid, Tracked { cookie }, BPF_NOEXIST as u64)
+        .insert(
+            tgid,
+            Tracked {
+                cookie,
+                ..Tracked::default()
+            },
+            BPF_NOEXIST as u64,
+        )
         .is_err()
     {
         // Another thread of it joined first, or the map is full.
@@ -88,14 +103,17 @@ fn tracked_or_joining(tgid: u32, tid: u32) -> Option<Tracked> {
         });
     }
     send(ForkEvent {
-        hdr: header(kind::FORK, tgid, tid),
+        hdr: header(kind::FORK, tgid, tid, ts),
         child: tgid,
         flags: fork_flags::JOINED,
         clone_flags: 0,
         cookie,
         comm: comm(),
     });
-    Some(Tracked { cookie })
+    Some(Tracked {
+        cookie,
+        ..Tracked::default()
+    })
 }
 
 /// A task was created (fires in the creator's context, before the new task
@@ -153,24 +171,29 @@ fn newtask(child: u32, clone_flags: u64) {
     let is_thread = clone_flags & CLONE_THREAD != 0;
     let mut flags = 0;
     let mut cookie = 0;
+    let ts = now();
     if is_thread {
         flags |= fork_flags::THREAD;
     } else if cfg.flags & config_flags::FOLLOW_CHILDREN == 0 {
         // Only the root is followed.
         return;
     } else {
-        // SAFETY: no preconditions. Boot time is unique enough per pid: two
-        // processes with one pid cannot be created in the same nanosecond.
-        cookie = unsafe { bpf_ktime_get_boot_ns() } | 1;
+        // Boot time is unique enough per pid: two processes with one pid
+        // cannot be created in the same nanosecond.
+        cookie = ts | 1;
         // A full map is counted and flagged; userspace says so. (No aya-log
         // here: its formatting was most of this hot program's instructions.)
-        if TRACKED.insert(child, Tracked { cookie }, 0).is_err() {
+        let t = Tracked {
+            cookie,
+            ..Tracked::default()
+        };
+        if TRACKED.insert(child, t, 0).is_err() {
             bump(counter::TRACKED_FULL);
             flags |= fork_flags::UNTRACKED;
         }
     }
     send(ForkEvent {
-        hdr: header(kind::FORK, tgid, tid),
+        hdr: header(kind::FORK, tgid, tid, ts),
         child,
         flags,
         clone_flags,
@@ -312,7 +335,7 @@ unsafe fn send_strings(
             bump(counter::ARGV_TRUNCATED);
         }
         (*ev).head = ExecArgsHeader {
-            hdr: header(kind, tgid, tid),
+            hdr: header(kind, tgid, tid, now()),
             argv_len: off as u16,
             argc,
             flags,
@@ -344,7 +367,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             tid
         }
     };
-    exec(old_tid);
+    exec(old_tid, now());
     0
 }
 
@@ -361,17 +384,18 @@ pub fn sched_process_exec_btf(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
     let old_tid = ctx.arg::<u64>(1) as u32;
     let bprm: u64 = ctx.arg(2);
-    if exec_strings(tgid, old_tid, bprm).is_err() {
+    let ts = now();
+    if exec_strings(tgid, old_tid, bprm, ts).is_err() {
         bump(counter::READ_FAILED);
     }
-    exec(old_tid);
+    exec(old_tid, ts);
     0
 }
 
 /// Sends an exec's path and argv (`EXEC_ARGS`), then its environment
 /// (`EXEC_ENV`), read from the current task's new memory.
 #[inline(always)]
-fn exec_strings(tgid: u32, old_tid: u32, bprm: u64) -> Result<(), i32> {
+fn exec_strings(tgid: u32, old_tid: u32, bprm: u64, ts: u64) -> Result<(), i32> {
     let cfg = CONFIG.load();
     let ev: *mut ExecArgsEvent = SCRATCH.get_ptr_mut(0).ok_or(-1)?;
     // SAFETY (all reads): offsets from this kernel's BTF; the task, its mm
@@ -389,10 +413,10 @@ fn exec_strings(tgid: u32, old_tid: u32, bprm: u64) -> Result<(), i32> {
             *name = 0;
         }
         let (start, end) = (field(cfg.mm_arg_start)?, field(cfg.mm_arg_end)?);
-        send_block(ev, kind::EXEC_ARGS, tgid, old_tid, start, end);
+        send_block(ev, kind::EXEC_ARGS, tgid, old_tid, ts, start, end);
         *name = 0;
         let (start, end) = (field(cfg.mm_env_start)?, field(cfg.mm_env_end)?);
-        send_block(ev, kind::EXEC_ENV, tgid, old_tid, start, end);
+        send_block(ev, kind::EXEC_ENV, tgid, old_tid, ts, start, end);
     }
     Ok(())
 }
@@ -403,7 +427,15 @@ fn exec_strings(tgid: u32, old_tid: u32, bprm: u64) -> Result<(), i32> {
 /// # Safety
 /// `ev` must point at this CPU's scratch slot.
 #[inline(always)]
-unsafe fn send_block(ev: *mut ExecArgsEvent, kind: u32, tgid: u32, tid: u32, start: u64, end: u64) {
+unsafe fn send_block(
+    ev: *mut ExecArgsEvent,
+    kind: u32,
+    tgid: u32,
+    tid: u32,
+    ts: u64,
+    start: u64,
+    end: u64,
+) {
     let mut flags = 0;
     let mut len = end.saturating_sub(start);
     if len > ARGV_LEN as u64 {
@@ -421,7 +453,7 @@ unsafe fn send_block(ev: *mut ExecArgsEvent, kind: u32, tgid: u32, tid: u32, sta
             len = 0;
         }
         (*ev).head = ExecArgsHeader {
-            hdr: header(kind, tgid, tid),
+            hdr: header(kind, tgid, tid, ts),
             argv_len: len as u16,
             // Counted by userspace from the NULs.
             argc: u16::MAX,
@@ -449,13 +481,13 @@ unsafe fn bpf_probe_read_user_buf(dst: *mut u8, len: u32, src: u64) -> Result<()
 
 /// A tracked process finished an exec: who it is now.
 #[inline(always)]
-fn exec(old_tid: u32) {
+fn exec(old_tid: u32, ts: u64) {
     let (tgid, tid) = current();
     let cfg = CONFIG.load();
     let ids = bpf_get_current_uid_gid();
     let (ns_pid, pid_ns) = pid_in_ns(&cfg).unwrap_or((0, 0));
     send(ExecEvent {
-        hdr: header(kind::EXEC, tgid, tid),
+        hdr: header(kind::EXEC, tgid, tid, ts),
         old_tid,
         uid: ids as u32,
         gid: (ids >> 32) as u32,
@@ -543,6 +575,7 @@ fn exit(t: Tracked, group_dead: bool) {
     }
     // SAFETY: no preconditions; the current task outlives this program.
     let task = unsafe { bpf_get_current_task() };
+    let ts = now();
     let mut exit_code = 0;
     if cfg.task_exit_code != 0 {
         // SAFETY: offset from this kernel's BTF; a failed read is reported.
@@ -555,13 +588,6 @@ fn exit(t: Tracked, group_dead: bool) {
         }
     }
     if cfg.task_sum_exec_runtime != 0 {
-        // A thread remembered at this address already: its free was never
-        // seen and its task_struct went to this one. Send what was kept for
-        // it before this thread's entry replaces it.
-        // SAFETY: copied out at once.
-        if let Some(stale) = unsafe { DYING.get(task).copied() } {
-            recover(&stale);
-        }
         // Without switches and faults: these figures stand in only when
         // both the last switch and the free go unseen (rarely), and the
         // process's counts are then left unknown rather than read on every
@@ -571,8 +597,7 @@ fn exit(t: Tracked, group_dead: bool) {
             tgid,
             tid,
             cookie: t.cookie,
-            // SAFETY: no preconditions.
-            exit_ns: unsafe { bpf_ktime_get_boot_ns() },
+            exit_ns: ts,
             flags: if figures.is_some() {
                 exit_flags::STATS_VALID
             } else {
@@ -581,8 +606,18 @@ fn exit(t: Tracked, group_dead: bool) {
             figures: figures.unwrap_or_default(),
             _pad: 0,
         };
-        if DYING.insert(task, d, 0).is_err() {
-            bump(counter::DYING_FULL);
+        // Added only if new: one map operation for the usual case.
+        if DYING.insert(task, d, BPF_NOEXIST as u64).is_err() {
+            // A thread remembered at this address already: its free was
+            // never seen and its task_struct went to this one. Send what
+            // was kept for it before this thread's entry replaces it.
+            // SAFETY: copied out at once.
+            if let Some(stale) = unsafe { DYING.get(task).copied() } {
+                recover(&stale);
+            }
+            if DYING.insert(task, d, 0).is_err() {
+                bump(counter::DYING_FULL);
+            }
         }
     }
     let peak_rss_pages = peak_rss_pages(task, &cfg);
@@ -594,17 +629,12 @@ fn exit(t: Tracked, group_dead: bool) {
     }
     if group_dead {
         let _ = TRACKED.remove(tgid);
-        let key = NetKey {
-            tgid,
-            _pad: 0,
-            cookie: t.cookie,
-        };
-        if NET.get_ptr(key).is_some() {
+        if t.flags & tracked_flags::HAD_NET != 0 {
             flags |= exit_flags::HAD_NET;
         }
     }
     send(ExitEvent {
-        hdr: header(kind::EXIT, tgid, tid),
+        hdr: header(kind::EXIT, tgid, tid, ts),
         exit_code,
         flags,
         cookie: t.cookie,
@@ -651,7 +681,7 @@ fn peak_rss_pages(task: u64, cfg: &Config) -> Option<u64> {
 fn recover(d: &Dying) {
     bump(counter::FREE_MISMATCH);
     send(FreeEvent {
-        hdr: header(kind::FREE, d.tgid, d.tid),
+        hdr: header(kind::FREE, d.tgid, d.tid, now()),
         cookie: d.cookie,
         figures: d.figures,
         flags: d.flags | exit_flags::KEPT,
@@ -761,7 +791,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
         }
     }
     let mut ev = FreeEvent {
-        hdr: header(kind::FREE, d.tgid, d.tid),
+        hdr: header(kind::FREE, d.tgid, d.tid, now()),
         cookie: d.cookie,
         ..FreeEvent::default()
     };

@@ -488,7 +488,14 @@ impl Kernel {
     /// Puts a process in the traced tree.
     pub fn track(&mut self, pid: u32, cookie: u64) -> Result<(), Error> {
         self.tracked
-            .insert(pid, Tracked { cookie }, 0)
+            .insert(
+                pid,
+                Tracked {
+                    cookie,
+                    ..Tracked::default()
+                },
+                0,
+            )
             .map_err(|e| Error::Map {
                 map: "TRACKED",
                 detail: format!("cannot track pid {pid}: {e}"),
