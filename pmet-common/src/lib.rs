@@ -26,7 +26,8 @@ pub mod kind {
     pub const EXEC: u32 = 3;
     /// A tracked thread exited ([`super::ExitEvent`]).
     pub const EXIT: u32 = 4;
-    /// A tracked thread's task_struct is freed: its final accounting ([`super::FreeEvent`]).
+    /// A tracked thread switched away for the last time: its final
+    /// accounting ([`super::FreeEvent`]).
     pub const FREE: u32 = 5;
     /// The environment an exec was given ([`super::ExecArgsEvent`] with an
     /// empty filename and `NAME=VALUE` strings in place of argv); sent right
@@ -50,16 +51,16 @@ pub mod counter {
     pub const TRACKED_FULL: u32 = 1;
     /// A process's network counters could not be created (map full).
     pub const NET_FULL: u32 = 2;
-    /// An exiting thread could not be remembered until it is freed (map full):
-    /// its final CPU and disk figures are lost.
+    /// An exiting thread could not be remembered until its last switch (map
+    /// full): its final CPU and disk figures are lost.
     pub const DYING_FULL: u32 = 3;
     /// An exec's argv was longer than [`super::ARGV_LEN`] or [`super::MAX_ARGS`].
     pub const ARGV_TRUNCATED: u32 = 4;
     /// Reading a kernel or user value failed (faulted page, bad pointer).
     pub const READ_FAILED: u32 = 5;
     /// The exited thread remembered at a task address was found stale (its
-    /// free was never seen and the address went to another task); the
-    /// figures kept for it were sent in place of its free.
+    /// last switch was never seen and the address went to another task); the
+    /// figures kept for it at exit were sent in place of its final ones.
     pub const FREE_MISMATCH: u32 = 6;
     /// A socket's bytes or life could not be kept per connection (map
     /// full): the process's `net` totals still have them, unattributed.
@@ -89,10 +90,12 @@ pub mod exit_flags {
     pub const CODE_VALID: u32 = 2;
     /// CPU and I/O figures were read from the task (else they are unknown).
     pub const STATS_VALID: u32 = 4;
-    /// They were read at the thread's last context switch: final.
+    /// With `KEPT`: they were read at the thread's last context switch
+    /// (final). The kernel side now sends its free record from there, so a
+    /// kept record no longer carries it.
     pub const FINAL: u32 = 8;
-    /// Free events only: the free itself was never seen; these are the
-    /// figures kept for the thread in `DYING`.
+    /// Free events only: the thread's last switch was never seen; these are
+    /// the figures kept for it in `DYING` at its exit.
     pub const KEPT: u32 = 16;
     /// Exit events of the last thread only: the process has socket
     /// counters in `NET` (else userspace need not look); from
@@ -278,8 +281,9 @@ pub struct TaskFigures {
     pub maj_flt: u64,
 }
 
-/// A tracked thread's task_struct is being freed (`sched_process_free`): every
-/// figure in it is final, including CPU time used on the way out of `do_exit`.
+/// A tracked thread's final figures, sent at its last context switch
+/// (`sched_switch` away from a `TASK_DEAD` task): every figure is final,
+/// including CPU time used on the way out of `do_exit`, as at its free.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FreeEvent {
@@ -411,7 +415,7 @@ pub mod tracked_flags {
 }
 
 /// Value of the `DYING` map (key: task_struct address), between a tracked
-/// thread's exit and the moment its task_struct is freed.
+/// thread's exit and its last context switch.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Dying {
@@ -421,15 +425,14 @@ pub struct Dying {
     pub tid: u32,
     /// The process's cookie.
     pub cookie: u64,
-    /// `CLOCK_BOOTTIME` ns of the exit (lets userspace give up on a free
-    /// that never comes).
+    /// `CLOCK_BOOTTIME` ns of the exit (lets userspace give up on a last
+    /// switch that is never seen).
     pub exit_ns: u64,
-    /// The thread's figures, for when its free is never seen: read at exit
-    /// (`STATS_VALID`; before the address space is torn down, so short of the
-    /// final figures), then at its last context switch (`FINAL`: the same as
-    /// the free's).
+    /// The thread's figures, for when its last switch is never seen: read
+    /// at exit (`STATS_VALID`; short of the final figures by what the exit
+    /// itself costs).
     pub figures: TaskFigures,
-    /// [`exit_flags`]: `STATS_VALID`, `FINAL`.
+    /// [`exit_flags`]: `STATS_VALID`.
     pub flags: u32,
     pub _pad: u32,
 }
@@ -537,7 +540,7 @@ pub struct Config {
     pub task_write_bytes: u32,
     /// `task_struct.ioac.cancelled_write_bytes`.
     pub task_cancelled_write_bytes: u32,
-    /// `task_struct.pid`: checks that a freed task is the one that exited.
+    /// `task_struct.pid`: checks that a dead task is the one that exited.
     pub task_pid: u32,
     /// [`config_flags`].
     pub flags: u32,

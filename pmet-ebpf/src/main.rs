@@ -85,7 +85,8 @@ static CONFIG: Global<Config> = Global::new(Config {
 #[map]
 static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(65536, 0);
 
-/// Exited tracked threads, by task_struct address, until the task is freed.
+/// Exited tracked threads, by task_struct address, until their last context
+/// switch.
 #[map]
 static DYING: HashMap<u64, Dying> = HashMap::with_max_entries(16384, 0);
 

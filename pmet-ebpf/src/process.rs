@@ -589,9 +589,8 @@ fn exit(t: Tracked, group_dead: bool) {
     }
     if cfg.task_sum_exec_runtime != 0 {
         // Without switches and faults: these figures stand in only when
-        // both the last switch and the free go unseen (rarely), and the
-        // process's counts are then left unknown rather than read on every
-        // exit.
+        // the thread's last switch goes unseen (rarely), and the process's
+        // counts are then left unknown rather than read on every exit.
         let figures = task_figures(task, &cfg, false);
         let d = Dying {
             tgid,
@@ -675,8 +674,8 @@ fn peak_rss_pages(task: u64, cfg: &Config) -> Option<u64> {
     Some(if hiwater > rss { hiwater } else { rss })
 }
 
-/// Sends, in place of a free that was never seen, the figures kept for the
-/// thread: final when its last context switch was seen.
+/// Sends, in place of a last switch that was never seen (its entry found
+/// stale), the figures kept for the thread at its exit.
 #[inline(always)]
 fn recover(d: &Dying) {
     bump(counter::FREE_MISMATCH);
@@ -694,9 +693,10 @@ fn recover(d: &Dying) {
 const TASK_DEAD: u32 = 0x80;
 
 /// A context switch. The one away from a dead task is its last: the
-/// scheduler has just added its final runtime, so its figures now equal
-/// those its free will show. They are kept in its `DYING` entry, for when
-/// that free is never seen. Fires on every switch on the machine: the state
+/// scheduler has just added its final runtime and counted this switch, so
+/// its figures are final, and the thread's free record is sent from here
+/// (the free itself comes an RCU grace period later, and a hook on it was
+/// seen to miss a few). Fires on every switch on the machine: the state
 /// test comes first, the map lookup only for dead tasks.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
@@ -705,18 +705,32 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let task: u64 = ctx.arg(1);
-    let Some(d) = DYING.get_ptr_mut(task) else {
+    // SAFETY: copied out at once.
+    let Some(d) = (unsafe { DYING.get(task).copied() }) else {
         return 0;
     };
+    let _ = DYING.remove(task);
     let cfg = CONFIG.load();
-    if let Some(f) = task_figures(task, &cfg, true) {
-        // SAFETY: the map value stays valid while this program runs; only
-        // this thread's own last switch writes it.
-        unsafe {
-            (*d).figures = f;
-            (*d).flags |= stats_valid(&cfg) | exit_flags::FINAL;
+    if cfg.task_pid != 0 {
+        // The address may hold a later task when an earlier last switch
+        // went unseen.
+        // SAFETY: offset from this kernel's BTF; the task is still allocated.
+        let pid = unsafe { bpf_probe_read_kernel((task + cfg.task_pid as u64) as *const u32) };
+        if pid != Ok(d.tid) {
+            recover(&d);
+            return 0;
         }
     }
+    let mut ev = FreeEvent {
+        hdr: header(kind::FREE, d.tgid, d.tid, now()),
+        cookie: d.cookie,
+        ..FreeEvent::default()
+    };
+    if let Some(f) = task_figures(task, &cfg, true) {
+        ev.figures = f;
+        ev.flags |= stats_valid(&cfg);
+    }
+    send(ev);
     0
 }
 
@@ -767,38 +781,4 @@ fn task_figures(task: u64, cfg: &Config, ctx: bool) -> Option<TaskFigures> {
             None
         }
     }
-}
-
-/// A task_struct is freed, after its last context switch: its CPU time now
-/// includes everything spent on the way out, which is what a parent's wait4
-/// reports. Fires for every task on the machine; one map lookup filters.
-#[btf_tracepoint(function = "sched_process_free")]
-pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
-    let task: u64 = ctx.arg(0);
-    // SAFETY: copied out at once.
-    let Some(d) = (unsafe { DYING.get(task).copied() }) else {
-        return 0;
-    };
-    let _ = DYING.remove(task);
-    let cfg = CONFIG.load();
-    if cfg.task_pid != 0 {
-        // The address may hold a later task when an earlier free went unseen.
-        // SAFETY: offset from this kernel's BTF; the task is still allocated.
-        let pid = unsafe { bpf_probe_read_kernel((task + cfg.task_pid as u64) as *const u32) };
-        if pid != Ok(d.tid) {
-            recover(&d);
-            return 0;
-        }
-    }
-    let mut ev = FreeEvent {
-        hdr: header(kind::FREE, d.tgid, d.tid, now()),
-        cookie: d.cookie,
-        ..FreeEvent::default()
-    };
-    if let Some(f) = task_figures(task, &cfg, true) {
-        ev.figures = f;
-        ev.flags |= stats_valid(&cfg);
-    }
-    send(ev);
-    0
 }

@@ -471,41 +471,12 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         }
     }
 
-    /// At the end of a run: takes the final figures the kernel side read at
-    /// each exited thread's last context switch, rather than waiting for
-    /// its free (tens of ms behind, after an RCU grace period). Returns
-    /// whether any were taken.
-    pub fn take_final_early(&mut self) -> bool {
-        let Some(kernel) = self.kernel.as_ref() else {
-            return false;
-        };
-        let want = exit_flags::STATS_VALID | exit_flags::FINAL;
-        let mut took = false;
-        for (_, d) in kernel.dying() {
-            if d.flags & want == want && !self.tree.took_final_early(d.tid, d.cookie) {
-                self.tree.free_final_early(
-                    d.tgid,
-                    d.cookie,
-                    d.tid,
-                    totals(&d.figures),
-                    ctx(&d.figures, d.flags),
-                );
-                took = true;
-            }
-        }
-        took
-    }
-
     /// Gives up on frees the kernel side has not seen `after` the exit.
     pub fn sweep_dying(&mut self, after: Duration, now: u64) {
         let Some(kernel) = self.kernel.as_mut() else {
             return;
         };
         for (task, d) in kernel.dying() {
-            if self.tree.took_final_early(d.tid, d.cookie) {
-                // Done with; its free is ignored if it still comes.
-                continue;
-            }
             if now.saturating_sub(d.exit_ns) >= after.as_nanos() as u64 {
                 kernel.forget_dying(task);
                 let kept = (d.flags & exit_flags::STATS_VALID != 0).then(|| Kept {
@@ -1311,52 +1282,6 @@ mod tests {
             (1, 1, 0)
         );
         assert_eq!(l.total(), 0, "made good: not a loss");
-    }
-
-    #[test]
-    fn final_figures_taken_early_are_counted_once_and_are_no_loss() {
-        let mut s = session();
-        let k = kernel(&mut s);
-        k.fork(1100 * MS, ROOT, 200, 11);
-        k.exit(1200 * MS, 200, 11, 0);
-        let figures = pmet_common::TaskFigures {
-            sum_exec_runtime: 550_000,
-            utime: 3,
-            stime: 1,
-            ..Default::default()
-        };
-        let dying = |flags| Dying {
-            tgid: 200,
-            tid: 200,
-            cookie: 11,
-            exit_ns: 1200 * MS,
-            figures,
-            flags,
-            _pad: 0,
-        };
-        // Exited, its last switch not yet seen: nothing to take.
-        k.dying.insert(0xdead, dying(exit_flags::STATS_VALID));
-        s.drain();
-        assert!(!s.take_final_early());
-        assert!(!by_pid(&s, 200)[0].totals_complete());
-        // Its last switch: final figures, taken without waiting for the free.
-        kernel(&mut s)
-            .dying
-            .insert(0xdead, dying(exit_flags::STATS_VALID | exit_flags::FINAL));
-        assert!(s.take_final_early());
-        assert!(!s.take_final_early(), "once");
-        let p = by_pid(&s, 200)[0];
-        assert!(p.totals_complete());
-        assert_eq!(p.freed.runtime_ns, 550_000);
-        // The free comes after all (or the sweep at the end finds the
-        // record): neither counts it again.
-        kernel(&mut s).free(1210 * MS, 200, 11, totals(&figures));
-        s.drain();
-        s.sweep_dying(Duration::ZERO, 1300 * MS);
-        let p = by_pid(&s, 200)[0];
-        assert_eq!((p.freed.runtime_ns, p.freed_threads), (550_000, 1));
-        let l = s.losses();
-        assert_eq!((l.free_events_missed, l.total()), (0, 0));
     }
 
     #[test]

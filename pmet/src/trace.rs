@@ -1034,9 +1034,9 @@ async fn follow(
     }
 }
 
-/// The final figures of the last exits arrive after an RCU grace period
-/// (milliseconds; up to a second on a loaded machine): waits for them while
-/// they keep coming, then takes what the kernel kept for the rest.
+/// The final figures of the last exits arrive with each thread's last
+/// context switch (with taskstats, its record comes too): waits for them
+/// while they keep coming, then takes what the kernel kept for the rest.
 async fn settle(st: &mut Started, lc: &mut Lifecycle) {
     let t0 = Instant::now();
     let mut wait = Settle::new(Duration::ZERO);
@@ -1050,14 +1050,11 @@ async fn settle(st: &mut Started, lc: &mut Lifecycle) {
             st.s.pending_ts.extend(recs);
         }
         st.s.apply_taskstats();
-        let mut totals = if exit_totals {
+        let totals = if exit_totals {
             st.s.tree.awaiting_totals()
         } else {
             0
         };
-        if totals > 0 && st.s.take_final_early() {
-            totals = st.s.tree.awaiting_totals();
-        }
         let records = if st.listener.is_some() {
             st.s.tree.awaiting_taskstats()
         } else {

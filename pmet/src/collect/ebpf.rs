@@ -1,9 +1,10 @@
 //! Loading, configuring and attaching the kernel-side programs, and the
 //! userspace ends of their maps.
 //!
-//! Every hook pmet uses is a classic tracepoint except `sched_process_free`, a
-//! BTF tracepoint (fentry/fexit and kprobes are not available on the kernels
-//! pmet targets). Dropping [`Kernel`] detaches everything.
+//! Hooks are BTF tracepoints where this kernel's BTF gives the offsets they
+//! need, classic tracepoints otherwise (fentry/fexit and kprobes are not
+//! available on the kernels pmet targets). Dropping [`Kernel`] detaches
+//! everything.
 
 use std::os::fd::AsRawFd;
 
@@ -359,8 +360,7 @@ impl Kernel {
             btf_programs.extend(PROCESS_BTF);
         }
         if task.is_some() {
-            btf_programs.push(("sched_process_free", "sched_process_free"));
-            // Keeps final figures for a thread whose free goes unseen.
+            // A thread's final figures, at its last context switch.
             btf_programs.push(("sched_switch", "sched_switch"));
         }
         if sock.is_some() {

@@ -464,9 +464,6 @@ pub struct Tree {
     /// Processes created after that, left out.
     late: std::collections::HashSet<u32>,
     late_forks: Vec<u32>,
-    /// Threads (tid, cookie) whose final figures were taken before their
-    /// free arrived.
-    final_early: std::collections::HashSet<(u32, u64)>,
     /// What the processes dropped by [`Tree::prune`] added up to.
     pub gone: Gone,
     /// What the folded processes held here add up to: those ended with
@@ -844,8 +841,6 @@ impl Tree {
             users.retain_mut(|i| moved(i));
             !users.is_empty()
         });
-        let forgotten: std::collections::HashSet<u64> = removed.iter().map(|p| p.cookie).collect();
-        self.final_early.retain(|(_, c)| !forgotten.contains(c));
         removed
     }
 
@@ -1120,11 +1115,6 @@ impl Tree {
                 ctx,
                 ..
             } => {
-                if self.final_early.remove(&(tid, cookie)) {
-                    // Its final figures are in already, read at its last
-                    // switch: the same as these.
-                    return;
-                }
                 let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
                     self.unknown(tgid);
                     return;
@@ -1370,44 +1360,11 @@ impl Tree {
         }
     }
 
-    /// The final figures of an exited thread, read by the kernel side at its
-    /// last context switch (the same as its free's), taken before its free
-    /// comes: at the end of a run, so as not to wait out the RCU grace
-    /// period that delays every free. The free, if it still comes, is
-    /// ignored.
-    pub fn free_final_early(
-        &mut self,
-        pid: u32,
-        cookie: u64,
-        tid: u32,
-        totals: ThreadTotals,
-        ctx: Option<Ctx>,
-    ) {
-        let Some(&i) = self.by_key.get(&(pid, cookie)) else {
-            return;
-        };
-        self.unfold(i);
-        let p = &mut self.procs[i];
-        if p.threads_unfreed == 0 || !self.final_early.insert((tid, cookie)) {
-            return;
-        }
-        p.threads_unfreed -= 1;
-        p.freed.add(&totals);
-        p.freed_threads += 1;
-        p.thread_totals(tid, totals);
-        p.add_ctx(ctx);
-    }
-
     /// Whether a process ended after the run did (its final figures may
     /// not be in by the time the report is written: not a loss).
     pub fn ended_after_close(&self, p: &Proc) -> bool {
         self.closed_at
             .is_some_and(|at| p.end_ns.is_some_and(|end| end > at))
-    }
-
-    /// Whether a thread's final figures were taken before its free.
-    pub fn took_final_early(&self, tid: u32, cookie: u64) -> bool {
-        self.final_early.contains(&(tid, cookie))
     }
 
     /// At the end of a session: every exited thread still awaiting its free
