@@ -97,6 +97,9 @@ pub struct Session<E, S> {
     pub samples: u64,
     /// Ring records that could not be decoded.
     pub undecodable: u64,
+    /// Time spent taking in kernel events, over the run (debug output: the
+    /// per-event cost a storm pays while it runs).
+    pub drain_time: std::time::Duration,
     follow_children: bool,
     cookies: Cookies,
     snapshots: Snapshotter,
@@ -134,6 +137,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             pending_ts: Vec::new(),
             samples: 0,
             undecodable: 0,
+            drain_time: std::time::Duration::ZERO,
             follow_children,
             cookies: Cookies(0),
             recorder: Recorder::new(report::MAX_TREE_POINTS, report::MAX_PROC_POINTS),
@@ -347,6 +351,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         let Some(kernel) = self.kernel.as_mut() else {
             return;
         };
+        let t = std::time::Instant::now();
         let mut events = Vec::new();
         self.undecodable += kernel.drain_into(&mut events);
         let mut exits = Vec::new();
@@ -413,6 +418,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         for (pid, cookie, _) in exits {
             self.read_conns((pid, cookie), true);
         }
+        self.drain_time += t.elapsed();
     }
 
     /// Reads one process's connections from the kernel: the bytes of those

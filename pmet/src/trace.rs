@@ -1078,6 +1078,11 @@ async fn settle(st: &mut Started, lc: &mut Lifecycle) {
                 t0.elapsed(),
                 st.s.tree.orphan_events
             );
+            log::debug!(
+                "{} kernel events taken in, in {:?} over the run",
+                st.s.tree.events,
+                st.s.drain_time
+            );
             st.s.finish_frees(boottime_ns());
             return;
         }

@@ -3,7 +3,13 @@
 //! records and /proc samples are all merged here; the summary and the JSON
 //! report are both produced from it.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+/// The tree's maps: keyed by pids, thread ids, cookies and socket cookies,
+/// which the kernel assigns, not the traced programs, so a fast hash is
+/// safe; SipHash was ~8 % of pmet's CPU taking in an exec storm's events.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 use super::{
     conn::{Conns, DEFAULT_MAX_CONNECTIONS, Life},
@@ -462,7 +468,7 @@ pub struct Tree {
     /// When the run ended, if it has.
     closed_at: Option<u64>,
     /// Processes created after that, left out.
-    late: std::collections::HashSet<u32>,
+    late: HashSet<u32>,
     late_forks: Vec<u32>,
     /// What the processes dropped by [`Tree::prune`] added up to.
     pub gone: Gone,
@@ -761,7 +767,7 @@ impl Tree {
         for &i in self.live.values() {
             self.procs[i].gpu.now = (0, 0.0);
         }
-        let mut by_pid: HashMap<u32, Vec<&crate::collect::gpu::Use>> = HashMap::new();
+        let mut by_pid: HashMap<u32, Vec<&crate::collect::gpu::Use>> = HashMap::default();
         for u in uses {
             by_pid.entry(u.pid).or_default().push(u);
         }
