@@ -607,8 +607,8 @@ fn exit(t: Tracked, group_dead: bool) {
         };
         // Added only if new: one map operation for the usual case.
         if DYING.insert(task, d, BPF_NOEXIST as u64).is_err() {
-            // A thread remembered at this address already: its free was
-            // never seen and its task_struct went to this one. Send what
+            // A thread remembered at this address already: its last switch
+            // was never seen and its task_struct went to this one. Send what
             // was kept for it before this thread's entry replaces it.
             // SAFETY: copied out at once.
             if let Some(stale) = unsafe { DYING.get(task).copied() } {

@@ -48,9 +48,9 @@ pub const SETTLE: Duration = Duration::from_millis(3000);
 /// Stop waiting earlier once none has arrived for this long.
 pub const SETTLE_IDLE: Duration = Duration::from_millis(500);
 
-/// The wait at the end of a run for the final figures of the last exits,
-/// which arrive after an RCU grace period (milliseconds; up to a second on a
-/// loaded machine): on while they keep coming, over when all are in, after
+/// The wait at the end of a run for the final figures of the last exits
+/// (sent at each thread's last context switch, or by taskstats where it is
+/// used): on while they keep coming, over when all are in, after
 /// [`SETTLE_IDLE`] without progress, or after [`SETTLE`] in all.
 #[derive(Debug)]
 pub struct Settle {

@@ -1246,8 +1246,8 @@ fn capacity(b: &Bench, md: &mut Md) -> Result<()> {
             ),
             format!("**{}**", rep["collector"]["lost_events"]),
             format!(
-                "**{}** ({} made good from the figures kept at the last switch)",
-                l["free_events_missed"], l["frees_kept_at_last_switch"]
+                "**{}** ({} made good from the figures kept at exit)",
+                l["free_events_missed"], l["frees_kept_at_exit"]
             ),
         ]);
     }

@@ -210,14 +210,16 @@ pub struct Lost {
     /// Exec argument lists cut at the kernel-side limit (not a loss of events).
     #[serde(default)]
     pub argv_truncated: u64,
-    /// Exited threads whose task free the kernel side did not see. Their
+    /// Exited threads whose last context switch (before 2026-11-27: whose
+    /// task free) the kernel side did not see. Their
     /// final figures are those the kernel side kept for them (see the next
     /// two), or, when it kept none, taskstats'. Still measured by the
     /// kernel, so not counted in `lost_events`.
     #[serde(default)]
     pub free_events_missed: u64,
     /// Of those, figures read at the thread's last context switch: the same
-    /// as the free's.
+    /// as the free's. Always 0 since that switch sends the final record
+    /// itself (2026-11-27); kept so reports stay comparable.
     #[serde(default)]
     pub frees_kept_at_last_switch: u64,
     /// Of those, figures read at the thread's exit: short of the teardown of
@@ -225,7 +227,7 @@ pub struct Lost {
     #[serde(default)]
     pub frees_kept_at_exit: u64,
     /// Of `free_events_missed`, those found stale in the kernel (the address
-    /// of their task went to another before the free was seen) and sent
+    /// of their task went to another before their last switch was seen) and sent
     /// with their kept figures (not summed).
     #[serde(default)]
     pub stale_free_records: u64,
