@@ -39,6 +39,12 @@ pub mod kind {
     /// A TCP socket a tracked process used was destroyed: its life, final
     /// ([`super::ConnEndEvent`]).
     pub const CONN_END: u32 = 8;
+    /// A tracked process finished an exec: who it is now, its path, argv and
+    /// environment in one record ([`super::ExecFullHeader`], then the
+    /// filename, then `argv_len` bytes of argv and `env_len` of
+    /// environment). Sent where the exec is hooked as a BTF tracepoint, in
+    /// place of `EXEC_ARGS`, `EXEC_ENV` and `EXEC`.
+    pub const EXEC_FULL: u32 = 9;
 }
 
 /// Indices into the `COUNTERS` per-CPU array: things the kernel side could not
@@ -114,6 +120,9 @@ pub mod exec_flags {
     pub const TRUNCATED: u16 = 1;
     /// The call was execveat (the filename may be relative to a directory fd).
     pub const EXECVEAT: u16 = 2;
+    /// [`super::kind::EXEC_FULL`] only: these strings could not be read
+    /// (none follow; a read failure is counted).
+    pub const UNREAD: u16 = 4;
 }
 
 /// [`ConnEvent::role`] and [`SockLife::role`]: how the socket came to be.
@@ -235,6 +244,36 @@ pub struct ExecEvent {
     pub pid_ns: u32,
     /// Padding, always zero.
     pub _pad: u32,
+}
+
+/// The fixed part of an [`kind::EXEC_FULL`] record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecFullHeader {
+    /// Who the process is after the exec (`hdr.kind` is `EXEC_FULL`).
+    pub exec: ExecEvent,
+    /// Bytes of argv after the filename (NUL-separated).
+    pub argv_len: u16,
+    /// Bytes of environment after argv (`NAME=VALUE`, NUL-separated).
+    pub env_len: u16,
+    /// [`exec_flags`] of argv.
+    pub argv_flags: u16,
+    /// [`exec_flags`] of the environment.
+    pub env_flags: u16,
+}
+
+/// The largest [`kind::EXEC_FULL`] record, as the kernel side builds it
+/// before sending its used length: room for argv and the environment at
+/// offsets and lengths the verifier can bound by masks.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecFullEvent {
+    /// Fixed part.
+    pub head: ExecFullHeader,
+    /// NUL-terminated path given to exec.
+    pub filename: [u8; FILENAME_LEN],
+    /// argv, then the environment.
+    pub strings: [u8; ARGV_LEN * 4],
 }
 
 /// A tracked thread exited (`sched:sched_process_exit`, in its own context).
@@ -650,6 +689,7 @@ mod tests {
         assert_eq!(size_of::<ForkEvent>(), 24 + 8 + 16 + 16);
         assert_eq!(size_of::<ExecArgsHeader>(), 32);
         assert_eq!(size_of::<ExecEvent>(), 24 + 16 + 8 + 16 + 8);
+        assert_eq!(size_of::<ExecFullHeader>(), size_of::<ExecEvent>() + 8);
         assert_eq!(size_of::<TaskFigures>(), 72);
         assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16 + 8);
         assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 10 + 8);

@@ -18,7 +18,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use pmet_common::{
-    Config, ConnBytes, ConnKey, Dying, ExecArgsEvent, NetCounters, NetKey, SockLife, Tracked,
+    Config, ConnBytes, ConnKey, Dying, ExecArgsEvent, ExecFullEvent, NetCounters, NetKey, SockLife,
+    Tracked,
 };
 
 /// Offsets into tracepoint records and `task_struct`, filled in by the loader.
@@ -133,6 +134,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(pmet_common::c
 /// Room to build an exec-args event, too large for the 512-byte BPF stack.
 #[map]
 static SCRATCH: PerCpuArray<ExecArgsEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Room to build an exec's whole record (the BTF path), likewise.
+#[map]
+static EXEC_SCRATCH: PerCpuArray<ExecFullEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counts one occurrence of a loss or failure.
 #[inline(always)]

@@ -16,11 +16,12 @@ use aya_ebpf::{
 };
 use pmet_common::{
     ARGV_LEN, COMM_LEN, Config, Dying, EventHeader, ExecArgsEvent, ExecArgsHeader, ExecEvent,
-    ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS, TaskFigures, Tracked, config_flags,
-    counter, exec_flags, exit_flags, fork_flags, kind, tracked_flags,
+    ExecFullEvent, ExecFullHeader, ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS,
+    TaskFigures, Tracked, config_flags, counter, exec_flags, exit_flags, fork_flags, kind,
+    tracked_flags,
 };
 
-use crate::{CONFIG, DYING, EVENTS, SCOPE, SCRATCH, TRACKED, bump, tracked};
+use crate::{CONFIG, DYING, EVENTS, EXEC_SCRATCH, SCOPE, SCRATCH, TRACKED, bump, tracked};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -374,7 +375,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 /// The same hook as a BTF tracepoint. The path, argv and environment are
 /// read here, from the new program's own memory, where the kernel has just
 /// copied them (`mm->arg_start..arg_end`, `env_start..env_end`): one read
-/// each, no syscall tracepoint, and only for execs that succeed.
+/// each, no syscall tracepoint, and only for execs that succeed. All of it
+/// goes in one record with who the process now is (`EXEC_FULL`).
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec_btf(ctx: BtfTracePointContext) -> i32 {
     let (tgid, tid) = current();
@@ -385,22 +387,63 @@ pub fn sched_process_exec_btf(ctx: BtfTracePointContext) -> i32 {
     let old_tid = ctx.arg::<u64>(1) as u32;
     let bprm: u64 = ctx.arg(2);
     let ts = now();
-    if exec_strings(tgid, old_tid, bprm, ts).is_err() {
-        bump(counter::READ_FAILED);
-    }
-    exec(old_tid, ts);
+    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
+        // Never for index 0 of an array; the identity alone, then.
+        exec(old_tid, ts);
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot, used by this program alone (a BTF
+    // tracepoint does not nest on a CPU).
+    unsafe { exec_full(ev, old_tid, bprm, ts) };
     0
 }
 
-/// Sends an exec's path and argv (`EXEC_ARGS`), then its environment
-/// (`EXEC_ENV`), read from the current task's new memory.
+/// Builds and sends an exec's whole record in `ev`: who the process is now,
+/// then its path, argv and environment, each marked `UNREAD` when it could
+/// not be read (counted as a read failure).
+///
+/// # Safety
+/// `ev` must point at this CPU's `EXEC_SCRATCH` slot.
 #[inline(always)]
-fn exec_strings(tgid: u32, old_tid: u32, bprm: u64, ts: u64) -> Result<(), i32> {
+unsafe fn exec_full(ev: *mut ExecFullEvent, old_tid: u32, bprm: u64, ts: u64) {
     let cfg = CONFIG.load();
-    let ev: *mut ExecArgsEvent = SCRATCH.get_ptr_mut(0).ok_or(-1)?;
-    // SAFETY (all reads): offsets from this kernel's BTF; the task, its mm
-    // and bprm are live during the hook; user memory is read with the probe
-    // helper, which fails rather than faults.
+    // SAFETY (all): as the caller promises, `ev` is the scratch slot; the
+    // offsets are from this kernel's BTF; the task, its mm and bprm are live
+    // during the hook; user memory is read with the probe helper, which
+    // fails rather than faults.
+    unsafe {
+        (*ev).head = ExecFullHeader {
+            exec: exec_event(kind::EXEC_FULL, old_tid, ts, &cfg),
+            argv_len: 0,
+            env_len: 0,
+            argv_flags: exec_flags::UNREAD,
+            env_flags: exec_flags::UNREAD,
+        };
+        let name = (*ev).filename.as_mut_ptr();
+        *name = 0;
+        if exec_strings(ev, bprm, &cfg).is_err() {
+            bump(counter::READ_FAILED);
+        }
+        let (argv, env) = (
+            (*ev).head.argv_len as usize & (2 * ARGV_LEN - 1),
+            (*ev).head.env_len as usize & (2 * ARGV_LEN - 1),
+        );
+        let len = size_of::<ExecFullHeader>() + FILENAME_LEN + argv + env;
+        let bytes = core::slice::from_raw_parts(ev as *const u8, len);
+        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            bump(counter::RINGBUF_FULL);
+        }
+    }
+}
+
+/// Reads an exec's path, argv and environment into `ev`, setting their
+/// lengths and flags as it goes.
+///
+/// # Safety
+/// As [`exec_full`].
+#[inline(always)]
+unsafe fn exec_strings(ev: *mut ExecFullEvent, bprm: u64, cfg: &Config) -> Result<(), i64> {
+    // SAFETY: as the caller promises (see `exec_full`).
     unsafe {
         let task = bpf_get_current_task();
         let mm: u64 = bpf_probe_read_kernel((task + u64::from(cfg.task_mm)) as *const u64)?;
@@ -412,30 +455,29 @@ fn exec_strings(tgid: u32, old_tid: u32, bprm: u64, ts: u64) -> Result<(), i32> 
         {
             *name = 0;
         }
+        let strings = (*ev).strings.as_mut_ptr();
         let (start, end) = (field(cfg.mm_arg_start)?, field(cfg.mm_arg_end)?);
-        send_block(ev, kind::EXEC_ARGS, tgid, old_tid, ts, start, end);
-        *name = 0;
+        let (argv, flags) = read_block(strings, start, end);
+        (*ev).head.argv_len = argv as u16;
+        (*ev).head.argv_flags = flags;
+        // The environment right after argv: an offset below 2 * ARGV_LEN
+        // and a length below it too, inside the 4 * ARGV_LEN buffer.
         let (start, end) = (field(cfg.mm_env_start)?, field(cfg.mm_env_end)?);
-        send_block(ev, kind::EXEC_ENV, tgid, old_tid, ts, start, end);
+        let (env, flags) = read_block(strings.add(argv & (2 * ARGV_LEN - 1)), start, end);
+        (*ev).head.env_len = env as u16;
+        (*ev).head.env_flags = flags;
     }
     Ok(())
 }
 
-/// Sends the NUL-separated strings between `start` and `end` in user memory
-/// as a `kind` record, at most `ARGV_LEN` bytes of them.
+/// Reads the NUL-separated strings between `start` and `end` in user memory
+/// into `buf`, at most `ARGV_LEN` bytes of them: their length (0 when the
+/// read fails) and [`exec_flags`].
 ///
 /// # Safety
-/// `ev` must point at this CPU's scratch slot.
+/// `buf` must have room for `2 * ARGV_LEN` bytes.
 #[inline(always)]
-unsafe fn send_block(
-    ev: *mut ExecArgsEvent,
-    kind: u32,
-    tgid: u32,
-    tid: u32,
-    ts: u64,
-    start: u64,
-    end: u64,
-) {
+unsafe fn read_block(buf: *mut u8, start: u64, end: u64) -> (usize, u16) {
     let mut flags = 0;
     let mut len = end.saturating_sub(start);
     if len > ARGV_LEN as u64 {
@@ -443,29 +485,16 @@ unsafe fn send_block(
         flags |= exec_flags::TRUNCATED;
         bump(counter::ARGV_TRUNCATED);
     }
-    // SAFETY: as the caller promises; `len` is at most ARGV_LEN, within the
-    // 2 * ARGV_LEN buffer.
-    unsafe {
-        let buf = (*ev).argv.as_mut_ptr();
-        if len > 0
-            && bpf_probe_read_user_buf(buf, len as u32 & (2 * ARGV_LEN as u32 - 1), start).is_err()
-        {
-            len = 0;
+    // SAFETY: as the caller promises; the mask bounds the length below
+    // 2 * ARGV_LEN for the verifier (it is at most ARGV_LEN).
+    if len > 0
+        && unsafe {
+            bpf_probe_read_user_buf(buf, len as u32 & (2 * ARGV_LEN as u32 - 1), start).is_err()
         }
-        (*ev).head = ExecArgsHeader {
-            hdr: header(kind, tgid, tid, ts),
-            argv_len: len as u16,
-            // Counted by userspace from the NULs.
-            argc: u16::MAX,
-            flags,
-            _pad: 0,
-        };
-        let len = size_of::<ExecArgsHeader>() + FILENAME_LEN + (len as usize & (2 * ARGV_LEN - 1));
-        let bytes = core::slice::from_raw_parts(ev as *const u8, len);
-        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
-            bump(counter::RINGBUF_FULL);
-        }
+    {
+        len = 0;
     }
+    (len as usize, flags)
 }
 
 /// `bpf_probe_read_user` into a buffer of a length known to the verifier.
@@ -482,12 +511,18 @@ unsafe fn bpf_probe_read_user_buf(dst: *mut u8, len: u32, src: u64) -> Result<()
 /// A tracked process finished an exec: who it is now.
 #[inline(always)]
 fn exec(old_tid: u32, ts: u64) {
-    let (tgid, tid) = current();
     let cfg = CONFIG.load();
+    send(exec_event(kind::EXEC, old_tid, ts, &cfg));
+}
+
+/// Who the current process is after an exec, as a `kind` record.
+#[inline(always)]
+fn exec_event(kind: u32, old_tid: u32, ts: u64, cfg: &Config) -> ExecEvent {
+    let (tgid, tid) = current();
     let ids = bpf_get_current_uid_gid();
-    let (ns_pid, pid_ns) = pid_in_ns(&cfg).unwrap_or((0, 0));
-    send(ExecEvent {
-        hdr: header(kind::EXEC, tgid, tid, ts),
+    let (ns_pid, pid_ns) = pid_in_ns(cfg).unwrap_or((0, 0));
+    ExecEvent {
+        hdr: header(kind, tgid, tid, ts),
         old_tid,
         uid: ids as u32,
         gid: (ids >> 32) as u32,
@@ -497,7 +532,7 @@ fn exec(old_tid: u32, ts: u64) {
         comm: comm(),
         pid_ns,
         _pad: 0,
-    });
+    }
 }
 
 /// The current task's pid in its own pid namespace and that namespace's

@@ -665,7 +665,7 @@ fn every_kernel_program_stays_within_its_verifier_budget() {
         ("sock_recv_length", 2_000),
         // The BTF hooks, the default.
         ("task_newtask_btf", 650),
-        ("sched_process_exec_btf", 1_400),
+        ("sched_process_exec_btf", 1_250),
         ("sched_process_exit_btf", 2_300),
         // A thread's final figures at its last switch, with the context
         // switch and fault counters, sent; every other switch returns at

@@ -3,8 +3,9 @@
 use std::mem::size_of;
 
 use pmet_common::{
-    ConnEndEvent, ConnEvent, EventHeader, ExecArgsHeader, ExecEvent, ExitEvent, FILENAME_LEN,
-    ForkEvent, FreeEvent, SockLife, TaskFigures, exec_flags, exit_flags, fork_flags, kind,
+    ConnEndEvent, ConnEvent, EventHeader, ExecArgsHeader, ExecEvent, ExecFullHeader, ExitEvent,
+    FILENAME_LEN, ForkEvent, FreeEvent, SockLife, TaskFigures, exec_flags, exit_flags, fork_flags,
+    kind,
 };
 
 use crate::model::{
@@ -40,7 +41,95 @@ fn cstr(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-/// Decodes one record; `None` for a record too short or of an unknown kind.
+/// An exec's argv from its NUL-separated strings.
+fn argv(bytes: &[u8], truncated: bool) -> Vec<String> {
+    let mut strings: Vec<String> = bytes
+        .split(|&c| c == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    // The buffer ends with a NUL, leaving one empty piece; or, cut short
+    // mid-string, with a piece that is not a whole one.
+    if bytes.last() == Some(&0) || truncated {
+        strings.pop();
+    }
+    strings
+}
+
+/// An exec's environment from its NUL-separated `NAME=VALUE` strings.
+fn exec_env(ts_ns: u64, tid: u32, bytes: &[u8], truncated: bool) -> Event {
+    // Whole strings only: a block cut short mid-string ends at its last NUL.
+    let whole = bytes.iter().rposition(|&c| c == 0).map_or(0, |i| i + 1);
+    Event::ExecEnv {
+        ts_ns,
+        tid,
+        block: bytes[..whole].to_vec(),
+        truncated,
+    }
+}
+
+/// Who a process is after an exec.
+fn exec(e: &ExecEvent) -> Event {
+    Event::Exec {
+        ts_ns: e.hdr.ts_ns,
+        tgid: e.hdr.tgid,
+        old_tid: e.old_tid,
+        comm: cstr(&e.comm),
+        ids: Ids {
+            uid: e.uid,
+            gid: e.gid,
+            cgroup_id: e.cgroup_id,
+            pid_ns: (e.pid_ns != 0).then_some(e.pid_ns),
+            ns_pid: (e.pid_ns != 0).then_some(e.ns_pid),
+        },
+    }
+}
+
+/// Decodes one record into `out`: most make one event; an exec's whole
+/// record (`EXEC_FULL`) makes the three the model takes an exec as (its
+/// argv, its environment, then who the process now is). False for a record
+/// too short or of an unknown kind.
+pub fn decode_into(b: &[u8], out: &mut Vec<Event>) -> bool {
+    let Some(hdr) = read::<EventHeader>(b) else {
+        return false;
+    };
+    if hdr.kind != kind::EXEC_FULL {
+        return decode(b).map(|ev| out.push(ev)).is_some();
+    }
+    let Some(h) = read::<ExecFullHeader>(b) else {
+        return false;
+    };
+    let rest = &b[size_of::<ExecFullHeader>()..];
+    let (argv_len, env_len) = (h.argv_len as usize, h.env_len as usize);
+    if rest.len() < FILENAME_LEN + argv_len + env_len {
+        return false;
+    }
+    let (ts_ns, tid) = (h.exec.hdr.ts_ns, h.exec.old_tid);
+    let strings = &rest[FILENAME_LEN..];
+    if h.argv_flags & exec_flags::UNREAD == 0 {
+        let truncated = h.argv_flags & exec_flags::TRUNCATED != 0;
+        out.push(Event::ExecArgs {
+            ts_ns,
+            tid,
+            filename: cstr(&rest[..FILENAME_LEN]),
+            argv: argv(&strings[..argv_len], truncated),
+            truncated,
+        });
+    }
+    if h.env_flags & exec_flags::UNREAD == 0 {
+        let truncated = h.env_flags & exec_flags::TRUNCATED != 0;
+        out.push(exec_env(
+            ts_ns,
+            tid,
+            &strings[argv_len..argv_len + env_len],
+            truncated,
+        ));
+    }
+    out.push(exec(&h.exec));
+    true
+}
+
+/// Decodes one record; `None` for a record too short or of an unknown kind
+/// (an exec's whole record included: see [`decode_into`]).
 pub fn decode(b: &[u8]) -> Option<Event> {
     let hdr: EventHeader = read(b)?;
     match hdr.kind {
@@ -75,50 +164,19 @@ pub fn decode(b: &[u8]) -> Option<Event> {
             let bytes = &bytes[..(h.argv_len as usize).min(bytes.len())];
             let truncated = h.flags & exec_flags::TRUNCATED != 0;
             if h.hdr.kind == kind::EXEC_ENV {
-                // Whole strings only: a block cut short mid-string ends at
-                // its last NUL.
-                let whole = bytes.iter().rposition(|&c| c == 0).map_or(0, |i| i + 1);
-                return Some(Event::ExecEnv {
-                    ts_ns: h.hdr.ts_ns,
-                    tid: h.hdr.tid,
-                    block: bytes[..whole].to_vec(),
-                    truncated,
-                });
+                return Some(exec_env(h.hdr.ts_ns, h.hdr.tid, bytes, truncated));
             }
-            let mut strings: Vec<String> = bytes
-                .split(|&c| c == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            // The buffer ends with a NUL, leaving one empty piece; or, cut
-            // short mid-string, with a piece that is not a whole one.
-            if bytes.last() == Some(&0) || truncated {
-                strings.pop();
-            }
-            strings.truncate(h.argc as usize);
+            let mut argv = argv(bytes, truncated);
+            argv.truncate(h.argc as usize);
             Some(Event::ExecArgs {
                 ts_ns: h.hdr.ts_ns,
                 tid: h.hdr.tid,
                 filename,
-                argv: strings,
+                argv,
                 truncated,
             })
         }
-        kind::EXEC => {
-            let e: ExecEvent = read(b)?;
-            Some(Event::Exec {
-                ts_ns: e.hdr.ts_ns,
-                tgid: e.hdr.tgid,
-                old_tid: e.old_tid,
-                comm: cstr(&e.comm),
-                ids: Ids {
-                    uid: e.uid,
-                    gid: e.gid,
-                    cgroup_id: e.cgroup_id,
-                    pid_ns: (e.pid_ns != 0).then_some(e.pid_ns),
-                    ns_pid: (e.pid_ns != 0).then_some(e.ns_pid),
-                },
-            })
-        }
+        kind::EXEC => Some(exec(&read(b)?)),
         kind::EXIT => {
             let e: ExitEvent = read(b)?;
             Some(Event::Exit {
@@ -301,6 +359,86 @@ mod tests {
                 truncated: false
             }
         );
+    }
+
+    #[test]
+    fn an_exec_whole_record_makes_the_three_events_the_separate_ones_did() {
+        let exec = ExecEvent {
+            hdr: hdr(kind::EXEC_FULL, 10, 10),
+            old_tid: 11,
+            uid: 1000,
+            gid: 100,
+            ns_pid: 0,
+            cgroup_id: 7,
+            comm: comm("echo"),
+            pid_ns: 0,
+            _pad: 0,
+        };
+        let (argv, env) = (&b"echo\0a b\0"[..], &b"A=1\0B=2\0C=partial"[..]);
+        let head = |argv_flags, env_flags| ExecFullHeader {
+            exec,
+            argv_len: argv.len() as u16,
+            env_len: env.len() as u16,
+            argv_flags,
+            env_flags,
+        };
+        let record = |h: &ExecFullHeader| {
+            let mut b = bytes(h);
+            let mut name = [0u8; FILENAME_LEN];
+            name[..9].copy_from_slice(b"/bin/echo");
+            b.extend_from_slice(&name);
+            b.extend_from_slice(argv);
+            b.extend_from_slice(env);
+            b
+        };
+        let identity = Event::Exec {
+            ts_ns: 42,
+            tgid: 10,
+            old_tid: 11,
+            comm: "echo".into(),
+            ids: Ids {
+                uid: 1000,
+                gid: 100,
+                cgroup_id: 7,
+                pid_ns: None,
+                ns_pid: None,
+            },
+        };
+        let mut out = Vec::new();
+        assert!(decode_into(
+            &record(&head(0, exec_flags::TRUNCATED)),
+            &mut out
+        ));
+        assert_eq!(
+            out,
+            [
+                Event::ExecArgs {
+                    ts_ns: 42,
+                    tid: 11,
+                    filename: "/bin/echo".into(),
+                    argv: vec!["echo".into(), "a b".into()],
+                    truncated: false
+                },
+                Event::ExecEnv {
+                    ts_ns: 42,
+                    tid: 11,
+                    block: b"A=1\0B=2\0".to_vec(),
+                    truncated: true
+                },
+                identity.clone(),
+            ]
+        );
+        // Strings the kernel side could not read are not made up.
+        out.clear();
+        let unread = exec_flags::UNREAD;
+        assert!(decode_into(&record(&head(unread, unread)), &mut out));
+        assert_eq!(out, [identity]);
+        // Shorter than its lengths say: undecodable, nothing taken.
+        out.clear();
+        let mut short = record(&head(0, 0));
+        short.pop();
+        assert!(!decode_into(&short, &mut out));
+        assert!(out.is_empty());
     }
 
     #[test]

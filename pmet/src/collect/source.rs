@@ -8,7 +8,7 @@ use std::io;
 use pmet_common::{ConnKey, Dying, NetCounters, counter};
 
 use super::{
-    decode::decode,
+    decode::decode_into,
     ebpf::Kernel,
     procfs::{Procfs, Sample, Shares, Stat, ThreadFigures},
 };
@@ -104,9 +104,8 @@ impl EventSource for Kernel {
     fn drain_into(&mut self, out: &mut Vec<Event>) -> u64 {
         let mut undecodable = 0;
         while let Some(item) = self.events.next() {
-            match decode(&item) {
-                Some(ev) => out.push(ev),
-                None => undecodable += 1,
+            if !decode_into(&item, out) {
+                undecodable += 1;
             }
         }
         undecodable
