@@ -622,6 +622,8 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 self.tree.set_net(pid, cookie, n, false);
             }
         }
+        // Files kept open for processes sampled before and gone since.
+        self.procfs.keep_only(&|pid| self.tree.live(pid).is_some());
         self.look_at_gpus(now);
         self.tree.note_pss();
         self.samples += 1;

@@ -64,6 +64,11 @@ pub trait Sampler {
     fn cmdline(&self, pid: u32) -> io::Result<Vec<String>>;
     /// A live sample of one process.
     fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample>;
+    /// Lets go of what is kept for sampling processes that `keep` says no
+    /// to (those no longer live).
+    fn keep_only(&self, keep: &dyn Fn(u32) -> bool) {
+        let _ = keep;
+    }
     /// A process's environment, `NAME=VALUE` (for one pmet attaches to).
     fn environ(&self, pid: u32) -> Option<Vec<String>>;
     /// Who a process runs as and its cgroup (for one pmet attaches to).
@@ -166,6 +171,9 @@ impl Sampler for Procfs {
     }
     fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample> {
         Procfs::sample(self, pid, ts_ns)
+    }
+    fn keep_only(&self, keep: &dyn Fn(u32) -> bool) {
+        self.keep_open_only(keep)
     }
     fn threads(&self, pid: u32) -> Vec<ThreadFigures> {
         Procfs::threads(self, pid)
