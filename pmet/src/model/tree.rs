@@ -5,12 +5,6 @@
 
 use std::sync::Arc;
 
-/// The tree's maps: keyed by pids, thread ids, cookies and socket cookies,
-/// which the kernel assigns, not the traced programs, so a fast hash is
-/// safe; SipHash was ~8 % of pmet's CPU taking in an exec storm's events.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
-
 use super::{
     conn::{Conns, DEFAULT_MAX_CONNECTIONS, Life},
     event::{Ctx, Event, ThreadTotals},
@@ -21,6 +15,12 @@ use crate::model::{
     input::{Sample, Shares, TaskStats},
     net::Net,
 };
+
+/// The tree's maps: keyed by pids, thread ids, cookies and socket cookies,
+/// which the kernel assigns, not the traced programs, so a fast hash is
+/// safe; SipHash was ~8 % of pmet's CPU taking in an exec storm's events.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -822,8 +822,7 @@ impl Tree {
             .zip(folded)
         {
             if d {
-                let f = crate::model::figures::figures(&p, ticks_per_s, kernel_io);
-                let share = Gone::of(&p, &f, self.losses_of(&p, None));
+                let share = self.share_of(&p, (ticks_per_s, kernel_io));
                 if was_folded {
                     self.folded.sub(&share);
                 }
@@ -874,8 +873,7 @@ impl Tree {
                 && p.totals_complete()
                 && (!taskstats || p.taskstats.records > 0);
             if settled {
-                let f = crate::model::figures::figures(p, ticks_per_s, kernel_io);
-                let share = Gone::of(p, &f, self.losses_of(p, None));
+                let share = self.share_of(p, self.fold_units);
                 self.folded.add(&share);
                 self.is_folded[i] = true;
             }
@@ -898,13 +896,17 @@ impl Tree {
     /// Takes the process at `i` out of [`Tree::folded`] if it is there.
     fn unfold(&mut self, i: usize) {
         if self.is_folded(i) {
-            let (ticks, io) = self.fold_units;
-            let p = &self.procs[i];
-            let f = crate::model::figures::figures(p, ticks, io);
-            let share = Gone::of(p, &f, self.losses_of(p, None));
+            let share = self.share_of(&self.procs[i], self.fold_units);
             self.folded.sub(&share);
             self.is_folded[i] = false;
         }
+    }
+
+    /// One process's share of the sums, its figures in `units`
+    /// (`ticks_per_s`, `kernel_io`).
+    fn share_of(&self, p: &Proc, (ticks_per_s, kernel_io): (u64, bool)) -> Gone {
+        let f = crate::model::figures::figures(p, ticks_per_s, kernel_io);
+        Gone::of(p, &f, self.losses_of(p, None))
     }
 
     /// Processes alive now.
