@@ -284,9 +284,8 @@ fn self_usage() -> (f64, u64) {
     let hwm = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            crate::collect::procfs::parse_status(&s)
-                .get("VmHWM")
-                .copied()
+            let [hwm] = crate::collect::procfs::fields(&s, ["VmHWM"]);
+            hwm
         })
         .unwrap_or(ru.ru_maxrss as u64 * 1024);
     (

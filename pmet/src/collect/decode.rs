@@ -8,6 +8,7 @@ use pmet_common::{
     kind,
 };
 
+use super::procfs::page_size;
 use crate::model::{
     conn::{Life, Opened, Outcome, Proto, Role, endpoint},
     event::{Ctx, Event, Ids, ThreadTotals},
@@ -25,14 +26,6 @@ fn read<T: Copy>(b: &[u8]) -> Option<T> {
     // pmet-common, valid for any bit pattern; read_unaligned tolerates the
     // ring buffer's 8-byte alignment.
     Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
-}
-
-/// This machine's page size (the unit of the kernel's memory counters).
-fn page_size() -> u64 {
-    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    // SAFETY: sysconf has no preconditions.
-    *SIZE
-        .get_or_init(|| u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
 }
 
 /// A NUL-terminated (or full) byte string.

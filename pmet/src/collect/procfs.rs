@@ -60,22 +60,9 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
-/// Reads `Key:   value kB` lines of /proc/PID/status, in bytes or plain numbers.
-pub fn parse_status(text: &str) -> HashMap<&str, u64> {
-    text.lines()
-        .filter_map(|line| {
-            let (k, v) = line.split_once(':')?;
-            let mut it = v.split_ascii_whitespace();
-            let n: u64 = it.next()?.parse().ok()?;
-            let n = if it.next() == Some("kB") { n * 1024 } else { n };
-            Some((k, n))
-        })
-        .collect()
-}
-
 /// The values of `keys` in a `Key: value [kB]` file (/proc/PID/status,
 /// smaps_rollup, io), in bytes where the unit is kB; `None` for a key not
-/// there. One pass, and only the wanted lines' numbers are parsed: a sample
+/// there (or not a number). One pass, and only the wanted lines' numbers are parsed: a sample
 /// reads these files for every live process, five times a second while the
 /// tree is busy, and a map of all ~55 status lines was a tenth of that.
 pub fn fields<const N: usize>(text: &str, keys: [&str; N]) -> [Option<u64>; N] {
@@ -95,14 +82,16 @@ pub fn fields<const N: usize>(text: &str, keys: [&str; N]) -> [Option<u64>; N] {
     out
 }
 
-/// Reads /proc/PID/io (`read_bytes`, `write_bytes`, ...).
-pub fn parse_io(text: &str) -> HashMap<&str, u64> {
-    text.lines()
-        .filter_map(|line| {
-            let (k, v) = line.split_once(':')?;
-            Some((k, v.trim().parse().ok()?))
-        })
-        .collect()
+/// What pmet reads of /proc/PID/io (and of a thread's).
+const IO_FIELDS: [&str; 3] = ["read_bytes", "write_bytes", "cancelled_write_bytes"];
+
+/// This machine's page size in bytes (the unit of the kernel's memory
+/// counters), read once.
+pub fn page_size() -> u64 {
+    static SIZE: OnceLock<u64> = OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *SIZE
+        .get_or_init(|| u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
 }
 
 /// Splits /proc/PID/cmdline into arguments.
@@ -146,18 +135,6 @@ struct Open {
     io: Option<File>,
 }
 
-impl Clone for Procfs {
-    fn clone(&self) -> Self {
-        Self {
-            root: self.root.clone(),
-            ticks_per_s: self.ticks_per_s,
-            page_size: self.page_size,
-            open: Mutex::default(),
-            keep_at_most: OnceLock::new(),
-        }
-    }
-}
-
 /// A whole file read from its start again (a /proc file makes its text
 /// anew at offset 0), as text (a comm need not be UTF-8).
 fn read_from_start(f: &File, buf: &mut Vec<u8>) -> io::Result<String> {
@@ -183,11 +160,10 @@ impl Procfs {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         // SAFETY: sysconf has no preconditions.
         let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Self {
             root: root.into(),
             ticks_per_s: if tck > 0 { tck as u64 } else { 100 },
-            page_size: if page > 0 { page as u64 } else { 4096 },
+            page_size: page_size(),
             open: Mutex::default(),
             keep_at_most: OnceLock::new(),
         }
@@ -213,7 +189,7 @@ impl Procfs {
 
     /// Closes the files kept for the processes `keep` says no to (those
     /// no longer live).
-    pub fn keep_open_only(&self, keep: &dyn Fn(u32) -> bool) {
+    pub fn keep_only(&self, keep: &dyn Fn(u32) -> bool) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.retain(|&pid, _| keep(pid));
     }
@@ -284,7 +260,7 @@ impl Procfs {
             .io
             .as_ref()
             .and_then(|f| read_from_start(f, &mut buf).ok())
-            .map(|io| fields(&io, ["read_bytes", "write_bytes", "cancelled_write_bytes"]));
+            .map(|io| fields(&io, IO_FIELDS));
         let [read_bytes, write_bytes, cancelled_write_bytes] = io.unwrap_or_default();
         Ok(Some(Sample {
             ts_ns,
@@ -345,18 +321,18 @@ impl Procfs {
             let runtime_ns = fs::read_to_string(base.join("schedstat"))
                 .ok()
                 .and_then(|s| s.split_ascii_whitespace().next()?.parse().ok());
-            let io = fs::read_to_string(base.join("io")).ok();
-            let io = io.as_deref().map(parse_io);
+            let io = fs::read_to_string(base.join("io"))
+                .ok()
+                .map(|io| fields(&io, IO_FIELDS));
+            let [read_bytes, write_bytes, cancelled_write_bytes] = io.unwrap_or_default();
             Some(ThreadFigures {
                 tid,
                 runtime_ns,
                 utime_ticks: stat.utime,
                 stime_ticks: stat.stime,
-                read_bytes: io.as_ref().and_then(|m| m.get("read_bytes").copied()),
-                write_bytes: io.as_ref().and_then(|m| m.get("write_bytes").copied()),
-                cancelled_write_bytes: io
-                    .as_ref()
-                    .and_then(|m| m.get("cancelled_write_bytes").copied()),
+                read_bytes,
+                write_bytes,
+                cancelled_write_bytes,
             })
         })
         .collect()
@@ -454,11 +430,14 @@ mod tests {
 
     #[test]
     fn status_in_bytes() {
-        let m = parse_status("Name:\tbash\nVmHWM:\t    5000 kB\nVmRSS:\t  4000 kB\nThreads:\t7\n");
-        assert_eq!(m["VmHWM"], 5000 * 1024);
-        assert_eq!(m["VmRSS"], 4000 * 1024);
-        assert_eq!(m["Threads"], 7);
-        assert!(!m.contains_key("Name"));
+        let [hwm, rss, threads, name] = fields(
+            "Name:\tbash\nVmHWM:\t    5000 kB\nVmRSS:\t  4000 kB\nThreads:\t7\n",
+            ["VmHWM", "VmRSS", "Threads", "Name"],
+        );
+        assert_eq!(hwm, Some(5000 * 1024));
+        assert_eq!(rss, Some(4000 * 1024));
+        assert_eq!(threads, Some(7));
+        assert_eq!(name, None);
     }
 
     #[test]
@@ -489,9 +468,13 @@ mod tests {
 
     #[test]
     fn io_fields() {
-        let m = parse_io("rchar: 10\nwchar: 20\nread_bytes: 4096\nwrite_bytes: 8192\n");
-        assert_eq!(m["read_bytes"], 4096);
-        assert_eq!(m["write_bytes"], 8192);
+        let [read, write, cancelled] = fields(
+            "rchar: 10\nwchar: 20\nread_bytes: 4096\nwrite_bytes: 8192\n",
+            IO_FIELDS,
+        );
+        assert_eq!(read, Some(4096));
+        assert_eq!(write, Some(8192));
+        assert_eq!(cancelled, None);
     }
 
     #[test]
@@ -527,7 +510,7 @@ mod tests {
         assert!(!kept(pid));
         let me = std::process::id();
         assert!(p.sample(me, 4).is_some());
-        p.keep_open_only(&|pid| pid != me);
+        p.keep_only(&|pid| pid != me);
         assert!(!kept(me), "let go when no longer live");
     }
 

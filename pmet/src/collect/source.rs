@@ -173,7 +173,7 @@ impl Sampler for Procfs {
         Procfs::sample(self, pid, ts_ns)
     }
     fn keep_only(&self, keep: &dyn Fn(u32) -> bool) {
-        self.keep_open_only(keep)
+        Procfs::keep_only(self, keep)
     }
     fn threads(&self, pid: u32) -> Vec<ThreadFigures> {
         Procfs::threads(self, pid)
