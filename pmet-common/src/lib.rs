@@ -96,10 +96,8 @@ pub mod exit_flags {
     pub const CODE_VALID: u32 = 2;
     /// CPU and I/O figures were read from the task (else they are unknown).
     pub const STATS_VALID: u32 = 4;
-    /// With `KEPT`: they were read at the thread's last context switch
-    /// (final). The kernel side now sends its free record from there, so a
-    /// kept record no longer carries it.
-    pub const FINAL: u32 = 8;
+    // 8 was `FINAL` (kept figures read at the last context switch), until
+    // that switch sent the final record itself.
     /// Free events only: the thread's last switch was never seen; these are
     /// the figures kept for it in `DYING` at its exit.
     pub const KEPT: u32 = 16;

@@ -487,7 +487,6 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 kernel.forget_dying(task);
                 let kept = (d.flags & exit_flags::STATS_VALID != 0).then(|| Kept {
                     totals: totals(&d.figures),
-                    final_: d.flags & exit_flags::FINAL != 0,
                     ctx: ctx(&d.figures, d.flags),
                 });
                 self.tree.free_missed(d.tgid, d.cookie, d.tid, kept);
@@ -879,7 +878,7 @@ pub(crate) mod fake {
                 tid: pid,
                 cookie,
                 totals: Some(totals),
-                kept: None,
+                kept: false,
                 ctx: None,
             });
         }
@@ -1250,7 +1249,7 @@ mod tests {
     }
 
     #[test]
-    fn a_free_given_up_takes_the_figures_kept_at_the_last_switch() {
+    fn a_free_given_up_takes_the_figures_kept_at_exit() {
         let mut s = session();
         let k = kernel(&mut s);
         k.fork(1100 * MS, ROOT, 200, 11);
@@ -1268,7 +1267,7 @@ mod tests {
                     stime: 1,
                     ..Default::default()
                 },
-                flags: exit_flags::STATS_VALID | exit_flags::FINAL,
+                flags: exit_flags::STATS_VALID,
                 _pad: 0,
             },
         );
@@ -1277,7 +1276,7 @@ mod tests {
         s.sweep_dying(Duration::ZERO, 1300 * MS);
         let p = by_pid(&s, 200)[0];
         assert_eq!(p.freed.runtime_ns, 550_000);
-        assert_eq!(p.freed_kept.at_last_switch, 1);
+        assert_eq!(p.freed_kept, 1);
         assert!(p.totals_complete());
         // What the report and the live view say about it.
         let l = s.losses();
@@ -1287,7 +1286,7 @@ mod tests {
                 l.frees_kept_at_last_switch,
                 l.frees_kept_at_exit
             ),
-            (1, 1, 0)
+            (1, 0, 1)
         );
         assert_eq!(l.total(), 0, "made good: not a loss");
     }

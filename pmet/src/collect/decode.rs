@@ -193,7 +193,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 tid: e.hdr.tid,
                 cookie: e.cookie,
                 totals: (e.flags & exit_flags::STATS_VALID != 0).then(|| totals(&e.figures)),
-                kept: (e.flags & exit_flags::KEPT != 0).then_some(e.flags & exit_flags::FINAL != 0),
+                kept: e.flags & exit_flags::KEPT != 0,
                 ctx: ctx(&e.figures, e.flags),
             })
         }

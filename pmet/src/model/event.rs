@@ -182,10 +182,9 @@ pub enum Event {
         cookie: u64,
         /// Final CPU and I/O, when they could be read.
         totals: Option<ThreadTotals>,
-        /// The free itself was never seen: these are the figures the kernel
-        /// side kept for the thread, read at its last context switch
-        /// (`Some(true)`: final) or at its exit (`Some(false)`).
-        kept: Option<bool>,
+        /// The thread's last switch was never seen: these are the figures
+        /// the kernel side kept for it at its exit.
+        kept: bool,
         /// Its context switches and page faults, read with `totals`.
         ctx: Option<Ctx>,
     },

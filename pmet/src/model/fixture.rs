@@ -84,7 +84,7 @@ fn end(t: u64, pid: u32, code: u32, cpu_ms: u64, write: u64) -> [Event; 2] {
                 write_bytes: write,
                 cancelled_write_bytes: 0,
             }),
-            kept: None,
+            kept: false,
             ctx: None,
         },
     ]

@@ -127,23 +127,12 @@ pub struct TaskstatsTotals {
     pub group_done: bool,
 }
 
-/// How many threads' final figures came from the kernel side's `DYING`
-/// entry instead of their free.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KeptFigures {
-    /// Read at the thread's last context switch: the same as its free's.
-    pub at_last_switch: u32,
-    /// Read at its exit: short of the teardown that follows.
-    pub at_exit: u32,
-}
-
-/// Figures the kernel side kept for a thread whose free was not seen.
+/// Figures the kernel side kept at its exit for a thread whose last
+/// switch (its final record) was not seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kept {
     /// The figures.
     pub totals: ThreadTotals,
-    /// Read at the last context switch (else at exit).
-    pub final_: bool,
     /// Context switches and faults, read with them.
     pub ctx: Option<Ctx>,
 }
@@ -265,10 +254,10 @@ pub struct Proc {
     /// Exited threads whose free was never seen by the kernel side, and
     /// whose figures were not kept for it either.
     pub freed_missing: u32,
-    /// Exited threads whose free was never seen, counted from the figures
-    /// the kernel side kept for them: read at their last context switch
-    /// (final), or at their exit (short of the address space's teardown).
-    pub freed_kept: KeptFigures,
+    /// Exited threads whose final record was never seen, counted from the
+    /// figures the kernel side kept for them at their exit (short of the
+    /// address space's teardown).
+    pub freed_kept: u32,
     /// Exit-time records from taskstats.
     pub taskstats: TaskstatsTotals,
     /// Context switches and faults of the freed threads that carried them
@@ -349,10 +338,7 @@ impl Proc {
     /// whole process: from its threads' own counters when every freed
     /// thread carried them, else from taskstats' records, else unknown.
     pub fn ctx_figures(&self) -> Option<(u64, u64, u64)> {
-        if self.totals_complete()
-            && self.freed_threads > 0
-            && self.ctx_threads == self.freed_threads
-        {
+        if self.totals_complete() && self.ctx_threads == self.freed_threads {
             Some((self.ctx.nvcsw, self.ctx.nivcsw, self.ctx.maj_flt))
         } else {
             let t = &self.taskstats;
@@ -515,8 +501,6 @@ pub struct Losses {
     pub exits_unseen: u64,
     /// Ended processes whose final figures never arrived.
     pub totals_missing: u64,
-    /// Thread frees made good from the figures kept at the last switch.
-    pub frees_kept_at_last_switch: u64,
     /// Thread frees made good from the figures kept at exit.
     pub frees_kept_at_exit: u64,
     /// Thread frees not seen (those made good included).
@@ -528,7 +512,6 @@ impl Losses {
     pub fn add(&mut self, o: &Losses) {
         self.exits_unseen += o.exits_unseen;
         self.totals_missing += o.totals_missing;
-        self.frees_kept_at_last_switch += o.frees_kept_at_last_switch;
         self.frees_kept_at_exit += o.frees_kept_at_exit;
         self.free_events_missed += o.free_events_missed;
     }
@@ -537,7 +520,6 @@ impl Losses {
     fn sub(&mut self, o: &Losses) {
         self.exits_unseen -= o.exits_unseen;
         self.totals_missing -= o.totals_missing;
-        self.frees_kept_at_last_switch -= o.frees_kept_at_last_switch;
         self.frees_kept_at_exit -= o.frees_kept_at_exit;
         self.free_events_missed -= o.free_events_missed;
     }
@@ -743,8 +725,7 @@ impl Tree {
     /// a process that ended after this (boottime ns) may still be waiting
     /// for its final figures, and is not counted as missing them.
     pub fn losses_of(&self, p: &Proc, settled_before: Option<u64>) -> Losses {
-        let kept_switch = u64::from(p.freed_kept.at_last_switch);
-        let kept_exit = u64::from(p.freed_kept.at_exit);
+        let kept = u64::from(p.freed_kept);
         Losses {
             exits_unseen: u64::from(p.vanished && !p.untracked),
             totals_missing: u64::from(
@@ -755,9 +736,8 @@ impl Tree {
                     && !self.ended_after_close(p)
                     && settled_before.is_none_or(|b| p.end_ns.is_some_and(|e| e <= b)),
             ),
-            frees_kept_at_last_switch: kept_switch,
-            frees_kept_at_exit: kept_exit,
-            free_events_missed: u64::from(p.freed_missing) + kept_switch + kept_exit,
+            frees_kept_at_exit: kept,
+            free_events_missed: u64::from(p.freed_missing) + kept,
         }
     }
 
@@ -1144,11 +1124,7 @@ impl Tree {
                     None => p.freed_unreadable += 1,
                 }
                 p.add_ctx(ctx);
-                match kept {
-                    Some(true) => p.freed_kept.at_last_switch += 1,
-                    Some(false) => p.freed_kept.at_exit += 1,
-                    None => {}
-                }
+                p.freed_kept += u32::from(kept);
             }
             Event::Conn {
                 tgid,
@@ -1356,11 +1332,7 @@ impl Tree {
                         p.freed_threads += 1;
                         p.thread_totals(tid, k.totals);
                         p.add_ctx(k.ctx);
-                        if k.final_ {
-                            p.freed_kept.at_last_switch += 1;
-                        } else {
-                            p.freed_kept.at_exit += 1;
-                        }
+                        p.freed_kept += 1;
                     }
                     None => p.freed_missing += 1,
                 }
@@ -1474,7 +1446,7 @@ mod tests {
                 write_bytes: 20,
                 cancelled_write_bytes: 0,
             }),
-            kept: None,
+            kept: false,
             ctx: None,
         }
     }
@@ -1591,7 +1563,7 @@ mod tests {
 
     #[test]
     fn a_missed_free_is_made_good_by_the_figures_kept_for_it() {
-        let kept = |rt, final_| Kept {
+        let kept = |rt| Kept {
             ctx: None,
             totals: ThreadTotals {
                 runtime_ns: rt,
@@ -1600,7 +1572,6 @@ mod tests {
                 read_bytes: 7,
                 ..ThreadTotals::default()
             },
-            final_,
         };
         let mut t = Tree::new();
         t.add_root(100, 1, 1, 0, vec!["a".into()]);
@@ -1611,21 +1582,15 @@ mod tests {
         t.apply(exit(101, 151, 11, false, 0, 21));
         t.apply(exit(101, 101, 11, true, 0, 30));
         t.apply(free(101, 150, 11, 1_000, 1, 1));
-        // Two frees never come: one thread's figures were kept at its last
-        // switch, one's only at its exit.
-        t.free_missed(101, 11, 151, Some(kept(1_900, true)));
-        t.free_missed(101, 11, 101, Some(kept(300, false)));
+        // Two threads' final records never come: their figures were kept
+        // at their exits.
+        t.free_missed(101, 11, 151, Some(kept(1_900)));
+        t.free_missed(101, 11, 101, Some(kept(300)));
         let p = &t.procs[1];
         assert!(p.totals_complete(), "nothing is left to taskstats");
         assert_eq!(p.freed.runtime_ns, 1_000 + 1_900 + 300);
         assert_eq!(p.freed_threads, 3);
-        assert_eq!(
-            p.freed_kept,
-            KeptFigures {
-                at_last_switch: 1,
-                at_exit: 1
-            }
-        );
+        assert_eq!(p.freed_kept, 2);
         let missing = |t: &Tree| t.procs.iter().map(|p| p.freed_missing).sum::<u32>();
         assert_eq!(missing(&t), 0);
         assert_eq!(super::super::figures::figures(p, 100, true).source, "exit");

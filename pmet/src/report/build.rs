@@ -509,7 +509,7 @@ mod tests {
                     write_bytes: 8192,
                     cancelled_write_bytes: 0,
                 }),
-                kept: None,
+                kept: false,
                 ctx: None,
             });
         }

@@ -282,7 +282,6 @@ impl Lost {
         }
         l.exits_unseen = sum.exits_unseen;
         l.totals_missing = sum.totals_missing;
-        l.frees_kept_at_last_switch = sum.frees_kept_at_last_switch;
         l.frees_kept_at_exit = sum.frees_kept_at_exit;
         l.free_events_missed = sum.free_events_missed;
         l

@@ -544,7 +544,7 @@ mod tests {
                     write_bytes: 4096,
                     cancelled_write_bytes: 0,
                 }),
-                kept: None,
+                kept: false,
                 ctx: None,
             });
         }
