@@ -705,7 +705,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
     let (ts_tx, ts_rx) = mpsc::unbounded_channel::<Vec<TaskStats>>();
     // taskstats only as a fallback: where the kernel side reads each
     // thread's peak memory at exit and its context switches and faults at
-    // free, a record per exit on the machine would add nothing (and cost
+    // its last switch, a record per exit on the machine would add nothing (and cost
     // every exiting task a netlink message).
     let replaced = kernel.as_ref().is_some_and(|k| k.replaces_taskstats);
     if replaced {

@@ -196,8 +196,9 @@ pub struct Kernel {
     pub exit_totals: bool,
     /// They include storage I/O.
     pub kernel_io: bool,
-    /// Exits carry the memory's peak and frees the context switches and
-    /// page faults: everything taskstats would add, so it is not needed.
+    /// Exits carry the memory's peak and final records the context
+    /// switches and page faults: everything taskstats would add, so it is
+    /// not needed.
     pub replaces_taskstats: bool,
     ebpf: Ebpf,
 }

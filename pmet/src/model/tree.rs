@@ -188,7 +188,8 @@ pub struct ThreadRec {
     pub start_ns: Option<u64>,
     /// `CLOCK_BOOTTIME` ns of its exit; `None` while it runs.
     pub end_ns: Option<u64>,
-    /// Its final figures (at free, or kept for a free not seen).
+    /// Its final figures (at its last switch, or kept at its exit when
+    /// that switch was not seen).
     pub totals: Option<ThreadTotals>,
     /// What it had used when pmet attached (subtracted; zero otherwise).
     pub baseline: ThreadTotals,
