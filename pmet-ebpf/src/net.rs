@@ -7,13 +7,13 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use pmet_common::{NetCounters, NetKey, counter, tracked_flags};
 
-use crate::{CONFIG, NET, TRACKED, bump, tracked};
+use crate::{CONFIG, NET, TRACKED, bump, kread, tracked};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -74,17 +74,14 @@ fn try_count_btf(ctx: &BtfTracePointContext, tx: bool) -> Result<(), i32> {
     }
     let cfg = CONFIG.load();
     let sk: u64 = ctx.arg(0);
-    // SAFETY: offsets from this kernel's BTF; sk is live during the call.
-    let family: u16 =
-        unsafe { bpf_probe_read_kernel((sk + u64::from(cfg.sk_family)) as *const u16)? };
-    let protocol: u16 =
-        unsafe { bpf_probe_read_kernel((sk + u64::from(cfg.sk_protocol)) as *const u16)? };
+    // SAFETY (all reads): offsets from this kernel's BTF; sk is live during
+    // the call, and known to the verifier by its type.
+    let family: u16 = unsafe { kread(sk, cfg.sk_family.into(), true) }.ok_or(-1)?;
+    let protocol: u16 = unsafe { kread(sk, cfg.sk_protocol.into(), true) }.ok_or(-1)?;
     if cfg.sk_type != 0 {
         // A raw socket opened with IPPROTO_UDP (or TCP) moves whole packets,
         // headers included: not payload of either protocol.
-        // SAFETY: offset from this kernel's BTF; sk is live during the call.
-        let ty: u16 =
-            unsafe { bpf_probe_read_kernel((sk + u64::from(cfg.sk_type)) as *const u16)? };
+        let ty: u16 = unsafe { kread(sk, cfg.sk_type.into(), true) }.ok_or(-1)?;
         if ty != SOCK_STREAM && ty != SOCK_DGRAM {
             return Ok(());
         }

@@ -7,8 +7,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{self, bpf_probe_read_user_str},
     },
     macros::{btf_tracepoint, tracepoint},
@@ -21,7 +20,10 @@ use pmet_common::{
     tracked_flags,
 };
 
-use crate::{CONFIG, DYING, EVENTS, EXEC_SCRATCH, SCOPE, SCRATCH, TRACKED, bump, tracked};
+use crate::{
+    CONFIG, DYING, EVENTS, EXEC_SCRATCH, SCOPE, SCRATCH, TRACKED, bump, current_task, kread,
+    tracked,
+};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -156,10 +158,11 @@ pub fn task_newtask_btf(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *task, u64 clone_flags)
     let task: u64 = ctx.arg(0);
     let clone_flags: u64 = ctx.arg(1);
-    // SAFETY: offset from this kernel's BTF; the new task is live.
-    match unsafe { bpf_probe_read_kernel((task + u64::from(cfg.task_pid)) as *const u32) } {
-        Ok(child) => newtask(child, clone_flags),
-        Err(_) => bump(counter::READ_FAILED),
+    // SAFETY: offset from this kernel's BTF; the new task is live, and
+    // known to the verifier by its type.
+    match unsafe { kread::<u32>(task, cfg.task_pid.into(), true) } {
+        Some(child) => newtask(child, clone_flags),
+        None => bump(counter::READ_FAILED),
     }
     0
 }
@@ -368,7 +371,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             tid
         }
     };
-    exec(old_tid, now());
+    exec(old_tid, now(), false);
     0
 }
 
@@ -389,7 +392,7 @@ pub fn sched_process_exec_btf(ctx: BtfTracePointContext) -> i32 {
     let ts = now();
     let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
         // Never for index 0 of an array; the identity alone, then.
-        exec(old_tid, ts);
+        exec(old_tid, ts, true);
         return 0;
     };
     // SAFETY: this CPU's scratch slot, used by this program alone (a BTF
@@ -413,7 +416,7 @@ unsafe fn exec_full(ev: *mut ExecFullEvent, old_tid: u32, bprm: u64, ts: u64) {
     // fails rather than faults.
     unsafe {
         (*ev).head = ExecFullHeader {
-            exec: exec_event(kind::EXEC_FULL, old_tid, ts, &cfg),
+            exec: exec_event(kind::EXEC_FULL, old_tid, ts, &cfg, true),
             argv_len: 0,
             env_len: 0,
             argv_flags: exec_flags::UNREAD,
@@ -445,11 +448,12 @@ unsafe fn exec_full(ev: *mut ExecFullEvent, old_tid: u32, bprm: u64, ts: u64) {
 unsafe fn exec_strings(ev: *mut ExecFullEvent, bprm: u64, cfg: &Config) -> Result<(), i64> {
     // SAFETY: as the caller promises (see `exec_full`).
     unsafe {
-        let task = bpf_get_current_task();
-        let mm: u64 = bpf_probe_read_kernel((task + u64::from(cfg.task_mm)) as *const u64)?;
-        let field = |off: u16| bpf_probe_read_kernel((mm + u64::from(off)) as *const u64);
+        // The task, its mm and bprm are known to the verifier by type.
+        let task = current_task(true);
+        let mm: u64 = kread(task, cfg.task_mm.into(), true).ok_or(-1i64)?;
+        let field = |off: u16| kread::<u64>(mm, off.into(), true).ok_or(-1i64);
         let name = (*ev).filename.as_mut_ptr();
-        let path: u64 = bpf_probe_read_kernel((bprm + u64::from(cfg.bprm_filename)) as *const u64)?;
+        let path: u64 = kread(bprm, cfg.bprm_filename.into(), true).ok_or(-1i64)?;
         if generated::bpf_probe_read_kernel_str(name.cast(), FILENAME_LEN as u32, path as *const _)
             < 0
         {
@@ -508,19 +512,20 @@ unsafe fn bpf_probe_read_user_buf(dst: *mut u8, len: u32, src: u64) -> Result<()
     if r < 0 { Err(r) } else { Ok(()) }
 }
 
-/// A tracked process finished an exec: who it is now.
+/// A tracked process finished an exec: who it is now. `btf`: called from a
+/// BTF tracepoint (see [`kread`]).
 #[inline(always)]
-fn exec(old_tid: u32, ts: u64) {
+fn exec(old_tid: u32, ts: u64, btf: bool) {
     let cfg = CONFIG.load();
-    send(exec_event(kind::EXEC, old_tid, ts, &cfg));
+    send(exec_event(kind::EXEC, old_tid, ts, &cfg, btf));
 }
 
 /// Who the current process is after an exec, as a `kind` record.
 #[inline(always)]
-fn exec_event(kind: u32, old_tid: u32, ts: u64, cfg: &Config) -> ExecEvent {
+fn exec_event(kind: u32, old_tid: u32, ts: u64, cfg: &Config, btf: bool) -> ExecEvent {
     let (tgid, tid) = current();
     let ids = bpf_get_current_uid_gid();
-    let (ns_pid, pid_ns) = pid_in_ns(cfg).unwrap_or((0, 0));
+    let (ns_pid, pid_ns) = pid_in_ns(cfg, btf).unwrap_or((0, 0));
     ExecEvent {
         hdr: header(kind, tgid, tid, ts),
         old_tid,
@@ -539,22 +544,21 @@ fn exec_event(kind: u32, old_tid: u32, ts: u64, cfg: &Config) -> ExecEvent {
 /// inode: `task->thread_pid->numbers[level]` (what `task_active_pid_ns`
 /// and `/proc/PID/status`'s last `NSpid` read).
 #[inline(always)]
-fn pid_in_ns(cfg: &Config) -> Option<(u32, u32)> {
+fn pid_in_ns(cfg: &Config, btf: bool) -> Option<(u32, u32)> {
     if cfg.task_thread_pid == 0 {
         return None;
     }
     // SAFETY (all reads): offsets from this kernel's BTF; the current task
     // and its pid are live while it runs.
     unsafe {
-        let task = bpf_get_current_task();
-        let pid: u64 =
-            bpf_probe_read_kernel((task + u64::from(cfg.task_thread_pid)) as *const u64).ok()?;
-        let level: u32 =
-            bpf_probe_read_kernel((pid + u64::from(cfg.pid_level)) as *const u32).ok()?;
+        let task = current_task(btf);
+        let pid: u64 = kread(task, cfg.task_thread_pid.into(), btf)?;
+        let level: u32 = kread(pid, cfg.pid_level.into(), btf)?;
         // The kernel nests at most 32 pid namespaces.
         if level > 32 {
             return None;
         }
+        // An offset known only at run time: the probe helper, whatever `btf`.
         let upid = pid + u64::from(cfg.pid_numbers) + u64::from(level) * u64::from(cfg.upid_size);
         let nr: u32 = bpf_probe_read_kernel(upid as *const u32).ok()?;
         let ns: u64 = bpf_probe_read_kernel((upid + u64::from(cfg.upid_ns)) as *const u64).ok()?;
@@ -582,7 +586,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         // available sign (wrong only when the leader exits before its threads).
         tid == tgid
     };
-    exit(t, group_dead);
+    exit(t, group_dead, false);
     0
 }
 
@@ -595,38 +599,38 @@ pub fn sched_process_exit_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     // TP_PROTO(struct task_struct *p, bool group_dead)
-    exit(t, ctx.arg::<u64>(1) & 0xff != 0);
+    exit(t, ctx.arg::<u64>(1) & 0xff != 0, true);
     0
 }
 
-/// A tracked thread exits (in its own context).
+/// A tracked thread exits (in its own context). `btf`: called from a BTF
+/// tracepoint (see [`kread`]).
 #[inline(always)]
-fn exit(t: Tracked, group_dead: bool) {
+fn exit(t: Tracked, group_dead: bool, btf: bool) {
     let (tgid, tid) = current();
     let cfg = CONFIG.load();
     let mut flags = 0;
     if group_dead {
         flags |= exit_flags::GROUP_DEAD;
     }
-    // SAFETY: no preconditions; the current task outlives this program.
-    let task = unsafe { bpf_get_current_task() };
+    let task = current_task(btf);
     let ts = now();
     let mut exit_code = 0;
     if cfg.task_exit_code != 0 {
         // SAFETY: offset from this kernel's BTF; a failed read is reported.
-        match unsafe { bpf_probe_read_kernel((task + cfg.task_exit_code as u64) as *const u32) } {
-            Ok(v) => {
+        match unsafe { kread::<u32>(task, cfg.task_exit_code.into(), btf) } {
+            Some(v) => {
                 exit_code = v;
                 flags |= exit_flags::CODE_VALID;
             }
-            Err(_) => bump(counter::READ_FAILED),
+            None => bump(counter::READ_FAILED),
         }
     }
     if cfg.task_sum_exec_runtime != 0 {
         // Without switches and faults: these figures stand in only when
         // the thread's last switch goes unseen (rarely), and the process's
         // counts are then left unknown rather than read on every exit.
-        let figures = task_figures(task, &cfg, false);
+        let figures = task_figures(task, &cfg, false, btf);
         let d = Dying {
             tgid,
             tid,
@@ -654,7 +658,7 @@ fn exit(t: Tracked, group_dead: bool) {
             }
         }
     }
-    let peak_rss_pages = peak_rss_pages(task, &cfg);
+    let peak_rss_pages = peak_rss_pages(task, &cfg, btf);
     if peak_rss_pages.is_some() {
         flags |= exit_flags::MEM_VALID;
     } else if cfg.mm_hiwater_rss != 0 {
@@ -686,22 +690,22 @@ fn exit(t: Tracked, group_dead: bool) {
 /// gone (before 6.16) or the layout is unknown; `Some(0)` for a thread
 /// with no memory of its own (a kernel thread).
 #[inline(always)]
-fn peak_rss_pages(task: u64, cfg: &Config) -> Option<u64> {
+fn peak_rss_pages(task: u64, cfg: &Config, btf: bool) -> Option<u64> {
     if cfg.mm_hiwater_rss == 0 {
         return None;
     }
     // SAFETY (all reads): offsets from this kernel's BTF; the current task
     // and its memory stay valid while it runs this tracepoint, which comes
     // before `exit_mm`.
-    let mm = unsafe { bpf_probe_read_kernel((task + cfg.task_mm as u64) as *const u64) }.ok()?;
+    let mm: u64 = unsafe { kread(task, cfg.task_mm.into(), btf) }?;
     if mm == 0 {
         return Some(0);
     }
-    let hiwater =
-        unsafe { bpf_probe_read_kernel((mm + cfg.mm_hiwater_rss as u64) as *const u64) }.ok()?;
+    let hiwater: u64 = unsafe { kread(mm, cfg.mm_hiwater_rss.into(), btf) }?;
     let counter = |i: u64| -> Option<u64> {
-        let at = mm + cfg.mm_rss_stat as u64 + i * cfg.rss_stride as u64 + cfg.rss_count as u64;
-        let v = unsafe { bpf_probe_read_kernel(at as *const i64) }.ok()?;
+        // Constant too: `i` is, at each use below.
+        let off = cfg.mm_rss_stat as u64 + i * cfg.rss_stride as u64 + cfg.rss_count as u64;
+        let v: i64 = unsafe { kread(mm, off, btf) }?;
         Some(if v > 0 { v as u64 } else { 0 })
     };
     // MM_FILEPAGES, MM_ANONPAGES and MM_SHMEMPAGES (MM_SWAPENTS, 2, is not resident).
@@ -749,9 +753,10 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     if cfg.task_pid != 0 {
         // The address may hold a later task when an earlier last switch
         // went unseen.
-        // SAFETY: offset from this kernel's BTF; the task is still allocated.
-        let pid = unsafe { bpf_probe_read_kernel((task + cfg.task_pid as u64) as *const u32) };
-        if pid != Ok(d.tid) {
+        // SAFETY: offset from this kernel's BTF; the task is still allocated
+        // (and known to the verifier by its type).
+        let pid = unsafe { kread::<u32>(task, cfg.task_pid.into(), true) };
+        if pid != Some(d.tid) {
             recover(&d);
             return 0;
         }
@@ -761,7 +766,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         cookie: d.cookie,
         ..FreeEvent::default()
     };
-    if let Some(f) = task_figures(task, &cfg, true) {
+    if let Some(f) = task_figures(task, &cfg, true, true) {
         ev.figures = f;
         ev.flags |= stats_valid(&cfg);
     }
@@ -781,16 +786,17 @@ fn stats_valid(cfg: &Config) -> u32 {
 
 /// A task's CPU and storage figures, or `None` when this kernel's layout
 /// does not give them (or a read fails, which is counted); with its context
-/// switches and faults when `ctx`.
+/// switches and faults when `ctx`. `btf`: `task` is known to the verifier
+/// by its type (see [`kread`]).
 #[inline(always)]
-fn task_figures(task: u64, cfg: &Config, ctx: bool) -> Option<TaskFigures> {
+fn task_figures(task: u64, cfg: &Config, ctx: bool, btf: bool) -> Option<TaskFigures> {
     let read = |off: u32| -> Option<u64> {
         if off == 0 {
             return None;
         }
         // SAFETY: offset from this kernel's BTF; the task is alive or not yet
         // freed in every caller.
-        unsafe { bpf_probe_read_kernel((task + off as u64) as *const u64) }.ok()
+        unsafe { kread(task, off.into(), btf) }
     };
     let read_ctx = |off: u32| if ctx { read(off).unwrap_or(0) } else { 0 };
     match (

@@ -663,14 +663,17 @@ fn every_kernel_program_stays_within_its_verifier_budget() {
         ("sched_process_exit", 2_300),
         ("sock_send_length", 2_000),
         ("sock_recv_length", 2_000),
-        // The BTF hooks, the default.
+        // The BTF hooks, the default. Their kernel fields are plain loads
+        // checked against BTF (`kread`), not helper calls: fewer
+        // instructions, though the exit's null-`mm` test on a typed pointer
+        // gives the verifier a few more paths to walk (2,109 → 2,282).
         ("task_newtask_btf", 650),
-        ("sched_process_exec_btf", 1_250),
-        ("sched_process_exit_btf", 2_300),
+        ("sched_process_exec_btf", 1_050),
+        ("sched_process_exit_btf", 2_450),
         // A thread's final figures at its last switch, with the context
         // switch and fault counters, sent; every other switch returns at
         // the state test.
-        ("sched_switch", 950),
+        ("sched_switch", 450),
         // Most of it is a socket's first use (announcing it, its ends);
         // every later call is a lookup and an add.
         ("sock_send_btf", 10_500),
