@@ -721,13 +721,18 @@ fn network(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
 
     // UDP: throughput and exactness of datagram bytes, both ways. Each
     // datagram waits for a one-byte ack, so the run is bound by per-call
-    // latency: four socket calls (two hooked sends, two hooked receives) per
-    // ~50 µs round trip, the hooks' worst case.
+    // latency: four hooked socket calls and two context switches per round
+    // trip, the hooks' worst case. Sender and receiver share one CPU (the
+    // last): across two, each round trip waits on a cross-CPU wakeup whose
+    // cost in a VM varies by tens of µs from run to run and hides the hooks.
     let count = if b.quick { 2_000 } else { 20_000 };
     let size = 1000u64;
     let payload = count as u64 * size;
     let (count_s, size_s) = (count.to_string(), size.to_string());
-    let ushim = b.shim_w(&["udp", "4", &count_s, &size_s]);
+    let cpu = (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string();
+    let mut ushim = b.shim(&["taskset", "-c", &cpu]);
+    ushim.push(b.workload.clone().into());
+    ushim.extend(["udp", "4", &count_s, &size_s].map(Into::into));
     let udp = |c: &mut Command| {
         c.args(&ushim[1..]);
     };
@@ -821,7 +826,7 @@ fn network(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
         ]);
     }
     md.p(&format!(
-        "UDP: {count} datagrams of {size} bytes, each acknowledged by one byte before the next ({payload} bytes of payload each way; the acks are not counted here); nethogs run once, for its counts:"
+        "UDP: {count} datagrams of {size} bytes, each acknowledged by one byte before the next ({payload} bytes of payload each way; the acks are not counted here), sender and receiver on one CPU (`taskset -c {cpu}`); nethogs run once, for its counts:"
     ));
     md.table(
         &[
