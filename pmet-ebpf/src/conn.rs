@@ -23,11 +23,11 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use pmet_common::{
-    Config, ConnBytes, ConnEndEvent, ConnEvent, ConnKey, Endpoints, EventHeader, SockLife,
-    config_flags, conn_outcome, conn_role, counter, kind,
+    ConnBytes, ConnEndEvent, ConnEvent, ConnKey, Endpoints, EventHeader, SockLife, config_flags,
+    conn_outcome, conn_role, counter, kind,
 };
 
-use crate::{ACCEPTED, CONFIG, CONNS, EVENTS, SOCKS, bump, tracked};
+use crate::{ACCEPTED, CONNS, EVENTS, SOCKS, bump, tracked};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -71,29 +71,28 @@ fn read<T>(sk: u64, offset: u16) -> Option<T> {
 
 /// A socket's ends as they are now.
 #[inline(always)]
-fn ends(sk: u64, cfg: &Config) -> Endpoints {
+fn ends(sk: u64) -> Endpoints {
     let mut e = Endpoints {
-        family: read::<u16>(sk, cfg.sk_family).unwrap_or(0),
+        family: read::<u16>(sk, cfg!(sk_family)).unwrap_or(0),
         ..Endpoints::default()
     };
     if e.family == AF_INET {
-        let r: [u8; 4] = read(sk, cfg.sk_daddr).unwrap_or([0; 4]);
-        let l: [u8; 4] = read(sk, cfg.sk_rcv_saddr).unwrap_or([0; 4]);
+        let r: [u8; 4] = read(sk, cfg!(sk_daddr)).unwrap_or([0; 4]);
+        let l: [u8; 4] = read(sk, cfg!(sk_rcv_saddr)).unwrap_or([0; 4]);
         e.raddr[..4].copy_from_slice(&r);
         e.laddr[..4].copy_from_slice(&l);
-    } else if e.family == AF_INET6 && cfg.sk_v6_daddr != 0 {
-        e.raddr = read(sk, cfg.sk_v6_daddr).unwrap_or([0; 16]);
-        e.laddr = read(sk, cfg.sk_v6_rcv_saddr).unwrap_or([0; 16]);
+    } else if e.family == AF_INET6 && cfg!(sk_v6_daddr) != 0 {
+        e.raddr = read(sk, cfg!(sk_v6_daddr)).unwrap_or([0; 16]);
+        e.laddr = read(sk, cfg!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
     }
-    e.rport = u16::from_be(read::<u16>(sk, cfg.sk_dport).unwrap_or(0));
-    e.lport = read::<u16>(sk, cfg.sk_num).unwrap_or(0);
+    e.rport = u16::from_be(read::<u16>(sk, cfg!(sk_dport)).unwrap_or(0));
+    e.lport = read::<u16>(sk, cfg!(sk_num)).unwrap_or(0);
     e
 }
 
 /// Tells userspace that process `tgid` uses socket `sock_cookie`.
 #[inline(always)]
 fn announce(sk: u64, tgid: u32, proc_cookie: u64, sock_cookie: u64, proto: u16, role: u16) {
-    let cfg = CONFIG.load();
     let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) else {
         bump(counter::RINGBUF_FULL);
         return;
@@ -109,7 +108,7 @@ fn announce(sk: u64, tgid: u32, proc_cookie: u64, sock_cookie: u64, proto: u16, 
         },
         proc_cookie,
         sock_cookie,
-        ends: ends(sk, &cfg),
+        ends: ends(sk),
         proto,
         role,
         _pad: 0,
@@ -120,11 +119,10 @@ fn announce(sk: u64, tgid: u32, proc_cookie: u64, sock_cookie: u64, proto: u16, 
 /// Starts following a TCP socket's life.
 #[inline(always)]
 fn follow(sk: u64, sock_cookie: u64, role: u16, opened_ns: u64) {
-    let cfg = CONFIG.load();
     let life = SockLife {
         opened_ns,
         closed_ns: 0,
-        ends: ends(sk, &cfg),
+        ends: ends(sk),
         retransmits: 0,
         role,
         outcome: conn_outcome::OPEN,
@@ -140,8 +138,7 @@ fn follow(sk: u64, sock_cookie: u64, role: u16, opened_ns: u64) {
 /// BTF socket hooks once the bytes count as network bytes).
 #[inline(always)]
 pub fn count(sk: *const c_void, tgid: u32, proc_cookie: u64, tcp: bool, tx: bool, n: u64) {
-    let cfg = CONFIG.load();
-    if cfg.flags & config_flags::CONNECTIONS == 0 {
+    if cfg!(flags) & config_flags::CONNECTIONS == 0 {
         return;
     }
     let sock_cookie = cookie_of(sk);
@@ -206,25 +203,24 @@ fn first_use(sk: u64, tgid: u32, proc_cookie: u64, sock_cookie: u64, tcp: bool) 
 /// connection's end and outcome are recorded.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    let cfg = CONFIG.load();
-    if cfg.flags & config_flags::CONNECTIONS == 0 {
+    if cfg!(flags) & config_flags::CONNECTIONS == 0 {
         return 0;
     }
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
     let sk: *const c_void = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as i32;
     let new = ctx.arg::<u64>(2) as i32;
-    if read::<u16>(sk as u64, cfg.sk_protocol) != Some(IPPROTO_TCP) {
+    if read::<u16>(sk as u64, cfg!(sk_protocol)) != Some(IPPROTO_TCP) {
         return 0;
     }
     let sock_cookie = cookie_of(sk);
     if let Some(l) = SOCKS.get_ptr_mut(sock_cookie) {
         let err = if new == TCP_CLOSE {
-            read::<i32>(sk as u64, cfg.sk_err).unwrap_or(0)
+            read::<i32>(sk as u64, cfg!(sk_err)).unwrap_or(0)
         } else {
             0
         };
-        let e = ends(sk as u64, &cfg);
+        let e = ends(sk as u64);
         // SAFETY: a live map value; a socket's state changes under its lock.
         unsafe { changed(&mut *l, e, old, new, err) };
         return 0;
@@ -256,7 +252,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
                 follow(sk as u64, sock_cookie, conn_role::ACCEPT, opened);
                 if let Some(l) = SOCKS.get_ptr_mut(sock_cookie) {
                     // SAFETY: as above.
-                    unsafe { changed(&mut *l, ends(sk as u64, &cfg), old, new, 0) };
+                    unsafe { changed(&mut *l, ends(sk as u64), old, new, 0) };
                 }
                 announce(
                     sk as u64,
@@ -304,7 +300,7 @@ fn changed(l: &mut SockLife, e: Endpoints, old: i32, new: i32, err: i32) {
 /// A segment of a followed connection was sent again.
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
-    if CONFIG.load().flags & config_flags::CONNECTIONS == 0 {
+    if cfg!(flags) & config_flags::CONNECTIONS == 0 {
         return 0;
     }
     // TP_PROTO(const struct sock *sk, const struct sk_buff *skb)
@@ -319,7 +315,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
 /// A TCP socket is destroyed: its followed life goes to userspace, final.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
-    if CONFIG.load().flags & config_flags::CONNECTIONS == 0 {
+    if cfg!(flags) & config_flags::CONNECTIONS == 0 {
         return 0;
     }
     // TP_PROTO(struct sock *sk)

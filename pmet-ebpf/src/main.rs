@@ -8,6 +8,26 @@
 // binary; the programs only mean something on the BPF target.
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
 
+/// One field of [`CONFIG`], read alone. A volatile read, or the compiler
+/// would fold in the placeholder the object file holds (the loader writes
+/// the real values); and one field, because `Global::load` copies the whole
+/// `Config` (~70 loads and stores) at every use. The verifier sees the value
+/// as a constant: `CONFIG` is read-only data that the loader freezes.
+macro_rules! cfg {
+    ($field:ident) => {{
+        // (Used inside `unsafe` blocks too.)
+        #[allow(unused_unsafe)]
+        // SAFETY: `Global` is `repr(transparent)` over an always initialised
+        // `Config`; only the field is read.
+        let v = unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*core::ptr::addr_of!(crate::CONFIG).cast::<pmet_common::Config>()).$field
+            ))
+        };
+        v
+    }};
+}
+
 mod conn;
 mod net;
 mod process;

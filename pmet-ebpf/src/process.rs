@@ -14,15 +14,14 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use pmet_common::{
-    ARGV_LEN, COMM_LEN, Config, Dying, EventHeader, ExecArgsEvent, ExecArgsHeader, ExecEvent,
+    ARGV_LEN, COMM_LEN, Dying, EventHeader, ExecArgsEvent, ExecArgsHeader, ExecEvent,
     ExecFullEvent, ExecFullHeader, ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS,
     TaskFigures, Tracked, config_flags, counter, exec_flags, exit_flags, fork_flags, kind,
     tracked_flags,
 };
 
 use crate::{
-    CONFIG, DYING, EVENTS, EXEC_SCRATCH, SCOPE, SCRATCH, TRACKED, bump, current_task, kread,
-    tracked,
+    DYING, EVENTS, EXEC_SCRATCH, SCOPE, SCRATCH, TRACKED, bump, current_task, kread, tracked,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -79,8 +78,7 @@ fn tracked_or_joining(tgid: u32, tid: u32) -> Option<Tracked> {
     if let Some(t) = tracked(tgid) {
         return Some(t);
     }
-    let cfg = CONFIG.load();
-    if cfg.flags & config_flags::CGROUP_SCOPE == 0 {
+    if cfg!(flags) & config_flags::CGROUP_SCOPE == 0 {
         return None;
     }
     // SAFETY: no preconditions.
@@ -137,12 +135,11 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
     if tracked_or_joining(tgid, tid).is_none() {
         return Ok(());
     }
-    let cfg = CONFIG.load();
     // SAFETY: offsets come from this kernel's tracepoint format.
-    let child: u32 = unsafe { ctx.read_at(cfg.newtask_pid as usize)? };
+    let child: u32 = unsafe { ctx.read_at(cfg!(newtask_pid) as usize)? };
     // clone_flags is 8 bytes on current kernels and was 4 on older ones; the
     // low word (little-endian first) holds CLONE_THREAD either way.
-    let clone_flags = u64::from(unsafe { ctx.read_at::<u32>(cfg.newtask_clone_flags as usize)? });
+    let clone_flags = u64::from(unsafe { ctx.read_at::<u32>(cfg!(newtask_clone_flags) as usize)? });
     newtask(child, clone_flags);
     Ok(())
 }
@@ -154,13 +151,12 @@ pub fn task_newtask_btf(ctx: BtfTracePointContext) -> i32 {
     if tracked_or_joining(tgid, tid).is_none() {
         return 0;
     }
-    let cfg = CONFIG.load();
     // TP_PROTO(struct task_struct *task, u64 clone_flags)
     let task: u64 = ctx.arg(0);
     let clone_flags: u64 = ctx.arg(1);
     // SAFETY: offset from this kernel's BTF; the new task is live, and
     // known to the verifier by its type.
-    match unsafe { kread::<u32>(task, cfg.task_pid.into(), true) } {
+    match unsafe { kread::<u32>(task, cfg!(task_pid).into(), true) } {
         Some(child) => newtask(child, clone_flags),
         None => bump(counter::READ_FAILED),
     }
@@ -171,14 +167,13 @@ pub fn task_newtask_btf(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn newtask(child: u32, clone_flags: u64) {
     let (tgid, tid) = current();
-    let cfg = CONFIG.load();
     let is_thread = clone_flags & CLONE_THREAD != 0;
     let mut flags = 0;
     let mut cookie = 0;
     let ts = now();
     if is_thread {
         flags |= fork_flags::THREAD;
-    } else if cfg.flags & config_flags::FOLLOW_CHILDREN == 0 {
+    } else if cfg!(flags) & config_flags::FOLLOW_CHILDREN == 0 {
         // Only the root is followed.
         return;
     } else {
@@ -208,24 +203,22 @@ fn newtask(child: u32, clone_flags: u64) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    let cfg = CONFIG.load();
     exec_args(
         &ctx,
-        cfg.execve_filename,
-        cfg.execve_argv,
-        cfg.execve_envp,
+        cfg!(execve_filename),
+        cfg!(execve_argv),
+        cfg!(execve_envp),
         0,
     )
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
 pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
-    let cfg = CONFIG.load();
     exec_args(
         &ctx,
-        cfg.execveat_filename,
-        cfg.execveat_argv,
-        cfg.execveat_envp,
+        cfg!(execveat_filename),
+        cfg!(execveat_argv),
+        cfg!(execveat_envp),
         exec_flags::EXECVEAT,
     )
 }
@@ -362,9 +355,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     if tracked_or_joining(tgid, tid).is_none() {
         return 0;
     }
-    let cfg = CONFIG.load();
     // SAFETY: offset from this kernel's tracepoint format.
-    let old_tid = match unsafe { ctx.read_at::<u32>(cfg.exec_old_pid as usize) } {
+    let old_tid = match unsafe { ctx.read_at::<u32>(cfg!(exec_old_pid) as usize) } {
         Ok(v) => v,
         Err(_) => {
             bump(counter::READ_FAILED);
@@ -409,14 +401,13 @@ pub fn sched_process_exec_btf(ctx: BtfTracePointContext) -> i32 {
 /// `ev` must point at this CPU's `EXEC_SCRATCH` slot.
 #[inline(always)]
 unsafe fn exec_full(ev: *mut ExecFullEvent, old_tid: u32, bprm: u64, ts: u64) {
-    let cfg = CONFIG.load();
     // SAFETY (all): as the caller promises, `ev` is the scratch slot; the
     // offsets are from this kernel's BTF; the task, its mm and bprm are live
     // during the hook; user memory is read with the probe helper, which
     // fails rather than faults.
     unsafe {
         (*ev).head = ExecFullHeader {
-            exec: exec_event(kind::EXEC_FULL, old_tid, ts, &cfg, true),
+            exec: exec_event(kind::EXEC_FULL, old_tid, ts, true),
             argv_len: 0,
             env_len: 0,
             argv_flags: exec_flags::UNREAD,
@@ -424,7 +415,7 @@ unsafe fn exec_full(ev: *mut ExecFullEvent, old_tid: u32, bprm: u64, ts: u64) {
         };
         let name = (*ev).filename.as_mut_ptr();
         *name = 0;
-        if exec_strings(ev, bprm, &cfg).is_err() {
+        if exec_strings(ev, bprm).is_err() {
             bump(counter::READ_FAILED);
         }
         let (argv, env) = (
@@ -445,28 +436,28 @@ unsafe fn exec_full(ev: *mut ExecFullEvent, old_tid: u32, bprm: u64, ts: u64) {
 /// # Safety
 /// As [`exec_full`].
 #[inline(always)]
-unsafe fn exec_strings(ev: *mut ExecFullEvent, bprm: u64, cfg: &Config) -> Result<(), i64> {
+unsafe fn exec_strings(ev: *mut ExecFullEvent, bprm: u64) -> Result<(), i64> {
     // SAFETY: as the caller promises (see `exec_full`).
     unsafe {
         // The task, its mm and bprm are known to the verifier by type.
         let task = current_task(true);
-        let mm: u64 = kread(task, cfg.task_mm.into(), true).ok_or(-1i64)?;
+        let mm: u64 = kread(task, cfg!(task_mm).into(), true).ok_or(-1i64)?;
         let field = |off: u16| kread::<u64>(mm, off.into(), true).ok_or(-1i64);
         let name = (*ev).filename.as_mut_ptr();
-        let path: u64 = kread(bprm, cfg.bprm_filename.into(), true).ok_or(-1i64)?;
+        let path: u64 = kread(bprm, cfg!(bprm_filename).into(), true).ok_or(-1i64)?;
         if generated::bpf_probe_read_kernel_str(name.cast(), FILENAME_LEN as u32, path as *const _)
             < 0
         {
             *name = 0;
         }
         let strings = (*ev).strings.as_mut_ptr();
-        let (start, end) = (field(cfg.mm_arg_start)?, field(cfg.mm_arg_end)?);
+        let (start, end) = (field(cfg!(mm_arg_start))?, field(cfg!(mm_arg_end))?);
         let (argv, flags) = read_block(strings, start, end);
         (*ev).head.argv_len = argv as u16;
         (*ev).head.argv_flags = flags;
         // The environment right after argv: an offset below 2 * ARGV_LEN
         // and a length below it too, inside the 4 * ARGV_LEN buffer.
-        let (start, end) = (field(cfg.mm_env_start)?, field(cfg.mm_env_end)?);
+        let (start, end) = (field(cfg!(mm_env_start))?, field(cfg!(mm_env_end))?);
         let (env, flags) = read_block(strings.add(argv & (2 * ARGV_LEN - 1)), start, end);
         (*ev).head.env_len = env as u16;
         (*ev).head.env_flags = flags;
@@ -516,16 +507,15 @@ unsafe fn bpf_probe_read_user_buf(dst: *mut u8, len: u32, src: u64) -> Result<()
 /// BTF tracepoint (see [`kread`]).
 #[inline(always)]
 fn exec(old_tid: u32, ts: u64, btf: bool) {
-    let cfg = CONFIG.load();
-    send(exec_event(kind::EXEC, old_tid, ts, &cfg, btf));
+    send(exec_event(kind::EXEC, old_tid, ts, btf));
 }
 
 /// Who the current process is after an exec, as a `kind` record.
 #[inline(always)]
-fn exec_event(kind: u32, old_tid: u32, ts: u64, cfg: &Config, btf: bool) -> ExecEvent {
+fn exec_event(kind: u32, old_tid: u32, ts: u64, btf: bool) -> ExecEvent {
     let (tgid, tid) = current();
     let ids = bpf_get_current_uid_gid();
-    let (ns_pid, pid_ns) = pid_in_ns(cfg, btf).unwrap_or((0, 0));
+    let (ns_pid, pid_ns) = pid_in_ns(btf).unwrap_or((0, 0));
     ExecEvent {
         hdr: header(kind, tgid, tid, ts),
         old_tid,
@@ -544,26 +534,28 @@ fn exec_event(kind: u32, old_tid: u32, ts: u64, cfg: &Config, btf: bool) -> Exec
 /// inode: `task->thread_pid->numbers[level]` (what `task_active_pid_ns`
 /// and `/proc/PID/status`'s last `NSpid` read).
 #[inline(always)]
-fn pid_in_ns(cfg: &Config, btf: bool) -> Option<(u32, u32)> {
-    if cfg.task_thread_pid == 0 {
+fn pid_in_ns(btf: bool) -> Option<(u32, u32)> {
+    if cfg!(task_thread_pid) == 0 {
         return None;
     }
     // SAFETY (all reads): offsets from this kernel's BTF; the current task
     // and its pid are live while it runs.
     unsafe {
         let task = current_task(btf);
-        let pid: u64 = kread(task, cfg.task_thread_pid.into(), btf)?;
-        let level: u32 = kread(pid, cfg.pid_level.into(), btf)?;
+        let pid: u64 = kread(task, cfg!(task_thread_pid).into(), btf)?;
+        let level: u32 = kread(pid, cfg!(pid_level).into(), btf)?;
         // The kernel nests at most 32 pid namespaces.
         if level > 32 {
             return None;
         }
         // An offset known only at run time: the probe helper, whatever `btf`.
-        let upid = pid + u64::from(cfg.pid_numbers) + u64::from(level) * u64::from(cfg.upid_size);
+        let upid =
+            pid + u64::from(cfg!(pid_numbers)) + u64::from(level) * u64::from(cfg!(upid_size));
         let nr: u32 = bpf_probe_read_kernel(upid as *const u32).ok()?;
-        let ns: u64 = bpf_probe_read_kernel((upid + u64::from(cfg.upid_ns)) as *const u64).ok()?;
+        let ns: u64 =
+            bpf_probe_read_kernel((upid + u64::from(cfg!(upid_ns))) as *const u64).ok()?;
         let inum: u32 =
-            bpf_probe_read_kernel((ns + u64::from(cfg.pidns_inum)) as *const u32).ok()?;
+            bpf_probe_read_kernel((ns + u64::from(cfg!(pidns_inum))) as *const u32).ok()?;
         Some((nr, inum))
     }
 }
@@ -577,10 +569,9 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(t) = tracked(tgid) else {
         return 0;
     };
-    let cfg = CONFIG.load();
-    let group_dead = if cfg.exit_group_dead != 0 {
+    let group_dead = if cfg!(exit_group_dead) != 0 {
         // SAFETY: offset from this kernel's tracepoint format.
-        unsafe { ctx.read_at::<u8>(cfg.exit_group_dead as usize) }.unwrap_or(0) != 0
+        unsafe { ctx.read_at::<u8>(cfg!(exit_group_dead) as usize) }.unwrap_or(0) != 0
     } else {
         // Kernels before 6.16 lack the field; the leader's exit is the best
         // available sign (wrong only when the leader exits before its threads).
@@ -608,7 +599,6 @@ pub fn sched_process_exit_btf(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn exit(t: Tracked, group_dead: bool, btf: bool) {
     let (tgid, tid) = current();
-    let cfg = CONFIG.load();
     let mut flags = 0;
     if group_dead {
         flags |= exit_flags::GROUP_DEAD;
@@ -616,9 +606,9 @@ fn exit(t: Tracked, group_dead: bool, btf: bool) {
     let task = current_task(btf);
     let ts = now();
     let mut exit_code = 0;
-    if cfg.task_exit_code != 0 {
+    if cfg!(task_exit_code) != 0 {
         // SAFETY: offset from this kernel's BTF; a failed read is reported.
-        match unsafe { kread::<u32>(task, cfg.task_exit_code.into(), btf) } {
+        match unsafe { kread::<u32>(task, cfg!(task_exit_code).into(), btf) } {
             Some(v) => {
                 exit_code = v;
                 flags |= exit_flags::CODE_VALID;
@@ -626,11 +616,11 @@ fn exit(t: Tracked, group_dead: bool, btf: bool) {
             None => bump(counter::READ_FAILED),
         }
     }
-    if cfg.task_sum_exec_runtime != 0 {
+    if cfg!(task_sum_exec_runtime) != 0 {
         // Without switches and faults: these figures stand in only when
         // the thread's last switch goes unseen (rarely), and the process's
         // counts are then left unknown rather than read on every exit.
-        let figures = task_figures(task, &cfg, false, btf);
+        let figures = task_figures(task, false, btf);
         let d = Dying {
             tgid,
             tid,
@@ -658,10 +648,10 @@ fn exit(t: Tracked, group_dead: bool, btf: bool) {
             }
         }
     }
-    let peak_rss_pages = peak_rss_pages(task, &cfg, btf);
+    let peak_rss_pages = peak_rss_pages(task, btf);
     if peak_rss_pages.is_some() {
         flags |= exit_flags::MEM_VALID;
-    } else if cfg.mm_hiwater_rss != 0 {
+    } else if cfg!(mm_hiwater_rss) != 0 {
         // Expected, and unread: a loss (no taskstats stands in for it).
         bump(counter::READ_FAILED);
     }
@@ -690,21 +680,21 @@ fn exit(t: Tracked, group_dead: bool, btf: bool) {
 /// gone (before 6.16) or the layout is unknown; `Some(0)` for a thread
 /// with no memory of its own (a kernel thread).
 #[inline(always)]
-fn peak_rss_pages(task: u64, cfg: &Config, btf: bool) -> Option<u64> {
-    if cfg.mm_hiwater_rss == 0 {
+fn peak_rss_pages(task: u64, btf: bool) -> Option<u64> {
+    if cfg!(mm_hiwater_rss) == 0 {
         return None;
     }
     // SAFETY (all reads): offsets from this kernel's BTF; the current task
     // and its memory stay valid while it runs this tracepoint, which comes
     // before `exit_mm`.
-    let mm: u64 = unsafe { kread(task, cfg.task_mm.into(), btf) }?;
+    let mm: u64 = unsafe { kread(task, cfg!(task_mm).into(), btf) }?;
     if mm == 0 {
         return Some(0);
     }
-    let hiwater: u64 = unsafe { kread(mm, cfg.mm_hiwater_rss.into(), btf) }?;
+    let hiwater: u64 = unsafe { kread(mm, cfg!(mm_hiwater_rss).into(), btf) }?;
     let counter = |i: u64| -> Option<u64> {
         // Constant too: `i` is, at each use below.
-        let off = cfg.mm_rss_stat as u64 + i * cfg.rss_stride as u64 + cfg.rss_count as u64;
+        let off = cfg!(mm_rss_stat) as u64 + i * cfg!(rss_stride) as u64 + cfg!(rss_count) as u64;
         let v: i64 = unsafe { kread(mm, off, btf) }?;
         Some(if v > 0 { v as u64 } else { 0 })
     };
@@ -749,13 +739,12 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let _ = DYING.remove(task);
-    let cfg = CONFIG.load();
-    if cfg.task_pid != 0 {
+    if cfg!(task_pid) != 0 {
         // The address may hold a later task when an earlier last switch
         // went unseen.
         // SAFETY: offset from this kernel's BTF; the task is still allocated
         // (and known to the verifier by its type).
-        let pid = unsafe { kread::<u32>(task, cfg.task_pid.into(), true) };
+        let pid = unsafe { kread::<u32>(task, cfg!(task_pid).into(), true) };
         if pid != Some(d.tid) {
             recover(&d);
             return 0;
@@ -766,9 +755,9 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         cookie: d.cookie,
         ..FreeEvent::default()
     };
-    if let Some(f) = task_figures(task, &cfg, true, true) {
+    if let Some(f) = task_figures(task, true, true) {
         ev.figures = f;
-        ev.flags |= stats_valid(&cfg);
+        ev.flags |= stats_valid();
     }
     send(ev);
     0
@@ -776,8 +765,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 
 /// The flags that say which of [`task_figures`]' values were read.
 #[inline(always)]
-fn stats_valid(cfg: &Config) -> u32 {
-    if cfg.task_nvcsw != 0 {
+fn stats_valid() -> u32 {
+    if cfg!(task_nvcsw) != 0 {
         exit_flags::STATS_VALID | exit_flags::CTX_VALID
     } else {
         exit_flags::STATS_VALID
@@ -789,7 +778,7 @@ fn stats_valid(cfg: &Config) -> u32 {
 /// switches and faults when `ctx`. `btf`: `task` is known to the verifier
 /// by its type (see [`kread`]).
 #[inline(always)]
-fn task_figures(task: u64, cfg: &Config, ctx: bool, btf: bool) -> Option<TaskFigures> {
+fn task_figures(task: u64, ctx: bool, btf: bool) -> Option<TaskFigures> {
     let read = |off: u32| -> Option<u64> {
         if off == 0 {
             return None;
@@ -800,23 +789,23 @@ fn task_figures(task: u64, cfg: &Config, ctx: bool, btf: bool) -> Option<TaskFig
     };
     let read_ctx = |off: u32| if ctx { read(off).unwrap_or(0) } else { 0 };
     match (
-        read(cfg.task_sum_exec_runtime),
-        read(cfg.task_utime),
-        read(cfg.task_stime),
+        read(cfg!(task_sum_exec_runtime)),
+        read(cfg!(task_utime)),
+        read(cfg!(task_stime)),
     ) {
         (Some(sum_exec_runtime), Some(utime), Some(stime)) => Some(TaskFigures {
             sum_exec_runtime,
             utime,
             stime,
-            read_bytes: read(cfg.task_read_bytes).unwrap_or(0),
-            write_bytes: read(cfg.task_write_bytes).unwrap_or(0),
-            cancelled_write_bytes: read(cfg.task_cancelled_write_bytes).unwrap_or(0),
-            nvcsw: read_ctx(cfg.task_nvcsw),
-            nivcsw: read_ctx(cfg.task_nivcsw),
-            maj_flt: read_ctx(cfg.task_maj_flt),
+            read_bytes: read(cfg!(task_read_bytes)).unwrap_or(0),
+            write_bytes: read(cfg!(task_write_bytes)).unwrap_or(0),
+            cancelled_write_bytes: read(cfg!(task_cancelled_write_bytes)).unwrap_or(0),
+            nvcsw: read_ctx(cfg!(task_nvcsw)),
+            nivcsw: read_ctx(cfg!(task_nivcsw)),
+            maj_flt: read_ctx(cfg!(task_maj_flt)),
         }),
         _ => {
-            if cfg.task_sum_exec_runtime != 0 {
+            if cfg!(task_sum_exec_runtime) != 0 {
                 bump(counter::READ_FAILED);
             }
             None

@@ -801,7 +801,10 @@ fn network(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
             Some(v) => {
                 let ratios: Vec<f64> = v.iter().zip(&ubase).map(|(t, u)| u / t).collect();
                 let (lo, hi) = spread(&ratios);
-                (format!("{:.3}", median(&ratios)), format!("{lo:.3}–{hi:.3}"))
+                (
+                    format!("{:.3}", median(&ratios)),
+                    format!("{lo:.3}–{hi:.3}"),
+                )
             }
             None => ("not timed".into(), "".into()),
         };
