@@ -63,6 +63,9 @@ fn cookie_of(sk: *const c_void) -> u64 {
     unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
 }
 
+/// A field of a socket, with the probe helper rather than a plain load
+/// (`kread`): these reads come once per socket or state change, not per
+/// call, and an IPv6 address is read whole, 16 bytes, more than one load.
 #[inline(always)]
 fn read<T>(sk: u64, offset: u16) -> Option<T> {
     // SAFETY: offsets come from this kernel's BTF; sk is live during the hook.
