@@ -1,6 +1,6 @@
 //! Ring-buffer records from the kernel side, decoded into [`Event`]s.
 
-use std::mem::size_of;
+use std::{mem::size_of, sync::Arc};
 
 use pmet_common::{
     ConnEndEvent, ConnEvent, EventHeader, ExecArgsHeader, ExecEvent, ExecFullHeader, ExitEvent,
@@ -48,14 +48,28 @@ fn argv(bytes: &[u8], truncated: bool) -> Vec<String> {
     strings
 }
 
-/// An exec's environment from its NUL-separated `NAME=VALUE` strings.
-fn exec_env(ts_ns: u64, tid: u32, bytes: &[u8], truncated: bool) -> Event {
+/// An exec's environment from its NUL-separated `NAME=VALUE` strings;
+/// `last` is the block of the exec before, shared when the bytes are the
+/// same (consecutive execs mostly pass one environment on: ~2 KB not
+/// copied, allocated and freed again per exec), and becomes this one.
+fn exec_env(
+    ts_ns: u64,
+    tid: u32,
+    bytes: &[u8],
+    truncated: bool,
+    last: &mut Option<Arc<[u8]>>,
+) -> Event {
     // Whole strings only: a block cut short mid-string ends at its last NUL.
     let whole = bytes.iter().rposition(|&c| c == 0).map_or(0, |i| i + 1);
+    let bytes = &bytes[..whole];
+    let block = match last {
+        Some(l) if **l == *bytes => l.clone(),
+        _ => last.insert(bytes.into()).clone(),
+    };
     Event::ExecEnv {
         ts_ns,
         tid,
-        block: bytes[..whole].to_vec(),
+        block,
         truncated,
     }
 }
@@ -77,16 +91,35 @@ fn exec(e: &ExecEvent) -> Event {
     }
 }
 
+/// Decodes the kernel side's records, one after the other; what it keeps
+/// between them is the last exec's environment (see [`exec_env`]).
+#[derive(Debug, Default)]
+pub struct Decoder {
+    last_env: Option<Arc<[u8]>>,
+}
+
+impl Decoder {
+    /// Decodes one record into `out`, as [`decode_into`] does.
+    pub fn decode_into(&mut self, b: &[u8], out: &mut Vec<Event>) -> bool {
+        decode_with(b, out, &mut self.last_env)
+    }
+}
+
 /// Decodes one record into `out`: most make one event; an exec's whole
 /// record (`EXEC_FULL`) makes the three the model takes an exec as (its
 /// argv, its environment, then who the process now is). False for a record
-/// too short or of an unknown kind.
+/// too short or of an unknown kind. (A [`Decoder`] shares environments
+/// between records; this does not.)
 pub fn decode_into(b: &[u8], out: &mut Vec<Event>) -> bool {
+    decode_with(b, out, &mut None)
+}
+
+fn decode_with(b: &[u8], out: &mut Vec<Event>, last_env: &mut Option<Arc<[u8]>>) -> bool {
     let Some(hdr) = read::<EventHeader>(b) else {
         return false;
     };
     if hdr.kind != kind::EXEC_FULL {
-        return decode(b).map(|ev| out.push(ev)).is_some();
+        return decode_one(b, last_env).map(|ev| out.push(ev)).is_some();
     }
     let Some(h) = read::<ExecFullHeader>(b) else {
         return false;
@@ -115,6 +148,7 @@ pub fn decode_into(b: &[u8], out: &mut Vec<Event>) -> bool {
             tid,
             &strings[argv_len..argv_len + env_len],
             truncated,
+            last_env,
         ));
     }
     out.push(exec(&h.exec));
@@ -124,6 +158,10 @@ pub fn decode_into(b: &[u8], out: &mut Vec<Event>) -> bool {
 /// Decodes one record; `None` for a record too short or of an unknown kind
 /// (an exec's whole record included: see [`decode_into`]).
 pub fn decode(b: &[u8]) -> Option<Event> {
+    decode_one(b, &mut None)
+}
+
+fn decode_one(b: &[u8], last_env: &mut Option<Arc<[u8]>>) -> Option<Event> {
     let hdr: EventHeader = read(b)?;
     match hdr.kind {
         kind::FORK => {
@@ -157,7 +195,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
             let bytes = &bytes[..(h.argv_len as usize).min(bytes.len())];
             let truncated = h.flags & exec_flags::TRUNCATED != 0;
             if h.hdr.kind == kind::EXEC_ENV {
-                return Some(exec_env(h.hdr.ts_ns, h.hdr.tid, bytes, truncated));
+                return Some(exec_env(h.hdr.ts_ns, h.hdr.tid, bytes, truncated, last_env));
             }
             let mut argv = argv(bytes, truncated);
             argv.truncate(h.argc as usize);
@@ -415,7 +453,7 @@ mod tests {
                 Event::ExecEnv {
                     ts_ns: 42,
                     tid: 11,
-                    block: b"A=1\0B=2\0".to_vec(),
+                    block: b"A=1\0B=2\0".to_vec().into(),
                     truncated: true
                 },
                 identity.clone(),
@@ -432,6 +470,31 @@ mod tests {
         short.pop();
         assert!(!decode_into(&short, &mut out));
         assert!(out.is_empty());
+        // A decoder hands consecutive execs with the same environment one
+        // shared block; different bytes get their own.
+        let mut d = Decoder::default();
+        let block = |d: &mut Decoder, r: &[u8]| {
+            let mut out = Vec::new();
+            assert!(d.decode_into(r, &mut out));
+            out.into_iter()
+                .find_map(|e| match e {
+                    Event::ExecEnv { block, .. } => Some(block),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let whole = record(&head(0, 0));
+        let (a, b) = (block(&mut d, &whole), block(&mut d, &whole));
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert_eq!(*a, *b"A=1\0B=2\0");
+        let mut other = whole.clone();
+        // "A=1" becomes "A=9".
+        let at = other.len() - env.len() + 2;
+        other[at] = b'9';
+        let c = block(&mut d, &other);
+        assert!(!std::sync::Arc::ptr_eq(&a, &c));
+        assert_eq!(*c, *b"A=9\0B=2\0");
+        assert_eq!(*block(&mut d, &whole), *a);
     }
 
     #[test]

@@ -200,6 +200,8 @@ pub struct Kernel {
     /// switches and page faults: everything taskstats would add, so it is
     /// not needed.
     pub replaces_taskstats: bool,
+    /// Turns the ring's records into events.
+    pub decoder: super::decode::Decoder,
     ebpf: Ebpf,
 }
 
@@ -482,6 +484,7 @@ impl Kernel {
             exit_totals,
             kernel_io: task.is_some_and(|t| t.read_bytes != 0),
             replaces_taskstats,
+            decoder: Default::default(),
             ebpf,
         })
     }

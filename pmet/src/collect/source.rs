@@ -8,7 +8,6 @@ use std::io;
 use pmet_common::{ConnKey, Dying, NetCounters, counter};
 
 use super::{
-    decode::decode_into,
     ebpf::Kernel,
     procfs::{Procfs, Sample, Shares, Stat, ThreadFigures},
 };
@@ -109,7 +108,7 @@ impl EventSource for Kernel {
     fn drain_into(&mut self, out: &mut Vec<Event>) -> u64 {
         let mut undecodable = 0;
         while let Some(item) = self.events.next() {
-            if !decode_into(&item, out) {
+            if !self.decoder.decode_into(&item, out) {
                 undecodable += 1;
             }
         }

@@ -91,22 +91,23 @@ pub struct EnvCache {
 /// A block, and what was kept of it.
 #[derive(Debug)]
 struct Latest {
-    block: Box<[u8]>,
+    block: Arc<[u8]>,
     kept: Arc<[EnvVar]>,
 }
 
 impl EnvCache {
     /// `block` as `policy` keeps it, shared with every other process that
-    /// had the same.
-    pub fn kept(&mut self, policy: &EnvPolicy, block: &[u8]) -> Arc<[EnvVar]> {
+    /// had the same. (The decoder hands consecutive execs with the same
+    /// bytes one shared block: found by address, without comparing.)
+    pub fn kept(&mut self, policy: &EnvPolicy, block: &Arc<[u8]>) -> Arc<[EnvVar]> {
         if let Some(l) = &self.last
-            && *l.block == *block
+            && (Arc::ptr_eq(&l.block, block) || *l.block == **block)
         {
             return l.kept.clone();
         }
         let kept = self.kept_hashed(policy, block);
         self.last = Some(Latest {
-            block: block.into(),
+            block: block.clone(),
             kept: kept.clone(),
         });
         kept
@@ -294,6 +295,10 @@ mod tests {
         assert_eq!(back.get("A"), Some(REDACTED));
     }
 
+    fn block(b: &[u8]) -> Arc<[u8]> {
+        b.into()
+    }
+
     #[test]
     fn one_copy_of_each_environment_however_many_processes_had_it() {
         let policy = EnvPolicy {
@@ -301,10 +306,10 @@ mod tests {
             names: vec!["KEEP".into()],
         };
         let mut c = EnvCache::default();
-        let a = c.kept(&policy, b"KEEP=1\0SECRET=x\0");
-        let again = c.kept(&policy, b"KEEP=1\0SECRET=x\0");
-        let other_secret = c.kept(&policy, b"KEEP=1\0SECRET=y\0");
-        let other_kept = c.kept(&policy, b"KEEP=2\0SECRET=x\0");
+        let a = c.kept(&policy, &block(b"KEEP=1\0SECRET=x\0"));
+        let again = c.kept(&policy, &block(b"KEEP=1\0SECRET=x\0"));
+        let other_secret = c.kept(&policy, &block(b"KEEP=1\0SECRET=y\0"));
+        let other_kept = c.kept(&policy, &block(b"KEEP=2\0SECRET=x\0"));
         assert!(Arc::ptr_eq(&a, &again));
         assert!(
             Arc::ptr_eq(&a, &other_secret),
@@ -314,13 +319,22 @@ mod tests {
         assert_eq!(other_kept[0].value.as_deref(), Some("2"));
         assert_eq!(a[1].value, None);
         // The latest block is found by its bytes; an earlier one by its hash.
-        let back = c.kept(&policy, b"KEEP=1\0SECRET=x\0");
+        let back = c.kept(&policy, &block(b"KEEP=1\0SECRET=x\0"));
         assert!(Arc::ptr_eq(&a, &back));
-        assert!(Arc::ptr_eq(&back, &c.kept(&policy, b"KEEP=1\0SECRET=x\0")));
+        assert!(Arc::ptr_eq(
+            &back,
+            &c.kept(&policy, &block(b"KEEP=1\0SECRET=x\0"))
+        ));
         assert!(Arc::ptr_eq(
             &other_kept,
-            &c.kept(&policy, b"KEEP=2\0SECRET=x\0")
+            &c.kept(&policy, &block(b"KEEP=2\0SECRET=x\0"))
         ));
+        // One shared block (as the decoder hands consecutive execs with the
+        // same bytes) is found by its address.
+        let shared = block(b"KEEP=3\0");
+        let three = c.kept(&policy, &shared);
+        assert!(Arc::ptr_eq(&three, &c.kept(&policy, &shared)));
+        assert_eq!(three[0].value.as_deref(), Some("3"));
         assert_eq!(split_block(b"A=1\0\0B=2\0"), ["A=1", "B=2"]);
     }
 

@@ -129,7 +129,8 @@ pub enum Event {
         tid: u32,
         /// The variables, `NAME=VALUE`, each ending in a NUL (as the
         /// kernel side read them; split only when this block is new).
-        block: Vec<u8>,
+        /// Shared with the exec before it when the bytes are the same.
+        block: std::sync::Arc<[u8]>,
         /// Cut short at the kernel-side limit.
         truncated: bool,
     },
