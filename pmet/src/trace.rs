@@ -275,10 +275,7 @@ fn host() -> Host {
 
 /// pmet's own CPU seconds and peak RSS so far (its children excluded).
 fn self_usage() -> (f64, u64) {
-    // SAFETY: valid pointer to a zeroed rusage.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let ru = rusage();
     // Not ru_maxrss: it carries over the peak of whatever process image
     // exec'd pmet (a shell, a CI runner). VmHWM is this image's own.
     let hwm = std::fs::read_to_string("/proc/self/status")
@@ -288,10 +285,24 @@ fn self_usage() -> (f64, u64) {
             hwm
         })
         .unwrap_or(ru.ru_maxrss as u64 * 1024);
-    (
-        ((secs(ru.ru_utime) + secs(ru.ru_stime)) * 1e6).round() / 1e6,
-        hwm,
-    )
+    (cpu_of(&ru), hwm)
+}
+
+/// pmet's CPU seconds so far, every thread's (to the microsecond).
+fn self_cpu() -> f64 {
+    cpu_of(&rusage())
+}
+
+fn rusage() -> libc::rusage {
+    // SAFETY: valid pointer to a zeroed rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru
+}
+
+fn cpu_of(ru: &libc::rusage) -> f64 {
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    ((secs(ru.ru_utime) + secs(ru.ru_stime)) * 1e6).round() / 1e6
 }
 
 fn status_from_wait(raw: i32) -> ExitStatus {
@@ -514,6 +525,9 @@ struct Started {
     spill: Option<report::spill::Spill>,
     /// When ended processes were last written out.
     spilled_at: Option<Instant>,
+    /// pmet's CPU seconds when tracing began (the command let go, or the
+    /// attach done): its start-up.
+    startup_cpu: f64,
 }
 
 impl Started {
@@ -855,6 +869,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         signalled_tree: false,
         spill: None,
         spilled_at: None,
+        startup_cpu: 0.0,
     })
 }
 
@@ -1140,6 +1155,7 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             taskstats: st.listener.is_some(),
             exit_totals: st.s.kernel.as_ref().is_some_and(|k| k.exit_totals),
             self_cpu_s: Some(self_cpu),
+            startup_cpu_s: Some(st.startup_cpu),
             self_peak_rss_bytes: Some(self_rss),
             export_errors: st.export.as_ref().map_or(0, |x| x.errors),
             gpu: st.s.gpus().map(|(source, devices)| report::GpuCollector {
@@ -1300,6 +1316,7 @@ pub async fn trace_with(
         let _ = launch::wait(st.root_pid, false);
         return Err(e);
     }
+    st.startup_cpu = self_cpu();
     if let Some(r) = remote {
         let _ = r.started.send(Begun {
             pid: st.root_pid,

@@ -46,6 +46,13 @@ fn exit_status_passes_through() {
     assert_eq!(p["pid"], r["root_pid"]);
     assert_eq!(p["exit_code"], 7);
     assert_no_loss(r);
+    // pmet's own CPU: its start-up (loading and verifying the kernel side
+    // takes milliseconds) is part of, and at most, the whole.
+    let (startup, all) = (
+        r["collector"]["startup_cpu_s"].as_f64().unwrap(),
+        r["collector"]["self_cpu_s"].as_f64().unwrap(),
+    );
+    assert!(startup >= 0.001 && startup <= all, "{startup} of {all}");
 
     let run = pmet(&["trace", "--", workload(), "signal", "15"]);
     assert_eq!(run.code, Some(128 + 15), "{}", run.stderr);

@@ -79,6 +79,7 @@ class Collector(Record):
     taskstats: bool
     exit_totals: bool
     self_cpu_s: float | None
+    startup_cpu_s: float | None
     self_peak_rss_bytes: int | None
     export_errors: int
     gpu: GpuCollector | None

@@ -170,6 +170,11 @@ pub struct Collector {
     /// in the traced processes and show up in their figures).
     #[serde(default)]
     pub self_cpu_s: Option<f64>,
+    /// Of `self_cpu_s`, what pmet used before tracing began (loading the
+    /// kernel side, starting the command): the rest is the run's, which
+    /// grows with the processes traced.
+    #[serde(default)]
+    pub startup_cpu_s: Option<f64>,
     /// pmet's own peak resident memory.
     #[serde(default)]
     pub self_peak_rss_bytes: Option<u64>,
