@@ -589,269 +589,257 @@ fn rotate(n: usize, r: usize) -> Vec<usize> {
     (0..n).map(|i| (i + r) % n).collect()
 }
 
-fn network(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
-    let bytes: u64 = if b.quick { 512 << 20 } else { 2 << 30 };
-    let report = b.dir.join("net.json");
-    let roles_path = b.dir.join("roles.txt");
-    let mut base = vec![];
-    let mut runs: HashMap<&str, Vec<f64>> = HashMap::new();
-    let mut acc: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
-    let bytes_s = bytes.to_string();
-    let shim = b.shim_w(&["tcp", "4", &bytes_s, "0"]);
-    let tcp = |c: &mut Command| {
-        c.args(&shim[1..]);
-    };
-    for r in 0..rounds {
-        for which in rotate(5, r) {
-            let _ = fs::remove_file(&roles_path);
-            match which {
-                0 => {
-                    let mut c = b.workload();
-                    tcp(&mut c);
-                    base.push(bytes as f64 / b.inner(&mut c)?.0);
-                }
-                4 => {
-                    // pmet host-wide, following every process on the
-                    // machine, while the transfer runs untraced by it
-                    // otherwise.
-                    let all_report = b.dir.join("net-all.json");
-                    let o = b.pmet_all(&all_report)?;
-                    let mut c = b.workload();
-                    tcp(&mut c);
-                    let secs = b.inner(&mut c)?.0;
-                    o.stop()?;
-                    runs.entry("pmet --all")
-                        .or_default()
-                        .push(bytes as f64 / secs);
-                    let rep = Bench::report(&all_report)?;
-                    acc.entry("pmet --all").or_default().push((
-                        role_net(&rep, "tcp-send", "tcp", "tx") as i64 - bytes as i64,
-                        role_net(&rep, "tcp-serve", "tcp", "rx") as i64 - bytes as i64,
-                    ));
-                }
-                1 => {
-                    let mut c = b.pmet(&report);
-                    c.arg(&b.workload);
-                    tcp(&mut c);
-                    let secs = b.inner(&mut c)?.0;
-                    runs.entry("pmet").or_default().push(bytes as f64 / secs);
-                    let rep = Bench::report(&report)?;
-                    acc.entry("pmet").or_default().push((
-                        role_net(&rep, "tcp-send", "tcp", "tx") as i64 - bytes as i64,
-                        role_net(&rep, "tcp-serve", "tcp", "rx") as i64 - bytes as i64,
-                    ));
-                }
-                2 => {
-                    let o = b.bpftrace()?;
-                    let mut c = b.workload();
-                    tcp(&mut c);
-                    c.env("WORKLOAD_ROLES", &roles_path);
-                    let secs = b.inner(&mut c)?.0;
-                    let out = o.stop()?;
-                    runs.entry("bpftrace")
-                        .or_default()
-                        .push(bytes as f64 / secs);
-                    let ro = roles(&roles_path);
-                    let tx = bpftrace_map(&out, "tx");
-                    let rx = bpftrace_map(&out, "rx");
-                    acc.entry("bpftrace").or_default().push((
-                        *tx.get(&ro["tcp-send"]).unwrap_or(&0) as i64 - bytes as i64,
-                        *rx.get(&ro["tcp-serve"]).unwrap_or(&0) as i64 - bytes as i64,
-                    ));
-                }
-                _ => {
-                    let o = b.nethogs()?;
-                    let mut c = b.workload();
-                    tcp(&mut c);
-                    c.env("WORKLOAD_ROLES", &roles_path);
-                    let secs = b.inner(&mut c)?.0;
-                    // nethogs refreshes once a second: let it print the end.
-                    std::thread::sleep(Duration::from_millis(2200));
-                    let out = o.stop()?;
-                    runs.entry("nethogs").or_default().push(bytes as f64 / secs);
-                    let ro = roles(&roles_path);
-                    let last = nethogs_last(&out);
-                    let sent = last.get(&ro["tcp-send"]).map_or(0.0, |v| v.0);
-                    let recv = last.get(&ro["tcp-serve"]).map_or(0.0, |v| v.1);
-                    acc.entry("nethogs")
-                        .or_default()
-                        .push((sent as i64 - bytes as i64, recv as i64 - bytes as i64));
-                }
-            }
+/// The ways the network section runs a transfer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Tool {
+    Untraced,
+    Pmet,
+    /// pmet host-wide, following every process on the machine, while the
+    /// transfer runs untraced by it otherwise.
+    PmetAll,
+    Bpftrace,
+    Nethogs,
+}
+
+impl Tool {
+    fn row_name(self) -> &'static str {
+        match self {
+            Tool::Untraced => "untraced",
+            Tool::Pmet => "**pmet**",
+            Tool::PmetAll => "pmet --all (every process on the host)",
+            Tool::Bpftrace => "bpftrace (same tracepoints, per pid)",
+            Tool::Nethogs => "nethogs 0.8.7 (pcap)",
         }
     }
+}
+
+/// A transfer between two of the workload's roles, under the timing shim.
+struct Transfer {
+    /// The shim, then the workload's own arguments.
+    shim: Vec<std::ffi::OsString>,
+    /// The roles that send and that receive, and the protocol counted.
+    send: &'static str,
+    recv: &'static str,
+    proto: &'static str,
+    /// Payload bytes each way: what a tool should count for each side.
+    bytes: u64,
+}
+
+/// What the rounds of a transfer gave: the untraced times, and per tool
+/// its times and its counting errors (sender's, receiver's: counted −
+/// moved).
+#[derive(Default)]
+struct Runs {
+    base: Vec<f64>,
+    secs: HashMap<Tool, Vec<f64>>,
+    errors: HashMap<Tool, Vec<(i64, i64)>>,
+}
+
+impl Runs {
+    /// Runs `t` under each of `tools`, in a rotated order each round.
+    fn of(b: &Bench, rounds: usize, t: &Transfer, tools: &[Tool]) -> Result<Self> {
+        let mut runs = Runs::default();
+        for r in 0..rounds {
+            for i in rotate(tools.len(), r) {
+                runs.add(b, t, tools[i])?;
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Runs `t` once under `tool`.
+    fn add(&mut self, b: &Bench, t: &Transfer, tool: Tool) -> Result<()> {
+        let report = b.dir.join("net.json");
+        let roles_path = b.dir.join("roles.txt");
+        let _ = fs::remove_file(&roles_path);
+        let workload = || {
+            let mut c = b.workload();
+            c.args(&t.shim[1..]).env("WORKLOAD_ROLES", &roles_path);
+            c
+        };
+        let of_report = |rep: &Value| {
+            (
+                role_net(rep, t.send, t.proto, "tx"),
+                role_net(rep, t.recv, t.proto, "rx"),
+            )
+        };
+        let (secs, counted) = match tool {
+            Tool::Untraced => {
+                self.base.push(b.inner(&mut workload())?.0);
+                return Ok(());
+            }
+            Tool::Pmet => {
+                let mut c = b.pmet(&report);
+                c.args(&t.shim);
+                let secs = b.inner(&mut c)?.0;
+                (secs, of_report(&Bench::report(&report)?))
+            }
+            Tool::PmetAll => {
+                let all_report = b.dir.join("net-all.json");
+                let o = b.pmet_all(&all_report)?;
+                let secs = b.inner(&mut workload())?.0;
+                o.stop()?;
+                (secs, of_report(&Bench::report(&all_report)?))
+            }
+            Tool::Bpftrace => {
+                let o = b.bpftrace()?;
+                let secs = b.inner(&mut workload())?.0;
+                let out = o.stop()?;
+                let ro = roles(&roles_path);
+                (
+                    secs,
+                    (
+                        *bpftrace_map(&out, "tx").get(&ro[t.send]).unwrap_or(&0),
+                        *bpftrace_map(&out, "rx").get(&ro[t.recv]).unwrap_or(&0),
+                    ),
+                )
+            }
+            Tool::Nethogs => {
+                let o = b.nethogs()?;
+                let secs = b.inner(&mut workload())?.0;
+                // nethogs refreshes once a second: let it print the end.
+                std::thread::sleep(Duration::from_millis(2200));
+                let out = o.stop()?;
+                let ro = roles(&roles_path);
+                let last = nethogs_last(&out);
+                (
+                    secs,
+                    (
+                        last.get(&ro[t.send]).map_or(0.0, |v| v.0) as u64,
+                        last.get(&ro[t.recv]).map_or(0.0, |v| v.1) as u64,
+                    ),
+                )
+            }
+        };
+        self.secs.entry(tool).or_default().push(secs);
+        let err = |v: u64| v as i64 - t.bytes as i64;
+        self.errors
+            .entry(tool)
+            .or_default()
+            .push((err(counted.0), err(counted.1)));
+        Ok(())
+    }
+
+    /// A row per tool: its throughput against untraced, round by round
+    /// (`timed`: whether its times mean anything here), and the worst
+    /// counting error of each side.
+    fn table(&self, md: &mut Md, t: &Transfer, tools: &[(Tool, bool)]) {
+        let mut rows = vec![];
+        for &(tool, timed) in tools {
+            let (ratio, range) = match self.secs.get(&tool).filter(|_| timed) {
+                Some(v) => {
+                    let ratios: Vec<f64> = v.iter().zip(&self.base).map(|(s, u)| u / s).collect();
+                    let (lo, hi) = spread(&ratios);
+                    (
+                        format!("{:.3}", median(&ratios)),
+                        format!("{lo:.3}–{hi:.3}"),
+                    )
+                }
+                None => ("not timed".into(), String::new()),
+            };
+            let e = &self.errors[&tool];
+            let worst =
+                |f: fn(&(i64, i64)) -> i64| e.iter().map(f).max_by_key(|e| e.abs()).unwrap_or(0);
+            let fmt_err = |e: i64| format!("{e:+} B ({})", pct(e as f64 / t.bytes as f64));
+            rows.push(vec![
+                tool.row_name().into(),
+                if tool == Tool::Pmet {
+                    format!("**{ratio}**")
+                } else {
+                    ratio
+                },
+                range,
+                fmt_err(worst(|e| e.0)),
+                fmt_err(worst(|e| e.1)),
+            ]);
+        }
+        md.table(
+            &[
+                "tool",
+                "throughput traced/untraced (goal ≥ 0.99)",
+                "spread",
+                "sender: counted − sent (worst round)",
+                "receiver: counted − received (worst round)",
+            ],
+            &rows,
+        );
+    }
+}
+
+fn network(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
+    let bytes: u64 = if b.quick { 512 << 20 } else { 2 << 30 };
+    let tcp = Transfer {
+        shim: b.shim_w(&["tcp", "4", &bytes.to_string(), "0"]),
+        send: "tcp-send",
+        recv: "tcp-serve",
+        proto: "tcp",
+        bytes,
+    };
+    let tools = [
+        Tool::Untraced,
+        Tool::Pmet,
+        Tool::PmetAll,
+        Tool::Bpftrace,
+        Tool::Nethogs,
+    ];
+    let runs = Runs::of(b, rounds, &tcp, &tools)?;
     md.h(&format!(
         "2. Network: {} over loopback TCP (64 KiB writes), sender and receiver in separate processes",
         if b.quick { "512 MiB" } else { "2 GiB" }
     ));
-    let mut rows = vec![];
-    for tool in ["pmet", "pmet --all", "bpftrace", "nethogs"] {
-        let v = &runs[tool];
-        let ratios: Vec<f64> = v.iter().zip(&base).map(|(t, u)| t / u).collect();
-        let (lo, hi) = spread(&ratios);
-        let a = &acc[tool];
-        let worst =
-            |f: fn(&(i64, i64)) -> i64| a.iter().map(f).max_by_key(|e| e.abs()).unwrap_or(0);
-        let (tx_err, rx_err) = (worst(|e| e.0), worst(|e| e.1));
-        let name = match tool {
-            "pmet" => "**pmet**".to_owned(),
-            "pmet --all" => "pmet --all (every process on the host)".to_owned(),
-            "bpftrace" => "bpftrace (same tracepoints, per pid)".to_owned(),
-            _ => "nethogs 0.8.7 (pcap)".to_owned(),
-        };
-        let fmt_err = |e: i64| format!("{e:+} B ({})", pct(e as f64 / bytes as f64));
-        rows.push(vec![
-            name,
-            if tool == "pmet" {
-                format!("**{:.3}**", median(&ratios))
-            } else {
-                format!("{:.3}", median(&ratios))
-            },
-            format!("{lo:.3}–{hi:.3}"),
-            fmt_err(tx_err),
-            fmt_err(rx_err),
-        ]);
-    }
-    md.table(
-        &[
-            "tool",
-            "throughput traced/untraced (goal ≥ 0.99)",
-            "spread",
-            "sender: counted − sent (worst round)",
-            "receiver: counted − received (worst round)",
-        ],
-        &rows,
+    runs.table(
+        md,
+        &tcp,
+        &tools[1..].iter().map(|&t| (t, true)).collect::<Vec<_>>(),
     );
     md.p(&format!(
         "Untraced median throughput: {:.2} GB/s.",
-        median(&base) / 1e9
+        bytes as f64 / median(&runs.base) / 1e9
     ));
 
-    // UDP: throughput and exactness of datagram bytes, both ways. Each
-    // datagram waits for a one-byte ack, so the run is bound by per-call
-    // latency: four hooked socket calls and two context switches per round
-    // trip, the hooks' worst case. Sender and receiver share one CPU (the
-    // last): across two, each round trip waits on a cross-CPU wakeup whose
-    // cost in a VM varies by tens of µs from run to run and hides the hooks.
+    // UDP: each datagram waits for a one-byte ack, so the run is bound by
+    // per-call latency: four hooked socket calls and two context switches
+    // per round trip, the hooks' worst case. Sender and receiver share one
+    // CPU (the last): across two, each round trip waits on a cross-CPU
+    // wakeup whose cost in a VM varies by tens of µs from run to run and
+    // hides the hooks.
     let count = if b.quick { 2_000 } else { 20_000 };
     let size = 1000u64;
-    let payload = count as u64 * size;
-    let (count_s, size_s) = (count.to_string(), size.to_string());
     let cpu = (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string();
-    let mut ushim = b.shim(&["taskset", "-c", &cpu]);
-    ushim.push(b.workload.clone().into());
-    ushim.extend(["udp", "4", &count_s, &size_s].map(Into::into));
-    let udp = |c: &mut Command| {
-        c.args(&ushim[1..]);
+    let mut shim = b.shim(&["taskset", "-c", &cpu]);
+    shim.push(b.workload.clone().into());
+    shim.extend(["udp", "4", &count.to_string(), &size.to_string()].map(Into::into));
+    let udp = Transfer {
+        shim,
+        send: "udp-send",
+        recv: "udp-recv",
+        proto: "udp",
+        bytes: count as u64 * size,
     };
-    let mut ubase = vec![];
-    let mut uruns: HashMap<&str, Vec<f64>> = HashMap::new();
-    let mut uacc: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
-    let err = |v: u64| v as i64 - payload as i64;
-    for r in 0..rounds {
-        for which in rotate(3, r) {
-            let _ = fs::remove_file(&roles_path);
-            match which {
-                0 => {
-                    let mut c = b.workload();
-                    udp(&mut c);
-                    ubase.push(b.inner(&mut c)?.0);
-                }
-                1 => {
-                    let mut c = b.pmet(&report);
-                    c.arg(&b.workload);
-                    udp(&mut c);
-                    uruns.entry("pmet").or_default().push(b.inner(&mut c)?.0);
-                    let rep = Bench::report(&report)?;
-                    uacc.entry("pmet").or_default().push((
-                        err(role_net(&rep, "udp-send", "udp", "tx")),
-                        err(role_net(&rep, "udp-recv", "udp", "rx")),
-                    ));
-                }
-                _ => {
-                    let o = b.bpftrace()?;
-                    let mut c = b.workload();
-                    udp(&mut c);
-                    c.env("WORKLOAD_ROLES", &roles_path);
-                    let secs = b.inner(&mut c)?.0;
-                    let out = o.stop()?;
-                    uruns.entry("bpftrace").or_default().push(secs);
-                    let ro = roles(&roles_path);
-                    uacc.entry("bpftrace").or_default().push((
-                        err(*bpftrace_map(&out, "tx").get(&ro["udp-send"]).unwrap_or(&0)),
-                        err(*bpftrace_map(&out, "rx").get(&ro["udp-recv"]).unwrap_or(&0)),
-                    ));
-                }
-            }
-        }
-    }
-    {
-        // nethogs once: its refresh, not its cost, is what it shows here.
-        let _ = fs::remove_file(&roles_path);
-        let o = b.nethogs()?;
-        let mut c = b.workload();
-        udp(&mut c);
-        c.env("WORKLOAD_ROLES", &roles_path);
-        b.inner(&mut c)?;
-        std::thread::sleep(Duration::from_millis(2200));
-        let out = o.stop()?;
-        let ro = roles(&roles_path);
-        let last = nethogs_last(&out);
-        uacc.entry("nethogs").or_default().push((
-            err(last.get(&ro["udp-send"]).map_or(0.0, |v| v.0) as u64),
-            err(last.get(&ro["udp-recv"]).map_or(0.0, |v| v.1) as u64),
-        ));
-    }
-    let mut urows = vec![];
-    for tool in ["pmet", "bpftrace", "nethogs"] {
-        // Throughput ratio: untraced time over traced time, round by round.
-        let (ratio, range) = match uruns.get(tool) {
-            Some(v) => {
-                let ratios: Vec<f64> = v.iter().zip(&ubase).map(|(t, u)| u / t).collect();
-                let (lo, hi) = spread(&ratios);
-                (
-                    format!("{:.3}", median(&ratios)),
-                    format!("{lo:.3}–{hi:.3}"),
-                )
-            }
-            None => ("not timed".into(), "".into()),
-        };
-        let a = &uacc[tool];
-        let worst =
-            |f: fn(&(i64, i64)) -> i64| a.iter().map(f).max_by_key(|e| e.abs()).unwrap_or(0);
-        let fmt_err = |e: i64| format!("{e:+} B ({})", pct(e as f64 / payload as f64));
-        urows.push(vec![
-            if tool == "pmet" {
-                "**pmet**".into()
-            } else {
-                tool.into()
-            },
-            if tool == "pmet" {
-                format!("**{ratio}**")
-            } else {
-                ratio
-            },
-            range,
-            fmt_err(worst(|e| e.0)),
-            fmt_err(worst(|e| e.1)),
-        ]);
-    }
+    let mut runs = Runs::of(
+        b,
+        rounds,
+        &udp,
+        &[Tool::Untraced, Tool::Pmet, Tool::Bpftrace],
+    )?;
+    // nethogs once: its refresh, not its cost, is what it shows here.
+    runs.add(b, &udp, Tool::Nethogs)?;
     md.p(&format!(
-        "UDP: {count} datagrams of {size} bytes, each acknowledged by one byte before the next ({payload} bytes of payload each way; the acks are not counted here), sender and receiver on one CPU (`taskset -c {cpu}`); nethogs run once, for its counts:"
+        "UDP: {count} datagrams of {size} bytes, each acknowledged by one byte before the next ({} bytes of payload each way; the acks are not counted here), sender and receiver on one CPU (`taskset -c {cpu}`); nethogs run once, for its counts:",
+        udp.bytes
     ));
-    md.table(
+    runs.table(
+        md,
+        &udp,
         &[
-            "tool",
-            "throughput traced/untraced (goal ≥ 0.99)",
-            "spread",
-            "sender: counted − sent (worst round)",
-            "receiver: counted − received (worst round)",
+            (Tool::Pmet, true),
+            (Tool::Bpftrace, true),
+            (Tool::Nethogs, false),
         ],
-        &urows,
     );
     md.p(&format!(
         "Untraced median: {:.3} s for the {count} round trips.",
-        median(&ubase)
+        median(&runs.base)
     ));
     Ok(())
 }
