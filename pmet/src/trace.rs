@@ -340,7 +340,10 @@ fn load_kernel(follow_children: bool, scope: bool) -> Result<Kernel, Error> {
     let sock = if classic {
         log::warn!("PMET_TEST_CLASSIC: using the classic process and socket tracepoints");
         if let Some(t) = task.as_mut() {
+            // As such a kernel's offsets would be: the memory's are only
+            // found with the exec's (they need `task->mm`).
             t.exec = None;
+            t.mem = None;
         }
         None
     } else {

@@ -354,6 +354,13 @@ fn check_udp(family: &str, classic: bool) {
     );
     assert_eq!(net(recv, "tcp", "rx"), 0);
     assert_eq!(r["totals"]["net"]["udp"]["tx_bytes"], 50_050);
+    // Each process's peak memory, in either mode (the classic hooks get it
+    // from taskstats): a Rust program's is over a megabyte, not a sample's
+    // early reading or nothing.
+    for p in procs(r) {
+        let peak = p["peak_rss_bytes"].as_u64().unwrap_or(0);
+        assert!(peak > 1 << 20, "{p:#}");
+    }
     if classic {
         return;
     }

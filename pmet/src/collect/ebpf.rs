@@ -158,8 +158,10 @@ pub fn with_task_offsets(mut cfg: Config, o: &TaskOffsets) -> Config {
         cfg.task_nivcsw = c.nivcsw;
         cfg.task_maj_flt = c.maj_flt;
     }
-    // Only where the process hooks are BTF ones (`mem` needs `exec`).
-    if let Some(m) = o.mem {
+    // Only where the process hooks are BTF ones: `mem` needs `exec`'s
+    // `task->mm` (without it the exit would read the task's first word as
+    // its memory, and no taskstats would stand in).
+    if let (Some(m), Some(_)) = (o.mem, o.exec) {
         cfg.mm_hiwater_rss = m.hiwater_rss;
         cfg.mm_rss_stat = m.rss_stat;
         cfg.rss_stride = m.stride;
@@ -616,6 +618,38 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_offsets_are_used_only_with_the_exec_ones() {
+        use crate::collect::btf::{ExecOffsets, MemOffsets};
+        let mem = MemOffsets {
+            hiwater_rss: 240,
+            rss_stat: 800,
+            stride: 40,
+            count: 8,
+        };
+        let exec = ExecOffsets {
+            task_mm: 2000,
+            ..ExecOffsets::default()
+        };
+        // Without `task->mm` the exit cannot reach the memory: no offsets
+        // (so taskstats is listened to instead).
+        let without = TaskOffsets {
+            mem: Some(mem),
+            ..TaskOffsets::default()
+        };
+        let cfg = with_task_offsets(Config::default(), &without);
+        assert_eq!((cfg.mm_hiwater_rss, cfg.task_mm), (0, 0));
+        let with = TaskOffsets {
+            exec: Some(exec),
+            ..without
+        };
+        let cfg = with_task_offsets(Config::default(), &with);
+        assert_eq!(
+            (cfg.mm_hiwater_rss, cfg.mm_rss_stat, cfg.task_mm),
+            (240, 800, 2000)
+        );
+    }
 
     #[test]
     fn the_net_map_stays_within_its_budget_on_any_cpu_count() {
