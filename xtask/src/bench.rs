@@ -532,7 +532,7 @@ fn exec_storm(b: &Bench, rounds: usize, loops: usize, md: &mut Md) -> Result<()>
                 format!("{:.0} / {}", median(&seen), n + shells),
                 format!("{:.0}", median(&lost)),
                 format!(
-                    "{:.0} ms in all: {:.1} % of a core per traced second; **{:.1} µs per process** after start-up (each run's `self_cpu_s` less its `startup_cpu_s`, less the same for `true`: {:.1} ms), goal ≤ 8 µs; start-up {:.0} ms; {:.1} µs with the report's writing (pmet's main thread over its whole life, less the same for `true`)",
+                    "{:.0} ms in all: {:.1} % of a core per traced second; **{:.1} µs per process** after start-up (each run's `self_cpu_s` less its `startup_cpu_s`, less the same for `true`: {:.1} ms), goal ≤ 8 µs; start-up took {:.0} ms of CPU; {:.1} µs with the report's writing (pmet's main thread over its whole life, less the same for `true`)",
                     median(&self_cpu) * 1e3,
                     median(
                         &self_cpu
