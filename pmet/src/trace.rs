@@ -183,9 +183,11 @@ pub struct Outcome {
 
 /// After taking in kernel events, wait this long before the next look, so a
 /// storm of events costs one wakeup per batch rather than one per event.
-/// A batch costs two wakeups (the timer's, then the ring's first record),
-/// ~45 µs of pmet's CPU in this VM besides the events: 50 ms rather than 20
-/// took a 3,000-exec storm's run from ~22 to ~17.5 ms of CPU. Events wait at
+/// A batch costs pmet ~60 µs of CPU in this VM besides its events (the
+/// drain's fixed work, and the working directories of the processes alive
+/// at its end; not the wakeup itself: sparing the ring's wakeups between
+/// batches saved nothing): 50 ms rather than 20 took a 3,000-exec storm's
+/// run from ~22 to ~17.5 ms of CPU. Events wait at
 /// most this long (the ring holds ~16 MB: at 2.3 KB an exec, far more than
 /// any machine's exec rate for 50 ms); a working directory is read for the
 /// processes still alive when their exec is taken in, so fewer of those that
