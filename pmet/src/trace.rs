@@ -188,8 +188,9 @@ pub struct Outcome {
 /// at its end; not the wakeup itself: sparing the ring's wakeups between
 /// batches saved nothing): 50 ms rather than 20 took a 3,000-exec storm's
 /// run from ~22 to ~17.5 ms of CPU. Events wait at
-/// most this long (the ring holds ~16 MB: at 2.3 KB an exec, far more than
-/// any machine's exec rate for 50 ms); a working directory is read for the
+/// most this long (the ring holds 8 MB, ~3,600 execs at 2.3 KB each: 72,000
+/// a second for 50 ms, where the bench's fork storm runs ~3,400 a second on
+/// 2 CPUs and on 16). A working directory is read for the
 /// processes still alive when their exec is taken in, so fewer of those that
 /// live under 50 ms have one.
 const BATCH: Duration = Duration::from_millis(50);
