@@ -183,11 +183,13 @@ pub struct Outcome {
 
 /// After taking in kernel events, wait this long before the next look, so a
 /// storm of events costs one wakeup per batch rather than one per event.
-/// A batch costs pmet ~60 µs of CPU in this VM besides its events (the
-/// drain's fixed work, and the working directories of the processes alive
-/// at its end; not the wakeup itself: sparing the ring's wakeups between
-/// batches saved nothing): 50 ms rather than 20 took a 3,000-exec storm's
-/// run from ~22 to ~17.5 ms of CPU. Events wait at
+/// Fewer, larger batches cost pmet less for the same events: each event is
+/// taken in on caches the traced workload has just cooled, at a cost that a
+/// larger batch spreads, and the working directories of the processes alive
+/// at a batch's end are read (~60 µs each). Not the wakeups themselves:
+/// sparing the ring's wakeups between batches saved nothing. 50 ms rather
+/// than 20 took a 3,000-exec storm's run from ~22 to ~17.5 ms of CPU.
+/// Events wait at
 /// most this long (the ring holds 8 MB, ~3,600 execs at 2.3 KB each: 72,000
 /// a second for 50 ms, where the bench's fork storm runs ~3,400 a second on
 /// 2 CPUs and on 16). A working directory is read for the
