@@ -15,10 +15,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        generated::bpf_get_socket_cookie,
-    },
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_socket_cookie},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -27,7 +24,7 @@ use pmet_common::{
     conn_outcome, conn_role, counter, kind,
 };
 
-use crate::{ACCEPTED, CONNS, EVENTS, SOCKS, bump, tracked};
+use crate::{ACCEPTED, CONNS, EVENTS, SOCKS, bump, kread, now, tracked};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -51,12 +48,6 @@ const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
 
 #[inline(always)]
-fn now() -> u64 {
-    // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_boot_ns() }
-}
-
-#[inline(always)]
 fn cookie_of(sk: *const c_void) -> u64 {
     // SAFETY: `sk` is the tracepoint's own `struct sock *` argument, which
     // the verifier knows by its BTF type.
@@ -64,32 +55,33 @@ fn cookie_of(sk: *const c_void) -> u64 {
 }
 
 /// A field of a socket, with the probe helper rather than a plain load
-/// (`kread`): these reads come once per socket or state change, not per
-/// call, and an IPv6 address is read whole, 16 bytes, more than one load.
+/// (`kread` with `btf`): these reads come once per socket or state change,
+/// not per call, and an IPv6 address is read whole, 16 bytes, more than one
+/// load.
 #[inline(always)]
-fn read<T>(sk: u64, offset: u16) -> Option<T> {
+fn read<T: Copy>(sk: u64, offset: u16) -> Option<T> {
     // SAFETY: offsets come from this kernel's BTF; sk is live during the hook.
-    unsafe { bpf_probe_read_kernel((sk + u64::from(offset)) as *const T).ok() }
+    unsafe { kread(sk, offset.into(), false) }
 }
 
 /// A socket's ends as they are now.
 #[inline(always)]
 fn ends(sk: u64) -> Endpoints {
     let mut e = Endpoints {
-        family: read::<u16>(sk, cfg!(sk_family)).unwrap_or(0),
+        family: read::<u16>(sk, config!(sk_family)).unwrap_or(0),
         ..Endpoints::default()
     };
     if e.family == AF_INET {
-        let r: [u8; 4] = read(sk, cfg!(sk_daddr)).unwrap_or([0; 4]);
-        let l: [u8; 4] = read(sk, cfg!(sk_rcv_saddr)).unwrap_or([0; 4]);
+        let r: [u8; 4] = read(sk, config!(sk_daddr)).unwrap_or([0; 4]);
+        let l: [u8; 4] = read(sk, config!(sk_rcv_saddr)).unwrap_or([0; 4]);
         e.raddr[..4].copy_from_slice(&r);
         e.laddr[..4].copy_from_slice(&l);
-    } else if e.family == AF_INET6 && cfg!(sk_v6_daddr) != 0 {
-        e.raddr = read(sk, cfg!(sk_v6_daddr)).unwrap_or([0; 16]);
-        e.laddr = read(sk, cfg!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
+    } else if e.family == AF_INET6 && config!(sk_v6_daddr) != 0 {
+        e.raddr = read(sk, config!(sk_v6_daddr)).unwrap_or([0; 16]);
+        e.laddr = read(sk, config!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
     }
-    e.rport = u16::from_be(read::<u16>(sk, cfg!(sk_dport)).unwrap_or(0));
-    e.lport = read::<u16>(sk, cfg!(sk_num)).unwrap_or(0);
+    e.rport = u16::from_be(read::<u16>(sk, config!(sk_dport)).unwrap_or(0));
+    e.lport = read::<u16>(sk, config!(sk_num)).unwrap_or(0);
     e
 }
 
@@ -141,7 +133,7 @@ fn follow(sk: u64, sock_cookie: u64, role: u16, opened_ns: u64) {
 /// BTF socket hooks once the bytes count as network bytes).
 #[inline(always)]
 pub fn count(sk: *const c_void, tgid: u32, proc_cookie: u64, tcp: bool, tx: bool, n: u64) {
-    if cfg!(flags) & config_flags::CONNECTIONS == 0 {
+    if config!(flags) & config_flags::CONNECTIONS == 0 {
         return;
     }
     let sock_cookie = cookie_of(sk);
@@ -206,20 +198,20 @@ fn first_use(sk: u64, tgid: u32, proc_cookie: u64, sock_cookie: u64, tcp: bool) 
 /// connection's end and outcome are recorded.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    if cfg!(flags) & config_flags::CONNECTIONS == 0 {
+    if config!(flags) & config_flags::CONNECTIONS == 0 {
         return 0;
     }
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
     let sk: *const c_void = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as i32;
     let new = ctx.arg::<u64>(2) as i32;
-    if read::<u16>(sk as u64, cfg!(sk_protocol)) != Some(IPPROTO_TCP) {
+    if read::<u16>(sk as u64, config!(sk_protocol)) != Some(IPPROTO_TCP) {
         return 0;
     }
     let sock_cookie = cookie_of(sk);
     if let Some(l) = SOCKS.get_ptr_mut(sock_cookie) {
         let err = if new == TCP_CLOSE {
-            read::<i32>(sk as u64, cfg!(sk_err)).unwrap_or(0)
+            read::<i32>(sk as u64, config!(sk_err)).unwrap_or(0)
         } else {
             0
         };
@@ -303,7 +295,7 @@ fn changed(l: &mut SockLife, e: Endpoints, old: i32, new: i32, err: i32) {
 /// A segment of a followed connection was sent again.
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
-    if cfg!(flags) & config_flags::CONNECTIONS == 0 {
+    if config!(flags) & config_flags::CONNECTIONS == 0 {
         return 0;
     }
     // TP_PROTO(const struct sock *sk, const struct sk_buff *skb)
@@ -318,7 +310,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
 /// A TCP socket is destroyed: its followed life goes to userspace, final.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
-    if cfg!(flags) & config_flags::CONNECTIONS == 0 {
+    if config!(flags) & config_flags::CONNECTIONS == 0 {
         return 0;
     }
     // TP_PROTO(struct sock *sk)

@@ -75,12 +75,12 @@ fn try_count_btf(ctx: &BtfTracePointContext, tx: bool) -> Result<(), i32> {
     let sk: u64 = ctx.arg(0);
     // SAFETY (all reads): offsets from this kernel's BTF; sk is live during
     // the call, and known to the verifier by its type.
-    let family: u16 = unsafe { kread(sk, cfg!(sk_family).into(), true) }.ok_or(-1)?;
-    let protocol: u16 = unsafe { kread(sk, cfg!(sk_protocol).into(), true) }.ok_or(-1)?;
-    if cfg!(sk_type) != 0 {
+    let family: u16 = unsafe { kread(sk, config!(sk_family).into(), true) }.ok_or(-1)?;
+    let protocol: u16 = unsafe { kread(sk, config!(sk_protocol).into(), true) }.ok_or(-1)?;
+    if config!(sk_type) != 0 {
         // A raw socket opened with IPPROTO_UDP (or TCP) moves whole packets,
         // headers included: not payload of either protocol.
-        let ty: u16 = unsafe { kread(sk, cfg!(sk_type).into(), true) }.ok_or(-1)?;
+        let ty: u16 = unsafe { kread(sk, config!(sk_type).into(), true) }.ok_or(-1)?;
         if ty != SOCK_STREAM && ty != SOCK_DGRAM {
             return Ok(());
         }
@@ -99,17 +99,17 @@ fn try_count(ctx: &TracePointContext, tx: bool) -> Result<(), i32> {
         return Ok(());
     };
     // SAFETY (all reads): offsets come from this kernel's tracepoint format.
-    let ret: i32 = unsafe { ctx.read_at(cfg!(sock_ret) as usize)? };
+    let ret: i32 = unsafe { ctx.read_at(config!(sock_ret) as usize)? };
     if ret <= 0 {
         // Errors and empty reads/writes move no bytes.
         return Ok(());
     }
-    let family: u16 = unsafe { ctx.read_at(cfg!(sock_family) as usize)? };
-    let protocol: u16 = unsafe { ctx.read_at(cfg!(sock_protocol) as usize)? };
+    let family: u16 = unsafe { ctx.read_at(config!(sock_family) as usize)? };
+    let protocol: u16 = unsafe { ctx.read_at(config!(sock_protocol) as usize)? };
     let flags: i32 = if tx {
         0
     } else {
-        unsafe { ctx.read_at(cfg!(sock_flags) as usize)? }
+        unsafe { ctx.read_at(config!(sock_flags) as usize)? }
     };
     let _ = add(tgid, t.cookie, family, protocol, ret, flags, tx);
     Ok(())

@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_uid_gid, bpf_probe_read_user,
         generated::{self, bpf_probe_read_user_str},
     },
     macros::{btf_tracepoint, tracepoint},
@@ -21,19 +21,10 @@ use pmet_common::{
 };
 
 use crate::{
-    DYING, EVENTS, EXEC_SCRATCH, SCOPE, SCRATCH, TRACKED, bump, current_task, kread, tracked,
+    DYING, EVENTS, EXEC_SCRATCH, SCOPE, SCRATCH, TRACKED, bump, current_task, kread, now, tracked,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
-
-/// Boot time now, in ns: read once per program run, for all it sends (in a
-/// VM the clock read was ~0.3 µs of each exec's kernel-side cost when every
-/// record read it again).
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_boot_ns() }
-}
 
 #[inline(always)]
 fn header(kind: u32, tgid: u32, tid: u32, ts_ns: u64) -> EventHeader {
@@ -78,7 +69,7 @@ fn tracked_or_joining(tgid: u32, tid: u32) -> Option<Tracked> {
     if let Some(t) = tracked(tgid) {
         return Some(t);
     }
-    if cfg!(flags) & config_flags::CGROUP_SCOPE == 0 {
+    if config!(flags) & config_flags::CGROUP_SCOPE == 0 {
         return None;
     }
     // SAFETY: no preconditions.
@@ -136,10 +127,11 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     // SAFETY: offsets come from this kernel's tracepoint format.
-    let child: u32 = unsafe { ctx.read_at(cfg!(newtask_pid) as usize)? };
+    let child: u32 = unsafe { ctx.read_at(config!(newtask_pid) as usize)? };
     // clone_flags is 8 bytes on current kernels and was 4 on older ones; the
     // low word (little-endian first) holds CLONE_THREAD either way.
-    let clone_flags = u64::from(unsafe { ctx.read_at::<u32>(cfg!(newtask_clone_flags) as usize)? });
+    let clone_flags =
+        u64::from(unsafe { ctx.read_at::<u32>(config!(newtask_clone_flags) as usize)? });
     newtask(child, clone_flags);
     Ok(())
 }
@@ -156,7 +148,7 @@ pub fn task_newtask_btf(ctx: BtfTracePointContext) -> i32 {
     let clone_flags: u64 = ctx.arg(1);
     // SAFETY: offset from this kernel's BTF; the new task is live, and
     // known to the verifier by its type.
-    match unsafe { kread::<u32>(task, cfg!(task_pid).into(), true) } {
+    match unsafe { kread::<u32>(task, config!(task_pid).into(), true) } {
         Some(child) => newtask(child, clone_flags),
         None => bump(counter::READ_FAILED),
     }
@@ -173,7 +165,7 @@ fn newtask(child: u32, clone_flags: u64) {
     let ts = now();
     if is_thread {
         flags |= fork_flags::THREAD;
-    } else if cfg!(flags) & config_flags::FOLLOW_CHILDREN == 0 {
+    } else if config!(flags) & config_flags::FOLLOW_CHILDREN == 0 {
         // Only the root is followed.
         return;
     } else {
@@ -205,9 +197,9 @@ fn newtask(child: u32, clone_flags: u64) {
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
     exec_args(
         &ctx,
-        cfg!(execve_filename),
-        cfg!(execve_argv),
-        cfg!(execve_envp),
+        config!(execve_filename),
+        config!(execve_argv),
+        config!(execve_envp),
         0,
     )
 }
@@ -216,9 +208,9 @@ pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
     exec_args(
         &ctx,
-        cfg!(execveat_filename),
-        cfg!(execveat_argv),
-        cfg!(execveat_envp),
+        config!(execveat_filename),
+        config!(execveat_argv),
+        config!(execveat_envp),
         exec_flags::EXECVEAT,
     )
 }
@@ -356,7 +348,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: offset from this kernel's tracepoint format.
-    let old_tid = match unsafe { ctx.read_at::<u32>(cfg!(exec_old_pid) as usize) } {
+    let old_tid = match unsafe { ctx.read_at::<u32>(config!(exec_old_pid) as usize) } {
         Ok(v) => v,
         Err(_) => {
             bump(counter::READ_FAILED);
@@ -441,23 +433,23 @@ unsafe fn exec_strings(ev: *mut ExecFullEvent, bprm: u64) -> Result<(), i64> {
     unsafe {
         // The task, its mm and bprm are known to the verifier by type.
         let task = current_task(true);
-        let mm: u64 = kread(task, cfg!(task_mm).into(), true).ok_or(-1i64)?;
+        let mm: u64 = kread(task, config!(task_mm).into(), true).ok_or(-1i64)?;
         let field = |off: u16| kread::<u64>(mm, off.into(), true).ok_or(-1i64);
         let name = (*ev).filename.as_mut_ptr();
-        let path: u64 = kread(bprm, cfg!(bprm_filename).into(), true).ok_or(-1i64)?;
+        let path: u64 = kread(bprm, config!(bprm_filename).into(), true).ok_or(-1i64)?;
         if generated::bpf_probe_read_kernel_str(name.cast(), FILENAME_LEN as u32, path as *const _)
             < 0
         {
             *name = 0;
         }
         let strings = (*ev).strings.as_mut_ptr();
-        let (start, end) = (field(cfg!(mm_arg_start))?, field(cfg!(mm_arg_end))?);
+        let (start, end) = (field(config!(mm_arg_start))?, field(config!(mm_arg_end))?);
         let (argv, flags) = read_block(strings, start, end);
         (*ev).head.argv_len = argv as u16;
         (*ev).head.argv_flags = flags;
         // The environment right after argv: an offset below 2 * ARGV_LEN
         // and a length below it too, inside the 4 * ARGV_LEN buffer.
-        let (start, end) = (field(cfg!(mm_env_start))?, field(cfg!(mm_env_end))?);
+        let (start, end) = (field(config!(mm_env_start))?, field(config!(mm_env_end))?);
         let (env, flags) = read_block(strings.add(argv & (2 * ARGV_LEN - 1)), start, end);
         (*ev).head.env_len = env as u16;
         (*ev).head.env_flags = flags;
@@ -535,27 +527,26 @@ fn exec_event(kind: u32, old_tid: u32, ts: u64, btf: bool) -> ExecEvent {
 /// and `/proc/PID/status`'s last `NSpid` read).
 #[inline(always)]
 fn pid_in_ns(btf: bool) -> Option<(u32, u32)> {
-    if cfg!(task_thread_pid) == 0 {
+    if config!(task_thread_pid) == 0 {
         return None;
     }
     // SAFETY (all reads): offsets from this kernel's BTF; the current task
     // and its pid are live while it runs.
     unsafe {
         let task = current_task(btf);
-        let pid: u64 = kread(task, cfg!(task_thread_pid).into(), btf)?;
-        let level: u32 = kread(pid, cfg!(pid_level).into(), btf)?;
+        let pid: u64 = kread(task, config!(task_thread_pid).into(), btf)?;
+        let level: u32 = kread(pid, config!(pid_level).into(), btf)?;
         // The kernel nests at most 32 pid namespaces.
         if level > 32 {
             return None;
         }
         // An offset known only at run time: the probe helper, whatever `btf`.
-        let upid =
-            pid + u64::from(cfg!(pid_numbers)) + u64::from(level) * u64::from(cfg!(upid_size));
-        let nr: u32 = bpf_probe_read_kernel(upid as *const u32).ok()?;
-        let ns: u64 =
-            bpf_probe_read_kernel((upid + u64::from(cfg!(upid_ns))) as *const u64).ok()?;
-        let inum: u32 =
-            bpf_probe_read_kernel((ns + u64::from(cfg!(pidns_inum))) as *const u32).ok()?;
+        let upid = pid
+            + u64::from(config!(pid_numbers))
+            + u64::from(level) * u64::from(config!(upid_size));
+        let nr: u32 = kread(upid, 0, false)?;
+        let ns: u64 = kread(upid, config!(upid_ns).into(), false)?;
+        let inum: u32 = kread(ns, config!(pidns_inum).into(), false)?;
         Some((nr, inum))
     }
 }
@@ -569,9 +560,9 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(t) = tracked(tgid) else {
         return 0;
     };
-    let group_dead = if cfg!(exit_group_dead) != 0 {
+    let group_dead = if config!(exit_group_dead) != 0 {
         // SAFETY: offset from this kernel's tracepoint format.
-        unsafe { ctx.read_at::<u8>(cfg!(exit_group_dead) as usize) }.unwrap_or(0) != 0
+        unsafe { ctx.read_at::<u8>(config!(exit_group_dead) as usize) }.unwrap_or(0) != 0
     } else {
         // Kernels before 6.16 lack the field; the leader's exit is the best
         // available sign (wrong only when the leader exits before its threads).
@@ -606,9 +597,9 @@ fn exit(t: Tracked, group_dead: bool, btf: bool) {
     let task = current_task(btf);
     let ts = now();
     let mut exit_code = 0;
-    if cfg!(task_exit_code) != 0 {
+    if config!(task_exit_code) != 0 {
         // SAFETY: offset from this kernel's BTF; a failed read is reported.
-        match unsafe { kread::<u32>(task, cfg!(task_exit_code).into(), btf) } {
+        match unsafe { kread::<u32>(task, config!(task_exit_code).into(), btf) } {
             Some(v) => {
                 exit_code = v;
                 flags |= exit_flags::CODE_VALID;
@@ -616,7 +607,7 @@ fn exit(t: Tracked, group_dead: bool, btf: bool) {
             None => bump(counter::READ_FAILED),
         }
     }
-    if cfg!(task_sum_exec_runtime) != 0 {
+    if config!(task_sum_exec_runtime) != 0 {
         // Without switches and faults: these figures stand in only when
         // the thread's last switch goes unseen (rarely), and the process's
         // counts are then left unknown rather than read on every exit.
@@ -651,7 +642,7 @@ fn exit(t: Tracked, group_dead: bool, btf: bool) {
     let peak_rss_pages = peak_rss_pages(task, btf);
     if peak_rss_pages.is_some() {
         flags |= exit_flags::MEM_VALID;
-    } else if cfg!(mm_hiwater_rss) != 0 {
+    } else if config!(mm_hiwater_rss) != 0 {
         // Expected, and unread: a loss (no taskstats stands in for it).
         bump(counter::READ_FAILED);
     }
@@ -681,20 +672,22 @@ fn exit(t: Tracked, group_dead: bool, btf: bool) {
 /// with no memory of its own (a kernel thread).
 #[inline(always)]
 fn peak_rss_pages(task: u64, btf: bool) -> Option<u64> {
-    if cfg!(mm_hiwater_rss) == 0 {
+    if config!(mm_hiwater_rss) == 0 {
         return None;
     }
     // SAFETY (all reads): offsets from this kernel's BTF; the current task
     // and its memory stay valid while it runs this tracepoint, which comes
     // before `exit_mm`.
-    let mm: u64 = unsafe { kread(task, cfg!(task_mm).into(), btf) }?;
+    let mm: u64 = unsafe { kread(task, config!(task_mm).into(), btf) }?;
     if mm == 0 {
         return Some(0);
     }
-    let hiwater: u64 = unsafe { kread(mm, cfg!(mm_hiwater_rss).into(), btf) }?;
+    let hiwater: u64 = unsafe { kread(mm, config!(mm_hiwater_rss).into(), btf) }?;
     let counter = |i: u64| -> Option<u64> {
         // Constant too: `i` is, at each use below.
-        let off = cfg!(mm_rss_stat) as u64 + i * cfg!(rss_stride) as u64 + cfg!(rss_count) as u64;
+        let off = config!(mm_rss_stat) as u64
+            + i * config!(rss_stride) as u64
+            + config!(rss_count) as u64;
         let v: i64 = unsafe { kread(mm, off, btf) }?;
         Some(if v > 0 { v as u64 } else { 0 })
     };
@@ -739,12 +732,12 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let _ = DYING.remove(task);
-    if cfg!(task_pid) != 0 {
+    if config!(task_pid) != 0 {
         // The address may hold a later task when an earlier last switch
         // went unseen.
         // SAFETY: offset from this kernel's BTF; the task is still allocated
         // (and known to the verifier by its type).
-        let pid = unsafe { kread::<u32>(task, cfg!(task_pid).into(), true) };
+        let pid = unsafe { kread::<u32>(task, config!(task_pid).into(), true) };
         if pid != Some(d.tid) {
             recover(&d);
             return 0;
@@ -766,7 +759,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 /// The flags that say which of [`task_figures`]' values were read.
 #[inline(always)]
 fn stats_valid() -> u32 {
-    if cfg!(task_nvcsw) != 0 {
+    if config!(task_nvcsw) != 0 {
         exit_flags::STATS_VALID | exit_flags::CTX_VALID
     } else {
         exit_flags::STATS_VALID
@@ -789,23 +782,23 @@ fn task_figures(task: u64, ctx: bool, btf: bool) -> Option<TaskFigures> {
     };
     let read_ctx = |off: u32| if ctx { read(off).unwrap_or(0) } else { 0 };
     match (
-        read(cfg!(task_sum_exec_runtime)),
-        read(cfg!(task_utime)),
-        read(cfg!(task_stime)),
+        read(config!(task_sum_exec_runtime)),
+        read(config!(task_utime)),
+        read(config!(task_stime)),
     ) {
         (Some(sum_exec_runtime), Some(utime), Some(stime)) => Some(TaskFigures {
             sum_exec_runtime,
             utime,
             stime,
-            read_bytes: read(cfg!(task_read_bytes)).unwrap_or(0),
-            write_bytes: read(cfg!(task_write_bytes)).unwrap_or(0),
-            cancelled_write_bytes: read(cfg!(task_cancelled_write_bytes)).unwrap_or(0),
-            nvcsw: read_ctx(cfg!(task_nvcsw)),
-            nivcsw: read_ctx(cfg!(task_nivcsw)),
-            maj_flt: read_ctx(cfg!(task_maj_flt)),
+            read_bytes: read(config!(task_read_bytes)).unwrap_or(0),
+            write_bytes: read(config!(task_write_bytes)).unwrap_or(0),
+            cancelled_write_bytes: read(config!(task_cancelled_write_bytes)).unwrap_or(0),
+            nvcsw: read_ctx(config!(task_nvcsw)),
+            nivcsw: read_ctx(config!(task_nivcsw)),
+            maj_flt: read_ctx(config!(task_maj_flt)),
         }),
         _ => {
-            if cfg!(task_sum_exec_runtime) != 0 {
+            if config!(task_sum_exec_runtime) != 0 {
                 bump(counter::READ_FAILED);
             }
             None
