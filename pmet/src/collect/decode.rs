@@ -92,75 +92,63 @@ fn exec(e: &ExecEvent) -> Event {
 }
 
 /// Decodes the kernel side's records, one after the other; what it keeps
-/// between them is the last exec's environment (see [`exec_env`]).
+/// between them is the last exec's environment (see `exec_env`).
 #[derive(Debug, Default)]
 pub struct Decoder {
     last_env: Option<Arc<[u8]>>,
 }
 
 impl Decoder {
-    /// Decodes one record into `out`, as [`decode_into`] does.
+    /// Decodes one record into `out`: most make one event; an exec's whole
+    /// record (`EXEC_FULL`) makes the three the model takes an exec as (its
+    /// argv, its environment, then who the process now is). False for a
+    /// record too short or of an unknown kind.
     pub fn decode_into(&mut self, b: &[u8], out: &mut Vec<Event>) -> bool {
-        decode_with(b, out, &mut self.last_env)
+        let last_env = &mut self.last_env;
+        let Some(hdr) = read::<EventHeader>(b) else {
+            return false;
+        };
+        if hdr.kind != kind::EXEC_FULL {
+            return decode_one(b, last_env).map(|ev| out.push(ev)).is_some();
+        }
+        let Some(h) = read::<ExecFullHeader>(b) else {
+            return false;
+        };
+        let rest = &b[size_of::<ExecFullHeader>()..];
+        let (argv_len, env_len) = (h.argv_len as usize, h.env_len as usize);
+        if rest.len() < FILENAME_LEN + argv_len + env_len {
+            return false;
+        }
+        let (ts_ns, tid) = (h.exec.hdr.ts_ns, h.exec.old_tid);
+        let strings = &rest[FILENAME_LEN..];
+        if h.argv_flags & exec_flags::UNREAD == 0 {
+            let truncated = h.argv_flags & exec_flags::TRUNCATED != 0;
+            out.push(Event::ExecArgs {
+                ts_ns,
+                tid,
+                filename: cstr(&rest[..FILENAME_LEN]),
+                argv: argv(&strings[..argv_len], truncated),
+                truncated,
+            });
+        }
+        if h.env_flags & exec_flags::UNREAD == 0 {
+            let truncated = h.env_flags & exec_flags::TRUNCATED != 0;
+            out.push(exec_env(
+                ts_ns,
+                tid,
+                &strings[argv_len..argv_len + env_len],
+                truncated,
+                last_env,
+            ));
+        }
+        out.push(exec(&h.exec));
+        true
     }
 }
 
-/// Decodes one record into `out`: most make one event; an exec's whole
-/// record (`EXEC_FULL`) makes the three the model takes an exec as (its
-/// argv, its environment, then who the process now is). False for a record
-/// too short or of an unknown kind. (A [`Decoder`] shares environments
-/// between records; this does not.)
-pub fn decode_into(b: &[u8], out: &mut Vec<Event>) -> bool {
-    decode_with(b, out, &mut None)
-}
-
-fn decode_with(b: &[u8], out: &mut Vec<Event>, last_env: &mut Option<Arc<[u8]>>) -> bool {
-    let Some(hdr) = read::<EventHeader>(b) else {
-        return false;
-    };
-    if hdr.kind != kind::EXEC_FULL {
-        return decode_one(b, last_env).map(|ev| out.push(ev)).is_some();
-    }
-    let Some(h) = read::<ExecFullHeader>(b) else {
-        return false;
-    };
-    let rest = &b[size_of::<ExecFullHeader>()..];
-    let (argv_len, env_len) = (h.argv_len as usize, h.env_len as usize);
-    if rest.len() < FILENAME_LEN + argv_len + env_len {
-        return false;
-    }
-    let (ts_ns, tid) = (h.exec.hdr.ts_ns, h.exec.old_tid);
-    let strings = &rest[FILENAME_LEN..];
-    if h.argv_flags & exec_flags::UNREAD == 0 {
-        let truncated = h.argv_flags & exec_flags::TRUNCATED != 0;
-        out.push(Event::ExecArgs {
-            ts_ns,
-            tid,
-            filename: cstr(&rest[..FILENAME_LEN]),
-            argv: argv(&strings[..argv_len], truncated),
-            truncated,
-        });
-    }
-    if h.env_flags & exec_flags::UNREAD == 0 {
-        let truncated = h.env_flags & exec_flags::TRUNCATED != 0;
-        out.push(exec_env(
-            ts_ns,
-            tid,
-            &strings[argv_len..argv_len + env_len],
-            truncated,
-            last_env,
-        ));
-    }
-    out.push(exec(&h.exec));
-    true
-}
-
-/// Decodes one record; `None` for a record too short or of an unknown kind
-/// (an exec's whole record included: see [`decode_into`]).
-pub fn decode(b: &[u8]) -> Option<Event> {
-    decode_one(b, &mut None)
-}
-
+/// Decodes a record that makes one event; `None` for a record too short or
+/// of an unknown kind (an exec's whole record included: see
+/// [`Decoder::decode_into`]).
 fn decode_one(b: &[u8], last_env: &mut Option<Arc<[u8]>>) -> Option<Event> {
     let hdr: EventHeader = read(b)?;
     match hdr.kind {
@@ -307,6 +295,16 @@ pub fn totals(f: &TaskFigures) -> ThreadTotals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One record, decoded on its own.
+    fn decode(b: &[u8]) -> Option<Event> {
+        decode_one(b, &mut None)
+    }
+
+    /// One record, by a decoder that has seen nothing before it.
+    fn decode_into(b: &[u8], out: &mut Vec<Event>) -> bool {
+        Decoder::default().decode_into(b, out)
+    }
     use pmet_common::COMM_LEN;
 
     fn bytes<T>(v: &T) -> Vec<u8> {
