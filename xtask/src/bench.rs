@@ -26,6 +26,20 @@ tracepoint:sock:sock_send_length /args->ret > 0/ { @tx[pid] = sum(args->ret); }
 tracepoint:sock:sock_recv_length /args->ret > 0 && !(args->flags & 2)/ { @rx[pid] = sum(args->ret); }
 "#;
 
+/// bpftrace doing on the exec path what pmet's process hooks do, as a
+/// bpftrace user would write it: a line out per fork (parent, child, time),
+/// per exec (pid, name, path) and per exit (pid, exit code, CPU time, time),
+/// on every process of the host. pmet also reads each exec's argv and
+/// environment, its ids and namespace, and each thread's final figures at
+/// its last switch; this script reads none of those, so it is a lower bound
+/// of what a script with pmet's hooks costs. `BPFTRACE_SCRIPT`'s one exec
+/// counter is the floor of any exec tracer.
+const BPFTRACE_PROCESS_SCRIPT: &str = r#"
+tracepoint:sched:sched_process_fork { printf("F %d %d %llu\n", args->parent_pid, args->child_pid, nsecs); }
+tracepoint:sched:sched_process_exec { printf("E %d %s %s\n", pid, comm, str(args->filename)); }
+tracepoint:sched:sched_process_exit { printf("X %d %d %llu %llu\n", pid, curtask->exit_code, curtask->se.sum_exec_runtime, nsecs); }
+"#;
+
 /// Options of the bench.
 pub struct Opts {
     /// Rounds per comparison (medians over these).
@@ -252,13 +266,14 @@ impl Bench {
     }
 
     fn bpftrace(&self) -> Result<Observer> {
-        let script = self.dir.join("pmet-equivalent.bt");
-        fs::write(&script, BPFTRACE_SCRIPT)?;
-        self.observe(
-            "bpftrace",
-            Command::new("bpftrace").arg(&script),
-            "Attaching",
-        )
+        self.bpftrace_with("bpftrace", BPFTRACE_SCRIPT)
+    }
+
+    /// bpftrace running `script`, known as `name`.
+    fn bpftrace_with(&self, name: &str, script: &str) -> Result<Observer> {
+        let path = self.dir.join(format!("{name}.bt"));
+        fs::write(&path, script)?;
+        self.observe(name, Command::new("bpftrace").arg(&path), "Attaching")
     }
 
     fn nethogs(&self) -> Result<Observer> {
@@ -438,6 +453,9 @@ fn exec_storm(b: &Bench, rounds: usize, loops: usize, md: &mut Md) -> Result<()>
     let report = b.dir.join("storm.json");
     let (mut base, mut traced, mut bt) = (vec![], vec![], vec![]);
     let (mut seen, mut lost, mut self_cpu, mut bt_seen) = (vec![], vec![], vec![], vec![]);
+    // bpftrace with pmet's process hooks: its runs, and the /bin/true
+    // execs, forks and exits it wrote out in each.
+    let (mut bt_proc, mut bt_proc_seen) = (vec![], vec![]);
     // pmet's CPU after its start-up (`self_cpu_s` less `startup_cpu_s`,
     // both from one run's report, so start-up's own noise cancels), for
     // the storm and for a command that does nothing.
@@ -461,9 +479,24 @@ fn exec_storm(b: &Bench, rounds: usize, loops: usize, md: &mut Md) -> Result<()>
         let rep = Bench::report(&empty)?;
         empty_cpu.push(rep["collector"]["self_cpu_s"].as_f64().unwrap_or(0.0));
         empty_run.push(after_startup(&rep));
-        for which in rotate(4, r) {
+        for which in rotate(5, r) {
             match which {
-                2 if !b.bpftrace => {}
+                2 | 4 if !b.bpftrace => {}
+                4 => {
+                    let o = b.bpftrace_with("bpftrace-process", BPFTRACE_PROCESS_SCRIPT)?;
+                    let (secs, _) = b.inner(Command::new(&shim[0]).args(&shim[1..]))?;
+                    let out = o.stop()?;
+                    bt_proc.push(secs);
+                    let lines =
+                        |tag: &str| out.lines().filter(|l| l.starts_with(tag)).count() as f64;
+                    bt_proc_seen.push((
+                        out.lines()
+                            .filter(|l| l.starts_with("E ") && l.ends_with(" /bin/true"))
+                            .count() as f64,
+                        lines("F "),
+                        lines("X "),
+                    ));
+                }
                 0 => base.push(b.inner(Command::new(&shim[0]).args(&shim[1..]))?.0),
                 3 => {
                     let all_report = b.dir.join("storm-all.json");
@@ -578,7 +611,28 @@ fn exec_storm(b: &Bench, rounds: usize, loops: usize, md: &mut Md) -> Result<()>
                 "not reported".into(),
                 "not measured".into(),
             ] },
-        ],
+        ]
+        .into_iter()
+        .chain(b.bpftrace.then(|| {
+                let (lo, hi) = spread(&ratio(&bt_proc));
+                let m = |f: fn(&(f64, f64, f64)) -> f64| {
+                    median(&bt_proc_seen.iter().map(f).collect::<Vec<_>>())
+                };
+                vec![
+                    "bpftrace with pmet's process hooks (a line per fork, exec and exit, with the exit's CPU time; no argv, environment or final figures; no tree filter)".into(),
+                    format!("{:.3}", median(&ratio(&bt_proc))),
+                    format!("{lo:.3}–{hi:.3}"),
+                    format!(
+                        "{:.0} /bin/true execs / {n}; {:.0} forks, {:.0} exits written (host-wide)",
+                        m(|s| s.0),
+                        m(|s| s.1),
+                        m(|s| s.2)
+                    ),
+                    "not reported".into(),
+                    "not measured".into(),
+                ]
+        }))
+        .collect::<Vec<_>>(),
     );
     md.p(&format!("Untraced median: {:.2} s.", median(&base)));
     Ok(())
