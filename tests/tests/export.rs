@@ -15,11 +15,22 @@ use common::{can_trace, pmet, pmet_bin, workload};
 
 /// A local port nobody listens on (bound, then let go).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Never the same port twice in this run: these tests run at once, and a
+    // port one of them let go can be handed to another before the first
+    // one's pmet binds it (then a test that expects its old address to go
+    // quiet finds the other's server there).
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// An exposition's samples: (name, labels) to value.
