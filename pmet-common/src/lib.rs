@@ -10,6 +10,10 @@
 pub const COMM_LEN: usize = 16;
 /// Bytes kept of the path passed to `execve`.
 pub const FILENAME_LEN: usize = 256;
+/// Pids per element of the kernel side's `MARKS` array (a byte each).
+/// A power of two: the kernel side masks a pid with `MARK_PIDS - 1`.
+pub const MARK_PIDS: u32 = 4096;
+
 /// Bytes of argv (NUL-separated) kept per exec. Must be a power of two: the
 /// kernel side masks offsets with `ARGV_LEN - 1` to satisfy the verifier.
 pub const ARGV_LEN: usize = 4096;

@@ -6,7 +6,10 @@
 //! available on the kernels pmet targets). Dropping [`Kernel`] detaches
 //! everything.
 
-use std::os::fd::AsRawFd;
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    sync::atomic::{AtomicU8, Ordering},
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -14,7 +17,9 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
 };
 use aya_log::EbpfLogger;
-use pmet_common::{Config, ConnBytes, ConnKey, NetCounters, NetKey, SockLife, Tracked, counter};
+use pmet_common::{
+    Config, ConnBytes, ConnKey, MARK_PIDS, NetCounters, NetKey, SockLife, Tracked, counter,
+};
 
 use super::{
     btf::{SockOffsets, TaskOffsets},
@@ -80,6 +85,87 @@ const CONNS_MAX_ENTRIES: u32 = 65536;
 const CONNS_MIN_ENTRIES: u32 = 4096;
 /// `SOCKS` entries: TCP sockets of the tree not yet destroyed.
 const SOCKS_MAX_ENTRIES: u32 = 16384;
+
+/// The kernel's largest `pid_max` (`PID_MAX_LIMIT` on 64-bit).
+const PID_MAX_LIMIT: u32 = 4 << 20;
+
+/// `MARKS` elements for pids below `pid_max` (`MARK_PIDS` bytes each; at
+/// most 4 MiB in all, for the largest `pid_max`). A pid above what the array
+/// covers (`pid_max` raised later) is looked up in `TRACKED` as before.
+pub fn mark_elements(pid_max: u32) -> u32 {
+    pid_max.clamp(1, PID_MAX_LIMIT).div_ceil(MARK_PIDS)
+}
+
+/// This kernel's `pid_max`, or the largest there can be.
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(PID_MAX_LIMIT)
+}
+
+/// The kernel side's `MARKS` array, mapped into pmet: a byte per pid that
+/// says the pid may be in `TRACKED`, so that the hooks turn the host's other
+/// processes away with one load. Userspace sets a pid's byte before adding
+/// its entry (and never clears it: a byte left set only costs the kernel a
+/// lookup); a byte is written through the mapping, not the map, since
+/// writing a whole element would undo the kernel's writes to its other
+/// bytes.
+struct Marks {
+    at: std::ptr::NonNull<AtomicU8>,
+    len: usize,
+    /// Keeps the map (and its descriptor) for as long as it is mapped.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is shared memory, valid for the value's life and
+// written only through atomics.
+unsafe impl Send for Marks {}
+// SAFETY: as above.
+unsafe impl Sync for Marks {}
+
+impl Marks {
+    fn map(map: MapData, elements: u32) -> std::io::Result<Self> {
+        let len = elements as usize * MARK_PIDS as usize;
+        // SAFETY: a fresh shared mapping of the map's values (an array made
+        // with BPF_F_MMAPABLE), of exactly their size; checked below.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            at: std::ptr::NonNull::new(at.cast()).ok_or_else(std::io::Error::last_os_error)?,
+            len,
+            _map: map,
+        })
+    }
+
+    /// Says that `pid` may be tracked: before its entry is added.
+    fn set(&self, pid: u32) {
+        let i = pid as usize;
+        if i < self.len {
+            // SAFETY: inside the mapping. SeqCst: seen by the kernel before
+            // the entry that follows.
+            unsafe { (*self.at.as_ptr().add(i)).store(1, Ordering::SeqCst) };
+        }
+    }
+}
+
+impl Drop for Marks {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, used no more.
+        unsafe { libc::munmap(self.at.as_ptr().cast(), self.len) };
+    }
+}
 
 /// How many `NET` entries fit [`NET_MAP_BUDGET`] with `cpus` possible CPUs.
 pub fn net_entries(cpus: usize) -> u32 {
@@ -186,6 +272,7 @@ pub struct Kernel {
     /// Kernel-side log records (aya-log), when the object has any.
     pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
     tracked: HashMap<MapData, u32, Tracked>,
+    marks: Marks,
     net: PerCpuHashMap<MapData, NetKey, NetCounters>,
     counters: PerCpuArray<MapData, u64>,
     dying: HashMap<MapData, u64, pmet_common::Dying>,
@@ -323,9 +410,11 @@ impl Kernel {
         loader.btf(None);
         log::debug!("loader made (kernel BTF parsed) in {:?}", t0.elapsed());
         let target_btf = std::thread::spawn(Btf::from_sys_fs);
+        let marks = mark_elements(pid_max());
         let mut ebpf = loader
             .override_global("CONFIG", &cfg, true)
             .map_max_entries("TRACKED", TRACKED_MAX_ENTRIES)
+            .map_max_entries("MARKS", marks)
             .map_max_entries("DYING", DYING_MAX_ENTRIES)
             .map_max_entries("NET", net_entries(cpus))
             .map_max_entries("CONNS", conns_entries(cpus))
@@ -465,6 +554,18 @@ impl Kernel {
         };
         let events = RingBuf::try_from(map(&mut ebpf, "EVENTS")?).map_err(bad("EVENTS"))?;
         let tracked = HashMap::try_from(map(&mut ebpf, "TRACKED")?).map_err(bad("TRACKED"))?;
+        let marks = match map(&mut ebpf, "MARKS")? {
+            aya::maps::Map::Array(data) => Marks::map(data, marks).map_err(|e| Error::Map {
+                map: "MARKS",
+                detail: format!("cannot map it: {e}"),
+            })?,
+            _ => {
+                return Err(Error::Map {
+                    map: "MARKS",
+                    detail: "not an array".into(),
+                });
+            }
+        };
         let net = PerCpuHashMap::try_from(map(&mut ebpf, "NET")?).map_err(bad("NET"))?;
         let counters =
             PerCpuArray::try_from(map(&mut ebpf, "COUNTERS")?).map_err(bad("COUNTERS"))?;
@@ -480,6 +581,7 @@ impl Kernel {
             events,
             logger,
             tracked,
+            marks,
             net,
             counters,
             dying,
@@ -493,6 +595,7 @@ impl Kernel {
 
     /// Puts a process in the traced tree.
     pub fn track(&mut self, pid: u32, cookie: u64) -> Result<(), Error> {
+        self.marks.set(pid);
         self.tracked
             .insert(
                 pid,
@@ -649,6 +752,21 @@ mod tests {
             (cfg.mm_hiwater_rss, cfg.mm_rss_stat, cfg.task_mm),
             (240, 800, 2000)
         );
+    }
+
+    #[test]
+    fn the_marks_cover_every_pid_below_pid_max_and_no_more_than_4_mib() {
+        // The usual values: 32,768 (the kernel's default) and 4,194,304
+        // (systemd's, and the limit).
+        assert_eq!(mark_elements(32768), 8);
+        assert_eq!(mark_elements(4 << 20), 1024);
+        assert_eq!(mark_elements(32769), 9);
+        assert_eq!(mark_elements(0), 1);
+        assert_eq!(mark_elements(u32::MAX), 1024);
+        for pid_max in [1, 301, 4096, 4097, 32768, 99_999, 4 << 20] {
+            let covered = mark_elements(pid_max) * MARK_PIDS;
+            assert!(covered >= pid_max && covered - pid_max < MARK_PIDS);
+        }
     }
 
     #[test]
