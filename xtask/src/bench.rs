@@ -651,6 +651,9 @@ enum Tool {
     /// pmet host-wide, following every process on the machine, while the
     /// transfer runs untraced by it otherwise.
     PmetAll,
+    /// pmet tracing another command (`sleep`) while the transfer runs
+    /// outside its tree: what tracing costs the rest of the host.
+    PmetBeside,
     Bpftrace,
     Nethogs,
 }
@@ -661,6 +664,9 @@ impl Tool {
             Tool::Untraced => "untraced",
             Tool::Pmet => "**pmet**",
             Tool::PmetAll => "pmet --all (every process on the host)",
+            Tool::PmetBeside => {
+                "pmet tracing another command, the transfer outside its tree (what the host's other processes pay)"
+            }
             Tool::Bpftrace => "bpftrace (same tracepoints, per pid)",
             Tool::Nethogs => "nethogs 0.8.7 (pcap)",
         }
@@ -735,6 +741,28 @@ impl Runs {
                 o.stop()?;
                 (secs, of_report(&Bench::report(&all_report)?))
             }
+            Tool::PmetBeside => {
+                let beside = b.dir.join("net-beside.json");
+                let o = b.observe(
+                    "pmet-beside",
+                    Command::new(&b.pmet)
+                        .args(["trace", "-q", "-o"])
+                        .arg(&beside)
+                        .args(["--", "sleep", "3600"]),
+                    "",
+                )?;
+                let secs = b.inner(&mut workload())?.0;
+                o.stop()?;
+                // Nothing of the transfer is in its tree: none of its bytes
+                // may be counted there.
+                let rep = Bench::report(&beside)?;
+                let net = |dir: &str| {
+                    rep["totals"]["net"][t.proto][format!("{dir}_bytes")]
+                        .as_u64()
+                        .unwrap_or(u64::MAX)
+                };
+                (secs, (net("tx"), net("rx")))
+            }
             Tool::Bpftrace => {
                 let o = b.bpftrace()?;
                 let secs = b.inner(&mut workload())?.0;
@@ -766,7 +794,9 @@ impl Runs {
             }
         };
         self.secs.entry(tool).or_default().push(secs);
-        let err = |v: u64| v as i64 - t.bytes as i64;
+        // What the tool should have counted: the transfer, or nothing of it.
+        let expect = if tool == Tool::PmetBeside { 0 } else { t.bytes };
+        let err = |v: u64| v as i64 - expect as i64;
         self.errors
             .entry(tool)
             .or_default()
@@ -794,7 +824,10 @@ impl Runs {
             let e = &self.errors[&tool];
             let worst =
                 |f: fn(&(i64, i64)) -> i64| e.iter().map(f).max_by_key(|e| e.abs()).unwrap_or(0);
-            let fmt_err = |e: i64| format!("{e:+} B ({})", pct(e as f64 / t.bytes as f64));
+            let fmt_err = |e: i64| match tool {
+                Tool::PmetBeside => format!("{e:+} B (its tree's count, which should be 0)"),
+                _ => format!("{e:+} B ({})", pct(e as f64 / t.bytes as f64)),
+            };
             rows.push(vec![
                 tool.row_name().into(),
                 if tool == Tool::Pmet {
@@ -874,7 +907,7 @@ fn network(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
         b,
         rounds,
         &udp,
-        &[Tool::Untraced, Tool::Pmet, Tool::Bpftrace],
+        &[Tool::Untraced, Tool::Pmet, Tool::PmetBeside, Tool::Bpftrace],
     )?;
     // nethogs once: its refresh, not its cost, is what it shows here.
     runs.add(b, &udp, Tool::Nethogs)?;
@@ -887,6 +920,7 @@ fn network(b: &Bench, rounds: usize, md: &mut Md) -> Result<()> {
         &udp,
         &[
             (Tool::Pmet, true),
+            (Tool::PmetBeside, true),
             (Tool::Bpftrace, true),
             (Tool::Nethogs, false),
         ],
