@@ -55,12 +55,11 @@ const NO_ENV_JSON: &[u8] = b"\"env\":null";
 /// [`Spilled::env`] of an entry whose environment is unknown.
 const NO_ENV: u32 = u32::MAX;
 
-/// Where `what` first starts in `bytes`.
+/// Where `what` first starts in `bytes`. (`"env"` sits ~800 bytes into an
+/// entry: a window-by-window compare there was ~13 % of writing a process
+/// out.)
 fn find(bytes: &[u8], what: &[u8]) -> Option<u32> {
-    bytes
-        .windows(what.len())
-        .position(|w| w == what)
-        .map(|p| p as u32)
+    memchr::memmem::find(bytes, what).map(|p| p as u32)
 }
 
 /// One process written out (48 bytes).
