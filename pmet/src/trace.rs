@@ -1192,11 +1192,17 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         ..static_info(&st, opts)
     };
     let t = Instant::now();
-    let made = match st.spill.take().filter(|s| !s.is_empty()) {
+    let mut made = match st.spill.take().filter(|s| !s.is_empty()) {
         Some(s) => Made::Streamed(s.finish(&st.s.tree, &info, Some(&st.s.recorder))),
         None => Made::Whole(report::build(&st.s.tree, &info, Some(&st.s.recorder))),
     };
     log::debug!("report built in {:?}", t.elapsed());
+    // A whole report's entries are set apart while it is written: they are
+    // written by hand (`report::entry`), the rest by its derive.
+    let entries = match &mut made {
+        Made::Whole(r) => std::mem::take(&mut r.processes),
+        Made::Streamed(_) => Vec::new(),
+    };
     let exit_code = lc.exit_code(st.root_status);
     let write_error = inputs.output.as_ref().and_then(|o| {
         o.write_with(|w| {
@@ -1205,10 +1211,7 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             // pretty-printed, and a third slower to write (`jq .` shows it
             // indented; `pmet report` reads it for people).
             match &made {
-                Made::Whole(r) => {
-                    let _once = crate::model::env::JsonOnce::start();
-                    serde_json::to_writer(&mut *w, r).map_err(std::io::Error::other)?
-                }
+                Made::Whole(r) => report::entry::write_whole(r, &entries, w)?,
                 Made::Streamed(s) => s.write_json(w)?,
             }
             log::debug!("report serialized in {:?}", t.elapsed());
@@ -1217,7 +1220,13 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         .err()
     });
     let (report, briefs) = match made {
-        Made::Whole(r) => (r, None),
+        Made::Whole(r) => (
+            Report {
+                processes: entries,
+                ..r
+            },
+            None,
+        ),
         Made::Streamed(s) => {
             let (r, b) = s.into_parts();
             (r, Some(b))

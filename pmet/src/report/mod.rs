@@ -4,6 +4,7 @@
 
 mod build;
 pub mod diff;
+pub mod entry;
 pub mod read;
 pub mod spill;
 mod write;

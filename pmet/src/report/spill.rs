@@ -245,7 +245,7 @@ impl Spill {
                 }
             }
             let from = self.buf.len();
-            serde_json::to_writer(&mut self.buf, &e).expect("an entry always serializes");
+            super::entry::write(&mut self.buf, &e);
             let bytes = &self.buf[from..];
             s.len = bytes.len() as u32;
             // Third, after two numbers.
@@ -377,20 +377,18 @@ impl Streamed {
     /// Writes the whole report as compact JSON, as [`Report`]'s own
     /// serialization would with every process in it.
     pub fn write_json(&self, w: &mut dyn Write) -> io::Result<()> {
-        let head = serde_json::to_vec(&self.report).map_err(io::Error::other)?;
-        const EMPTY: &[u8] = b"\"processes\":[]";
-        // The only array of that name: `totals.processes` is a number, and
-        // a quote inside a string is escaped.
-        let at = find(&head, EMPTY)
-            .ok_or_else(|| io::Error::other("report without a processes field"))?
-            as usize;
-        w.write_all(&head[..at + EMPTY.len() - 1])?;
         let _once = crate::model::env::JsonOnce::start();
+        super::entry::write_report(&self.report, w, |w| self.write_entries(w))
+    }
+
+    /// The entries, in report order, each followed by a comma but the last.
+    fn write_entries(&self, w: &mut dyn Write) -> io::Result<()> {
         // Entries were written in the order processes ended, which is
         // nearly the order they started in: read a window at a time, not
         // an entry at a time.
         let mut win = Vec::new();
         let mut win_at = 0u64;
+        let mut one = Vec::new();
         let spilled = self.spill.spilled.len();
         for (n, &i) in self.order.iter().enumerate() {
             if n > 0 {
@@ -398,8 +396,9 @@ impl Streamed {
             }
             let i = i as usize;
             let Some(s) = self.spill.spilled.get(i) else {
-                serde_json::to_writer(&mut *w, &self.entries[i - spilled])
-                    .map_err(io::Error::other)?;
+                one.clear();
+                super::entry::write(&mut one, &self.entries[i - spilled]);
+                w.write_all(&one)?;
                 continue;
             };
             let bytes: &[u8] = match (self.spill.kept.get(&i), &self.spill.file) {
@@ -439,12 +438,12 @@ impl Streamed {
             }
             w.write_all(&bytes[v + NO_ENV_JSON.len()..])?;
         }
-        w.write_all(&head[at + EMPTY.len() - 1..])
+        Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
@@ -457,7 +456,7 @@ mod tests {
         report::{Collector, build},
     };
 
-    fn info() -> RunInfo {
+    pub(crate) fn info() -> RunInfo {
         RunInfo {
             command: Some(vec!["sh".into()]),
             start_ns: 1_000_000_000,
@@ -476,7 +475,7 @@ mod tests {
 
     /// A root, its children and grandchildren; all but the last two ended
     /// (two of them failed), with environments shared and not.
-    fn tree() -> (Tree, Recorder) {
+    pub(crate) fn tree() -> (Tree, Recorder) {
         let mut t = Tree::new();
         t.add_root(100, 1, 1, 1_000_000_000, vec!["sh".into(), "-c".into()]);
         let shared: Arc<[EnvVar]> = vec![EnvVar {
