@@ -21,7 +21,8 @@ use pmet_common::{
 };
 
 use crate::{
-    DYING, EVENTS, EXEC_SCRATCH, SCOPE, SCRATCH, TRACKED, bump, current_task, kread, now, tracked,
+    DYING, EVENTS, EXEC_SCRATCH, SCOPE, SCRATCH, TRACKED, bump, current_task, kread, mark, now,
+    tracked,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -77,7 +78,7 @@ fn tracked_or_joining(tgid: u32, tid: u32) -> Option<Tracked> {
     SCOPE.get_ptr(cgroup)?;
     let ts = now();
     let cookie = ts | 1;
-    crate::mark(tgid, true);
+    mark(tgid, true);
     if TRACKED
         .insert(
             tgid,
@@ -179,7 +180,7 @@ fn newtask(child: u32, clone_flags: u64) {
             cookie,
             ..Tracked::default()
         };
-        crate::mark(child, true);
+        mark(child, true);
         if TRACKED.insert(child, t, 0).is_err() {
             bump(counter::TRACKED_FULL);
             flags |= fork_flags::UNTRACKED;
@@ -650,7 +651,7 @@ fn exit(t: Tracked, group_dead: bool, btf: bool) {
     }
     if group_dead {
         let _ = TRACKED.remove(tgid);
-        crate::mark(tgid, false);
+        mark(tgid, false);
         if t.flags & tracked_flags::HAD_NET != 0 {
             flags |= exit_flags::HAD_NET;
         }

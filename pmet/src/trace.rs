@@ -189,12 +189,11 @@ pub struct Outcome {
 /// at a batch's end are read (~60 µs each). Not the wakeups themselves:
 /// sparing the ring's wakeups between batches saved nothing. 50 ms rather
 /// than 20 took a 3,000-exec storm's run from ~22 to ~17.5 ms of CPU.
-/// Events wait at
-/// most this long (the ring holds 8 MB, ~3,600 execs at 2.3 KB each: 72,000
-/// a second for 50 ms, where the bench's fork storm runs ~3,400 a second on
-/// 2 CPUs and on 16). A working directory is read for the
-/// processes still alive when their exec is taken in, so fewer of those that
-/// live under 50 ms have one.
+/// Events wait at most this long (the ring holds 8 MB, ~3,600 execs at
+/// 2.3 KB each: 72,000 a second for 50 ms, where the bench's fork storm runs
+/// ~3,400 a second on 2 CPUs and on 16). A working directory is read for
+/// the processes still alive when their exec is taken in, so fewer of those
+/// that live under 50 ms have one.
 const BATCH: Duration = Duration::from_millis(50);
 /// Ended processes are written out at most this often between samples.
 const SPILL_EVERY: Duration = Duration::from_millis(250);
@@ -734,8 +733,8 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
     let (ts_tx, ts_rx) = mpsc::unbounded_channel::<Vec<TaskStats>>();
     // taskstats only as a fallback: where the kernel side reads each
     // thread's peak memory at exit and its context switches and faults at
-    // its last switch, a record per exit on the machine would add nothing (and cost
-    // every exiting task a netlink message).
+    // its last switch, a record per exit on the machine would add nothing
+    // (and cost every exiting task a netlink message).
     let replaced = kernel.as_ref().is_some_and(|k| k.replaces_taskstats);
     if replaced {
         log::debug!("taskstats not needed: the kernel side reads peak memory, switches and faults");
@@ -1197,12 +1196,6 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         None => Made::Whole(report::build(&st.s.tree, &info, Some(&st.s.recorder))),
     };
     log::debug!("report built in {:?}", t.elapsed());
-    // A whole report's entries are set apart while it is written: they are
-    // written by hand (`report::entry`), the rest by its derive.
-    let entries = match &mut made {
-        Made::Whole(r) => std::mem::take(&mut r.processes),
-        Made::Streamed(_) => Vec::new(),
-    };
     let exit_code = lc.exit_code(st.root_status);
     let write_error = inputs.output.as_ref().and_then(|o| {
         o.write_with(|w| {
@@ -1210,8 +1203,8 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             // Compact: a tree of 10,000 processes is 22 MB this way and 32
             // pretty-printed, and a third slower to write (`jq .` shows it
             // indented; `pmet report` reads it for people).
-            match &made {
-                Made::Whole(r) => report::entry::write_whole(r, &entries, w)?,
+            match &mut made {
+                Made::Whole(r) => report::entry::write_whole(r, w)?,
                 Made::Streamed(s) => s.write_json(w)?,
             }
             log::debug!("report serialized in {:?}", t.elapsed());
@@ -1220,13 +1213,7 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         .err()
     });
     let (report, briefs) = match made {
-        Made::Whole(r) => (
-            Report {
-                processes: entries,
-                ..r
-            },
-            None,
-        ),
+        Made::Whole(r) => (r, None),
         Made::Streamed(s) => {
             let (r, b) = s.into_parts();
             (r, Some(b))

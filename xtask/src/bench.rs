@@ -548,59 +548,51 @@ fn exec_storm(b: &Bench, rounds: usize, loops: usize, md: &mut Md) -> Result<()>
     let rb = ratio(&bt);
     let (plo, phi) = spread(&rp);
     let (blo, bhi) = spread(&rb);
-    md.table(
-        &[
-            "tool",
-            "wall time traced/untraced (goal ≤ 1.02, and ≤ bpftrace's)",
-            "spread",
-            "processes seen / started",
-            "lost events",
-            "pmet's own CPU",
-        ],
-        &[
-            vec![
-                "**pmet**".into(),
-                format!("**{:.3}**", median(&rp)),
-                format!("{plo:.3}–{phi:.3}"),
-                format!("{:.0} / {}", median(&seen), n + shells),
-                format!("{:.0}", median(&lost)),
-                format!(
-                    "{:.0} ms in all: {:.1} % of a core per traced second; **{:.1} µs per process** after start-up (each run's `self_cpu_s` less its `startup_cpu_s`, less the same for `true`: {:.1} ms), goal ≤ 8 µs; start-up took {:.0} ms of CPU; {:.1} µs with the report's writing (pmet's main thread over its whole life, less the same for `true`)",
-                    median(&self_cpu) * 1e3,
-                    median(
-                        &self_cpu
-                            .iter()
-                            .zip(&traced)
-                            .map(|(c, t)| c / t * 100.0)
-                            .collect::<Vec<_>>()
-                    ),
-                    (median(&run_cpu) - median(&empty_run)).max(0.0) * 1e6 / (n + shells) as f64,
-                    median(&empty_run) * 1e3,
-                    (median(&empty_cpu) - median(&empty_run)) * 1e3,
-                    (median(&main_cpu) - median(&empty_main)).max(0.0) * 1e6 / (n + shells) as f64
+    let mut rows = vec![
+        vec![
+            "**pmet**".into(),
+            format!("**{:.3}**", median(&rp)),
+            format!("{plo:.3}–{phi:.3}"),
+            format!("{:.0} / {}", median(&seen), n + shells),
+            format!("{:.0}", median(&lost)),
+            format!(
+                "{:.0} ms in all: {:.1} % of a core per traced second; **{:.1} µs per process** after start-up (each run's `self_cpu_s` less its `startup_cpu_s`, less the same for `true`: {:.1} ms), goal ≤ 8 µs; start-up took {:.0} ms of CPU; {:.1} µs with the report's writing (pmet's main thread over its whole life, less the same for `true`)",
+                median(&self_cpu) * 1e3,
+                median(
+                    &self_cpu
+                        .iter()
+                        .zip(&traced)
+                        .map(|(c, t)| c / t * 100.0)
+                        .collect::<Vec<_>>()
                 ),
-            ],
+                (median(&run_cpu) - median(&empty_run)).max(0.0) * 1e6 / (n + shells) as f64,
+                median(&empty_run) * 1e3,
+                (median(&empty_cpu) - median(&empty_run)) * 1e3,
+                (median(&main_cpu) - median(&empty_main)).max(0.0) * 1e6 / (n + shells) as f64
+            ),
+        ],
+        vec![
+            "pmet --all (every process on the host, not only the tree)".into(),
+            format!("{:.3}", median(&ratio(&all))),
+            {
+                let (lo, hi) = spread(&ratio(&all));
+                format!("{lo:.3}–{hi:.3}")
+            },
+            format!("{:.0} / {n} /bin/true", median(&all_seen)),
+            "in its report".into(),
+            "see its report".into(),
+        ],
+        if !b.bpftrace {
             vec![
-                "pmet --all (every process on the host, not only the tree)".into(),
-                format!("{:.3}", median(&ratio(&all))),
-                {
-                    let (lo, hi) = spread(&ratio(&all));
-                    format!("{lo:.3}–{hi:.3}")
-                },
-                format!("{:.0} / {n} /bin/true", median(&all_seen)),
-                "in its report".into(),
-                "see its report".into(),
-            ],
-            if !b.bpftrace {
-                vec![
-                    "bpftrace".into(),
-                    "not installed on this machine".into(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                ]
-            } else { vec![
+                "bpftrace".into(),
+                "not installed on this machine".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]
+        } else {
+            vec![
                 "bpftrace (exec + socket-bytes script, no tree filter)".into(),
                 format!("{:.3}", median(&rb)),
                 format!("{blo:.3}–{bhi:.3}"),
@@ -610,29 +602,38 @@ fn exec_storm(b: &Bench, rounds: usize, loops: usize, md: &mut Md) -> Result<()>
                 ),
                 "not reported".into(),
                 "not measured".into(),
-            ] },
-        ]
-        .into_iter()
-        .chain(b.bpftrace.then(|| {
-                let (lo, hi) = spread(&ratio(&bt_proc));
-                let m = |f: fn(&(f64, f64, f64)) -> f64| {
-                    median(&bt_proc_seen.iter().map(f).collect::<Vec<_>>())
-                };
-                vec![
-                    "bpftrace with pmet's process hooks (a line per fork, exec and exit, with the exit's CPU time; no argv, environment or final figures; no tree filter)".into(),
-                    format!("{:.3}", median(&ratio(&bt_proc))),
-                    format!("{lo:.3}–{hi:.3}"),
-                    format!(
-                        "{:.0} /bin/true execs / {n}; {:.0} forks, {:.0} exits written (host-wide)",
-                        m(|s| s.0),
-                        m(|s| s.1),
-                        m(|s| s.2)
-                    ),
-                    "not reported".into(),
-                    "not measured".into(),
-                ]
-        }))
-        .collect::<Vec<_>>(),
+            ]
+        },
+    ];
+    if b.bpftrace {
+        let (lo, hi) = spread(&ratio(&bt_proc));
+        let m = |f: fn(&(f64, f64, f64)) -> f64| {
+            median(&bt_proc_seen.iter().map(f).collect::<Vec<_>>())
+        };
+        rows.push(vec![
+            "bpftrace with pmet's process hooks (a line per fork, exec and exit, with the exit's CPU time; no argv, environment or final figures; no tree filter)".into(),
+            format!("{:.3}", median(&ratio(&bt_proc))),
+            format!("{lo:.3}–{hi:.3}"),
+            format!(
+                "{:.0} /bin/true execs / {n}; {:.0} forks, {:.0} exits written (host-wide)",
+                m(|s| s.0),
+                m(|s| s.1),
+                m(|s| s.2)
+            ),
+            "not reported".into(),
+            "not measured".into(),
+        ]);
+    }
+    md.table(
+        &[
+            "tool",
+            "wall time traced/untraced (goal ≤ 1.02, and ≤ bpftrace's)",
+            "spread",
+            "processes seen / started",
+            "lost events",
+            "pmet's own CPU",
+        ],
+        &rows,
     );
     md.p(&format!("Untraced median: {:.2} s.", median(&base)));
     Ok(())

@@ -121,8 +121,6 @@ struct Marks {
 // SAFETY: the mapping is shared memory, valid for the value's life and
 // written only through atomics.
 unsafe impl Send for Marks {}
-// SAFETY: as above.
-unsafe impl Sync for Marks {}
 
 impl Marks {
     fn map(map: MapData, elements: u32) -> std::io::Result<Self> {

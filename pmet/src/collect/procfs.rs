@@ -62,9 +62,10 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
 
 /// The values of `keys` in a `Key: value [kB]` file (/proc/PID/status,
 /// smaps_rollup, io), in bytes where the unit is kB; `None` for a key not
-/// there (or not a number). One pass, and only the wanted lines' numbers are parsed: a sample
-/// reads these files for every live process, five times a second while the
-/// tree is busy, and a map of all ~55 status lines was a tenth of that.
+/// there (or not a number). One pass, and only the wanted lines' numbers are
+/// parsed: a sample reads these files for every live process, five times a
+/// second while the tree is busy, and a map of all ~55 status lines was a
+/// tenth of that.
 pub fn fields<const N: usize>(text: &str, keys: [&str; N]) -> [Option<u64>; N] {
     let mut out = [None; N];
     for line in text.lines() {

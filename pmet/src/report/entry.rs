@@ -288,10 +288,13 @@ pub fn write_report(
     w.write_all(after)
 }
 
-/// Writes `head` with `entries` as its processes (see [`write_report`]).
-pub fn write_whole(head: &Report, entries: &[ProcessReport], w: &mut dyn Write) -> io::Result<()> {
+/// Writes a whole report: what `serde_json::to_writer(w, r)` writes, its
+/// entries by [`write`]. They are set apart while the rest is written by
+/// its derive, and put back whatever happens.
+pub fn write_whole(r: &mut Report, w: &mut dyn Write) -> io::Result<()> {
     let _once = crate::model::env::JsonOnce::start();
-    write_report(head, w, |w| {
+    let entries = std::mem::take(&mut r.processes);
+    let written = write_report(r, w, |w| {
         let mut one = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             one.clear();
@@ -302,7 +305,9 @@ pub fn write_whole(head: &Report, entries: &[ProcessReport], w: &mut dyn Write) 
             w.write_all(&one)?;
         }
         Ok(())
-    })
+    });
+    r.processes = entries;
+    written
 }
 
 #[cfg(test)]
@@ -432,14 +437,15 @@ mod tests {
         for e in &r.processes {
             same(e);
         }
-        // And the whole report, its entries set apart.
+        // And the whole report, whose entries are back in it after.
         let whole = serde_json::to_vec(&r).unwrap();
-        let entries = std::mem::take(&mut r.processes);
+        let n = r.processes.len();
         let mut out = Vec::new();
-        write_whole(&r, &entries, &mut out).unwrap();
+        write_whole(&mut r, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             String::from_utf8(whole).unwrap()
         );
+        assert_eq!(r.processes.len(), n);
     }
 }

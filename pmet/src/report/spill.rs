@@ -381,7 +381,7 @@ impl Streamed {
         super::entry::write_report(&self.report, w, |w| self.write_entries(w))
     }
 
-    /// The entries, in report order, each followed by a comma but the last.
+    /// The entries, in report order, separated by commas.
     fn write_entries(&self, w: &mut dyn Write) -> io::Result<()> {
         // Entries were written in the order processes ended, which is
         // nearly the order they started in: read a window at a time, not
