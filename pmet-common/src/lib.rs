@@ -637,8 +637,9 @@ pub struct Config {
     pub rss_stride: u16,
     /// `percpu_counter.count`.
     pub rss_count: u16,
-    /// Padding, always zero.
-    pub _pad: u16,
+    /// `struct socket.sk`: where the fexit socket hooks (kernels without
+    /// the socket tracepoints, before 6.3) find the socket's `struct sock`.
+    pub socket_sk: u16,
     /// `task_struct.nvcsw` (0: context switches and faults are not read;
     /// taskstats gives them instead).
     pub task_nvcsw: u32,
@@ -646,6 +647,10 @@ pub struct Config {
     pub task_nivcsw: u32,
     /// `task_struct.maj_flt`.
     pub task_maj_flt: u32,
+    /// `task_struct.__state` (`state` before 5.14): where `sched_switch`
+    /// reads the previous task's state on kernels whose tracepoint has no
+    /// `prev_state` argument (before 5.18; see `SWITCH_PREV_STATE`).
+    pub task_state: u32,
 }
 
 /// Bits of [`Config::flags`].
@@ -664,6 +669,9 @@ pub mod config_flags {
     /// The tree is the processes of the cgroups in `SCOPE` (`--cgroup`,
     /// `--container`): one that forks or execs there joins it.
     pub const CGROUP_SCOPE: u32 = 8;
+    /// `sched_switch` has its `prev_state` argument (5.18+); else the state
+    /// is read from the task at `task_state`.
+    pub const SWITCH_PREV_STATE: u32 = 16;
 }
 
 #[cfg(feature = "user")]
@@ -697,7 +705,7 @@ mod tests {
         assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 10 + 8);
         assert_eq!(size_of::<NetKey>(), 16);
         assert_eq!(size_of::<NetCounters>(), 64);
-        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12 + 16 + 8 + 12);
+        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12 + 16 + 8 + 12 + 4);
         assert_eq!(size_of::<Endpoints>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 24 + 16 + 40 + 8);
         assert_eq!(size_of::<SockLife>(), 16 + 40 + 8);

@@ -202,9 +202,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
-    let sk: *const c_void = ctx.arg(0);
-    let old = ctx.arg::<u64>(1) as i32;
-    let new = ctx.arg::<u64>(2) as i32;
+    let sk: *const c_void = crate::arg(&ctx, 0) as _;
+    let old = crate::arg(&ctx, 1) as i32;
+    let new = crate::arg(&ctx, 2) as i32;
     if read::<u16>(sk as u64, config!(sk_protocol)) != Some(IPPROTO_TCP) {
         return 0;
     }
@@ -299,7 +299,7 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     // TP_PROTO(const struct sock *sk, const struct sk_buff *skb)
-    let sk: *const c_void = ctx.arg(0);
+    let sk: *const c_void = crate::arg(&ctx, 0) as _;
     if let Some(l) = SOCKS.get_ptr_mut(cookie_of(sk)) {
         // SAFETY: a live map value; retransmits run under the socket's lock.
         unsafe { (*l).retransmits += 1 };
@@ -314,7 +314,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     // TP_PROTO(struct sock *sk)
-    let sk: *const c_void = ctx.arg(0);
+    let sk: *const c_void = crate::arg(&ctx, 0) as _;
     let sock_cookie = cookie_of(sk);
     let _ = ACCEPTED.remove(sock_cookie);
     let Some(l) = SOCKS.get_ptr(sock_cookie) else {

@@ -95,10 +95,11 @@ static CONFIG: Global<Config> = Global::new(Config {
     mm_rss_stat: 0,
     rss_stride: 0,
     rss_count: 0,
-    _pad: 0,
+    socket_sk: 0,
     task_nvcsw: 0,
     task_nivcsw: 0,
     task_maj_flt: 0,
+    task_state: 0,
 });
 
 /// Processes in the traced tree, by tgid. The loader sets every map's size at
@@ -233,6 +234,17 @@ fn current_task(btf: bool) -> u64 {
             aya_ebpf::helpers::bpf_get_current_task()
         }
     }
+}
+
+/// The `n`th argument of a BTF tracepoint or fexit program (an array of
+/// 64-bit words), read in place. aya's accessor is an out-of-line function
+/// whose argument is a pointer, which Linux 5.10's verifier, checking it as a
+/// global function, refuses ("arg#0 type is not a struct").
+#[inline(always)]
+fn arg<C: aya_ebpf::EbpfContext>(ctx: &C, n: usize) -> u64 {
+    // SAFETY: the context of these programs is their arguments' array; `n`
+    // is a constant the verifier checks against the hook's prototype.
+    unsafe { *ctx.as_ptr().cast::<u64>().add(n) }
 }
 
 /// Where `tgid`'s byte of [`MARKS`] is, for a pid the array covers.

@@ -3,13 +3,17 @@
 //!
 //! `sock:sock_send_length` / `sock:sock_recv_length` fire inside
 //! `sock_sendmsg`/`sock_recvmsg` in the calling task's context, so the current
-//! tgid is the true owner, loopback included.
+//! tgid is the true owner, loopback included. Where the kernel has no such
+//! tracepoints (before 6.3), fexit hooks on the inet layer's send and receive
+//! functions count the same bytes, in the same context.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_pid_tgid,
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fexit, tracepoint},
+    programs::{BtfTracePointContext, FExitContext, TracePointContext},
 };
 use pmet_common::{NetCounters, NetKey, counter, tracked_flags};
 
@@ -63,16 +67,30 @@ pub fn sock_recv_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_count_btf(ctx: &BtfTracePointContext, tx: bool) -> Result<(), i32> {
+    // TP_PROTO(struct sock *sk, int ret, int flags)
+    let flags = if tx { 0 } else { crate::arg(ctx, 2) as i32 };
+    count_sk(
+        crate::arg(ctx, 0) as _,
+        crate::arg(ctx, 1) as i32 as i64,
+        flags,
+        tx,
+    )
+}
+
+/// Counts what one send or receive of socket `sk` (a pointer the verifier
+/// knows by its BTF type) moved: `ret` bytes, or an error.
+#[inline(always)]
+fn count_sk(sk: u64, ret: i64, flags: i32, tx: bool) -> Result<(), i32> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(t) = tracked(tgid) else {
         return Ok(());
     };
-    // TP_PROTO(struct sock *sk, int ret, int flags)
-    let ret = ctx.arg::<u64>(1) as i32;
     if ret <= 0 {
         return Ok(());
     }
-    let sk: u64 = ctx.arg(0);
+    // A send or receive moves less than 2 GiB (the kernel caps a call at
+    // MAX_RW_COUNT), so the count fits the counters' i32 path.
+    let ret = ret.min(i32::MAX as i64) as i32;
     // SAFETY (all reads): offsets from this kernel's BTF; sk is live during
     // the call, and known to the verifier by its type.
     let family: u16 = unsafe { kread(sk, config!(sk_family).into(), true) }.ok_or(-1)?;
@@ -85,11 +103,94 @@ fn try_count_btf(ctx: &BtfTracePointContext, tx: bool) -> Result<(), i32> {
             return Ok(());
         }
     }
-    let flags = if tx { 0 } else { ctx.arg::<u64>(2) as i32 };
     if let Some(tcp) = add(tgid, t.cookie, family, protocol, ret, flags, tx) {
-        crate::conn::count(ctx.arg(0), tgid, t.cookie, tcp, tx, ret as u64);
+        crate::conn::count(sk as *const c_void, tgid, t.cookie, tcp, tx, ret as u64);
     }
     Ok(())
+}
+
+/// The `struct sock` of the `struct socket` an fexit hook was given.
+#[inline(always)]
+fn sk_of(sock: u64) -> Result<u64, i32> {
+    // SAFETY: `sock` is the traced function's own `struct socket *`
+    // argument, known to the verifier by its type; the offset is from BTF.
+    unsafe { kread::<u64>(sock, config!(socket_sk).into(), true) }
+        .filter(|&sk| sk != 0)
+        .ok_or(-1)
+}
+
+// Kernels before 6.3 have no socket tracepoints. There the bytes are counted
+// at the exit of the IPv4 and IPv6 socket layers' send and receive
+// functions, which every path to a TCP or UDP socket goes through (write,
+// send*, sendmmsg and recvmmsg included, which call them without
+// `sock_sendmsg`), and `inet_sendpage`, where sendfile and splice to a
+// socket went before 6.5. Their return value is what the tracepoints' `ret`
+// would have been. The argument positions below are these functions'
+// signatures; the loader checks them against this kernel's BTF first.
+
+/// `int inet_sendmsg(struct socket *sock, struct msghdr *msg, size_t size)`.
+#[fexit(function = "inet_sendmsg")]
+pub fn inet_sendmsg_fx(ctx: FExitContext) -> i32 {
+    fexit_send(&ctx, 3)
+}
+
+/// `int inet6_sendmsg(struct socket *sock, struct msghdr *msg, size_t size)`.
+#[fexit(function = "inet6_sendmsg")]
+pub fn inet6_sendmsg_fx(ctx: FExitContext) -> i32 {
+    fexit_send(&ctx, 3)
+}
+
+/// `ssize_t inet_sendpage(struct socket *sock, struct page *page, int
+/// offset, size_t size, int flags)`.
+#[fexit(function = "inet_sendpage")]
+pub fn inet_sendpage_fx(ctx: FExitContext) -> i32 {
+    fexit_send(&ctx, 5)
+}
+
+/// `int inet_recvmsg(struct socket *sock, struct msghdr *msg, size_t size,
+/// int flags)`.
+#[fexit(function = "inet_recvmsg")]
+pub fn inet_recvmsg_fx(ctx: FExitContext) -> i32 {
+    fexit_recv(&ctx)
+}
+
+/// `int inet6_recvmsg(struct socket *sock, struct msghdr *msg, size_t size,
+/// int flags)`.
+#[fexit(function = "inet6_recvmsg")]
+pub fn inet6_recvmsg_fx(ctx: FExitContext) -> i32 {
+    fexit_recv(&ctx)
+}
+
+#[inline(always)]
+fn fexit_send(ctx: &FExitContext, ret_at: usize) -> i32 {
+    let r = sk_of(crate::arg(ctx, 0) as _).and_then(|sk| {
+        let ret = if ret_at == 5 {
+            crate::arg(ctx, 5) as i64
+        } else {
+            crate::arg(ctx, 3) as i32 as i64
+        };
+        count_sk(sk, ret, 0, true)
+    });
+    if r.is_err() {
+        bump(counter::READ_FAILED);
+    }
+    0
+}
+
+#[inline(always)]
+fn fexit_recv(ctx: &FExitContext) -> i32 {
+    let r = sk_of(crate::arg(ctx, 0) as _).and_then(|sk| {
+        count_sk(
+            sk,
+            crate::arg(ctx, 4) as i32 as i64,
+            crate::arg(ctx, 3) as i32,
+            false,
+        )
+    });
+    if r.is_err() {
+        bump(counter::READ_FAILED);
+    }
+    0
 }
 
 #[inline(always)]

@@ -146,8 +146,8 @@ pub fn task_newtask_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     // TP_PROTO(struct task_struct *task, u64 clone_flags)
-    let task: u64 = ctx.arg(0);
-    let clone_flags: u64 = ctx.arg(1);
+    let task: u64 = crate::arg(&ctx, 0) as _;
+    let clone_flags: u64 = crate::arg(&ctx, 1) as _;
     // SAFETY: offset from this kernel's BTF; the new task is live, and
     // known to the verifier by its type.
     match unsafe { kread::<u32>(task, config!(task_pid).into(), true) } {
@@ -374,8 +374,8 @@ pub fn sched_process_exec_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
-    let old_tid = ctx.arg::<u64>(1) as u32;
-    let bprm: u64 = ctx.arg(2);
+    let old_tid = crate::arg(&ctx, 1) as u32;
+    let bprm: u64 = crate::arg(&ctx, 2) as _;
     let ts = now();
     let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
         // Never for index 0 of an array; the identity alone, then.
@@ -584,7 +584,7 @@ pub fn sched_process_exit_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     // TP_PROTO(struct task_struct *p, bool group_dead)
-    exit(t, ctx.arg::<u64>(1) & 0xff != 0, true);
+    exit(t, crate::arg(&ctx, 1) & 0xff != 0, true);
     0
 }
 
@@ -726,11 +726,23 @@ const TASK_DEAD: u32 = 0x80;
 /// test comes first, the map lookup only for dead tasks.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
-    let prev_state: u32 = ctx.arg(3);
+    let task: u64 = crate::arg(&ctx, 1);
+    // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct
+    // *next, unsigned int prev_state): the last argument since 5.18; before,
+    // the state is read from `prev` (a constant branch: the verifier sees
+    // only the one this kernel takes).
+    let prev_state: u32 = if config!(flags) & pmet_common::config_flags::SWITCH_PREV_STATE != 0 {
+        crate::arg(&ctx, 3) as u32
+    } else {
+        // SAFETY: offset from this kernel's BTF; `prev` is the running task.
+        match unsafe { kread::<u32>(task, config!(task_state).into(), true) } {
+            Some(s) => s,
+            None => return 0,
+        }
+    };
     if prev_state & TASK_DEAD == 0 {
         return 0;
     }
-    let task: u64 = ctx.arg(1);
     // SAFETY: copied out at once.
     let Some(d) = (unsafe { DYING.get(task).copied() }) else {
         return 0;

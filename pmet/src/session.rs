@@ -128,7 +128,8 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
         kernel_io: bool,
         follow_children: bool,
     ) -> Self {
-        let ebpf = kernel.is_some();
+        // The live figures' network is known where a network hook loaded.
+        let ebpf = kernel.as_ref().is_some_and(|k| k.network());
         Self {
             snapshots: Snapshotter::new(start_ns, procfs.ticks_per_s(), kernel_io, ebpf),
             kernel,

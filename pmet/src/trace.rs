@@ -7,7 +7,6 @@ use std::{
     ffi::OsString,
     io::Write,
     os::fd::{AsRawFd, OwnedFd, RawFd},
-    path::Path,
     time::{Duration, SystemTime},
 };
 
@@ -20,11 +19,9 @@ use tokio::{
 
 use crate::{
     collect::{
-        btf,
         ebpf::{self, Kernel},
         procfs::Procfs,
         taskstats::{Listener, TaskStats},
-        tracefs::Tracefs,
     },
     error::Error,
     launch::{self, Prepared},
@@ -284,6 +281,13 @@ fn host() -> Host {
     }
 }
 
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
 /// pmet's own CPU seconds and peak RSS so far (its children excluded).
 fn self_usage() -> (f64, u64) {
     let ru = rusage();
@@ -331,42 +335,26 @@ fn status_from_wait(raw: i32) -> ExitStatus {
 fn load_kernel(follow_children: bool, scope: bool) -> Result<Kernel, Error> {
     privileges::check_ebpf()?;
     privileges::check_pid_namespace()?;
-    let mut task = match btf::task_offsets(Path::new(btf::VMLINUX)) {
-        Ok(o) => Some(o),
-        Err(e) => {
-            log::warn!("{e}; final CPU and disk figures will come from taskstats only");
-            None
-        }
-    };
     // A test switch: the classic tracepoints, as on a kernel whose BTF lacks
     // what the BTF hooks need, so CI checks that fallback too.
     let classic = std::env::var_os("PMET_TEST_CLASSIC").is_some();
-    let sock = if classic {
+    if classic {
         log::warn!("PMET_TEST_CLASSIC: using the classic process and socket tracepoints");
-        if let Some(t) = task.as_mut() {
-            // As such a kernel's offsets would be: the memory's are only
-            // found with the exec's (they need `task->mm`).
-            t.exec = None;
-            t.mem = None;
-        }
-        None
-    } else {
-        btf::sock_offsets(Path::new(btf::VMLINUX))
-    };
-    // Every hook on BTF needs no tracefs at all (nor its mount).
-    let all_btf = sock.is_some() && task.as_ref().is_some_and(|t| t.exec.is_some());
-    let mut cfg = if all_btf {
-        pmet_common::Config::default()
-    } else {
-        ebpf::tracepoint_config(&Tracefs::find_or_mount()?)?
-    };
+    }
+    let probe = ebpf::Probe::of_this_kernel(classic);
+    if probe.task.is_none()
+        && let Err(e) = &probe.facts.task_btf
+    {
+        log::warn!("{e}; final CPU and disk figures will come from taskstats only");
+    }
+    let mut flags = 0;
     if follow_children {
-        cfg.flags |= pmet_common::config_flags::FOLLOW_CHILDREN;
+        flags |= pmet_common::config_flags::FOLLOW_CHILDREN;
     }
     if scope {
-        cfg.flags |= pmet_common::config_flags::CGROUP_SCOPE;
+        flags |= pmet_common::config_flags::CGROUP_SCOPE;
     }
-    Kernel::load(cfg, task.as_ref(), sock)
+    Kernel::load(&probe, flags)
 }
 
 fn child_env(account: Option<&Account>) -> Vec<(OsString, OsString)> {
@@ -596,7 +584,8 @@ impl Started {
         let Some(x) = self.export.as_mut() else {
             return;
         };
-        let ebpf = self.s.kernel.is_some();
+        // Network figures are exported where a network hook counts them.
+        let ebpf = self.s.kernel.as_ref().is_some_and(|k| k.network);
         let kernel_io = self.s.kernel.as_ref().is_some_and(|k| k.kernel_io);
         let ticks = self.s.procfs.ticks_per_s;
         x.exporter
@@ -1161,6 +1150,13 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
         started_at: humantime::format_rfc3339_millis(st.started_at).to_string(),
         collector: Collector {
             ebpf: st.s.kernel.is_some(),
+            kernel_release: kernel_release(),
+            hooks: st
+                .s
+                .kernel
+                .as_ref()
+                .map(|k| k.hooks.clone())
+                .unwrap_or_default(),
             interval_ms: opts.intervals.1.as_millis() as u64,
             samples: st.s.samples,
             events: st.s.tree.events,
@@ -1271,6 +1267,12 @@ fn static_info(st: &Started, opts: &TraceOptions) -> RunInfo {
         ticks_per_s: st.s.procfs.ticks_per_s,
         collector: Collector {
             ebpf: st.s.kernel.is_some(),
+            hooks: st
+                .s
+                .kernel
+                .as_ref()
+                .map(|k| k.hooks.clone())
+                .unwrap_or_default(),
             ..Collector::default()
         },
         kernel_io: st.s.kernel.as_ref().is_some_and(|k| k.kernel_io),

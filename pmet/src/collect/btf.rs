@@ -32,6 +32,11 @@ pub struct TaskOffsets {
     pub cancelled_write_bytes: u32,
     /// `pid` (the thread id).
     pub pid: u32,
+    /// `__state` (`state` before 5.14), for `sched_switch` where its
+    /// tracepoint has no `prev_state` (0: not found).
+    pub state: u32,
+    /// `sched_switch` has its `prev_state` argument (5.18+).
+    pub switch_prev_state: bool,
     /// Where a task's pid namespace and its pid there are read.
     pub pid_ns: Option<PidNsOffsets>,
     /// What the process hooks need as BTF tracepoints (`None`: the classic
@@ -133,10 +138,17 @@ pub struct EndOffsets {
     pub err: u16,
 }
 
+/// Opens a BTF file: mapped where the kernel allows it (only the handful
+/// of types pmet needs are decoded, which keeps start-up fast), else read
+/// whole (`/sys/kernel/btf/vmlinux` can be mapped only since Linux 6.16).
+fn open(path: &Path) -> btf_rs::Result<Btf> {
+    Btf::from_file_with_backend(path, Backend::Mmap).or_else(|_| Btf::from_file(path))
+}
+
 /// Resolves [`SockOffsets`]; `None` when this kernel's layout does not allow
 /// it (the classic socket tracepoints are used instead).
 pub fn sock_offsets(path: &Path) -> Option<SockOffsets> {
-    let btf = Btf::from_file_with_backend(path, Backend::Mmap).ok()?;
+    let btf = open(path).ok()?;
     let sock = find_struct(&btf, "sock").ok()?;
     let family = member_offset(&btf, &sock, &["__sk_common", "skc_family"]).ok()?;
     let protocol = member_offset(&btf, &sock, &["sk_protocol"]).ok()?;
@@ -165,6 +177,86 @@ pub fn sock_offsets(path: &Path) -> Option<SockOffsets> {
     })
 }
 
+/// The inet layer's send and receive functions that the fexit socket hooks
+/// attach to (where the kernel has no socket tracepoints), each with the
+/// parameters the hook reads its arguments by (the return value follows
+/// them). A function this kernel lacks, or has with other parameters, is
+/// left out.
+pub const FEXIT_SOCKET_FUNCTIONS: [(&str, &[&str]); 5] = [
+    ("inet_sendmsg", &["sock", "msg", "size"]),
+    ("inet6_sendmsg", &["sock", "msg", "size"]),
+    ("inet_recvmsg", &["sock", "msg", "size", "flags"]),
+    ("inet6_recvmsg", &["sock", "msg", "size", "flags"]),
+    (
+        "inet_sendpage",
+        &["sock", "page", "offset", "size", "flags"],
+    ),
+];
+
+/// What the fexit socket hooks need from this kernel's BTF.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FexitSocket {
+    /// `struct socket.sk`.
+    pub socket_sk: u16,
+    /// The functions of [`FEXIT_SOCKET_FUNCTIONS`] this kernel has, with the
+    /// parameters the hooks expect.
+    pub functions: Vec<&'static str>,
+    /// Those it lacks or has with other parameters, and what it has.
+    pub mismatched: Vec<(&'static str, String)>,
+}
+
+/// Resolves [`FexitSocket`]; `None` without `struct socket`.
+pub fn fexit_socket(path: &Path) -> Option<FexitSocket> {
+    let btf = open(path).ok()?;
+    let socket = find_struct(&btf, "socket").ok()?;
+    let socket_sk = u16::try_from(member_offset(&btf, &socket, &["sk"]).ok()?).ok()?;
+    let mut out = FexitSocket {
+        socket_sk,
+        ..FexitSocket::default()
+    };
+    for (name, want) in FEXIT_SOCKET_FUNCTIONS {
+        match func_params(&btf, name) {
+            Some(have) if have == want => out.functions.push(name),
+            Some(have) => out
+                .mismatched
+                .push((name, format!("its parameters are ({})", have.join(", ")))),
+            None => out
+                .mismatched
+                .push((name, "not in this kernel's BTF".into())),
+        }
+    }
+    Some(out)
+}
+
+/// The parameter names of kernel function `name`, from its BTF prototype.
+fn func_params(btf: &Btf, name: &str) -> Option<Vec<String>> {
+    let f = btf
+        .resolve_types_by_name(name)
+        .ok()?
+        .into_iter()
+        .find(|t| matches!(t, Type::Func(_)))?;
+    let Type::Func(f) = f else { return None };
+    let Type::FuncProto(proto) = btf.resolve_chained_type(&f).ok()? else {
+        return None;
+    };
+    Some(
+        proto
+            .parameters
+            .iter()
+            .map(|p| btf.resolve_name(p).unwrap_or_default())
+            .collect(),
+    )
+}
+
+/// Whether this kernel's BTF has tracepoint `name` (a `btf_trace_NAME`
+/// typedef).
+pub fn has_btf_tracepoint(path: &Path, name: &str) -> bool {
+    open(path)
+        .ok()
+        .and_then(|btf| tracepoint_args(&btf, name))
+        .is_some()
+}
+
 /// Resolves [`TaskOffsets`] from a BTF file.
 pub fn task_offsets(path: &Path) -> Result<TaskOffsets, Error> {
     let err = |what: String| Error::Btf {
@@ -176,10 +268,7 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, Error> {
             "not found (the kernel needs CONFIG_DEBUG_INFO_BTF=y)".into()
         ));
     }
-    // mmap: only the handful of types below are decoded, which keeps start-up fast.
-    let btf = Btf::from_file_with_backend(path, Backend::Mmap)
-        .or_else(|_| Btf::from_file(path))
-        .map_err(|e| err(format!("unreadable: {e}")))?;
+    let btf = open(path).map_err(|e| err(format!("unreadable: {e}")))?;
     let task = find_struct(&btf, "task_struct").map_err(err)?;
     let off = |path: &[&str]| member_offset(&btf, &task, path).map_err(err);
     let opt = |path: &[&str]| member_offset(&btf, &task, path).ok();
@@ -193,6 +282,8 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, Error> {
         write_bytes: opt(&["ioac", "write_bytes"]).unwrap_or(0),
         cancelled_write_bytes: opt(&["ioac", "cancelled_write_bytes"]).unwrap_or(0),
         pid: off(&["pid"])?,
+        state: opt(&["__state"]).or_else(|| opt(&["state"])).unwrap_or(0),
+        switch_prev_state: tracepoint_args(&btf, "sched_switch") == Some(4),
         pid_ns: pid_ns_offsets(&btf, opt(&["thread_pid"])),
         exec,
         ctx: (|| {
@@ -415,6 +506,33 @@ mod tests {
         assert_eq!((e.dport, e.num), (12, 14));
         assert!(e.v6_daddr > e.num && e.v6_rcv_saddr == e.v6_daddr + 16);
         assert!(e.err > o.family);
+    }
+
+    #[test]
+    fn resolves_this_kernels_fexit_socket_targets() {
+        let path = Path::new(VMLINUX);
+        if !path.exists() {
+            return;
+        }
+        let f = fexit_socket(path).expect("struct socket");
+        // struct socket { socket_state state; short type; unsigned long
+        // flags; struct file *file; struct sock *sk; ... }
+        assert_eq!(f.socket_sk, 24, "{f:?}");
+        for name in [
+            "inet_sendmsg",
+            "inet6_sendmsg",
+            "inet_recvmsg",
+            "inet6_recvmsg",
+        ] {
+            assert!(f.functions.contains(&name), "{f:?}");
+        }
+        // sendpage is gone since 6.5: sendfile goes through sendmsg.
+        assert_eq!(
+            f.mismatched,
+            vec![("inet_sendpage", "not in this kernel's BTF".to_owned())]
+        );
+        assert!(has_btf_tracepoint(path, "sock_send_length"));
+        assert!(!has_btf_tracepoint(path, "no_such_tracepoint"));
     }
 
     #[test]

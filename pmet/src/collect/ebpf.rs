@@ -1,10 +1,10 @@
 //! Loading, configuring and attaching the kernel-side programs, and the
 //! userspace ends of their maps.
 //!
-//! Hooks are BTF tracepoints where this kernel's BTF gives the offsets they
-//! need, classic tracepoints otherwise (fentry/fexit and kprobes are not
-//! available on the kernels pmet targets). Dropping [`Kernel`] detaches
-//! everything.
+//! Which programs are loaded is the program table's choice
+//! ([`super::hooks`]): per capability, BTF tracepoints where this kernel's
+//! BTF gives what they need, classic tracepoints or fexit hooks otherwise.
+//! Dropping [`Kernel`] detaches everything.
 
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -14,7 +14,7 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, FExit, TracePoint},
 };
 use aya_log::EbpfLogger;
 use pmet_common::{
@@ -22,48 +22,14 @@ use pmet_common::{
 };
 
 use super::{
-    btf::{SockOffsets, TaskOffsets},
+    btf::{FexitSocket, SockOffsets, TaskOffsets},
+    hooks::{Alternative, Attach, Capability, Facts, Hook, Plan, Via},
     tracefs::Tracefs,
 };
 use crate::error::Error;
 
 /// The compiled kernel side, embedded at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pmet-ebpf"));
-
-/// Classic tracepoints: (program, category, name).
-const TRACEPOINTS: [(&str, &str, &str); 5] = [
-    ("task_newtask", "task", "task_newtask"),
-    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
-    ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
-    ("sched_process_exec", "sched", "sched_process_exec"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
-];
-
-/// The process hooks as BTF tracepoints (preferred: detached at once, and
-/// no syscall tracepoint: an exec's strings are read at `sched_process_exec`).
-const PROCESS_BTF: [(&str, &str); 3] = [
-    ("task_newtask_btf", "task_newtask"),
-    ("sched_process_exec_btf", "sched_process_exec"),
-    ("sched_process_exit_btf", "sched_process_exit"),
-];
-
-/// The socket hooks, as classic tracepoints (the fallback) and as BTF
-/// tracepoints (preferred: cheaper per call, and detached at once).
-const SOCK_CLASSIC: [(&str, &str, &str); 2] = [
-    ("sock_send_length", "sock", "sock_send_length"),
-    ("sock_recv_length", "sock", "sock_recv_length"),
-];
-const SOCK_BTF: [(&str, &str); 2] = [
-    ("sock_send_btf", "sock_send_length"),
-    ("sock_recv_btf", "sock_recv_length"),
-];
-/// Connection life (BTF only: sockets are named by cookie, which needs the
-/// kernel's own `struct sock *`).
-const CONN_BTF: [(&str, &str); 3] = [
-    ("inet_sock_set_state", "inet_sock_set_state"),
-    ("tcp_retransmit_skb", "tcp_retransmit_skb"),
-    ("tcp_destroy_sock", "tcp_destroy_sock"),
-];
 
 /// Memory the per-CPU `NET` map may take: each entry holds one
 /// `NetCounters` per possible CPU, so its size is set at load from the CPU
@@ -182,30 +148,32 @@ fn per_cpu_entries<V>(cpus: usize, min: u32, max: u32) -> u32 {
         .clamp(min, max)
 }
 
-/// Finds every tracepoint field offset the programs need.
-pub fn tracepoint_config(tracefs: &Tracefs) -> Result<Config, Error> {
+/// The classic process tracepoints' field offsets, into `cfg`.
+pub fn process_tracepoint_fields(tracefs: &Tracefs, cfg: &mut Config) -> Result<(), Error> {
+    cfg.newtask_pid = tracefs.offset("task", "task_newtask", "pid")?;
+    cfg.newtask_clone_flags = tracefs.offset("task", "task_newtask", "clone_flags")?;
+    cfg.exec_pid = tracefs.offset("sched", "sched_process_exec", "pid")?;
+    cfg.exec_old_pid = tracefs.offset("sched", "sched_process_exec", "old_pid")?;
+    cfg.exit_group_dead = tracefs
+        .try_offset("sched", "sched_process_exit", "group_dead")?
+        .unwrap_or(0);
+    cfg.execve_filename = tracefs.offset("syscalls", "sys_enter_execve", "filename")?;
+    cfg.execve_argv = tracefs.offset("syscalls", "sys_enter_execve", "argv")?;
+    cfg.execveat_filename = tracefs.offset("syscalls", "sys_enter_execveat", "filename")?;
+    cfg.execveat_argv = tracefs.offset("syscalls", "sys_enter_execveat", "argv")?;
+    cfg.execve_envp = tracefs.offset("syscalls", "sys_enter_execve", "envp")?;
+    cfg.execveat_envp = tracefs.offset("syscalls", "sys_enter_execveat", "envp")?;
+    Ok(())
+}
+
+/// The classic socket tracepoints' field offsets, into `cfg`.
+pub fn sock_tracepoint_fields(tracefs: &Tracefs, cfg: &mut Config) -> Result<(), Error> {
     let send = |f| tracefs.offset("sock", "sock_send_length", f);
     let recv = |f| tracefs.offset("sock", "sock_recv_length", f);
-    let cfg = Config {
-        newtask_pid: tracefs.offset("task", "task_newtask", "pid")?,
-        newtask_clone_flags: tracefs.offset("task", "task_newtask", "clone_flags")?,
-        exec_pid: tracefs.offset("sched", "sched_process_exec", "pid")?,
-        exec_old_pid: tracefs.offset("sched", "sched_process_exec", "old_pid")?,
-        exit_group_dead: tracefs
-            .try_offset("sched", "sched_process_exit", "group_dead")?
-            .unwrap_or(0),
-        sock_family: send("family")?,
-        sock_protocol: send("protocol")?,
-        sock_ret: send("ret")?,
-        sock_flags: recv("flags")?,
-        execve_filename: tracefs.offset("syscalls", "sys_enter_execve", "filename")?,
-        execve_argv: tracefs.offset("syscalls", "sys_enter_execve", "argv")?,
-        execveat_filename: tracefs.offset("syscalls", "sys_enter_execveat", "filename")?,
-        execveat_argv: tracefs.offset("syscalls", "sys_enter_execveat", "argv")?,
-        execve_envp: tracefs.offset("syscalls", "sys_enter_execve", "envp")?,
-        execveat_envp: tracefs.offset("syscalls", "sys_enter_execveat", "envp")?,
-        ..Config::default()
-    };
+    cfg.sock_family = send("family")?;
+    cfg.sock_protocol = send("protocol")?;
+    cfg.sock_ret = send("ret")?;
+    cfg.sock_flags = recv("flags")?;
     // One program reads both socket tracepoints with the same offsets; they
     // share an event class, but check rather than assume.
     for f in ["family", "protocol", "ret"] {
@@ -215,7 +183,163 @@ pub fn tracepoint_config(tracefs: &Tracefs) -> Result<Config, Error> {
             )));
         }
     }
-    Ok(cfg)
+    Ok(())
+}
+
+/// What the loader learns about this kernel before loading anything: the
+/// offsets each alternative of the program table needs, and which of them
+/// this kernel has ([`Facts`]).
+#[derive(Clone, Debug)]
+pub struct Probe {
+    /// `task_struct` offsets (`None`: exit totals come from taskstats).
+    pub task: Option<TaskOffsets>,
+    /// `struct sock` offsets.
+    pub sock: Option<SockOffsets>,
+    /// The fexit socket hooks' targets.
+    pub fexit: Option<FexitSocket>,
+    /// The classic tracepoints' field offsets (process and socket ones), where found.
+    pub tracepoint_fields: Config,
+    /// Which alternatives this kernel can run.
+    pub facts: Facts,
+}
+
+impl Probe {
+    /// Reads this kernel's BTF (and tracefs, where a classic tracepoint may
+    /// be needed). `classic` is a test switch: as a kernel whose BTF lacks
+    /// what the BTF hooks need.
+    pub fn of_this_kernel(classic: bool) -> Probe {
+        let vmlinux = std::path::Path::new(super::btf::VMLINUX);
+        let mut task = super::btf::task_offsets(vmlinux);
+        let mut sock = super::btf::sock_offsets(vmlinux);
+        let mut fexit = super::btf::fexit_socket(vmlinux);
+        let mut sock_tp = super::btf::has_btf_tracepoint(vmlinux, "sock_send_length")
+            && super::btf::has_btf_tracepoint(vmlinux, "sock_recv_length");
+        if classic {
+            if let Ok(t) = task.as_mut() {
+                // As such a kernel's offsets would be: the memory's are only
+                // found with the exec's (they need `task->mm`).
+                t.exec = None;
+                t.mem = None;
+            }
+            sock = None;
+            fexit = None;
+            sock_tp = false;
+        }
+        let process_btf = match &task {
+            Ok(t) if t.exec.is_some() => Ok(()),
+            Ok(_) => Err("this kernel's sched_process_exit has no group_dead (Linux 6.16+),                           or its BTF lacks what the exec hook reads"
+                .to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        let network_btf = match (&sock, sock_tp) {
+            (Some(_), true) => Ok(()),
+            (None, _) => Err("this kernel's BTF does not give struct sock's offsets".to_owned()),
+            (Some(_), false) => Err(
+                "no BTF tracepoint sock_send_length / sock_recv_length (they came in Linux 6.3)"
+                    .to_owned(),
+            ),
+        };
+        // tracefs is read (and mounted) only where a classic tracepoint may
+        // be used: every hook on BTF needs none.
+        let mut fields = Config::default();
+        let (process_tracepoint, network_tracepoint) = if process_btf.is_ok() && network_btf.is_ok()
+        {
+            let skip = || Err("not needed: the BTF hooks are used".to_owned());
+            (skip(), skip())
+        } else {
+            match Tracefs::find_or_mount() {
+                Ok(t) => (
+                    process_tracepoint_fields(&t, &mut fields).map_err(|e| e.to_string()),
+                    sock_tracepoint_fields(&t, &mut fields).map_err(|e| e.to_string()),
+                ),
+                Err(e) => (Err(e.to_string()), Err(e.to_string())),
+            }
+        };
+        let fexit_functions = match (&fexit, &sock) {
+            (Some(f), Some(_)) => Ok(f.functions.clone()),
+            (None, _) => Err("this kernel's BTF has no struct socket".to_owned()),
+            (_, None) => Err("this kernel's BTF does not give struct sock's offsets".to_owned()),
+        };
+        let connections_btf = match sock.and_then(|s| s.ends) {
+            Some(_) => Ok(()),
+            None => Err("this kernel's BTF does not give struct sock_common's ends".to_owned()),
+        };
+        let task_btf = match &task {
+            Ok(t) if t.switch_prev_state || t.state != 0 => Ok(()),
+            Ok(_) => Err("this kernel's task_struct has neither __state nor state".to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        Probe {
+            task: task.ok(),
+            sock,
+            fexit,
+            tracepoint_fields: fields,
+            facts: Facts {
+                process_btf,
+                process_tracepoint,
+                task_btf,
+                network_btf,
+                network_tracepoint,
+                fexit_functions,
+                connections_btf,
+            },
+        }
+    }
+
+    /// The kernel side's configuration for `plan`, on top of `flags`.
+    pub fn config(&self, plan: &Plan, flags: u32) -> Config {
+        let f = &self.tracepoint_fields;
+        let mut cfg = Config {
+            flags,
+            ..Config::default()
+        };
+        if plan.via(Capability::Process) == Some(Via::Tracepoint) {
+            cfg.newtask_pid = f.newtask_pid;
+            cfg.newtask_clone_flags = f.newtask_clone_flags;
+            cfg.exec_pid = f.exec_pid;
+            cfg.exec_old_pid = f.exec_old_pid;
+            cfg.exit_group_dead = f.exit_group_dead;
+            cfg.execve_filename = f.execve_filename;
+            cfg.execve_argv = f.execve_argv;
+            cfg.execveat_filename = f.execveat_filename;
+            cfg.execveat_argv = f.execveat_argv;
+            cfg.execve_envp = f.execve_envp;
+            cfg.execveat_envp = f.execveat_envp;
+        }
+        let network = plan.via(Capability::Network);
+        if network == Some(Via::Tracepoint) {
+            cfg.sock_family = f.sock_family;
+            cfg.sock_protocol = f.sock_protocol;
+            cfg.sock_ret = f.sock_ret;
+            cfg.sock_flags = f.sock_flags;
+        }
+        if let Some(t) = &self.task {
+            let mut t = *t;
+            if plan.via(Capability::Process) != Some(Via::TpBtf) {
+                t.exec = None;
+            }
+            cfg = with_task_offsets(cfg, &t);
+        }
+        if let (Some(o), Some(Via::TpBtf | Via::Fexit)) = (self.sock, network) {
+            cfg.sk_family = o.family;
+            cfg.sk_protocol = o.protocol;
+            cfg.sk_type = o.kind;
+            if let (Some(e), Some(_)) = (o.ends, plan.via(Capability::Connections)) {
+                cfg.sk_daddr = e.daddr;
+                cfg.sk_rcv_saddr = e.rcv_saddr;
+                cfg.sk_dport = e.dport;
+                cfg.sk_num = e.num;
+                cfg.sk_v6_daddr = e.v6_daddr;
+                cfg.sk_v6_rcv_saddr = e.v6_rcv_saddr;
+                cfg.sk_err = e.err;
+                cfg.flags |= pmet_common::config_flags::CONNECTIONS;
+            }
+        }
+        if let (Some(x), Some(Via::Fexit)) = (&self.fexit, network) {
+            cfg.socket_sk = x.socket_sk;
+        }
+        cfg
+    }
 }
 
 /// Adds the task_struct offsets to `cfg`.
@@ -228,6 +352,10 @@ pub fn with_task_offsets(mut cfg: Config, o: &TaskOffsets) -> Config {
     cfg.task_write_bytes = o.write_bytes;
     cfg.task_cancelled_write_bytes = o.cancelled_write_bytes;
     cfg.task_pid = o.pid;
+    cfg.task_state = o.state;
+    if o.switch_prev_state {
+        cfg.flags |= pmet_common::config_flags::SWITCH_PREV_STATE;
+    }
     if let Some(x) = o.exec {
         cfg.task_mm = x.task_mm;
         cfg.mm_arg_start = x.arg_start;
@@ -279,6 +407,12 @@ pub struct Kernel {
     scope: HashMap<MapData, u64, u8>,
     /// Connections are followed (BTF gave every offset they need).
     pub connections: bool,
+    /// Socket bytes are counted (some hook for them loaded).
+    pub network: bool,
+    /// The process hooks are BTF tracepoints.
+    pub process_btf: bool,
+    /// How each capability is measured on this kernel.
+    pub hooks: Vec<Hook>,
     /// Final per-thread figures at free time are available.
     pub exit_totals: bool,
     /// They include storage I/O.
@@ -313,8 +447,18 @@ impl Drop for Kernel {
         // one program after another that is half a second at exit. Detach
         // them all at once instead.
         let started = std::time::Instant::now();
-        let programs: Vec<&mut aya::programs::Program> =
-            self.ebpf.programs_mut().map(|(_, p)| p).collect();
+        // fexit links one after another (see `attempt`); they detach at once.
+        for (_, p) in self.ebpf.programs_mut() {
+            if let aya::programs::Program::FExit(t) = p {
+                let _ = t.unload();
+            }
+        }
+        let programs: Vec<&mut aya::programs::Program> = self
+            .ebpf
+            .programs_mut()
+            .map(|(_, p)| p)
+            .filter(|p| !matches!(p, aya::programs::Program::FExit(_)))
+            .collect();
         std::thread::scope(|s| {
             for p in programs {
                 s.spawn(move || {
@@ -366,59 +510,221 @@ fn program_error(
     }
 }
 
+/// One attempt's object, with every program of its plan loaded and attached.
+struct Attempt {
+    ebpf: Ebpf,
+    cfg: Config,
+    marks: u32,
+}
+
+/// Loads the object with `cfg` and loads and attaches every program of
+/// `plan`, all at once (the verifier's time is most of start-up, and each
+/// load is independent). Returns the object, or the alternatives whose
+/// programs failed, with the first error of each.
+fn attempt(
+    cfg: Config,
+    plan: &Plan,
+    facts: &Facts,
+    btf: &Btf,
+) -> Result<Result<Attempt, Vec<(usize, Error)>>, Error> {
+    let t0 = std::time::Instant::now();
+    let cpus = aya::util::nr_cpus().unwrap_or(1);
+    // aya's loader parses the kernel's BTF when it is made, for CO-RE
+    // relocations, which pmet's programs do not have: it is dropped at once
+    // (the copy the hooks need to find their targets is parsed once, by the
+    // caller). Two copies alive at once would add ~15 MB to pmet's peak.
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    let marks = mark_elements(pid_max());
+    let mut ebpf = loader
+        .override_global("CONFIG", &cfg, true)
+        .map_max_entries("TRACKED", TRACKED_MAX_ENTRIES)
+        .map_max_entries("MARKS", marks)
+        .map_max_entries("DYING", DYING_MAX_ENTRIES)
+        .map_max_entries("NET", net_entries(cpus))
+        .map_max_entries("CONNS", conns_entries(cpus))
+        .map_max_entries("SOCKS", SOCKS_MAX_ENTRIES)
+        .load(OBJECT)
+        .map_err(|e| Error::Load(error_chain(&e)))?;
+    log::debug!("object loaded in {:?}", t0.elapsed());
+    let mut wanted: Vec<(usize, &'static str, Attach, &mut aya::programs::Program)> = Vec::new();
+    let chosen: Vec<(usize, &'static Alternative)> = plan.alternatives().collect();
+    for (name, p) in ebpf.programs_mut() {
+        let found = chosen.iter().find_map(|&(i, alt)| {
+            let prog = alt.programs.iter().find(|x| x.name == name)?;
+            facts.wants(prog).then_some((i, prog))
+        });
+        if let Some((i, prog)) = found {
+            wanted.push((i, prog.name, prog.attach, p));
+        }
+    }
+    for &(i, alt) in &chosen {
+        if let Some(missing) = alt
+            .programs
+            .iter()
+            .filter(|p| facts.wants(p))
+            .find(|p| !wanted.iter().any(|w| w.1 == p.name))
+        {
+            return Err(Error::Load(format!(
+                "program {} missing from the object (alternative {i})",
+                missing.name
+            )));
+        }
+    }
+    // Verified on as many threads as there are programs; attached one
+    // after another: on 5.10, fexit attaches made at once from several
+    // threads were seen to lock a CPU up in the kernel's code patching.
+    let loaded: Vec<(
+        usize,
+        &'static str,
+        Attach,
+        &mut aya::programs::Program,
+        Result<(), Error>,
+    )> = std::thread::scope(|s| {
+        let handles: Vec<_> = wanted
+            .into_iter()
+            .map(|(i, name, attach, p)| {
+                s.spawn(move || {
+                    let r = load_one(name, attach, p, btf);
+                    (i, name, attach, p, r)
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let mut results: Vec<(usize, Result<(), Error>)> = Vec::new();
+    for (i, name, attach, p, r) in loaded {
+        let r = r.and_then(|()| attach_one(name, attach, p));
+        results.push((i, r));
+    }
+    let mut failed: Vec<(usize, Error)> = Vec::new();
+    for (i, r) in results {
+        if let Err(e) = r
+            && !failed.iter().any(|(j, _)| *j == i)
+        {
+            failed.push((i, e));
+        }
+    }
+    if failed.is_empty() {
+        log::debug!("programs loaded and attached at {:?}", t0.elapsed());
+        Ok(Ok(Attempt { ebpf, cfg, marks }))
+    } else {
+        Ok(Err(failed))
+    }
+}
+
+/// Loads one program (the verifier's part).
+fn load_one(
+    name: &'static str,
+    attach: Attach,
+    p: &mut aya::programs::Program,
+    btf: &Btf,
+) -> Result<(), Error> {
+    let hook = attach.describe();
+    let fail = |e: aya::programs::ProgramError| program_error(name, hook.clone(), "load", e);
+    match attach {
+        Attach::Tracepoint { .. } => {
+            let p: &mut TracePoint = p.try_into().map_err(fail)?;
+            p.load().map_err(fail)
+        }
+        Attach::BtfTracepoint(tp) => {
+            let p: &mut BtfTracePoint = p.try_into().map_err(fail)?;
+            p.load(tp, btf).map_err(fail)
+        }
+        Attach::FExit(function) => {
+            let p: &mut FExit = p.try_into().map_err(fail)?;
+            p.load(function, btf).map_err(fail)
+        }
+    }
+}
+
+/// Attaches one loaded program to its hook.
+fn attach_one(
+    name: &'static str,
+    attach: Attach,
+    p: &mut aya::programs::Program,
+) -> Result<(), Error> {
+    let hook = attach.describe();
+    let fail = |e: aya::programs::ProgramError| program_error(name, hook.clone(), "attach", e);
+    match attach {
+        Attach::Tracepoint { category, name: tp } => {
+            let p: &mut TracePoint = p.try_into().map_err(fail)?;
+            p.attach(category, tp).map(drop).map_err(fail)
+        }
+        Attach::BtfTracepoint(_) => {
+            let p: &mut BtfTracePoint = p.try_into().map_err(fail)?;
+            p.attach().map(drop).map_err(fail)
+        }
+        Attach::FExit(_) => {
+            let p: &mut FExit = p.try_into().map_err(fail)?;
+            p.attach().map(drop).map_err(fail)
+        }
+    }
+}
+
 impl Kernel {
-    /// Loads and attaches everything. `task` is `None` when the kernel's BTF
-    /// could not give the task_struct offsets; exit totals then come from
-    /// taskstats alone. `sock` is `None` when it could not give `struct
-    /// sock`'s; the classic socket tracepoints are used then.
-    pub fn load(
-        cfg: Config,
-        task: Option<&TaskOffsets>,
-        sock: Option<SockOffsets>,
-    ) -> Result<Self, Error> {
+    /// Loads and attaches the kernel side: per capability, the first
+    /// alternative of the program table that this kernel runs. An
+    /// alternative that fails to load is given up and the rest are loaded
+    /// again without it (its configuration can change what the others'
+    /// programs do); only a kernel on which no process hook loads is an
+    /// error. `flags` are the run's own (`FOLLOW_CHILDREN`, `CGROUP_SCOPE`).
+    pub fn load(probe: &Probe, flags: u32) -> Result<Self, Error> {
         raise_memlock();
-        let mut cfg = match task {
-            Some(t) => with_task_offsets(cfg, t),
-            None => cfg,
+        let t0 = std::time::Instant::now();
+        let btf = Btf::from_sys_fs().map_err(|e| Error::Btf {
+            path: super::btf::VMLINUX.into(),
+            what: e.to_string(),
+        })?;
+        log::debug!("kernel BTF ready at {:?}", t0.elapsed());
+        let mut failed: Vec<(usize, String)> = Vec::new();
+        let (
+            plan,
+            Attempt {
+                mut ebpf,
+                cfg,
+                marks,
+            },
+        ) = loop {
+            let plan = Plan::choose(&probe.facts, &failed);
+            if plan.via(Capability::Process).is_none() {
+                return Err(Error::Load(no_process_hook(&plan)));
+            }
+            match attempt(probe.config(&plan, flags), &plan, &probe.facts, &btf)? {
+                Ok(a) => break (plan, a),
+                Err(failures) => {
+                    let reasons: Vec<(usize, String)> =
+                        failures.iter().map(|(i, e)| (*i, e.to_string())).collect();
+                    let Some(give_up) = Plan::to_refuse(&reasons) else {
+                        unreachable!("an attempt that failed names what failed");
+                    };
+                    log::debug!(
+                        "giving up {} via {}: {}",
+                        super::hooks::TABLE[give_up.0].capability.name(),
+                        super::hooks::TABLE[give_up.0].via.name(),
+                        give_up.1
+                    );
+                    failed.push(give_up);
+                }
+            }
         };
-        if let Some(o) = sock {
-            cfg.sk_family = o.family;
-            cfg.sk_protocol = o.protocol;
-            cfg.sk_type = o.kind;
-            if let Some(e) = o.ends {
-                cfg.sk_daddr = e.daddr;
-                cfg.sk_rcv_saddr = e.rcv_saddr;
-                cfg.sk_dport = e.dport;
-                cfg.sk_num = e.num;
-                cfg.sk_v6_daddr = e.v6_daddr;
-                cfg.sk_v6_rcv_saddr = e.v6_rcv_saddr;
-                cfg.sk_err = e.err;
-                cfg.flags |= pmet_common::config_flags::CONNECTIONS;
+        drop(btf);
+        // The parsed BTF (tens of MB in many small allocations, some on the
+        // loading threads) is freed by now: give it back rather than carry
+        // it as resident memory for the whole run.
+        // SAFETY: no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        let hooks = plan.hooks(&probe.facts);
+        for h in &hooks {
+            if h.via.is_none() {
+                let why = h.fell_back.last().map_or("", |r| r.reason.as_str());
+                log::warn!(
+                    "{}: {} ({why})",
+                    h.capability.without(),
+                    h.capability.name()
+                );
             }
         }
-        let connections = sock.is_some_and(|o| o.ends.is_some());
-        let cpus = aya::util::nr_cpus().unwrap_or(1);
-        // aya's loader parses the kernel's BTF when it is made, for CO-RE
-        // relocations, which pmet's programs do not have: it is dropped at
-        // once, and the copy the BTF tracepoints need to find their targets
-        // is parsed on another thread while the object loads. (Two copies
-        // alive at once would add ~15 MB to pmet's peak memory.)
-        let t0 = std::time::Instant::now();
-        let mut loader = EbpfLoader::new();
-        loader.btf(None);
-        log::debug!("loader made (kernel BTF parsed) in {:?}", t0.elapsed());
-        let target_btf = std::thread::spawn(Btf::from_sys_fs);
-        let marks = mark_elements(pid_max());
-        let mut ebpf = loader
-            .override_global("CONFIG", &cfg, true)
-            .map_max_entries("TRACKED", TRACKED_MAX_ENTRIES)
-            .map_max_entries("MARKS", marks)
-            .map_max_entries("DYING", DYING_MAX_ENTRIES)
-            .map_max_entries("NET", net_entries(cpus))
-            .map_max_entries("CONNS", conns_entries(cpus))
-            .map_max_entries("SOCKS", SOCKS_MAX_ENTRIES)
-            .load(OBJECT)
-            .map_err(|e| Error::Load(error_chain(&e)))?;
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -426,102 +732,6 @@ impl Kernel {
                 None
             }
         };
-        let process_btf = cfg.flags & pmet_common::config_flags::BTF_PROCESS != 0;
-        let classic = TRACEPOINTS
-            .iter()
-            .filter(|_| !process_btf)
-            .chain(if sock.is_none() {
-                &SOCK_CLASSIC[..]
-            } else {
-                &[]
-            });
-        for &(prog, cat, name) in classic {
-            let hook = format!("tracepoint {cat}:{name}");
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| Error::Load(format!("program {prog} missing from the object")))?
-                .try_into()
-                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
-            p.load()
-                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
-            p.attach(cat, name)
-                .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
-        }
-        let mut btf_programs: Vec<(&str, &str)> = Vec::new();
-        if process_btf {
-            btf_programs.extend(PROCESS_BTF);
-        }
-        if task.is_some() {
-            // A thread's final figures, at its last context switch.
-            btf_programs.push(("sched_switch", "sched_switch"));
-        }
-        if sock.is_some() {
-            btf_programs.extend(SOCK_BTF);
-        }
-        if connections {
-            btf_programs.extend(CONN_BTF);
-        }
-        if !btf_programs.is_empty() {
-            log::debug!("object loaded in {:?}", t0.elapsed());
-            let btf = target_btf
-                .join()
-                .map_err(|_| Error::Load("parsing the kernel's BTF panicked".into()))?
-                .map_err(|e| Error::Btf {
-                    path: super::btf::VMLINUX.into(),
-                    what: e.to_string(),
-                })?;
-            log::debug!("kernel BTF ready at {:?}", t0.elapsed());
-            // Verified on as many threads as there are programs: the
-            // verifier's time is most of start-up, and each load is
-            // independent (nothing runs before the command is launched).
-            let mut wanted: Vec<(&str, &str, &mut aya::programs::Program)> = Vec::new();
-            for (name, p) in ebpf.programs_mut() {
-                if let Some(&(prog, tp)) = btf_programs.iter().find(|(n, _)| *n == name) {
-                    wanted.push((prog, tp, p));
-                }
-            }
-            if let Some((prog, _)) = btf_programs
-                .iter()
-                .find(|(n, _)| !wanted.iter().any(|w| w.0 == *n))
-            {
-                return Err(Error::Load(format!(
-                    "program {prog} missing from the object"
-                )));
-            }
-            let btf = &btf;
-            std::thread::scope(|s| {
-                let handles: Vec<_> = wanted
-                    .into_iter()
-                    .map(|(prog, tracepoint, p)| {
-                        s.spawn(move || -> Result<(), Error> {
-                            let hook = format!("BTF tracepoint {tracepoint}");
-                            let p: &mut BtfTracePoint = p
-                                .try_into()
-                                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
-                            p.load(tracepoint, btf)
-                                .map_err(|e| program_error(prog, hook.clone(), "load", e))?;
-                            p.attach()
-                                .map_err(|e| program_error(prog, hook.clone(), "attach", e))?;
-                            Ok(())
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(Error::Load("loading a program panicked".into()))
-                        })
-                    })
-                    .collect::<Result<Vec<()>, Error>>()
-            })?;
-        }
-        // The parsed BTF (tens of MB in many small allocations, some on the
-        // threads above) is freed by now: give it back rather than carry it
-        // as resident memory for the whole run.
-        // SAFETY: no preconditions.
-        unsafe { libc::malloc_trim(0) };
-        log::debug!("programs loaded and attached at {:?}", t0.elapsed());
         if log::log_enabled!(log::Level::Debug) {
             // The verifier's work per program: the figure to watch when a
             // kernel-side change makes a hook heavier or nears the limits.
@@ -536,7 +746,7 @@ impl Kernel {
                 );
             }
         }
-        let exit_totals = task.is_some();
+        let exit_totals = plan.via(Capability::ExitTotals).is_some();
         let replaces_taskstats = exit_totals && cfg.mm_hiwater_rss != 0 && cfg.task_nvcsw != 0;
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(Error::Map {
@@ -575,7 +785,10 @@ impl Kernel {
             scope,
             conns,
             socks,
-            connections,
+            connections: plan.via(Capability::Connections).is_some(),
+            network: plan.via(Capability::Network).is_some(),
+            process_btf: plan.via(Capability::Process) == Some(Via::TpBtf),
+            hooks,
             events,
             logger,
             tracked,
@@ -584,7 +797,7 @@ impl Kernel {
             counters,
             dying,
             exit_totals,
-            kernel_io: task.is_some_and(|t| t.read_bytes != 0),
+            kernel_io: exit_totals && probe.task.is_some_and(|t| t.read_bytes != 0),
             replaces_taskstats,
             decoder: Default::default(),
             ebpf,
@@ -780,4 +993,15 @@ mod tests {
             assert!(bytes <= NET_MAP_BUDGET || net_entries(cpus) == NET_MIN_ENTRIES);
         }
     }
+}
+
+/// Why no process hook could be used, from the plan's refusals.
+fn no_process_hook(plan: &Plan) -> String {
+    let why: Vec<String> = plan
+        .refused
+        .iter()
+        .filter(|(i, _)| super::hooks::TABLE[*i].capability == Capability::Process)
+        .map(|(i, r)| format!("{}: {r}", super::hooks::TABLE[*i].via.name()))
+        .collect();
+    format!("no process hook works on this kernel ({})", why.join("; "))
 }

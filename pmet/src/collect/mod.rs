@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod decode;
 pub mod ebpf;
 pub mod gpu;
+pub mod hooks;
 pub mod procfs;
 pub mod source;
 pub mod taskstats;

@@ -46,6 +46,10 @@ pub trait EventSource {
     fn exit_totals(&self) -> bool;
     /// Whether connections are followed.
     fn connections(&self) -> bool;
+    /// Whether socket bytes are counted (a network hook loaded).
+    fn network(&self) -> bool {
+        true
+    }
     /// A process's bytes on one socket as (sent, received); `take` removes
     /// them from the kernel (the socket or the process is gone).
     fn conn_bytes(&mut self, key: (u32, u64), sock_cookie: u64, take: bool) -> Option<(u64, u64)>;
@@ -143,6 +147,9 @@ impl EventSource for Kernel {
     }
     fn connections(&self) -> bool {
         self.connections
+    }
+    fn network(&self) -> bool {
+        self.network
     }
     fn conn_bytes(&mut self, key: (u32, u64), sock_cookie: u64, take: bool) -> Option<(u64, u64)> {
         let k = ConnKey {

@@ -123,10 +123,11 @@ pub fn summary_of(
             bytes(n.udp.rx_bytes)
         );
     } else {
-        let _ = writeln!(
-            o,
-            "  net   unknown: polled /proc only (run as root for eBPF)"
-        );
+        let why = r
+            .collector
+            .network_unknown()
+            .unwrap_or_else(|| "not counted".into());
+        let _ = writeln!(o, "  net   unknown: {why}");
     }
     if let Some(g) = t.gpu.as_ref().filter(|g| g.processes > 0) {
         let devices = r.collector.gpu.as_ref().map_or(0, |c| c.devices.len());

@@ -244,8 +244,10 @@ pub fn plots_svg(r: &Report) -> String {
     chart(
         &mut o,
         "network",
-        if r.collector.ebpf {
+        if r.collector.counts_network() {
             "Network, TCP + UDP (bytes/s)"
+        } else if r.collector.ebpf {
+            "Network (unknown: no network hook on this kernel)"
         } else {
             "Network (unknown without eBPF)"
         },

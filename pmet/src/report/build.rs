@@ -79,7 +79,8 @@ fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
 }
 
-fn process(p: &Proc, info: &RunInfo, ebpf: bool, gpu_known: bool, f: &Figures) -> ProcessReport {
+fn process(p: &Proc, info: &RunInfo, gpu_known: bool, f: &Figures) -> ProcessReport {
+    let ebpf = info.collector.ebpf;
     let cgroup = p
         .ids
         .and_then(|i| info.names.cgroups.get(&i.cgroup_id).cloned());
@@ -110,7 +111,7 @@ fn process(p: &Proc, info: &RunInfo, ebpf: bool, gpu_known: bool, f: &Figures) -
         disk_read_bytes: f.disk.map(|d| d.read),
         disk_write_bytes: f.disk.map(|d| d.written()),
         disk_cancelled_write_bytes: f.disk.map(|d| d.cancelled),
-        net: ebpf.then_some(p.net),
+        net: info.collector.counts_network().then_some(p.net),
         exe: p.exe.clone(),
         argv_truncated: p.argv_truncated,
         core_dumped,
@@ -289,7 +290,7 @@ pub fn entry(
                     .collect::<Vec<_>>(),
             ),
         }),
-        ..process(p, info, info.collector.ebpf, gpu_known, f)
+        ..process(p, info, gpu_known, f)
     }
 }
 
@@ -339,9 +340,9 @@ impl Sums {
     }
 
     /// The totals of the tree, whose processes were all added.
-    pub fn totals(&self, tree: &Tree, ebpf: bool) -> Totals {
+    pub fn totals(&self, tree: &Tree, network: bool) -> Totals {
         let mut t = self.totals.clone();
-        if ebpf {
+        if network {
             t.net.get_or_insert_with(Net::default);
         }
         t.max_processes_alive = tree.max_alive as u64;
@@ -383,7 +384,7 @@ pub fn build(tree: &Tree, info: &RunInfo, recorded: Option<&Recorder>) -> Report
             e
         })
         .collect();
-    let totals = sums.totals(tree, info.collector.ebpf);
+    let totals = sums.totals(tree, info.collector.counts_network());
     head(tree, info, recorded, totals, processes)
 }
 

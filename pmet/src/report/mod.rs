@@ -150,6 +150,13 @@ pub struct ProcStats {
 pub struct Collector {
     /// Kernel events (eBPF) were used; `false` means /proc polling only.
     pub ebpf: bool,
+    /// The kernel release the run was measured on (`uname -r`).
+    pub kernel_release: Option<String>,
+    /// How each capability was measured on that kernel: the hooks used, and
+    /// the preferred ones that fell back, with the reason (empty without
+    /// eBPF). Runs measured through different hooks are not comparable
+    /// figure for figure.
+    pub hooks: Vec<crate::collect::hooks::Hook>,
     /// Polling interval, milliseconds.
     pub interval_ms: u64,
     /// Polls taken.
@@ -187,6 +194,39 @@ pub struct Collector {
     /// The GPUs followed (`null`: no GPU driver on this machine).
     #[serde(default)]
     pub gpu: Option<GpuCollector>,
+}
+
+impl Collector {
+    /// Whether socket bytes were counted: with eBPF, by some network hook.
+    pub fn counts_network(&self) -> bool {
+        self.ebpf
+            && crate::collect::hooks::counts(
+                &self.hooks,
+                crate::collect::hooks::Capability::Network,
+            )
+    }
+
+    /// Why the network figures are unknown, when they are.
+    pub fn network_unknown(&self) -> Option<String> {
+        if !self.ebpf {
+            return Some("polled /proc only (run as root for eBPF)".into());
+        }
+        let h = self
+            .hooks
+            .iter()
+            .find(|h| h.capability == crate::collect::hooks::Capability::Network)?;
+        if h.via.is_some() {
+            return None;
+        }
+        Some(format!(
+            "no network hook works on this kernel ({})",
+            h.fell_back
+                .iter()
+                .map(|r| format!("{}: {}", r.via.name(), r.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    }
 }
 
 /// Losses by cause. All zero on a healthy run.

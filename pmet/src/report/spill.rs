@@ -338,7 +338,7 @@ impl Spill {
                 b.set_parent(Some(p));
             }
         }
-        let totals = self.sums.totals(tree, info.collector.ebpf);
+        let totals = self.sums.totals(tree, info.collector.counts_network());
         Streamed {
             report: head(tree, info, recorded, totals, Vec::new()),
             briefs,
