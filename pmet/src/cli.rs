@@ -110,6 +110,19 @@ pmet diff 41 42 --format json")]
     Diff(DiffArgs),
     /// List runs recorded with `pmet trace --record`.
     History(HistoryArgs),
+    /// Say what this kernel lets pmet measure, without tracing anything: the
+    /// hooks that load for each capability, the ones that fell back and
+    /// why, and what each missing piece needs. Exits non-zero when pmet
+    /// would have to poll /proc.
+    #[command(
+        after_help = "Exit status: 0 when the kernel side loads (what a missing \
+capability loses is said), 125 when pmet would poll /proc (not root, or no process hook loads).
+
+Examples:
+  sudo pmet check
+  sudo pmet check --format json | jq '.hooks[] | [.capability, .via]'"
+    )]
+    Check(CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -145,6 +158,14 @@ pub enum TableFormat {
     Table,
     /// For tools.
     Json,
+}
+
+/// Options of `pmet check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// `text` (default) or `json`.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    pub format: String,
 }
 
 /// Options of `pmet diff`.

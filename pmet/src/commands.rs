@@ -333,3 +333,87 @@ pub fn check_record() -> Result<(), Error> {
     with_store(&who.history, who.creds.as_ref(), true, |_| Ok(()))
         .map_err(|e| Error::History(e.to_string()))
 }
+
+/// `pmet check`: loads the kernel side as `pmet trace` would, says how each
+/// capability is measured here, and unloads it. Its status is 0 when eBPF
+/// works, `CANNOT_TRACE` when pmet would poll.
+pub fn check_cmd(a: &crate::cli::CheckArgs) -> i32 {
+    use crate::collect::hooks::TABLE;
+    let release = crate::trace::kernel_release().unwrap_or_else(|| "unknown".into());
+    let loaded = crate::trace::load_kernel(true, false);
+    let (hooks, error) = match &loaded {
+        Ok(k) => (k.hooks.clone(), None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    drop(loaded);
+    if a.format == "json" {
+        let v = serde_json::json!({
+            "kernel_release": release,
+            "ebpf": error.is_none(),
+            "error": error,
+            "hooks": hooks,
+        });
+        let mut text = v.to_string();
+        text.push('\n');
+        if let Some(status) = crate::out::stdout_or_status(text.as_bytes()) {
+            return status;
+        }
+    } else {
+        let mut o = format!("pmet check: kernel {release}\n");
+        if let Some(e) = &error {
+            o.push_str(&format!(
+                "  eBPF: does not load: {e}\n  pmet would poll /proc: short processes, exit \
+                 statuses and network would be unknown\n"
+            ));
+        }
+        for h in &hooks {
+            let via = h.via.map_or("-", |v| v.name());
+            o.push_str(&format!("  {:<12} {:<10} ", h.capability.name(), via));
+            if h.via.is_some() {
+                o.push_str(&h.programs.join(", "));
+            } else {
+                o.push_str(&format!("missing: {}", h.capability.without()));
+            }
+            o.push('\n');
+            for r in &h.fell_back {
+                o.push_str(&format!(
+                    "  {:<12}   not {}: {}\n",
+                    "",
+                    r.via.name(),
+                    first_line(&r.reason)
+                ));
+            }
+            if h.via.is_none() {
+                for alt in TABLE.iter().filter(|t| t.capability == h.capability) {
+                    o.push_str(&format!(
+                        "  {:<12}   {} needs {}\n",
+                        "",
+                        alt.via.name(),
+                        alt.needs
+                    ));
+                }
+            }
+        }
+        if error.is_none() {
+            let missing = hooks.iter().filter(|h| h.via.is_none()).count();
+            o.push_str(&match missing {
+                0 => "  every capability loaded: every figure is measured in the kernel\n".into(),
+                n => format!(
+                    "  {n} capabilit{} missing (see above)\n",
+                    if n == 1 { "y" } else { "ies" }
+                ),
+            });
+        }
+        let _ = crate::out::stdout_or_status(o.as_bytes());
+    }
+    if error.is_some() {
+        crate::error::exit::CANNOT_TRACE
+    } else {
+        0
+    }
+}
+
+/// The first line of a (verifier's, multi-line) reason.
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}

@@ -312,6 +312,7 @@ fn main() -> ExitCode {
         Command::Report(a) => code(commands::report(&a, terminal_width(), stdout_is_tty())),
         Command::Diff(a) => code(commands::diff_cmd(&a)),
         Command::History(a) => code(commands::history_cmd(&a, terminal_width())),
+        Command::Check(a) => code(commands::check_cmd(&a)),
         Command::Completions { shell } => {
             let mut text = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "pmet", &mut text);

@@ -422,15 +422,22 @@ pub fn prefer_tracer() {
 /// user) and reading other users' /proc entries. SETUID and SETGID stay
 /// permitted, not effective, for the thread that writes files as the user
 /// ([`as_user`]); pmet itself never chowns or writes as root for a user.
-pub fn drop_capabilities() {
+/// With `keep_bpf`, CAP_BPF stays too: kernels before 6.5 refuse every
+/// `bpf()` call without it (reading a map through a descriptor pmet holds
+/// included) while `kernel.unprivileged_bpf_disabled` is set, as Debian 11's
+/// 5.10 has it ([`bpf_needs_capability`] tells).
+pub fn drop_capabilities(keep_bpf: bool) {
     use caps::{CapSet, Capability};
-    let effective: caps::CapsHashSet = [
+    let mut effective: caps::CapsHashSet = [
         Capability::CAP_KILL,
         Capability::CAP_SYS_PTRACE,
         Capability::CAP_DAC_READ_SEARCH,
     ]
     .into_iter()
     .collect();
+    if keep_bpf {
+        effective.insert(Capability::CAP_BPF);
+    }
     let mut permitted = effective.clone();
     permitted.extend([Capability::CAP_SETUID, Capability::CAP_SETGID]);
     // Effective first: it must stay a subset of permitted at every step.
@@ -445,6 +452,23 @@ pub fn drop_capabilities() {
         }
     }
     let _ = caps::clear(None, CapSet::Inheritable);
+}
+
+/// Whether this kernel needs CAP_BPF for pmet to read its own maps:
+/// `reads_maps` is tried with CAP_BPF and CAP_SYS_ADMIN lowered (not
+/// dropped), then they are raised again.
+pub fn bpf_needs_capability(reads_maps: impl Fn() -> bool) -> bool {
+    use caps::{CapSet, Capability};
+    let lowered: Vec<Capability> = [Capability::CAP_BPF, Capability::CAP_SYS_ADMIN]
+        .into_iter()
+        .filter(|&c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false))
+        .filter(|&c| caps::drop(None, CapSet::Effective, c).is_ok())
+        .collect();
+    let works = reads_maps();
+    for c in lowered {
+        let _ = caps::raise(None, CapSet::Effective, c);
+    }
+    !works
 }
 
 #[cfg(test)]

@@ -592,7 +592,11 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 }
                 let since = self.suspects.get(&key).copied().unwrap_or(now);
                 if now.saturating_sub(since) >= SUSPECT_GRACE.as_nanos() as u64 {
-                    log::debug!("pid {pid} left the kernel's tracked set without an exit event");
+                    log::debug!(
+                        "pid {pid} left the kernel's tracked set without an exit event \
+                         (the kernel holds cookie {:?} for it, the tree {cookie})",
+                        self.kernel.as_ref().and_then(|k| k.tracked(pid))
+                    );
                     self.tree.mark_vanished(pid, since);
                     // Its traffic is final too, and its kernel entry must
                     // not outlive it (it would, with no exit to take it).

@@ -331,8 +331,20 @@ fn status_from_wait(raw: i32) -> ExitStatus {
     }
 }
 
+/// Whether pmet must keep CAP_BPF to read its maps on this kernel.
+fn keep_bpf(s: &Session<Kernel, Procfs>) -> bool {
+    let Some(k) = s.kernel.as_ref() else {
+        return false;
+    };
+    let keep = privileges::bpf_needs_capability(|| k.reads_maps());
+    if keep {
+        log::debug!("this kernel needs CAP_BPF to read pmet's maps: it is kept");
+    }
+    keep
+}
+
 /// Loads the kernel side, or says why it cannot.
-fn load_kernel(follow_children: bool, scope: bool) -> Result<Kernel, Error> {
+pub(crate) fn load_kernel(follow_children: bool, scope: bool) -> Result<Kernel, Error> {
     privileges::check_ebpf()?;
     privileges::check_pid_namespace()?;
     // A test switch: the classic tracepoints, as on a kernel whose BTF lacks
@@ -811,7 +823,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
             .map_err(|e| log::warn!("pidfd_open({root_pid}): {e}; polling for the exit instead"))
             .ok();
         if inputs.euid == 0 {
-            privileges::drop_capabilities();
+            privileges::drop_capabilities(keep_bpf(&s));
         }
         // Released by the caller once the live view (if any) holds its
         // lines: the command's first output must land above it.
@@ -835,7 +847,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
             .ok_or_else(|| Error::Usage(format!("cgroup {} has no processes left", sc.path)))?;
         if inputs.euid == 0 {
             privileges::prefer_tracer();
-            privileges::drop_capabilities();
+            privileges::drop_capabilities(keep_bpf(&s));
         }
     } else {
         root_pid = opts.pid.expect("attach mode has a pid");
@@ -849,7 +861,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         )?;
         if inputs.euid == 0 {
             privileges::prefer_tracer();
-            privileges::drop_capabilities();
+            privileges::drop_capabilities(keep_bpf(&s));
         }
     }
     Ok(Started {

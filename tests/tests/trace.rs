@@ -316,6 +316,98 @@ fn tcp_over_ipv4_is_counted_to_the_byte_per_process() {
     check_tcp("4", 100_000, 40_000, false);
 }
 
+/// `pmet check` loads what `pmet trace` would and says so: every
+/// capability with the hooks that gave it, or why none could; its status is
+/// 0 when the kernel side loads. A trace's report says the same.
+#[test]
+fn check_says_what_this_kernel_loads_and_the_report_agrees() {
+    if !can_trace() {
+        return;
+    }
+    let out = Command::new(common::pmet_bin())
+        .args(["check", "--format", "json"])
+        .output()
+        .expect("run pmet check");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(v["kernel_release"], release.trim());
+    assert_eq!(v["ebpf"], true);
+    let caps: Vec<&str> = v["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["capability"].as_str().unwrap())
+        .collect();
+    assert_eq!(caps, ["process", "exit_totals", "network", "connections"]);
+    // Every kernel of the matrix counts processes and network in the kernel.
+    for h in &v["hooks"].as_array().unwrap()[..3] {
+        assert!(h["via"].is_string(), "{h:#}");
+        assert!(!h["programs"].as_array().unwrap().is_empty(), "{h:#}");
+    }
+    let run = pmet(&["trace", "--", workload(), "exit", "0"]);
+    let r = run.report();
+    assert_eq!(r["collector"]["kernel_release"], release.trim());
+    assert_eq!(r["collector"]["hooks"], v["hooks"]);
+    let text = Command::new(common::pmet_bin())
+        .arg("check")
+        .output()
+        .expect("run pmet check");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.starts_with(&format!("pmet check: kernel {}", release.trim())),
+        "{text}"
+    );
+}
+
+/// `workload tcp 4 1000000 5000`, as the kernel matrix's first users
+/// tried it: a million bytes one way, five thousand back.
+#[test]
+fn a_large_tcp_exchange_is_counted_to_the_byte() {
+    if !can_trace() {
+        return;
+    }
+    check_tcp("4", 1_000_000, 5_000, false);
+}
+
+/// A shell loop of 300 `true`s: 301 processes (the shell's own fork for
+/// `$(seq 300)` aside), each with its exit status, however old the kernel.
+#[test]
+fn a_shell_loop_of_300_children_is_counted_whole() {
+    if !can_trace() {
+        return;
+    }
+    let run = pmet(&[
+        "trace",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 300); do /bin/true; done; exit 3",
+    ]);
+    assert_eq!(run.code, Some(3), "{}", run.stderr);
+    let r = run.report();
+    assert_no_loss(r);
+    let trues: Vec<&Value> = procs(r)
+        .iter()
+        .filter(|p| p["argv"][0] == "/bin/true")
+        .collect();
+    assert_eq!(trues.len(), 300, "{:#}", r["collector"]);
+    for p in &trues {
+        assert_eq!(p["exit_code"], 0, "{p:#}");
+        assert_eq!(p["ppid"], r["root_pid"], "{p:#}");
+        assert!(
+            p["cpu_user_s"].is_number() && p["end_offset_s"].is_number(),
+            "{p:#}"
+        );
+    }
+    assert_eq!(procs(r)[0]["exit_code"], 3);
+}
+
 #[test]
 fn tcp_over_ipv6_is_counted_to_the_byte_per_process() {
     if !can_trace() {

@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod kernels;
 
 /// The bpf-linker that links with this toolchain's LLVM (see PLATFORM.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -64,6 +65,21 @@ enum Task {
     TestPython,
     /// Set up, then check formatting and run clippy on both sides of the kernel boundary.
     Lint,
+    /// Boot each kernel of the matrix (Debian 11, 12 and 13's, fetched by
+    /// package name, pinned) in qemu and run pmet's exact-truth tests inside
+    /// it, and the same tests on this machine's kernel; print kernel × test.
+    TestKernels {
+        /// Only these kernels (e.g. `6.1`, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Only these tests (names from `xtask/src/kernels.rs`).
+        #[arg(long, value_delimiter = ',')]
+        tests: Vec<String>,
+        /// Kernels whose failures are printed but do not fail the task
+        /// (e.g. `5.10`, while the issue that tracks it is open).
+        #[arg(long, value_delimiter = ',')]
+        known_failing: Vec<String>,
+    },
     /// On a machine with an NVIDIA GPU: pmet's GPU figures against
     /// nvidia-smi's for a job with a known footprint and an idle process
     /// (xtask/src/gpu/check.py; runs with a prebuilt pmet and python3
@@ -488,6 +504,15 @@ fn main() -> Result<()> {
             python_tests(&target.join("debug").join("pmet"), &target)
         }
         Task::Lint => lint(),
+        Task::TestKernels {
+            only,
+            tests,
+            known_failing,
+        } => kernels::test_kernels(&kernels::Opts {
+            only,
+            tests,
+            known_failing,
+        }),
         Task::GpuCheck => {
             setup()?;
             run(cargo().args(["build", "--release", "-p", "pmet"]))?;

@@ -227,7 +227,7 @@ impl Probe {
         }
         let process_btf = match &task {
             Ok(t) if t.exec.is_some() => Ok(()),
-            Ok(_) => Err("this kernel's sched_process_exit has no group_dead (Linux 6.16+),                           or its BTF lacks what the exec hook reads"
+            Ok(_) => Err("this kernel's sched_process_exit has no group_dead (Linux 6.16+), or its BTF lacks what the exec hook reads"
                 .to_owned()),
             Err(e) => Err(e.to_string()),
         };
@@ -677,7 +677,9 @@ impl Kernel {
             what: e.to_string(),
         })?;
         log::debug!("kernel BTF ready at {:?}", t0.elapsed());
-        let mut failed: Vec<(usize, String)> = Vec::new();
+        let mut failed: Vec<(usize, String)> = std::env::var("PMET_NO_HOOKS")
+            .map(|spec| super::hooks::disabled(&spec))
+            .unwrap_or_default();
         let (
             plan,
             Attempt {
@@ -693,8 +695,13 @@ impl Kernel {
             match attempt(probe.config(&plan, flags), &plan, &probe.facts, &btf)? {
                 Ok(a) => break (plan, a),
                 Err(failures) => {
-                    let reasons: Vec<(usize, String)> =
-                        failures.iter().map(|(i, e)| (*i, e.to_string())).collect();
+                    let reasons: Vec<(usize, String)> = failures
+                        .iter()
+                        .map(|(i, e)| {
+                            log::debug!("{e}");
+                            (*i, short_reason(&e.to_string()))
+                        })
+                        .collect();
                     let Some(give_up) = Plan::to_refuse(&reasons) else {
                         unreachable!("an attempt that failed names what failed");
                     };
@@ -839,9 +846,24 @@ impl Kernel {
         let _ = self.tracked.remove(&pid);
     }
 
+    /// Whether pmet can read its maps with the capabilities it has now (a
+    /// lookup that finds nothing counts: it was allowed).
+    pub fn reads_maps(&self) -> bool {
+        matches!(
+            self.tracked.get(&0, 0),
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound)
+        )
+    }
+
     /// The kernel's view of whether a process is still tracked.
     pub fn tracked(&self, pid: u32) -> Option<u64> {
-        self.tracked.get(&pid, 0).ok().map(|t| t.cookie)
+        match self.tracked.get(&pid, 0) {
+            Ok(t) => Some(t.cookie),
+            Err(e) => {
+                log::trace!("TRACKED lookup of {pid}: {e:?}");
+                None
+            }
+        }
     }
 
     /// A process's socket counters, summed over CPUs.
@@ -966,6 +988,23 @@ mod tests {
     }
 
     #[test]
+    fn a_load_failure_keeps_the_verifiers_verdict_not_its_log() {
+        let full = "eBPF program `tcp_destroy_sock` (BTF tracepoint tcp_destroy_sock) failed to \
+                    load: the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). \
+                    Verifier output: arg#0 type is not a struct\nUnrecognized arg#0 type PTR\n\
+                    0: (18) r2 = 0xffff94a17fe68310\n6: (85) call bpf_get_socket_cookie#46\n\
+                    unknown func bpf_get_socket_cookie#46\nverification time 728 usec\n\
+                    stack depth 0\nprocessed 6 insns (limit 1000000)\n: Invalid argument (os error 22)";
+        assert_eq!(
+            short_reason(full),
+            "eBPF program `tcp_destroy_sock` (BTF tracepoint tcp_destroy_sock) failed to load: \
+             the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). verifier: \
+             unknown func bpf_get_socket_cookie#46"
+        );
+        assert_eq!(short_reason("no such file\nmore"), "no such file");
+    }
+
+    #[test]
     fn the_marks_cover_every_pid_below_pid_max_and_no_more_than_4_mib() {
         // The usual values: 32,768 (the kernel's default) and 4,194,304
         // (systemd's, and the limit).
@@ -1004,4 +1043,26 @@ fn no_process_hook(plan: &Plan) -> String {
         .map(|(i, r)| format!("{}: {r}", super::hooks::TABLE[*i].via.name()))
         .collect();
     format!("no process hook works on this kernel ({})", why.join("; "))
+}
+
+/// A load failure as the report keeps it: what failed, and the verifier's
+/// verdict (its last line that says what is wrong), without the log's
+/// addresses and register states, which differ from run to run.
+fn short_reason(full: &str) -> String {
+    let Some((head, log)) = full.split_once("Verifier output:") else {
+        return full.lines().next().unwrap_or(full).to_owned();
+    };
+    let verdict = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with(':')
+        })
+        .last()
+        .unwrap_or("");
+    format!("{} verifier: {verdict}", head.trim_end())
 }

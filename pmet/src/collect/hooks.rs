@@ -431,6 +431,30 @@ impl Plan {
     }
 }
 
+/// The alternatives that `PMET_NO_HOOKS` turns off, refused up-front: a
+/// comma-separated list of capabilities (`connections`), kinds of hook
+/// (`fexit`) or both (`network:fexit`). For a kernel on which a hook
+/// misbehaves; each is reported as refused, with this as the reason.
+pub fn disabled(spec: &str) -> Vec<(usize, String)> {
+    let words: Vec<&str> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
+    TABLE
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| {
+            let (cap, via) = (a.capability.name(), a.via.name());
+            words.iter().any(|w| match w.split_once(':') {
+                Some((c, v)) => c == cap && v == via,
+                None => *w == cap || *w == via,
+            })
+        })
+        .map(|(i, _)| (i, format!("turned off by PMET_NO_HOOKS={spec}")))
+        .collect()
+}
+
 /// Whether `hooks` (a report's) say the network was counted.
 pub fn counts(hooks: &[Hook], cap: Capability) -> bool {
     // A report from before hooks were listed counted everything it loaded.
@@ -600,6 +624,32 @@ mod tests {
         let p = Plan::choose(&facts, &[]);
         assert_eq!(p.via(Capability::Network), Some(Via::Tracepoint));
         assert_eq!(p.via(Capability::Connections), None);
+    }
+
+    #[test]
+    fn pmet_no_hooks_turns_off_what_it_names() {
+        let off = disabled("connections, network:fexit,tracepoint");
+        let names: Vec<(Capability, Via)> = off
+            .iter()
+            .map(|(i, _)| (TABLE[*i].capability, TABLE[*i].via))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (Capability::Process, Via::Tracepoint),
+                (Capability::Network, Via::Tracepoint),
+                (Capability::Network, Via::Fexit),
+                (Capability::Connections, Via::TpBtf),
+            ]
+        );
+        let facts = Facts {
+            network_btf: Err("none".into()),
+            ..all()
+        };
+        let p = Plan::choose(&facts, &off);
+        assert_eq!(p.via(Capability::Network), None);
+        assert_eq!(p.via(Capability::Process), Some(Via::TpBtf));
+        assert!(disabled("").is_empty());
     }
 
     #[test]
