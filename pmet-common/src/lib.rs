@@ -672,6 +672,9 @@ pub mod config_flags {
     /// `sched_switch` has its `prev_state` argument (5.18+); else the state
     /// is read from the task at `task_state`.
     pub const SWITCH_PREV_STATE: u32 = 16;
+    /// Sockets are named by their address, not their cookie (tracing
+    /// programs cannot call `bpf_get_socket_cookie` before 5.12).
+    pub const SOCK_ADDRESS_ID: u32 = 32;
 }
 
 #[cfg(feature = "user")]

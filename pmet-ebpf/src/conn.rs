@@ -47,8 +47,15 @@ const ETIMEDOUT: i32 = 110;
 const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
 
+/// The socket's name: its cookie; or, on kernels whose tracing programs
+/// cannot call `bpf_get_socket_cookie` (before 5.12), its address, which
+/// is unique while the socket lives (a followed socket's end is seen at
+/// `tcp_destroy_sock`, before the address can be reused).
 #[inline(always)]
 fn cookie_of(sk: *const c_void) -> u64 {
+    if config!(flags) & config_flags::SOCK_ADDRESS_ID != 0 {
+        return sk as u64;
+    }
     // SAFETY: `sk` is the tracepoint's own `struct sock *` argument, which
     // the verifier knows by its BTF type.
     unsafe { bpf_get_socket_cookie(sk as *mut c_void) }

@@ -71,7 +71,13 @@ pub use crate::privileges::Credentials;
 
 /// Resource limits pmet raises for itself (locked memory for BPF maps, open
 /// files for its many fds) and gives back to the command as they were.
-const RESTORED_LIMITS: [libc::__rlimit_resource_t; 2] = [libc::RLIMIT_MEMLOCK, libc::RLIMIT_NOFILE];
+const RESTORED_LIMITS: [Resource; 2] = [libc::RLIMIT_MEMLOCK, libc::RLIMIT_NOFILE];
+
+/// `setrlimit`'s resource type: glibc's own, an `int` elsewhere (musl).
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
 
 /// A command ready to start: every allocation done before fork, because the
 /// child of a multi-threaded process may only make async-signal-safe calls.
@@ -83,7 +89,7 @@ pub struct Prepared {
     /// The directory it starts in (pmet's own when `None`).
     cwd: Option<CString>,
     /// [`RESTORED_LIMITS`] as they were before pmet raised them.
-    limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    limits: Vec<(Resource, libc::rlimit)>,
 }
 
 fn cstring(s: impl Into<Vec<u8>>) -> Result<CString, Error> {

@@ -283,8 +283,12 @@ fn main() -> ExitCode {
     // verify its programs at start-up would otherwise leave their own arena
     // holding ~6 MB resident for the whole run (the BTF they parsed, pinned
     // by a few objects that live on).
+    // (glibc's allocator only: musl's has no arenas.)
     // SAFETY: called before any other thread exists.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1)
+    };
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => log::LevelFilter::Error,

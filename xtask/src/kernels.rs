@@ -86,6 +86,7 @@ const PINS: &str = "/etc/apt/preferences.d/pmet-kernels";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Options of the task.
+#[derive(Default)]
 pub struct Opts {
     /// Only these kernels (labels' leading versions, e.g. `6.1`).
     pub only: Vec<String>,
@@ -256,9 +257,11 @@ fn fetch(k: &Kernel, dir: &Path) -> Result<PathBuf> {
     Ok(image)
 }
 
-/// Builds pmet (release), `workload` and the `trace` test binary.
+/// Builds the static pmet (`cargo xtask dist`: the binary users install,
+/// so the matrix proves that it starts there), `workload` and the `trace`
+/// test binary.
 fn build() -> Result<Built> {
-    run(cargo().args(["build", "--release", "-p", "pmet"]))?;
+    let pmet = crate::dist()?;
     let out = cargo()
         .args([
             "test",
@@ -288,7 +291,7 @@ fn build() -> Result<Built> {
     }
     let target = target_dir();
     Ok(Built {
-        pmet: target.join("release").join("pmet"),
+        pmet,
         // The test binary knows `workload` by the path it was built at.
         workload: target.join("debug").join("workload"),
         trace_tests: trace_tests.context("cargo named no trace test binary")?,

@@ -65,6 +65,9 @@ enum Task {
     TestPython,
     /// Set up, then check formatting and run clippy on both sides of the kernel boundary.
     Lint,
+    /// Build the binary that starts on any x86-64 Linux (static, musl):
+    /// target/dist/pmet-VERSION-x86_64-linux-musl and its .sha256.
+    Dist,
     /// Boot each kernel of the matrix (Debian 11, 12 and 13's, fetched by
     /// package name, pinned) in qemu and run pmet's exact-truth tests inside
     /// it, and the same tests on this machine's kernel; print kernel × test.
@@ -306,9 +309,17 @@ fn test(args: &[String]) -> Result<()> {
         .args(["test", "--workspace"])
         .args(args)
         .env("PMET_BIN", &pmet))?;
-    // A filter picks Rust tests; the whole run includes the Python package.
+    // A filter picks Rust tests; the whole run includes the Python package
+    // and, as root, the kernel matrix.
     if args.is_empty() {
         python_tests(&pmet, &target)?;
+        if is_root() {
+            kernels::test_kernels(&kernels::Opts::default())?;
+        } else {
+            eprintln!(
+                "xtask: not root: the kernel matrix is not run (`sudo -E cargo xtask test-kernels`)"
+            );
+        }
     }
     Ok(())
 }
@@ -445,6 +456,47 @@ fn python_tests(pmet: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The static target: no glibc to match on the host it runs on.
+const DIST_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Builds the static binary, copies it to target/dist with its checksum,
+/// and returns its path. musl rather than an old glibc: the binary then
+/// needs no C library at all (glibc 2.17 hosts and distroless containers
+/// alike), and both the target (rustup) and the C compiler the bundled
+/// SQLite needs (Debian's musl-tools) install here. The cost: a static
+/// binary cannot load NVML, so GPU figures are null there with the reason
+/// (the glibc build keeps them).
+fn dist() -> Result<PathBuf> {
+    setup()?;
+    setup_apt(&["musl-tools"])?;
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == DIST_TARGET) {
+        run(Command::new("rustup").args(["target", "add", DIST_TARGET]))?;
+    }
+    run(cargo().args(["build", "--release", "-p", "pmet", "--target", DIST_TARGET]))?;
+    let built = target_dir().join(DIST_TARGET).join("release").join("pmet");
+    let dir = target_dir().join("dist");
+    fs::create_dir_all(&dir)?;
+    let name = format!("pmet-{}-x86_64-linux-musl", env!("CARGO_PKG_VERSION"));
+    let out = dir.join(&name);
+    fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
+    run(Command::new("strip").arg(&out))?;
+    let sum = output(Command::new("sha256sum").arg(&name).current_dir(&dir))
+        .context("sha256sum failed")?;
+    fs::write(dir.join(format!("{name}.sha256")), sum)?;
+    // It must start with no C library beside it.
+    let ldd = Command::new("ldd").arg(&out).output()?;
+    let said =
+        String::from_utf8_lossy(&ldd.stdout).to_string() + &String::from_utf8_lossy(&ldd.stderr);
+    ensure!(
+        said.contains("not a dynamic executable") || said.contains("statically linked"),
+        "{} is not static: {said}",
+        out.display()
+    );
+    Ok(out)
+}
+
 fn lint() -> Result<()> {
     setup()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -504,6 +556,7 @@ fn main() -> Result<()> {
             python_tests(&target.join("debug").join("pmet"), &target)
         }
         Task::Lint => lint(),
+        Task::Dist => dist().map(|p| eprintln!("xtask: {}", p.display())),
         Task::TestKernels {
             only,
             tests,

@@ -333,6 +333,9 @@ impl Probe {
                 cfg.sk_v6_rcv_saddr = e.v6_rcv_saddr;
                 cfg.sk_err = e.err;
                 cfg.flags |= pmet_common::config_flags::CONNECTIONS;
+                if plan.via(Capability::Connections) == Some(Via::TpBtfAddress) {
+                    cfg.flags |= pmet_common::config_flags::SOCK_ADDRESS_ID;
+                }
             }
         }
         if let (Some(x), Some(Via::Fexit)) = (&self.fexit, network) {
@@ -592,6 +595,16 @@ fn attempt(
             .collect();
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
     });
+    // In the table's order: attached so, and the failure an alternative
+    // is given up for is the same from run to run.
+    let mut loaded = loaded;
+    loaded.sort_by_key(|(i, name, ..)| {
+        let at = super::hooks::TABLE[*i]
+            .programs
+            .iter()
+            .position(|p| p.name == *name);
+        (*i, at)
+    });
     let mut results: Vec<(usize, Result<(), Error>)> = Vec::new();
     for (i, name, attach, p, r) in loaded {
         let r = r.and_then(|()| attach_one(name, attach, p));
@@ -719,8 +732,12 @@ impl Kernel {
         // The parsed BTF (tens of MB in many small allocations, some on the
         // loading threads) is freed by now: give it back rather than carry
         // it as resident memory for the whole run.
+        // (glibc's allocator only; musl's returns freed memory by itself.)
         // SAFETY: no preconditions.
-        unsafe { libc::malloc_trim(0) };
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0)
+        };
         let hooks = plan.hooks(&probe.facts);
         for h in &hooks {
             if h.via.is_none() {

@@ -103,6 +103,8 @@ pub enum Via {
     Tracepoint,
     /// fexit on kernel functions.
     Fexit,
+    /// BTF tracepoints, sockets named by address (no socket cookie).
+    TpBtfAddress,
 }
 
 impl Via {
@@ -112,6 +114,7 @@ impl Via {
             Via::TpBtf => "tp_btf",
             Via::Tracepoint => "tracepoint",
             Via::Fexit => "fexit",
+            Via::TpBtfAddress => "tp_btf_address",
         }
     }
 }
@@ -155,8 +158,16 @@ const fn fexit(name: &'static str, function: &'static str) -> Program {
     }
 }
 
+/// The connection hooks (two alternatives: sockets named by cookie, or by
+/// address where the cookie helper is refused).
+const CONN_PROGRAMS: &[Program] = &[
+    btf("inet_sock_set_state", "inet_sock_set_state"),
+    btf("tcp_retransmit_skb", "tcp_retransmit_skb"),
+    btf("tcp_destroy_sock", "tcp_destroy_sock"),
+];
+
 /// Every alternative, each capability's in the order they are preferred.
-pub const TABLE: [Alternative; 7] = [
+pub const TABLE: [Alternative; 8] = [
     Alternative {
         capability: Capability::Process,
         via: Via::TpBtf,
@@ -229,11 +240,14 @@ pub const TABLE: [Alternative; 7] = [
                 bpf_get_socket_cookie in tracing programs (Linux 5.12+), the socket's own \
                 struct sock at each send and receive (not the classic tracepoints), \
                 and BTF for struct sock_common",
-        programs: &[
-            btf("inet_sock_set_state", "inet_sock_set_state"),
-            btf("tcp_retransmit_skb", "tcp_retransmit_skb"),
-            btf("tcp_destroy_sock", "tcp_destroy_sock"),
-        ],
+        programs: CONN_PROGRAMS,
+    },
+    Alternative {
+        capability: Capability::Connections,
+        via: Via::TpBtfAddress,
+        needs: "the same BTF tracepoints and BTF; sockets are named by their address \
+                (for kernels whose tracing programs cannot call bpf_get_socket_cookie)",
+        programs: CONN_PROGRAMS,
     },
 ];
 
@@ -272,7 +286,7 @@ impl Facts {
             (Capability::Process, Via::TpBtf) => self.process_btf.clone(),
             (Capability::Process, _) => self.process_tracepoint.clone(),
             (Capability::ExitTotals, _) => self.task_btf.clone(),
-            (Capability::Network, Via::TpBtf) => self.network_btf.clone(),
+            (Capability::Network, Via::TpBtf | Via::TpBtfAddress) => self.network_btf.clone(),
             (Capability::Network, Via::Tracepoint) => self.network_tracepoint.clone(),
             (Capability::Network, Via::Fexit) => {
                 let have = self.fexit_functions.clone()?;
@@ -366,7 +380,7 @@ impl Plan {
             return Ok(());
         }
         match self.via(Capability::Network) {
-            Some(Via::TpBtf | Via::Fexit) => Ok(()),
+            Some(Via::TpBtf | Via::Fexit | Via::TpBtfAddress) => Ok(()),
             Some(Via::Tracepoint) => Err(
                 "the classic socket tracepoints do not give the socket's own struct sock".into(),
             ),
@@ -485,6 +499,7 @@ mod tests {
     fn every_program_is_in_the_table_once() {
         let mut names: Vec<&str> = TABLE
             .iter()
+            .filter(|a| a.via != Via::TpBtfAddress)
             .flat_map(|a| a.programs.iter().map(|p| p.name))
             .collect();
         let n = names.len();
@@ -583,17 +598,27 @@ mod tests {
         ];
         let give_up = Plan::to_refuse(&failures).unwrap();
         assert_eq!(give_up.0, conn);
-        let second = Plan::choose(&facts, &[give_up]);
+        let second = Plan::choose(&facts, std::slice::from_ref(&give_up));
         assert_eq!(second.via(Capability::Network), Some(Via::Fexit));
-        assert_eq!(second.via(Capability::Connections), None);
+        // Sockets are then named by address.
+        assert_eq!(second.via(Capability::Connections), Some(Via::TpBtfAddress));
         let hooks = second.hooks(&facts);
-        assert_eq!(hooks[3].via, None);
         assert_eq!(
             hooks[3].fell_back[0].reason,
             "unknown func bpf_get_socket_cookie"
         );
         assert!(counts(&hooks, Capability::Network));
-        assert!(!counts(&hooks, Capability::Connections));
+        assert!(counts(&hooks, Capability::Connections));
+        // Were that refused too, connections would be missing, the rest kept.
+        let addr = second
+            .alternatives()
+            .find(|(_, a)| a.capability == Capability::Connections)
+            .unwrap()
+            .0;
+        let third = Plan::choose(&facts, &[give_up, (addr, "refused".into())]);
+        assert_eq!(third.via(Capability::Connections), None);
+        assert_eq!(third.via(Capability::Network), Some(Via::Fexit));
+        assert!(!counts(&third.hooks(&facts), Capability::Connections));
     }
 
     #[test]
@@ -640,6 +665,7 @@ mod tests {
                 (Capability::Network, Via::Tracepoint),
                 (Capability::Network, Via::Fexit),
                 (Capability::Connections, Via::TpBtf),
+                (Capability::Connections, Via::TpBtfAddress),
             ]
         );
         let facts = Facts {
