@@ -513,6 +513,16 @@ fn program_error(
     }
 }
 
+/// A program loaded (or not) on a thread: its alternative, name, hook, the
+/// program, and how its load went.
+type Loaded<'a> = (
+    usize,
+    &'static str,
+    Attach,
+    &'a mut aya::programs::Program,
+    Result<(), Error>,
+);
+
 /// One attempt's object, with every program of its plan loaded and attached.
 struct Attempt {
     ebpf: Ebpf,
@@ -577,13 +587,7 @@ fn attempt(
     // Verified on as many threads as there are programs; attached one
     // after another: on 5.10, fexit attaches made at once from several
     // threads were seen to lock a CPU up in the kernel's code patching.
-    let loaded: Vec<(
-        usize,
-        &'static str,
-        Attach,
-        &mut aya::programs::Program,
-        Result<(), Error>,
-    )> = std::thread::scope(|s| {
+    let loaded: Vec<Loaded<'_>> = std::thread::scope(|s| {
         let handles: Vec<_> = wanted
             .into_iter()
             .map(|(i, name, attach, p)| {
@@ -968,6 +972,38 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Why no process hook could be used, from the plan's refusals.
+fn no_process_hook(plan: &Plan) -> String {
+    let why: Vec<String> = plan
+        .refused
+        .iter()
+        .filter(|(i, _)| super::hooks::TABLE[*i].capability == Capability::Process)
+        .map(|(i, r)| format!("{}: {r}", super::hooks::TABLE[*i].via.name()))
+        .collect();
+    format!("no process hook works on this kernel ({})", why.join("; "))
+}
+
+/// A load failure as the report keeps it: what failed, and the verifier's
+/// verdict (its last line that says what is wrong), without the log's
+/// addresses and register states, which differ from run to run.
+fn short_reason(full: &str) -> String {
+    let Some((head, log)) = full.split_once("Verifier output:") else {
+        return full.lines().next().unwrap_or(full).to_owned();
+    };
+    let verdict = log
+        .lines()
+        .map(str::trim)
+        .rfind(|l| {
+            !l.is_empty()
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with(':')
+        })
+        .unwrap_or("");
+    format!("{} verifier: {verdict}", head.trim_end())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1049,37 +1085,4 @@ mod tests {
             assert!(bytes <= NET_MAP_BUDGET || net_entries(cpus) == NET_MIN_ENTRIES);
         }
     }
-}
-
-/// Why no process hook could be used, from the plan's refusals.
-fn no_process_hook(plan: &Plan) -> String {
-    let why: Vec<String> = plan
-        .refused
-        .iter()
-        .filter(|(i, _)| super::hooks::TABLE[*i].capability == Capability::Process)
-        .map(|(i, r)| format!("{}: {r}", super::hooks::TABLE[*i].via.name()))
-        .collect();
-    format!("no process hook works on this kernel ({})", why.join("; "))
-}
-
-/// A load failure as the report keeps it: what failed, and the verifier's
-/// verdict (its last line that says what is wrong), without the log's
-/// addresses and register states, which differ from run to run.
-fn short_reason(full: &str) -> String {
-    let Some((head, log)) = full.split_once("Verifier output:") else {
-        return full.lines().next().unwrap_or(full).to_owned();
-    };
-    let verdict = log
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty()
-                && !l.starts_with("processed ")
-                && !l.starts_with("verification time")
-                && !l.starts_with("stack depth")
-                && !l.starts_with(':')
-        })
-        .last()
-        .unwrap_or("");
-    format!("{} verifier: {verdict}", head.trim_end())
 }
