@@ -94,7 +94,23 @@ pub struct Opts {
     pub tests: Vec<String>,
     /// Kernels (leading versions) whose failures are shown, not fatal.
     pub known_failing: Vec<String>,
+    /// Also time, in each VM and here, the exec storm and a TCP transfer
+    /// untraced and traced, interleaved (`BENCH_ROUNDS` rounds).
+    pub bench: bool,
 }
+
+/// Rounds of each benchmark, traced and untraced in turn.
+const BENCH_ROUNDS: usize = 5;
+
+/// The benchmarks: a name and the command timed (by `workload time`, which
+/// writes its wall seconds to `$WORKLOAD_TIME_FILE`).
+const BENCHES: [(&str, &str); 2] = [
+    (
+        "exec storm (1,000 /bin/true)",
+        "sh -c 'for i in $(seq 1000); do /bin/true; done'",
+    ),
+    ("TCP, 50 MB over loopback", "$W tcp 4 50000000 0"),
+];
 
 /// Runs the matrix and prints the table; fails when any cell failed.
 pub fn test_kernels(opts: &Opts) -> Result<()> {
@@ -126,15 +142,25 @@ pub fn test_kernels(opts: &Opts) -> Result<()> {
         .collect::<Result<_>>()?;
     let built = build()?;
     let initrd = dir.join("initramfs.cpio.gz");
-    initramfs(&built, &tests, &initrd)?;
+    initramfs(&built, &tests, opts.bench, &initrd)?;
     let mut table: Vec<(String, Vec<Cell>)> = Vec::new();
+    let mut benches: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let host = host_run(&built, &tests)?;
-    table.push((format!("this machine ({})", uname_r()), host));
+    let here = format!("this machine ({})", uname_r());
+    if opts.bench {
+        benches.push((here.clone(), bench_of(&host_bench(&built)?)));
+    }
+    table.push((here, host));
     for (k, image) in kernels.iter().zip(&images) {
         eprintln!("xtask: booting {} under qemu", k.label);
         let log = dir.join(format!("{}.log", k.package));
         let cells = match boot(image, &initrd, &tests, &log) {
-            Ok(c) => c,
+            Ok((c, text)) => {
+                if opts.bench {
+                    benches.push((k.label.to_owned(), bench_of(&text)));
+                }
+                c
+            }
             Err(e) => {
                 eprintln!("xtask: {e:#}");
                 tests
@@ -149,6 +175,9 @@ pub fn test_kernels(opts: &Opts) -> Result<()> {
         table.push((k.label.to_owned(), cells));
     }
     print_table(&tests, &table);
+    if opts.bench {
+        print_bench(&benches);
+    }
     let known = |label: &str| {
         opts.known_failing
             .iter()
@@ -300,7 +329,7 @@ fn build() -> Result<Built> {
 
 /// The `/init` of the VM: mounts what the tests need, runs each one, says
 /// how each went on the console, and powers off.
-fn init_script(built: &Built, tests: &[&str]) -> String {
+fn init_script(built: &Built, tests: &[&str], bench: bool) -> String {
     let mut s = String::from(
         "#!/bin/sh\n\
          mount -t proc proc /proc\n\
@@ -323,13 +352,88 @@ fn init_script(built: &Built, tests: &[&str]) -> String {
             bin = built.trace_tests.display()
         ));
     }
+    if bench {
+        s.push_str(&bench_script(built));
+    }
     s.push_str("echo PMET-END\npoweroff -f\n");
     s
 }
 
+/// Shell that times each benchmark untraced and traced, in turn, and says
+/// each time as `PMET-BENCH INDEX untraced|traced SECONDS`.
+fn bench_script(built: &Built) -> String {
+    let mut s = format!(
+        "W={w}\nexport WORKLOAD_TIME_FILE=/tmp/bench-time\n",
+        w = built.workload.display()
+    );
+    for (i, (_, cmd)) in BENCHES.iter().enumerate() {
+        s.push_str(&format!(
+            "for r in $(seq {BENCH_ROUNDS}); do\n\
+             $W time {cmd} >/dev/null 2>&1; echo \"PMET-BENCH {i} untraced $(cat /tmp/bench-time)\"\n\
+             $PMET_BIN trace -q -o /tmp/bench.json -- $W time {cmd} >/dev/null 2>&1; echo \"PMET-BENCH {i} traced $(cat /tmp/bench-time)\"\n\
+             done\n"
+        ));
+    }
+    s
+}
+
+/// The median of `xs` (0 for none).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// Per benchmark, the untraced and traced medians from console lines.
+fn bench_of(text: &str) -> Vec<(f64, f64)> {
+    (0..BENCHES.len())
+        .map(|i| {
+            let times = |mode: &str| -> Vec<f64> {
+                let prefix = format!("PMET-BENCH {i} {mode} ");
+                text.lines()
+                    .filter_map(|l| {
+                        let at = l.find(&prefix)?;
+                        l[at + prefix.len()..].trim().parse().ok()
+                    })
+                    .collect()
+            };
+            (median(times("untraced")), median(times("traced")))
+        })
+        .collect()
+}
+
+/// The same benchmarks on this machine, as the VMs run them.
+fn host_bench(built: &Built) -> Result<String> {
+    let script = bench_script(built);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .env("PMET_BIN", &built.pmet)
+        .output()
+        .context("running the benchmarks here")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn print_bench(rows: &[(String, Vec<(f64, f64)>)]) {
+    println!(
+        "\nmedian wall seconds of {BENCH_ROUNDS} interleaved rounds, untraced → traced (ratio); TCG VMs compare only within themselves"
+    );
+    for (i, (name, _)) in BENCHES.iter().enumerate() {
+        println!("{name}");
+        for (kernel, b) in rows {
+            let (u, t) = b[i];
+            let ratio = if u > 0.0 { t / u } else { 0.0 };
+            println!("  {kernel:>28}: {u:8.3} → {t:8.3}  ({ratio:.3})");
+        }
+    }
+}
+
 /// Packs busybox, the binaries (at the paths they were built at) and their
 /// shared libraries, and `/init`.
-fn initramfs(built: &Built, tests: &[&str], out: &Path) -> Result<()> {
+fn initramfs(built: &Built, tests: &[&str], bench: bool, out: &Path) -> Result<()> {
     let dir = out.with_extension("d");
     let _ = fs::remove_dir_all(&dir);
     for d in ["bin", "sbin", "proc", "sys", "dev", "tmp", "etc", "root"] {
@@ -351,7 +455,7 @@ fn initramfs(built: &Built, tests: &[&str], out: &Path) -> Result<()> {
         "127.0.0.1 localhost\n::1 localhost\n",
     )?;
     let init = dir.join("init");
-    fs::write(&init, init_script(built, tests))?;
+    fs::write(&init, init_script(built, tests, bench))?;
     run(Command::new("chmod").arg("+x").arg(&init))?;
     let sh = format!(
         "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
@@ -382,7 +486,7 @@ fn copy_with_libs(bin: &Path, dir: &Path) -> Result<()> {
 
 /// Boots `image` with the initramfs and reads each test's verdict from the
 /// console (saved to `log`).
-fn boot(image: &Path, initrd: &Path, tests: &[&str], log: &Path) -> Result<Vec<Cell>> {
+fn boot(image: &Path, initrd: &Path, tests: &[&str], log: &Path) -> Result<(Vec<Cell>, String)> {
     let started = Instant::now();
     let console = fs::File::create(log)?;
     let mut child = Command::new("qemu-system-x86_64")
@@ -426,7 +530,7 @@ fn boot(image: &Path, initrd: &Path, tests: &[&str], log: &Path) -> Result<Vec<C
             log.display()
         );
     }
-    Ok(tests.iter().map(|t| cell_of(&text, t)).collect())
+    Ok((tests.iter().map(|t| cell_of(&text, t)).collect(), text))
 }
 
 /// The verdict of test `t` in a console's text (a test with no line failed:
@@ -506,6 +610,17 @@ fn print_table(tests: &[&str], table: &[(String, Vec<Cell>)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_lines_give_medians_per_benchmark() {
+        let text = "PMET-BENCH 0 untraced 1.0\nPMET-BENCH 0 traced 1.2\n\
+                    PMET-BENCH 0 untraced 3.0\nPMET-BENCH 0 traced 1.1\n\
+                    PMET-BENCH 0 untraced 2.0\nPMET-BENCH 0 traced 1.0\nPMET-BENCH 1 traced x\n";
+        let b = bench_of(text);
+        assert_eq!(b[0], (2.0, 1.1));
+        assert_eq!(b[1], (0.0, 0.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
 
     #[test]
     fn a_verdict_is_read_from_the_console_and_a_missing_one_fails() {

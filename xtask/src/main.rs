@@ -82,6 +82,10 @@ enum Task {
         /// (e.g. `5.10`, while the issue that tracks it is open).
         #[arg(long, value_delimiter = ',')]
         known_failing: Vec<String>,
+        /// Also time the exec storm and a TCP transfer untraced and traced,
+        /// in each VM and here (ratios only compare within one machine).
+        #[arg(long)]
+        bench: bool,
     },
     /// On a machine with an NVIDIA GPU: pmet's GPU figures against
     /// nvidia-smi's for a job with a known footprint and an idle process
@@ -561,10 +565,12 @@ fn main() -> Result<()> {
             only,
             tests,
             known_failing,
+            bench,
         } => kernels::test_kernels(&kernels::Opts {
             only,
             tests,
             known_failing,
+            bench,
         }),
         Task::GpuCheck => {
             setup()?;
