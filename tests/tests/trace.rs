@@ -365,6 +365,29 @@ fn check_says_what_this_kernel_loads_and_the_report_agrees() {
     );
 }
 
+/// A file sent to a TCP socket with sendfile(2): through `sendpage` before
+/// Linux 6.5, `sendmsg` since; counted to the byte either way.
+#[test]
+fn sendfile_to_a_tcp_socket_is_counted_to_the_byte() {
+    if !can_trace() {
+        return;
+    }
+    let run = pmet(&["trace", "--", workload(), "sendfile", "3000000"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    assert_no_loss(r);
+    let sender = &procs(r)[0];
+    let receiver = run.one("sendfile-recv");
+    assert_eq!(
+        net(sender, "tcp", "tx"),
+        3_000_000,
+        "{:#}",
+        r["collector"]["hooks"]
+    );
+    assert_eq!(net(receiver, "tcp", "rx"), 3_000_000);
+    assert_eq!(r["totals"]["net"]["tcp"]["tx_bytes"], 3_000_000);
+}
+
 /// `workload tcp 4 1000000 5000`, as the kernel matrix's first users
 /// tried it: a million bytes one way, five thousand back.
 #[test]

@@ -58,7 +58,7 @@ pub const MATRIX: [Kernel; 3] = [
 /// assert exact truths a kernel gives (processes, exit statuses, CPU
 /// against wait4, bytes per process and per connection, TCP and UDP, v4 and
 /// v6) and need nothing but busybox, pmet and `workload`.
-pub const TESTS: [&str; 12] = [
+pub const TESTS: [&str; 13] = [
     "check_says_what_this_kernel_loads_and_the_report_agrees",
     "exit_status_passes_through",
     "every_short_lived_child_and_grandchild_is_reported_with_its_exit_code",
@@ -68,6 +68,7 @@ pub const TESTS: [&str; 12] = [
     "tcp_over_ipv4_is_counted_to_the_byte_per_process",
     "tcp_over_ipv6_is_counted_to_the_byte_per_process",
     "a_large_tcp_exchange_is_counted_to_the_byte",
+    "sendfile_to_a_tcp_socket_is_counted_to_the_byte",
     "udp_over_ipv4_is_counted_to_the_byte",
     "udp_over_ipv6_is_counted_to_the_byte",
     "a_refused_connect_is_a_connection_that_failed",

@@ -117,6 +117,43 @@ fn tcp(family: u8, bytes: u64, reply: u64) {
     wait_ok(server, "tcp server");
 }
 
+/// `BYTES` of a file sent over loopback TCP with sendfile(2) (which went
+/// through `sendpage`, not `sendmsg`, before Linux 6.5): a `sendfile-recv`
+/// child reads them, this process sends them.
+fn sendfile_tcp(bytes: u64) {
+    let (server, port) = start_with_port(&["sendfile-recv".into(), bytes.to_string()]);
+    let dir = env::temp_dir().join(format!("workload-sendfile-{}", std::process::id()));
+    std::fs::write(&dir, vec![7u8; bytes as usize]).expect("write the file");
+    let f = std::fs::File::open(&dir).expect("open the file");
+    let _ = std::fs::remove_file(&dir);
+    let s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
+    let mut left = bytes as usize;
+    while left > 0 {
+        // SAFETY: valid descriptors; a null offset uses the file's own.
+        let n = unsafe { libc::sendfile(s.as_raw_fd(), f.as_raw_fd(), std::ptr::null_mut(), left) };
+        if n <= 0 {
+            eprintln!("workload: sendfile: {}", std::io::Error::last_os_error());
+            exit(1);
+        }
+        left -= n as usize;
+    }
+    drop(s);
+    wait_ok(server, "sendfile receiver");
+}
+
+fn sendfile_recv(expect: u64) {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    println!("{}", l.local_addr().expect("addr").port());
+    std::io::stdout().flush().expect("flush");
+    let (mut s, _) = l.accept().expect("accept");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("read");
+    if got.len() as u64 != expect {
+        eprintln!("workload: received {} of {expect} bytes", got.len());
+        exit(1);
+    }
+}
+
 fn tcp_serve(family: u8, expect: u64, reply: u64) {
     note_role("tcp-serve");
     let l = TcpListener::bind(loopback(family)).expect("bind");
@@ -723,6 +760,8 @@ fn main() {
         "now" => now(),
         "rusage" => rusage(&args[1..]),
         "time" if args.len() > 1 => time_cmd(&args[1..]),
+        "sendfile" => sendfile_tcp(arg(&args, 1, "bytes")),
+        "sendfile-recv" => sendfile_recv(arg(&args, 1, "bytes")),
         "alive" => alive(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         "spawn-tree" => spawn_tree(arg(&args, 1, "children"), arg(&args, 2, "grandchildren")),
         "tree-child" => tree_child(arg(&args, 1, "index"), arg(&args, 2, "grandchildren")),
