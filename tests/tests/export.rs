@@ -763,8 +763,10 @@ fn the_agent_reloads_its_config_on_sighup() {
     hup();
     // Slots go to processes first seen from now on: start some.
     std::thread::sleep(Duration::from_millis(500));
+    // They outlive every wait below, however slow the machine (with `sleep
+    // 3` the last check failed under load: one had ended, 6 of 7 series).
     let sleepers: Vec<_> = (0..3)
-        .map(|_| Command::new("sleep").arg("3").spawn().unwrap())
+        .map(|_| Command::new("sleep").arg("60").spawn().unwrap())
         .collect();
     let s = scrape_until(&b, Duration::from_secs(20), |s| own(s) == 7);
     assert!(
@@ -783,6 +785,7 @@ fn the_agent_reloads_its_config_on_sighup() {
     assert_eq!(own(&scrape_until(&b, Duration::from_secs(5), |_| true)), 7);
     assert!(get(&a, "/metrics").is_none());
     for mut p in sleepers {
+        let _ = p.kill();
         p.wait().unwrap();
     }
     let err = stop(agent);
