@@ -353,7 +353,9 @@ pub(crate) fn load_kernel(follow_children: bool, scope: bool) -> Result<Kernel, 
     if classic {
         log::warn!("PMET_TEST_CLASSIC: using the classic process and socket tracepoints");
     }
+    let t0 = std::time::Instant::now();
     let probe = ebpf::Probe::of_this_kernel(classic);
+    log::debug!("kernel probed (BTF, tracefs) in {:?}", t0.elapsed());
     if probe.task.is_none()
         && let Err(e) = &probe.facts.task_btf
     {

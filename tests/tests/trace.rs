@@ -146,7 +146,10 @@ fn check_tcp(family: &str, bytes: u64, reply: u64, classic: bool) {
     );
     for c in [served, sent] {
         assert_eq!(c["outcome"], "closed", "{c}");
-        assert_eq!(c["retransmits"], 0);
+        // Loopback loses nothing, but on a loaded machine the kernel may
+        // still send a tail-loss probe, which it counts as a retransmit (1
+        // seen in a full run): the count is there, small, not always 0.
+        assert!(c["retransmits"].as_u64().is_some_and(|n| n <= 3), "{c}");
         let (o, e) = (
             c["opened_offset_s"].as_f64().unwrap(),
             c["closed_offset_s"].as_f64().unwrap(),

@@ -141,14 +141,14 @@ pub struct EndOffsets {
 /// Opens a BTF file: mapped where the kernel allows it (only the handful
 /// of types pmet needs are decoded, which keeps start-up fast), else read
 /// whole (`/sys/kernel/btf/vmlinux` can be mapped only since Linux 6.16).
-fn open(path: &Path) -> btf_rs::Result<Btf> {
+pub fn open(path: &Path) -> btf_rs::Result<Btf> {
     Btf::from_file_with_backend(path, Backend::Mmap).or_else(|_| Btf::from_file(path))
 }
 
 /// Resolves [`SockOffsets`]; `None` when this kernel's layout does not allow
 /// it (the classic socket tracepoints are used instead).
-pub fn sock_offsets(path: &Path) -> Option<SockOffsets> {
-    let btf = open(path).ok()?;
+pub fn sock_offsets(btf: &Btf) -> Option<SockOffsets> {
+    let btf = btf;
     let sock = find_struct(&btf, "sock").ok()?;
     let family = member_offset(&btf, &sock, &["__sk_common", "skc_family"]).ok()?;
     let protocol = member_offset(&btf, &sock, &["sk_protocol"]).ok()?;
@@ -206,16 +206,15 @@ pub struct FexitSocket {
 }
 
 /// Resolves [`FexitSocket`]; `None` without `struct socket`.
-pub fn fexit_socket(path: &Path) -> Option<FexitSocket> {
-    let btf = open(path).ok()?;
-    let socket = find_struct(&btf, "socket").ok()?;
-    let socket_sk = u16::try_from(member_offset(&btf, &socket, &["sk"]).ok()?).ok()?;
+pub fn fexit_socket(btf: &Btf) -> Option<FexitSocket> {
+    let socket = find_struct(btf, "socket").ok()?;
+    let socket_sk = u16::try_from(member_offset(btf, &socket, &["sk"]).ok()?).ok()?;
     let mut out = FexitSocket {
         socket_sk,
         ..FexitSocket::default()
     };
     for (name, want) in FEXIT_SOCKET_FUNCTIONS {
-        match func_params(&btf, name) {
+        match func_params(btf, name) {
             Some(have) if have == want => out.functions.push(name),
             Some(have) => out
                 .mismatched
@@ -250,11 +249,8 @@ fn func_params(btf: &Btf, name: &str) -> Option<Vec<String>> {
 
 /// Whether this kernel's BTF has tracepoint `name` (a `btf_trace_NAME`
 /// typedef).
-pub fn has_btf_tracepoint(path: &Path, name: &str) -> bool {
-    open(path)
-        .ok()
-        .and_then(|btf| tracepoint_args(&btf, name))
-        .is_some()
+pub fn has_btf_tracepoint(btf: &Btf, name: &str) -> bool {
+    tracepoint_args(btf, name).is_some()
 }
 
 /// Resolves [`TaskOffsets`] from a BTF file.
@@ -269,6 +265,16 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, Error> {
         ));
     }
     let btf = open(path).map_err(|e| err(format!("unreadable: {e}")))?;
+    task_offsets_in(&btf, path)
+}
+
+/// [`task_offsets`] from an opened BTF (`path` names it in errors).
+pub fn task_offsets_in(btf: &Btf, path: &Path) -> Result<TaskOffsets, Error> {
+    let err = |what: String| Error::Btf {
+        path: path.to_owned(),
+        what,
+    };
+    let btf = btf;
     let task = find_struct(&btf, "task_struct").map_err(err)?;
     let off = |path: &[&str]| member_offset(&btf, &task, path).map_err(err);
     let opt = |path: &[&str]| member_offset(&btf, &task, path).ok();
@@ -498,7 +504,7 @@ mod tests {
         if !path.exists() {
             return;
         }
-        let o = sock_offsets(path).unwrap();
+        let o = sock_offsets(&open(path).unwrap()).unwrap();
         assert!(o.family > 0 && o.protocol > o.family);
         let e = o.ends.expect("this kernel's sock gives every end");
         // struct sock_common opens with the address pair, then the ports.
@@ -514,7 +520,8 @@ mod tests {
         if !path.exists() {
             return;
         }
-        let f = fexit_socket(path).expect("struct socket");
+        let btf = open(path).unwrap();
+        let f = fexit_socket(&btf).expect("struct socket");
         // struct socket { socket_state state; short type; unsigned long
         // flags; struct file *file; struct sock *sk; ... }
         assert_eq!(f.socket_sk, 24, "{f:?}");
@@ -531,8 +538,8 @@ mod tests {
             f.mismatched,
             vec![("inet_sendpage", "not in this kernel's BTF".to_owned())]
         );
-        assert!(has_btf_tracepoint(path, "sock_send_length"));
-        assert!(!has_btf_tracepoint(path, "no_such_tracepoint"));
+        assert!(has_btf_tracepoint(&btf, "sock_send_length"));
+        assert!(!has_btf_tracepoint(&btf, "no_such_tracepoint"));
     }
 
     #[test]

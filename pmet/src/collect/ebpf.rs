@@ -209,11 +209,25 @@ impl Probe {
     /// what the BTF hooks need.
     pub fn of_this_kernel(classic: bool) -> Probe {
         let vmlinux = std::path::Path::new(super::btf::VMLINUX);
-        let mut task = super::btf::task_offsets(vmlinux);
-        let mut sock = super::btf::sock_offsets(vmlinux);
-        let mut fexit = super::btf::fexit_socket(vmlinux);
-        let mut sock_tp = super::btf::has_btf_tracepoint(vmlinux, "sock_send_length")
-            && super::btf::has_btf_tracepoint(vmlinux, "sock_recv_length");
+        // Opened once: where it cannot be mapped it is read and indexed
+        // whole, which is most of a debug build's start-up.
+        let btf = super::btf::open(vmlinux);
+        let mut task = match &btf {
+            Ok(b) => super::btf::task_offsets_in(b, vmlinux),
+            Err(_) => super::btf::task_offsets(vmlinux),
+        };
+        let b = btf.as_ref().ok();
+        let mut sock = b.and_then(super::btf::sock_offsets);
+        let mut sock_tp = b.is_some_and(|b| {
+            super::btf::has_btf_tracepoint(b, "sock_send_length")
+                && super::btf::has_btf_tracepoint(b, "sock_recv_length")
+        });
+        // The fexit targets are looked up only where they may be used.
+        let mut fexit = if sock_tp && sock.is_some() {
+            None
+        } else {
+            b.and_then(super::btf::fexit_socket)
+        };
         if classic {
             if let Ok(t) = task.as_mut() {
                 // As such a kernel's offsets would be: the memory's are only
@@ -256,6 +270,9 @@ impl Probe {
             }
         };
         let fexit_functions = match (&fexit, &sock) {
+            _ if network_btf.is_ok() => {
+                Err("not needed: the BTF socket tracepoints are used".into())
+            }
             (Some(f), Some(_)) => Ok(f.functions.clone()),
             (None, _) => Err("this kernel's BTF has no struct socket".to_owned()),
             (_, None) => Err("this kernel's BTF does not give struct sock's offsets".to_owned()),
@@ -523,6 +540,36 @@ type Loaded<'a> = (
     Result<(), Error>,
 );
 
+/// The kernel's BTF as the programs' loads need it: being parsed, or parsed.
+enum TargetBtf {
+    Parsing(std::thread::JoinHandle<Result<Btf, aya::BtfError>>),
+    Ready(Btf),
+    Taken,
+}
+
+impl TargetBtf {
+    /// Waits for the parse the first time.
+    fn get(&mut self) -> Result<&Btf, Error> {
+        if let TargetBtf::Parsing(_) = self {
+            let TargetBtf::Parsing(h) = std::mem::replace(self, TargetBtf::Taken) else {
+                unreachable!("matched above");
+            };
+            let btf = h
+                .join()
+                .map_err(|_| Error::Load("parsing the kernel's BTF panicked".into()))?
+                .map_err(|e| Error::Btf {
+                    path: super::btf::VMLINUX.into(),
+                    what: e.to_string(),
+                })?;
+            *self = TargetBtf::Ready(btf);
+        }
+        match self {
+            TargetBtf::Ready(b) => Ok(b),
+            _ => Err(Error::Load("the kernel's BTF could not be parsed".into())),
+        }
+    }
+}
+
 /// One attempt's object, with every program of its plan loaded and attached.
 struct Attempt {
     ebpf: Ebpf,
@@ -538,7 +585,7 @@ fn attempt(
     cfg: Config,
     plan: &Plan,
     facts: &Facts,
-    btf: &Btf,
+    btf: &mut TargetBtf,
 ) -> Result<Result<Attempt, Vec<(usize, Error)>>, Error> {
     let t0 = std::time::Instant::now();
     let cpus = aya::util::nr_cpus().unwrap_or(1);
@@ -560,6 +607,7 @@ fn attempt(
         .load(OBJECT)
         .map_err(|e| Error::Load(error_chain(&e)))?;
     log::debug!("object loaded in {:?}", t0.elapsed());
+    let btf = btf.get()?;
     let mut wanted: Vec<(usize, &'static str, Attach, &mut aya::programs::Program)> = Vec::new();
     let chosen: Vec<(usize, &'static Alternative)> = plan.alternatives().collect();
     for (name, p) in ebpf.programs_mut() {
@@ -688,12 +736,9 @@ impl Kernel {
     /// error. `flags` are the run's own (`FOLLOW_CHILDREN`, `CGROUP_SCOPE`).
     pub fn load(probe: &Probe, flags: u32) -> Result<Self, Error> {
         raise_memlock();
-        let t0 = std::time::Instant::now();
-        let btf = Btf::from_sys_fs().map_err(|e| Error::Btf {
-            path: super::btf::VMLINUX.into(),
-            what: e.to_string(),
-        })?;
-        log::debug!("kernel BTF ready at {:?}", t0.elapsed());
+        // The hooks find their targets in the kernel's BTF, parsed on another
+        // thread while the object loads (only the programs' loads need it).
+        let mut btf = TargetBtf::Parsing(std::thread::spawn(Btf::from_sys_fs));
         let mut failed: Vec<(usize, String)> = std::env::var("PMET_NO_HOOKS")
             .map(|spec| super::hooks::disabled(&spec))
             .unwrap_or_default();
@@ -709,7 +754,7 @@ impl Kernel {
             if plan.via(Capability::Process).is_none() {
                 return Err(Error::Load(no_process_hook(&plan)));
             }
-            match attempt(probe.config(&plan, flags), &plan, &probe.facts, &btf)? {
+            match attempt(probe.config(&plan, flags), &plan, &probe.facts, &mut btf)? {
                 Ok(a) => break (plan, a),
                 Err(failures) => {
                     let reasons: Vec<(usize, String)> = failures
