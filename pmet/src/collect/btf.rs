@@ -148,13 +148,12 @@ pub fn open(path: &Path) -> btf_rs::Result<Btf> {
 /// Resolves [`SockOffsets`]; `None` when this kernel's layout does not allow
 /// it (the classic socket tracepoints are used instead).
 pub fn sock_offsets(btf: &Btf) -> Option<SockOffsets> {
-    let btf = btf;
-    let sock = find_struct(&btf, "sock").ok()?;
-    let family = member_offset(&btf, &sock, &["__sk_common", "skc_family"]).ok()?;
-    let protocol = member_offset(&btf, &sock, &["sk_protocol"]).ok()?;
-    let kind = member_offset(&btf, &sock, &["sk_type"]).ok();
+    let sock = find_struct(btf, "sock").ok()?;
+    let family = member_offset(btf, &sock, &["__sk_common", "skc_family"]).ok()?;
+    let protocol = member_offset(btf, &sock, &["sk_protocol"]).ok()?;
+    let kind = member_offset(btf, &sock, &["sk_type"]).ok();
     let common = |name: &str| {
-        member_offset(&btf, &sock, &["__sk_common", name])
+        member_offset(btf, &sock, &["__sk_common", name])
             .ok()
             .and_then(|o| u16::try_from(o).ok())
     };
@@ -166,7 +165,7 @@ pub fn sock_offsets(btf: &Btf) -> Option<SockOffsets> {
             num: common("skc_num")?,
             v6_daddr: common("skc_v6_daddr").unwrap_or(0),
             v6_rcv_saddr: common("skc_v6_rcv_saddr").unwrap_or(0),
-            err: u16::try_from(member_offset(&btf, &sock, &["sk_err"]).ok()?).ok()?,
+            err: u16::try_from(member_offset(btf, &sock, &["sk_err"]).ok()?).ok()?,
         })
     })();
     Some(SockOffsets {
@@ -274,11 +273,10 @@ pub fn task_offsets_in(btf: &Btf, path: &Path) -> Result<TaskOffsets, Error> {
         path: path.to_owned(),
         what,
     };
-    let btf = btf;
-    let task = find_struct(&btf, "task_struct").map_err(err)?;
-    let off = |path: &[&str]| member_offset(&btf, &task, path).map_err(err);
-    let opt = |path: &[&str]| member_offset(&btf, &task, path).ok();
-    let exec = exec_offsets(&btf, opt(&["mm"]));
+    let task = find_struct(btf, "task_struct").map_err(err)?;
+    let off = |path: &[&str]| member_offset(btf, &task, path).map_err(err);
+    let opt = |path: &[&str]| member_offset(btf, &task, path).ok();
+    let exec = exec_offsets(btf, opt(&["mm"]));
     Ok(TaskOffsets {
         exit_code: off(&["exit_code"])?,
         sum_exec_runtime: off(&["se", "sum_exec_runtime"])?,
@@ -289,8 +287,8 @@ pub fn task_offsets_in(btf: &Btf, path: &Path) -> Result<TaskOffsets, Error> {
         cancelled_write_bytes: opt(&["ioac", "cancelled_write_bytes"]).unwrap_or(0),
         pid: off(&["pid"])?,
         state: opt(&["__state"]).or_else(|| opt(&["state"])).unwrap_or(0),
-        switch_prev_state: tracepoint_args(&btf, "sched_switch") == Some(4),
-        pid_ns: pid_ns_offsets(&btf, opt(&["thread_pid"])),
+        switch_prev_state: tracepoint_args(btf, "sched_switch") == Some(4),
+        pid_ns: pid_ns_offsets(btf, opt(&["thread_pid"])),
         exec,
         ctx: (|| {
             Some(CtxOffsets {
@@ -299,7 +297,7 @@ pub fn task_offsets_in(btf: &Btf, path: &Path) -> Result<TaskOffsets, Error> {
                 maj_flt: opt(&["maj_flt"])?,
             })
         })(),
-        mem: exec.and_then(|_| mem_offsets(&btf)),
+        mem: exec.and_then(|_| mem_offsets(btf)),
     })
 }
 
