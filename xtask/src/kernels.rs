@@ -83,6 +83,9 @@ const PACKAGES: [&str; 3] = ["qemu-system-x86", "busybox-static", "cpio"];
 const SOURCES: &str = "/etc/apt/sources.list.d/pmet-kernels.sources";
 const PINS: &str = "/etc/apt/preferences.d/pmet-kernels";
 
+/// What the kernel prints when a CPU is stuck in it.
+const LOCKUP: &str = "soft lockup";
+
 /// How long one kernel's whole run may take under TCG.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -155,7 +158,23 @@ pub fn test_kernels(opts: &Opts) -> Result<()> {
     for (k, image) in kernels.iter().zip(&images) {
         eprintln!("xtask: booting {} under qemu", k.label);
         let log = dir.join(format!("{}.log", k.package));
-        let cells = match boot(image, &initrd, &tests, &log) {
+        let mut booted = boot(image, &initrd, &tests, &log);
+        if let Ok((_, text)) = &booted
+            && text.contains(LOCKUP)
+        {
+            // Once only, and loudly: a second lockup fails the kernel's
+            // remaining cells. (5.10 locked up in ~3 of ~12 boots there,
+            // at different points of a run; see BENCHMARKS.md.)
+            let kept = log.with_extension("lockup.log");
+            let _ = fs::rename(&log, &kept);
+            eprintln!(
+                "xtask: {}: a CPU soft-locked inside the VM (console in {}); booting it once more",
+                k.label,
+                kept.display()
+            );
+            booted = boot(image, &initrd, &tests, &log);
+        }
+        let cells = match booted {
             Ok((c, text)) => {
                 if opts.bench {
                     benches.push((k.label.to_owned(), bench_of(&text)));
@@ -513,6 +532,13 @@ fn boot(image: &Path, initrd: &Path, tests: &[&str], log: &Path) -> Result<(Vec<
         .context("starting qemu-system-x86_64")?;
     loop {
         if child.try_wait()?.is_some() {
+            break;
+        }
+        // A CPU stuck in the kernel (seen on 5.10 under TCG, cause not
+        // found) never recovers: stop at once and say so.
+        if fs::read(log).is_ok_and(|t| String::from_utf8_lossy(&t).contains(LOCKUP)) {
+            let _ = child.kill();
+            let _ = child.wait();
             break;
         }
         if started.elapsed() > BOOT_TIMEOUT {
