@@ -305,31 +305,14 @@ impl Probe {
 
     /// The kernel side's configuration for `plan`, on top of `flags`.
     pub fn config(&self, plan: &Plan, flags: u32) -> Config {
-        let f = &self.tracepoint_fields;
+        // The classic tracepoints' offsets as found (zero where tracefs was
+        // not read): only the classic programs read them, and only those of
+        // the plan are loaded.
         let mut cfg = Config {
             flags,
-            ..Config::default()
+            ..self.tracepoint_fields
         };
-        if plan.via(Capability::Process) == Some(Via::Tracepoint) {
-            cfg.newtask_pid = f.newtask_pid;
-            cfg.newtask_clone_flags = f.newtask_clone_flags;
-            cfg.exec_pid = f.exec_pid;
-            cfg.exec_old_pid = f.exec_old_pid;
-            cfg.exit_group_dead = f.exit_group_dead;
-            cfg.execve_filename = f.execve_filename;
-            cfg.execve_argv = f.execve_argv;
-            cfg.execveat_filename = f.execveat_filename;
-            cfg.execveat_argv = f.execveat_argv;
-            cfg.execve_envp = f.execve_envp;
-            cfg.execveat_envp = f.execveat_envp;
-        }
         let network = plan.via(Capability::Network);
-        if network == Some(Via::Tracepoint) {
-            cfg.sock_family = f.sock_family;
-            cfg.sock_protocol = f.sock_protocol;
-            cfg.sock_ret = f.sock_ret;
-            cfg.sock_flags = f.sock_flags;
-        }
         if let Some(t) = &self.task {
             let mut t = *t;
             if plan.via(Capability::Process) != Some(Via::TpBtf) {
@@ -429,8 +412,6 @@ pub struct Kernel {
     pub connections: bool,
     /// Socket bytes are counted (some hook for them loaded).
     pub network: bool,
-    /// The process hooks are BTF tracepoints.
-    pub process_btf: bool,
     /// How each capability is measured on this kernel.
     pub hooks: Vec<Hook>,
     /// Final per-thread figures at free time are available.
@@ -860,7 +841,6 @@ impl Kernel {
             socks,
             connections: plan.via(Capability::Connections).is_some(),
             network: plan.via(Capability::Network).is_some(),
-            process_btf: plan.via(Capability::Process) == Some(Via::TpBtf),
             hooks,
             events,
             logger,
