@@ -112,6 +112,9 @@ fn some_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Durati
         .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
 }
 
+/// A config file is a few lines of TOML: anything larger is a mistake.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 impl Settings {
     /// Whether any exporter is asked for.
     pub fn any(&self) -> bool {
@@ -121,10 +124,17 @@ impl Settings {
             || self.otlp.is_some()
     }
 
-    /// Reads a `--config` file; the error names the file and what is wrong.
-    pub fn read(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+    /// Reads a `--config` file as the invoking user (`creds`; pmet itself
+    /// with `None`), at most [`MAX_CONFIG_BYTES`]; the error names the file
+    /// and what is wrong.
+    pub fn read(
+        path: &std::path::Path,
+        creds: Option<&crate::privileges::Credentials>,
+    ) -> Result<Self, String> {
+        let bad = |e: &dyn std::fmt::Display| format!("--config {}: {e}", path.display());
+        let bytes =
+            crate::userfile::read_user(path, creds, MAX_CONFIG_BYTES).map_err(|e| bad(&e))?;
+        let text = String::from_utf8(bytes).map_err(|_| bad(&"it is not UTF-8 text"))?;
         Self::parse(&text).map_err(|e| format!("--config {}: {e}", path.display()))
     }
 

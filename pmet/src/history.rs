@@ -126,6 +126,19 @@ pub fn with_store<R: Send>(
         if !write && std::fs::symlink_metadata(path).is_err() {
             return Err(HistoryError::NoStore(path.to_owned()));
         }
+        // SQLite would block for ever opening a FIFO nobody writes.
+        if let Ok(m) = std::fs::metadata(path)
+            && !m.is_file()
+        {
+            return Err(HistoryError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "it is not a regular file (a history store is an SQLite file); \
+                     remove it or point PMET_HISTORY elsewhere",
+                ),
+            });
+        }
         let mut h = if write {
             History::open(path)?
         } else {
@@ -223,17 +236,28 @@ impl History {
         // there instead of waiting. Retry for a while.
         let mut delay = Duration::from_millis(5);
         let started = std::time::Instant::now();
+        let existed = std::fs::symlink_metadata(path).is_ok();
+        let busy = |e: &rusqlite::Error| {
+            matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            )
+        };
         let conn = loop {
             match Self::init(path) {
                 Ok(c) => break c,
-                Err(e)
-                    if matches!(
-                        e.sqlite_error_code(),
-                        Some(
-                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                        )
-                    ) && started.elapsed() < Duration::from_secs(30) =>
-                {
+                // A store this call created and could not set up (a full
+                // disk) is removed, not left as an empty file that every
+                // later reader would call corrupt.
+                Err(e) if !existed && !busy(&e) => {
+                    for suffix in ["", "-wal", "-shm", "-journal"] {
+                        let mut p = path.as_os_str().to_owned();
+                        p.push(suffix);
+                        let _ = std::fs::remove_file(p);
+                    }
+                    return Err(sql(e));
+                }
+                Err(e) if busy(&e) && started.elapsed() < Duration::from_secs(30) => {
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_millis(200));
                 }

@@ -76,7 +76,12 @@ fn run_trace(args: TraceArgs, quiet: bool) -> ExitCode {
 /// with no summary or report.
 fn run_agent(a: pmet::cli::AgentArgs) -> ExitCode {
     let settings = match &a.config {
-        Some(path) => pmet::export::Settings::read(path),
+        // Read as the user who ran sudo: pmet must not read for them what
+        // they could not.
+        Some(path) => match pmet::privileges::invoking_user_from_env() {
+            Ok(who) => pmet::export::Settings::read(path, who.map(|a| a.credentials()).as_ref()),
+            Err(e) => return fail(&e),
+        },
         None => {
             let s = a.export.settings(a.interval);
             s.check_for_agent(true)
@@ -160,6 +165,8 @@ fn run_trace_as(
     let tty = stderr_is_tty();
     let format = match (quiet, args.format) {
         _ if top.is_some() => Format::Summary,
+        // -q quiets the terminal, not a stream file asked for by name.
+        (true, Some(f @ (Format::Simple | Format::Jsonl))) if args.stream.is_some() => f,
         (true, _) => Format::Summary,
         (false, Some(f)) => f,
         (false, None) if tty => Format::Live,
@@ -250,12 +257,11 @@ fn run_trace_as(
                     say!("  report written to {}", p.display());
                 }
             }
-            if let Some(p) = &trace_events {
-                match &outcome.trace_events_error {
-                    None if !quiet => say!("  trace events written to {}", p.display()),
-                    None => {}
-                    Some(e) => say!("pmet: error: {e}"),
-                }
+            if let Some(p) = &trace_events
+                && outcome.trace_events_error.is_none()
+                && !quiet
+            {
+                say!("  trace events written to {}", p.display());
             }
             let mut record_error = None;
             if record {
@@ -269,8 +275,19 @@ fn run_trace_as(
             }
             // Results first, then the (slow) detach.
             drop(outcome.loaded);
-            if let Some(e) = outcome.write_error.or(record_error) {
-                return fail(&e);
+            // Every failed write is said; the status is the first one's.
+            let mut errors = [
+                outcome.write_error,
+                outcome.trace_events_error,
+                record_error,
+            ]
+            .into_iter()
+            .flatten();
+            if let Some(first) = errors.next() {
+                for e in errors {
+                    say!("pmet: error: {e}");
+                }
+                return fail(&first);
             }
             ExitCode::from(outcome.exit_code.clamp(0, 255) as u8)
         }
@@ -289,6 +306,9 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1)
     };
+    // Before pmet opens anything of its own: `/dev/fd/N` may only name
+    // what pmet was handed.
+    pmet::userfile::note_inherited_fds();
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => log::LevelFilter::Error,

@@ -624,7 +624,7 @@ impl Started {
             return None;
         };
         let x = self.export.as_mut()?;
-        let new = crate::export::Settings::read(&path).and_then(|new| {
+        let new = crate::export::Settings::read(&path, self.owner.as_ref()).and_then(|new| {
             crate::export::Endpoints::open(&new, self.owner.as_ref(), Some(x.settings()))
                 .and_then(|ends| x.apply(new.clone(), ends))
                 .map(|()| new)

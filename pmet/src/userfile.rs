@@ -11,6 +11,14 @@
 //! is already there is written in place (`-o /dev/null` stays a device); the
 //! names of pmet's own standard streams (`/dev/stdout`, `/dev/fd/N`) write to
 //! the fd pmet was handed.
+//!
+//! Whatever is already at the path may have been planted. In a sticky,
+//! world-writable directory (`/tmp`) an entry that belongs to another user
+//! is refused, whatever its type (the kernel's `protected_fifos` and
+//! `protected_regular` rules, applied always): another user's FIFO there
+//! would receive the report. A FIFO is never waited on for ever: its open and
+//! each write give up after [`FIFO_PATIENCE`] without a reader, so a FIFO
+//! nobody reads cannot hang pmet.
 
 use std::{
     ffi::CString,
@@ -21,12 +29,71 @@ use std::{
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
+    sync::OnceLock,
+    time::{Duration, Instant},
 };
 
 use crate::privileges::{Credentials, as_user};
 
 /// Longest file name most Linux file systems take.
 const NAME_MAX: usize = 255;
+
+/// How long a FIFO may go without a reader (to open it, or to take the next
+/// bytes) before the write fails.
+#[cfg(not(test))]
+pub const FIFO_PATIENCE: Duration = Duration::from_secs(10);
+/// Short in unit tests, which wait it out.
+#[cfg(test)]
+pub const FIFO_PATIENCE: Duration = Duration::from_millis(300);
+
+/// The fds pmet was started with, when the command line noted them.
+static INHERITED: OnceLock<Vec<RawFd>> = OnceLock::new();
+
+/// Notes the fds this process was started with, so that `/dev/fd/N` can only
+/// name one of them, never a descriptor pmet opened itself (and `-o -` with
+/// standard output closed is an error, not a write into whatever reused fd
+/// 1). Call it first thing in `main`; an embedding program that does not
+/// call it gets any open fd.
+pub fn note_inherited_fds() {
+    let mut fds = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for e in dir.flatten() {
+            let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
+                continue;
+            };
+            // Every fd that survived exec lacks FD_CLOEXEC; the directory's
+            // own fd has it.
+            // SAFETY: F_GETFD only reads the fd's flags.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                fds.push(fd);
+            }
+        }
+    }
+    let _ = INHERITED.set(fds);
+}
+
+fn check_own_fd(fd: RawFd) -> io::Result<()> {
+    let name = match fd {
+        1 => "standard output".to_owned(),
+        2 => "standard error".to_owned(),
+        n => format!("fd {n}"),
+    };
+    if let Some(fds) = INHERITED.get() {
+        if fds.contains(&fd) {
+            return Ok(());
+        }
+        return Err(invalid(if fd <= 2 {
+            format!("{name} is closed; give a file name")
+        } else {
+            format!("{name} was not handed to pmet (open it in the shell, e.g. `{fd}>FILE`)")
+        }));
+    }
+    // SAFETY: F_GETFD only asks whether the fd is open.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })
+        .map(drop)
+        .map_err(|_| invalid(format!("{name} is not open in pmet")))
+}
 
 /// A file to be written for the user, checked and anchored.
 #[derive(Debug)]
@@ -119,6 +186,108 @@ fn unlink_at(dir: &OwnedFd, name: &CString) {
     unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
 }
 
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+    // SAFETY: zeroed stat is a valid out-parameter.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out-pointer (fstat takes O_PATH fds).
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+/// The user pmet writes as.
+fn writer_uid(creds: Option<&Credentials>) -> u32 {
+    // SAFETY: no preconditions.
+    creds.map_or_else(|| unsafe { libc::geteuid() }, |c| c.uid)
+}
+
+/// Refuses an entry someone else may have planted: in a sticky directory
+/// that anyone may write, an entry neither the writer nor the directory's
+/// owner owns.
+fn check_planted(dir: &OwnedFd, st: &libc::stat, uid: u32) -> io::Result<()> {
+    let d = fstat(dir)?;
+    let open_to_all = d.st_mode & libc::S_ISVTX != 0 && d.st_mode & libc::S_IWOTH != 0;
+    if open_to_all && st.st_uid != uid && st.st_uid != d.st_uid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "it belongs to another user (uid {}) in a directory anyone may write to, \
+                 so it may have been planted to receive pmet's output; remove it or write \
+                 to a directory only you can write",
+                st.st_uid
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens a device or FIFO in place. A FIFO is opened without blocking,
+/// waiting at most [`FIFO_PATIENCE`] for a reader, and its writes wait no
+/// longer than that for the reader to take bytes.
+fn open_special(
+    dir: &OwnedFd,
+    name: &CString,
+    st: &libc::stat,
+) -> io::Result<Box<dyn Write + Send>> {
+    let flags = libc::O_WRONLY | libc::O_NOFOLLOW;
+    if file_type(st) != libc::S_IFIFO {
+        return Ok(Box::new(open_at(dir, name, flags)?));
+    }
+    let deadline = Instant::now() + FIFO_PATIENCE;
+    loop {
+        match open_at(dir, name, flags | libc::O_NONBLOCK) {
+            Ok(f) => return Ok(Box::new(Patient(f))),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "it is a FIFO that nothing opened for reading in {:?}; start its reader first",
+                        FIFO_PATIENCE
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A non-blocking FIFO whose writes wait, for at most [`FIFO_PATIENCE`]
+/// each, for its reader to make room.
+struct Patient(File);
+
+impl Write for Patient {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let deadline = Instant::now() + FIFO_PATIENCE;
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("its reader took nothing for {} s", FIFO_PATIENCE.as_secs()),
+                        ));
+                    }
+                    let mut p = libc::pollfd {
+                        fd: self.0.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd. EINTR just loops.
+                    unsafe { libc::poll(&mut p, 1, left.as_millis().min(1000) as libc::c_int) };
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A new, empty file with a random name in `dir`, never following a link.
 fn create_temp(dir: &OwnedFd) -> io::Result<(File, CString)> {
     for _ in 0..16 {
@@ -152,9 +321,7 @@ impl UserFile {
         let shown = path.to_owned();
         let creds = creds.cloned();
         if let Some(fd) = own_fd(path) {
-            // SAFETY: F_GETFD only asks whether the fd is open.
-            cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })
-                .map_err(|_| invalid(format!("fd {fd} is not open in pmet")))?;
+            check_own_fd(fd)?;
             return Ok(Self {
                 shown,
                 creds,
@@ -221,8 +388,13 @@ impl UserFile {
         let Place::InDir { dir, name } = &self.place else {
             return Ok(());
         };
+        let uid = writer_uid(self.creds.as_ref());
         as_user(self.creds.as_ref(), || -> io::Result<()> {
-            match stat_at(dir, name)? {
+            let st = stat_at(dir, name)?;
+            if let Some(st) = &st {
+                check_planted(dir, st, uid)?;
+            }
+            match st {
                 Some(st) if file_type(&st) == libc::S_IFDIR => Err(io::Error::new(
                     io::ErrorKind::IsADirectory,
                     "it is a directory",
@@ -256,13 +428,13 @@ impl UserFile {
                 out.flush()
             }
             Place::InDir { dir, name } => as_user(self.creds.as_ref(), || {
-                if let Some(st) = stat_at(dir, name)?
-                    && is_special(&st)
-                {
-                    let mut out =
-                        io::BufWriter::new(open_at(dir, name, libc::O_WRONLY | libc::O_NOFOLLOW)?);
-                    fill(&mut out)?;
-                    return out.flush();
+                if let Some(st) = stat_at(dir, name)? {
+                    check_planted(dir, &st, writer_uid(self.creds.as_ref()))?;
+                    if is_special(&st) {
+                        let mut out = io::BufWriter::new(open_special(dir, name, &st)?);
+                        fill(&mut out)?;
+                        return out.flush();
+                    }
                 }
                 let (f, tmp) = create_temp(dir)?;
                 let res = (|| {
@@ -293,9 +465,9 @@ impl UserFile {
     /// Opens the file for writing as it goes (created, or truncated when it
     /// is a regular file). A symbolic link in its place is refused rather
     /// than followed: the traced command may have planted it.
-    pub fn open_stream(&self) -> io::Result<File> {
+    pub fn open_stream(&self) -> io::Result<Box<dyn Write + Send>> {
         match &self.place {
-            Place::Fd(fd) => dup(*fd),
+            Place::Fd(fd) => Ok(Box::new(dup(*fd)?)),
             Place::InDir { dir, name } => as_user(self.creds.as_ref(), || {
                 let link = || {
                     invalid(
@@ -303,25 +475,71 @@ impl UserFile {
                          give the path it points to",
                     )
                 };
-                if stat_at(dir, name)?.is_some_and(|st| file_type(&st) == libc::S_IFLNK) {
-                    return Err(link());
+                let st = stat_at(dir, name)?;
+                if let Some(st) = &st {
+                    if file_type(st) == libc::S_IFLNK {
+                        return Err(link());
+                    }
+                    check_planted(dir, st, writer_uid(self.creds.as_ref()))?;
+                    if is_special(st) {
+                        return open_special(dir, name, st);
+                    }
                 }
                 // O_NOFOLLOW still guards a link planted after the look above.
-                let f = open_at(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW)
-                    .map_err(|e| {
-                        if e.raw_os_error() == Some(libc::ELOOP) {
-                            link()
-                        } else {
-                            e
-                        }
-                    })?;
-                if f.metadata()?.is_file() {
+                // O_NONBLOCK: a FIFO planted after the look above must not
+                // block the open (regular files ignore the flag).
+                let f = open_at(
+                    dir,
+                    name,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+                )
+                .map_err(|e| {
+                    if e.raw_os_error() == Some(libc::ELOOP) {
+                        link()
+                    } else {
+                        e
+                    }
+                })?;
+                // SAFETY: zeroed stat is a valid out-parameter; valid fd.
+                let mut now: libc::stat = unsafe { std::mem::zeroed() };
+                cvt(unsafe { libc::fstat(f.as_raw_fd(), &mut now) })?;
+                check_planted(dir, &now, writer_uid(self.creds.as_ref()))?;
+                if file_type(&now) == libc::S_IFREG {
                     f.set_len(0)?;
+                    return Ok(Box::new(f) as Box<dyn Write + Send>);
                 }
-                Ok(f)
+                // Planted between the look above and the open: judged again.
+                drop(f);
+                Err(io::Error::other(
+                    "it changed while pmet opened it; try again",
+                ))
             })?,
         }
     }
+}
+
+/// Reads a small file the user named (a config file), as that user: a
+/// regular file of at most `limit` bytes. A FIFO or device is refused before
+/// it is read, so `/dev/zero` or a FIFO nobody writes cannot hang pmet or
+/// fill its memory, and a file only root may read stays unread.
+pub fn read_user(path: &Path, creds: Option<&Credentials>, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    as_user(creds, || -> io::Result<Vec<u8>> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?;
+        if !f.metadata()?.is_file() {
+            return Err(invalid("it is not a regular file"));
+        }
+        let mut bytes = Vec::new();
+        (&mut f).take(limit + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > limit {
+            return Err(invalid(format!("it is larger than {limit} bytes")));
+        }
+        Ok(bytes)
+    })?
 }
 
 fn dup(fd: RawFd) -> io::Result<File> {
@@ -369,10 +587,9 @@ mod tests {
         // The stream refuses it outright.
         std::fs::remove_file(&p).unwrap();
         symlink(&victim, &p).unwrap();
-        let e = UserFile::prepare(&p, None)
-            .unwrap()
-            .open_stream()
-            .unwrap_err();
+        let Err(e) = UserFile::prepare(&p, None).unwrap().open_stream() else {
+            panic!("a symlink was followed");
+        };
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(read(&victim), "precious");
     }
@@ -417,6 +634,98 @@ mod tests {
             .unwrap();
         assert_eq!(reader.join().unwrap(), "through");
         assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    }
+
+    fn mkfifo(p: &Path, mode: libc::mode_t) {
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), mode) }, 0);
+    }
+
+    #[test]
+    fn a_fifo_nobody_reads_fails_in_bounded_time() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        mkfifo(&fifo, 0o600);
+        let f = UserFile::prepare(&fifo, None).unwrap();
+        let t = Instant::now();
+        let e = f.write_with(|w| w.write_all(b"x")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("nothing opened for reading"), "{e}");
+        let Err(e) = f.open_stream() else {
+            panic!("a stream opened a FIFO with no reader");
+        };
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() < FIFO_PATIENCE * 2 + Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_fifo_whose_reader_stops_reading_fails_in_bounded_time() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        mkfifo(&fifo, 0o600);
+        // Opened for reading, never read: the pipe fills and stays full.
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C string.
+        let reader = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
+        assert!(reader >= 0);
+        let e = UserFile::prepare(&fifo, None)
+            .unwrap()
+            .write_with(|w| w.write_all(&vec![b'x'; 1 << 20]))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("took nothing"), "{e}");
+        // SAFETY: the fd opened above.
+        unsafe { libc::close(reader) };
+    }
+
+    #[test]
+    fn config_reads_are_bounded_and_refuse_fifos_and_devices() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        mkfifo(&fifo, 0o600);
+        for p in [Path::new("/dev/zero"), &fifo] {
+            let e = read_user(p, None, 1024).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+        let big = d.path().join("big");
+        std::fs::write(&big, vec![b'#'; 2048]).unwrap();
+        let e = read_user(&big, None, 1024).unwrap_err();
+        assert!(e.to_string().contains("larger than 1024"), "{e}");
+        assert_eq!(read_user(&big, None, 2048).unwrap().len(), 2048);
+    }
+
+    /// As root: in a sticky, world-writable directory, what another user
+    /// put at the name is refused (a FIFO there would receive the report),
+    /// and so is their regular file for the stream.
+    #[test]
+    fn another_users_entry_in_a_sticky_directory_is_refused() {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let fifo = d.path().join("report.json");
+        mkfifo(&fifo, 0o666);
+        let file = d.path().join("stream.jsonl");
+        std::fs::write(&file, "").unwrap();
+        for p in [&fifo, &file] {
+            let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+            // SAFETY: valid C string.
+            assert_eq!(unsafe { libc::lchown(c.as_ptr(), 65534, 65534) }, 0);
+            let e = UserFile::prepare(p, None).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+            assert!(e.to_string().contains("another user (uid 65534)"), "{e}");
+        }
+        // Their own entry, or one in a directory that is not open to all,
+        // is written as before.
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let f = UserFile::prepare(&file, None).unwrap();
+        f.open_stream().unwrap().write_all(b"ok").unwrap();
+        assert_eq!(read(&file), "ok");
     }
 
     #[test]

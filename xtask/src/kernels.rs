@@ -524,7 +524,12 @@ fn boot(image: &Path, initrd: &Path, tests: &[&str], log: &Path) -> Result<(Vec<
         .arg(image)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        // loglevel=5 rather than quiet: a soft lockup's registers and stack
+        // are printed at the default level, which quiet hides.
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 loglevel=5 softlockup_all_cpu_backtrace=1",
+        ])
         .stdin(Stdio::null())
         .stdout(console.try_clone()?)
         .stderr(console)
@@ -537,6 +542,8 @@ fn boot(image: &Path, initrd: &Path, tests: &[&str], log: &Path) -> Result<(Vec<
         // A CPU stuck in the kernel (seen on 5.10 under TCG, cause not
         // found) never recovers: stop at once and say so.
         if fs::read(log).is_ok_and(|t| String::from_utf8_lossy(&t).contains(LOCKUP)) {
+            // Long enough for the stacks of every CPU to reach the console.
+            std::thread::sleep(Duration::from_secs(5));
             let _ = child.kill();
             let _ = child.wait();
             break;

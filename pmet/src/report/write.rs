@@ -79,7 +79,7 @@ impl Output {
     }
 
     /// Opens it for writing as it goes (`--stream`).
-    pub fn open_stream(&self) -> Result<std::fs::File, Error> {
+    pub fn open_stream(&self) -> Result<Box<dyn std::io::Write + Send>, Error> {
         self.0.open_stream().map_err(|source| Error::Output {
             path: self.0.path().to_owned(),
             option: self.1,
