@@ -65,12 +65,29 @@ pub fn note_inherited_fds() {
             // own fd has it.
             // SAFETY: F_GETFD only reads the fd's flags.
             let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 && !reopened_by_runtime(fd) {
                 fds.push(fd);
             }
         }
     }
     let _ = INHERITED.set(fds);
+}
+
+/// Rust's runtime reopens a standard fd that was closed at start as
+/// `/dev/null`, read-write (a shell's `>/dev/null` is write-only): such an fd
+/// was closed when pmet was started.
+fn reopened_by_runtime(fd: RawFd) -> bool {
+    if fd > 2 {
+        return false;
+    }
+    // SAFETY: zeroed stat is a valid out-parameter; F_GETFL reads flags.
+    let (mut st, mut null): (libc::stat, libc::stat) = unsafe { std::mem::zeroed() };
+    let rw = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_ACCMODE == libc::O_RDWR;
+    // SAFETY: valid fd, C string and out-pointers.
+    rw && unsafe { libc::fstat(fd, &mut st) } == 0
+        && unsafe { libc::stat(c"/dev/null".as_ptr(), &mut null) } == 0
+        && file_type(&st) == libc::S_IFCHR
+        && st.st_rdev == null.st_rdev
 }
 
 fn check_own_fd(fd: RawFd) -> io::Result<()> {
@@ -84,7 +101,9 @@ fn check_own_fd(fd: RawFd) -> io::Result<()> {
             return Ok(());
         }
         return Err(invalid(if fd <= 2 {
-            format!("{name} is closed; give a file name")
+            format!(
+                "{name} is closed (or is /dev/null opened read-write, as a closed one is reopened); give a file name"
+            )
         } else {
             format!("{name} was not handed to pmet (open it in the shell, e.g. `{fd}>FILE`)")
         }));
@@ -391,7 +410,10 @@ impl UserFile {
         let uid = writer_uid(self.creds.as_ref());
         as_user(self.creds.as_ref(), || -> io::Result<()> {
             let st = stat_at(dir, name)?;
-            if let Some(st) = &st {
+            // Only what is written in place can leak: a planted link or file
+            // is replaced by a new file of pmet's (the stream, written in
+            // place, checks its regular file when it opens it).
+            if let Some(st) = st.as_ref().filter(|st| is_special(st)) {
                 check_planted(dir, st, uid)?;
             }
             match st {
@@ -428,13 +450,13 @@ impl UserFile {
                 out.flush()
             }
             Place::InDir { dir, name } => as_user(self.creds.as_ref(), || {
-                if let Some(st) = stat_at(dir, name)? {
+                if let Some(st) = stat_at(dir, name)?
+                    && is_special(&st)
+                {
                     check_planted(dir, &st, writer_uid(self.creds.as_ref()))?;
-                    if is_special(&st) {
-                        let mut out = io::BufWriter::new(open_special(dir, name, &st)?);
-                        fill(&mut out)?;
-                        return out.flush();
-                    }
+                    let mut out = io::BufWriter::new(open_special(dir, name, &st)?);
+                    fill(&mut out)?;
+                    return out.flush();
                 }
                 let (f, tmp) = create_temp(dir)?;
                 let res = (|| {
@@ -712,16 +734,30 @@ mod tests {
         mkfifo(&fifo, 0o666);
         let file = d.path().join("stream.jsonl");
         std::fs::write(&file, "").unwrap();
-        for p in [&fifo, &file] {
+        let give_to_nobody = |p: &Path| {
             let c = CString::new(p.as_os_str().as_bytes()).unwrap();
             // SAFETY: valid C string.
             assert_eq!(unsafe { libc::lchown(c.as_ptr(), 65534, 65534) }, 0);
-            let e = UserFile::prepare(p, None).unwrap_err();
+        };
+        give_to_nobody(&fifo);
+        give_to_nobody(&file);
+        let refused = |e: io::Error| {
             assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
             assert!(e.to_string().contains("another user (uid 65534)"), "{e}");
-        }
-        // Their own entry, or one in a directory that is not open to all,
-        // is written as before.
+        };
+        refused(UserFile::prepare(&fifo, None).unwrap_err());
+        let f = UserFile::prepare(&file, None).unwrap();
+        let Err(e) = f.open_stream() else {
+            panic!("a planted file received the stream");
+        };
+        refused(e);
+        // The report replaces the planted file instead (nothing of it leaks
+        // through the other user's inode).
+        f.write_with(|w| w.write_all(b"report")).unwrap();
+        assert_eq!(read(&file), "report");
+        // In a directory that is not open to all, another user's file is
+        // written as before.
+        give_to_nobody(&file);
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let f = UserFile::prepare(&file, None).unwrap();
         f.open_stream().unwrap().write_all(b"ok").unwrap();

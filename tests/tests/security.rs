@@ -316,6 +316,54 @@ fn devices_and_fifos_stay_what_they_are() {
     assert_eq!(got["exit_code"], 0);
 }
 
+/// Another user's FIFO in /tmp-like places would receive the report; a FIFO
+/// nobody reads must not hang pmet; `/dev/fd/N` must not name pmet's own fds.
+#[test]
+fn planted_fifos_and_pmets_own_fds_cannot_take_the_report() {
+    if !can_trace() {
+        return;
+    }
+    let sticky = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(sticky.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let planted = sticky.path().join("r.json");
+    as_user(&format!("mkfifo -m 0666 {}", planted.display()));
+    // Root (no sudo) asks for a report at the name the hostile user took.
+    let mut c = Command::new(pmet_bin());
+    c.args(["trace", "-q", "-o"])
+        .arg(&planted)
+        .args(["--", "true"]);
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("belongs to another user"), "{stderr}");
+    // A FIFO of one's own with no reader: an error after the patience, not a
+    // hang (the timeout would say 124).
+    let own = user_dir("t-fifo-unread").join("fifo");
+    as_user(&format!("mkfifo {}", own.display()));
+    let mut c = Command::new("timeout");
+    c.args(["60"]).arg(pmet_bin()).args(["trace", "-q", "-o"]);
+    c.arg(&own).args(["--", "true"]);
+    c.env("SUDO_UID", user().uid.to_string())
+        .env("SUDO_GID", user().gid.to_string());
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("nothing opened for reading"), "{stderr}");
+    // `/dev/fd/N` for an fd pmet was not handed, and `-` with stdout closed.
+    let (code, stderr) = run(sudo_pmet(&["trace", "-q", "-o", "/dev/fd/6", "--", "true"]));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("fd 6 was not handed to pmet"), "{stderr}");
+    let mut c = sudo_pmet(&["trace", "-q", "-o", "-", "--", "true"]);
+    // SAFETY: close is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::close(1);
+            Ok(())
+        });
+    }
+    let (code, stderr) = run(c);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("standard output is closed"), "{stderr}");
+}
+
 #[test]
 fn the_stream_is_not_created_when_pmet_refuses_to_start() {
     if !can_trace() {
