@@ -135,7 +135,7 @@ impl Settings {
         let bytes =
             crate::userfile::read_user(path, creds, MAX_CONFIG_BYTES).map_err(|e| bad(&e))?;
         let text = String::from_utf8(bytes).map_err(|_| bad(&"it is not UTF-8 text"))?;
-        Self::parse(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+        Self::parse(&text).map_err(|e| bad(&e))
     }
 
     /// Parses a config file's text.
@@ -631,6 +631,14 @@ impl Running {
                     crate::say!(
                         "pmet: warning: --textfile: {e}; the report is written all the same"
                     );
+                }
+                // A FIFO whose reader took nothing for the whole patience is
+                // given up: waiting it out at every sample would stall the
+                // trace each time.
+                if matches!(&e, Error::Output { source, .. } if source.kind() == std::io::ErrorKind::TimedOut)
+                {
+                    crate::say!("pmet: warning: --textfile: its reader is gone; no longer written");
+                    self.textfile = None;
                 }
             }
         }

@@ -31,7 +31,8 @@ pub enum HistoryError {
         #[source]
         source: rusqlite::Error,
     },
-    /// The directory could not be created.
+    /// The store's file or directory is unusable (cannot be created, is
+    /// not a regular file).
     #[error("history store {path}: {source}")]
     Io {
         /// The directory.

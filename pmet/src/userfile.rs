@@ -13,10 +13,11 @@
 //! the fd pmet was handed.
 //!
 //! Whatever is already at the path may have been planted. In a sticky,
-//! world-writable directory (`/tmp`) an entry that belongs to another user
-//! is refused, whatever its type (the kernel's `protected_fifos` and
-//! `protected_regular` rules, applied always): another user's FIFO there
-//! would receive the report. A FIFO is never waited on for ever: its open and
+//! world-writable directory (`/tmp`), what would be written in place (a FIFO,
+//! a device, the stream's regular file) is refused when it belongs to another
+//! user (the kernel's `protected_fifos` rule, applied always): another user's
+//! FIFO there would receive the report. A planted link or regular file at a
+//! report's name is replaced, which leaks nothing. A FIFO is never waited on for ever: its open and
 //! each write give up after [`FIFO_PATIENCE`] without a reader, so a FIFO
 //! nobody reads cannot hang pmet.
 
@@ -80,14 +81,15 @@ fn reopened_by_runtime(fd: RawFd) -> bool {
     if fd > 2 {
         return false;
     }
-    // SAFETY: zeroed stat is a valid out-parameter; F_GETFL reads flags.
-    let (mut st, mut null): (libc::stat, libc::stat) = unsafe { std::mem::zeroed() };
+    // SAFETY: F_GETFL only reads the fd's flags.
     let rw = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_ACCMODE == libc::O_RDWR;
-    // SAFETY: valid fd, C string and out-pointers.
-    rw && unsafe { libc::fstat(fd, &mut st) } == 0
-        && unsafe { libc::stat(c"/dev/null".as_ptr(), &mut null) } == 0
-        && file_type(&st) == libc::S_IFCHR
-        && st.st_rdev == null.st_rdev
+    rw && match (fstat(fd), std::fs::metadata("/dev/null")) {
+        (Ok(st), Ok(null)) => {
+            use std::os::unix::fs::MetadataExt;
+            file_type(&st) == libc::S_IFCHR && st.st_rdev == null.rdev()
+        }
+        _ => false,
+    }
 }
 
 fn check_own_fd(fd: RawFd) -> io::Result<()> {
@@ -205,11 +207,11 @@ fn unlink_at(dir: &OwnedFd, name: &CString) {
     unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
 }
 
-fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: zeroed stat is a valid out-parameter.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd and out-pointer (fstat takes O_PATH fds).
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    // SAFETY: an fd and an out-pointer (fstat takes O_PATH fds).
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
     Ok(st)
 }
 
@@ -223,7 +225,7 @@ fn writer_uid(creds: Option<&Credentials>) -> u32 {
 /// that anyone may write, an entry neither the writer nor the directory's
 /// owner owns.
 fn check_planted(dir: &OwnedFd, st: &libc::stat, uid: u32) -> io::Result<()> {
-    let d = fstat(dir)?;
+    let d = fstat(dir.as_raw_fd())?;
     let open_to_all = d.st_mode & libc::S_ISVTX != 0 && d.st_mode & libc::S_IWOTH != 0;
     if open_to_all && st.st_uid != uid && st.st_uid != d.st_uid {
         return Err(io::Error::new(
@@ -254,7 +256,9 @@ fn open_special(
     let deadline = Instant::now() + FIFO_PATIENCE;
     loop {
         match open_at(dir, name, flags | libc::O_NONBLOCK) {
-            Ok(f) => return Ok(Box::new(Patient(f))),
+            Ok(f) => {
+                return Ok(Box::new(Patient { f, gave_up: false }));
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -273,24 +277,36 @@ fn open_special(
 }
 
 /// A non-blocking FIFO whose writes wait, for at most [`FIFO_PATIENCE`]
-/// each, for its reader to make room.
-struct Patient(File);
+/// each, for its reader to make room. Once it has waited in vain, every
+/// later write fails at once (a buffered writer's flush on drop must not
+/// wait a second time).
+struct Patient {
+    f: File,
+    gave_up: bool,
+}
 
 impl Write for Patient {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let timed_out = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("its reader took nothing for {FIFO_PATIENCE:?}"),
+            )
+        };
+        if self.gave_up {
+            return Err(timed_out());
+        }
         let deadline = Instant::now() + FIFO_PATIENCE;
         loop {
-            match self.0.write(buf) {
+            match self.f.write(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("its reader took nothing for {} s", FIFO_PATIENCE.as_secs()),
-                        ));
+                        self.gave_up = true;
+                        return Err(timed_out());
                     }
                     let mut p = libc::pollfd {
-                        fd: self.0.as_raw_fd(),
+                        fd: self.f.as_raw_fd(),
                         events: libc::POLLOUT,
                         revents: 0,
                     };
@@ -497,14 +513,14 @@ impl UserFile {
                          give the path it points to",
                     )
                 };
-                let st = stat_at(dir, name)?;
-                if let Some(st) = &st {
-                    if file_type(st) == libc::S_IFLNK {
+                let uid = writer_uid(self.creds.as_ref());
+                if let Some(st) = stat_at(dir, name)? {
+                    if file_type(&st) == libc::S_IFLNK {
                         return Err(link());
                     }
-                    check_planted(dir, st, writer_uid(self.creds.as_ref()))?;
-                    if is_special(st) {
-                        return open_special(dir, name, st);
+                    if is_special(&st) {
+                        check_planted(dir, &st, uid)?;
+                        return open_special(dir, name, &st);
                     }
                 }
                 // O_NOFOLLOW still guards a link planted after the look above.
@@ -522,10 +538,10 @@ impl UserFile {
                         e
                     }
                 })?;
-                // SAFETY: zeroed stat is a valid out-parameter; valid fd.
-                let mut now: libc::stat = unsafe { std::mem::zeroed() };
-                cvt(unsafe { libc::fstat(f.as_raw_fd(), &mut now) })?;
-                check_planted(dir, &now, writer_uid(self.creds.as_ref()))?;
+                // Judged as opened: whatever was there before, or planted
+                // since the look above. Nothing is written or truncated yet.
+                let now = fstat(f.as_raw_fd())?;
+                check_planted(dir, &now, uid)?;
                 if file_type(&now) == libc::S_IFREG {
                     f.set_len(0)?;
                     return Ok(Box::new(f) as Box<dyn Write + Send>);

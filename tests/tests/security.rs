@@ -821,6 +821,48 @@ fn a_stream_that_fills_up_is_said_once_and_the_report_still_written() {
     assert_eq!(report["exit_code"], 3);
 }
 
+/// A `--textfile` FIFO whose reader holds it open and never reads: the
+/// trace waits it out once, gives it up, and ends with the command (before,
+/// every sample blocked on it for ever).
+#[test]
+fn a_textfile_fifo_that_is_never_read_stalls_the_trace_once() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pmet.prom");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // SAFETY: valid C string; the fd is closed below.
+    let reader = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
+    assert!(reader >= 0);
+    // The smallest pipe, so a few samples fill it.
+    // SAFETY: the fd opened above.
+    assert!(unsafe { libc::fcntl(reader, libc::F_SETPIPE_SZ, 4096) } >= 4096);
+    let r = dir.path().join("r.json");
+    let started = std::time::Instant::now();
+    let o = Command::new("timeout")
+        .arg("120")
+        .arg(pmet_bin())
+        .args(["trace", "-q", "-i", "20ms", "--textfile"])
+        .arg(&fifo)
+        .arg("-o")
+        .arg(&r)
+        .args(["--", "sh", "-c", "sleep 2; exit 4"])
+        .output()
+        .unwrap();
+    // SAFETY: the fd opened above.
+    unsafe { libc::close(reader) };
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{stderr}");
+    assert_eq!(stderr.matches("no longer written").count(), 1, "{stderr}");
+    assert!(stderr.contains("took nothing"), "{stderr}");
+    assert_eq!(common::read_json(&r)["exit_code"], 4);
+    // Once 10 s, not at every sample (100 samples of 20 ms).
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
 #[test]
 fn a_secret_in_the_environment_reaches_no_output() {
     if !can_trace() {
