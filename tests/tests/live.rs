@@ -207,7 +207,23 @@ fn top_full_screen_in_80_by_24_sorts_filters_and_quits() {
     tmux(&["send-keys", "-t", &s.0, "m"]);
     let by_mem = wait_for(&s, "sorted by mem", Duration::from_secs(5));
     assert!(by_mem.contains("sorted by mem"), "{by_mem}");
-    tmux(&["send-keys", "-t", &s.0, "/", "cpu 8000", "Enter"]);
+    // Key by key: `tmux send-keys ... "cpu 8000"` is itself a process whose
+    // command line holds the filter, and pmet rightly listed it (CI, stop 31).
+    tmux(&[
+        "send-keys",
+        "-t",
+        &s.0,
+        "/",
+        "c",
+        "p",
+        "u",
+        "Space",
+        "8",
+        "0",
+        "0",
+        "0",
+        "Enter",
+    ]);
     // Applied (Enter taken): the footer shows the keys again.
     let t0 = Instant::now();
     let filtered = loop {
