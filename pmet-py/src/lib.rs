@@ -174,6 +174,7 @@ impl Monitor {
             output: None,
             stream: None,
             trace_events: None,
+            ready: None,
             exclude_children: !include_children,
             since_process_start,
             ebpf,

@@ -247,6 +247,11 @@ pub struct TopArgs {
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<TopFormat>,
 
+    /// Write one line to FILE once pmet is watching (as `pmet trace
+    /// --ready`).
+    #[arg(long, value_name = "FILE")]
+    pub ready: Option<PathBuf>,
+
     /// Exporters.
     #[command(flatten)]
     pub export: ExportArgs,
@@ -343,6 +348,11 @@ pub struct AgentArgs {
     /// Do not read /proc/PID/smaps_rollup (PSS).
     #[arg(long)]
     pub no_pss: bool,
+
+    /// Write one line to FILE once pmet is watching (as `pmet trace
+    /// --ready`; under systemd, `Type=notify` is told `READY=1` too).
+    #[arg(long, value_name = "FILE")]
+    pub ready: Option<PathBuf>,
 }
 
 /// Options of `pmet trace`.
@@ -476,6 +486,13 @@ pub struct TraceArgs {
     /// Also write the run as Chrome/Perfetto trace-event JSON.
     #[arg(long, value_name = "FILE")]
     pub trace_events: Option<PathBuf>,
+
+    /// Write one line to FILE once pmet is watching (its kernel side
+    /// attached, its first look taken), so a script can wait for it before
+    /// starting what is to be traced: `{"ready":true,"pid":N,"ebpf":true}`.
+    /// A FIFO or `/dev/fd/N` works (see README).
+    #[arg(long, value_name = "FILE")]
+    pub ready: Option<PathBuf>,
 
     /// Run the command as this user (default under sudo: the user who ran sudo).
     #[arg(short, long, value_name = "USER", conflicts_with = "pid")]

@@ -62,6 +62,7 @@ fn run_top(a: pmet::cli::TopArgs) -> ExitCode {
     match Only::try_parse_from(argv) {
         Ok(mut o) => {
             o.args.export = a.export;
+            o.args.ready = a.ready;
             run_trace_as(o.args, true, Some(format), None)
         }
         Err(e) => fail(&Error::Usage(e.to_string())),
@@ -104,7 +105,10 @@ fn run_agent(a: pmet::cli::AgentArgs) -> ExitCode {
     );
     let agent = pmet::trace::Agent { config: a.config };
     match Only::try_parse_from(argv) {
-        Ok(o) => run_trace_as(o.args, true, None, Some((settings, agent))),
+        Ok(mut o) => {
+            o.args.ready = a.ready;
+            run_trace_as(o.args, true, None, Some((settings, agent)))
+        }
         Err(e) => fail(&Error::Usage(e.to_string())),
     }
 }
@@ -206,6 +210,7 @@ fn run_trace_as(
         output: output.clone(),
         stream: args.stream,
         trace_events: args.trace_events,
+        ready: args.ready,
         exclude_children: args.exclude_children,
         since_process_start: args.since_process_start,
         ebpf: if args.no_ebpf {

@@ -65,6 +65,8 @@ pub struct TraceOptions {
     pub stream: Option<std::path::PathBuf>,
     /// Where Chrome/Perfetto trace events go (`--trace-events`).
     pub trace_events: Option<std::path::PathBuf>,
+    /// Told one line once pmet is watching (`--ready`).
+    pub ready: Option<std::path::PathBuf>,
     /// Follow only the root.
     pub exclude_children: bool,
     /// Attach mode: count CPU and disk from each process's start.
@@ -196,6 +198,25 @@ const BATCH: Duration = Duration::from_millis(50);
 const SPILL_EVERY: Duration = Duration::from_millis(250);
 /// A tree using more CPU than this (percent of a core) counts as busy.
 const BUSY_CPU_PCT: f64 = 5.0;
+
+/// Tells systemd (`Type=notify`, which sets `$NOTIFY_SOCKET`) that the
+/// service is up: sd_notify(3)'s `READY=1`, one datagram.
+fn notify_systemd_ready() {
+    use std::os::{linux::net::SocketAddrExt, unix::net};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => net::SocketAddr::from_abstract_name(name),
+        None => net::SocketAddr::from_pathname(&path),
+    };
+    let sent = net::UnixDatagram::unbound()
+        .and_then(|s| addr.and_then(|a| s.send_to_addr(b"READY=1", &a)));
+    if let Err(e) = sent {
+        log::warn!("telling systemd READY=1 at NOTIFY_SOCKET: {e}");
+    }
+}
 
 /// `CLOCK_BOOTTIME` now, in ns: the clock of kernel events and /proc start times.
 pub fn boottime_ns() -> u64 {
@@ -392,6 +413,8 @@ struct Inputs {
     /// The report, trace events: anchored, written as the invoking user.
     output: Option<Output>,
     trace_events: Option<Output>,
+    /// Told once pmet is watching (`--ready`).
+    ready: Option<Output>,
     /// The per-sample lines' destination.
     stream: Box<dyn Write + Send>,
     /// The command, ready to start (launch mode).
@@ -438,6 +461,11 @@ fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
         .trace_events
         .as_ref()
         .map(|p| prepare_file(p, "--trace-events"))
+        .transpose()?;
+    let ready = opts
+        .ready
+        .as_ref()
+        .map(|p| prepare_file(p, "--ready"))
         .transpose()?;
     let stream_out = opts
         .stream
@@ -499,6 +527,7 @@ fn check_inputs(opts: &TraceOptions, procfs: &Procfs) -> Result<Inputs, Error> {
         euid,
         output,
         trace_events,
+        ready,
         stream,
         prepared,
         endpoints,
@@ -544,6 +573,10 @@ struct Started {
     /// pmet's CPU seconds when tracing began (the command let go, or the
     /// attach done): its start-up.
     startup_cpu: f64,
+    /// Told once pmet is watching (`--ready`).
+    ready: Option<Output>,
+    /// `pmet agent` under systemd (`Type=notify`): told `READY=1` then.
+    notify_systemd: bool,
 }
 
 impl Started {
@@ -554,6 +587,29 @@ impl Started {
         self.export(snap.lost);
         self.spill_ended();
         snap
+    }
+
+    /// Says that pmet is watching: everything from now on is seen.
+    fn say_ready(&mut self) {
+        if let Some(out) = self.ready.take() {
+            let line = format!(
+                "{{\"ready\":true,\"pid\":{},\"ebpf\":{}}}\n",
+                self.root_pid,
+                self.s.kernel.is_some()
+            );
+            // Beside the trace: a FIFO's reader may take its time (up to
+            // the FIFO patience), and nothing waits for it meanwhile.
+            let _ = std::thread::Builder::new()
+                .name("pmet-ready".into())
+                .spawn(move || {
+                    if let Err(e) = out.write(line.as_bytes()) {
+                        log::warn!("{e}");
+                    }
+                });
+        }
+        if std::mem::take(&mut self.notify_systemd) {
+            notify_systemd_ready();
+        }
     }
 
     /// Writes out the processes whose figures are final once the tree holds
@@ -887,6 +943,8 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         spill: None,
         spilled_at: None,
         startup_cpu: 0.0,
+        ready: None,
+        notify_systemd: false,
     })
 }
 
@@ -934,6 +992,7 @@ async fn follow(
     let mut backoff: Option<Instant> = None;
     // A first look at once: rates need a starting point.
     let snap = st.look(sink);
+    st.say_ready();
     let mut next_tick = Instant::now() + pace.after(&snap);
     let never = Instant::now() + Duration::from_secs(86400 * 365 * 30);
 
@@ -1325,6 +1384,8 @@ pub async fn trace_with(
     }
     st.agent = opts.agent.clone();
     st.owner = inputs.owner.clone();
+    st.ready = inputs.ready.take();
+    st.notify_systemd = opts.agent.is_some();
     // What needs every process held to the end does not spill.
     if opts.agent.is_none() && !opts.embedded && !opts.record && opts.trace_events.is_none() {
         st.spill = Some(report::spill::Spill::new(

@@ -837,13 +837,66 @@ fn the_shipped_systemd_unit_verifies_and_its_command_starts() {
             .replace("0.0.0.0:9464", &addr),
     )
     .unwrap();
+    // Type=notify: started means READY=1 on $NOTIFY_SOCKET, here in the
+    // abstract namespace (`@name`), as systemd may give it.
+    assert!(unit.lines().any(|l| l == "Type=notify"), "{unit}");
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("pmet-test-notify-{}", std::process::id());
+    let sock = std::os::unix::net::UnixDatagram::bind_addr(
+        &std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap(),
+    )
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let agent = Command::new(&bin)
         .args(["agent", "--config"])
         .arg(&config)
+        .env("NOTIFY_SOCKET", format!("@{name}"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 within 60 s");
+    assert_eq!(&buf[..n], b"READY=1");
     let s = scrape_until(&addr, Duration::from_secs(20), |_| true);
     assert!(value(&s, "pmet_processes_alive", &[]) > 1.0);
+    stop(agent);
+}
+
+#[test]
+fn the_agent_tells_systemd_and_its_ready_file_once_watching() {
+    if !can_trace() {
+        return;
+    }
+    // systemd's side of Type=notify: a datagram socket named by
+    // $NOTIFY_SOCKET, told "READY=1" once the service is up.
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let ready = dir.path().join("ready");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let agent = Command::new(pmet_bin())
+        .args(["agent", "--prometheus", &addr, "--duration", "120s"])
+        .arg("--ready")
+        .arg(&ready)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 within 60 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Told once only, and the file said the same moment.
+    let line = common::read_ready(&ready, || false).unwrap();
+    assert_eq!(line["ready"], true);
+    assert_eq!(line["ebpf"], true);
+    // By then the metrics port answers.
+    let s = scrape_until(&addr, Duration::from_secs(5), |_| true);
+    assert!(value(&s, "pmet_processes_held", &[]) > 0.0);
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(sock.recv(&mut buf).is_err(), "READY=1 is said once");
     stop(agent);
 }

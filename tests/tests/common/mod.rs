@@ -206,3 +206,49 @@ pub fn bpf_prog_exists(id: u32) -> bool {
     }
     std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
 }
+
+/// Starts pmet with `args` and `--ready`, and returns once pmet says it is
+/// watching (what starts from then on is seen): the run, to join, and the
+/// line pmet wrote. Fails the test, with pmet's stderr, if pmet ends first
+/// or takes over 60 s.
+pub fn pmet_when_ready(args: &[&str]) -> (std::thread::JoinHandle<Run>, Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready");
+    let mut with: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let at = with.iter().position(|a| a == "--").unwrap_or(with.len());
+    with.insert(at, ready.display().to_string());
+    with.insert(at, "--ready".into());
+    let run = std::thread::spawn(move || {
+        let args: Vec<&str> = with.iter().map(String::as_str).collect();
+        pmet(&args)
+    });
+    let line = read_ready(&ready, || run.is_finished());
+    if line.is_none() {
+        let r = run.join().unwrap();
+        panic!(
+            "pmet ended (status {:?}) before saying it was ready:\n{}",
+            r.code, r.stderr
+        );
+    }
+    (run, line.unwrap())
+}
+
+/// The line pmet wrote to its `--ready` file, once written; `None` if
+/// `ended` says pmet ended first. Fails the test after 60 s.
+pub fn read_ready(path: &std::path::Path, ended: impl Fn() -> bool) -> Option<Value> {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Some(line) = text.strip_suffix('\n') {
+                let v = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("--ready line {line:?}: {e}"));
+                return Some(v);
+            }
+        }
+        if ended() {
+            return None;
+        }
+        assert!(t0.elapsed().as_secs() < 60, "pmet never said it was ready");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
