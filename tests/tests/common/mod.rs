@@ -238,12 +238,13 @@ pub fn pmet_when_ready(args: &[&str]) -> (std::thread::JoinHandle<Run>, Value) {
 pub fn read_ready(path: &std::path::Path, ended: impl Fn() -> bool) -> Option<Value> {
     let t0 = std::time::Instant::now();
     loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if let Some(line) = text.strip_suffix('\n') {
-                let v = serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("--ready line {line:?}: {e}"));
-                return Some(v);
-            }
+        if let Some(line) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.strip_suffix('\n').map(str::to_owned))
+        {
+            let v = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("--ready line {line:?}: {e}"));
+            return Some(v);
         }
         if ended() {
             return None;
