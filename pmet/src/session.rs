@@ -314,8 +314,12 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             .live_keys()
             .into_iter()
             .filter(|&(pid, cookie)| match &self.kernel {
+                // Whatever the kernel's map says yet: under load the root's
+                // events may still be in the ring, its cookie not yet the
+                // map's, and a SIGTERM passed on then missed the command
+                // (pmet waited out its grace and exited 143, status unknown).
+                _ if root == Some((pid, cookie)) => true,
                 Some(k) => k.tracked(pid) == Some(cookie),
-                None if root == Some((pid, cookie)) => true,
                 None => self.procfs.stat(pid).is_ok_and(|st| {
                     self.tree
                         .live(pid)
@@ -1478,6 +1482,17 @@ mod tests {
         // 201 exited unseen and its pid went to an unrelated process.
         kernel(&mut s).tracked.insert(201, 99);
         assert_eq!(s.live_pids(), [ROOT, 200]);
+    }
+
+    #[test]
+    fn the_launched_root_is_signalled_before_the_kernel_map_has_it() {
+        let mut s = session();
+        // Its events still in the ring: the map does not have it yet (or
+        // under an older cookie). pmet's own unreaped child is still it.
+        kernel(&mut s).tracked.remove(&ROOT);
+        assert_eq!(s.live_pids(), [ROOT]);
+        kernel(&mut s).tracked.insert(ROOT, 12345);
+        assert_eq!(s.live_pids(), [ROOT]);
     }
 
     #[test]
