@@ -271,8 +271,12 @@ impl Pace {
 
 /// Sends `sig` to every process of the tree still running: only to the
 /// instance pmet follows, never to a process that reused a pid.
-fn signal_tree(s: &Session<Kernel, Procfs>, sig: i32) {
-    for pid in s.live_pids() {
+fn signal_tree(s: &Session<Kernel, Procfs>, root: Option<u32>, sig: i32) {
+    let mut pids = s.live_pids();
+    if let Some(r) = root.filter(|r| !pids.contains(r)) {
+        pids.insert(0, r);
+    }
+    for pid in pids {
         // SAFETY: kill with plain integers.
         if unsafe { libc::kill(pid as i32, sig) } != 0 {
             log::debug!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
@@ -737,7 +741,11 @@ impl Started {
                     unsafe { libc::kill(self.root_pid as i32, sig) };
                 }
                 Action::Signal(Target::Tree, sig) => {
-                    signal_tree(&self.s, sig);
+                    // The command is pmet's own unreaped child (its pid not
+                    // reusable yet), whatever the tree has drained of it.
+                    let root =
+                        (self.launched && self.root_status.is_none()).then_some(self.root_pid);
+                    signal_tree(&self.s, root, sig);
                     self.signalled_tree = true;
                 }
                 Action::Finish => finish = true,
