@@ -305,10 +305,23 @@ fn attaching_to_a_process_that_exits_mid_run() {
     if !can_trace() {
         return;
     }
-    let mut target = start_target(&["sleep", "2500"]);
+    // It exits once pmet is watching, however long pmet's start takes (a
+    // fixed 2.5 s sleep ended first on a loaded machine: exit 4, "no such
+    // process", rightly).
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let st = StdCommand::new("mkfifo").arg(&go).status().unwrap();
+    assert!(st.success());
+    let mut target = StdCommand::new("sh")
+        .arg("-c")
+        .arg(format!("read -r _ < {}", go.display()))
+        .spawn()
+        .unwrap();
     let pid = target.id();
-    std::thread::sleep(Duration::from_millis(100));
-    let run = pmet(&["trace", "--pid", &pid.to_string()]);
+    let (run, ready) = common::pmet_when_ready(&["trace", "--pid", &pid.to_string()]);
+    assert_eq!(ready["pid"], pid);
+    std::fs::write(&go, "go\n").unwrap();
+    let run = run.join().unwrap();
     target.wait().unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let r = run.report();
