@@ -508,6 +508,19 @@ fn spawn_pmet_group(args: &[&str], report: &std::path::Path) -> std::process::Ch
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // Default dispositions, as from a shell: a run under `nohup` (a CI
+    // runner's, a rehearsal's) ignores SIGHUP, pmet and its command inherit
+    // that across exec, and a SIGHUP passed on then rightly does nothing
+    // (the command ran on; pmet gave up after its grace: 129, status null).
+    // SAFETY: signal(2) only, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
     c.spawn().unwrap()
 }
 
