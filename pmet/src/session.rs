@@ -314,10 +314,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             .live_keys()
             .into_iter()
             .filter(|&(pid, cookie)| match &self.kernel {
-                // Whatever the kernel's map says yet: under load the root's
-                // events may still be in the ring, its cookie not yet the
-                // map's, and a SIGTERM passed on then missed the command
-                // (pmet waited out its grace and exited 143, status unknown).
+                // pmet's own unreaped child needs no map to vouch for it.
                 _ if root == Some((pid, cookie)) => true,
                 Some(k) => k.tracked(pid) == Some(cookie),
                 None => self.procfs.stat(pid).is_ok_and(|st| {
@@ -1487,8 +1484,8 @@ mod tests {
     #[test]
     fn the_launched_root_is_signalled_before_the_kernel_map_has_it() {
         let mut s = session();
-        // Its events still in the ring: the map does not have it yet (or
-        // under an older cookie). pmet's own unreaped child is still it.
+        // Whatever the map holds for its pid, pmet's own unreaped child is
+        // the command.
         kernel(&mut s).tracked.remove(&ROOT);
         assert_eq!(s.live_pids(), [ROOT]);
         kernel(&mut s).tracked.insert(ROOT, 12345);

@@ -271,12 +271,8 @@ impl Pace {
 
 /// Sends `sig` to every process of the tree still running: only to the
 /// instance pmet follows, never to a process that reused a pid.
-fn signal_tree(s: &Session<Kernel, Procfs>, root: Option<u32>, sig: i32) {
-    let mut pids = s.live_pids();
-    if let Some(r) = root.filter(|r| !pids.contains(r)) {
-        pids.insert(0, r);
-    }
-    for pid in pids {
+fn signal_tree(s: &Session<Kernel, Procfs>, sig: i32) {
+    for pid in s.live_pids() {
         // SAFETY: kill with plain integers.
         if unsafe { libc::kill(pid as i32, sig) } != 0 {
             log::debug!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
@@ -579,8 +575,6 @@ struct Started {
     startup_cpu: f64,
     /// Told once pmet is watching (`--ready`).
     ready: Option<Output>,
-    /// `pmet agent` under systemd (`Type=notify`): told `READY=1` then.
-    notify_systemd: bool,
 }
 
 impl Started {
@@ -611,7 +605,8 @@ impl Started {
                     }
                 });
         }
-        if std::mem::take(&mut self.notify_systemd) {
+        // `pmet agent` under systemd (`Type=notify`) is up now.
+        if self.agent.is_some() {
             notify_systemd_ready();
         }
     }
@@ -741,11 +736,7 @@ impl Started {
                     unsafe { libc::kill(self.root_pid as i32, sig) };
                 }
                 Action::Signal(Target::Tree, sig) => {
-                    // The command is pmet's own unreaped child (its pid not
-                    // reusable yet), whatever the tree has drained of it.
-                    let root =
-                        (self.launched && self.root_status.is_none()).then_some(self.root_pid);
-                    signal_tree(&self.s, root, sig);
+                    signal_tree(&self.s, sig);
                     self.signalled_tree = true;
                 }
                 Action::Finish => finish = true,
@@ -952,7 +943,6 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         spilled_at: None,
         startup_cpu: 0.0,
         ready: None,
-        notify_systemd: false,
     })
 }
 
@@ -1393,7 +1383,6 @@ pub async fn trace_with(
     st.agent = opts.agent.clone();
     st.owner = inputs.owner.clone();
     st.ready = inputs.ready.take();
-    st.notify_systemd = opts.agent.is_some();
     // What needs every process held to the end does not spill.
     if opts.agent.is_none() && !opts.embedded && !opts.record && opts.trace_events.is_none() {
         st.spill = Some(report::spill::Spill::new(

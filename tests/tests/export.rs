@@ -797,6 +797,16 @@ fn the_agent_reloads_its_config_on_sighup() {
     assert!(err.contains("the previous settings stay in force"), "{err}");
 }
 
+/// systemd's side of `Type=notify`: the service says `READY=1` on the
+/// socket within 60 s.
+fn assert_told_ready(sock: &std::os::unix::net::UnixDatagram) {
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 within 60 s");
+    assert_eq!(&buf[..n], b"READY=1");
+}
+
 #[test]
 fn the_shipped_systemd_unit_verifies_and_its_command_starts() {
     if !can_trace() {
@@ -846,8 +856,6 @@ fn the_shipped_systemd_unit_verifies_and_its_command_starts() {
         &std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap(),
     )
     .unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
     let agent = Command::new(&bin)
         .args(["agent", "--config"])
         .arg(&config)
@@ -855,9 +863,7 @@ fn the_shipped_systemd_unit_verifies_and_its_command_starts() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut buf = [0u8; 64];
-    let n = sock.recv(&mut buf).expect("READY=1 within 60 s");
-    assert_eq!(&buf[..n], b"READY=1");
+    assert_told_ready(&sock);
     let s = scrape_until(&addr, Duration::from_secs(20), |_| true);
     assert!(value(&s, "pmet_processes_alive", &[]) > 1.0);
     stop(agent);
@@ -873,8 +879,6 @@ fn the_agent_tells_systemd_and_its_ready_file_once_watching() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
     let ready = dir.path().join("ready");
     let addr = format!("127.0.0.1:{}", free_port());
     let agent = Command::new(pmet_bin())
@@ -885,9 +889,7 @@ fn the_agent_tells_systemd_and_its_ready_file_once_watching() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut buf = [0u8; 64];
-    let n = sock.recv(&mut buf).expect("READY=1 within 60 s");
-    assert_eq!(&buf[..n], b"READY=1");
+    assert_told_ready(&sock);
     // Told once only, and the file said the same moment.
     let line = common::read_ready(&ready, || false).unwrap();
     assert_eq!(line["ready"], true);
@@ -897,6 +899,6 @@ fn the_agent_tells_systemd_and_its_ready_file_once_watching() {
     assert!(value(&s, "pmet_processes_held", &[]) > 0.0);
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    assert!(sock.recv(&mut buf).is_err(), "READY=1 is said once");
+    assert!(sock.recv(&mut [0u8; 64]).is_err(), "READY=1 is said once");
     stop(agent);
 }
