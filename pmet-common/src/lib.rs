@@ -244,8 +244,10 @@ pub struct ExecEvent {
     pub comm: [u8; COMM_LEN],
     /// Its pid namespace: the namespace's inode number (0: unknown).
     pub pid_ns: u32,
-    /// Padding, always zero.
-    pub _pad: u32,
+    /// `signal->maxrss` after the exec, in pages (saturated; 0: unread):
+    /// the peak resident size of every memory the process ran in before
+    /// this program, the one exec just dropped included.
+    pub maxrss_pages: u32,
 }
 
 /// The fixed part of an [`kind::EXEC_FULL`] record.
@@ -296,6 +298,10 @@ pub struct ExitEvent {
     /// the larger of `mm->hiwater_rss` and the file, anonymous and shmem
     /// counters (`MEM_VALID`; 0 for a thread without memory).
     pub peak_rss_pages: u64,
+    /// The last thread's exit: `signal->maxrss` in pages (0: unread), the
+    /// peak resident size over every memory the process ran in, those
+    /// before its execs included (what `wait4` reports as `ru_maxrss`).
+    pub maxrss_pages: u64,
 }
 
 /// A thread's CPU and storage figures, read from its `task_struct`.
@@ -640,6 +646,12 @@ pub struct Config {
     /// `struct socket.sk`: where the fexit socket hooks (kernels without
     /// the socket tracepoints, before 6.3) find the socket's `struct sock`.
     pub socket_sk: u16,
+    /// `task_struct.signal` (0: `maxrss` is not read).
+    pub task_signal: u32,
+    /// `signal_struct.maxrss`.
+    pub signal_maxrss: u16,
+    /// Padding, always zero.
+    pub _pad_maxrss: u16,
     /// `task_struct.nvcsw` (0: context switches and faults are not read;
     /// taskstats gives them instead).
     pub task_nvcsw: u32,
@@ -704,11 +716,11 @@ mod tests {
         assert_eq!(size_of::<ExecEvent>(), 24 + 16 + 8 + 16 + 8);
         assert_eq!(size_of::<ExecFullHeader>(), size_of::<ExecEvent>() + 8);
         assert_eq!(size_of::<TaskFigures>(), 72);
-        assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16 + 8);
+        assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16 + 8 + 8);
         assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 10 + 8);
         assert_eq!(size_of::<NetKey>(), 16);
         assert_eq!(size_of::<NetCounters>(), 64);
-        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12 + 16 + 8 + 12 + 4);
+        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12 + 16 + 8 + 12 + 4 + 8);
         assert_eq!(size_of::<Endpoints>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 24 + 16 + 40 + 8);
         assert_eq!(size_of::<SockLife>(), 16 + 40 + 8);

@@ -521,8 +521,34 @@ fn exec_event(kind: u32, old_tid: u32, ts: u64, btf: bool) -> ExecEvent {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: comm(),
         pid_ns,
-        _pad: 0,
+        maxrss_pages: maxrss_pages(current_task(btf), btf)
+            .map(|p| {
+                if p > u32::MAX as u64 {
+                    u32::MAX
+                } else {
+                    p as u32
+                }
+            })
+            .unwrap_or(0),
     }
+}
+
+/// `task->signal->maxrss`, in pages: the peak resident size of the
+/// memories the process's exec'd programs and exited threads dropped (the
+/// kernel keeps it at each exec and at the last thread's exit, for
+/// `ru_maxrss`). `None` where this kernel's layout is unknown.
+#[inline(always)]
+fn maxrss_pages(task: u64, btf: bool) -> Option<u64> {
+    if config!(task_signal) == 0 {
+        return None;
+    }
+    // SAFETY: offsets from this kernel's BTF; the current task and its
+    // signal struct stay valid while it runs this hook.
+    let signal: u64 = unsafe { kread(task, config!(task_signal).into(), btf) }?;
+    if signal == 0 {
+        return None;
+    }
+    unsafe { kread(signal, config!(signal_maxrss).into(), btf) }
 }
 
 /// The current task's pid in its own pid namespace and that namespace's
@@ -663,6 +689,11 @@ fn exit(t: Tracked, group_dead: bool, btf: bool) {
         cookie: t.cookie,
         comm: comm(),
         peak_rss_pages: peak_rss_pages.unwrap_or(0),
+        maxrss_pages: if group_dead {
+            maxrss_pages(task, btf).unwrap_or(0)
+        } else {
+            0
+        },
     });
 }
 

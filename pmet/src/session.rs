@@ -848,6 +848,7 @@ pub(crate) mod fake {
         pub fn fork(&mut self, ts_ns: u64, parent: u32, child: u32, cookie: u64) {
             self.tracked.insert(child, cookie);
             self.events.push_back(Event::Fork {
+                shares_memory: false,
                 ts_ns,
                 parent_tgid: parent,
                 child,
@@ -864,6 +865,7 @@ pub(crate) mod fake {
         pub fn exit(&mut self, ts_ns: u64, pid: u32, cookie: u64, code: u32) {
             self.tracked.remove(&pid);
             self.events.push_back(Event::Exit {
+                maxrss_bytes: None,
                 ts_ns,
                 tgid: pid,
                 tid: pid,
@@ -1123,6 +1125,7 @@ mod tests {
     fn a_fork_the_kernel_could_not_follow_is_counted_not_waited_for() {
         let mut s = session();
         kernel(&mut s).events.push_back(Event::Fork {
+            shares_memory: false,
             ts_ns: 1100 * MS,
             parent_tgid: ROOT,
             child: 300,

@@ -1146,6 +1146,52 @@ fn peak_memory_of_a_short_process_is_known() {
     assert!((100 << 20..110 << 20).contains(&peak), "peak {peak}");
 }
 
+/// A process's peak resident size is over its whole life, the programs it
+/// exec'd away from included (60 MiB, then `true`): the figure wait4 gives
+/// its parent, to the byte. But not the memory a posix_spawn'd child ran in
+/// before its exec, which was its creator's (wait4 says 100 MiB for `true`).
+#[test]
+fn peak_rss_spans_execs_and_leaves_a_spawners_memory_out() {
+    if !can_trace() {
+        return;
+    }
+    let run = pmet(&[
+        "trace",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "{w} rusage {w} memory-exec 60 /bin/true; {w} memory-spawn 100 /bin/true",
+            w = workload()
+        ),
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    let truths: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a wait4 line"))
+        .collect();
+    assert_eq!(truths.len(), 2, "{}", run.stdout);
+    let peak = |t: &Value| {
+        let p = procs(r)
+            .iter()
+            .find(|p| p["pid"] == t["pid"])
+            .unwrap_or_else(|| panic!("{t} not in the report"));
+        assert_eq!(p["exe"], "/bin/true", "{p:#}");
+        p["peak_rss_bytes"].as_u64().unwrap()
+    };
+    let wait4 = |t: &Value| t["maxrss_kb"].as_u64().unwrap() * 1024;
+    assert!(wait4(&truths[0]) > 60 << 20, "{}", truths[0]);
+    assert_eq!(peak(&truths[0]), wait4(&truths[0]), "{}", truths[0]);
+    assert!(wait4(&truths[1]) > 100 << 20, "{}", truths[1]);
+    let spawned = peak(&truths[1]);
+    assert!(
+        spawned > 0 && spawned < 16 << 20,
+        "true's own peak: {spawned}"
+    );
+}
+
 /// Peak memory, context switches and major faults, held against what
 /// wait4(2) says of the same child. Where the kernel side reads them itself
 /// (Linux 6.16+), taskstats is not used at all: the figures are read at the

@@ -50,6 +50,10 @@ pub struct TaskOffsets {
     /// has `group_dead` (6.16+), which is also where it fires before
     /// `exit_mm` tears the memory down.
     pub mem: Option<MemOffsets>,
+    /// `task_struct.signal` and `signal_struct.maxrss`: the peak resident
+    /// size of the memories a process left behind at its execs (`None`:
+    /// not read; only the last program's peak is known).
+    pub maxrss: Option<(u32, u16)>,
 }
 
 /// `task_struct` context-switch and fault counters.
@@ -298,6 +302,11 @@ pub fn task_offsets_in(btf: &Btf, path: &Path) -> Result<TaskOffsets, Error> {
             })
         })(),
         mem: exec.and_then(|_| mem_offsets(btf)),
+        maxrss: (|| {
+            let signal = find_struct(btf, "signal_struct").ok()?;
+            let maxrss = member_offset(btf, &signal, &["maxrss"]).ok()?;
+            Some((opt(&["signal"])?, u16::try_from(maxrss).ok()?))
+        })(),
     })
 }
 
@@ -494,6 +503,8 @@ mod tests {
         // list_head list; s32 __percpu *counters; }: 40 bytes with hotplug.
         assert_eq!((m.count, m.stride), (8, 40), "{m:?}");
         assert!(m.hiwater_rss > 0 && m.rss_stat > 0);
+        let (signal, maxrss) = o.maxrss.expect("task->signal->maxrss");
+        assert!(signal > 0 && maxrss > 0, "{:?}", o.maxrss);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::model::{
 
 /// `clone(2)`'s flag for a new pid namespace.
 const CLONE_NEWPID: u64 = 0x2000_0000;
+const CLONE_VM: u64 = 0x100;
 
 /// Reads a `T` from the start of `b` if it is long enough.
 fn read<T: Copy>(b: &[u8]) -> Option<T> {
@@ -88,6 +89,7 @@ fn exec(e: &ExecEvent) -> Event {
             pid_ns: (e.pid_ns != 0).then_some(e.pid_ns),
             ns_pid: (e.pid_ns != 0).then_some(e.ns_pid),
         },
+        maxrss_bytes: (e.maxrss_pages != 0).then(|| u64::from(e.maxrss_pages) * page_size()),
     }
 }
 
@@ -169,6 +171,7 @@ fn decode_one(b: &[u8], last_env: &mut Option<Arc<[u8]>>) -> Option<Event> {
                 thread: e.flags & fork_flags::THREAD != 0,
                 untracked: e.flags & fork_flags::UNTRACKED != 0,
                 new_pid_ns: e.clone_flags & CLONE_NEWPID != 0,
+                shares_memory: e.clone_flags & CLONE_VM != 0,
                 comm: cstr(&e.comm),
             })
         }
@@ -209,6 +212,7 @@ fn decode_one(b: &[u8], last_env: &mut Option<Arc<[u8]>>) -> Option<Event> {
                 comm: cstr(&e.comm),
                 peak_rss_bytes: (e.flags & exit_flags::MEM_VALID != 0)
                     .then(|| e.peak_rss_pages * page_size()),
+                maxrss_bytes: (e.maxrss_pages != 0).then(|| e.maxrss_pages * page_size()),
             })
         }
         kind::FREE => {
@@ -341,6 +345,7 @@ mod tests {
         assert_eq!(
             decode(&bytes(&e)),
             Some(Event::Fork {
+                shares_memory: false,
                 ts_ns: 42,
                 parent_tgid: 10,
                 child: 12,
@@ -401,7 +406,7 @@ mod tests {
             cgroup_id: 7,
             comm: comm("echo"),
             pid_ns: 0,
-            _pad: 0,
+            maxrss_pages: 0,
         };
         let (argv, env) = (&b"echo\0a b\0"[..], &b"A=1\0B=2\0C=partial"[..]);
         let head = |argv_flags, env_flags| ExecFullHeader {
@@ -421,6 +426,7 @@ mod tests {
             b
         };
         let identity = Event::Exec {
+            maxrss_bytes: None,
             ts_ns: 42,
             tgid: 10,
             old_tid: 11,
@@ -498,6 +504,7 @@ mod tests {
     #[test]
     fn exit_and_free_flags() {
         let e = ExitEvent {
+            maxrss_pages: 0,
             hdr: hdr(kind::EXIT, 10, 10),
             exit_code: 3 << 8,
             flags: exit_flags::GROUP_DEAD | exit_flags::CODE_VALID | exit_flags::HAD_NET,

@@ -382,6 +382,10 @@ pub fn with_task_offsets(mut cfg: Config, o: &TaskOffsets) -> Config {
         cfg.rss_stride = m.stride;
         cfg.rss_count = m.count;
     }
+    if let Some((signal, maxrss)) = o.maxrss {
+        cfg.task_signal = signal;
+        cfg.signal_maxrss = maxrss;
+    }
     if let Some(n) = o.pid_ns {
         cfg.task_thread_pid = n.thread_pid;
         cfg.pid_level = n.level;

@@ -104,6 +104,9 @@ pub enum Event {
         untracked: bool,
         /// The new process is the first of a new pid namespace.
         new_pid_ns: bool,
+        /// The new process runs in its creator's memory (`CLONE_VM`, as
+        /// `vfork` and `posix_spawn` make it) until it execs.
+        shares_memory: bool,
         /// The creator's comm, inherited.
         comm: String,
     },
@@ -146,6 +149,9 @@ pub enum Event {
         comm: String,
         /// Who it runs as and where, after the exec.
         ids: Ids,
+        /// `signal->maxrss` after the exec, in bytes, when read: the peak
+        /// resident size of the memories it ran in before this program.
+        maxrss_bytes: Option<u64>,
     },
     /// A tracked thread exited.
     Exit {
@@ -170,6 +176,11 @@ pub enum Event {
         /// kernel side could read it (Linux 6.16+: the exit hook comes
         /// before the memory is torn down).
         peak_rss_bytes: Option<u64>,
+        /// The last thread only: `signal->maxrss` in bytes, when read, the
+        /// peak resident size over every memory the process ran in (before
+        /// 6.16 its last one included: the kernel keeps it before the exit
+        /// hook), as `wait4` reports it.
+        maxrss_bytes: Option<u64>,
     },
     /// A tracked thread's task_struct was freed; its figures are final.
     Free {

@@ -27,6 +27,7 @@ fn cookie(pid: u32) -> u64 {
 
 fn fork(t: u64, parent: u32, child: u32) -> Event {
     Event::Fork {
+        shares_memory: false,
         ts_ns: t,
         parent_tgid: parent,
         child,
@@ -48,6 +49,7 @@ fn exec(t: u64, pid: u32, argv: &[&str]) -> [Event; 2] {
             truncated: false,
         },
         Event::Exec {
+            maxrss_bytes: None,
             ts_ns: t,
             tgid: pid,
             old_tid: pid,
@@ -61,6 +63,7 @@ fn end(t: u64, pid: u32, code: u32, cpu_ms: u64, write: u64) -> [Event; 2] {
     let cookie = cookie(pid);
     [
         Event::Exit {
+            maxrss_bytes: None,
             ts_ns: t,
             tgid: pid,
             tid: pid,

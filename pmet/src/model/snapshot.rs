@@ -372,6 +372,7 @@ mod tests {
         let mut t = Tree::new();
         t.add_root(100, 999, 1, 0, vec!["sh".into()]);
         t.apply(Event::Fork {
+            shares_memory: false,
             ts_ns: 0,
             parent_tgid: 100,
             child: 101,

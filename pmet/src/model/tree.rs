@@ -267,6 +267,8 @@ pub struct Proc {
     pub ctx_threads: u32,
     /// The highest peak resident size its threads' exits read, bytes.
     pub exit_peak_rss: u64,
+    /// Which part of the kernel's `signal->maxrss` is this process's own.
+    pub maxrss_floor: MaxrssFloor,
     /// The latest /proc sample.
     pub last_sample: Option<Sample>,
     /// Samples taken.
@@ -308,6 +310,35 @@ pub struct Proc {
     /// Its parent's [`Proc::seq`]: the link survives the parent being
     /// forgotten ([`Tree::prune`]).
     pub parent_seq: Option<u64>,
+}
+
+/// How much of a process's `signal->maxrss` (the peak resident size of
+/// every memory it ran in, as `wait4` reports it) is its own. The memory a
+/// process runs in before its first exec is a copy of its creator's, or
+/// its creator's itself: its own when it was forked (the copy is its to
+/// grow; like `wait4`, its peak then starts at what it shared at the fork),
+/// another program's when it was made with `CLONE_VM` (`vfork`,
+/// `posix_spawn`: its creator's peak) or is the command pmet launched
+/// (pmet's own copy, waiting at the gate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MaxrssFloor {
+    /// Not known to be its own until it execs (launched by pmet, made with
+    /// `CLONE_VM`, or running before pmet attached): the exec's reading
+    /// becomes the floor.
+    #[default]
+    UntilExec,
+    /// Peaks above this many bytes are the process's own.
+    Above(u64),
+}
+
+impl MaxrssFloor {
+    /// The part of `maxrss` that is the process's own peak, if any.
+    fn own(self, maxrss: u64) -> Option<u64> {
+        match self {
+            MaxrssFloor::Above(floor) if maxrss > floor => Some(maxrss),
+            _ => None,
+        }
+    }
 }
 
 impl Proc {
@@ -935,6 +966,7 @@ impl Tree {
                 thread,
                 untracked,
                 new_pid_ns,
+                shares_memory,
                 comm,
             } => {
                 let Some(&pi) = self.live.get(&parent_tgid) else {
@@ -992,6 +1024,11 @@ impl Tree {
                     untracked,
                     threads_alive: 1,
                     max_threads: 1,
+                    maxrss_floor: if shares_memory {
+                        MaxrssFloor::UntilExec
+                    } else {
+                        MaxrssFloor::Above(0)
+                    },
                     ..Proc::default()
                 };
                 let i = self.insert(proc);
@@ -1026,6 +1063,7 @@ impl Tree {
                 old_tid,
                 comm,
                 ids,
+                maxrss_bytes,
                 ..
             } => {
                 let Some(&i) = self.live.get(&tgid) else {
@@ -1041,6 +1079,9 @@ impl Tree {
                 p.comm = comm;
                 p.execs += 1;
                 p.ids = Some(ids);
+                if let (MaxrssFloor::UntilExec, Some(m)) = (p.maxrss_floor, maxrss_bytes) {
+                    p.maxrss_floor = MaxrssFloor::Above(m);
+                }
                 if let Some((env, truncated)) = self.pending_env.remove(&old_tid) {
                     p.env = Some(env);
                     p.env_truncated = truncated;
@@ -1060,6 +1101,7 @@ impl Tree {
                 exit_code,
                 comm,
                 peak_rss_bytes,
+                maxrss_bytes,
                 ..
             } => {
                 self.pending_exec.remove(&tid);
@@ -1071,7 +1113,8 @@ impl Tree {
                 let p = self.proc_mut(i);
                 p.threads_alive = p.threads_alive.saturating_sub(1);
                 p.threads_unfreed += 1;
-                if let Some(b) = peak_rss_bytes {
+                let own = maxrss_bytes.and_then(|m| p.maxrss_floor.own(m));
+                for b in [peak_rss_bytes, own].into_iter().flatten() {
                     p.exit_peak_rss = p.exit_peak_rss.max(b);
                 }
                 if let Some(t) = p.thread_mut(tid) {
@@ -1398,6 +1441,7 @@ mod tests {
 
     fn fork(parent: u32, child: u32, cookie: u64, ts: u64) -> Event {
         Event::Fork {
+            shares_memory: false,
             ts_ns: ts,
             parent_tgid: parent,
             child,
@@ -1410,6 +1454,7 @@ mod tests {
     }
     fn thread(parent: u32, tid: u32) -> Event {
         Event::Fork {
+            shares_memory: false,
             ts_ns: 0,
             parent_tgid: parent,
             child: tid,
@@ -1422,6 +1467,7 @@ mod tests {
     }
     fn exit(tgid: u32, tid: u32, cookie: u64, dead: bool, code: u32, ts: u64) -> Event {
         Event::Exit {
+            maxrss_bytes: None,
             ts_ns: ts,
             tgid,
             tid,
@@ -1433,6 +1479,62 @@ mod tests {
             peak_rss_bytes: None,
         }
     }
+    #[test]
+    fn peak_rss_counts_the_memory_left_at_an_exec_but_not_a_creators() {
+        const MB: u64 = 1 << 20;
+        let exec = |tgid: u32, maxrss: u64| Event::Exec {
+            ts_ns: 0,
+            tgid,
+            old_tid: tgid,
+            comm: "x".into(),
+            ids: Default::default(),
+            maxrss_bytes: Some(maxrss),
+        };
+        let dies = |tgid: u32, cookie: u64, maxrss: u64| {
+            let mut e = exit(tgid, tgid, cookie, true, 0, 9);
+            if let Event::Exit {
+                maxrss_bytes,
+                peak_rss_bytes,
+                ..
+            } = &mut e
+            {
+                (*maxrss_bytes, *peak_rss_bytes) = (Some(maxrss), Some(MB));
+            }
+            e
+        };
+        let mut t = Tree::default();
+        // The command pmet launched ran in pmet's copy (30 MB) until its
+        // exec; its program then grew to 60 MB and exec'd `true` (1 MB).
+        t.add_root(100, 1, 1, 0, vec!["a".into()]);
+        t.apply(exec(100, 30 * MB));
+        t.apply(exec(100, 60 * MB));
+        // A child vfork'd by a 500 MB creator: its maxrss is the creator's.
+        let mut vfork = fork(100, 101, 2, 1);
+        if let Event::Fork { shares_memory, .. } = &mut vfork {
+            *shares_memory = true;
+        }
+        t.apply(vfork);
+        t.apply(exec(101, 500 * MB));
+        t.apply(dies(101, 2, 500 * MB));
+        // A forked child that grew its copy to 8 MB and never exec'd.
+        t.apply(fork(100, 102, 3, 1));
+        t.apply(dies(102, 3, 8 * MB));
+        t.apply(dies(100, 1, 60 * MB));
+        let peak = |pid: u32| t.procs.iter().find(|p| p.pid == pid).unwrap().peak_rss();
+        assert_eq!((peak(100), peak(101), peak(102)), (60 * MB, MB, 8 * MB));
+        // A process found running (attach): whose memory its maxrss holds is
+        // unknown until it execs.
+        let mut t = Tree::default();
+        t.add_seen(Seen {
+            pid: 200,
+            ppid: 1,
+            cookie: 1,
+            ..Seen::default()
+        });
+        t.apply(dies(200, 1, 90 * MB));
+        assert_eq!(t.procs[0].peak_rss(), MB);
+    }
+
     fn free(tgid: u32, tid: u32, cookie: u64, rt: u64, u: u64, s: u64) -> Event {
         Event::Free {
             ts_ns: 0,
@@ -1510,6 +1612,7 @@ mod tests {
             truncated: false,
         });
         t.apply(Event::Exec {
+            maxrss_bytes: None,
             ts_ns: 2_200,
             tgid: 101,
             old_tid: 101,

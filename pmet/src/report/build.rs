@@ -476,6 +476,7 @@ mod tests {
             vec!["sh".into(), "-c".into(), "x".into()],
         );
         t.apply(Event::Fork {
+            shares_memory: false,
             ts_ns: 1_500_000_000,
             parent_tgid: 100,
             child: 101,
@@ -487,6 +488,7 @@ mod tests {
         });
         for (pid, cookie, code) in [(101u32, 11u64, 9u32), (100, 1, 3 << 8)] {
             t.apply(Event::Exit {
+                maxrss_bytes: None,
                 ts_ns: 2_000_000_000 + u64::from(pid),
                 tgid: pid,
                 tid: pid,
@@ -559,6 +561,7 @@ mod tests {
         let mut t = Tree::new();
         t.add_root(100, 999, 1, 1_000_000_000, vec!["sh".into()]);
         t.apply(Event::Fork {
+            shares_memory: false,
             ts_ns: 1_600_000_000,
             parent_tgid: 100,
             child: 103,

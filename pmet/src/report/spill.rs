@@ -496,6 +496,7 @@ pub(crate) mod tests {
         ];
         for (n, &(parent, child, ms)) in kids.iter().enumerate() {
             t.apply(Event::Fork {
+                shares_memory: false,
                 ts_ns: ms * 1_000_000,
                 parent_tgid: parent,
                 child,
@@ -519,6 +520,7 @@ pub(crate) mod tests {
         }
         for &(_, pid, ms) in &kids[..6] {
             t.apply(Event::Exit {
+                maxrss_bytes: None,
                 ts_ns: (ms + 100) * 1_000_000,
                 tgid: pid,
                 tid: pid,

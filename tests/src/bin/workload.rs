@@ -627,6 +627,21 @@ fn memory(mib: usize) {
     thread::sleep(Duration::from_millis(20));
 }
 
+fn memory_then(mib: usize, cmd: &[String], exec: bool) {
+    let mut v = vec![0u8; mib << 20];
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = 1;
+    }
+    std::hint::black_box(&v);
+    if exec {
+        use std::os::unix::process::CommandExt;
+        let e = Command::new(&cmd[0]).args(&cmd[1..]).exec();
+        panic!("exec {}: {e}", cmd[0]);
+    }
+    rusage(cmd);
+    std::hint::black_box(&v);
+}
+
 /// Records "ROLE PID" in the file named by WORKLOAD_ROLES, so tools that
 /// only see pids (bpftrace, nethogs) can be checked against the truth.
 fn note_role(role: &str) {
@@ -757,6 +772,11 @@ fn main() {
         "raw-udp" => raw_udp(arg(&args, 1, "count"), arg(&args, 2, "bytes")),
         "disk-write" => disk_write(arg(&args, 1, "bytes")),
         "memory" => memory(arg(&args, 1, "mib")),
+        // Holds MIB of its own, then runs the rest: in its place (exec), or
+        // as a child it spawns (posix_spawn: the child runs in this memory
+        // until its exec) and reaps with wait4, printing what it says.
+        "memory-exec" => memory_then(arg(&args, 1, "mib"), &args[2..], true),
+        "memory-spawn" => memory_then(arg(&args, 1, "mib"), &args[2..], false),
         "now" => now(),
         "rusage" => rusage(&args[1..]),
         "time" if args.len() > 1 => time_cmd(&args[1..]),
