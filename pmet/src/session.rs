@@ -22,7 +22,7 @@ use crate::{
         event::{Event, ThreadTotals},
         series::{ProcPoint, Recorder, Series},
         snapshot::{Snapshot, Snapshotter},
-        tree::{Baseline, ExitStatus, Kept, Proc, Seen, Tree},
+        tree::{Baseline, ExitStatus, Kept, Proc, Seen, SeenThread, Tree},
     },
     report::{self, Lost},
 };
@@ -739,7 +739,11 @@ fn seen_now(
                     cancelled_write_bytes: t.cancelled_write_bytes.unwrap_or(0),
                 }
             };
-            (t.tid, used)
+            SeenThread {
+                tid: t.tid,
+                comm: t.comm,
+                used,
+            }
         })
         .collect();
     Seen {

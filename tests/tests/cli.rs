@@ -287,6 +287,14 @@ fn duration_in_attach_mode_leaves_the_process_running() {
     let p = &r["processes"][0];
     assert_eq!(p["end_offset_s"], Value::Null);
     assert_eq!(p["figures"], "sample");
+    // Its threads, running before pmet came, by the names they had then.
+    let names: Vec<&str> = p["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["comm"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["workload", "burn-0"], "{p:#}");
     // It burned what it could of a core the second pmet watched: no more
     // than it used around pmet's whole run (ticks: 10 ms), and no less than
     // that less what one core could burn while pmet started and ended.

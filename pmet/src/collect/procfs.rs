@@ -328,6 +328,7 @@ impl Procfs {
             let [read_bytes, write_bytes, cancelled_write_bytes] = io.unwrap_or_default();
             Some(ThreadFigures {
                 tid,
+                comm: stat.comm,
                 runtime_ns,
                 utime_ticks: stat.utime,
                 stime_ticks: stat.stime,
@@ -383,10 +384,12 @@ impl Procfs {
 }
 
 /// One thread's figures at attach time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ThreadFigures {
     /// Thread id.
     pub tid: u32,
+    /// Its name (`comm`, which a thread may set for itself).
+    pub comm: String,
     /// Nanoseconds on CPU (/proc/PID/task/TID/schedstat), when available.
     pub runtime_ns: Option<u64>,
     /// User CPU, ticks.

@@ -435,13 +435,24 @@ pub struct Seen {
     /// Running before tracing began.
     pub preexisting: bool,
     /// Its threads at attach and what each had used then.
-    pub threads_at_attach: Vec<(u32, ThreadTotals)>,
+    pub threads_at_attach: Vec<SeenThread>,
     /// Who it runs as and where, read at attach.
     pub ids: Option<Ids>,
     /// Its environment, read at attach (`NAME=VALUE`; the policy applies).
     pub env: Option<Vec<String>>,
     /// Its working directory, read at attach.
     pub cwd: Option<String>,
+}
+
+/// A thread of a process found in /proc.
+#[derive(Clone, Debug, Default)]
+pub struct SeenThread {
+    /// Thread id.
+    pub tid: u32,
+    /// Its name then.
+    pub comm: String,
+    /// What it had used then (subtracted from its figures).
+    pub used: ThreadTotals,
 }
 
 /// Everything known about the traced tree.
@@ -692,14 +703,14 @@ impl Tree {
             .threads_at_attach
             .into_iter()
             .take(MAX_THREADS_KEPT)
-            .map(|(tid, baseline)| ThreadRec {
-                tid,
-                comm: if tid == n.pid {
+            .map(|t| ThreadRec {
+                comm: if t.comm.is_empty() && t.tid == n.pid {
                     n.comm.clone()
                 } else {
-                    String::new()
+                    t.comm
                 },
-                baseline,
+                tid: t.tid,
+                baseline: t.used,
                 ..ThreadRec::default()
             })
             .collect();
