@@ -440,6 +440,10 @@ pub struct ConnBytes {
     pub tx_bytes: u64,
     /// Bytes received.
     pub rx_bytes: u64,
+    /// UDP: this CPU has seen the socket with a remote end (0 until then:
+    /// each datagram here looks, and the first to find one announces the
+    /// socket again, for a socket that `connect()`s after its first use).
+    pub remote_seen: u64,
 }
 
 /// Value of the `TRACKED` map (key: tgid).
@@ -726,7 +730,7 @@ mod tests {
         assert_eq!(size_of::<SockLife>(), 16 + 40 + 8);
         assert_eq!(size_of::<ConnEndEvent>(), 24 + 8 + 64);
         assert_eq!(size_of::<ConnKey>(), 24);
-        assert_eq!(size_of::<ConnBytes>(), 16);
+        assert_eq!(size_of::<ConnBytes>(), 24);
         assert_eq!(size_of::<Dying>(), 24 + 72 + 8);
         assert!(ARGV_LEN.is_power_of_two());
     }

@@ -150,6 +150,7 @@ pub fn count(sk: *const c_void, tgid: u32, proc_cookie: u64, tcp: bool, tx: bool
         proc_cookie,
         sock_cookie,
     };
+    let mut announced = false;
     let c = match CONNS.get_ptr_mut(key) {
         Some(c) => c,
         None => {
@@ -159,6 +160,7 @@ pub fn count(sk: *const c_void, tgid: u32, proc_cookie: u64, tcp: bool, tx: bool
                 .is_ok()
             {
                 first_use(sk as u64, tgid, proc_cookie, sock_cookie, tcp);
+                announced = true;
             }
             match CONNS.get_ptr_mut(key) {
                 Some(c) => c,
@@ -169,6 +171,27 @@ pub fn count(sk: *const c_void, tgid: u32, proc_cookie: u64, tcp: bool, tx: bool
             }
         }
     };
+    // SAFETY: this CPU's slot of a live per-CPU element.
+    if !tcp && unsafe { (*c).remote_seen } == 0 {
+        // A UDP socket may `connect()` after its first datagram (iperf3's
+        // server does): no hook sees the connect, so until this CPU has
+        // seen a remote end each datagram looks for one (a read of the
+        // port), and the first to find it announces the socket again.
+        if read::<u16>(sk as u64, config!(sk_dport)).unwrap_or(0) != 0 {
+            if !announced {
+                announce(
+                    sk as u64,
+                    tgid,
+                    proc_cookie,
+                    sock_cookie,
+                    IPPROTO_UDP,
+                    conn_role::UDP,
+                );
+            }
+            // SAFETY: as above.
+            unsafe { (*c).remote_seen = 1 };
+        }
+    }
     // SAFETY: this CPU's slot of a live per-CPU element.
     unsafe {
         if tx {

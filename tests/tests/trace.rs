@@ -522,6 +522,42 @@ fn udp_over_ipv6_is_counted_to_the_byte() {
     check_udp("6", false);
 }
 
+/// A UDP server that `connect()`s to its client after the first datagram
+/// (iperf3's does): its socket gets the client as its remote end.
+#[test]
+fn a_udp_socket_connected_after_its_first_datagram_has_its_remote() {
+    if !can_trace() {
+        return;
+    }
+    let run = pmet(&[
+        "trace",
+        "--",
+        workload(),
+        "udp",
+        "4",
+        "20",
+        "100",
+        "connect",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let (recv, send) = (run.one("udp-recv"), run.one("udp-send"));
+    let (got, sent) = (one_connection(recv), one_connection(send));
+    assert_eq!(got["remote"], sent["local"], "{got} / {sent}");
+    assert!(
+        got["remote"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{got}"
+    );
+    assert_eq!(
+        sent["remote"],
+        Value::Null,
+        "the sender never connects: {sent}"
+    );
+    assert_eq!(
+        (got["rx_bytes"].as_u64(), got["tx_bytes"].as_u64()),
+        (Some(2_000), Some(20))
+    );
+}
+
 #[test]
 fn unix_sockets_are_not_network() {
     if !can_trace() {

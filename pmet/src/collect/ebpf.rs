@@ -1108,7 +1108,7 @@ mod tests {
         assert_eq!(net_entries(256), 2048);
         assert_eq!(net_entries(4096), NET_MIN_ENTRIES);
         assert_eq!(conns_entries(2), CONNS_MAX_ENTRIES);
-        assert_eq!(conns_entries(256), 8192);
+        assert_eq!(conns_entries(256), 5461);
         for cpus in [1, 2, 16, 64, 256, 1024] {
             let bytes = net_entries(cpus) as usize * 64 * cpus;
             assert!(bytes <= NET_MAP_BUDGET || net_entries(cpus) == NET_MIN_ENTRIES);

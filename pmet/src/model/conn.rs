@@ -244,7 +244,15 @@ pub struct Opened {
 impl Conns {
     /// Notes a socket's first use; over `max` records it is counted only.
     pub fn open(&mut self, o: Opened, max: usize) {
-        if self.index.contains_key(&o.sock_cookie) {
+        if let Some(slot) = self.index.get(&o.sock_cookie) {
+            // Announced again: a UDP socket that `connect()`ed after its
+            // first datagram now has the remote end it lacked. The first
+            // ends known stay (a later reconnect does not rename it).
+            if let Slot::Listed(i) = *slot {
+                let c = &mut self.list[i];
+                c.remote = c.remote.or(o.remote);
+                c.local = c.local.or(o.local);
+            }
             return;
         }
         if self.list.len() >= max {
@@ -354,6 +362,26 @@ mod tests {
             remote: "10.0.0.1:53".parse().ok(),
             ts_ns: 5,
         }
+    }
+
+    #[test]
+    fn a_udp_socket_that_connects_later_gains_its_remote_end_once() {
+        let mut c = Conns::default();
+        let unconnected = Opened {
+            remote: None,
+            ..opened(1, Proto::Udp)
+        };
+        c.open(unconnected, 10);
+        assert_eq!(c.list[0].remote, None);
+        c.open(opened(1, Proto::Udp), 10);
+        assert_eq!(c.list[0].remote, "10.0.0.1:53".parse().ok());
+        let elsewhere = Opened {
+            remote: "10.0.0.2:53".parse().ok(),
+            ..opened(1, Proto::Udp)
+        };
+        c.open(elsewhere, 10);
+        assert_eq!(c.list.len(), 1);
+        assert_eq!(c.list[0].remote, "10.0.0.1:53".parse().ok());
     }
 
     #[test]

@@ -275,13 +275,19 @@ fn retransmit(bytes: u64, ms: u64) {
     println!("{port}");
 }
 
-fn udp(family: u8, count: u32, size: usize) {
-    let (recv, port) = start_with_port(&[
+/// With `connect_late`, the receiver `connect()`s to the sender after the
+/// first datagram (as iperf3's UDP server does).
+fn udp(family: u8, count: u32, size: usize, connect_late: bool) {
+    let mut recv_args = vec![
         "udp-recv".into(),
         family.to_string(),
         count.to_string(),
         size.to_string(),
-    ]);
+    ];
+    if connect_late {
+        recv_args.push("connect".into());
+    }
+    let (recv, port) = start_with_port(&recv_args);
     let send = me()
         .args([
             "udp-send",
@@ -331,7 +337,7 @@ fn raw_udp(count: u32, size: usize) {
     }
 }
 
-fn udp_recv(family: u8, count: u32, size: usize) {
+fn udp_recv(family: u8, count: u32, size: usize, connect_late: bool) {
     note_role("udp-recv");
     let s = UdpSocket::bind(loopback(family)).expect("bind");
     println!("{}", s.local_addr().expect("addr").port());
@@ -347,6 +353,9 @@ fn udp_recv(family: u8, count: u32, size: usize) {
         if n != size {
             eprintln!("udp-recv: datagram of {n}, expected {size}");
             exit(1);
+        }
+        if connect_late && i == 0 {
+            s.connect(from).expect("connect");
         }
         // One-byte ack: the sender waits for it, so no datagram is ever lost.
         s.send_to(&[1], from).expect("ack");
@@ -814,11 +823,13 @@ fn main() {
             arg(&args, 1, "family"),
             arg(&args, 2, "count"),
             arg(&args, 3, "size"),
+            args.get(4).is_some_and(|a| a == "connect"),
         ),
         "udp-recv" => udp_recv(
             arg(&args, 1, "family"),
             arg(&args, 2, "count"),
             arg(&args, 3, "size"),
+            args.get(4).is_some_and(|a| a == "connect"),
         ),
         "udp-send" => udp_send(
             arg(&args, 1, "family"),
