@@ -170,6 +170,7 @@ impl Monitor {
             command: argv.unwrap_or_default(),
             pid,
             duration: None,
+            preserve_status: false,
             intervals: (base, base, Duration::from_millis(max_interval_ms)),
             output: None,
             stream: None,

@@ -387,6 +387,11 @@ pub struct TraceArgs {
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// With --duration: exit with the command's own status even when the
+    /// duration ran out (by default pmet then exits 124, as timeout(1) does).
+    #[arg(long, requires = "duration")]
+    pub preserve_status: bool,
+
     /// When the command exits, keep following the processes it left running
     /// until they end too (at most DURATION, when given). By default pmet
     /// returns as soon as the command exits, as time(1) does, and reports

@@ -66,6 +66,8 @@ pub struct Lifecycle {
     /// left running.
     after_root: Option<Instant>,
     killed_descendants: bool,
+    /// `--preserve-status`: the command's status even after a timeout.
+    preserve_status: bool,
 }
 
 impl Lifecycle {
@@ -89,7 +91,15 @@ impl Lifecycle {
             stop_by: None,
             after_root: None,
             killed_descendants: false,
+            preserve_status: false,
         }
+    }
+
+    /// Whether a command the duration ran out on exits with its own status
+    /// (else 124, as timeout(1)).
+    pub fn preserve_status(mut self, on: bool) -> Self {
+        self.preserve_status = on;
+        self
     }
 
     /// Why tracing stopped before the tree ended, if it did.
@@ -210,9 +220,13 @@ impl Lifecycle {
     }
 
     /// pmet's exit status: the command's own, else why it did not have one.
+    /// A command the duration ran out on (it was still running: pmet sent
+    /// it SIGTERM) makes 124, as timeout(1), whatever it then exited with,
+    /// unless asked to preserve its status.
     pub fn exit_code(&self, root: Option<ExitStatus>) -> i32 {
         match (self.launched, root, self.stopped_early) {
             (false, ..) => 0,
+            (true, _, Some("duration")) if self.term_sent && !self.preserve_status => 124,
             (true, Some(st), _) => st.shell_code(),
             // Still running when pmet stopped waiting: as a shell reports a
             // signal, and as timeout(1) reports a timeout.
@@ -338,8 +352,23 @@ mod tests {
         assert_eq!(lc.on_deadline(t1 + TERM_GRACE), [Action::Finish]);
         assert_eq!(lc.stopped_early(), Some("duration"));
         assert_eq!(lc.exit_code(None), 124);
-        // Killed by it: the command's own status.
+        // Killed by it: 124 as timeout(1) says, or the command's own status
+        // where asked.
+        assert_eq!(lc.exit_code(Some(ExitStatus::from_raw(9))), 124);
+        assert_eq!(lc.exit_code(Some(ExitStatus::Code(0))), 124);
+        let lc = lc.preserve_status(true);
         assert_eq!(lc.exit_code(Some(ExitStatus::from_raw(9))), 137);
+        assert_eq!(lc.exit_code(None), 124, "no status of its own to preserve");
+    }
+
+    #[test]
+    fn a_command_that_ends_before_the_duration_keeps_its_status() {
+        let t0 = Instant::now();
+        let d = Duration::from_secs(2);
+        let mut lc = Lifecycle::new(true, Descendants::Leave, Some(d), t0);
+        lc.root_exited();
+        assert_eq!(lc.on_change(1, t0), [Action::Finish]);
+        assert_eq!(lc.exit_code(Some(ExitStatus::Code(3))), 3);
     }
 
     #[test]

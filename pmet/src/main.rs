@@ -206,6 +206,7 @@ fn run_trace_as(
         cgroup: args.cgroup,
         container: args.container,
         duration: args.duration,
+        preserve_status: args.preserve_status,
         intervals,
         output: output.clone(),
         stream: args.stream,

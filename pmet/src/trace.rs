@@ -57,6 +57,9 @@ pub struct TraceOptions {
     pub pid: Option<u32>,
     /// Stop after this long.
     pub duration: Option<Duration>,
+    /// When the duration runs out on the launched command, exit with its own
+    /// status rather than 124 (`timeout --preserve-status`).
+    pub preserve_status: bool,
     /// Adaptive sampling bounds: (shortest, first, longest).
     pub intervals: (Duration, Duration, Duration),
     /// Where the JSON report goes.
@@ -1414,7 +1417,8 @@ pub async fn trace_with(
         opts.descendants,
         opts.duration.take(),
         Instant::now(),
-    );
+    )
+    .preserve_status(opts.preserve_status);
     follow(&mut st, &mut lc, opts.intervals, &mut sink).await?;
     let ended = Instant::now();
     // The run is over: what starts from now (a storm still running under

@@ -236,16 +236,37 @@ fn duration_stops_a_launched_command_like_timeout() {
     if !can_trace() {
         return;
     }
+    // timeout(1)'s own status for the same thing: what pmet should say.
+    let timeout = StdCommand::new("timeout")
+        .args(["0.7", workload(), "sleep", "20000"])
+        .status()
+        .expect("timeout(1)");
+    assert_eq!(timeout.code(), Some(124));
     let run = pmet(&["trace", "-d", "700ms", "--", workload(), "sleep", "20000"]);
-    assert_eq!(run.code, Some(128 + 15), "{}", run.stderr);
+    assert_eq!(run.code, timeout.code(), "{}", run.stderr);
     let r = run.report();
     assert_eq!(r["stopped_early"], "duration");
     assert_eq!(r["exit_signal"], 15);
     let d = r["duration_s"].as_f64().unwrap();
     assert!((0.7..3.0).contains(&d), "duration {d}");
+    // As `timeout --preserve-status`: the command's own (SIGTERM: 143).
+    let run = pmet(&[
+        "trace",
+        "-d",
+        "300ms",
+        "--preserve-status",
+        "--",
+        workload(),
+        "sleep",
+        "20000",
+    ]);
+    assert_eq!(run.code, Some(128 + 15), "{}", run.stderr);
+    assert_eq!(run.report()["exit_signal"], 15);
 }
 
 fn start_target(args: &[&str]) -> std::process::Child {
+    // pmet built first: a build inside the target's life could outlast it.
+    pmet_bin();
     StdCommand::new(workload())
         .args(args)
         .spawn()

@@ -165,7 +165,7 @@ fn duration_kills_a_command_that_ignores_sigterm() {
         "-c",
         "trap '' TERM; while :; do sleep 0.05; done",
     ]);
-    assert_eq!(run.code, Some(128 + 9), "{}", run.stderr);
+    assert_eq!(run.code, Some(124), "as timeout(1): {}", run.stderr);
     let r = run.report();
     assert_eq!(r["stopped_early"], "duration");
     assert_eq!(r["exit_signal"], 9);
