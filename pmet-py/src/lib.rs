@@ -22,8 +22,8 @@ use pmet::{
 use pyo3::{
     create_exception,
     exceptions::{
-        PyException, PyFileNotFoundError, PyNotADirectoryError, PyPermissionError,
-        PyProcessLookupError, PyValueError,
+        PyException, PyFileNotFoundError, PyNotADirectoryError, PyOSError, PyPermissionError,
+        PyProcessLookupError, PyTimeoutError, PyValueError,
     },
     prelude::*,
 };
@@ -353,6 +353,34 @@ fn canonical_report(text: &str) -> PyResult<String> {
         .map_err(|e| read_err(&e))
 }
 
+/// Writes a report's JSON text where `-o` would: as the user who ran sudo
+/// (when run through it), never into another user's file or FIFO in a
+/// sticky world-writable directory, a regular file replaced whole, a FIFO
+/// with no reader given up on rather than waited on for ever.
+#[pyfunction]
+fn write_report(py: Python<'_>, path: PathBuf, text: &str) -> PyResult<()> {
+    use std::io::ErrorKind as K;
+    let who = pmet::privileges::invoking_user_from_env().map_err(|e| py_err(&e))?;
+    let creds = who.map(|a| a.credentials());
+    let written = py.detach(|| {
+        let f = pmet::userfile::UserFile::prepare(&path, creds.as_ref())?;
+        f.write_with(|w| {
+            w.write_all(text.as_bytes())?;
+            w.write_all(b"\n")
+        })
+    });
+    written.map_err(|e| {
+        let msg = format!("cannot write {}: {e}", path.display());
+        match e.kind() {
+            K::NotFound => PyFileNotFoundError::new_err(msg),
+            K::PermissionDenied => PyPermissionError::new_err(msg),
+            K::NotADirectory => PyNotADirectoryError::new_err(msg),
+            K::TimedOut => PyTimeoutError::new_err(msg),
+            _ => PyOSError::new_err(msg),
+        }
+    })
+}
+
 /// `pmet diff --format json` of two reports' JSON texts.
 #[pyfunction]
 #[pyo3(signature = (base, new, fail_if=None))]
@@ -385,6 +413,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Monitor>()?;
     m.add_function(wrap_pyfunction!(load_report, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_report, m)?)?;
+    m.add_function(wrap_pyfunction!(write_report, m)?)?;
     m.add_function(wrap_pyfunction!(diff, m)?)?;
     m.add("PmetError", m.py().get_type::<PmetError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

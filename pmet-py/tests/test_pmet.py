@@ -352,6 +352,38 @@ def test_reports_round_trip_with_the_cli(tmp_path, script):
     assert pmet.Report.from_dict(loaded.to_dict()).to_json() == loaded.to_json()
 
 
+def test_write_refuses_what_another_user_planted_in_a_sticky_directory(tmp_path):
+    report = pmet.trace(["true"])
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    # Another user's FIFO at the name asked for, with that user reading.
+    planted = shared / "report.json"
+    os.mkfifo(planted)
+    os.chown(planted, 65534, 65534)
+    reader = os.open(planted, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(PermissionError, match="report.json"):
+            report.write(planted)
+        assert os.read(reader, 4096) == b"", "the planted FIFO received the report"
+    finally:
+        os.close(reader)
+    # Another user's regular file there is replaced, not written through:
+    # what they hold open of it never sees the report.
+    theirs = shared / "theirs.json"
+    theirs.write_text("theirs")
+    os.chown(theirs, 65534, 65534)
+    with open(theirs) as held:
+        report.write(theirs)
+        assert held.read() == "theirs"
+    assert os.stat(theirs).st_uid == os.geteuid()
+    assert pmet.load_report(theirs).to_json() == report.to_json()
+    # A name nobody holds is written, and reads back.
+    mine = shared / "mine.json"
+    report.write(mine)
+    assert pmet.load_report(mine).to_json() == report.to_json()
+
+
 def test_diff_names_its_breaches(script):
     one = pmet.trace(["true"])
     many = pmet.trace(["sh", "-c", "true; true; /bin/true; /bin/true"])

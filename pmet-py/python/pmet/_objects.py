@@ -153,9 +153,14 @@ class Report(Record):
         return self._text
 
     def write(self, path: str | os.PathLike[str]) -> None:
-        """Writes the report where ``pmet report`` (or ``load_report``) reads it."""
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self._text + "\n")
+        """Writes the report where ``pmet report`` (or ``load_report``) reads it.
+
+        Written as ``pmet trace -o`` writes: as the user who ran sudo, never
+        into another user's file or FIFO in a sticky world-writable directory
+        such as /tmp (``PermissionError``), a FIFO nobody reads given up on
+        after 10 s (``TimeoutError``).
+        """
+        _core.write_report(os.fspath(path), self._text)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Report:
