@@ -67,28 +67,45 @@ pub fn signal_name(sig: i32) -> String {
     name.to_owned()
 }
 
-/// Text from a file or a store, made safe for a terminal: control characters
-/// (escape sequences among them) are shown as `\xNN` instead of being sent.
+/// A character a traced program (or a file) must not hand a terminal or a
+/// page raw: a control character (escape sequences), or a bidirectional
+/// formatting character, which reorders what follows it on screen
+/// (U+202E makes `gpj.exe` read as `exe.jpg`).
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `c`, a [`hidden`] character, as an escape a reader can see.
+fn escaped(c: char) -> String {
+    if (c as u32) < 0x100 {
+        format!("\\x{:02x}", c as u32)
+    } else {
+        format!("\\u{:04x}", c as u32)
+    }
+}
+
+/// Text from a file, a store or a traced program, made safe for a
+/// terminal: control and bidirectional formatting characters are shown as
+/// `\xNN` / `\uNNNN` instead of being sent.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
+    if !s.chars().any(hidden) {
         return s.into();
     }
     s.chars()
-        .map(|c| {
-            if c.is_control() {
-                format!("\\x{:02x}", c as u32)
-            } else {
-                c.to_string()
-            }
-        })
+        .map(|c| if hidden(c) { escaped(c) } else { c.to_string() })
         .collect::<String>()
         .into()
 }
 
 /// Quotes an argument for display the way a shell would need it (control
-/// characters such as newlines as `$'\n'`, so one command stays one line).
+/// characters such as newlines as `$'\n'`, so one command stays one line;
+/// bidirectional formatting characters as `$'\u202e'`, so none reorders it).
 pub fn shell_quote(a: &str) -> String {
-    if a.chars().any(char::is_control) {
+    if a.chars().any(hidden) {
         let mut out = String::from("$'");
         for c in a.chars() {
             match c {
@@ -97,7 +114,7 @@ pub fn shell_quote(a: &str) -> String {
                 '\r' => out.push_str("\\r"),
                 '\'' => out.push_str("\\'"),
                 '\\' => out.push_str("\\\\"),
-                c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c if hidden(c) => out.push_str(&escaped(c)),
                 c => out.push(c),
             }
         }
@@ -111,6 +128,16 @@ pub fn shell_quote(a: &str) -> String {
         a.to_owned()
     } else {
         format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+/// A process as one display line: its command line, else (no argv read)
+/// its name, either made safe for a terminal.
+pub fn process_name(comm: &str, argv: &[String]) -> String {
+    if argv.is_empty() {
+        printable(comm).into_owned()
+    } else {
+        command_line(argv)
     }
 }
 
@@ -199,6 +226,9 @@ mod tests {
         assert_eq!(printable("2026-11-26T10:00:00Z"), "2026-11-26T10:00:00Z");
         assert_eq!(printable("a\u{1b}]0;pwned\u{7}b"), "a\\x1b]0;pwned\\x07b");
         assert_eq!(printable("\u{9b}2J"), "\\x9b2J");
+        assert_eq!(printable("invoice\u{202e}fdp.exe"), "invoice\\u202efdp.exe");
+        assert_eq!(printable("a\u{2067}b\u{200f}"), "a\\u2067b\\u200f");
+        assert_eq!(printable("naïve 日本"), "naïve 日本", "other text is kept");
     }
 
     #[test]
@@ -209,6 +239,7 @@ mod tests {
         );
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("a\nb's"), "$'a\\nb\\'s'");
+        assert_eq!(shell_quote("x\u{202e}txt.sh"), "$'x\\u202etxt.sh'");
         assert_eq!(fit("abcdef", 4), "abc…");
         assert_eq!(fit("abc", 4), "abc");
         assert_eq!(signal_name(9), "SIGKILL");

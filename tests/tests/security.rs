@@ -760,6 +760,57 @@ fn text_from_files_and_the_store_cannot_drive_the_terminal() {
     assert!(out.contains("make\\x1b]0;x\\x07"), "{out}");
 }
 
+/// A traced program picks its own name (the file it runs) and arguments:
+/// a bidirectional override there (U+202E: `x\u{202e}hs.txt` shows as
+/// `xtxt.sh`) or an escape sequence reaches no screen raw, not the summary,
+/// nor `pmet report`. The report's JSON keeps them as they were.
+#[test]
+fn names_and_arguments_a_traced_program_chooses_cannot_reorder_the_screen() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("x\u{202e}hs.txt");
+    std::os::unix::fs::symlink("/bin/true", &link).unwrap();
+    let r = dir.path().join("r.json");
+    let script = format!("'{}' 'a\u{202e}b' '\u{1b}[2J'; true", link.display());
+    let o = Command::new(pmet_bin())
+        .args(["trace", "-o"])
+        .arg(&r)
+        .args(["--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&r).unwrap()).unwrap();
+    let p = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["argv"][1] == "a\u{202e}b")
+        .unwrap_or_else(|| panic!("{report:#}"))
+        .clone();
+    assert_eq!(
+        p["comm"], "x\u{202e}hs.txt",
+        "the JSON keeps the bytes' text"
+    );
+    let shown = Command::new(pmet_bin())
+        .args(["report", "--color", "never"])
+        .arg(&r)
+        .env("COLUMNS", "300")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.status.code(), Some(0));
+    for (what, text) in [("summary", &*err), ("pmet report", &*out)] {
+        assert!(
+            !text.contains('\u{202e}') && !text.contains('\u{1b}'),
+            "{what}: {text:?}"
+        );
+    }
+    assert!(out.contains("\\u202e"), "escaped, not dropped: {out}");
+}
+
 #[test]
 fn usr1_and_usr2_reach_the_command_and_pmet_carries_on() {
     if !can_trace() {

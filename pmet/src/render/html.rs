@@ -8,7 +8,7 @@ use super::{
     style::Style,
     summary::summary,
     svg::{plots_svg, tree_order},
-    units::{bytes, command_line, duration, signal_name},
+    units::{bytes, command_line, duration, process_name, signal_name},
 };
 use crate::report::Report;
 
@@ -65,11 +65,7 @@ pub fn html(r: &Report) -> String {
             (Some(c), _) => format!("exit {c}"),
             _ => "running".into(),
         };
-        let name = if p.argv.is_empty() {
-            p.comm.clone()
-        } else {
-            command_line(&p.argv)
-        };
+        let name = process_name(&p.comm, &p.argv);
         let cpu = p
             .cpu_user_s
             .zip(p.cpu_system_s)

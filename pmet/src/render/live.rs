@@ -4,7 +4,7 @@
 
 use super::{
     style::{Style, strip, visible_width},
-    units::{bytes, command_line, fit},
+    units::{bytes, fit, process_name},
 };
 use crate::model::snapshot::{ProcLine, Snapshot};
 
@@ -52,11 +52,7 @@ fn cut(s: &str, width: usize) -> String {
 }
 
 fn proc_name(p: &ProcLine) -> String {
-    if p.argv.is_empty() {
-        p.comm.clone()
-    } else {
-        command_line(&p.argv)
-    }
+    process_name(&p.comm, &p.argv)
 }
 
 /// Renders the live panel.

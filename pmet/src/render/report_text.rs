@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use super::{
     style::Style,
     summary::{failure_list, summary_of},
-    units::{bytes, command_line, duration, fit, printable},
+    units::{bytes, duration, fit, printable, process_name},
 };
 use crate::report::{ProcessReport, Report};
 
@@ -15,11 +15,7 @@ use crate::report::{ProcessReport, Report};
 const TOP: usize = 5;
 
 fn name(p: &ProcessReport) -> String {
-    if p.argv.is_empty() {
-        p.comm.clone()
-    } else {
-        command_line(&p.argv)
-    }
+    process_name(&p.comm, &p.argv)
 }
 
 fn ranking(

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::units::{bytes, command_line, fit};
+use super::units::{bytes, command_line, fit, printable, process_name};
 use crate::{model::series::TreePoint, report::Report};
 
 const W: f64 = 960.0;
@@ -331,11 +331,7 @@ pub fn plots_svg(r: &Report) -> String {
         } else {
             "#1f77b4"
         };
-        let name = if p.argv.is_empty() {
-            p.comm.clone()
-        } else {
-            command_line(&p.argv)
-        };
+        let name = process_name(&p.comm, &p.argv);
         // The program's own name, not its directory, where room is short.
         let short = match p.argv.split_first() {
             Some((exe, rest)) => {
@@ -343,7 +339,7 @@ pub fn plots_svg(r: &Report) -> String {
                 v.extend(rest.iter().cloned());
                 command_line(&v)
             }
-            None => p.comm.clone(),
+            None => printable(&p.comm).into_owned(),
         };
         let label = format!("{}{} {}", "  ".repeat(depth.min(12)), p.pid, short);
         let _ = writeln!(

@@ -24,7 +24,7 @@ use ratatui::{
 
 use super::{
     top::TopSort,
-    units::{bytes, command_line},
+    units::{bytes, command_line, printable},
 };
 use crate::model::snapshot::{ProcLine, Snapshot};
 
@@ -60,7 +60,7 @@ fn command(p: &ProcLine) -> String {
             v.extend(rest.iter().cloned());
             command_line(&v)
         }
-        None => p.comm.clone(),
+        None => printable(&p.comm).into_owned(),
     }
 }
 

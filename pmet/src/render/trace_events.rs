@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use super::units::command_line;
+use super::units::{printable, process_name};
 use crate::report::Report;
 
 /// The track of the tree-wide counters.
@@ -34,14 +34,10 @@ pub fn trace_events(r: &Report) -> Value {
         } else {
             10_000_000 + i as u64
         };
-        let name = if p.argv.is_empty() {
-            p.comm.clone()
-        } else {
-            command_line(&p.argv)
-        };
+        let name = process_name(&p.comm, &p.argv);
         let start = us(p.start_offset_s);
         let end = us(p.end_offset_s.unwrap_or(end_of_run));
-        ev.push(json!({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": format!("{} {}", p.pid, p.comm)}}));
+        ev.push(json!({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": format!("{} {}", p.pid, printable(&p.comm))}}));
         ev.push(
             json!({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": i}}),
         );
