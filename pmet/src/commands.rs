@@ -18,7 +18,7 @@ use crate::{
         report_text::report_text,
         style::Style,
         svg::plots_svg,
-        trace_events::trace_events,
+        trace_events::write_trace_events,
         units::{bytes, duration, fit, printable},
     },
     report::{
@@ -136,11 +136,11 @@ fn write_file(
     path: &Path,
     option: &'static str,
     who: &Invoker,
-    bytes: &[u8],
+    fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send,
 ) -> Result<(), (String, i32)> {
     OutputTarget::File(path.to_owned())
         .prepare(who.creds.as_ref(), option)
-        .and_then(|o| o.write(bytes))
+        .and_then(|o| o.write_with(fill))
         .map_err(|e| (e.to_string(), e.exit_code()))
 }
 
@@ -151,8 +151,8 @@ fn invoker() -> Result<Invoker, i32> {
     })
 }
 
-/// Turns a report into a file's contents.
-type Renderer = dyn Fn(&Report) -> String;
+/// Writes a report as a file's contents.
+type Renderer = dyn Fn(&Report, &mut dyn std::io::Write) -> std::io::Result<()> + Sync;
 
 /// `pmet report`.
 pub fn report(a: &ReportArgs, width: usize, tty: bool) -> i32 {
@@ -176,15 +176,18 @@ pub fn report(a: &ReportArgs, width: usize, tty: bool) -> i32 {
         return code;
     }
     let exports: [(&Option<PathBuf>, &'static str, &Renderer); 3] = [
-        (&a.html, "--html", &html),
-        (&a.svg, "--svg", &plots_svg),
-        (&a.trace_events, "--trace-events", &|r| {
-            serde_json::to_string(&trace_events(r)).expect("a trace always serializes")
+        (&a.html, "--html", &|r, w| w.write_all(html(r).as_bytes())),
+        (&a.svg, "--svg", &|r, w| {
+            w.write_all(plots_svg(r).as_bytes())
         }),
+        // Streamed: a trace is many small events, ~100 times a report's
+        // size as one JSON value in memory.
+        (&a.trace_events, "--trace-events", &write_trace_events),
     ];
     for (path, option, render) in exports {
         if let Some(p) = path {
-            if let Err((e, code)) = write_file(p, option, &who, render(&src.report).as_bytes()) {
+            let report = &src.report;
+            if let Err((e, code)) = write_file(p, option, &who, |w| render(report, w)) {
                 eprint_error(&e);
                 return code;
             }

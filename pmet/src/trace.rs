@@ -28,7 +28,7 @@ use crate::{
     lifecycle::{Action, Lifecycle, Target},
     model::{snapshot::Snapshot, tree::ExitStatus},
     privileges::{self, Account},
-    render::{sink::Sink, trace_events::trace_events},
+    render::{sink::Sink, trace_events::write_trace_events},
     report::Output,
     report::{self, Collector, Host, OutputTarget, Report, RunInfo},
     session::{self, SUSPECT_GRACE, Session, Settle},
@@ -1289,12 +1289,10 @@ fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs)
             (r, Some(b))
         }
     };
-    let trace_events_error = inputs.trace_events.as_ref().and_then(|o| {
-        o.write_with(|w| {
-            serde_json::to_writer(&mut *w, &trace_events(&report)).map_err(std::io::Error::other)
-        })
-        .err()
-    });
+    let trace_events_error = inputs
+        .trace_events
+        .as_ref()
+        .and_then(|o| o.write_with(|w| write_trace_events(&report, w)).err());
     // Shutting NVML down takes ~10 ms (measured on an H200): not on the
     // way out. A command-line run exits meanwhile; an embedding program
     // gets it closed in the background.

@@ -2,7 +2,10 @@
 //! or chrome://tracing): each process a track with its lifetime, exec and
 //! exit as instants, and the tree's CPU, memory, disk and network as counters.
 
-use std::collections::HashSet;
+use std::{
+    collections::HashSet,
+    io::{self, Write},
+};
 
 use serde_json::{Value, json};
 
@@ -12,8 +15,25 @@ use crate::report::Report;
 /// The track of the tree-wide counters.
 const TREE_PID: u64 = 0;
 
-/// Builds the trace (timestamps in microseconds from the earliest start).
-pub fn trace_events(r: &Report) -> Value {
+/// Events written one by one into a JSON array (a large report's trace is
+/// never held whole: each event is made, written and dropped).
+struct Events<'a> {
+    w: &'a mut dyn Write,
+    first: bool,
+}
+
+impl Events<'_> {
+    fn put(&mut self, e: Value) -> io::Result<()> {
+        if !std::mem::take(&mut self.first) {
+            self.w.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *self.w, &e).map_err(io::Error::other)
+    }
+}
+
+/// Writes the trace (timestamps in microseconds from the earliest start),
+/// streamed: its memory is one event's, whatever the report's size.
+pub fn write_trace_events(r: &Report, w: &mut dyn Write) -> io::Result<()> {
     let origin = r
         .processes
         .iter()
@@ -21,10 +41,12 @@ pub fn trace_events(r: &Report) -> Value {
         .fold(0.0, f64::min);
     let us = |t: f64| ((t - origin) * 1e6).round().max(0.0);
     let end_of_run = r.duration_s;
-    let mut ev = vec![json!({
+    w.write_all(b"{\"traceEvents\":[")?;
+    let mut ev = Events { w, first: true };
+    ev.put(json!({
         "name": "process_name", "ph": "M", "pid": TREE_PID,
         "args": {"name": "pmet: the whole tree"}
-    })];
+    }))?;
     let mut used = HashSet::new();
     for (i, p) in r.processes.iter().enumerate() {
         // Reused pids would merge two processes' tracks: give later holders
@@ -37,11 +59,11 @@ pub fn trace_events(r: &Report) -> Value {
         let name = process_name(&p.comm, &p.argv);
         let start = us(p.start_offset_s);
         let end = us(p.end_offset_s.unwrap_or(end_of_run));
-        ev.push(json!({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": format!("{} {}", p.pid, printable(&p.comm))}}));
-        ev.push(
+        ev.put(json!({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": format!("{} {}", p.pid, printable(&p.comm))}}))?;
+        ev.put(
             json!({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": i}}),
-        );
-        ev.push(json!({
+        )?;
+        ev.put(json!({
             "name": name, "cat": "process", "ph": "X", "ts": start, "dur": (end - start).max(0.0),
             "pid": pid, "tid": pid,
             "args": {
@@ -52,36 +74,40 @@ pub fn trace_events(r: &Report) -> Value {
                 "disk_read_bytes": p.disk_read_bytes, "disk_write_bytes": p.disk_write_bytes,
                 "net": p.net,
             }
-        }));
-        ev.push(json!({"name": "exec", "cat": "process", "ph": "i", "s": "p", "ts": start, "pid": pid, "tid": pid, "args": {"argv": p.argv}}));
+        }))?;
+        ev.put(json!({"name": "exec", "cat": "process", "ph": "i", "s": "p", "ts": start, "pid": pid, "tid": pid, "args": {"argv": p.argv}}))?;
         if p.end_offset_s.is_some() {
-            ev.push(json!({"name": "exit", "cat": "process", "ph": "i", "s": "p", "ts": end, "pid": pid, "tid": pid,
-                "args": {"exit_code": p.exit_code, "exit_signal": p.exit_signal}}));
+            ev.put(json!({"name": "exit", "cat": "process", "ph": "i", "s": "p", "ts": end, "pid": pid, "tid": pid,
+                "args": {"exit_code": p.exit_code, "exit_signal": p.exit_signal}}))?;
         }
         for s in &p.series {
-            ev.push(json!({"name": "CPU %", "ph": "C", "ts": us(s.t), "pid": pid, "args": {"cpu_pct": s.cpu_pct}}));
-            ev.push(json!({"name": "memory", "ph": "C", "ts": us(s.t), "pid": pid, "args": {"rss_bytes": s.rss_bytes}}));
+            ev.put(json!({"name": "CPU %", "ph": "C", "ts": us(s.t), "pid": pid, "args": {"cpu_pct": s.cpu_pct}}))?;
+            ev.put(json!({"name": "memory", "ph": "C", "ts": us(s.t), "pid": pid, "args": {"rss_bytes": s.rss_bytes}}))?;
         }
     }
     let points = r.series.as_ref().map_or(&[][..], |s| &s.tree[..]);
     for (k, p) in points.iter().enumerate() {
         let ts = us(p.t);
-        ev.push(json!({"name": "CPU %", "ph": "C", "ts": ts, "pid": TREE_PID, "args": {"cpu_pct": p.cpu_pct}}));
-        ev.push(json!({"name": "memory", "ph": "C", "ts": ts, "pid": TREE_PID, "args": {"rss_bytes": p.rss_bytes}}));
-        ev.push(json!({"name": "processes alive", "ph": "C", "ts": ts, "pid": TREE_PID, "args": {"alive": p.alive}}));
+        ev.put(json!({"name": "CPU %", "ph": "C", "ts": ts, "pid": TREE_PID, "args": {"cpu_pct": p.cpu_pct}}))?;
+        ev.put(json!({"name": "memory", "ph": "C", "ts": ts, "pid": TREE_PID, "args": {"rss_bytes": p.rss_bytes}}))?;
+        ev.put(json!({"name": "processes alive", "ph": "C", "ts": ts, "pid": TREE_PID, "args": {"alive": p.alive}}))?;
         if k > 0 {
             let q = &points[k - 1];
             let dt = (p.t - q.t).max(1e-9);
             let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / dt).round();
-            ev.push(json!({"name": "disk bytes/s", "ph": "C", "ts": ts, "pid": TREE_PID,
-                "args": {"read": rate(p.disk_read_bytes, q.disk_read_bytes), "write": rate(p.disk_write_bytes, q.disk_write_bytes)}}));
+            ev.put(json!({"name": "disk bytes/s", "ph": "C", "ts": ts, "pid": TREE_PID,
+                "args": {"read": rate(p.disk_read_bytes, q.disk_read_bytes), "write": rate(p.disk_write_bytes, q.disk_write_bytes)}}))?;
             if let (Some(a), Some(b)) = (p.net, q.net) {
-                ev.push(json!({"name": "network bytes/s", "ph": "C", "ts": ts, "pid": TREE_PID,
-                    "args": {"sent": rate(a.tcp_tx + a.udp_tx, b.tcp_tx + b.udp_tx), "received": rate(a.tcp_rx + a.udp_rx, b.tcp_rx + b.udp_rx)}}));
+                ev.put(json!({"name": "network bytes/s", "ph": "C", "ts": ts, "pid": TREE_PID,
+                    "args": {"sent": rate(a.tcp_tx + a.udp_tx, b.tcp_tx + b.udp_tx), "received": rate(a.tcp_rx + a.udp_rx, b.tcp_rx + b.udp_rx)}}))?;
             }
         }
     }
-    json!({"traceEvents": ev, "displayTimeUnit": "ms", "otherData": {"generator": "pmet", "schema": r.schema}})
+    let w = ev.w;
+    w.write_all(b"],\"displayTimeUnit\":\"ms\",\"otherData\":")?;
+    serde_json::to_writer(&mut *w, &json!({"generator": "pmet", "schema": r.schema}))
+        .map_err(io::Error::other)?;
+    w.write_all(b"}")
 }
 
 /// Checks a trace against the trace-event format's rules; returns what is
@@ -166,8 +192,11 @@ mod tests {
             processes: vec![p(5, -1.0, Some(1.0)), p(5, 1.5, Some(2.0)), p(6, 2.0, None)],
             ..Report::default()
         };
-        let v = trace_events(&r);
+        let mut out = Vec::new();
+        write_trace_events(&r, &mut out).unwrap();
+        let v: Value = serde_json::from_slice(&out).expect("one JSON document");
         assert_eq!(validate(&v), Vec::<String>::new());
+        assert_eq!(v["otherData"]["generator"], "pmet");
         let xs: Vec<&Value> = v["traceEvents"]
             .as_array()
             .unwrap()
