@@ -397,12 +397,19 @@ pub struct SockLife {
     /// Its ends, refreshed at each state change (a connect's local port
     /// is chosen after `SYN_SENT`).
     pub ends: Endpoints,
-    /// Segments retransmitted (`tcp:tcp_retransmit_skb`).
+    /// Segments retransmitted since it was followed: the socket's own
+    /// `total_retrans` (what `TCP_INFO` and `RetransSegs` count) less its
+    /// value then, or where that is unknown the `tcp:tcp_retransmit_skb`
+    /// hits (packets, each of one or more segments).
     pub retransmits: u32,
     /// [`conn_role`].
     pub role: u16,
     /// [`conn_outcome`].
     pub outcome: u16,
+    /// `total_retrans` when it was first followed.
+    pub retrans_base: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
 }
 
 /// A TCP socket in `SOCKS` was destroyed: no byte can move on it any more.
@@ -654,8 +661,9 @@ pub struct Config {
     pub task_signal: u32,
     /// `signal_struct.maxrss`.
     pub signal_maxrss: u16,
-    /// Padding, always zero.
-    pub _pad_maxrss: u16,
+    /// `tcp_sock.total_retrans` (0: retransmits are counted as the
+    /// tracepoint's hits).
+    pub tcp_total_retrans: u16,
     /// `task_struct.nvcsw` (0: context switches and faults are not read;
     /// taskstats gives them instead).
     pub task_nvcsw: u32,
@@ -727,7 +735,7 @@ mod tests {
         assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12 + 16 + 8 + 12 + 4 + 8);
         assert_eq!(size_of::<Endpoints>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 24 + 16 + 40 + 8);
-        assert_eq!(size_of::<SockLife>(), 16 + 40 + 8);
+        assert_eq!(size_of::<SockLife>(), 16 + 40 + 8 + 8);
         assert_eq!(size_of::<ConnEndEvent>(), 24 + 8 + 64);
         assert_eq!(size_of::<ConnKey>(), 24);
         assert_eq!(size_of::<ConnBytes>(), 24);

@@ -128,11 +128,35 @@ fn follow(sk: u64, sock_cookie: u64, role: u16, opened_ns: u64) {
         retransmits: 0,
         role,
         outcome: conn_outcome::OPEN,
+        retrans_base: total_retrans(sk).unwrap_or(0),
+        _pad: 0,
     };
     if SOCKS.insert(sock_cookie, life, BPF_NOEXIST as u64).is_err()
         && SOCKS.get_ptr(sock_cookie).is_none()
     {
         bump(counter::CONN_FULL);
+    }
+}
+
+/// The socket's `tcp_sock.total_retrans`: segments it retransmitted over
+/// its life, as `TCP_INFO` reports them (`None`: not known here).
+#[inline(always)]
+fn total_retrans(sk: u64) -> Option<u32> {
+    if config!(tcp_total_retrans) == 0 {
+        return None;
+    }
+    read::<u32>(sk, config!(tcp_total_retrans))
+}
+
+/// Brings a followed socket's retransmits up to its own count.
+#[inline(always)]
+fn retransmits_now(sk: u64, l: &mut SockLife) -> bool {
+    match total_retrans(sk) {
+        Some(t) => {
+            l.retransmits = t.wrapping_sub(l.retrans_base);
+            true
+        }
+        None => false,
     }
 }
 
@@ -332,7 +356,12 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     let sk: *const c_void = crate::arg(&ctx, 0) as _;
     if let Some(l) = SOCKS.get_ptr_mut(cookie_of(sk)) {
         // SAFETY: a live map value; retransmits run under the socket's lock.
-        unsafe { (*l).retransmits += 1 };
+        // The kernel has added this packet's segments to `total_retrans`
+        // before the tracepoint (`__tcp_retransmit_skb`).
+        let l = unsafe { &mut *l };
+        if !retransmits_now(sk as u64, l) {
+            l.retransmits += 1;
+        }
     }
     0
 }
@@ -347,6 +376,12 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const c_void = crate::arg(&ctx, 0) as _;
     let sock_cookie = cookie_of(sk);
     let _ = ACCEPTED.remove(sock_cookie);
+    // A retransmit whose send failed counts in `total_retrans` with no
+    // tracepoint: the socket's own count, once more, at its end.
+    if let Some(l) = SOCKS.get_ptr_mut(sock_cookie) {
+        // SAFETY: a live map value.
+        retransmits_now(sk as u64, unsafe { &mut *l });
+    }
     let Some(l) = SOCKS.get_ptr(sock_cookie) else {
         return 0;
     };

@@ -98,7 +98,7 @@ static CONFIG: Global<Config> = Global::new(Config {
     socket_sk: 0,
     task_signal: 0,
     signal_maxrss: 0,
-    _pad_maxrss: 0,
+    tcp_total_retrans: 0,
     task_nvcsw: 0,
     task_nivcsw: 0,
     task_maj_flt: 0,

@@ -267,7 +267,15 @@ fn retransmits_are_counted_per_connection_as_the_kernel_counts_them() {
     // workload's connection writes, and a firewall rule nothing else meets.
     // The rule drops every segment to the server for 1 s, at its input (an
     // output drop would be an error the sender sees, not a loss).
+    // With an Ethernet-sized MTU, what is lost is retransmitted in packets
+    // of many segments (TSO): RetransSegs counts segments, as TCP_INFO's
+    // total_retrans does, not packets.
     let ns = Netns::new("rtx");
+    let mtu = Command::new("ip")
+        .args(["-n", &ns.0, "link", "set", "lo", "mtu", "1500"])
+        .status()
+        .unwrap();
+    assert!(mtu.success());
     let run = pmet(&[
         "trace",
         "--",
@@ -277,7 +285,7 @@ fn retransmits_are_counted_per_connection_as_the_kernel_counts_them() {
         &ns.0,
         workload(),
         "retransmit",
-        "20000",
+        "400000",
         "1000",
     ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -307,7 +315,7 @@ fn retransmits_are_counted_per_connection_as_the_kernel_counts_them() {
     assert_eq!(server["retransmits"], 0);
     assert_eq!(
         (client["tx_bytes"].as_u64(), server["rx_bytes"].as_u64()),
-        (Some(20_000), Some(20_000))
+        (Some(400_000), Some(400_000))
     );
 }
 

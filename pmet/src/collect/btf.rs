@@ -140,6 +140,9 @@ pub struct EndOffsets {
     pub v6_rcv_saddr: u16,
     /// `sk_err`.
     pub err: u16,
+    /// `tcp_sock.total_retrans` (0: not found; retransmits are then the
+    /// tracepoint's hits).
+    pub total_retrans: u16,
 }
 
 /// Opens a BTF file: mapped where the kernel allows it (only the handful
@@ -170,6 +173,11 @@ pub fn sock_offsets(btf: &Btf) -> Option<SockOffsets> {
             v6_daddr: common("skc_v6_daddr").unwrap_or(0),
             v6_rcv_saddr: common("skc_v6_rcv_saddr").unwrap_or(0),
             err: u16::try_from(member_offset(btf, &sock, &["sk_err"]).ok()?).ok()?,
+            total_retrans: find_struct(btf, "tcp_sock")
+                .ok()
+                .and_then(|t| member_offset(btf, &t, &["total_retrans"]).ok())
+                .and_then(|o| u16::try_from(o).ok())
+                .unwrap_or(0),
         })
     })();
     Some(SockOffsets {
@@ -521,6 +529,7 @@ mod tests {
         assert_eq!((e.dport, e.num), (12, 14));
         assert!(e.v6_daddr > e.num && e.v6_rcv_saddr == e.v6_daddr + 16);
         assert!(e.err > o.family);
+        assert!(e.total_retrans > 0, "tcp_sock.total_retrans");
     }
 
     #[test]

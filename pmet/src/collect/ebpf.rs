@@ -332,6 +332,7 @@ impl Probe {
                 cfg.sk_v6_daddr = e.v6_daddr;
                 cfg.sk_v6_rcv_saddr = e.v6_rcv_saddr;
                 cfg.sk_err = e.err;
+                cfg.tcp_total_retrans = e.total_retrans;
                 cfg.flags |= pmet_common::config_flags::CONNECTIONS;
                 if plan.via(Capability::Connections) == Some(Via::TpBtfAddress) {
                     cfg.flags |= pmet_common::config_flags::SOCK_ADDRESS_ID;

@@ -263,11 +263,16 @@ fn retransmit(bytes: u64, ms: u64) {
     nft(&format!(
         "table inet pmet_rtx {{\n chain inp {{\n  type filter hook input priority 0;\n  tcp dport {port} drop\n }}\n}}\n"
     ));
-    write_n(&mut c, bytes);
+    // Written beside the loss (more than a socket buffer holds while
+    // nothing is acknowledged), read once the loss is over.
+    let writer = thread::spawn(move || {
+        write_n(&mut c, bytes);
+        c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    });
     thread::sleep(Duration::from_millis(ms));
     nft("delete table inet pmet_rtx\n");
-    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
     let got = read_to_end_counting(&mut s);
+    writer.join().expect("writer");
     if got != bytes {
         eprintln!("retransmit: got {got}, expected {bytes}");
         exit(1);
