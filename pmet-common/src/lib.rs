@@ -736,7 +736,7 @@ mod tests {
         assert_eq!(size_of::<Endpoints>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 24 + 16 + 40 + 8);
         assert_eq!(size_of::<SockLife>(), 16 + 40 + 8 + 8);
-        assert_eq!(size_of::<ConnEndEvent>(), 24 + 8 + 64);
+        assert_eq!(size_of::<ConnEndEvent>(), 24 + 8 + 72);
         assert_eq!(size_of::<ConnKey>(), 24);
         assert_eq!(size_of::<ConnBytes>(), 24);
         assert_eq!(size_of::<Dying>(), 24 + 72 + 8);
