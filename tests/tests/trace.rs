@@ -845,15 +845,18 @@ fn every_kernel_program_stays_within_its_verifier_budget() {
         // gives the verifier a few more paths to walk (2,109 → 2,282).
         ("task_newtask_btf", 650),
         ("sched_process_exec_btf", 1_050),
-        ("sched_process_exit_btf", 2_450),
+        // With `signal->maxrss` read at the last thread's exit: 2,960.
+        ("sched_process_exit_btf", 3_200),
         // A thread's final figures at its last switch, with the context
         // switch and fault counters, sent; every other switch returns at
         // the state test.
         ("sched_switch", 450),
         // Most of it is a socket's first use (announcing it, its ends);
         // every later call is a lookup and an add.
-        ("sock_send_btf", 10_500),
-        ("sock_recv_btf", 10_500),
+        // A UDP socket's look for a remote end it lacked, and its second
+        // announcement: 11,220 and 11,294.
+        ("sock_send_btf", 12_000),
+        ("sock_recv_btf", 12_000),
         ("inet_sock_set_state", 6_500),
         ("tcp_retransmit_skb", 100),
         ("tcp_destroy_sock", 200),
