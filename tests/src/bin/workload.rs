@@ -632,21 +632,23 @@ fn shared_memory(private: usize, shared: usize, ms: u64) {
 }
 
 /// Allocates and touches `mib` MiB, so peak RSS is at least that.
-fn memory(mib: usize) {
+/// `mib` MiB of this process's own, every page touched (resident).
+fn resident(mib: usize) -> Vec<u8> {
     let mut v = vec![0u8; mib << 20];
     for i in (0..v.len()).step_by(4096) {
         v[i] = 1;
     }
-    std::hint::black_box(&v);
+    std::hint::black_box(v)
+}
+
+fn memory(mib: usize) {
+    let v = resident(mib);
     thread::sleep(Duration::from_millis(20));
+    drop(v);
 }
 
 fn memory_then(mib: usize, cmd: &[String], exec: bool) {
-    let mut v = vec![0u8; mib << 20];
-    for i in (0..v.len()).step_by(4096) {
-        v[i] = 1;
-    }
-    std::hint::black_box(&v);
+    let v = resident(mib);
     if exec {
         use std::os::unix::process::CommandExt;
         let e = Command::new(&cmd[0]).args(&cmd[1..]).exec();
