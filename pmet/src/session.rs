@@ -110,6 +110,10 @@ pub struct Session<E, S> {
     /// Processes the kernel no longer tracks whose exit has not arrived, and
     /// since when (boottime ns).
     suspects: HashMap<(u32, u64), u64>,
+    /// Processes the tree thinks alive whose /proc entry was gone at the
+    /// last look while the kernel still tracked them: their exit was never
+    /// seen (suspects from the next tick on), and since when.
+    gone_from_proc: HashMap<(u32, u64), u64>,
     kernel_io: bool,
     /// NVML or DRM fdinfo, when a GPU is there.
     gpu: Option<Box<dyn crate::collect::gpu::GpuSource>>,
@@ -143,6 +147,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             cookies: Cookies(0),
             recorder: Recorder::new(report::MAX_TREE_POINTS, report::MAX_PROC_POINTS),
             suspects: HashMap::new(),
+            gone_from_proc: HashMap::new(),
             taskstats_overflows: None,
             kernel_io,
             gpu: None,
@@ -578,12 +583,16 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             // The kernel side drops a process from its tracked set just
             // before it submits the exit, so a process can look gone while
             // its exit is still on its way to the ring: only one still
-            // missing a grace later counts as lost.
+            // missing a grace later counts as lost. So does one gone from
+            // /proc that the kernel still tracks: tracked after its exit
+            // hook ran, no exit will come, and its entry would stay.
             let suspects: Vec<(u32, u64)> = self
                 .tree
                 .live_keys()
                 .into_iter()
-                .filter(|&(pid, cookie)| kernel.tracked(pid) != Some(cookie))
+                .filter(|key @ &(pid, cookie)| {
+                    kernel.tracked(pid) != Some(cookie) || self.gone_from_proc.contains_key(key)
+                })
                 .collect();
             self.apply_taskstats();
             let mut still = HashMap::new();
@@ -591,7 +600,10 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 if self.tree.live(pid).is_none_or(|p| p.cookie != cookie) {
                     continue;
                 }
-                let since = self.suspects.get(&key).copied().unwrap_or(now);
+                let since = (self.suspects.get(&key))
+                    .or(self.gone_from_proc.get(&key))
+                    .copied()
+                    .unwrap_or(now);
                 if now.saturating_sub(since) >= SUSPECT_GRACE.as_nanos() as u64 {
                     log::debug!(
                         "pid {pid} left the kernel's tracked set without an exit event \
@@ -599,10 +611,15 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                         self.kernel.as_ref().and_then(|k| k.tracked(pid))
                     );
                     self.tree.mark_vanished(pid, since);
-                    // Its traffic is final too, and its kernel entry must
-                    // not outlive it (it would, with no exit to take it).
-                    if let Some(n) = self.kernel.as_mut().and_then(|k| k.take_net(pid, cookie)) {
-                        self.tree.set_net(pid, cookie, n, true);
+                    // Its traffic is final too, and its kernel entries must
+                    // not outlive it (they would, with no exit to take them).
+                    if let Some(k) = self.kernel.as_mut() {
+                        if k.tracked(pid) == Some(cookie) {
+                            k.untrack(pid);
+                        }
+                        if let Some(n) = k.take_net(pid, cookie) {
+                            self.tree.set_net(pid, cookie, n, true);
+                        }
                     }
                     self.read_conns((pid, cookie), true);
                 } else {
@@ -614,6 +631,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             self.apply_taskstats();
             self.poll_tree(now);
         }
+        let mut gone = HashMap::new();
         for (pid, cookie) in self.tree.live_keys() {
             if let Some(s) = self.procfs.sample(pid, now) {
                 self.tree.apply_sample(pid, s);
@@ -622,11 +640,17 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 {
                     self.tree.apply_shares(pid, sh);
                 }
+            } else if self.kernel.is_some() && self.procfs.gone(pid) {
+                // (Not a zombie: a leader that exited before its other
+                // threads reads as one, alive.)
+                let key = (pid, cookie);
+                gone.insert(key, self.gone_from_proc.get(&key).copied().unwrap_or(now));
             }
             if let Some(n) = self.kernel.as_ref().and_then(|k| k.net(pid, cookie)) {
                 self.tree.set_net(pid, cookie, n, false);
             }
         }
+        self.gone_from_proc = gone;
         // Files kept open for processes sampled before and gone since.
         self.procfs.keep_only(&|pid| self.tree.live(pid).is_some());
         self.look_at_gpus(now);
@@ -703,10 +727,34 @@ pub fn attach_one<E: EventSource, S: Sampler>(
     let cookie = s.next_cookie();
     if let Some(k) = s.kernel.as_mut() {
         k.track(pid, cookie)?;
+        // A process that exited between that look and the track ran its
+        // exit hook untracked: no exit will come, and the tree would hold it
+        // alive for good (host-wide, with processes ending all the time, a
+        // CI run met this). Looked at again once tracked, one found ending
+        // is left out, as one gone before the look would have been.
+        if ended_since(&s.procfs, pid, stat.starttime) {
+            k.untrack(pid);
+            s.tree.ended_at_attach(pid, cookie);
+            return Ok(false);
+        }
     }
     s.tree
         .add_seen(seen_now(&s.procfs, pid, cookie, since_start, now, true));
     Ok(true)
+}
+
+/// Whether the process that started at `starttime` as `pid` is gone, a
+/// zombie, or has every thread in do_exit (the last one's exit hook may then
+/// have run before the track).
+fn ended_since(procfs: &impl Sampler, pid: u32, starttime: u64) -> bool {
+    match procfs.stat(pid) {
+        Err(_) => true,
+        Ok(now) => {
+            now.starttime != starttime
+                || matches!(now.state, 'Z' | 'X' | 'x')
+                || (now.exiting && procfs.threads(pid).iter().all(|t| t.exiting))
+        }
+    }
 }
 
 /// A running process as /proc shows it now, for [`Tree::add_seen`].
@@ -952,6 +1000,10 @@ pub(crate) mod fake {
         pub samples: HashMap<u32, Sample>,
         pub shares: HashMap<u32, Shares>,
         pub cwds: HashMap<u32, String>,
+        /// A process that exits after this many more reads of its stat.
+        pub stat_reads_left: std::cell::RefCell<HashMap<u32, u32>>,
+        /// Processes reaped: gone from /proc (any other is there).
+        pub reaped: std::collections::HashSet<u32>,
     }
 
     impl Sampler for FakeProc {
@@ -959,6 +1011,12 @@ pub(crate) mod fake {
             100
         }
         fn stat(&self, pid: u32) -> io::Result<Stat> {
+            if let Some(n) = self.stat_reads_left.borrow_mut().get_mut(&pid) {
+                if *n == 0 {
+                    return Err(io::Error::from_raw_os_error(libc::ENOENT));
+                }
+                *n -= 1;
+            }
             self.stats
                 .get(&pid)
                 .cloned()
@@ -987,6 +1045,9 @@ pub(crate) mod fake {
         }
         fn scan(&self) -> Vec<Stat> {
             self.stats.values().cloned().collect()
+        }
+        fn gone(&self, pid: u32) -> bool {
+            self.reaped.contains(&pid)
         }
         fn subtree(&self, pid: u32) -> Vec<u32> {
             let mut out = vec![pid];
@@ -1107,6 +1168,29 @@ mod tests {
         assert!(!p.vanished);
         assert_eq!(p.exit.map(|e| e.shell_code()), Some(3));
         assert!(!s.has_suspects());
+    }
+
+    #[test]
+    fn one_tracked_after_its_exit_is_lost_once_gone_from_proc_and_untracked() {
+        let mut s = session();
+        kernel(&mut s).fork(1100 * MS, ROOT, 200, 11);
+        s.tick(1200 * MS);
+        // Its exit hook ran before the track: the kernel still holds it,
+        // no exit comes, and /proc has let it go.
+        s.procfs.reaped.insert(200);
+        s.tick(1300 * MS);
+        s.tick(1400 * MS);
+        assert!(s.tree.live(200).is_some(), "within the grace: a suspect");
+        s.tick(1300 * MS + SUSPECT_GRACE.as_nanos() as u64);
+        let p = by_pid(&s, 200)[0];
+        assert!(p.vanished);
+        assert_eq!(p.end_ns, Some(1300 * MS));
+        assert_eq!(s.losses().exits_unseen, 1);
+        assert_eq!(kernel(&mut s).tracked(200), None, "its entry is freed");
+        assert!(
+            s.tree.live(ROOT).is_some(),
+            "the root, in /proc, is not touched"
+        );
     }
 
     #[test]
@@ -1617,6 +1701,48 @@ mod tests {
         s.tick(2300 * MS);
         assert_eq!(peak(&s), Some(95 << 20), "and every tenth sample");
         assert_eq!(s.tree.pss_peak, 95 << 20);
+    }
+
+    #[test]
+    fn a_process_that_exits_while_being_attached_is_left_out_not_lost() {
+        let mut s = Session::new(
+            Some(FakeKernel::default()),
+            FakeProc::default(),
+            1000 * MS,
+            true,
+            true,
+        );
+        for (pid, ppid) in [(300, 1), (301, 300), (302, 300)] {
+            s.procfs.stats.insert(
+                pid,
+                Stat {
+                    pid,
+                    ppid,
+                    state: 'S',
+                    num_threads: 1,
+                    starttime: 7,
+                    ..Stat::default()
+                },
+            );
+        }
+        // 301 is there at the first look, gone by the time it is tracked:
+        // its exit hook ran while it was not tracked.
+        s.procfs.stat_reads_left.borrow_mut().insert(301, 1);
+        // 302 had begun to exit (its exit may still come).
+        s.procfs.stats.get_mut(&302).unwrap().exiting = true;
+        attach(&mut s, 300, false, 1000 * MS, None).unwrap();
+        let pids: Vec<u32> = s.tree.procs.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [300]);
+        let k = kernel(&mut s);
+        assert_eq!(k.tracked.keys().copied().collect::<Vec<_>>(), [300]);
+        // 302's exit did come, under the cookie it was tracked with (the
+        // last one handed out; they go up by 2).
+        let cookie = s.next_cookie() - 2;
+        kernel(&mut s).exit(1100 * MS, 302, cookie, 0);
+        kernel(&mut s).free(1100 * MS, 302, cookie, ThreadTotals::default());
+        s.drain();
+        assert_eq!(s.losses().total(), 0, "{:?}", s.losses());
+        assert_eq!(s.tree.procs.len(), 1);
     }
 
     #[test]

@@ -1512,9 +1512,10 @@ fn all_traces_every_process_on_the_host_but_pmet() {
     let missing: Vec<_> = ps
         .iter()
         .filter(|p| {
-            p["end_offset_s"] != serde_json::Value::Null
-                && p["figures"] != "exit"
-                && p["figures"] != "taskstats"
+            p["vanished"] == true
+                || (p["end_offset_s"] != serde_json::Value::Null
+                    && p["figures"] != "exit"
+                    && p["figures"] != "taskstats")
         })
         .map(|p| {
             (

@@ -35,7 +35,13 @@ pub struct Stat {
     pub starttime: u64,
     /// Resident pages.
     pub rss_pages: u64,
+    /// The kernel's PF_EXITING flag: this thread has begun to exit (its
+    /// exit hook may have run already).
+    pub exiting: bool,
 }
+
+/// `task_struct.flags` bit set once a thread enters do_exit (stat field 9).
+const PF_EXITING: u32 = 0x4;
 
 /// Parses /proc/PID/stat. comm may hold spaces and parentheses, so fields are
 /// counted from the last `)`.
@@ -57,6 +63,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         num_threads: f(20)?.parse().ok()?,
         starttime: f(22)?.parse().ok()?,
         rss_pages: f(24)?.parse().ok()?,
+        exiting: f(9)?.parse::<u32>().ok()? & PF_EXITING != 0,
     })
 }
 
@@ -199,6 +206,12 @@ impl Procfs {
         self.root.join(pid.to_string()).join(file)
     }
 
+    /// Whether /proc/PID is not there (only "not found" says so).
+    pub fn gone(&self, pid: u32) -> bool {
+        fs::metadata(self.root.join(pid.to_string()))
+            .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+    }
+
     /// /proc/PID/stat, parsed.
     pub fn stat(&self, pid: u32) -> io::Result<Stat> {
         let text = fs::read_to_string(self.path(pid, "stat"))?;
@@ -335,6 +348,7 @@ impl Procfs {
                 read_bytes,
                 write_bytes,
                 cancelled_write_bytes,
+                exiting: stat.exiting,
             })
         })
         .collect()
@@ -402,6 +416,8 @@ pub struct ThreadFigures {
     pub write_bytes: Option<u64>,
     /// Dirty bytes it dropped before writeback.
     pub cancelled_write_bytes: Option<u64>,
+    /// It has begun to exit ([`Stat::exiting`]).
+    pub exiting: bool,
 }
 
 #[cfg(test)]
@@ -424,6 +440,10 @@ mod tests {
         assert_eq!(s.num_threads, 3);
         assert_eq!(s.starttime, 123456);
         assert_eq!(s.rss_pages, 3328);
+        assert!(!s.exiting);
+        // The same thread once in do_exit (PF_EXITING, 0x4, added to flags).
+        let dying = STAT.replace(" 4194304 ", " 4194308 ");
+        assert!(parse_stat(&dying).unwrap().exiting);
     }
 
     #[test]

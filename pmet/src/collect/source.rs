@@ -86,6 +86,9 @@ pub trait Sampler {
     fn scan(&self) -> Vec<Stat>;
     /// `pid` and its descendants, parents first.
     fn subtree(&self, pid: u32) -> Vec<u32>;
+    /// Whether `pid` is no longer in /proc at all (reaped; a zombie is
+    /// still there).
+    fn gone(&self, pid: u32) -> bool;
 }
 
 /// The kernel side's counters as the model keeps them: the one conversion.
@@ -183,6 +186,9 @@ impl Sampler for Procfs {
     }
     fn threads(&self, pid: u32) -> Vec<ThreadFigures> {
         Procfs::threads(self, pid)
+    }
+    fn gone(&self, pid: u32) -> bool {
+        Procfs::gone(self, pid)
     }
     fn shares(&self, pid: u32) -> Option<Shares> {
         Procfs::shares(self, pid)

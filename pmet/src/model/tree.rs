@@ -499,6 +499,9 @@ pub struct Tree {
     /// Processes created after that, left out.
     late: HashSet<u32>,
     late_forks: Vec<u32>,
+    /// Processes that ended while pmet attached to them, left out: an exit
+    /// the kernel did send for one is expected, not a loss.
+    ended_at_attach: HashSet<(u32, u64)>,
     /// What the processes dropped by [`Tree::prune`] added up to.
     pub gone: Gone,
     /// What the folded processes held here add up to: those ended with
@@ -953,6 +956,19 @@ impl Tree {
         }
     }
 
+    /// An event about a process known by pid and cookie that is not here.
+    fn unknown_key(&mut self, pid: u32, cookie: u64) {
+        if !self.ended_at_attach.contains(&(pid, cookie)) {
+            self.unknown(pid);
+        }
+    }
+
+    /// `pid` (tracked as `cookie`) ended while pmet attached to it and is
+    /// left out: its exit, if the kernel saw it, is dropped quietly.
+    pub fn ended_at_attach(&mut self, pid: u32, cookie: u64) {
+        self.ended_at_attach.insert((pid, cookie));
+    }
+
     /// The run ended at `at` (boottime ns): processes created after it are
     /// left out (their events dropped, not counted as losses).
     pub fn close(&mut self, at: u64) {
@@ -1118,7 +1134,7 @@ impl Tree {
                 self.pending_exec.remove(&tid);
                 self.pending_env.remove(&tid);
                 let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
-                    self.unknown(tgid);
+                    self.unknown_key(tgid, cookie);
                     return;
                 };
                 let p = self.proc_mut(i);
@@ -1159,7 +1175,7 @@ impl Tree {
                 ..
             } => {
                 let Some(&i) = self.by_key.get(&(tgid, cookie)) else {
-                    self.unknown(tgid);
+                    self.unknown_key(tgid, cookie);
                     return;
                 };
                 let p = self.proc_mut(i);
@@ -1187,7 +1203,7 @@ impl Tree {
                 opened,
             } => {
                 let Some(&i) = self.by_key.get(&(tgid, proc_cookie)) else {
-                    self.unknown(tgid);
+                    self.unknown_key(tgid, proc_cookie);
                     return;
                 };
                 let max = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
