@@ -237,17 +237,20 @@ pub fn pmet_when_ready(args: &[&str]) -> (std::thread::JoinHandle<Run>, Value) {
 /// `ended` says pmet ended first. Fails the test after 60 s.
 pub fn read_ready(path: &std::path::Path, ended: impl Fn() -> bool) -> Option<Value> {
     let t0 = std::time::Instant::now();
-    loop {
-        if let Some(line) = std::fs::read_to_string(path)
+    let read = || {
+        let line = std::fs::read_to_string(path)
             .ok()
-            .and_then(|t| t.strip_suffix('\n').map(str::to_owned))
-        {
-            let v = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("--ready line {line:?}: {e}"));
+            .and_then(|t| t.strip_suffix('\n').map(str::to_owned))?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("--ready line {line:?}: {e}")))
+    };
+    loop {
+        if let Some(v) = read() {
             return Some(v);
         }
         if ended() {
-            return None;
+            // A quick command can be done between the look and this check:
+            // what pmet wrote before it ended still counts.
+            return read();
         }
         assert!(t0.elapsed().as_secs() < 60, "pmet never said it was ready");
         std::thread::sleep(std::time::Duration::from_millis(10));
