@@ -1704,6 +1704,54 @@ mod tests {
     }
 
     #[test]
+    fn the_trees_pss_peak_is_what_was_held_at_once_not_each_ones_peak() {
+        use crate::collect::procfs::{Sample, Shares};
+        let mut s: Session<FakeKernel, FakeProc> =
+            Session::new(None, FakeProc::default(), 1000 * MS, false, true);
+        for (pid, ppid) in [(300, 1), (301, 300)] {
+            s.procfs.stats.insert(
+                pid,
+                Stat {
+                    pid,
+                    ppid,
+                    state: 'S',
+                    num_threads: 1,
+                    ..Stat::default()
+                },
+            );
+        }
+        attach(&mut s, 300, false, 1000 * MS, None).unwrap();
+        let hold = |s: &mut Session<FakeKernel, FakeProc>, pid: u32, mib: u64| {
+            let sample = Sample {
+                rss_bytes: mib << 20,
+                ..Sample::default()
+            };
+            s.procfs.samples.insert(pid, sample);
+            let shares = Shares {
+                pss_bytes: mib << 20,
+                ..Shares::default()
+            };
+            s.procfs.shares.insert(pid, shares);
+        };
+        // 300 holds 100 MiB while 301 holds 4; then 300 lets go of all but
+        // 4 and 301 takes 100: never more than 104 MiB at once.
+        hold(&mut s, 300, 100);
+        hold(&mut s, 301, 4);
+        s.tick(1100 * MS);
+        assert_eq!(s.tree.pss_peak, 104 << 20);
+        // (300's smaps_rollup is not read again: its RSS did not grow. Its
+        // last reading is stale, and counts for no more than it holds.)
+        hold(&mut s, 300, 4);
+        hold(&mut s, 301, 100);
+        s.tick(1200 * MS);
+        assert_eq!(s.tree.pss_peak, 104 << 20, "300's 100 MiB is gone");
+        let peaks: Vec<_> = (s.tree.procs.iter())
+            .map(|p| p.memory_peak.unwrap().pss)
+            .collect();
+        assert_eq!(peaks, [Some(100 << 20), Some(100 << 20)], "each one's own");
+    }
+
+    #[test]
     fn a_process_that_exits_while_being_attached_is_left_out_not_lost() {
         let mut s = Session::new(
             Some(FakeKernel::default()),

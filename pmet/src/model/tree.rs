@@ -1374,9 +1374,18 @@ impl Tree {
     }
 
     /// After a round of samples: the live processes' PSS together, against
-    /// the tree's peak.
+    /// the tree's peak. A process's last PSS reading can be rounds old (it
+    /// is read again only once RSS grows, or every few samples); PSS is
+    /// never above RSS, so each counts for at most the RSS it holds now: a
+    /// process that let go of its memory does not lend its old peak to the
+    /// sum while another one peaks.
     pub fn note_pss(&mut self) {
-        let total: u64 = self.live.values().map(|&i| self.procs[i].last_pss).sum();
+        let total: u64 = (self.live.values())
+            .map(|&i| {
+                let p = &self.procs[i];
+                p.last_pss.min(p.last_sample.map_or(0, |s| s.rss_bytes))
+            })
+            .sum();
         self.pss_peak = self.pss_peak.max(total);
     }
 
