@@ -640,6 +640,11 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 {
                     self.tree.apply_shares(pid, sh);
                 }
+                if self.tree.wants_threads_io(pid, self.kernel_io)
+                    && let Some(io) = self.procfs.threads_io(pid)
+                {
+                    self.tree.apply_threads_io(pid, io);
+                }
             } else if self.kernel.is_some() && self.procfs.gone(pid) {
                 // (Not a zombie: a leader that exited before its other
                 // threads reads as one, alive.)
@@ -1004,6 +1009,8 @@ pub(crate) mod fake {
         pub stat_reads_left: std::cell::RefCell<HashMap<u32, u32>>,
         /// Processes reaped: gone from /proc (any other is there).
         pub reaped: std::collections::HashSet<u32>,
+        /// Live threads' own I/O, per process.
+        pub threads_io: HashMap<u32, [u64; 3]>,
     }
 
     impl Sampler for FakeProc {
@@ -1048,6 +1055,9 @@ pub(crate) mod fake {
         }
         fn gone(&self, pid: u32) -> bool {
             self.reaped.contains(&pid)
+        }
+        fn threads_io(&self, pid: u32) -> Option<[u64; 3]> {
+            self.threads_io.get(&pid).copied()
         }
         fn subtree(&self, pid: u32) -> Vec<u32> {
             let mut out = vec![pid];
@@ -1606,6 +1616,71 @@ mod tests {
         // 200 exited between two looks and an unrelated process took its pid.
         s.procfs.stats.insert(200, stat(200, 1, 107));
         assert_eq!(s.live_pids(), [ROOT]);
+    }
+
+    #[test]
+    fn a_reaped_childs_io_is_not_its_parents_own_while_the_parent_lives() {
+        use crate::{collect::procfs::Sample, model::figures::figures};
+        const MIB: u64 = 1 << 20;
+        let mut s = session();
+        let whole = |s: &mut Session<FakeKernel, FakeProc>, write| {
+            let sample = Sample {
+                write_bytes: Some(write),
+                read_bytes: Some(0),
+                threads: 1,
+                ..Sample::default()
+            };
+            s.procfs.samples.insert(ROOT, sample);
+        };
+        let own_write = |s: &Session<FakeKernel, FakeProc>| {
+            figures(by_pid(s, ROOT)[0], 100, true).disk.unwrap().write
+        };
+        // The root wrote 4 KiB of its own; its /proc/PID/io says so.
+        whole(&mut s, 4096);
+        s.procfs.threads_io.insert(ROOT, [0, 4096, 0]);
+        s.tick(1100 * MS);
+        assert_eq!(own_write(&s), 4096);
+        // Its child writes 50 MiB, ends and is reaped: the kernel adds those
+        // 50 MiB to the root's /proc/PID/io, not to its threads'.
+        kernel(&mut s).fork(1150 * MS, ROOT, 200, 11);
+        kernel(&mut s).exit(1200 * MS, 200, 11, 0);
+        let child = ThreadTotals {
+            write_bytes: 50 * MIB,
+            ..ThreadTotals::default()
+        };
+        kernel(&mut s).free(1200 * MS, 200, 11, child);
+        whole(&mut s, 50 * MIB + 4096);
+        s.tick(1300 * MS);
+        assert_eq!(own_write(&s), 4096, "the child's 50 MiB are the child's");
+        assert_eq!(
+            figures(by_pid(&s, 200)[0], 100, true).disk.unwrap().write,
+            50 * MIB
+        );
+        // A thread of its own that ended is still its own (the kernel side's
+        // final figures of it); one gone from task/ before its free is taken
+        // in does not make the figure dip.
+        s.procfs.threads_io.insert(ROOT, [0, 8192, 0]);
+        s.tick(1400 * MS);
+        assert_eq!(own_write(&s), 8192);
+        s.procfs.threads_io.insert(ROOT, [0, 4096, 0]);
+        s.tick(1500 * MS);
+        assert_eq!(own_write(&s), 8192, "not taken in yet: no dip");
+        let thread = ThreadTotals {
+            write_bytes: 4096,
+            ..ThreadTotals::default()
+        };
+        let cookie = by_pid(&s, ROOT)[0].cookie;
+        kernel(&mut s).events.push_back(Event::Free {
+            ts_ns: 1550 * MS,
+            tgid: ROOT,
+            tid: ROOT + 1,
+            cookie,
+            totals: Some(thread),
+            kept: false,
+            ctx: None,
+        });
+        s.tick(1600 * MS);
+        assert_eq!(own_write(&s), 8192);
     }
 
     #[test]

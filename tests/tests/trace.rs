@@ -3,7 +3,7 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
 };
 
@@ -766,6 +766,44 @@ fn attach_follows_existing_and_new_descendants() {
     assert_eq!(net(run.one("tcp-serve"), "tcp", "rx"), 30_000);
     assert_eq!(net(run.one("tcp-send"), "tcp", "rx"), 7_000);
     assert_eq!(run.one("tcp")["preexisting"], false);
+}
+
+#[test]
+fn a_reaped_childs_disk_writes_stay_the_childs_while_its_parent_runs() {
+    if !can_trace() {
+        return;
+    }
+    let bytes = 4u64 << 20;
+    let mut parent = Command::new(workload())
+        .args(["reap-write", &bytes.to_string(), "30000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = parent.id().to_string();
+    let (run, _) = common::pmet_when_ready(&["trace", "--pid", &pid, "-d", "2500ms"]);
+    writeln!(parent.stdin.as_mut().unwrap(), "go").unwrap();
+    let mut line = String::new();
+    BufReader::new(parent.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "reaped");
+    let run = run.join().unwrap();
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let r = run.report();
+    assert_no_loss(r);
+    // Still running at the end: its figures are its live ones. The kernel
+    // counts the reaped child's 4 MiB in the parent's /proc/PID/io; they
+    // are the child's, not the parent's.
+    let p = &procs(r)[0];
+    assert_eq!(p["pid"].as_u64().unwrap().to_string(), pid);
+    assert_eq!(p["figures"], "sample");
+    let own = p["disk_write_bytes"].as_u64().unwrap();
+    assert!(own < 16 * 4096, "the parent wrote {own}");
+    let child = run.one("disk-write")["disk_write_bytes"].as_u64().unwrap();
+    assert!((bytes..=bytes + 16 * 4096).contains(&child), "{child}");
+    assert_eq!(r["totals"]["disk_write_bytes"], own + child);
 }
 
 #[test]

@@ -206,6 +206,30 @@ impl Procfs {
         self.root.join(pid.to_string()).join(file)
     }
 
+    /// Its live threads' own I/O summed, from each `task/TID/io` (see
+    /// [`super::source::Sampler::threads_io`]).
+    pub fn threads_io(&self, pid: u32) -> Option<[u64; 3]> {
+        let task = self.path(pid, "task");
+        let mut sum = [0; 3];
+        for e in fs::read_dir(&task).ok()? {
+            let io = match fs::read_to_string(e.ok()?.path().join("io")) {
+                Ok(io) => io,
+                // Ended since the listing: its free brings its figures.
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ESRCH) =>
+                {
+                    continue;
+                }
+                Err(_) => return None,
+            };
+            for (s, v) in sum.iter_mut().zip(fields(&io, IO_FIELDS)) {
+                *s += v?;
+            }
+        }
+        Some(sum)
+    }
+
     /// Whether /proc/PID is not there (only "not found" says so).
     pub fn gone(&self, pid: u32) -> bool {
         fs::metadata(self.root.join(pid.to_string()))

@@ -89,6 +89,10 @@ pub trait Sampler {
     /// Whether `pid` is no longer in /proc at all (reaped; a zombie is
     /// still there).
     fn gone(&self, pid: u32) -> bool;
+    /// Its live threads' own I/O summed (read, write, cancelled bytes; each
+    /// `/proc/PID/task/TID/io`, which unlike `/proc/PID/io` leaves out ended
+    /// threads and reaped children); `None` when unreadable.
+    fn threads_io(&self, pid: u32) -> Option<[u64; 3]>;
 }
 
 /// The kernel side's counters as the model keeps them: the one conversion.
@@ -189,6 +193,9 @@ impl Sampler for Procfs {
     }
     fn gone(&self, pid: u32) -> bool {
         Procfs::gone(self, pid)
+    }
+    fn threads_io(&self, pid: u32) -> Option<[u64; 3]> {
+        Procfs::threads_io(self, pid)
     }
     fn shares(&self, pid: u32) -> Option<Shares> {
         Procfs::shares(self, pid)

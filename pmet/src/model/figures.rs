@@ -87,6 +87,17 @@ pub fn figures(p: &Proc, ticks_per_s: u64, kernel_io: bool) -> Figures {
         let base = b.sample.unwrap_or_default();
         let tps = ticks_per_s.max(1) as f64;
         let disk = match (s.read_bytes, s.write_bytes) {
+            // `/proc/PID/io` holds what reaped children did too: its own,
+            // thread by thread, where that was read.
+            _ if kernel_io && p.threads_io.is_some() => {
+                let [r, w, c] = p.threads_io.unwrap_or_default();
+                Some(Disk {
+                    read: (r + b.credit_read_bytes).saturating_sub(b.thread_read_bytes),
+                    write: (w + b.credit_write_bytes).saturating_sub(b.thread_write_bytes),
+                    cancelled: (c + b.credit_cancelled_write_bytes)
+                        .saturating_sub(b.thread_cancelled_write_bytes),
+                })
+            }
             (Some(r), Some(w)) => Some(Disk {
                 read: r.saturating_sub(base.read_bytes.unwrap_or(0)),
                 write: w.saturating_sub(base.write_bytes.unwrap_or(0)),

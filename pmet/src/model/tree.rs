@@ -271,6 +271,16 @@ pub struct Proc {
     pub maxrss_floor: MaxrssFloor,
     /// The latest /proc sample.
     pub last_sample: Option<Sample>,
+    /// A child of it ended while it lived: once reaped, that child's I/O is
+    /// in this process's `/proc/PID/io` too (the kernel adds it at wait), so
+    /// its own live I/O is read thread by thread instead.
+    pub reaped_a_child: bool,
+    /// Its own I/O so far (read, write, cancelled): its ended threads'
+    /// final figures and its live threads' readings, the highest seen (a
+    /// thread gone from /proc before its free is taken in must not make it
+    /// dip). Read when [`Proc::reaped_a_child`] (see
+    /// [`Tree::wants_threads_io`]).
+    pub threads_io: Option<[u64; 3]>,
     /// Samples taken.
     pub samples: u32,
     /// Highest VmHWM seen in samples, bytes.
@@ -1155,6 +1165,7 @@ impl Tree {
                     if p.comm.is_empty() {
                         p.comm = comm;
                     }
+                    let parent = p.parent;
                     if let Some(raw) = exit_code {
                         p.exit = Some(ExitStatus::from_raw(raw));
                     }
@@ -1162,6 +1173,9 @@ impl Tree {
                     p.threads_alive = 0;
                     if self.live.get(&tgid) == Some(&i) {
                         self.live.remove(&tgid);
+                    }
+                    if let Some(pi) = parent.filter(|&pi| self.procs[pi].alive()) {
+                        self.proc_mut(pi).reaped_a_child = true;
                     }
                 }
             }
@@ -1336,6 +1350,34 @@ impl Tree {
         m.swap = m.swap.max(s.swap_bytes);
         if let Some((_, since)) = &mut p.shares_at {
             *since += 1;
+        }
+    }
+
+    /// Whether `pid`'s own I/O must be read thread by thread: with the
+    /// kernel side's final figures of its ended threads to add, for a
+    /// process that may have reaped a child (one of its own ended, or it is
+    /// an init, which reaps orphans): `/proc/PID/io` holds the reaped
+    /// children's I/O too.
+    pub fn wants_threads_io(&self, pid: u32, kernel_io: bool) -> bool {
+        kernel_io
+            && self.live.get(&pid).is_some_and(|&i| {
+                let p = &self.procs[i];
+                p.reaped_a_child || p.pid == 1 || p.ids.is_some_and(|ids| ids.ns_pid == Some(1))
+            })
+    }
+
+    /// Records `pid`'s live threads' own I/O (see [`Tree::wants_threads_io`]).
+    pub fn apply_threads_io(&mut self, pid: u32, live: [u64; 3]) {
+        if let Some(&i) = self.live.get(&pid) {
+            let p = self.proc_mut(i);
+            let f = &p.freed;
+            let now = [
+                f.read_bytes + live[0],
+                f.write_bytes + live[1],
+                f.cancelled_write_bytes + live[2],
+            ];
+            let was = p.threads_io.unwrap_or_default();
+            p.threads_io = Some(std::array::from_fn(|k| was[k].max(now[k])));
         }
     }
 

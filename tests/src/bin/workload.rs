@@ -454,6 +454,22 @@ fn kill_child() {
 
 /// A long-running tree to attach to: one sleeping child from the start; after
 /// `ms`, a new child does a TCP exchange, then everything exits.
+/// Once a line comes on stdin: a child that writes `bytes` to disk, waited
+/// for (reaped: the kernel then adds its I/O to this process's
+/// `/proc/PID/io`), then "reaped" on stdout and `ms` of sleep.
+fn reap_write(bytes: u64, ms: u64) {
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).expect("stdin");
+    let status = me()
+        .args(["disk-write", &bytes.to_string()])
+        .status()
+        .expect("disk-write");
+    assert!(status.success());
+    println!("reaped");
+    std::io::stdout().flush().expect("flush");
+    thread::sleep(Duration::from_millis(ms));
+}
+
 fn attach_target(ms: u64) {
     let mut sleeper = me()
         .args(["sleep", &(ms * 2).to_string()])
@@ -851,6 +867,7 @@ fn main() {
         "orphan-mid" => orphan_mid(arg(&args, 1, "ms")),
         "kill-child" => kill_child(),
         "attach-target" => attach_target(arg(&args, 1, "ms")),
+        "reap-write" => reap_write(arg(&args, 1, "bytes"), arg(&args, 2, "ms")),
         other => usage(&format!("unknown workload {other}")),
     }
 }
