@@ -556,13 +556,15 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                     continue;
                 }
                 let cookie = self.cookies.next();
+                let (argv, argv_hex) = self.procfs.cmdline(st.pid).unwrap_or_default();
                 self.tree.add_seen(Seen {
                     pid: st.pid,
                     ppid: st.ppid,
                     cookie,
                     start_ns: st.starttime * tick_ns,
                     comm: st.comm.clone(),
-                    argv: self.procfs.cmdline(st.pid).unwrap_or_default(),
+                    argv,
+                    argv_hex,
                     threads: st.num_threads,
                     ..Seen::default()
                 });
@@ -772,6 +774,7 @@ fn seen_now(
     preexisting: bool,
 ) -> Seen {
     let stat = procfs.stat(pid).unwrap_or_default();
+    let (argv, argv_hex) = procfs.cmdline(pid).unwrap_or_default();
     let baseline = baseline(procfs, pid, since_start, now);
     let tick_ns = 1_000_000_000 / procfs.ticks_per_s().max(1);
     // Each thread's own use so far: subtracted from its figures, unless
@@ -805,7 +808,8 @@ fn seen_now(
         cookie,
         start_ns: stat.starttime * tick_ns,
         comm: stat.comm.clone(),
-        argv: procfs.cmdline(pid).unwrap_or_default(),
+        argv,
+        argv_hex,
         threads: stat.num_threads,
         baseline,
         preexisting,
@@ -1029,8 +1033,8 @@ pub(crate) mod fake {
                 .cloned()
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
         }
-        fn cmdline(&self, pid: u32) -> io::Result<Vec<String>> {
-            self.stat(pid).map(|s| vec![s.comm])
+        fn cmdline(&self, pid: u32) -> io::Result<(Vec<String>, crate::model::event::ArgvHex)> {
+            self.stat(pid).map(|s| (vec![s.comm], None))
         }
         fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample> {
             self.samples.get(&pid).map(|s| Sample { ts_ns, ..*s })

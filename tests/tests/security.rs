@@ -765,6 +765,46 @@ fn text_from_files_and_the_store_cannot_drive_the_terminal() {
 /// `xtxt.sh`) or an escape sequence reaches no screen raw, not the summary,
 /// nor `pmet report`. The report's JSON keeps them as they were.
 #[test]
+fn arguments_that_are_not_utf8_keep_their_bytes_in_the_report() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("r.json");
+    // `true` is given "a", the byte 0xff, "b" (not UTF-8), then "ok".
+    let o = Command::new(pmet_bin())
+        .args(["trace", "-o"])
+        .arg(&r)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "/bin/true \"$(printf 'a\\377b')\" ok; true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&r).unwrap()).unwrap();
+    let ps = report["processes"].as_array().unwrap();
+    let t = ps
+        .iter()
+        .find(|p| p["argv"][0] == "/bin/true")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(
+        t["argv"],
+        serde_json::json!(["/bin/true", "a\u{fffd}b", "ok"])
+    );
+    assert_eq!(t["argv_hex"], serde_json::json!([null, "61ff62", null]));
+    let sh = ps.iter().find(|p| p["argv"][0] == "sh").unwrap();
+    assert_eq!(sh["argv_hex"], Value::Null, "all UTF-8");
+}
+
+#[test]
 fn names_and_arguments_a_traced_program_chooses_cannot_reorder_the_screen() {
     if !can_trace() {
         return;

@@ -117,6 +117,7 @@ class ProcessReport(Record):
     parent: int | None
     comm: str
     argv: list[str]
+    argv_hex: list[str | None] | None
     exe: str | None
     start_offset_s: float
     end_offset_s: float | None

@@ -11,7 +11,7 @@ use pmet_common::{
 use super::procfs::page_size;
 use crate::model::{
     conn::{Life, Opened, Outcome, Proto, Role, endpoint},
-    event::{Ctx, Event, Ids, ThreadTotals},
+    event::{ArgvHex, Ctx, Event, Ids, ThreadTotals, argv_from},
 };
 
 /// `clone(2)`'s flag for a new pid namespace.
@@ -35,18 +35,16 @@ fn cstr(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-/// An exec's argv from its NUL-separated strings.
-fn argv(bytes: &[u8], truncated: bool) -> Vec<String> {
-    let mut strings: Vec<String> = bytes
-        .split(|&c| c == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+/// An exec's argv from its NUL-separated strings, at most `argc` of them.
+fn argv(bytes: &[u8], truncated: bool, argc: usize) -> (Vec<String>, ArgvHex) {
+    let mut pieces: Vec<&[u8]> = bytes.split(|&c| c == 0).collect();
     // The buffer ends with a NUL, leaving one empty piece; or, cut short
     // mid-string, with a piece that is not a whole one.
     if bytes.last() == Some(&0) || truncated {
-        strings.pop();
+        pieces.pop();
     }
-    strings
+    pieces.truncate(argc);
+    argv_from(pieces)
 }
 
 /// An exec's environment from its NUL-separated `NAME=VALUE` strings;
@@ -125,11 +123,13 @@ impl Decoder {
         let strings = &rest[FILENAME_LEN..];
         if h.argv_flags & exec_flags::UNREAD == 0 {
             let truncated = h.argv_flags & exec_flags::TRUNCATED != 0;
+            let (argv, argv_hex) = argv(&strings[..argv_len], truncated, usize::MAX);
             out.push(Event::ExecArgs {
                 ts_ns,
                 tid,
                 filename: cstr(&rest[..FILENAME_LEN]),
-                argv: argv(&strings[..argv_len], truncated),
+                argv,
+                argv_hex,
                 truncated,
             });
         }
@@ -188,13 +188,13 @@ fn decode_one(b: &[u8], last_env: &mut Option<Arc<[u8]>>) -> Option<Event> {
             if h.hdr.kind == kind::EXEC_ENV {
                 return Some(exec_env(h.hdr.ts_ns, h.hdr.tid, bytes, truncated, last_env));
             }
-            let mut argv = argv(bytes, truncated);
-            argv.truncate(h.argc as usize);
+            let (argv, argv_hex) = argv(bytes, truncated, h.argc as usize);
             Some(Event::ExecArgs {
                 ts_ns: h.hdr.ts_ns,
                 tid: h.hdr.tid,
                 filename,
                 argv,
+                argv_hex,
                 truncated,
             })
         }
@@ -390,6 +390,8 @@ mod tests {
                 tid: 11,
                 filename: "/bin/echo".into(),
                 argv: vec!["echo".into(), "a b".into(), "\u{fffd}z".into()],
+                // The byte that is not UTF-8 is kept.
+                argv_hex: Some(vec![None, None, Some("ff7a".into())]),
                 truncated: false
             }
         );
@@ -452,6 +454,7 @@ mod tests {
                     tid: 11,
                     filename: "/bin/echo".into(),
                     argv: vec!["echo".into(), "a b".into()],
+                    argv_hex: None,
                     truncated: false
                 },
                 Event::ExecEnv {

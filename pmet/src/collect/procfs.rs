@@ -12,6 +12,7 @@ use std::{
     sync::{Mutex, OnceLock},
 };
 
+use crate::model::event::{ArgvHex, argv_from};
 pub use crate::model::input::{Sample, Shares};
 
 /// Fields of /proc/PID/stat that pmet uses.
@@ -102,16 +103,19 @@ pub fn page_size() -> u64 {
         .get_or_init(|| u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
 }
 
-/// Splits /proc/PID/cmdline into arguments.
+/// Splits /proc/PID/cmdline (or environ) into its NUL-separated strings.
 pub fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
+    parse_argv(bytes).0
+}
+
+/// Splits /proc/PID/cmdline into arguments, and the bytes of those that are
+/// not UTF-8.
+pub fn parse_argv(bytes: &[u8]) -> (Vec<String>, ArgvHex) {
     let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
     if bytes.is_empty() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
-    bytes
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+    argv_from(bytes.split(|&b| b == 0))
 }
 
 /// Where /proc is; tests point it elsewhere.
@@ -242,9 +246,9 @@ impl Procfs {
         parse_stat(&text).ok_or_else(|| io::Error::other(format!("unparsable /proc/{pid}/stat")))
     }
 
-    /// /proc/PID/cmdline, split.
-    pub fn cmdline(&self, pid: u32) -> io::Result<Vec<String>> {
-        Ok(parse_cmdline(&fs::read(self.path(pid, "cmdline"))?))
+    /// /proc/PID/cmdline, split (and the bytes of arguments not UTF-8).
+    pub fn cmdline(&self, pid: u32) -> io::Result<(Vec<String>, ArgvHex)> {
+        Ok(parse_argv(&fs::read(self.path(pid, "cmdline"))?))
     }
 
     /// Samples a live process. `None` when it is gone. Its files are kept
@@ -532,6 +536,14 @@ mod tests {
             ["python3", "-c", "print(1)"]
         );
         assert_eq!(parse_cmdline(b"a\0\0b\0"), ["a", "", "b"]);
+        assert_eq!(
+            parse_argv(b"a\0\xffb\0"),
+            (
+                vec!["a".into(), "\u{fffd}b".into()],
+                Some(vec![None, Some("ff62".into())])
+            )
+        );
+        assert_eq!(parse_argv(b"a\0b\0").1, None);
         assert!(parse_cmdline(b"").is_empty());
     }
 

@@ -15,7 +15,7 @@ use crate::{
     error::Error,
     model::{
         conn::Life,
-        event::{Event, Ids},
+        event::{ArgvHex, Event, Ids},
         net::{Net, Traffic},
     },
 };
@@ -63,8 +63,8 @@ pub trait Sampler {
     fn ticks_per_s(&self) -> u64;
     /// `/proc/PID/stat`.
     fn stat(&self, pid: u32) -> io::Result<Stat>;
-    /// `/proc/PID/cmdline`.
-    fn cmdline(&self, pid: u32) -> io::Result<Vec<String>>;
+    /// `/proc/PID/cmdline` (and the bytes of arguments not UTF-8).
+    fn cmdline(&self, pid: u32) -> io::Result<(Vec<String>, ArgvHex)>;
     /// A live sample of one process.
     fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample>;
     /// Lets go of what is kept for sampling processes that `keep` says no
@@ -179,7 +179,7 @@ impl Sampler for Procfs {
     fn stat(&self, pid: u32) -> io::Result<Stat> {
         Procfs::stat(self, pid)
     }
-    fn cmdline(&self, pid: u32) -> io::Result<Vec<String>> {
+    fn cmdline(&self, pid: u32) -> io::Result<(Vec<String>, ArgvHex)> {
         Procfs::cmdline(self, pid)
     }
     fn sample(&self, pid: u32, ts_ns: u64) -> Option<Sample> {

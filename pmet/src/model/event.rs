@@ -120,6 +120,8 @@ pub enum Event {
         filename: String,
         /// Arguments.
         argv: Vec<String>,
+        /// The bytes of those that are not UTF-8.
+        argv_hex: ArgvHex,
         /// argv was cut short.
         truncated: bool,
     },
@@ -226,4 +228,29 @@ pub enum Event {
         /// Its cookie.
         cookie: u64,
     },
+}
+
+/// For each argument that is not valid UTF-8 (its text shows U+FFFD in
+/// place of the bytes that are not), all its bytes in lowercase hex, and
+/// `None` for the others; `None` as a whole when every argument is valid. A
+/// program can exec with any bytes: its argv is kept, not guessed.
+pub type ArgvHex = Option<Vec<Option<String>>>;
+
+/// Arguments as text, and the bytes of those that are not UTF-8.
+pub fn argv_from<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> (Vec<String>, ArgvHex) {
+    let (mut text, mut hex) = (Vec::new(), Vec::new());
+    for p in pieces {
+        match std::str::from_utf8(p) {
+            Ok(s) => {
+                text.push(s.to_owned());
+                hex.push(None);
+            }
+            Err(_) => {
+                text.push(String::from_utf8_lossy(p).into_owned());
+                hex.push(Some(p.iter().map(|b| format!("{b:02x}")).collect()));
+            }
+        }
+    }
+    let any = hex.iter().any(Option::is_some);
+    (text, any.then_some(hex))
 }

@@ -46,6 +46,7 @@ fn exec(t: u64, pid: u32, argv: &[&str]) -> [Event; 2] {
             tid: pid,
             filename: format!("/usr/bin/{}", argv[0]),
             argv: argv.iter().map(|a| a.to_string()).collect(),
+            argv_hex: None,
             truncated: false,
         },
         Event::Exec {

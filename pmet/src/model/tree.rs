@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{
     conn::{Conns, DEFAULT_MAX_CONNECTIONS, Life},
-    event::{Ctx, Event, ThreadTotals},
+    event::{ArgvHex, Ctx, Event, ThreadTotals},
 };
 use crate::model::{
     env::{EnvCache, EnvPolicy, EnvVar},
@@ -222,6 +222,9 @@ pub struct Proc {
     /// Arguments of the last exec (inherited from the parent until it execs;
     /// shared, so a fork does not copy them).
     pub argv: Arc<[String]>,
+    /// The bytes of the arguments that are not UTF-8 (see [`ArgvHex`]),
+    /// shared like `argv`.
+    pub argv_hex: Option<Arc<[Option<String>]>>,
     /// Path given to the last exec.
     pub exe: Option<String>,
     /// argv was cut short by the kernel-side limit.
@@ -438,6 +441,8 @@ pub struct Seen {
     pub comm: String,
     /// Arguments.
     pub argv: Vec<String>,
+    /// The bytes of those that are not UTF-8.
+    pub argv_hex: ArgvHex,
     /// Threads now.
     pub threads: u32,
     /// Figures at attach, to subtract.
@@ -483,7 +488,7 @@ pub struct Tree {
     /// The latest process to hold each pid.
     latest: HashMap<u32, usize>,
     /// exec arguments waiting for their exec to succeed, by thread id.
-    pending_exec: HashMap<u32, (String, Vec<String>, bool)>,
+    pending_exec: HashMap<u32, (String, Vec<String>, ArgvHex, bool)>,
     /// Environments of execs under way, by calling thread, as kept.
     pending_env: HashMap<u32, (Arc<[EnvVar]>, bool)>,
     /// Every distinct environment kept, shared by the processes that had it.
@@ -734,6 +739,7 @@ impl Tree {
             cookie: n.cookie,
             comm: n.comm,
             argv: n.argv.into(),
+            argv_hex: n.argv_hex.map(Into::into),
             start_ns: n.start_ns,
             preexisting: n.preexisting,
             threads_alive: n.threads.max(1),
@@ -1049,6 +1055,7 @@ impl Tree {
                     cookie,
                     comm,
                     argv: parent.argv.clone(),
+                    argv_hex: parent.argv_hex.clone(),
                     exe: parent.exe.clone(),
                     argv_truncated: parent.argv_truncated,
                     // Credentials, cgroup and environment are the parent's
@@ -1079,10 +1086,11 @@ impl Tree {
                 tid,
                 filename,
                 argv,
+                argv_hex,
                 truncated,
                 ..
             } => {
-                self.pending_exec.insert(tid, (filename, argv, truncated));
+                (self.pending_exec).insert(tid, (filename, argv, argv_hex, truncated));
             }
             Event::ExecEnv {
                 tid,
@@ -1123,9 +1131,10 @@ impl Tree {
                     p.env = Some(env);
                     p.env_truncated = truncated;
                 }
-                if let Some((filename, argv, truncated)) = self.pending_exec.remove(&old_tid) {
+                if let Some((filename, argv, hex, truncated)) = self.pending_exec.remove(&old_tid) {
                     p.exe = Some(filename);
                     p.argv = argv.into();
+                    p.argv_hex = hex.map(Into::into);
                     p.argv_truncated = truncated;
                 }
             }
@@ -1679,6 +1688,7 @@ mod tests {
             tid: 101,
             filename: "/bin/true".into(),
             argv: vec!["true".into()],
+            argv_hex: None,
             truncated: false,
         });
         // A failed attempt by another thread must not leak into 101.
@@ -1687,6 +1697,7 @@ mod tests {
             tid: 999,
             filename: "/nope".into(),
             argv: vec!["nope".into()],
+            argv_hex: None,
             truncated: false,
         });
         t.apply(Event::Exec {

@@ -114,6 +114,7 @@ fn process(p: &Proc, info: &RunInfo, gpu_known: bool, f: &Figures) -> ProcessRep
         net: info.collector.counts_network().then_some(p.net),
         exe: p.exe.clone(),
         argv_truncated: p.argv_truncated,
+        argv_hex: p.argv_hex.as_deref().map(<[_]>::to_vec),
         core_dumped,
         figures: f.source.to_owned(),
         voluntary_ctxt_switches: ctx.map(|c| c.0),

@@ -122,6 +122,7 @@ pub fn write(out: &mut Vec<u8>, e: &ProcessReport) {
         net: traffic,
         exe,
         argv_truncated,
+        argv_hex,
         core_dumped,
         figures,
         voluntary_ctxt_switches,
@@ -198,6 +199,17 @@ pub fn write(out: &mut Vec<u8>, e: &ProcessReport) {
     ostr(out, exe);
     raw(out, b",\"argv_truncated\":");
     bool(out, *argv_truncated);
+    raw(out, b",\"argv_hex\":");
+    opt(out, argv_hex, |o, hex| {
+        o.push(b'[');
+        for (i, h) in hex.iter().enumerate() {
+            if i > 0 {
+                o.push(b',');
+            }
+            ostr(o, h);
+        }
+        o.push(b']');
+    });
     raw(out, b",\"core_dumped\":");
     bool(out, *core_dumped);
     raw(out, b",\"figures\":");
@@ -361,6 +373,7 @@ mod tests {
             "threads_dropped": {"count": 2, "cpu_user_s": 0.5, "cpu_system_s": 0.0},
         }))
         .unwrap();
+        e.argv_hex = Some(vec![None, None, None, Some("0aff".into())]);
         e.series = vec![ProcPoint {
             t: 0.5,
             cpu_pct: 12.5,

@@ -632,6 +632,10 @@ pub struct ProcessReport {
     /// argv was cut at the kernel-side limit.
     #[serde(default)]
     pub argv_truncated: bool,
+    /// For each argument that is not UTF-8 (U+FFFD in `argv`), its bytes in
+    /// hex, `null` for the others; `null` when every argument is UTF-8.
+    #[serde(default)]
+    pub argv_hex: Option<Vec<Option<String>>>,
     /// It dumped core.
     #[serde(default)]
     pub core_dumped: bool,
