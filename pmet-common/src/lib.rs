@@ -264,7 +264,28 @@ pub struct ExecFullHeader {
     pub argv_flags: u16,
     /// [`exec_flags`] of the environment.
     pub env_flags: u16,
+    /// Bytes of the working directory after the environment: its path's
+    /// components from the last to the first, each ending in a NUL (see
+    /// [`CWD_LEN`]).
+    pub cwd_len: u16,
+    /// [`exec_flags`] of the working directory (`TRUNCATED`: deeper or
+    /// longer than the kernel side walks; `UNREAD`: not read).
+    pub cwd_flags: u16,
+    pub _pad: u32,
 }
+
+/// Most bytes of an exec's working directory the kernel side sends (its
+/// components, each at most `NAME_LEN`); a power of two, for the masks.
+pub const CWD_LEN: usize = 4096;
+/// Longest path component the kernel side reads, its NUL included.
+pub const NAME_LEN: usize = 256;
+/// Most components (and mounts crossed) of a working directory walked.
+pub const CWD_DEPTH: u32 = 48;
+// The working directory lands after argv and the environment (each at most
+// ARGV_LEN, below 2 * ARGV_LEN together), masked, and stays inside
+// `ExecFullEvent::strings`.
+const _: () = assert!(2 * ARGV_LEN + CWD_LEN + NAME_LEN <= 4 * ARGV_LEN);
+const _: () = assert!(CWD_LEN.is_power_of_two());
 
 /// The largest [`kind::EXEC_FULL`] record, as the kernel side builds it
 /// before sending its used length: room for argv and the environment at
@@ -276,7 +297,8 @@ pub struct ExecFullEvent {
     pub head: ExecFullHeader,
     /// NUL-terminated path given to exec.
     pub filename: [u8; FILENAME_LEN],
-    /// argv, then the environment.
+    /// argv, then the environment, then the working directory (at an
+    /// offset below `2 * ARGV_LEN`, so it fits: see [`CWD_LEN`]).
     pub strings: [u8; ARGV_LEN * 4],
 }
 
@@ -675,6 +697,24 @@ pub struct Config {
     /// reads the previous task's state on kernels whose tracepoint has no
     /// `prev_state` argument (before 5.18; see `SWITCH_PREV_STATE`).
     pub task_state: u32,
+    /// `task_struct.fs` (0: the working directory is not read at exec).
+    pub task_fs: u32,
+    /// `fs_struct.pwd.mnt`.
+    pub fs_pwd_mnt: u16,
+    /// `fs_struct.pwd.dentry`.
+    pub fs_pwd_dentry: u16,
+    /// `dentry.d_parent`.
+    pub dentry_parent: u16,
+    /// `dentry.d_name.name`.
+    pub dentry_name: u16,
+    /// `vfsmount.mnt_root`.
+    pub vfsmount_root: u16,
+    /// `mount.mnt`: where a `struct mount` holds its `vfsmount`.
+    pub mount_mnt: u16,
+    /// `mount.mnt_parent`.
+    pub mount_parent: u16,
+    /// `mount.mnt_mountpoint`.
+    pub mount_mountpoint: u16,
 }
 
 /// Bits of [`Config::flags`].
@@ -726,13 +766,16 @@ mod tests {
         assert_eq!(size_of::<ForkEvent>(), 24 + 8 + 16 + 16);
         assert_eq!(size_of::<ExecArgsHeader>(), 32);
         assert_eq!(size_of::<ExecEvent>(), 24 + 16 + 8 + 16 + 8);
-        assert_eq!(size_of::<ExecFullHeader>(), size_of::<ExecEvent>() + 8);
+        assert_eq!(size_of::<ExecFullHeader>(), size_of::<ExecEvent>() + 16);
         assert_eq!(size_of::<TaskFigures>(), 72);
         assert_eq!(size_of::<ExitEvent>(), 24 + 16 + 16 + 8 + 8);
         assert_eq!(size_of::<FreeEvent>(), 24 + 8 * 10 + 8);
         assert_eq!(size_of::<NetKey>(), 16);
         assert_eq!(size_of::<NetCounters>(), 64);
-        assert_eq!(size_of::<Config>(), 32 + 40 + 16 + 12 + 16 + 8 + 12 + 4 + 8);
+        assert_eq!(
+            size_of::<Config>(),
+            32 + 40 + 16 + 12 + 16 + 8 + 12 + 4 + 8 + 20
+        );
         assert_eq!(size_of::<Endpoints>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 24 + 16 + 40 + 8);
         assert_eq!(size_of::<SockLife>(), 16 + 40 + 8 + 8);

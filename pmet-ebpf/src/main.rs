@@ -103,6 +103,15 @@ static CONFIG: Global<Config> = Global::new(Config {
     task_nivcsw: 0,
     task_maj_flt: 0,
     task_state: 0,
+    task_fs: 0,
+    fs_pwd_mnt: 0,
+    fs_pwd_dentry: 0,
+    dentry_parent: 0,
+    dentry_name: 0,
+    vfsmount_root: 0,
+    mount_mnt: 0,
+    mount_parent: 0,
+    mount_mountpoint: 0,
 });
 
 /// Processes in the traced tree, by tgid. The loader sets every map's size at

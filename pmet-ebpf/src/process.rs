@@ -14,10 +14,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use pmet_common::{
-    ARGV_LEN, COMM_LEN, Dying, EventHeader, ExecArgsEvent, ExecArgsHeader, ExecEvent,
-    ExecFullEvent, ExecFullHeader, ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent, MAX_ARGS,
-    TaskFigures, Tracked, config_flags, counter, exec_flags, exit_flags, fork_flags, kind,
-    tracked_flags,
+    ARGV_LEN, COMM_LEN, CWD_DEPTH, CWD_LEN, Dying, EventHeader, ExecArgsEvent, ExecArgsHeader,
+    ExecEvent, ExecFullEvent, ExecFullHeader, ExitEvent, FILENAME_LEN, ForkEvent, FreeEvent,
+    MAX_ARGS, NAME_LEN, TaskFigures, Tracked, config_flags, counter, exec_flags, exit_flags,
+    fork_flags, kind, tracked_flags,
 };
 
 use crate::{
@@ -407,17 +407,23 @@ unsafe fn exec_full(ev: *mut ExecFullEvent, old_tid: u32, bprm: u64, ts: u64) {
             env_len: 0,
             argv_flags: exec_flags::UNREAD,
             env_flags: exec_flags::UNREAD,
+            cwd_len: 0,
+            cwd_flags: exec_flags::UNREAD,
+            _pad: 0,
         };
         let name = (*ev).filename.as_mut_ptr();
         *name = 0;
         if exec_strings(ev, bprm).is_err() {
             bump(counter::READ_FAILED);
         }
-        let (argv, env) = (
-            (*ev).head.argv_len as usize & (2 * ARGV_LEN - 1),
-            (*ev).head.env_len as usize & (2 * ARGV_LEN - 1),
-        );
-        let len = size_of::<ExecFullHeader>() + FILENAME_LEN + argv + env;
+        // argv and the environment are at most ARGV_LEN each and the
+        // working directory at most CWD_LEN, so the mask (for the verifier)
+        // changes nothing.
+        let strings = ((*ev).head.argv_len as usize
+            + (*ev).head.env_len as usize
+            + (*ev).head.cwd_len as usize)
+            & (4 * ARGV_LEN - 1);
+        let len = size_of::<ExecFullHeader>() + FILENAME_LEN + strings;
         let bytes = core::slice::from_raw_parts(ev as *const u8, len);
         if EVENTS.output::<[u8]>(bytes, 0).is_err() {
             bump(counter::RINGBUF_FULL);
@@ -456,8 +462,109 @@ unsafe fn exec_strings(ev: *mut ExecFullEvent, bprm: u64) -> Result<(), i64> {
         let (env, flags) = read_block(strings.add(argv & (2 * ARGV_LEN - 1)), start, end);
         (*ev).head.env_len = env as u16;
         (*ev).head.env_flags = flags;
+        // The working directory after them: below 2 * ARGV_LEN, with room
+        // for CWD_LEN (both at their longest, it is not read).
+        let used = argv + env;
+        if config!(task_fs) != 0 && used < 2 * ARGV_LEN {
+            let len = core::ptr::addr_of_mut!((*ev).head.cwd_len);
+            let flags = cwd(strings.add(used & (2 * ARGV_LEN - 1)), len, task);
+            (*ev).head.cwd_flags = flags;
+            if flags != 0 {
+                // Only a whole path is sent.
+                *len = 0;
+            }
+        }
     }
     Ok(())
+}
+
+/// Writes the current task's working directory into `buf`, as the path's
+/// components from the last to the first, each ending in a NUL, walking
+/// `d_parent` up to each mount's root and from there to the mount it sits
+/// on (what `d_path` does), up to the root of its mount namespace: the
+/// length written and [`exec_flags`] (`TRUNCATED`: deeper than
+/// `CWD_DEPTH` or longer than `CWD_LEN`; `UNREAD`: a read failed). Read
+/// here, in the exec, a process that lives a millisecond has it too.
+///
+/// The length so far lives in `len` (in the map value), read and written
+/// through it at each step: a value the verifier then knows only by its
+/// bounds, so the paths through the walk (a name here, a mount crossed
+/// there) end in states it can prune, where a length kept in a register,
+/// exact on each path, made it explore every combination (over its
+/// million instructions).
+///
+/// # Safety
+/// `buf` must have room for `CWD_LEN + NAME_LEN` bytes, `len` must be
+/// valid for writes; `task` is the current task.
+#[inline(always)]
+unsafe fn cwd(buf: *mut u8, len: *mut u16, task: u64) -> u16 {
+    // Plain reads through the helper: `struct mount` is reached from its
+    // `vfsmount` by subtracting an offset, which typed pointers forbid.
+    let rd = |base: u64, off: u16| {
+        // SAFETY: offsets from this kernel's BTF; the helper checks the
+        // address and fails rather than faults.
+        unsafe { kread::<u64>(base, off.into(), false) }.filter(|&v| v != 0)
+    };
+    // SAFETY (the length's reads and writes): as the caller promises.
+    let set = |v: u16| unsafe { core::ptr::write_volatile(len, v) };
+    set(0);
+    let failed = exec_flags::UNREAD;
+    // SAFETY: as above.
+    let Some(fs) = (unsafe { kread::<u64>(task, config!(task_fs).into(), false) }) else {
+        return failed;
+    };
+    let (Some(mut mnt), Some(mut dentry)) =
+        (rd(fs, config!(fs_pwd_mnt)), rd(fs, config!(fs_pwd_dentry)))
+    else {
+        return failed;
+    };
+    for _ in 0..CWD_DEPTH {
+        let (Some(root), Some(parent)) = (
+            rd(mnt, config!(vfsmount_root)),
+            rd(dentry, config!(dentry_parent)),
+        ) else {
+            return failed;
+        };
+        if dentry == root || dentry == parent {
+            // The root of a mount: go on from where it is mounted, or stop
+            // at the namespace's root mount (its own parent).
+            let mount = mnt - u64::from(config!(mount_mnt));
+            let Some(up) = rd(mount, config!(mount_parent)) else {
+                return failed;
+            };
+            if up == mount {
+                return 0;
+            }
+            let Some(point) = rd(mount, config!(mount_mountpoint)) else {
+                return failed;
+            };
+            (mnt, dentry) = (up + u64::from(config!(mount_mnt)), point);
+            continue;
+        }
+        // SAFETY: as above.
+        let off = unsafe { core::ptr::read_volatile(len) } as usize;
+        if off > CWD_LEN - NAME_LEN {
+            return exec_flags::TRUNCATED;
+        }
+        let Some(name) = rd(dentry, config!(dentry_name)) else {
+            return failed;
+        };
+        // SAFETY: `off` is at most CWD_LEN - NAME_LEN (the mask says so to
+        // the verifier), so NAME_LEN bytes fit; the helper checks `name`.
+        let n = unsafe {
+            generated::bpf_probe_read_kernel_str(
+                buf.add(off & (CWD_LEN - 1)).cast(),
+                NAME_LEN as u32,
+                name as *const _,
+            )
+        };
+        if n <= 0 {
+            return failed;
+        }
+        set((off + n as usize) as u16);
+        dentry = parent;
+    }
+    exec_flags::TRUNCATED
 }
 
 /// Reads the NUL-separated strings between `start` and `end` in user memory

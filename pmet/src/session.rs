@@ -374,7 +374,10 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                     ..
                 } => exits.push((tgid, cookie, had_net)),
                 Event::ConnEnd { sock_cookie, .. } => ended.push(sock_cookie),
-                Event::Exec { tgid, .. } => execs.push(tgid),
+                // (One whose working directory the kernel side read has it.)
+                Event::Exec {
+                    tgid, cwd: None, ..
+                } => execs.push(tgid),
                 Event::Join { pid, cookie, ts_ns } => {
                     // Before what follows about it (its exec, its forks).
                     if self.tree.live(pid).is_none() {

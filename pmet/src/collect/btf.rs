@@ -54,6 +54,28 @@ pub struct TaskOffsets {
     /// size of the memories a process left behind at its execs (`None`:
     /// not read; only the last program's peak is known).
     pub maxrss: Option<(u32, u16)>,
+    /// Where a task's working directory is walked at exec (`None`: it is
+    /// read from `/proc/PID/cwd` as the exec is taken in instead).
+    pub cwd: Option<CwdOffsets>,
+}
+
+/// Offsets from a task to its working directory's dentries and mounts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CwdOffsets {
+    /// `task_struct.fs`.
+    pub task_fs: u32,
+    /// `fs_struct.pwd.mnt`, `fs_struct.pwd.dentry`.
+    pub pwd_mnt: u16,
+    pub pwd_dentry: u16,
+    /// `dentry.d_parent`, `dentry.d_name.name`.
+    pub d_parent: u16,
+    pub d_name: u16,
+    /// `vfsmount.mnt_root`.
+    pub mnt_root: u16,
+    /// `mount.mnt`, `mount.mnt_parent`, `mount.mnt_mountpoint`.
+    pub mount_mnt: u16,
+    pub mount_parent: u16,
+    pub mount_mountpoint: u16,
 }
 
 /// `task_struct` context-switch and fault counters.
@@ -315,6 +337,27 @@ pub fn task_offsets_in(btf: &Btf, path: &Path) -> Result<TaskOffsets, Error> {
             let maxrss = member_offset(btf, &signal, &["maxrss"]).ok()?;
             Some((opt(&["signal"])?, u16::try_from(maxrss).ok()?))
         })(),
+        cwd: exec.and_then(|_| cwd_offsets(btf, opt(&["fs"])?)),
+    })
+}
+
+/// [`CwdOffsets`], all or none.
+fn cwd_offsets(btf: &Btf, task_fs: u32) -> Option<CwdOffsets> {
+    let small = |v: u32| u16::try_from(v).ok();
+    let at = |name: &str, path: &[&str]| {
+        let s = find_struct(btf, name).ok()?;
+        small(member_offset(btf, &s, path).ok()?)
+    };
+    Some(CwdOffsets {
+        task_fs,
+        pwd_mnt: at("fs_struct", &["pwd", "mnt"])?,
+        pwd_dentry: at("fs_struct", &["pwd", "dentry"])?,
+        d_parent: at("dentry", &["d_parent"])?,
+        d_name: at("dentry", &["d_name", "name"])?,
+        mnt_root: at("vfsmount", &["mnt_root"])?,
+        mount_mnt: at("mount", &["mnt"])?,
+        mount_parent: at("mount", &["mnt_parent"])?,
+        mount_mountpoint: at("mount", &["mnt_mountpoint"])?,
     })
 }
 
@@ -513,6 +556,17 @@ mod tests {
         assert!(m.hiwater_rss > 0 && m.rss_stat > 0);
         let (signal, maxrss) = o.maxrss.expect("task->signal->maxrss");
         assert!(signal > 0 && maxrss > 0, "{:?}", o.maxrss);
+        let c = o.cwd.expect("the working directory's offsets");
+        // { struct vfsmount *mnt; struct dentry *dentry; }
+        assert_eq!(c.pwd_dentry, c.pwd_mnt + 8, "{c:?}");
+        assert!(
+            c.task_fs > 0 && c.d_parent > 0 && c.d_name > c.d_parent,
+            "{c:?}"
+        );
+        assert!(
+            c.mount_parent > 0 && c.mount_mountpoint > c.mount_parent,
+            "{c:?}"
+        );
     }
 
     #[test]

@@ -88,7 +88,24 @@ fn exec(e: &ExecEvent) -> Event {
             ns_pid: (e.pid_ns != 0).then_some(e.ns_pid),
         },
         maxrss_bytes: (e.maxrss_pages != 0).then(|| u64::from(e.maxrss_pages) * page_size()),
+        cwd: None,
     }
+}
+
+/// A working directory from its components, last first, each ending in a
+/// NUL (as the kernel side walks them up).
+fn cwd(b: &[u8]) -> String {
+    let mut parts: Vec<&[u8]> = b.split(|&c| c == 0).collect();
+    parts.pop();
+    let mut path = String::new();
+    for p in parts.iter().rev() {
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(p));
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    path
 }
 
 /// Decodes the kernel side's records, one after the other; what it keeps
@@ -116,7 +133,8 @@ impl Decoder {
         };
         let rest = &b[size_of::<ExecFullHeader>()..];
         let (argv_len, env_len) = (h.argv_len as usize, h.env_len as usize);
-        if rest.len() < FILENAME_LEN + argv_len + env_len {
+        let cwd_len = h.cwd_len as usize;
+        if rest.len() < FILENAME_LEN + argv_len + env_len + cwd_len {
             return false;
         }
         let (ts_ns, tid) = (h.exec.hdr.ts_ns, h.exec.old_tid);
@@ -143,7 +161,14 @@ impl Decoder {
                 last_env,
             ));
         }
-        out.push(exec(&h.exec));
+        let mut e = exec(&h.exec);
+        if h.cwd_flags == 0
+            && let Event::Exec { cwd: c, .. } = &mut e
+        {
+            let at = argv_len + env_len;
+            *c = Some(cwd(&strings[at..at + cwd_len]));
+        }
+        out.push(e);
         true
     }
 }
@@ -417,6 +442,9 @@ mod tests {
             env_len: env.len() as u16,
             argv_flags,
             env_flags,
+            cwd_len: 0,
+            cwd_flags: exec_flags::UNREAD,
+            _pad: 0,
         };
         let record = |h: &ExecFullHeader| {
             let mut b = bytes(h);
@@ -429,6 +457,7 @@ mod tests {
         };
         let identity = Event::Exec {
             maxrss_bytes: None,
+            cwd: None,
             ts_ns: 42,
             tgid: 10,
             old_tid: 11,
@@ -502,6 +531,20 @@ mod tests {
         assert!(!std::sync::Arc::ptr_eq(&a, &c));
         assert_eq!(*c, *b"A=9\0B=2\0");
         assert_eq!(*block(&mut d, &whole), *a);
+        // The working directory after the environment, its components last
+        // first (the walk goes up); the root has none.
+        for (parts, want) in [(&b"deep\0a b\0usr\0"[..], "/usr/a b/deep"), (b"", "/")] {
+            let mut h = head(0, 0);
+            (h.cwd_len, h.cwd_flags) = (parts.len() as u16, 0);
+            let mut r = record(&h);
+            r.extend_from_slice(parts);
+            let mut out = Vec::new();
+            assert!(decode_into(&r, &mut out));
+            let Some(Event::Exec { cwd, .. }) = out.last() else {
+                panic!("{out:?}")
+            };
+            assert_eq!(cwd.as_deref(), Some(want));
+        }
     }
 
     #[test]

@@ -387,6 +387,17 @@ pub fn with_task_offsets(mut cfg: Config, o: &TaskOffsets) -> Config {
         cfg.task_signal = signal;
         cfg.signal_maxrss = maxrss;
     }
+    if let Some(c) = o.cwd {
+        cfg.task_fs = c.task_fs;
+        cfg.fs_pwd_mnt = c.pwd_mnt;
+        cfg.fs_pwd_dentry = c.pwd_dentry;
+        cfg.dentry_parent = c.d_parent;
+        cfg.dentry_name = c.d_name;
+        cfg.vfsmount_root = c.mnt_root;
+        cfg.mount_mnt = c.mount_mnt;
+        cfg.mount_parent = c.mount_parent;
+        cfg.mount_mountpoint = c.mount_mountpoint;
+    }
     if let Some(n) = o.pid_ns {
         cfg.task_thread_pid = n.thread_pid;
         cfg.pid_level = n.level;

@@ -154,6 +154,8 @@ pub enum Event {
         /// `signal->maxrss` after the exec, in bytes, when read: the peak
         /// resident size of the memories it ran in before this program.
         maxrss_bytes: Option<u64>,
+        /// Its working directory, when the kernel side read it at the exec.
+        cwd: Option<String>,
     },
     /// A tracked thread exited.
     Exit {

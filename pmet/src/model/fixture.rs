@@ -51,6 +51,7 @@ fn exec(t: u64, pid: u32, argv: &[&str]) -> [Event; 2] {
         },
         Event::Exec {
             maxrss_bytes: None,
+            cwd: None,
             ts_ns: t,
             tgid: pid,
             old_tid: pid,

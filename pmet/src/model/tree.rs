@@ -1109,6 +1109,7 @@ impl Tree {
                 comm,
                 ids,
                 maxrss_bytes,
+                cwd,
                 ..
             } => {
                 let Some(&i) = self.live.get(&tgid) else {
@@ -1124,6 +1125,9 @@ impl Tree {
                 p.comm = comm;
                 p.execs += 1;
                 p.ids = Some(ids);
+                if cwd.is_some() {
+                    p.cwd = cwd;
+                }
                 if let (MaxrssFloor::UntilExec, Some(m)) = (p.maxrss_floor, maxrss_bytes) {
                     p.maxrss_floor = MaxrssFloor::Above(m);
                 }
@@ -1576,6 +1580,7 @@ mod tests {
             comm: "x".into(),
             ids: Default::default(),
             maxrss_bytes: Some(maxrss),
+            cwd: None,
         };
         let dies = |tgid: u32, cookie: u64, maxrss: u64| {
             let mut e = exit(tgid, tgid, cookie, true, 0, 9);
@@ -1702,6 +1707,7 @@ mod tests {
         });
         t.apply(Event::Exec {
             maxrss_bytes: None,
+            cwd: None,
             ts_ns: 2_200,
             tgid: 101,
             old_tid: 101,
