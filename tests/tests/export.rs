@@ -761,14 +761,26 @@ fn the_agent_reloads_its_config_on_sighup() {
         "prometheus = \"{b}\"\ninterval = \"200ms\"\nmetrics_top = 7\n"
     ));
     hup();
-    // Slots go to processes first seen from now on: start some.
-    std::thread::sleep(Duration::from_millis(500));
-    // They outlive every wait below, however slow the machine (with `sleep
-    // 3` the last check failed under load: one had ended, 6 of 7 series).
-    let sleepers: Vec<_> = (0..3)
-        .map(|_| Command::new("sleep").arg("60").spawn().unwrap())
-        .collect();
-    let s = scrape_until(&b, Duration::from_secs(20), |s| own(s) == 7);
+    // Slots go to processes first seen from now on, while fewer than the
+    // top hold one. Other tests' processes come and go (the agent sees the
+    // whole host): one may take a slot and end, freeing it for a process
+    // seen after that. So sleepers are started, one at a time, until 7
+    // processes hold series; they outlive every wait below.
+    let mut sleepers = Vec::new();
+    let mut fill = |addr: &str| {
+        let t0 = Instant::now();
+        loop {
+            sleepers.push(Command::new("sleep").arg("60").spawn().unwrap());
+            std::thread::sleep(Duration::from_millis(300));
+            let s = scrape_until(addr, Duration::from_secs(20), |_| true);
+            if own(&s) >= 7 {
+                return s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "{} of 7", own(&s));
+        }
+    };
+    let s = fill(&b);
+    assert_eq!(own(&s), 7, "metrics_top = 7");
     assert!(
         value(&s, "pmet_processes_seen_total", &[]) >= seen,
         "the counters carry on over a reload"
@@ -778,9 +790,16 @@ fn the_agent_reloads_its_config_on_sighup() {
         assert!(t0.elapsed() < Duration::from_secs(10), "{a} still served");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // A file with a mistake changes nothing.
+    // A file with a mistake changes nothing: still served at b, still 7 at
+    // most, however many new processes come.
     write(format!("prometheus = \"{a}\"\nmetric_top = 3\n"));
     hup();
+    std::thread::sleep(Duration::from_secs(1));
+    let s = fill(&b);
+    assert_eq!(own(&s), 7);
+    for _ in 0..3 {
+        sleepers.push(Command::new("sleep").arg("60").spawn().unwrap());
+    }
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(own(&scrape_until(&b, Duration::from_secs(5), |_| true)), 7);
     assert!(get(&a, "/metrics").is_none());
