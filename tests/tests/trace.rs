@@ -1634,17 +1634,30 @@ fn a_containers_processes_are_followed_existing_and_new() {
         return;
     }
     let v2 = cgroup_v2_root();
-    let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xbeef);
+    // The pid first: the 12 characters `--container` is given are this
+    // run's alone (a run that left its scope behind cannot match too).
+    let id = format!("{:08x}{:056x}", std::process::id(), 0xbeef);
     let slice = v2.join("pmet-scope-test.slice");
     let scope = slice.join(format!("docker-{id}.scope"));
     std::fs::create_dir_all(&scope).expect("create the cgroup");
     let procs_file = scope.join("cgroup.procs");
     // Already in the container when pmet starts.
-    let mut before = Command::new(workload())
+    let before = Command::new(workload())
         .args(["sleep", "4000"])
         .spawn()
         .unwrap();
-    std::fs::write(&procs_file, before.id().to_string()).unwrap();
+    /// Ends the sleeper and removes the cgroups, pass or fail.
+    struct Cleanup(std::process::Child, std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir(&self.1);
+            let _ = std::fs::remove_dir(&self.2);
+        }
+    }
+    let mut cleanup = Cleanup(before, scope.clone(), slice.clone());
+    std::fs::write(&procs_file, cleanup.0.id().to_string()).unwrap();
     let arg = id[..12].to_owned();
     let (run, _) = common::pmet_when_ready(&["trace", "--container", &arg, "-d", "1500ms"]);
     // A process that enters the container and execs there (as `docker
@@ -1678,10 +1691,10 @@ fn a_containers_processes_are_followed_existing_and_new() {
         .unwrap();
     assert!(talked.success());
     let run = run.join().unwrap();
-    before.kill().unwrap();
-    before.wait().unwrap();
-    let _ = std::fs::remove_dir(&scope);
-    let _ = std::fs::remove_dir(&slice);
+    let before_pid = cleanup.0.id();
+    cleanup.0.kill().unwrap();
+    cleanup.0.wait().unwrap();
+    drop(cleanup);
     assert_eq!((entered.code(), outside.code()), (Some(5), Some(6)));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let r = run.report();
@@ -1693,7 +1706,7 @@ fn a_containers_processes_are_followed_existing_and_new() {
     let ps = procs(r);
     let old = ps
         .iter()
-        .find(|p| p["pid"] == before.id())
+        .find(|p| p["pid"] == before_pid)
         .expect("the process in the container before");
     assert_eq!(old["preexisting"], true);
     let joined = ps
