@@ -274,14 +274,16 @@ pub struct Proc {
     pub maxrss_floor: MaxrssFloor,
     /// The latest /proc sample.
     pub last_sample: Option<Sample>,
-    /// A child of it ended while it lived: once reaped, that child's I/O is
-    /// in this process's `/proc/PID/io` too (the kernel adds it at wait), so
-    /// its own live I/O is read thread by thread instead.
-    pub reaped_a_child: bool,
+    /// It has had a child: once that child is reaped, its I/O is in this
+    /// process's `/proc/PID/io` too (the kernel adds it at wait), so its own
+    /// live I/O is read thread by thread instead. Set when the child is
+    /// added, before it can be reaped (set at the child's exit, a child
+    /// reaped between a drain and the next sample had lent its I/O once).
+    pub has_children: bool,
     /// Its own I/O so far (read, write, cancelled): its ended threads'
     /// final figures and its live threads' readings, the highest seen (a
     /// thread gone from /proc before its free is taken in must not make it
-    /// dip). Read when [`Proc::reaped_a_child`] (see
+    /// dip). Read when [`Proc::has_children`] (see
     /// [`Tree::wants_threads_io`]).
     pub threads_io: Option<[u64; 3]>,
     /// Samples taken.
@@ -666,6 +668,7 @@ impl Tree {
         p.seq = self.seen_count();
         if let Some(parent) = p.parent {
             self.procs[parent].children.push(i);
+            self.procs[parent].has_children = true;
             p.parent_seq = Some(self.procs[parent].seq);
         }
         if let Some(&old) = self.live.get(&pid) {
@@ -1178,7 +1181,6 @@ impl Tree {
                     if p.comm.is_empty() {
                         p.comm = comm;
                     }
-                    let parent = p.parent;
                     if let Some(raw) = exit_code {
                         p.exit = Some(ExitStatus::from_raw(raw));
                     }
@@ -1186,9 +1188,6 @@ impl Tree {
                     p.threads_alive = 0;
                     if self.live.get(&tgid) == Some(&i) {
                         self.live.remove(&tgid);
-                    }
-                    if let Some(pi) = parent.filter(|&pi| self.procs[pi].alive()) {
-                        self.proc_mut(pi).reaped_a_child = true;
                     }
                 }
             }
@@ -1368,14 +1367,14 @@ impl Tree {
 
     /// Whether `pid`'s own I/O must be read thread by thread: with the
     /// kernel side's final figures of its ended threads to add, for a
-    /// process that may have reaped a child (one of its own ended, or it is
-    /// an init, which reaps orphans): `/proc/PID/io` holds the reaped
-    /// children's I/O too.
+    /// process that may reap a child (it has had one, or it is an init,
+    /// which reaps orphans): `/proc/PID/io` holds the reaped children's I/O
+    /// too.
     pub fn wants_threads_io(&self, pid: u32, kernel_io: bool) -> bool {
         kernel_io
             && self.live.get(&pid).is_some_and(|&i| {
                 let p = &self.procs[i];
-                p.reaped_a_child || p.pid == 1 || p.ids.is_some_and(|ids| ids.ns_pid == Some(1))
+                p.has_children || p.pid == 1 || p.ids.is_some_and(|ids| ids.ns_pid == Some(1))
             })
     }
 
