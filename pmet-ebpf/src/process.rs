@@ -358,8 +358,52 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             tid
         }
     };
-    exec(old_tid, now(), false);
+    let ts = now();
+    match EXEC_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch slot: tracepoint programs do not nest
+        // on a CPU, and the BTF exec program is not loaded beside this one.
+        Some(ev) if config!(task_fs) != 0 => unsafe { exec_with_cwd(ev, old_tid, ts) },
+        _ => exec(old_tid, ts, false),
+    }
     0
+}
+
+/// The classic hooks' exec record with the working directory (argv and
+/// the environment came from the syscall tracepoints): an `EXEC_FULL`
+/// whose argv and environment are marked `UNREAD`.
+///
+/// # Safety
+/// `ev` must point at this CPU's `EXEC_SCRATCH` slot.
+#[inline(always)]
+unsafe fn exec_with_cwd(ev: *mut ExecFullEvent, old_tid: u32, ts: u64) {
+    // SAFETY: as the caller promises; the task is the current one.
+    unsafe {
+        (*ev).head = ExecFullHeader {
+            exec: exec_event(kind::EXEC_FULL, old_tid, ts, false),
+            argv_len: 0,
+            env_len: 0,
+            argv_flags: exec_flags::UNREAD,
+            env_flags: exec_flags::UNREAD,
+            cwd_len: 0,
+            cwd_flags: exec_flags::UNREAD,
+            _pad: 0,
+        };
+        *(*ev).filename.as_mut_ptr() = 0;
+        let len = core::ptr::addr_of_mut!((*ev).head.cwd_len);
+        let flags = cwd((*ev).strings.as_mut_ptr(), len, current_task(false));
+        (*ev).head.cwd_flags = flags;
+        if flags != 0 {
+            *len = 0;
+        }
+        let n = (*len as usize) & (2 * CWD_LEN - 1);
+        let bytes = core::slice::from_raw_parts(
+            ev as *const u8,
+            size_of::<ExecFullHeader>() + FILENAME_LEN + n,
+        );
+        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            bump(counter::RINGBUF_FULL);
+        }
+    }
 }
 
 /// The same hook as a BTF tracepoint. The path, argv and environment are

@@ -872,7 +872,9 @@ fn every_kernel_program_stays_within_its_verifier_budget() {
         ("task_newtask", 650),
         ("sys_enter_execve", 26_000),
         ("sys_enter_execveat", 29_000),
-        ("sched_process_exec", 750),
+        // With the working directory walked (see sched_process_exec_btf):
+        // 9,505, from ~700.
+        ("sched_process_exec", 10_500),
         // The exit reads the memory's peak (taskstats' figure) too.
         ("sched_process_exit", 2_300),
         ("sock_send_length", 2_000),
@@ -1465,9 +1467,15 @@ fn every_short_process_has_the_working_directory_it_execd_in() {
         return;
     }
     // A directory on a tmpfs (/dev/shm: a mount on a mount, here two
-    // stacked), with a space in its name: the kernel side walks it across
-    // each mount, at the exec, however briefly the process lives.
-    let base = tempfile::tempdir_in("/dev/shm").unwrap();
+    // stacked; in the kernel matrix's VMs, /tmp), with a space in its name:
+    // the kernel side walks it across each mount, at the exec, however
+    // briefly the process lives.
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
     let dir = std::fs::canonicalize(base.path()).unwrap().join("a b");
     std::fs::create_dir(&dir).unwrap();
     let script =
@@ -1489,24 +1497,13 @@ fn every_short_process_has_the_working_directory_it_execd_in() {
         .filter(|p| p["argv"][0] == "/bin/true")
         .collect();
     assert_eq!(trues.len(), 80);
-    let btf = r["collector"]["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|h| h["capability"] == "process" && h["via"] == "tp_btf");
     for p in trues {
         let want = if p["argv"][1] == "in" {
             dir.to_str().unwrap()
         } else {
             "/"
         };
-        if btf {
-            assert_eq!(p["cwd"], want, "{p:#}");
-        } else {
-            // The classic hooks: read from /proc as the exec is taken in,
-            // when the process is still there.
-            assert!(p["cwd"].is_null() || p["cwd"] == want, "{p:#}");
-        }
+        assert_eq!(p["cwd"], want, "{p:#}");
     }
 }
 

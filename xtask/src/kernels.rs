@@ -58,7 +58,7 @@ pub const MATRIX: [Kernel; 3] = [
 /// assert exact truths a kernel gives (processes, exit statuses, CPU
 /// against wait4, bytes per process and per connection, TCP and UDP, v4 and
 /// v6) and need nothing but busybox, pmet and `workload`.
-pub const TESTS: [&str; 13] = [
+pub const TESTS: [&str; 14] = [
     "check_says_what_this_kernel_loads_and_the_report_agrees",
     "exit_status_passes_through",
     "every_short_lived_child_and_grandchild_is_reported_with_its_exit_code",
@@ -72,6 +72,7 @@ pub const TESTS: [&str; 13] = [
     "udp_over_ipv4_is_counted_to_the_byte",
     "udp_over_ipv6_is_counted_to_the_byte",
     "a_refused_connect_is_a_connection_that_failed",
+    "every_short_process_has_the_working_directory_it_execd_in",
 ];
 
 /// Debian packages the matrix needs here.

@@ -337,7 +337,7 @@ pub fn task_offsets_in(btf: &Btf, path: &Path) -> Result<TaskOffsets, Error> {
             let maxrss = member_offset(btf, &signal, &["maxrss"]).ok()?;
             Some((opt(&["signal"])?, u16::try_from(maxrss).ok()?))
         })(),
-        cwd: exec.and_then(|_| cwd_offsets(btf, opt(&["fs"])?)),
+        cwd: opt(&["fs"]).and_then(|fs| cwd_offsets(btf, fs)),
     })
 }
 
