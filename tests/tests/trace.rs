@@ -885,9 +885,8 @@ fn every_kernel_program_stays_within_its_verifier_budget() {
         // gives the verifier a few more paths to walk (2,109 → 2,282).
         ("task_newtask_btf", 650),
         // With the working directory walked at the exec (up to CWD_DEPTH
-        // components and mounts, each a branch): 43,647, from 1,050. Once
-        // per exec, and far from the verifier's million.
-        ("sched_process_exec_btf", 48_000),
+        // components and mounts, each a branch): 9,788, from 1,050.
+        ("sched_process_exec_btf", 10_500),
         // With `signal->maxrss` read at the last thread's exit: 2,960.
         ("sched_process_exit_btf", 3_200),
         // A thread's final figures at its last switch, with the context
