@@ -578,6 +578,9 @@ struct Started {
     startup_cpu: f64,
     /// Told once pmet is watching (`--ready`).
     ready: Option<Output>,
+    /// Writing that line, beside the trace; waited for at the end (a run
+    /// shorter than the write must not exit before it is said).
+    ready_writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Started {
@@ -600,13 +603,14 @@ impl Started {
             );
             // Beside the trace: a FIFO's reader may take its time (up to
             // the FIFO patience), and nothing waits for it meanwhile.
-            let _ = std::thread::Builder::new()
+            self.ready_writer = std::thread::Builder::new()
                 .name("pmet-ready".into())
                 .spawn(move || {
                     if let Err(e) = out.write(line.as_bytes()) {
                         log::warn!("{e}");
                     }
-                });
+                })
+                .ok();
         }
         // `pmet agent` under systemd (`Type=notify`) is up now.
         if self.agent.is_some() {
@@ -946,6 +950,7 @@ fn start(opts: &TraceOptions, inputs: &Inputs, procfs: Procfs) -> Result<Started
         spilled_at: None,
         startup_cpu: 0.0,
         ready: None,
+        ready_writer: None,
     })
 }
 
@@ -1213,6 +1218,11 @@ fn names(tree: &crate::model::tree::Tree) -> report::Names {
 /// Builds the report, writes what was asked for, and hands back what stays
 /// loaded (detached by the caller after showing the results).
 fn finish(mut st: Started, lc: &Lifecycle, opts: &TraceOptions, inputs: &Inputs) -> Outcome {
+    // The ready line was said before anything the run reports: written
+    // (or given up on, in the FIFO patience) before the run ends.
+    if let Some(w) = st.ready_writer.take() {
+        let _ = w.join();
+    }
     st.s.finish_connections();
     st.s.gpu_lifetimes();
     let end_ns = st.s.end_ns(boottime_ns());

@@ -797,11 +797,14 @@ fn the_agent_reloads_its_config_on_sighup() {
     std::thread::sleep(Duration::from_secs(1));
     let s = fill(&b);
     assert_eq!(own(&s), 7);
+    // More new processes than free slots: still no more than 7 (a holder
+    // that ends meanwhile can make it fewer).
     for _ in 0..3 {
         sleepers.push(Command::new("sleep").arg("60").spawn().unwrap());
     }
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(own(&scrape_until(&b, Duration::from_secs(5), |_| true)), 7);
+    let held = own(&scrape_until(&b, Duration::from_secs(5), |_| true));
+    assert!(held <= 7, "{held} series: metrics_top is still 7");
     assert!(get(&a, "/metrics").is_none());
     for mut p in sleepers {
         let _ = p.kill();
