@@ -597,7 +597,8 @@ fn disk_write(bytes: u64) {
 /// it forks, then (once the child has touched it too) `private` MiB of its
 /// own: its PSS is then private + shared / 2 (plus its binary's pages), the
 /// child's shared / 2. Allocated after the fork, the private memory is not
-/// shared copy-on-write with the child. Both hold for `ms`.
+/// shared copy-on-write with the child. Both hold for `ms`; the child ends
+/// when the parent lets it, after the parent freed its own memory.
 fn shared_memory(private: usize, shared: usize, ms: u64) {
     // SAFETY: a fresh anonymous shared mapping of the size asked, touched
     // within bounds below, and unmapped at exit.
@@ -619,17 +620,20 @@ fn shared_memory(private: usize, shared: usize, ms: u64) {
         }
     };
     touch();
-    let mut fds = [0; 2];
-    // SAFETY: a pipe for the child to say it has touched the mapping.
+    let (mut fds, mut go) = ([0; 2], [0; 2]);
+    // SAFETY: pipes for the child to say it has touched the mapping, and
+    // for the parent to let it go.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    assert_eq!(unsafe { libc::pipe(go.as_mut_ptr()) }, 0);
     // SAFETY: fork; the child only touches the mapping, writes one byte,
-    // sleeps and exits.
+    // waits to be let go and exits.
     let child = unsafe { libc::fork() };
     if child == 0 {
         touch();
-        // SAFETY: valid fd and buffer.
+        let mut b = [0u8; 1];
+        // SAFETY: valid fds and buffers.
         unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
-        thread::sleep(Duration::from_millis(ms));
+        unsafe { libc::read(go[0], b.as_mut_ptr().cast(), 1) };
         // SAFETY: leaving the child without running the parent's destructors.
         unsafe { libc::_exit(0) };
     }
@@ -641,7 +645,13 @@ fn shared_memory(private: usize, shared: usize, ms: u64) {
         own[i] = 1;
     }
     thread::sleep(Duration::from_millis(ms));
-    std::hint::black_box(&own);
+    // Its own memory let go before the child is: once the child is gone,
+    // the shared pages are this process's alone, and had it kept the rest
+    // its PSS would then be 300 MiB (a child that ended first, under load,
+    // made a sample see that).
+    drop(std::hint::black_box(own));
+    // SAFETY: valid fd and buffer.
+    unsafe { libc::write(go[1], b"x".as_ptr().cast(), 1) };
     let mut st = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(child, &mut st, 0) };
