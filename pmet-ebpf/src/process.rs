@@ -368,6 +368,30 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Starts an `EXEC_FULL` record in `ev`: who the process is now, with its
+/// path, argv, environment and working directory all marked `UNREAD` until
+/// read.
+///
+/// # Safety
+/// `ev` must point at this CPU's `EXEC_SCRATCH` slot.
+#[inline(always)]
+unsafe fn unread_record(ev: *mut ExecFullEvent, old_tid: u32, ts: u64, btf: bool) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        (*ev).head = ExecFullHeader {
+            exec: exec_event(kind::EXEC_FULL, old_tid, ts, btf),
+            argv_len: 0,
+            env_len: 0,
+            argv_flags: exec_flags::UNREAD,
+            env_flags: exec_flags::UNREAD,
+            cwd_len: 0,
+            cwd_flags: exec_flags::UNREAD,
+            _pad: 0,
+        };
+        *(*ev).filename.as_mut_ptr() = 0;
+    }
+}
+
 /// The classic hooks' exec record with the working directory (argv and
 /// the environment came from the syscall tracepoints): an `EXEC_FULL`
 /// whose argv and environment are marked `UNREAD`.
@@ -378,17 +402,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 unsafe fn exec_with_cwd(ev: *mut ExecFullEvent, old_tid: u32, ts: u64) {
     // SAFETY: as the caller promises; the task is the current one.
     unsafe {
-        (*ev).head = ExecFullHeader {
-            exec: exec_event(kind::EXEC_FULL, old_tid, ts, false),
-            argv_len: 0,
-            env_len: 0,
-            argv_flags: exec_flags::UNREAD,
-            env_flags: exec_flags::UNREAD,
-            cwd_len: 0,
-            cwd_flags: exec_flags::UNREAD,
-            _pad: 0,
-        };
-        *(*ev).filename.as_mut_ptr() = 0;
+        unread_record(ev, old_tid, ts, false);
         let len = core::ptr::addr_of_mut!((*ev).head.cwd_len);
         let flags = cwd((*ev).strings.as_mut_ptr(), len, current_task(false));
         (*ev).head.cwd_flags = flags;
@@ -445,18 +459,7 @@ unsafe fn exec_full(ev: *mut ExecFullEvent, old_tid: u32, bprm: u64, ts: u64) {
     // during the hook; user memory is read with the probe helper, which
     // fails rather than faults.
     unsafe {
-        (*ev).head = ExecFullHeader {
-            exec: exec_event(kind::EXEC_FULL, old_tid, ts, true),
-            argv_len: 0,
-            env_len: 0,
-            argv_flags: exec_flags::UNREAD,
-            env_flags: exec_flags::UNREAD,
-            cwd_len: 0,
-            cwd_flags: exec_flags::UNREAD,
-            _pad: 0,
-        };
-        let name = (*ev).filename.as_mut_ptr();
-        *name = 0;
+        unread_record(ev, old_tid, ts, true);
         // The working directory first, at a fixed place past where argv
         // and the environment can reach, then moved down to follow them:
         // walked after them, the walk was verified once for each way their
