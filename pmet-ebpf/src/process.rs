@@ -404,16 +404,28 @@ unsafe fn exec_with_cwd(ev: *mut ExecFullEvent, old_tid: u32, ts: u64) {
     unsafe {
         unread_record(ev, old_tid, ts, false);
         let len = core::ptr::addr_of_mut!((*ev).head.cwd_len);
-        let flags = cwd((*ev).strings.as_mut_ptr(), len, current_task(false));
-        (*ev).head.cwd_flags = flags;
-        if flags != 0 {
-            *len = 0;
-        }
-        let n = (*len as usize) & (2 * CWD_LEN - 1);
-        let bytes = core::slice::from_raw_parts(
-            ev as *const u8,
-            size_of::<ExecFullHeader>() + FILENAME_LEN + n,
-        );
+        (*ev).head.cwd_flags = cwd((*ev).strings.as_mut_ptr(), len, current_task(false));
+        send_record(ev);
+    }
+}
+
+/// Sends the `EXEC_FULL` record in `ev`, as long as its lengths say.
+///
+/// # Safety
+/// `ev` must point at this CPU's `EXEC_SCRATCH` slot.
+#[inline(always)]
+unsafe fn send_record(ev: *mut ExecFullEvent) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        // argv and the environment are at most ARGV_LEN each and the
+        // working directory at most CWD_LEN, so the mask (for the verifier)
+        // changes nothing.
+        let strings = ((*ev).head.argv_len as usize
+            + (*ev).head.env_len as usize
+            + (*ev).head.cwd_len as usize)
+            & (4 * ARGV_LEN - 1);
+        let len = size_of::<ExecFullHeader>() + FILENAME_LEN + strings;
+        let bytes = core::slice::from_raw_parts(ev as *const u8, len);
         if EVENTS.output::<[u8]>(bytes, 0).is_err() {
             bump(counter::RINGBUF_FULL);
         }
@@ -474,8 +486,12 @@ unsafe fn exec_full(ev: *mut ExecFullEvent, old_tid: u32, bprm: u64, ts: u64) {
         }
         let used = (*ev).head.argv_len as usize + (*ev).head.env_len as usize;
         let n = *len as u32 & (2 * CWD_LEN as u32 - 1);
-        if (*ev).head.cwd_flags != 0 || used >= 2 * ARGV_LEN {
-            // Only a whole path is sent.
+        if (*ev).head.cwd_flags != 0 {
+            // Not walked (its length is 0).
+        } else if used >= 2 * ARGV_LEN {
+            // No room after argv and the environment, both at their
+            // longest: not sent (a 0 length with no flag would read as `/`).
+            (*ev).head.cwd_flags = exec_flags::TRUNCATED;
             *len = 0;
         } else if n > 0
             && generated::bpf_probe_read_kernel(
@@ -491,18 +507,7 @@ unsafe fn exec_full(ev: *mut ExecFullEvent, old_tid: u32, bprm: u64, ts: u64) {
             (*ev).head.cwd_flags = exec_flags::UNREAD;
             *len = 0;
         }
-        // argv and the environment are at most ARGV_LEN each and the
-        // working directory at most CWD_LEN, so the mask (for the verifier)
-        // changes nothing.
-        let strings = ((*ev).head.argv_len as usize
-            + (*ev).head.env_len as usize
-            + (*ev).head.cwd_len as usize)
-            & (4 * ARGV_LEN - 1);
-        let len = size_of::<ExecFullHeader>() + FILENAME_LEN + strings;
-        let bytes = core::slice::from_raw_parts(ev as *const u8, len);
-        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
-            bump(counter::RINGBUF_FULL);
-        }
+        send_record(ev);
     }
 }
 
@@ -545,7 +550,7 @@ unsafe fn exec_strings(ev: *mut ExecFullEvent, bprm: u64) -> Result<(), i64> {
 /// components from the last to the first, each ending in a NUL, walking
 /// `d_parent` up to each mount's root and from there to the mount it sits
 /// on (what `d_path` does), up to the root of its mount namespace: the
-/// length written and [`exec_flags`] (`TRUNCATED`: deeper than
+/// length written (0 unless whole) and [`exec_flags`] (`TRUNCATED`: deeper than
 /// `CWD_DEPTH` or longer than `CWD_LEN`; `UNREAD`: a read failed). Read
 /// here, in the exec, a process that lives a millisecond has it too.
 ///
@@ -561,6 +566,22 @@ unsafe fn exec_strings(ev: *mut ExecFullEvent, bprm: u64) -> Result<(), i64> {
 /// valid for writes; `task` is the current task.
 #[inline(always)]
 unsafe fn cwd(buf: *mut u8, len: *mut u16, task: u64) -> u16 {
+    // SAFETY: as the caller promises.
+    let flags = unsafe { walk_cwd(buf, len, task) };
+    if flags != 0 {
+        // Only a whole path is sent.
+        // SAFETY: as the caller promises.
+        unsafe { *len = 0 };
+    }
+    flags
+}
+
+/// [`cwd`]'s walk, leaving what it wrote when it stops short.
+///
+/// # Safety
+/// As [`cwd`].
+#[inline(always)]
+unsafe fn walk_cwd(buf: *mut u8, len: *mut u16, task: u64) -> u16 {
     // Plain reads through the helper: `struct mount` is reached from its
     // `vfsmount` by subtracting an offset, which typed pointers forbid.
     let rd = |base: u64, off: u16| {

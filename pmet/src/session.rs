@@ -107,13 +107,9 @@ pub struct Session<E, S> {
     pub recorder: Recorder,
     /// taskstats records the kernel dropped (the listener's count).
     pub taskstats_overflows: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
-    /// Processes the kernel no longer tracks whose exit has not arrived, and
-    /// since when (boottime ns).
+    /// Processes the kernel no longer tracks, or that /proc no longer has,
+    /// whose exit has not arrived, and since when (boottime ns).
     suspects: HashMap<(u32, u64), u64>,
-    /// Processes the tree thinks alive whose /proc entry was gone at the
-    /// last look while the kernel still tracked them: their exit was never
-    /// seen (suspects from the next tick on), and since when.
-    gone_from_proc: HashMap<(u32, u64), u64>,
     kernel_io: bool,
     /// NVML or DRM fdinfo, when a GPU is there.
     gpu: Option<Box<dyn crate::collect::gpu::GpuSource>>,
@@ -147,7 +143,6 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             cookies: Cookies(0),
             recorder: Recorder::new(report::MAX_TREE_POINTS, report::MAX_PROC_POINTS),
             suspects: HashMap::new(),
-            gone_from_proc: HashMap::new(),
             taskstats_overflows: None,
             kernel_io,
             gpu: None,
@@ -588,15 +583,17 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             // The kernel side drops a process from its tracked set just
             // before it submits the exit, so a process can look gone while
             // its exit is still on its way to the ring: only one still
-            // missing a grace later counts as lost. So does one gone from
-            // /proc that the kernel still tracks: tracked after its exit
-            // hook ran, no exit will come, and its entry would stay.
+            // missing a grace later counts as lost. So does one the samples
+            // found gone from /proc while the kernel still tracks it (made a
+            // suspect there): tracked after its exit hook ran, no exit will
+            // come. A suspect stays one until its exit comes or the grace
+            // ends.
             let suspects: Vec<(u32, u64)> = self
                 .tree
                 .live_keys()
                 .into_iter()
                 .filter(|key @ &(pid, cookie)| {
-                    kernel.tracked(pid) != Some(cookie) || self.gone_from_proc.contains_key(key)
+                    kernel.tracked(pid) != Some(cookie) || self.suspects.contains_key(key)
                 })
                 .collect();
             self.apply_taskstats();
@@ -605,10 +602,7 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
                 if self.tree.live(pid).is_none_or(|p| p.cookie != cookie) {
                     continue;
                 }
-                let since = (self.suspects.get(&key))
-                    .or(self.gone_from_proc.get(&key))
-                    .copied()
-                    .unwrap_or(now);
+                let since = self.suspects.get(&key).copied().unwrap_or(now);
                 if now.saturating_sub(since) >= SUSPECT_GRACE.as_nanos() as u64 {
                     log::debug!(
                         "pid {pid} left the kernel's tracked set without an exit event \
@@ -636,7 +630,6 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             self.apply_taskstats();
             self.poll_tree(now);
         }
-        let mut gone = HashMap::new();
         for (pid, cookie) in self.tree.live_keys() {
             if let Some(s) = self.procfs.sample(pid, now) {
                 self.tree.apply_sample(pid, s);
@@ -653,14 +646,12 @@ impl<E: EventSource, S: Sampler> Session<E, S> {
             } else if self.kernel.is_some() && self.procfs.gone(pid) {
                 // (Not a zombie: a leader that exited before its other
                 // threads reads as one, alive.)
-                let key = (pid, cookie);
-                gone.insert(key, self.gone_from_proc.get(&key).copied().unwrap_or(now));
+                self.suspects.entry((pid, cookie)).or_insert(now);
             }
             if let Some(n) = self.kernel.as_ref().and_then(|k| k.net(pid, cookie)) {
                 self.tree.set_net(pid, cookie, n, false);
             }
         }
-        self.gone_from_proc = gone;
         // Files kept open for processes sampled before and gone since.
         self.procfs.keep_only(&|pid| self.tree.live(pid).is_some());
         self.look_at_gpus(now);

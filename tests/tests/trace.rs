@@ -873,7 +873,7 @@ fn every_kernel_program_stays_within_its_verifier_budget() {
         ("sys_enter_execve", 26_000),
         ("sys_enter_execveat", 29_000),
         // With the working directory walked (see sched_process_exec_btf):
-        // 9,505, from ~700.
+        // 9,606, from ~700.
         ("sched_process_exec", 10_500),
         // The exit reads the memory's peak (taskstats' figure) too.
         ("sched_process_exit", 2_300),
@@ -885,7 +885,7 @@ fn every_kernel_program_stays_within_its_verifier_budget() {
         // gives the verifier a few more paths to walk (2,109 → 2,282).
         ("task_newtask_btf", 650),
         // With the working directory walked at the exec (up to CWD_DEPTH
-        // components and mounts, each a branch): 9,788, from 1,050.
+        // components and mounts, each a branch): 9,754, from 1,050.
         ("sched_process_exec_btf", 10_500),
         // With `signal->maxrss` read at the last thread's exit: 2,960.
         ("sched_process_exit_btf", 3_200),
@@ -1458,6 +1458,20 @@ fn the_working_directory_is_the_one_at_exec() {
         .find(|p| p["comm"] == "sleep")
         .expect("sleep");
     assert_eq!(sleep["cwd"], "/usr/share");
+    // argv and the environment both at the kernel side's limit leave no
+    // room for the directory in the exec's record: it comes from /proc
+    // then (this one lives long enough), not as an empty path.
+    let script = "cd /usr/share && big=$(head -c 5000 /dev/zero | tr '\\0' x) && \
+                  exec env BIG=$big sh -c 'sleep 0.3; true' $big";
+    let run = pmet(&["trace", "--", "sh", "-c", script]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    let full = procs(r)
+        .iter()
+        .find(|p| p["argv"][2] == "sleep 0.3; true")
+        .expect("the exec with a full argv and environment");
+    assert_eq!(full["argv_truncated"], true, "{full:#}");
+    assert_eq!(full["cwd"], "/usr/share");
 }
 
 #[test]

@@ -73,8 +73,9 @@ fn exec_env(
     }
 }
 
-/// Who a process is after an exec.
-fn exec(e: &ExecEvent) -> Event {
+/// Who a process is after its exec (and where, when the kernel side read
+/// its working directory).
+fn exec(e: &ExecEvent, cwd: Option<String>) -> Event {
     Event::Exec {
         ts_ns: e.hdr.ts_ns,
         tgid: e.hdr.tgid,
@@ -88,7 +89,7 @@ fn exec(e: &ExecEvent) -> Event {
             ns_pid: (e.pid_ns != 0).then_some(e.ns_pid),
         },
         maxrss_bytes: (e.maxrss_pages != 0).then(|| u64::from(e.maxrss_pages) * page_size()),
-        cwd: None,
+        cwd,
     }
 }
 
@@ -161,14 +162,9 @@ impl Decoder {
                 last_env,
             ));
         }
-        let mut e = exec(&h.exec);
-        if h.cwd_flags == 0
-            && let Event::Exec { cwd: c, .. } = &mut e
-        {
-            let at = argv_len + env_len;
-            *c = Some(cwd(&strings[at..at + cwd_len]));
-        }
-        out.push(e);
+        let at = argv_len + env_len;
+        let dir = (h.cwd_flags == 0).then(|| cwd(&strings[at..at + cwd_len]));
+        out.push(exec(&h.exec, dir));
         true
     }
 }
@@ -223,7 +219,7 @@ fn decode_one(b: &[u8], last_env: &mut Option<Arc<[u8]>>) -> Option<Event> {
                 truncated,
             })
         }
-        kind::EXEC => Some(exec(&read(b)?)),
+        kind::EXEC => Some(exec(&read(b)?, None)),
         kind::EXIT => {
             let e: ExitEvent = read(b)?;
             Some(Event::Exit {

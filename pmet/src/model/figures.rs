@@ -42,6 +42,16 @@ pub struct Figures {
 /// /proc samples; `kernel_io` says whether free-time figures include storage I/O.
 pub fn figures(p: &Proc, ticks_per_s: u64, kernel_io: bool) -> Figures {
     let b = &p.baseline;
+    // Storage I/O from whole-life totals (read, write, cancelled), made
+    // since attach: what ended before attach credited, the threads' use at
+    // attach taken off.
+    let disk_of = |[r, w, c]: [u64; 3]| Disk {
+        read: (r + b.credit_read_bytes).saturating_sub(b.thread_read_bytes),
+        write: (w + b.credit_write_bytes).saturating_sub(b.thread_write_bytes),
+        cancelled: (c + b.credit_cancelled_write_bytes)
+            .saturating_sub(b.thread_cancelled_write_bytes),
+    };
+    let f = &p.freed;
     let from_free = |disk: bool| {
         let rt = (p.freed.runtime_ns + b.credit_runtime_ns).saturating_sub(b.thread_runtime_ns);
         let u = (p.freed.utime_ns + b.credit_utime_ns).saturating_sub(b.thread_utime_ns);
@@ -49,14 +59,7 @@ pub fn figures(p: &Proc, ticks_per_s: u64, kernel_io: bool) -> Figures {
         let (us, ss) = split_runtime(rt, u, s);
         Figures {
             cpu: Some((secs(us), secs(ss))),
-            disk: disk.then(|| Disk {
-                read: (p.freed.read_bytes + b.credit_read_bytes)
-                    .saturating_sub(b.thread_read_bytes),
-                write: (p.freed.write_bytes + b.credit_write_bytes)
-                    .saturating_sub(b.thread_write_bytes),
-                cancelled: (p.freed.cancelled_write_bytes + b.credit_cancelled_write_bytes)
-                    .saturating_sub(b.thread_cancelled_write_bytes),
-            }),
+            disk: disk.then(|| disk_of([f.read_bytes, f.write_bytes, f.cancelled_write_bytes])),
             source: "exit",
         }
     };
@@ -74,12 +77,11 @@ pub fn figures(p: &Proc, ticks_per_s: u64, kernel_io: bool) -> Figures {
         let (us, ss) = split_runtime(rt, t.utime_us, t.stime_us);
         return Figures {
             cpu: Some((secs(us), secs(ss))),
-            disk: Some(Disk {
-                read: (t.read_bytes + b.credit_read_bytes).saturating_sub(b.thread_read_bytes),
-                write: (t.write_bytes + b.credit_write_bytes).saturating_sub(b.thread_write_bytes),
-                cancelled: (t.cancelled_write_bytes + b.credit_cancelled_write_bytes)
-                    .saturating_sub(b.thread_cancelled_write_bytes),
-            }),
+            disk: Some(disk_of([
+                t.read_bytes,
+                t.write_bytes,
+                t.cancelled_write_bytes,
+            ])),
             source: "taskstats",
         };
     }
@@ -89,15 +91,7 @@ pub fn figures(p: &Proc, ticks_per_s: u64, kernel_io: bool) -> Figures {
         let disk = match (s.read_bytes, s.write_bytes) {
             // `/proc/PID/io` holds what reaped children did too: its own,
             // thread by thread, where that was read.
-            _ if kernel_io && p.threads_io.is_some() => {
-                let [r, w, c] = p.threads_io.unwrap_or_default();
-                Some(Disk {
-                    read: (r + b.credit_read_bytes).saturating_sub(b.thread_read_bytes),
-                    write: (w + b.credit_write_bytes).saturating_sub(b.thread_write_bytes),
-                    cancelled: (c + b.credit_cancelled_write_bytes)
-                        .saturating_sub(b.thread_cancelled_write_bytes),
-                })
-            }
+            _ if kernel_io && p.threads_io.is_some() => p.threads_io.map(disk_of),
             (Some(r), Some(w)) => Some(Disk {
                 read: r.saturating_sub(base.read_bytes.unwrap_or(0)),
                 write: w.saturating_sub(base.write_bytes.unwrap_or(0)),
