@@ -1774,6 +1774,24 @@ mod tests {
         s.tick(2300 * MS);
         assert_eq!(peak(&s), Some(95 << 20), "and every tenth sample");
         assert_eq!(s.tree.pss_peak, 95 << 20);
+        // Read while still growing (under load a read can land mid-touch),
+        // then held a little higher: read once more as it settles, not ten
+        // samples later (the hold may be shorter than that).
+        rss(&mut s, 110, 100);
+        s.tick(2400 * MS);
+        assert_eq!(peak(&s), Some(100 << 20), "a new high: read");
+        rss(&mut s, 111, 104);
+        s.tick(2500 * MS);
+        assert_eq!(peak(&s), Some(100 << 20), "still growing, within 2 %");
+        s.tick(2600 * MS);
+        assert_eq!(peak(&s), Some(104 << 20), "settled above the last read");
+        rss(&mut s, 111, 105);
+        s.tick(2700 * MS);
+        assert_eq!(
+            peak(&s),
+            Some(104 << 20),
+            "held where it was read: not again"
+        );
     }
 
     #[test]

@@ -171,6 +171,10 @@ pub struct MemoryPeak {
 /// last read, or after this many samples (it costs about 3.7 times a sample).
 const SHARES_RSS_GROWTH: f64 = 1.02;
 const SHARES_EVERY: u32 = 10;
+/// ... or once RSS stops growing above the last read by more than 1/this
+/// (a read taken while memory was still being touched would otherwise
+/// stand for up to ten samples, longer than many a peak lasts).
+const SHARES_SETTLED_ABOVE: u64 = 256;
 
 /// Most thread records a process keeps; the figures of later ones are summed
 /// in [`Proc::threads_overflow`] (a process of thousands of short threads
@@ -307,6 +311,8 @@ pub struct Proc {
     pub memory_peak: Option<MemoryPeak>,
     /// RSS when `smaps_rollup` was last read, and samples since.
     shares_at: Option<(u64, u32)>,
+    /// RSS did not grow from the sample before the last one.
+    rss_settled: bool,
     /// PSS at the last read of `smaps_rollup`.
     pub last_pss: u64,
     /// Its threads, in creation order (at most [`MAX_THREADS_KEPT`]).
@@ -1354,6 +1360,9 @@ impl Tree {
         p.samples += 1;
         p.sampled_peak_rss = p.sampled_peak_rss.max(s.hwm_bytes).max(s.rss_bytes);
         p.max_threads = p.max_threads.max(s.threads);
+        p.rss_settled = p
+            .last_sample
+            .is_some_and(|was| s.rss_bytes <= was.rss_bytes);
         p.last_sample = Some(s);
         let m = p.memory_peak.get_or_insert_with(MemoryPeak::default);
         m.anon = m.anon.max(s.anon_bytes);
@@ -1394,7 +1403,8 @@ impl Tree {
     }
 
     /// Whether `pid`'s `smaps_rollup` is worth reading now: never read, its
-    /// RSS at a new high, or not read for a while.
+    /// RSS at a new high or settled above the last read, or not read for a
+    /// while.
     pub fn shares_due(&self, pid: u32) -> bool {
         if self.no_pss {
             return false;
@@ -1406,7 +1416,9 @@ impl Tree {
         match p.shares_at {
             None => true,
             Some((at, since)) => {
-                rss as f64 > at as f64 * SHARES_RSS_GROWTH || since >= SHARES_EVERY
+                rss as f64 > at as f64 * SHARES_RSS_GROWTH
+                    || since >= SHARES_EVERY
+                    || (p.rss_settled && rss > at + at / SHARES_SETTLED_ABOVE)
             }
         }
     }
