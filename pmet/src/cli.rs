@@ -299,16 +299,28 @@ pub struct ExportArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub otlp_interval: Duration,
 
-    /// Give at most N processes series of their own (the rest are summed
-    /// under their executable name).
-    #[arg(long, value_name = "N", default_value_t = 50,
+    /// Give at most N processes series of their own (default: 50 for
+    /// trace, 0 for agent). Every process, these too, is also summed in its
+    /// group (--metrics-by) and in the pmet_* totals.
+    #[arg(long, value_name = "N",
           value_parser = value_parser!(u32).range(0..=100_000))]
-    pub metrics_top: u32,
+    pub metrics_top: Option<u32>,
+
+    /// What the pmet_group_* series sum processes by: their executable
+    /// name, or their container.
+    #[arg(long, value_name = "name|container", default_value = "name")]
+    pub metrics_by: crate::render::openmetrics::GroupBy,
+
+    /// At most N groups have series of their own; the processes of later
+    /// ones are summed together (otel_metric_overflow="true").
+    #[arg(long, value_name = "N", default_value_t = 500,
+          value_parser = value_parser!(u32).range(1..=100_000))]
+    pub metrics_groups: u32,
 }
 
 impl ExportArgs {
     /// As the exporters take them.
-    pub fn settings(&self, interval: Option<Duration>) -> crate::export::Settings {
+    pub fn settings(&self, interval: Option<Duration>, agent: bool) -> crate::export::Settings {
         crate::export::Settings {
             prometheus: self.prometheus.clone(),
             textfile: self.textfile.clone(),
@@ -316,7 +328,16 @@ impl ExportArgs {
             push_interval: self.push_interval,
             otlp: self.otlp.clone(),
             otlp_interval: self.otlp_interval,
-            metrics_top: self.metrics_top as usize,
+            metrics_top: self.metrics_top.map_or(
+                if agent {
+                    crate::export::AGENT_METRICS_TOP
+                } else {
+                    crate::export::DEFAULT_METRICS_TOP
+                },
+                |n| n as usize,
+            ),
+            metrics_by: self.metrics_by,
+            metrics_groups: self.metrics_groups as usize,
             interval,
         }
     }
@@ -332,9 +353,9 @@ pub struct AgentArgs {
     /// Read the exporters and the interval from this TOML file instead of
     /// the command line, and again on SIGHUP (keys: prometheus, textfile,
     /// pushgateway, push_interval, otlp, otlp_interval, metrics_top,
-    /// interval; see contrib/agent.toml).
+    /// metrics_by, metrics_groups, interval; see contrib/agent.toml).
     #[arg(long, value_name = "FILE",
-          conflicts_with_all = ["prometheus", "textfile", "pushgateway", "push_interval", "otlp", "otlp_interval", "metrics_top", "interval"])]
+          conflicts_with_all = ["prometheus", "textfile", "pushgateway", "push_interval", "otlp", "otlp_interval", "metrics_top", "metrics_by", "metrics_groups", "interval"])]
     pub config: Option<PathBuf>,
 
     /// How often to sample every process.

@@ -33,12 +33,17 @@ use crate::{
         tree::{Proc, Tree},
     },
     privileges::Credentials,
-    render::openmetrics::{Row, TreeFigures, exposition},
+    render::openmetrics::{Counters, Exposed, Group, GroupBy, Row, TreeFigures, exposition},
     report::{Output, OutputTarget},
 };
 
 /// Processes with series of their own unless `--metrics-top` says otherwise.
 pub const DEFAULT_METRICS_TOP: usize = 50;
+
+/// The same for `pmet agent`: none. On a host, slots freed by ended
+/// processes go to new ones, and each new pid is a new series (10,674 in
+/// 101 s on a busy host); the groups' series hold steady.
+pub const AGENT_METRICS_TOP: usize = 0;
 
 /// OTLP is sent this often unless `--otlp-interval` says otherwise.
 pub const DEFAULT_OTLP_INTERVAL: Duration = Duration::from_secs(10);
@@ -63,8 +68,14 @@ pub struct Settings {
     #[serde(default = "default_otlp_interval", deserialize_with = "duration")]
     pub otlp_interval: Duration,
     /// `--metrics-top N`.
-    #[serde(default = "default_metrics_top")]
+    #[serde(default = "default_agent_metrics_top")]
     pub metrics_top: usize,
+    /// `--metrics-by`.
+    #[serde(default)]
+    pub metrics_by: GroupBy,
+    /// `--metrics-groups N`.
+    #[serde(default = "default_metrics_groups")]
+    pub metrics_groups: usize,
     /// How often every process is sampled (`pmet agent --interval`).
     #[serde(default, deserialize_with = "some_interval")]
     pub interval: Option<Duration>,
@@ -80,6 +91,8 @@ impl Default for Settings {
             otlp: None,
             otlp_interval: DEFAULT_OTLP_INTERVAL,
             metrics_top: DEFAULT_METRICS_TOP,
+            metrics_by: GroupBy::Name,
+            metrics_groups: DEFAULT_METRICS_GROUPS,
             interval: None,
         }
     }
@@ -89,8 +102,12 @@ fn default_otlp_interval() -> Duration {
     DEFAULT_OTLP_INTERVAL
 }
 
-fn default_metrics_top() -> usize {
-    DEFAULT_METRICS_TOP
+fn default_agent_metrics_top() -> usize {
+    AGENT_METRICS_TOP
+}
+
+fn default_metrics_groups() -> usize {
+    DEFAULT_METRICS_GROUPS
 }
 
 /// A duration in a config file, read as on the command line.
@@ -151,6 +168,18 @@ impl Settings {
                     .unwrap_or_default()
         })?;
         s.check_for_agent(false)?;
+        if !(1..=MAX_METRICS_GROUPS).contains(&s.metrics_groups) {
+            return Err(format!(
+                "metrics_groups = {}: give 1 to {MAX_METRICS_GROUPS}",
+                s.metrics_groups
+            ));
+        }
+        if s.metrics_top > MAX_METRICS_GROUPS {
+            return Err(format!(
+                "metrics_top = {}: give 0 to {MAX_METRICS_GROUPS}",
+                s.metrics_top
+            ));
+        }
         Ok(s)
     }
 
@@ -203,7 +232,7 @@ pub enum Reader {
 #[derive(Clone, Default)]
 pub struct Published {
     text: Arc<Mutex<String>>,
-    rows: Arc<Mutex<(Vec<Row>, TreeFigures)>>,
+    rows: Arc<Mutex<Exposed>>,
     reads: Arc<[AtomicU64; 3]>,
     readers: Arc<[AtomicBool; 3]>,
 }
@@ -212,6 +241,14 @@ impl Published {
     /// The exposition now.
     pub fn text(&self) -> String {
         self.text.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// The exposition now, with `label` on every series.
+    pub fn text_labelled(&self, label: (&str, &str)) -> String {
+        self.rows
+            .lock()
+            .map(|e| exposition(&e, Some(label)))
+            .unwrap_or_default()
     }
 
     /// Says whether `r` takes the figures (a reload may change it).
@@ -238,13 +275,19 @@ impl Published {
 
 /// The figures one process last showed, so none of its counters goes down
 /// (a live process's CPU split from ticks can exceed the exact split its
-/// exit brings by a tick).
+/// exit brings by a tick), and where it is summed.
 #[derive(Clone, Copy, Default)]
 struct Shown {
     user: f64,
     system: f64,
-    read: u64,
-    write: u64,
+    /// The same as integers, with the network bytes.
+    counters: Counters,
+    /// Its group now, and what it had when it joined it (counted in the
+    /// group it left).
+    group: usize,
+    joined: Counters,
+    /// The readers' counts when its own series were first published.
+    born: Option<[u64; 3]>,
 }
 
 /// How busy a process has been, to rank the ones competing for a slot:
@@ -258,38 +301,94 @@ fn activity(p: &Proc, ticks_per_s: u64, kernel_io: bool) -> f64 {
     cpu + (disk + net) as f64 / f64::from(1 << 20)
 }
 
+/// A row as a new series shows it before every reader has taken it at
+/// zero: its counters 0, its gauges as they are.
+fn unborn(row: Row) -> Row {
+    Row {
+        cpu_user_s: 0.0,
+        cpu_system_s: 0.0,
+        disk_read_bytes: 0,
+        disk_write_bytes: 0,
+        net: row.net.map(|_| Default::default()),
+        ..row
+    }
+}
+
+/// The most groups, and processes with series of their own, one may ask
+/// for (as on the command line).
+pub const MAX_METRICS_GROUPS: usize = 100_000;
+
+/// Groups of summed processes unless `--metrics-groups` says otherwise.
+pub const DEFAULT_METRICS_GROUPS: usize = 500;
+
+/// One group's figures that do not come from the tree as it is now.
+struct GroupState {
+    key: String,
+    overflow: bool,
+    /// What its processes added before they were forgotten or left it.
+    gone: Counters,
+    /// Processes that entered it.
+    processes: u64,
+    /// The readers' counts when its series were first published.
+    born: Option<[u64; 3]>,
+}
+
 /// Builds the exposition from the tree at each sample.
 pub struct Exporter {
     published: Published,
     top: usize,
+    by: GroupBy,
+    max_groups: usize,
     /// Processes with series of their own, and the readers' counts when
     /// their final values were first published (`None` while alive).
     own: HashMap<(u32, u64), Option<[u64; 3]>>,
     /// Processes whose own series are gone (exited and read).
     retired: HashSet<(u32, u64)>,
     shown: HashMap<(u32, u64), Shown>,
-    /// The sums by executable name of the summed processes the session has
-    /// forgotten ([`Exporter::forget`]): what they added stays.
-    gone: HashMap<String, Row>,
+    /// Every group so far, and the index of each by its key (the overflow
+    /// group is not in it).
+    groups: Vec<GroupState>,
+    group_of: HashMap<String, usize>,
+    overflow: Option<usize>,
     /// Container ids by cgroup id, looked up once each.
     containers: HashMap<u64, Option<String>>,
     /// The tree's GPU figures are known (a GPU source is looking).
     gpu_known: bool,
+    /// The run is over: what comes next is its last word.
+    last: bool,
+    /// The readers' counts when the totals were first published.
+    born: Option<[u64; 3]>,
 }
 
 impl Exporter {
-    /// An exporter giving at most `top` processes series of their own.
-    pub fn new(top: usize) -> Self {
+    /// An exporter giving at most `top` processes series of their own, and
+    /// summing every process into at most `max_groups` groups by `by` (the
+    /// rest together in one more).
+    pub fn new(top: usize, by: GroupBy, max_groups: usize) -> Self {
         Self {
             published: Published::default(),
             top,
+            by,
+            max_groups,
             own: HashMap::new(),
             retired: HashSet::new(),
             shown: HashMap::new(),
-            gone: HashMap::new(),
+            groups: Vec::new(),
+            group_of: HashMap::new(),
+            overflow: None,
             gpu_known: false,
             containers: HashMap::new(),
+            last: false,
+            born: None,
         }
+    }
+
+    /// The run is over: from the next update on, every process that had
+    /// series of its own and is still held has them again, so the last
+    /// textfile and push hold the report's processes, not only those that
+    /// ended since the last read.
+    pub fn last_word(&mut self) {
+        self.last = true;
     }
 
     /// What the endpoint serves.
@@ -299,21 +398,22 @@ impl Exporter {
 
     /// Processes first seen from now on get series of their own while fewer
     /// than `top` have them (a reload; those that have them keep them).
+    /// The grouping stays as it started: regrouping would move figures
+    /// between series, which Prometheus reads as resets.
     pub fn set_top(&mut self, top: usize) {
         self.top = top;
     }
 
     /// Whether the session may forget `p` (ended, its final figures taken
-    /// in by an update): its own series have been read, or it is summed
-    /// under its name.
+    /// in by an update): its own series have been read, or it has none.
     pub fn forgettable(&self, p: &Proc) -> bool {
         let key = (p.pid, p.cookie);
         self.retired.contains(&key)
             || (!self.own.contains_key(&key) && self.shown.contains_key(&key))
     }
 
-    /// The session forgot these processes: the summed ones' final figures
-    /// stay in their names' sums.
+    /// The session forgot these processes: what they added stays in their
+    /// groups' sums and in the totals.
     pub fn forget<'a>(
         &mut self,
         procs: impl IntoIterator<Item = &'a Proc>,
@@ -323,14 +423,11 @@ impl Exporter {
     ) {
         for p in procs {
             let key = (p.pid, p.cookie);
-            if !self.retired.remove(&key) && !self.own.contains_key(&key) {
-                let row = self.row(p, ticks_per_s, kernel_io, ebpf);
-                let sum = self
-                    .gone
-                    .entry(row.exe.clone())
-                    .or_insert_with(|| Row::summed(&row.exe, ebpf));
-                sum.add(&row);
-            }
+            let (_, s) = self.look(p, ticks_per_s, kernel_io, ebpf);
+            let mut added = s.counters;
+            added.sub(&s.joined);
+            self.groups[s.group].gone.add(&added);
+            self.retired.remove(&key);
             self.shown.remove(&key);
         }
     }
@@ -343,25 +440,82 @@ impl Exporter {
             .clone()
     }
 
-    /// One process's row, its counters never below what was shown before.
-    fn row(&mut self, p: &Proc, ticks_per_s: u64, kernel_io: bool, ebpf: bool) -> Row {
+    /// The group a process of `key` goes in: its own while there is room.
+    fn group_for(&mut self, key: String) -> usize {
+        if let Some(&g) = self.group_of.get(&key) {
+            return g;
+        }
+        let new = |groups: &mut Vec<GroupState>, key, overflow| {
+            groups.push(GroupState {
+                key,
+                overflow,
+                gone: Counters::default(),
+                processes: 0,
+                born: None,
+            });
+            groups.len() - 1
+        };
+        if self.group_of.len() < self.max_groups {
+            let g = new(&mut self.groups, key.clone(), false);
+            self.group_of.insert(key, g);
+            g
+        } else {
+            *self
+                .overflow
+                .get_or_insert_with(|| new(&mut self.groups, String::new(), true))
+        }
+    }
+
+    /// One process's row and what it shows, its counters never below what
+    /// was shown before; it enters a group at its first look, and another
+    /// when its group's key changes (an exec under a new name).
+    fn look(&mut self, p: &Proc, ticks_per_s: u64, kernel_io: bool, ebpf: bool) -> (Row, Shown) {
         let f = figures(p, ticks_per_s, kernel_io);
-        let key = (p.pid, p.cookie);
-        let s = self.shown.entry(key).or_default();
+        let container = self.container_of(p);
+        let key = match self.by {
+            GroupBy::Name => p.comm.clone(),
+            GroupBy::Container => container.clone().unwrap_or_default(),
+        };
+        let group = self.group_for(key);
+        let pkey = (p.pid, p.cookie);
+        let first = !self.shown.contains_key(&pkey);
+        let s = self.shown.entry(pkey).or_default();
         if let Some((u, sy)) = f.cpu {
             s.user = s.user.max(u);
             s.system = s.system.max(sy);
         }
-        if let Some(d) = f.disk {
-            s.read = s.read.max(d.read);
-            s.write = s.write.max(d.written());
+        let net = |t: &crate::model::net::Traffic| [t.tx_bytes, t.rx_bytes];
+        let now = Counters {
+            // Whole nanoseconds: the figures are exact to the microsecond.
+            cpu_ns: [s.user, s.system].map(|v| (v * 1e9).round() as u64),
+            disk: f.disk.map_or([0; 2], |d| [d.read, d.written()]),
+            net: ebpf.then(|| {
+                let [a, b] = net(&p.net.tcp);
+                let [c, d] = net(&p.net.udp);
+                [a, b, c, d]
+            }),
+        };
+        s.counters.max(&now);
+        if first || s.group != group {
+            if !first {
+                let mut added = s.counters;
+                added.sub(&s.joined);
+                self.groups[s.group].gone.add(&added);
+            }
+            s.group = group;
+            s.joined = if first {
+                Counters::default()
+            } else {
+                s.counters
+            };
+            self.groups[group].processes += 1;
         }
         let s = *s;
-        Row {
-            pid: Some(p.pid),
+        let row = Row {
+            pid: p.pid,
             ppid: p.ppid,
             exe: p.comm.clone(),
-            container: self.container_of(p),
+            container,
             cpu_user_s: s.user,
             cpu_system_s: s.system,
             rss_bytes: if p.alive() {
@@ -369,8 +523,8 @@ impl Exporter {
             } else {
                 0
             },
-            disk_read_bytes: s.read,
-            disk_write_bytes: s.write,
+            disk_read_bytes: s.counters.disk[0],
+            disk_write_bytes: s.counters.disk[1],
             net: ebpf.then_some(p.net),
             gpu: self.gpu_known.then(|| {
                 if p.alive() {
@@ -379,7 +533,47 @@ impl Exporter {
                     (0, 0.0)
                 }
             }),
+        };
+        (row, s)
+    }
+
+    /// Gives free slots to the processes seen for the first time now, the
+    /// most active first (one that has already exited too: its final
+    /// values are shown to every reader once); exited processes whose
+    /// final values every reader has taken give theirs back first.
+    fn assign_slots(&mut self, tree: &Tree, ticks_per_s: u64, kernel_io: bool) {
+        let done: Vec<_> = (self.own.iter())
+            .filter(|(_, at)| at.is_some_and(|at| self.published.read_since(at)))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            self.own.remove(&k);
+            self.retired.insert(k);
         }
+        let free = self.top.saturating_sub(self.own.len());
+        if free == 0 {
+            return;
+        }
+        let mut new: Vec<(f64, (u32, u64))> = (tree.procs.iter())
+            .map(|p| (p, (p.pid, p.cookie)))
+            // Not shown yet: new (a retired process was shown).
+            .filter(|(_, k)| !self.shown.contains_key(k))
+            .map(|(p, k)| (activity(p, ticks_per_s, kernel_io), k))
+            .collect();
+        new.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, k) in new.into_iter().take(free) {
+            self.own.insert(k, None);
+        }
+    }
+
+    /// Whether series first published at `born` show their values: every
+    /// reader has taken them at zero (or the run is over). Until then a
+    /// new series' counters read 0, so that Prometheus's `rate()` and
+    /// `increase()`, which take a series' first value as its start, count
+    /// all of it: a group born with a process that had already sent
+    /// 233 kB would lose them.
+    fn counts(&self, born: Option<[u64; 3]>) -> bool {
+        self.last || born.is_some_and(|at| self.published.read_since(at))
     }
 
     /// Rebuilds what is served from the tree as it is now.
@@ -392,80 +586,138 @@ impl Exporter {
         lost: u64,
     ) {
         self.gpu_known = tree.gpu_known;
-        // Exited processes whose final values every reader has taken give
-        // their slot back.
-        let done: Vec<_> = self
-            .own
-            .iter()
-            .filter(|(_, at)| at.is_some_and(|at| self.published.read_since(at)))
-            .map(|(k, _)| *k)
+        self.assign_slots(tree, ticks_per_s, kernel_io);
+        // Every look first: one may move a process to another group, which
+        // adds what it had to the group it left.
+        let looks: Vec<_> = (tree.procs.iter())
+            .map(|p| (p, self.look(p, ticks_per_s, kernel_io, ebpf)))
             .collect();
-        for k in done {
-            self.own.remove(&k);
-            self.retired.insert(k);
-        }
-        // Free slots go to the processes seen for the first time now, the
-        // most active first (one that has already exited too: its final
-        // values are shown to every reader once).
-        let free = self.top.saturating_sub(self.own.len());
-        if free > 0 {
-            let mut new: Vec<(f64, (u32, u64))> = tree
-                .procs
-                .iter()
-                .map(|p| (p, (p.pid, p.cookie)))
-                // Not shown yet: new (a retired process was shown).
-                .filter(|(_, k)| !self.shown.contains_key(k))
-                .map(|(p, k)| (activity(p, ticks_per_s, kernel_io), k))
-                .collect();
-            new.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            for (_, k) in new.into_iter().take(free) {
-                self.own.insert(k, None);
-            }
-        }
-        let mut rows = Vec::new();
-        let mut others = self.gone.clone();
-        let mut now_final = Vec::new();
-        for p in &tree.procs {
-            let key = (p.pid, p.cookie);
-            if self.retired.contains(&key) {
-                continue;
-            }
-            let row = self.row(p, ticks_per_s, kernel_io, ebpf);
-            match self.own.get(&key) {
-                Some(at) => {
-                    if !p.alive() && at.is_none() {
-                        now_final.push(key);
-                    }
-                    rows.push(row);
-                }
-                None => others
-                    .entry(row.exe.clone())
-                    .or_insert_with(|| Row::summed(&row.exe, ebpf))
-                    .add(&row),
-            }
-        }
-        let mut others: Vec<Row> = others.into_values().collect();
-        others.sort_by(|a, b| a.exe.cmp(&b.exe));
-        rows.extend(others);
-        let figures = TreeFigures {
-            seen: tree.seen_count(),
-            alive: tree.alive_count() as u64,
-            lost,
-            held: tree.procs.len() as u64,
+        let zero = Counters {
+            net: ebpf.then_some([0; 4]),
+            ..Counters::default()
         };
-        let text = exposition(&rows, figures);
+        let mut groups: Vec<Group> = (self.groups.iter())
+            .map(|g| Group {
+                key: g.key.clone(),
+                overflow: g.overflow,
+                sums: Counters {
+                    net: g.gone.net.or(zero.net),
+                    ..g.gone
+                },
+                processes: g.processes,
+                ..Group::default()
+            })
+            .collect();
+        let mut rows = Vec::new();
+        let mut now_final = Vec::new();
+        let mut rss_bytes = 0;
+        for (p, (row, s)) in looks {
+            let key = (p.pid, p.cookie);
+            let g = &mut groups[s.group];
+            let mut added = s.counters;
+            added.sub(&s.joined);
+            g.sums.add(&added);
+            if p.alive() {
+                g.alive += 1;
+                g.rss_bytes += row.rss_bytes;
+                rss_bytes += row.rss_bytes;
+            }
+            let counts = self.counts(s.born);
+            if let Some(at) = self.own.get(&key) {
+                // Final once shown as they are.
+                if !p.alive() && at.is_none() && counts {
+                    now_final.push(key);
+                }
+                rows.push(if counts { row } else { unborn(row) });
+            } else if self.last && self.retired.contains(&key) {
+                rows.push(row);
+            }
+        }
+        let mut total = zero;
+        for g in &groups {
+            total.add(&g.sums);
+        }
+        if !self.counts(self.born) {
+            total = zero;
+        }
+        for (g, st) in groups.iter_mut().zip(&self.groups) {
+            if !self.counts(st.born) {
+                g.sums = zero;
+                g.processes = 0;
+            }
+        }
+        let exposed = Exposed {
+            rows,
+            by: self.by,
+            groups,
+            total,
+            rss_bytes,
+            tree: TreeFigures {
+                seen: tree.seen_count(),
+                alive: tree.alive_count() as u64,
+                lost,
+                held: tree.procs.len() as u64,
+            },
+        };
+        let text = exposition(&exposed, None);
         if let Ok(mut t) = self.published.text.lock() {
             *t = text;
         }
         if let Ok(mut r) = self.published.rows.lock() {
-            *r = (rows, figures);
+            *r = exposed;
         }
         // Counted from after publishing: a read must come later still.
         let at = self.published.reads();
         for k in now_final {
             self.own.insert(k, Some(at));
         }
+        self.born.get_or_insert(at);
+        for g in &mut self.groups {
+            g.born.get_or_insert(at);
+        }
+        for k in self.own.keys() {
+            if let Some(s) = self.shown.get_mut(k) {
+                s.born.get_or_insert(at);
+            }
+        }
     }
+}
+
+/// Checks `--prometheus ADDR` before binding it: a malformed address is a
+/// usage error, and a user who is not root (`uid`, the invoking user under
+/// sudo) gets no port below `ip_unprivileged_port_start` (1024) through
+/// pmet: binding one is root's to give, not a tracer's.
+fn check_listen_address(addr: &str, uid: Option<u32>) -> Result<(), Error> {
+    use std::net::ToSocketAddrs as _;
+    let bad = |why: &str| {
+        Error::Usage(format!(
+            "--prometheus {addr}: {why}; give HOST:PORT, e.g. 127.0.0.1:9464"
+        ))
+    };
+    let Some((_, port)) = addr.rsplit_once(':') else {
+        return Err(bad("no port"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+    addr.to_socket_addrs()
+        .map_err(|e| bad(&format!("not an address ({e})")))?
+        .next()
+        .ok_or_else(|| bad("it names no address"))?;
+    let unprivileged = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .unwrap_or(1024);
+    if let Some(uid) = uid
+        && uid != 0
+        && port != 0
+        && u32::from(port) < unprivileged
+    {
+        return Err(Error::Usage(format!(
+            "--prometheus {addr}: port {port} is privileged and you (uid {uid}) are not root; choose a port from {unprivileged} up"
+        )));
+    }
+    Ok(())
 }
 
 /// The exporters' endpoints, checked and opened before anything is
@@ -476,6 +728,7 @@ pub struct Endpoints {
     listener: Option<std::net::TcpListener>,
     textfile: Option<Output>,
     gateway: Option<Gateway>,
+    otlp: Option<OtlpTarget>,
 }
 
 impl Endpoints {
@@ -488,6 +741,7 @@ impl Endpoints {
     ) -> Result<Self, Error> {
         let listener = match &x.prometheus {
             Some(addr) if running.is_none_or(|r| r.prometheus.as_ref() != Some(addr)) => {
+                check_listen_address(addr, owner.map(|c| c.uid))?;
                 let listen = |source| Error::Listen {
                     addr: addr.clone(),
                     source,
@@ -509,10 +763,15 @@ impl Endpoints {
             .map(Gateway::parse)
             .transpose()
             .map_err(Error::Usage)?;
+        let otlp = (x.otlp.as_deref())
+            .map(OtlpTarget::parse)
+            .transpose()
+            .map_err(Error::Usage)?;
         Ok(Self {
             listener,
             textfile,
             gateway,
+            otlp,
         })
     }
 }
@@ -539,7 +798,7 @@ impl Running {
     /// Starts the exporters `x` asks for (inside the session's runtime).
     pub fn start(x: Settings, ends: Endpoints, host: String) -> Result<Self, Error> {
         let mut r = Self {
-            exporter: Exporter::new(x.metrics_top),
+            exporter: Exporter::new(x.metrics_top, x.metrics_by, x.metrics_groups),
             // Nothing running yet: `apply` starts what `x` asks for.
             settings: Settings::default(),
             host,
@@ -591,10 +850,8 @@ impl Running {
             if let Some(o) = self.otlp.take() {
                 self.said(o.finish());
             }
-            self.otlp = x
-                .otlp
-                .clone()
-                .map(|url| Otlp::start(url, x.otlp_interval, published.clone(), self.host.clone()));
+            self.otlp = (ends.otlp)
+                .map(|t| Otlp::start(t, x.otlp_interval, published.clone(), self.host.clone()));
         }
         published.uses(Reader::Scrape, self.serve.is_some());
         published.uses(Reader::Push, self.pusher.is_some());
@@ -622,8 +879,19 @@ impl Running {
         }
         if let Some(t) = &self.textfile {
             // node_exporter's textfile collector reads the classic text
-            // format, as the Pushgateway does.
-            let text = classic(&self.exporter.published().text());
+            // format, as the Pushgateway does. Every series names the file:
+            // node_exporter refuses a series two files both hold, and two
+            // files in one directory have different names.
+            let name = (self.settings.textfile.as_ref())
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let text = classic(
+                &self
+                    .exporter
+                    .published()
+                    .text_labelled(("pmet_textfile", &name)),
+            );
             if let Err(e) = t.write_with(|w| w.write_all(text.as_bytes())) {
                 self.errors += 1;
                 if !self.failed {
@@ -663,16 +931,37 @@ impl Running {
     }
 }
 
+/// Connections served at once; more are closed as they come.
+const MAX_CONNECTIONS: usize = 32;
+
+/// Time a client has to send its request, and again to take the answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves `/metrics` on `listener` until the session ends. Anyone who can
 /// reach the address can read the figures (no secrets: no argv, no
 /// environment); requests are bounded in size and time.
 pub async fn serve(listener: TcpListener, published: Published) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            // Out of descriptors (EMFILE) or memory: the pending connection
+            // stays queued, so trying again at once would spin; wait for
+            // some to close.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Beyond the limit a connection is closed at once (refused, not
+        // held): idle clients cannot take every descriptor.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(conn);
             continue;
         };
         let published = published.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = vec![0u8; 8192];
             let mut len = 0;
             let read = async {
@@ -686,10 +975,7 @@ pub async fn serve(listener: TcpListener, published: Published) {
                     }
                 }
             };
-            if tokio::time::timeout(Duration::from_secs(5), read)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(REQUEST_TIMEOUT, read).await.is_err() {
                 return;
             }
             let request = String::from_utf8_lossy(&buf[..len]);
@@ -726,218 +1012,88 @@ pub async fn serve(listener: TcpListener, published: Published) {
                     body.len()
                 )
             };
-            let _ = conn.write_all(response.as_bytes()).await;
-            let _ = conn.shutdown().await;
+            // A client that does not read is dropped after the timeout,
+            // with what it had not taken.
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let _ = conn.write_all(response.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            })
+            .await;
         });
     }
 }
 
-/// OTLP/HTTP (protobuf) metrics, with the OpenTelemetry SDK: the same
-/// rows as the Prometheus exposition, under the semantic conventions' own
-/// names (`process.cpu.time`, `process.memory.usage`, `process.disk.io`,
-/// `process.network.io`; `pmet.*` for the tree), pushed every `interval`
-/// and once more at the end. The SDK and its blocking HTTP client live on a
-/// thread of their own, away from the session's async loop.
+/// OTLP/HTTP (protobuf) metrics: what the Prometheus exposition shows,
+/// under the semantic conventions' own names (`process.cpu.time`,
+/// `process.memory.usage`, `process.disk.io`, `process.network.io`;
+/// `pmet.*` for the totals, the groups and the tree), sent every
+/// `interval` and once more at the end, on a thread of its own, away from
+/// the session's async loop. Each request holds what is published now, no
+/// more: a forgotten process is in no later request.
 pub struct Otlp {
     done: std::sync::mpsc::Sender<()>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 impl Otlp {
-    /// Starts exporting `published`'s rows to `endpoint`
-    /// (`http://HOST:4318/v1/metrics`).
-    pub fn start(endpoint: String, interval: Duration, published: Published, host: String) -> Self {
+    /// Starts sending `published`'s figures to `target`, as `host` (with
+    /// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` from pmet's
+    /// environment).
+    pub fn start(
+        target: OtlpTarget,
+        interval: Duration,
+        published: Published,
+        host: String,
+    ) -> Self {
+        use prost::Message as _;
+        let var = |k| std::env::var(k).ok();
+        let resource = crate::render::otlp::host_resource(
+            &host,
+            var("OTEL_SERVICE_NAME").as_deref(),
+            var("OTEL_RESOURCE_ATTRIBUTES").as_deref(),
+        );
         let (done, wait) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || -> Result<(), String> {
-            use opentelemetry::{KeyValue, metrics::MeterProvider as _};
-            use opentelemetry_otlp::{MetricExporter, WithExportConfig};
-            use opentelemetry_sdk::{
-                Resource,
-                metrics::{PeriodicReader, SdkMeterProvider},
-            };
-            let exporter = MetricExporter::builder()
-                .with_http()
-                .with_endpoint(endpoint.clone())
-                .build()
-                .map_err(|e| format!("--otlp {endpoint}: {e}"))?;
-            let reader = PeriodicReader::builder(exporter)
-                .with_interval(interval)
-                .build();
-            let provider = SdkMeterProvider::builder()
-                .with_reader(reader)
-                .with_resource(
-                    Resource::builder()
-                        .with_service_name("pmet")
-                        .with_attribute(KeyValue::new("host.name", host))
-                        .build(),
-                )
-                .build();
-            let meter = provider.meter("pmet");
-            let who = |r: &Row| {
-                let mut a = vec![KeyValue::new("process.executable.name", r.exe.clone())];
-                if let Some(p) = r.pid {
-                    a.push(KeyValue::new("process.pid", i64::from(p)));
+            let start_ns = unix_ns();
+            let mut said = false;
+            loop {
+                let last = !matches!(
+                    wait.recv_timeout(interval),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
+                // Counted before the figures are taken.
+                published.read_by(Reader::Otlp);
+                let body = published
+                    .rows
+                    .lock()
+                    .map(|e| {
+                        let t = crate::render::otlp::Times {
+                            start_ns,
+                            now_ns: unix_ns(),
+                        };
+                        crate::render::otlp::request(&e, &resource, t).encode_to_vec()
+                    })
+                    .map_err(|_| "the exporter's figures were lost".to_owned())?;
+                let r = target.post(&body);
+                if last {
+                    return r;
                 }
-                if let Some(p) = r.ppid {
-                    a.push(KeyValue::new("process.parent_pid", i64::from(p)));
+                if let Err(e) = r
+                    && !said
+                {
+                    said = true;
+                    crate::say!(
+                        "pmet: warning: {e}; trying again every {}",
+                        crate::units::duration(interval.as_secs_f64())
+                    );
                 }
-                if let Some(c) = &r.container {
-                    a.push(KeyValue::new("container.id", c.clone()));
-                }
-                a
-            };
-            let with = |mut a: Vec<KeyValue>, more: &[(&'static str, &'static str)]| {
-                a.extend(more.iter().map(|(k, v)| KeyValue::new(*k, *v)));
-                a
-            };
-            let rows = published.rows.clone();
-            let _cpu = meter
-                .f64_observable_counter("process.cpu.time")
-                .with_unit("s")
-                .with_description("CPU seconds used by the process, by mode")
-                .with_callback(move |o| {
-                    if let Ok(r) = rows.lock() {
-                        for row in &r.0 {
-                            o.observe(row.cpu_user_s, &with(who(row), &[("cpu.mode", "user")]));
-                            o.observe(row.cpu_system_s, &with(who(row), &[("cpu.mode", "system")]));
-                        }
-                    }
-                })
-                .build();
-            let rows = published.rows.clone();
-            let _mem = meter
-                .i64_observable_up_down_counter("process.memory.usage")
-                .with_unit("By")
-                .with_description("Resident memory of the process")
-                .with_callback(move |o| {
-                    if let Ok(r) = rows.lock() {
-                        for row in &r.0 {
-                            o.observe(row.rss_bytes as i64, &who(row));
-                        }
-                    }
-                })
-                .build();
-            let rows = published.rows.clone();
-            let _disk = meter
-                .u64_observable_counter("process.disk.io")
-                .with_unit("By")
-                .with_description("Storage bytes the process caused to be read or written")
-                .with_callback(move |o| {
-                    if let Ok(r) = rows.lock() {
-                        for row in &r.0 {
-                            o.observe(
-                                row.disk_read_bytes,
-                                &with(who(row), &[("disk.io.direction", "read")]),
-                            );
-                            o.observe(
-                                row.disk_write_bytes,
-                                &with(who(row), &[("disk.io.direction", "write")]),
-                            );
-                        }
-                    }
-                })
-                .build();
-            let rows = published.rows.clone();
-            let _net = meter
-                .u64_observable_counter("process.network.io")
-                .with_unit("By")
-                .with_description("Socket payload bytes the process sent or received")
-                .with_callback(move |o| {
-                    if let Ok(r) = rows.lock() {
-                        for row in &r.0 {
-                            let Some(n) = &row.net else { continue };
-                            for (transport, t) in [("tcp", &n.tcp), ("udp", &n.udp)] {
-                                for (dir, v) in [("transmit", t.tx_bytes), ("receive", t.rx_bytes)]
-                                {
-                                    o.observe(
-                                        v,
-                                        &with(
-                                            who(row),
-                                            &[
-                                                ("network.io.direction", dir),
-                                                ("network.transport", transport),
-                                            ],
-                                        ),
-                                    );
-                                }
-                            }
-                        }
-                    }
-                })
-                .build();
-            let rows = published.rows.clone();
-            let _gpu_mem = meter
-                .i64_observable_up_down_counter("process.gpu.memory.usage")
-                .with_unit("By")
-                .with_description("GPU memory the process holds, all devices together")
-                .with_callback(move |o| {
-                    if let Ok(r) = rows.lock() {
-                        for row in &r.0 {
-                            if let Some((m, _)) = row.gpu {
-                                o.observe(m as i64, &who(row));
-                            }
-                        }
-                    }
-                })
-                .build();
-            let rows = published.rows.clone();
-            let _gpu_util = meter
-                .f64_observable_gauge("process.gpu.utilization")
-                .with_unit("1")
-                .with_description(
-                    "SM (or busiest engine) utilisation of the process, 1 for a whole GPU",
-                )
-                .with_callback(move |o| {
-                    if let Ok(r) = rows.lock() {
-                        for row in &r.0 {
-                            if let Some((_, u)) = row.gpu {
-                                o.observe(u, &who(row));
-                            }
-                        }
-                    }
-                })
-                .build();
-            let rows = published.rows.clone();
-            let reads = published.clone();
-            let _seen = meter
-                .u64_observable_counter("pmet.processes.seen")
-                .with_description("Processes of the traced scope seen so far")
-                .with_callback(move |o| {
-                    // One collection, counted once (this instrument is one
-                    // of several read in it).
-                    reads.read_by(Reader::Otlp);
-                    if let Ok(r) = rows.lock() {
-                        o.observe(r.1.seen, &[]);
-                    }
-                })
-                .build();
-            let rows = published.rows.clone();
-            let _lost = meter
-                .u64_observable_counter("pmet.lost_events")
-                .with_description("Events or figures pmet lost (0 on a healthy run)")
-                .with_callback(move |o| {
-                    if let Ok(r) = rows.lock() {
-                        o.observe(r.1.lost, &[]);
-                    }
-                })
-                .build();
-            let rows = published.rows.clone();
-            let _alive = meter
-                .i64_observable_gauge("pmet.processes.alive")
-                .with_description("Processes of the traced scope alive now")
-                .with_callback(move |o| {
-                    if let Ok(r) = rows.lock() {
-                        o.observe(r.1.alive as i64, &[]);
-                    }
-                })
-                .build();
-            // Until the session ends; then the last word, waited for.
-            let _ = wait.recv();
-            let flushed = provider
-                .force_flush()
-                .map_err(|e| format!("--otlp {endpoint}: {e}"));
-            let _ = provider.shutdown();
-            flushed
+            }
         });
         Self {
             done,
@@ -963,6 +1119,12 @@ pub fn classic(openmetrics: &str) -> String {
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
         .collect();
+    // The classic format has no info type: an info family is the gauge
+    // of its `_info` series, as Prometheus' own exporters write it.
+    let infos: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" info"))
+        .collect();
     let mut out = String::with_capacity(openmetrics.len());
     for l in openmetrics.lines() {
         if l == "# EOF" || l.starts_with("# UNIT ") {
@@ -971,6 +1133,10 @@ pub fn classic(openmetrics: &str) -> String {
         let renamed = ["# TYPE ", "# HELP "].iter().find_map(|head| {
             let rest = l.strip_prefix(head)?;
             let (name, tail) = rest.split_once(' ')?;
+            if infos.contains(name) {
+                let tail = if *head == "# TYPE " { "gauge" } else { tail };
+                return Some(format!("{head}{name}_info {tail}"));
+            }
             counters
                 .contains(name)
                 .then(|| format!("{head}{name}_total {tail}"))
@@ -1014,7 +1180,6 @@ impl Gateway {
 
     /// Replaces the group `job="pmet", instance=INSTANCE` with `body`.
     pub fn push(&self, instance: &str, body: &str) -> Result<(), String> {
-        use std::io::{Read, Write};
         let instance: String = instance
             .chars()
             .map(|c| {
@@ -1027,29 +1192,155 @@ impl Gateway {
             .collect();
         let path = format!("{}/metrics/job/pmet/instance/{instance}", self.prefix);
         let fail = |what: String| format!("pushing to http://{}{path}: {what}", self.authority);
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(&self.authority)
-            .map_err(|e| fail(e.to_string()))?
-            .next()
-            .ok_or_else(|| fail("no address".into()))?;
-        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|e| fail(e.to_string()))?;
-        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-        let _ = c.set_write_timeout(Some(Duration::from_secs(10)));
-        write!(
-            c,
-            "PUT {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.authority,
-            body.len()
+        send(
+            "PUT",
+            &self.authority,
+            &path,
+            "text/plain; version=0.0.4; charset=utf-8",
+            body.as_bytes(),
         )
-        .map_err(|e| fail(e.to_string()))?;
-        let mut head = [0u8; 512];
-        let n = c.read(&mut head).map_err(|e| fail(e.to_string()))?;
-        let status = String::from_utf8_lossy(&head[..n]);
-        let status = status.lines().next().unwrap_or_default();
-        match status.split(' ').nth(1) {
-            Some(code) if code.starts_with('2') => Ok(()),
-            _ => Err(fail(format!("the gateway answered `{status}`"))),
+        .map_err(|e| fail(e.replace("the server", "the gateway")))
+    }
+}
+
+/// The most of an answer read: its status line and the start of an error's
+/// body. A server that streams an endless answer costs no more.
+const MAX_ANSWER_BYTES: usize = 4096;
+
+/// Time to connect, and then to send the request and read the answer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one HTTP/1.1 request and reads at most [`MAX_ANSWER_BYTES`] of the
+/// answer, within [`SEND_TIMEOUT`] in all; a status other than 2xx is an
+/// error that quotes the status line and the start of the body.
+fn send(
+    method: &str,
+    authority: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + SEND_TIMEOUT;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .map_err(|e| format!("resolving {authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolving {authority}: no address"))?;
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let _ = c.set_write_timeout(Some(left()));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes())
+        .and_then(|()| c.write_all(body))
+        .map_err(|e| format!("sending: {e}"))?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The status line first; an error's body up to the bound.
+    while answer.len() < MAX_ANSWER_BYTES && std::time::Instant::now() < deadline {
+        let _ = c.set_read_timeout(Some(left()));
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n.min(MAX_ANSWER_BYTES - answer.len())]),
+            Err(e) if answer.is_empty() => return Err(format!("reading the answer: {e}")),
+            Err(_) => break,
         }
+        let text = String::from_utf8_lossy(&answer);
+        if text.starts_with("HTTP/1.") && text.split(' ').nth(1).is_some_and(|c| c.starts_with('2'))
+        {
+            return Ok(());
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.lines().next().unwrap_or_default().trim();
+    if status.is_empty() {
+        return Err("the server closed the connection without answering".into());
+    }
+    if status.starts_with("HTTP/1.") && status.split(' ').nth(1).is_some_and(|c| c.starts_with('2'))
+    {
+        return Ok(());
+    }
+    let said: String = (text.split_once("\r\n\r\n").map_or("", |(_, b)| b).chars())
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    let said = said.trim();
+    Err(if said.is_empty() {
+        format!(
+            "the server answered `{}`",
+            crate::render::openmetrics::label_text(status)
+        )
+    } else {
+        format!(
+            "the server answered `{}`: {said}",
+            crate::render::openmetrics::label_text(status)
+        )
+    })
+}
+
+/// Where OTLP goes: `http://HOST:PORT[/PATH]`, the path `/v1/metrics` when
+/// none is given (as the OpenTelemetry SDKs complete
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpTarget {
+    /// `HOST:PORT`.
+    pub authority: String,
+    /// The request's path.
+    pub path: String,
+}
+
+impl OtlpTarget {
+    /// Parses `--otlp URL`; the error names what to give instead.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!(
+                "--otlp {url}: give an http:// address, e.g. http://localhost:4318 (HTTPS is not supported yet: send through a local Collector)"
+            )
+        })?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.is_empty() || !authority.contains(':') {
+            return Err(format!(
+                "--otlp {url}: give the port too, e.g. http://localhost:4318"
+            ));
+        }
+        let path = path.trim_end_matches('/');
+        Ok(Self {
+            authority: authority.to_owned(),
+            path: if path.is_empty() {
+                "/v1/metrics".into()
+            } else {
+                format!("/{path}")
+            },
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}{}", self.authority, self.path)
+    }
+
+    /// Posts one request's protobuf body.
+    fn post(&self, body: &[u8]) -> Result<(), String> {
+        send(
+            "POST",
+            &self.authority,
+            &self.path,
+            "application/x-protobuf",
+            body,
+        )
+        .map_err(|e| {
+            format!(
+                "--otlp {}: {}",
+                self.url(),
+                e.replace("the server", "the collector")
+            )
+        })
     }
 }
 
@@ -1134,17 +1425,21 @@ mod tests {
 
     #[test]
     fn the_classic_format_names_counters_as_it_wants_them() {
-        let om = "# HELP a_seconds What.\n# TYPE a_seconds counter\n# UNIT a_seconds seconds\na_seconds_total{x=\"1\"} 2.5\n# HELP g A gauge.\n# TYPE g gauge\ng 3\n# EOF\n";
+        let om = "# HELP a_seconds What.\n# TYPE a_seconds counter\n# UNIT a_seconds seconds\na_seconds_total{x=\"1\"} 2.5\n# HELP g A gauge.\n# TYPE g gauge\ng 3\n# HELP b Build.\n# TYPE b info\nb_info{v=\"1\"} 1\n# EOF\n";
         assert_eq!(
             classic(om),
-            "# HELP a_seconds_total What.\n# TYPE a_seconds_total counter\na_seconds_total{x=\"1\"} 2.5\n# HELP g A gauge.\n# TYPE g gauge\ng 3\n"
+            "# HELP a_seconds_total What.\n# TYPE a_seconds_total counter\na_seconds_total{x=\"1\"} 2.5\n# HELP g A gauge.\n# TYPE g gauge\ng 3\n# HELP b_info Build.\n# TYPE b_info gauge\nb_info{v=\"1\"} 1\n"
         );
     }
 
     #[test]
     fn the_shipped_agent_config_is_valid_and_mistakes_are_named() {
         let s = Settings::parse(include_str!("../../contrib/agent.toml")).unwrap();
-        assert_eq!(s.prometheus.as_deref(), Some("0.0.0.0:9464"));
+        assert_eq!(s.prometheus.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(
+            (s.metrics_by, s.metrics_groups, s.metrics_top),
+            (GroupBy::Name, 500, 0)
+        );
         assert_eq!(s.interval, Some(Duration::from_secs(5)));
         assert_eq!(s.otlp_interval, DEFAULT_OTLP_INTERVAL);
         let err = |t: &str| Settings::parse(t).unwrap_err();
@@ -1160,6 +1455,11 @@ mod tests {
             "`1ms`: must be at least 10ms (line 2)"
         );
         assert!(err("metrics_top = 5\n").starts_with("no exporter is given"));
+        assert_eq!(
+            err("prometheus = \":1\"\nmetrics_groups = 0\n"),
+            "metrics_groups = 0: give 1 to 100000"
+        );
+        assert!(err("prometheus = \":1\"\nmetrics_by = \"pid\"\n").contains("name"));
         assert_eq!(
             err("pushgateway = \"http://pg:9091\"\n"),
             "pushgateway needs push_interval: pmet agent pushes while it runs"
@@ -1184,75 +1484,118 @@ mod tests {
         assert!(Gateway::parse("http://pg").unwrap_err().contains("port"));
     }
 
+    /// The value of the one series that starts with `series`.
+    fn val(text: &str, series: &str) -> f64 {
+        let hits: Vec<&str> = text.lines().filter(|l| l.starts_with(series)).collect();
+        assert_eq!(hits.len(), 1, "{series}: {hits:?}\n{text}");
+        hits[0].rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    /// Every group, total and count series: what must never change when
+    /// processes are forgotten (sorted: a family's series come in hash
+    /// order).
+    fn sums(text: &str) -> Vec<String> {
+        let mut v: Vec<String> = text
+            .lines()
+            .filter(|l| {
+                (l.starts_with("pmet_") && !l.starts_with("pmet_processes_held"))
+                    && !l.contains("memory_usage")
+                    && !l.contains("alive")
+            })
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    }
+
+    const CURL_RX: &str = "pmet_group_network_io_bytes_total{process_executable_name=\"curl\",network_io_direction=\"receive\",network_transport=\"tcp\"}";
+    const TOTAL_RX: &str =
+        "pmet_network_io_bytes_total{network_io_direction=\"receive\",network_transport=\"tcp\"}";
+
     #[test]
-    fn at_most_n_processes_have_series_and_the_rest_are_summed_by_name() {
+    fn at_most_n_processes_have_series_and_every_process_is_in_its_group_and_the_totals() {
         let (tree, _) = fixture::web_job();
-        let mut x = Exporter::new(2);
-        x.update(&tree, 100, true, true, 0);
-        let text = x.published().text();
-        // The two most active (the server and the curl that fetched the
-        // big file) have their own series; the others are summed under
-        // their names.
-        assert_eq!(
-            pids(&text, "process_memory_usage_bytes"),
-            ["", "1001", "1002"]
-        );
-        for exe in ["sh", "curl", "grep", "sleep"] {
-            assert!(
-                text.contains(&format!(
-                    "process_memory_usage_bytes{{process_pid=\"\",process_parent_pid=\"\",process_executable_name=\"{exe}\""
-                )),
-                "{exe}: {text}"
-            );
-        }
-        // The big fetch on its own; the other curl summed under its name.
-        let rx = |who: &str| {
-            text.lines()
-                .find(|l| {
-                    l.starts_with("process_network_io_bytes_total")
-                        && l.contains(who)
-                        && l.contains("network_io_direction=\"receive\",network_transport=\"tcp\"")
-                })
-                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        };
-        let (own, summed) = (
-            rx("process_pid=\"1002\"").unwrap(),
-            rx("process_pid=\"\",process_parent_pid=\"\",process_executable_name=\"curl\"")
-                .unwrap(),
-        );
-        assert_eq!(own + summed, 10747904, "{text}");
-        assert!(own > summed);
-        // Both own processes have exited: once a scrape has seen their
-        // final values, their series go and their slots are free; the sums
-        // keep everything they had.
+        let mut x = Exporter::new(2, GroupBy::Name, 100);
         x.published.uses(Reader::Scrape, true);
+        x.update(&tree, 100, true, true, 0);
+        // New series read 0 until a scrape has taken them so: Prometheus
+        // counts from a series' first value.
+        for _ in 0..2 {
+            let text = x.published().text();
+            assert_eq!(val(&text, CURL_RX), 0.0);
+            assert_eq!(val(&text, TOTAL_RX), 0.0);
+            assert_eq!(
+                val(
+                    &text,
+                    "pmet_group_processes_total{process_executable_name=\"curl\"}"
+                ),
+                0.0
+            );
+            assert_eq!(
+                val(&text, "pmet_cpu_time_seconds_total{cpu_mode=\"user\"}"),
+                0.0
+            );
+            assert!(text.contains("pmet_processes_seen_total 6"), "{text}");
+            x.update(&tree, 100, true, true, 0);
+        }
         x.published.read_by(Reader::Scrape);
         x.update(&tree, 100, true, true, 0);
         let text = x.published().text();
-        assert_eq!(pids(&text, "process_memory_usage_bytes"), [""]);
+        // The two most active (the server and the curl that fetched the
+        // big file) have their own series.
+        assert_eq!(pids(&text, "process_memory_usage_bytes"), ["1001", "1002"]);
+        let own_rx = val(
+            &text,
+            "process_network_io_bytes_total{process_pid=\"1002\",process_parent_pid=\"1000\",process_executable_name=\"curl\",container_id=\"\",network_io_direction=\"receive\",network_transport=\"tcp\"}",
+        );
+        // Both curls, the one with series of its own too, are in curl's
+        // group; every process is in the totals.
+        let want: u64 = (tree.procs.iter().filter(|p| p.comm == "curl"))
+            .map(|p| p.net.tcp.rx_bytes)
+            .sum();
+        assert_eq!(want, 10747904);
+        assert_eq!(val(&text, CURL_RX), want as f64);
+        assert!(own_rx < want as f64 && own_rx > 0.0);
+        let all: u64 = tree.procs.iter().map(|p| p.net.tcp.rx_bytes).sum();
+        assert_eq!(val(&text, TOTAL_RX), all as f64);
+        for (exe, n) in [("sh", 1.0), ("curl", 2.0), ("grep", 1.0), ("sleep", 1.0)] {
+            let series = format!("pmet_group_processes_total{{process_executable_name=\"{exe}\"}}");
+            assert_eq!(val(&text, &series), n, "{exe}");
+        }
+        // Both own processes have exited: once a scrape has seen their
+        // final values, their series go and their slots are free; the
+        // groups and totals keep everything they had.
+        let before = sums(&text);
+        x.published.read_by(Reader::Scrape);
+        x.update(&tree, 100, true, true, 0);
+        let text = x.published().text();
+        assert!(pids(&text, "process_memory_usage_bytes").is_empty());
+        assert_eq!(sums(&text), before);
         assert!(text.contains("pmet_processes_seen_total 6"), "{text}");
+        // The run's last word (its final textfile and push) has them again.
+        x.last_word();
+        x.update(&tree, 100, true, true, 0);
+        let text = x.published().text();
+        assert_eq!(pids(&text, "process_memory_usage_bytes"), ["1001", "1002"]);
+        assert_eq!(sums(&text), before);
     }
 
     #[test]
     fn forgotten_processes_leave_their_sums_and_counts_unchanged() {
         let (mut tree, _) = fixture::web_job();
-        let mut x = Exporter::new(2);
+        let mut x = Exporter::new(2, GroupBy::Name, 100);
         x.published.uses(Reader::Scrape, true);
         x.update(&tree, 100, true, true, 0);
-        // The summed series and the count of processes seen (in any order:
-        // a family's series come in hash order).
-        let sums = |text: &str| -> Vec<String> {
-            let mut v: Vec<String> = text
-                .lines()
-                .filter(|l| l.contains("process_pid=\"\"") || l.starts_with("pmet_processes_seen"))
-                .map(str::to_owned)
-                .collect();
-            v.sort();
-            v
-        };
+        x.published.read_by(Reader::Scrape);
+        x.update(&tree, 100, true, true, 0);
         let before = sums(&x.published().text());
+        assert!(
+            before
+                .iter()
+                .any(|l| l.starts_with(CURL_RX) && !l.ends_with(" 0"))
+        );
         // The two with series of their own have not been scraped since
-        // they ended: only the summed ones may go.
+        // they ended: only the others may go.
         let gone = tree.prune(100, true, |p| x.forgettable(p));
         assert_eq!(
             gone.iter().map(|p| p.pid).collect::<Vec<_>>(),
@@ -1264,7 +1607,7 @@ mod tests {
         assert_eq!(sums(&text), before);
         // The root (which never goes) and the two with series of their own.
         assert!(text.contains("pmet_processes_held 3"), "{text}");
-        // Scraped: those two go as well, and the totals stay.
+        // Scraped: those two go as well, and the sums stay.
         x.published.read_by(Reader::Scrape);
         x.update(&tree, 100, true, true, 0);
         let gone = tree.prune(100, true, |p| x.forgettable(p));
@@ -1272,8 +1615,59 @@ mod tests {
         x.forget(gone.iter().map(|p| &**p), 100, true, true);
         x.update(&tree, 100, true, true, 0);
         let text = x.published().text();
-        assert!(text.contains("pmet_processes_seen_total 6"), "{text}");
+        assert_eq!(sums(&text), before);
         assert!(text.contains("pmet_processes_held 1"), "{text}");
         assert_eq!(tree.gone.procs, 5);
+    }
+
+    #[test]
+    fn a_process_that_execs_under_a_new_name_leaves_its_old_group_what_it_had() {
+        let (mut tree, _) = fixture::web_job_live();
+        fixture::live_at(&mut tree, 1);
+        let mut x = Exporter::new(0, GroupBy::Name, 100);
+        // Shown at 0 first, then as they are (no reader to wait for).
+        x.update(&tree, 100, true, true, 0);
+        x.update(&tree, 100, true, true, 0);
+        let text = x.published().text();
+        let serve_tx = "pmet_group_network_io_bytes_total{process_executable_name=\"python3\",network_io_direction=\"transmit\",network_transport=\"tcp\"}";
+        assert_eq!(val(&text, serve_tx), 2e6);
+        // The server execs another name (seen at the next look: what it
+        // did until then is its old name's), then sends as much again.
+        let i = tree.procs.iter().position(|p| p.pid == 1001).unwrap();
+        tree.procs[i].comm = "serve2".into();
+        x.update(&tree, 100, true, true, 0);
+        fixture::live_at(&mut tree, 2);
+        x.update(&tree, 100, true, true, 0);
+        let text = x.published().text();
+        assert_eq!(val(&text, serve_tx), 2e6, "what it sent as serve");
+        assert_eq!(val(&text, &serve_tx.replace("python3\"", "serve2\"")), 2e6);
+        let total_tx = "pmet_network_io_bytes_total{network_io_direction=\"transmit\",network_transport=\"tcp\"}";
+        assert_eq!(val(&text, total_tx), 4e6 + 150.0);
+    }
+
+    #[test]
+    fn groups_beyond_the_limit_are_summed_together() {
+        let (mut tree, _) = fixture::web_job();
+        let mut x = Exporter::new(0, GroupBy::Name, 2);
+        x.update(&tree, 100, true, true, 0);
+        x.update(&tree, 100, true, true, 0);
+        let text = x.published().text();
+        let groups = |t: &str| {
+            t.lines()
+                .filter(|l| l.starts_with("pmet_group_processes_total"))
+                .count()
+        };
+        assert_eq!(groups(&text), 3, "{text}");
+        let overflow = "pmet_group_processes_total{process_executable_name=\"\",otel_metric_overflow=\"true\"}";
+        // sh and serve first (the tree's order); curl ×2, grep, sleep after.
+        assert_eq!(val(&text, overflow), 4.0);
+        // However many names come later, no more series.
+        for p in &mut tree.procs {
+            p.comm.push('x');
+        }
+        x.update(&tree, 100, true, true, 0);
+        assert_eq!(groups(&x.published().text()), 3);
+        let all: u64 = tree.procs.iter().map(|p| p.net.tcp.rx_bytes).sum();
+        assert_eq!(val(&x.published().text(), TOTAL_RX), all as f64);
     }
 }

@@ -84,7 +84,7 @@ fn run_agent(a: pmet::cli::AgentArgs) -> ExitCode {
             Err(e) => return fail(&e),
         },
         None => {
-            let s = a.export.settings(a.interval);
+            let s = a.export.settings(a.interval, true);
             s.check_for_agent(true)
                 .map(|()| s)
                 .map_err(|e| format!("pmet agent: {e}"))
@@ -226,7 +226,7 @@ fn run_trace_as(
         no_pss: args.no_pss,
         export: match &agent {
             Some((x, _)) => x.clone(),
-            None => args.export.settings(None),
+            None => args.export.settings(None, false),
         },
         agent: agent.map(|(_, a)| a),
         env: None,

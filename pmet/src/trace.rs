@@ -1435,7 +1435,11 @@ pub async fn trace_with(
     st.s.tree.close(boottime_ns());
     settle(&mut st, &mut lc).await;
     // A last sample: still-running processes (an early stop) get their
-    // figures, and a short run gets at least one look.
+    // figures, and a short run gets at least one look; the exporters' last
+    // word holds every process that had series.
+    if let Some(x) = st.export.as_mut() {
+        x.exporter.last_word();
+    }
     st.look(&mut sink);
     // The last word to the Pushgateway and the OTLP endpoint, waited for:
     // a CI job's figures. A failure is said and counted; it never changes

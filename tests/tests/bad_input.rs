@@ -129,3 +129,41 @@ fn usage_errors_exit_2() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+#[test]
+fn malformed_exporter_addresses_exit_2_before_launching_anything() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    for (flag, value, says) in [
+        ("--prometheus", "localhost", "no port"),
+        ("--prometheus", "127.0.0.1:http", "the port is not a number"),
+        (
+            "--prometheus",
+            "no.such.host.invalid:9464",
+            "not an address",
+        ),
+        (
+            "--otlp",
+            "https://collector:4318",
+            "give an http:// address",
+        ),
+        ("--otlp", "http://collector", "give the port too"),
+        ("--pushgateway", "pg:9091", "give an http:// address"),
+    ] {
+        let run = pmet(&[
+            "trace",
+            flag,
+            value,
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ]);
+        assert_eq!(run.code, Some(2), "{flag} {value}: {}", run.stderr);
+        let e = one_line_error(&run.stderr);
+        assert!(e.contains(value) && e.contains(says), "{e}");
+        assert!(!marker.exists(), "{flag} {value}: nothing was launched");
+    }
+}

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{can_trace, pmet, pmet_bin, workload};
+use common::{can_trace, pmet, pmet_bin, pmet_with, workload};
 
 /// A local port nobody listens on (bound, then let go).
 fn free_port() -> u16 {
@@ -85,19 +85,36 @@ fn the_textfile_holds_the_reports_numbers() {
     }
     let dir = tempfile::tempdir().unwrap();
     let prom = dir.path().join("pmet.prom");
+    // Two processes that end samples before the last: the last textfile
+    // holds them too.
+    let w = workload();
+    let script = format!("{w} exit 0; {w} exit 0; sleep 0.5; {w} tcp 4 30000 7000");
     let run = pmet(&[
         "trace",
+        "-i",
+        "100ms",
         "--textfile",
         prom.to_str().unwrap(),
         "--",
-        workload(),
-        "tcp",
-        "4",
-        "30000",
-        "7000",
+        "sh",
+        "-c",
+        &script,
     ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let r = run.report();
+    // sh, two exits, sleep, and tcp with its server, client and sender.
+    assert_eq!(r["totals"]["processes"], 8);
+    assert_eq!(
+        value(
+            &samples(&std::fs::read_to_string(&prom).unwrap()),
+            "pmet_network_io_bytes_total",
+            &[
+                ("network_io_direction", "transmit"),
+                ("network_transport", "tcp")
+            ]
+        ),
+        r["totals"]["net"]["tcp"]["tx_bytes"].as_f64().unwrap()
+    );
     let text = std::fs::read_to_string(&prom).unwrap();
     promtool_passes(&text);
     let s = samples(&text);
@@ -283,36 +300,55 @@ fn an_address_that_cannot_be_listened_on_is_refused_before_launch() {
     assert!(!marker.exists(), "nothing was launched");
 }
 
-/// A Pushgateway of its own, on a free port, stopped when dropped.
-struct Gateway {
+/// A server of its own (a Pushgateway, a node_exporter) on a free port,
+/// answering `/metrics`; stopped when dropped.
+struct Server {
     child: std::process::Child,
     addr: String,
 }
 
-impl Gateway {
-    fn start() -> Self {
+impl Server {
+    /// Starts `program` with `args` and `--web.listen-address`.
+    fn start(program: &str, args: &[String]) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new("prometheus-pushgateway")
+        let child = Command::new(program)
             .arg(format!("--web.listen-address={addr}"))
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("prometheus-pushgateway (`cargo xtask setup` installs it)");
-        // Made first, so a gateway that never answers is still stopped.
-        let gw = Gateway { child, addr };
+            .unwrap_or_else(|e| panic!("{program} (`cargo xtask test` installs it): {e}"));
+        // Made first, so a server that never answers is still stopped.
+        let server = Server { child, addr };
         let t0 = Instant::now();
-        while get(&gw.addr, "/metrics").is_none() {
+        while get(&server.addr, "/metrics").is_none() {
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
-                "the gateway did not start"
+                "{program} did not start"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        gw
+        server
+    }
+
+    fn pushgateway() -> Self {
+        Self::start("prometheus-pushgateway", &[])
+    }
+
+    /// A node_exporter reading `dir` with its textfile collector alone.
+    fn node_exporter(dir: &std::path::Path) -> Self {
+        Self::start(
+            "prometheus-node-exporter",
+            &[
+                format!("--collector.textfile.directory={}", dir.display()),
+                "--collector.disable-defaults".into(),
+                "--collector.textfile".into(),
+            ],
+        )
     }
 }
 
-impl Drop for Gateway {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -324,7 +360,7 @@ fn a_ci_job_pushes_its_figures_to_a_pushgateway() {
     if !can_trace() {
         return;
     }
-    let gw = Gateway::start();
+    let gw = Server::pushgateway();
     let run = pmet(&[
         "trace",
         "--pushgateway",
@@ -364,6 +400,102 @@ fn a_ci_job_pushes_its_figures_to_a_pushgateway() {
         body.contains("# TYPE process_network_io_bytes_total counter"),
         "{body}"
     );
+}
+
+#[test]
+fn pushes_while_the_tree_runs_keep_what_ended_processes_sent() {
+    if !can_trace() {
+        return;
+    }
+    let gw = Server::pushgateway();
+    // Six senders of 1 MiB each, one after another, each ended pushes
+    // before the last.
+    let w = workload();
+    let script = format!("for i in 1 2 3 4 5 6; do {w} tcp 4 1048576 0; sleep 0.3; done");
+    let run = pmet(&[
+        "trace",
+        "-i",
+        "100ms",
+        "--push-interval",
+        "100ms",
+        "--pushgateway",
+        &format!("http://{}", gw.addr),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    assert_eq!(r["totals"]["net"]["tcp"]["tx_bytes"], 6 * 1048576);
+    let (_, body) = get(&gw.addr, "/metrics").expect("the gateway answers");
+    let s = samples(&body);
+    let tx = [
+        ("job", "pmet"),
+        ("network_io_direction", "transmit"),
+        ("network_transport", "tcp"),
+    ];
+    assert_eq!(
+        value(&s, "pmet_network_io_bytes_total", &tx),
+        6.0 * 1048576.0
+    );
+    let mut group = tx.to_vec();
+    group.push(("process_executable_name", "workload"));
+    assert_eq!(
+        value(&s, "pmet_group_network_io_bytes_total", &group),
+        6.0 * 1048576.0
+    );
+    assert_eq!(
+        value(&s, "pmet_processes_seen_total", &[("job", "pmet")]),
+        r["totals"]["processes"].as_f64().unwrap()
+    );
+}
+
+#[test]
+fn node_exporter_serves_two_pmet_textfiles_in_one_directory() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut sent = Vec::new();
+    for (file, bytes) in [("build.prom", "30000"), ("tests.prom", "50000")] {
+        let path = dir.path().join(file);
+        let run = pmet(&[
+            "trace",
+            "--textfile",
+            path.to_str().unwrap(),
+            "--",
+            workload(),
+            "tcp",
+            "4",
+            bytes,
+            "0",
+        ]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        sent.push((file, run.report().clone()));
+    }
+    let ne = Server::node_exporter(dir.path());
+    let (status, body) = get(&ne.addr, "/metrics").expect("node_exporter answers");
+    assert_eq!(status, 200);
+    let s = samples(&body);
+    // Both files read, neither refused.
+    assert_eq!(value(&s, "node_textfile_scrape_error", &[]), 0.0, "{body}");
+    for (file, r) in sent {
+        let of = [("pmet_textfile", file)];
+        assert_eq!(
+            value(&s, "pmet_processes_seen_total", &of),
+            r["totals"]["processes"].as_f64().unwrap()
+        );
+        let tx = [
+            ("pmet_textfile", file),
+            ("network_io_direction", "transmit"),
+            ("network_transport", "tcp"),
+        ];
+        assert_eq!(
+            value(&s, "pmet_network_io_bytes_total", &tx),
+            r["totals"]["net"]["tcp"]["tx_bytes"].as_f64().unwrap()
+        );
+    }
 }
 
 #[test]
@@ -415,6 +547,9 @@ const OTLP_RECEIVER: &str = r#"
 import http.server, json, sys
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as ms
 out = open(sys.argv[2], "a")
+def val(v):
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -422,14 +557,14 @@ class H(http.server.BaseHTTPRequestHandler):
         req.ParseFromString(body)
         points = []
         for rm in req.resource_metrics:
-            res = {a.key: a.value.string_value for a in rm.resource.attributes}
+            res = {a.key: val(a.value) for a in rm.resource.attributes}
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
                     kind = m.WhichOneof("data")
                     data = getattr(m, kind)
                     for dp in data.data_points:
                         v = dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int
-                        attrs = {a.key: (a.value.string_value or a.value.int_value) for a in dp.attributes}
+                        attrs = {a.key: val(a.value) for a in dp.attributes}
                         points.append({"name": m.name, "kind": kind, "unit": m.unit,
                                        "monotonic": getattr(data, "is_monotonic", None),
                                        "value": v, "attrs": attrs, "resource": res,
@@ -444,71 +579,123 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 "#;
 
+/// An OTLP receiver of its own on a free port, stopped when dropped.
+struct Receiver {
+    child: std::process::Child,
+    port: u16,
+    got: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("rx.py");
+        std::fs::write(&script, OTLP_RECEIVER).unwrap();
+        let got = dir.path().join("got.jsonl");
+        let port = free_port();
+        let child = Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(&got)
+            .spawn()
+            .expect("python3");
+        let rx = Receiver {
+            child,
+            port,
+            got,
+            _dir: dir,
+        };
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the receiver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        rx
+    }
+
+    /// Every request so far, as decoded points.
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.got)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn otlp_metrics_are_the_reports_numbers() {
     if !can_trace() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("rx.py");
-    std::fs::write(&script, OTLP_RECEIVER).unwrap();
-    let got = dir.path().join("got.jsonl");
-    let port = free_port();
-    let mut rx = Command::new("python3")
-        .arg(&script)
-        .arg(port.to_string())
-        .arg(&got)
-        .spawn()
-        .expect("python3");
-    let t0 = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the receiver did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let run = pmet(&[
-        "trace",
-        "--otlp",
-        &format!("http://127.0.0.1:{port}/v1/metrics"),
-        "--",
-        workload(),
-        "tcp",
-        "4",
-        "30000",
-        "7000",
-    ]);
-    let _ = rx.kill();
-    let _ = rx.wait();
+    let rx = Receiver::start();
+    let port = rx.port;
+    // No path: the SDKs' /v1/metrics is taken.
+    let run = pmet_with(
+        &[
+            "trace",
+            "--otlp",
+            &format!("http://127.0.0.1:{port}"),
+            "--",
+            workload(),
+            "tcp",
+            "4",
+            "30000",
+            "7000",
+        ],
+        |c| {
+            c.env("OTEL_SERVICE_NAME", "ci-job")
+                .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test");
+        },
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let text = std::fs::read_to_string(&got).expect("the receiver got metrics");
     // The last export is the final word.
-    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let last = rx.requests().pop().expect("the receiver got metrics");
     let points = last.as_array().unwrap();
-    let point = |name: &str, attrs: &[(&str, serde_json::Value)]| -> &serde_json::Value {
+    // `on`: the resource's attributes; `attrs`: the point's.
+    let point = |name: &str,
+                 on: &[(&str, serde_json::Value)],
+                 attrs: &[(&str, serde_json::Value)]|
+     -> &serde_json::Value {
         let hits: Vec<&serde_json::Value> = points
             .iter()
-            .filter(|p| p["name"] == name && attrs.iter().all(|(k, v)| &p["attrs"][*k] == v))
+            .filter(|p| {
+                p["name"] == name
+                    && on.iter().all(|(k, v)| &p["resource"][*k] == v)
+                    && attrs.iter().all(|(k, v)| &p["attrs"][*k] == v)
+            })
             .collect();
-        assert_eq!(hits.len(), 1, "{name} {attrs:?}: {hits:#?}");
+        assert_eq!(hits.len(), 1, "{name} {on:?} {attrs:?}: {hits:#?}");
         hits[0]
     };
     let sender = run.one("tcp-send");
     let pid = sender["pid"].clone();
-    let sent = point(
-        "process.network.io",
-        &[
-            ("process.pid", pid.clone()),
-            ("network.io.direction", "transmit".into()),
-            ("network.transport", "tcp".into()),
-        ],
-    );
+    let tx = [
+        ("network.io.direction", "transmit".into()),
+        ("network.transport", "tcp".into()),
+    ];
+    // Each process a resource of its own, as the Collector's hostmetrics
+    // receiver has them: its attributes on the resource, not the points.
+    let sent = point("process.network.io", &[("process.pid", pid.clone())], &tx);
     assert_eq!(sent["value"], 30000);
     assert_eq!(sent["unit"], "By");
     assert_eq!(sent["monotonic"], true);
     assert_eq!(sent["path"], "/v1/metrics");
-    assert_eq!(sent["resource"]["service.name"], "pmet");
+    assert_eq!(sent["attrs"].as_object().unwrap().len(), 2, "{sent}");
+    assert_eq!(sent["resource"]["process.executable.name"], "workload");
+    assert_eq!(sent["resource"]["service.name"], "ci-job");
+    assert_eq!(sent["resource"]["deployment.environment"], "test");
     assert!(
         sent["resource"]["host.name"]
             .as_str()
@@ -516,18 +703,32 @@ fn otlp_metrics_are_the_reports_numbers() {
     );
     let cpu = point(
         "process.cpu.time",
-        &[("process.pid", pid), ("cpu.mode", "user".into())],
+        &[("process.pid", pid)],
+        &[("cpu.mode", "user".into())],
     );
     assert!(
         (cpu["value"].as_f64().unwrap() - sender["cpu_user_s"].as_f64().unwrap()).abs() < 1e-6,
         "{cpu} vs {}",
         sender["cpu_user_s"]
     );
+    // The host's resource: the totals, the groups, the tree's counts.
+    let r = run.report();
+    let host = [("process.pid", serde_json::Value::Null)];
     assert_eq!(
-        point("pmet.processes.seen", &[])["value"],
-        run.report()["totals"]["processes"]
+        point("pmet.network.io", &host, &tx)["value"],
+        r["totals"]["net"]["tcp"]["tx_bytes"]
     );
-    assert_eq!(point("pmet.lost_events", &[])["value"], 0);
+    let mut workload_tx = tx.to_vec();
+    workload_tx.push(("process.executable.name", "workload".into()));
+    assert_eq!(
+        point("pmet.group.network.io", &host, &workload_tx)["value"],
+        r["totals"]["net"]["tcp"]["tx_bytes"]
+    );
+    assert_eq!(
+        point("pmet.processes.seen", &host, &[])["value"],
+        r["totals"]["processes"]
+    );
+    assert_eq!(point("pmet.lost_events", &host, &[])["value"], 0);
 }
 
 /// Percent-encodes a query-string value.
@@ -540,46 +741,90 @@ fn encode(v: &str) -> String {
         .collect()
 }
 
+/// Debian's Prometheus scraping 127.0.0.1:`target` every `every`, killed
+/// when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    web: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: u16, every: &str) -> Self {
+        let web = format!("127.0.0.1:{}", free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: {every}\nscrape_configs:\n  - job_name: pmet\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (`cargo xtask setup` installs Debian's)");
+        // Made first, so a server that never answers is still stopped.
+        let p = Prometheus {
+            child,
+            web,
+            _dir: dir,
+        };
+        let t0 = Instant::now();
+        while get(&p.web, "/-/ready").is_none_or(|r| r.0 != 200) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "prometheus did not start"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Its targets are set up a few seconds after it is ready.
+        while get(&p.web, "/api/v1/targets").is_none_or(|r| !r.1.contains("scrapeUrl")) {
+            assert!(t0.elapsed() < Duration::from_secs(60), "no scrape target");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    /// The results of an instant query.
+    fn query(&self, query: &str) -> Vec<serde_json::Value> {
+        let (status, body) =
+            get(&self.web, &format!("/api/v1/query?query={}", encode(query))).expect("query");
+        assert_eq!(status, 200, "{query}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The one value an instant query gives.
+    fn one(&self, query: &str) -> f64 {
+        let r = self.query(query);
+        assert_eq!(r.len(), 1, "{query}: {r:?}");
+        r[0]["value"][1].as_str().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn a_real_prometheus_scrapes_a_traced_run() {
     if !can_trace() {
         return;
     }
-    let (target, web) = (free_port(), free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 500ms\nscrape_configs:\n  - job_name: pmet\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
-        ),
-    )
-    .unwrap();
-    let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus (`cargo xtask setup` installs Debian's)");
-    let web_addr = format!("127.0.0.1:{web}");
-    let t0 = Instant::now();
-    while get(&web_addr, "/-/ready").is_none_or(|r| r.0 != 200) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "prometheus did not start"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Its targets are set up a few seconds after it is ready.
-    while get(&web_addr, "/api/v1/targets").is_none_or(|r| !r.1.contains("scrapeUrl")) {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no scrape target");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let target = free_port();
+    let prom = Prometheus::start(target, "500ms");
     // Known bytes, then a few scrape intervals before the tree ends.
     let script = format!("{} tcp 4 30000 7000; sleep 2", workload());
     let run = pmet(&[
@@ -598,19 +843,72 @@ fn a_real_prometheus_scrapes_a_traced_run() {
     let query = format!(
         "max_over_time(process_network_io_bytes_total{{process_pid=\"{pid}\",network_io_direction=\"transmit\",network_transport=\"tcp\"}}[1m])"
     );
-    let (status, body) = get(
-        &web_addr,
-        &format!("/api/v1/query?query={}", encode(&query)),
-    )
-    .expect("query");
-    let _ = prom.kill();
-    let _ = prom.wait();
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let result = &v["data"]["result"];
-    assert_eq!(result.as_array().map(Vec::len), Some(1), "{body}");
-    assert_eq!(result[0]["value"][1], "30000", "{body}");
+    let result = prom.query(&query);
+    assert_eq!(result.len(), 1, "{result:?}");
+    assert_eq!(result[0]["value"][1], "30000", "{result:?}");
     assert_eq!(result[0]["metric"]["job"], "pmet");
+}
+
+#[test]
+fn prometheus_sees_every_byte_of_short_processes_and_no_total_going_back() {
+    if !can_trace() {
+        return;
+    }
+    let target = free_port();
+    let prom = Prometheus::start(target, "200ms");
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("pmetshort{}", std::process::id() % 10000);
+    let churn = named_workload(dir.path(), &name);
+    // Scraped at 0 first; then 300 processes of a few milliseconds, each
+    // sending 1,000 UDP bytes to their parent (most live between two
+    // scrapes, and none gets a series of its own); then time for a scrape
+    // of the end.
+    let script = format!("sleep 1.5; {} churn 300 2 1000; sleep 1.5", churn.display());
+    let run = pmet(&[
+        "trace",
+        "-i",
+        "100ms",
+        "--metrics-top",
+        "0",
+        "--prometheus",
+        &format!("127.0.0.1:{target}"),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = run.report();
+    assert_eq!(r["totals"]["net"]["udp"]["tx_bytes"], 300_000);
+    let udp_tx = "network_transport=\"udp\",network_io_direction=\"transmit\"";
+    for series in [
+        format!("pmet_network_io_bytes_total{{{udp_tx}}}"),
+        format!("pmet_group_network_io_bytes_total{{process_executable_name=\"{name}\",{udp_tx}}}"),
+    ] {
+        // The whole run's increase, first scrape to last: exact.
+        let first = prom.one(&format!("min_over_time({series}[1m])"));
+        let last = prom.one(&format!("max_over_time({series}[1m])"));
+        assert_eq!((first, last), (0.0, 300_000.0), "{series}");
+        assert_eq!(prom.one(&format!("resets({series}[1m])")), 0.0, "{series}");
+    }
+    // No counter of a total or a group ever went back (the CPU seconds are
+    // summed from integers).
+    for family in [
+        "pmet_cpu_time_seconds_total",
+        "pmet_disk_io_bytes_total",
+        "pmet_group_cpu_time_seconds_total",
+        "pmet_group_network_io_bytes_total",
+        "pmet_group_processes_total",
+    ] {
+        let resets = prom.query(&format!("resets({family}[1m]) > 0"));
+        assert!(resets.is_empty(), "{family}: {resets:?}");
+    }
+    // The churn and its 300; with the sh and two sleeps.
+    let procs = prom.one(&format!(
+        "max_over_time(pmet_group_processes_total{{process_executable_name=\"{name}\"}}[1m])"
+    ));
+    assert_eq!(procs, 301.0);
+    assert_eq!(r["totals"]["processes"], 304);
 }
 
 /// A copy of the workload under a name of its own, so its processes are
@@ -665,7 +963,7 @@ fn the_agent_forgets_ended_processes_and_keeps_their_sums() {
     let addr = format!("127.0.0.1:{}", free_port());
     let agent = Command::new(pmet_bin())
         .args(["agent", "--prometheus", &addr, "--interval", "200ms"])
-        .args(["--metrics-top", "0", "--duration", "120s"])
+        .args(["--duration", "120s"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -684,7 +982,7 @@ fn the_agent_forgets_ended_processes_and_keeps_their_sums() {
     let udp = |s: &Samples, dir| {
         value(
             s,
-            "process_network_io_bytes_total",
+            "pmet_group_network_io_bytes_total",
             &[
                 ("process_executable_name", name.as_str()),
                 ("network_io_direction", dir),
@@ -694,7 +992,7 @@ fn the_agent_forgets_ended_processes_and_keeps_their_sums() {
     };
     let has_sums = |s: &Samples| {
         s.keys().any(|(n, l)| {
-            n == "process_network_io_bytes_total"
+            n == "pmet_group_network_io_bytes_total"
                 && l.iter()
                     .any(|(k, v)| k == "process_executable_name" && *v == name)
         })
@@ -705,6 +1003,8 @@ fn the_agent_forgets_ended_processes_and_keeps_their_sums() {
     });
     assert_eq!(udp(&s, "receive"), 150_000.0);
     assert!(seen(&s) - before >= 1501.0, "{} then {}", before, seen(&s));
+    let group = [("process_executable_name", name.as_str())];
+    assert_eq!(value(&s, "pmet_group_processes_total", &group), 1501.0);
     // …and once forgotten (a second after their end, once exported), the
     // sums stay exact while pmet holds about what it held before them
     // (other processes on the host come and go).
@@ -713,10 +1013,103 @@ fn the_agent_forgets_ended_processes_and_keeps_their_sums() {
     });
     assert_eq!(udp(&s, "transmit"), 150_000.0);
     assert_eq!(udp(&s, "receive"), 150_000.0);
+    assert_eq!(value(&s, "pmet_group_processes_total", &group), 1501.0);
+    assert_eq!(value(&s, "pmet_group_processes_alive", &group), 0.0);
+    // The agent serves no pid series by default: a host's churn of pids
+    // makes no churn of series.
+    assert!(!s.keys().any(|(n, _)| n.starts_with("process_")));
     assert!(seen(&s) - before >= 1501.0);
     assert_eq!(value(&s, "pmet_lost_events_total", &[]), 0.0);
     let err = stop(agent);
     assert!(!err.contains("error"), "{err}");
+}
+
+#[test]
+fn names_a_local_user_makes_up_cost_the_agent_no_more_series() {
+    if !can_trace() {
+        return;
+    }
+    // 40 processes, each under a name never seen before (the name a
+    // process gets is its program's file name: here links to `true`).
+    let dir = tempfile::tempdir().unwrap();
+    let tag = std::process::id() % 10000;
+    let names: Vec<String> = (0..40).map(|i| format!("pmetuniq{tag}x{i}")).collect();
+    for n in &names {
+        std::os::unix::fs::symlink("/bin/true", dir.path().join(n)).unwrap();
+    }
+    let rx = Receiver::start();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let agent = Command::new(pmet_bin())
+        .args(["agent", "--prometheus", &addr, "--interval", "200ms"])
+        .args(["--otlp", &format!("http://127.0.0.1:{}", rx.port)])
+        .args(["--otlp-interval", "300ms", "--metrics-groups", "10"])
+        .args(["--duration", "120s"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = scrape_until(&addr, Duration::from_secs(20), |_| true);
+    let seen = |s: &Samples| value(s, "pmet_processes_seen_total", &[]);
+    let before = seen(&first);
+    for n in &names {
+        let st = Command::new(dir.path().join(n)).status().unwrap();
+        assert!(st.success());
+    }
+    // However few names the host had, at least 30 of ours are beyond the
+    // ten: summed together (a new series reads 0 until first scraped, so
+    // wait for them).
+    let overflow = |s: &Samples| {
+        (s.iter())
+            .find(|((n, l), _)| {
+                n == "pmet_group_processes_total"
+                    && l.iter()
+                        .any(|(k, v)| k == "otel_metric_overflow" && v == "true")
+            })
+            .map_or(0.0, |(_, v)| *v)
+    };
+    let s = scrape_until(&addr, Duration::from_secs(20), |s| {
+        seen(s) - before >= 40.0 && overflow(s) >= 30.0
+    });
+    let groups: Vec<_> = (s.keys())
+        .filter(|(n, _)| n == "pmet_group_processes_total")
+        .collect();
+    // Ten names, and every other name together.
+    assert_eq!(groups.len(), 11, "{groups:?}");
+    let key = [
+        ("otel_metric_overflow", "true"),
+        ("process_executable_name", ""),
+    ];
+    assert_eq!(value(&s, "pmet_group_processes_total", &key), overflow(&s));
+    let ours: std::collections::BTreeSet<_> = (s.keys())
+        .flat_map(|(_, l)| l.iter().map(|(_, v)| v))
+        .filter(|v| v.starts_with("pmetuniq"))
+        .collect();
+    assert!(ours.len() <= 10, "{ours:?}");
+    // OTLP: the same bound, and no process of its own (the agent gives
+    // none series by default).
+    std::thread::sleep(Duration::from_millis(1000));
+    let err = stop(agent);
+    assert!(!err.contains("warning"), "{err}");
+    let reqs = rx.requests();
+    assert!(reqs.len() >= 2, "{}", reqs.len());
+    for points in &reqs {
+        let points = points.as_array().unwrap();
+        assert!(
+            points
+                .iter()
+                .all(|p| p["resource"]["process.pid"].is_null())
+        );
+        let group_series = points
+            .iter()
+            .filter(|p| p["name"] == "pmet.group.processes")
+            .count();
+        assert!(group_series <= 11, "{group_series}");
+    }
+    let last = reqs.last().unwrap().as_array().unwrap();
+    let over = last
+        .iter()
+        .find(|p| p["name"] == "pmet.group.processes" && p["attrs"]["otel.metric.overflow"] == true)
+        .expect("the overflow group");
+    assert!(over["value"].as_f64().unwrap() >= 30.0, "{over}");
 }
 
 #[test]
@@ -866,7 +1259,7 @@ fn the_shipped_systemd_unit_verifies_and_its_command_starts() {
         &config,
         std::fs::read_to_string(root.join("contrib/agent.toml"))
             .unwrap()
-            .replace("0.0.0.0:9464", &addr),
+            .replace("127.0.0.1:9464", &addr),
     )
     .unwrap();
     // Type=notify: started means READY=1 on $NOTIFY_SOCKET, here in the

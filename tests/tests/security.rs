@@ -1039,3 +1039,39 @@ fn a_secret_in_the_environment_reaches_no_output() {
         secret.as_str()
     );
 }
+
+#[test]
+fn a_user_under_sudo_gets_no_privileged_port_and_root_does() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let touch = ["--", "touch", marker.to_str().unwrap()];
+    // Port 1 on the loopback: free, and below 1024.
+    let mut args = vec![
+        "trace",
+        "-q",
+        "-o",
+        "/dev/null",
+        "--prometheus",
+        "127.0.0.1:1",
+    ];
+    args.extend(touch);
+    let (code, stderr) = run(sudo_pmet(&args));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("port 1 is privileged") && stderr.contains("from 1024 up"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!marker.exists(), "nothing was launched");
+    // Root itself (no sudo) may.
+    let (code, stderr) = run({
+        let mut c = sudo_pmet(&args);
+        c.env_remove("SUDO_UID").env_remove("SUDO_GID");
+        c
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(marker.exists());
+}

@@ -31,8 +31,9 @@ const APT_PACKAGES: [&str; 4] = [
 /// real terminal; chromium: the HTML report in a real browser; iproute2 and
 /// nftables: a network namespace whose firewall makes TCP retransmit;
 /// prometheus and prometheus-pushgateway: a real server to scrape pmet and
-/// a real gateway to push to, and promtool).
-const TEST_PACKAGES: [&str; 8] = [
+/// a real gateway to push to, and promtool; prometheus-node-exporter: its
+/// textfile collector reading pmet's textfiles).
+const TEST_PACKAGES: [&str; 9] = [
     "python3-venv",
     "systemd",
     "tmux",
@@ -41,6 +42,7 @@ const TEST_PACKAGES: [&str; 8] = [
     "nftables",
     "prometheus",
     "prometheus-pushgateway",
+    "prometheus-node-exporter",
 ];
 
 #[derive(Parser)]

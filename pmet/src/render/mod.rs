@@ -4,6 +4,7 @@ pub mod diff_table;
 pub mod html;
 pub mod live;
 pub mod openmetrics;
+pub mod otlp;
 pub mod report_text;
 pub mod sink;
 #[cfg(test)]
