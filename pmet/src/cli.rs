@@ -289,6 +289,20 @@ pub struct ExportArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "pushgateway")]
     pub push_interval: Option<Duration>,
 
+    /// The Pushgateway group's job label (two jobs on one host keep apart).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "pmet",
+        requires = "pushgateway"
+    )]
+    pub push_job: String,
+
+    /// One more label of the Pushgateway group (repeat it), e.g.
+    /// --push-label run=$CI_JOB_ID; instance=NAME replaces the host's name.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_push_label, requires = "pushgateway")]
+    pub push_label: Vec<(String, String)>,
+
     /// Send the figures as OTLP/HTTP protobuf metrics to this endpoint
     /// (e.g. http://collector:4318/v1/metrics) every --otlp-interval and at
     /// the end (waited for), with the OpenTelemetry process names.
@@ -318,6 +332,15 @@ pub struct ExportArgs {
     pub metrics_groups: u32,
 }
 
+/// `--push-label KEY=VALUE`.
+fn parse_push_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: give KEY=VALUE, e.g. run=1234"))?;
+    crate::export::check_push_label(k)?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
 impl ExportArgs {
     /// As the exporters take them.
     pub fn settings(&self, interval: Option<Duration>, agent: bool) -> crate::export::Settings {
@@ -326,6 +349,8 @@ impl ExportArgs {
             textfile: self.textfile.clone(),
             pushgateway: self.pushgateway.clone(),
             push_interval: self.push_interval,
+            push_job: self.push_job.clone(),
+            push_labels: self.push_label.iter().cloned().collect(),
             otlp: self.otlp.clone(),
             otlp_interval: self.otlp_interval,
             metrics_top: self.metrics_top.map_or(
@@ -352,10 +377,10 @@ pub struct AgentArgs {
 
     /// Read the exporters and the interval from this TOML file instead of
     /// the command line, and again on SIGHUP (keys: prometheus, textfile,
-    /// pushgateway, push_interval, otlp, otlp_interval, metrics_top,
+    /// pushgateway, push_interval, push_job, push_labels, otlp, otlp_interval, metrics_top,
     /// metrics_by, metrics_groups, interval; see contrib/agent.toml).
     #[arg(long, value_name = "FILE",
-          conflicts_with_all = ["prometheus", "textfile", "pushgateway", "push_interval", "otlp", "otlp_interval", "metrics_top", "metrics_by", "metrics_groups", "interval"])]
+          conflicts_with_all = ["prometheus", "textfile", "pushgateway", "push_interval", "push_job", "push_label", "otlp", "otlp_interval", "metrics_top", "metrics_by", "metrics_groups", "interval"])]
     pub config: Option<PathBuf>,
 
     /// How often to sample every process.

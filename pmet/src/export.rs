@@ -62,6 +62,13 @@ pub struct Settings {
     /// `--push-interval`.
     #[serde(default, deserialize_with = "some_duration")]
     pub push_interval: Option<Duration>,
+    /// `--push-job`: the grouping key's `job`.
+    #[serde(default = "default_push_job")]
+    pub push_job: String,
+    /// `--push-label KEY=VALUE`: more of the grouping key (`instance` is
+    /// the host's name unless given here).
+    #[serde(default)]
+    pub push_labels: std::collections::BTreeMap<String, String>,
     /// `--otlp URL`.
     pub otlp: Option<String>,
     /// `--otlp-interval`.
@@ -88,6 +95,8 @@ impl Default for Settings {
             textfile: None,
             pushgateway: None,
             push_interval: None,
+            push_job: default_push_job(),
+            push_labels: Default::default(),
             otlp: None,
             otlp_interval: DEFAULT_OTLP_INTERVAL,
             metrics_top: DEFAULT_METRICS_TOP,
@@ -96,6 +105,10 @@ impl Default for Settings {
             interval: None,
         }
     }
+}
+
+fn default_push_job() -> String {
+    "pmet".into()
 }
 
 fn default_otlp_interval() -> Duration {
@@ -206,6 +219,15 @@ impl Settings {
                 "{} needs {}: pmet agent pushes while it runs",
                 name("pushgateway"),
                 name("push_interval")
+            ));
+        }
+        for k in self.push_labels.keys() {
+            check_push_label(k)?;
+        }
+        if self.push_job.is_empty() {
+            return Err(format!(
+                "{} is empty: give the job a name",
+                name("push_job")
             ));
         }
         if let Some(g) = &self.pushgateway {
@@ -837,14 +859,21 @@ impl Running {
             }
         }
         self.textfile = ends.textfile;
-        if x.pushgateway != self.settings.pushgateway {
+        if (&x.pushgateway, &x.push_job, &x.push_labels)
+            != (
+                &self.settings.pushgateway,
+                &self.settings.push_job,
+                &self.settings.push_labels,
+            )
+        {
             if let Some(p) = self.pusher.take() {
                 let text = published.text();
                 self.said(p.finish(&text));
             }
-            self.pusher = ends
-                .gateway
-                .map(|g| Pusher::start(g, self.host.clone(), published.clone()));
+            self.pusher = ends.gateway.map(|g| {
+                let path = g.group_path(&x.push_job, &self.host, &x.push_labels);
+                Pusher::start(g, path, published.clone())
+            });
         }
         if (&x.otlp, x.otlp_interval) != (&self.settings.otlp, self.settings.otlp_interval) {
             if let Some(o) = self.otlp.take() {
@@ -942,12 +971,31 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// environment); requests are bounded in size and time.
 pub async fn serve(listener: TcpListener, published: Published) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // A descriptor held in reserve for when there are none left.
+    let mut reserve = std::fs::File::open("/dev/null").ok();
     loop {
         let mut conn = match listener.accept().await {
             Ok((conn, _)) => conn,
-            // Out of descriptors (EMFILE) or memory: the pending connection
-            // stays queued, so trying again at once would spin; wait for
-            // some to close.
+            // Out of descriptors: the pending connection stays queued, so
+            // trying again at once would spin, and waiting would keep
+            // every scrape behind it waiting too. The reserve lets one in
+            // to be closed at once (refused), as nginx and libuv do.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                if reserve.take().is_some() {
+                    let next = listener.accept();
+                    if let Ok(Ok((c, _))) =
+                        tokio::time::timeout(Duration::from_millis(10), next).await
+                    {
+                        drop(c);
+                    }
+                    reserve = std::fs::File::open("/dev/null").ok();
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    reserve = std::fs::File::open("/dev/null").ok();
+                }
+                continue;
+            }
+            // Out of memory, say: wait rather than spin.
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -1046,13 +1094,18 @@ impl Otlp {
     /// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` from pmet's
     /// environment).
     pub fn start(
-        target: OtlpTarget,
+        mut target: OtlpTarget,
         interval: Duration,
         published: Published,
         host: String,
     ) -> Self {
         use prost::Message as _;
         let var = |k| std::env::var(k).ok();
+        if let Some(h) =
+            var("OTEL_EXPORTER_OTLP_METRICS_HEADERS").or(var("OTEL_EXPORTER_OTLP_HEADERS"))
+        {
+            target.headers = crate::render::otlp::pairs(&h);
+        }
         let resource = crate::render::otlp::host_resource(
             &host,
             var("OTEL_SERVICE_NAME").as_deref(),
@@ -1147,25 +1200,71 @@ pub fn classic(openmetrics: &str) -> String {
     out
 }
 
-/// Where a Pushgateway is: `http://HOST:PORT[/PREFIX]` (no TLS).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A label name of the Pushgateway's grouping key: Prometheus's rule,
+/// without `job` (that is `--push-job`).
+pub fn check_push_label(k: &str) -> Result<(), String> {
+    let mut c = k.chars();
+    let ok = c
+        .next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !k.starts_with("__");
+    if !ok || k == "job" {
+        return Err(format!(
+            "--push-label {k}: give a label name of letters, digits and _ (not job: that is --push-job)"
+        ));
+    }
+    Ok(())
+}
+
+/// Where a Pushgateway is: `http://[USER:PASSWORD@]HOST:PORT[/PREFIX]`
+/// (no TLS).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Gateway {
     /// `HOST:PORT`.
     pub authority: String,
     /// Path prefix, without a trailing slash.
     pub prefix: String,
+    /// `Authorization: Basic` credentials, encoded.
+    auth: Option<String>,
+}
+
+impl std::fmt::Debug for Gateway {
+    // Never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("authority", &self.authority)
+            .field("prefix", &self.prefix)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Gateway {
-    /// Parses `--pushgateway URL`; the error names what to give instead.
+    /// Parses `--pushgateway URL`; the error names what to give instead
+    /// (and never the password).
     pub fn parse(url: &str) -> Result<Self, String> {
+        let said = redact_userinfo(url);
         let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("--pushgateway {url}: give an http:// address (HTTPS is not supported yet)")
+            format!("--pushgateway {said}: give an http:// address (HTTPS is not supported yet)")
         })?;
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (auth, authority) = match authority.rsplit_once('@') {
+            Some((user, host)) => {
+                use base64::Engine as _;
+                let decoded = crate::render::otlp::percent_decode(user).ok_or_else(|| {
+                    format!(
+                        "--pushgateway {said}: the user or password is not percent-encoded UTF-8"
+                    )
+                })?;
+                let encoded = base64::engine::general_purpose::STANDARD.encode(decoded);
+                (Some(encoded), host)
+            }
+            None => (None, authority),
+        };
         if authority.is_empty() || !authority.contains(':') {
             return Err(format!(
-                "--pushgateway {url}: give the port too, e.g. http://localhost:9091"
+                "--pushgateway {said}: give the port too, e.g. http://localhost:9091"
             ));
         }
         Ok(Gateway {
@@ -1175,31 +1274,78 @@ impl Gateway {
             } else {
                 format!("/{}", path.trim_end_matches('/'))
             },
+            auth,
         })
     }
 
-    /// Replaces the group `job="pmet", instance=INSTANCE` with `body`.
-    pub fn push(&self, instance: &str, body: &str) -> Result<(), String> {
-        let instance: String = instance
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
+    /// The path of the group `job`, `instance` and `labels`, each value
+    /// base64url-encoded as the Pushgateway reads `KEY@base64/VALUE` (a
+    /// value may hold `/`, or be empty), and the group as it is said.
+    pub fn group_path(
+        &self,
+        job: &str,
+        instance: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> (String, String) {
+        use base64::Engine as _;
+        let enc = |v: &str| {
+            let v = base64::engine::general_purpose::URL_SAFE.encode(v);
+            // The gateway reads an empty value as `=`.
+            if v.is_empty() { "=".to_owned() } else { v }
+        };
+        let instance = labels.get("instance").map_or(instance, String::as_str);
+        let mut path = format!(
+            "{}/metrics/job@base64/{}/instance@base64/{}",
+            self.prefix,
+            enc(job),
+            enc(instance)
+        );
+        let mut said = format!("job={job:?}, instance={instance:?}");
+        for (k, v) in labels.iter().filter(|(k, _)| *k != "instance") {
+            path += &format!("/{k}@base64/{}", enc(v));
+            said += &format!(", {k}={v:?}");
+        }
+        (path, crate::render::openmetrics::label_text(&said))
+    }
+
+    /// Replaces the group at `group` (its path, and as it is said) with
+    /// `body`.
+    pub fn push(&self, group: &(String, String), body: &str) -> Result<(), String> {
+        let (path, said) = group;
+        let fail = |what: String| {
+            format!(
+                "pushing to http://{}{} ({said}): {what}",
+                self.authority, self.prefix
+            )
+        };
+        let auth = self.auth.as_ref().map(|a| format!("Basic {a}"));
+        let headers: Vec<(&str, &str)> = (auth.iter())
+            .map(|a| ("Authorization", a.as_str()))
             .collect();
-        let path = format!("{}/metrics/job/pmet/instance/{instance}", self.prefix);
-        let fail = |what: String| format!("pushing to http://{}{path}: {what}", self.authority);
         send(
             "PUT",
             &self.authority,
-            &path,
+            path,
             "text/plain; version=0.0.4; charset=utf-8",
+            &headers,
             body.as_bytes(),
         )
         .map_err(|e| fail(e.replace("the server", "the gateway")))
+    }
+}
+
+/// `url` with any `user:password@` taken out, to be said.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => {
+            let slash = if rest.contains('/') { "/" } else { "" };
+            format!("{scheme}://<user>@{host}{slash}{path}")
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -1218,6 +1364,7 @@ fn send(
     authority: &str,
     path: &str,
     content_type: &str,
+    headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(), String> {
     use std::io::{Read, Write};
@@ -1234,10 +1381,17 @@ fn send(
             .max(Duration::from_millis(1))
     };
     let _ = c.set_write_timeout(Some(left()));
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
     );
+    for (k, v) in headers {
+        // A value that could end the header and start another is left out.
+        if !v.contains(['\r', '\n']) && !k.contains(['\r', '\n', ':']) {
+            head += &format!("{k}: {v}\r\n");
+        }
+    }
+    head += "\r\n";
     c.write_all(head.as_bytes())
         .and_then(|()| c.write_all(body))
         .map_err(|e| format!("sending: {e}"))?;
@@ -1269,7 +1423,7 @@ fn send(
     }
     let said: String = (text.split_once("\r\n\r\n").map_or("", |(_, b)| b).chars())
         .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
+        .take(120)
         .collect();
     let said = said.trim();
     Err(if said.is_empty() {
@@ -1294,6 +1448,9 @@ pub struct OtlpTarget {
     pub authority: String,
     /// The request's path.
     pub path: String,
+    /// Headers every request carries (`OTEL_EXPORTER_OTLP_HEADERS`: an
+    /// API key, say).
+    pub headers: Vec<(String, String)>,
 }
 
 impl OtlpTarget {
@@ -1318,6 +1475,7 @@ impl OtlpTarget {
             } else {
                 format!("/{path}")
             },
+            headers: Vec::new(),
         })
     }
 
@@ -1327,11 +1485,15 @@ impl OtlpTarget {
 
     /// Posts one request's protobuf body.
     fn post(&self, body: &[u8]) -> Result<(), String> {
+        let headers: Vec<(&str, &str)> = (self.headers.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         send(
             "POST",
             &self.authority,
             &self.path,
             "application/x-protobuf",
+            &headers,
             body,
         )
         .map_err(|e| {
@@ -1352,8 +1514,8 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// Starts pushing to `gateway` as instance `instance`.
-    pub fn start(gateway: Gateway, instance: String, published: Published) -> Self {
+    /// Starts pushing to `gateway`'s `group` (see [`Gateway::group_path`]).
+    pub fn start(gateway: Gateway, group: (String, String), published: Published) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Option<String>>();
         let thread = std::thread::spawn(move || {
             let mut last = Ok(());
@@ -1371,7 +1533,7 @@ impl Pusher {
                 match body {
                     Some(b) => {
                         published.read_by(Reader::Push);
-                        last = gateway.push(&instance, &b);
+                        last = gateway.push(&group, &b);
                     }
                     None => done = true,
                 }
@@ -1473,9 +1635,28 @@ mod tests {
             Gateway::parse("http://pg:9091/base/").unwrap(),
             Gateway {
                 authority: "pg:9091".into(),
-                prefix: "/base".into()
+                prefix: "/base".into(),
+                auth: None,
             }
         );
+        let g = Gateway::parse("http://ci:p%40ss@pg:9091").unwrap();
+        // base64("ci:p@ss")
+        assert_eq!(g.auth.as_deref(), Some("Y2k6cEBzcw=="));
+        assert!(!format!("{g:?}").contains("Y2k6"));
+        assert_eq!(g.authority, "pg:9091");
+        let labels = [("branch".to_owned(), "feature/x".to_owned())].into();
+        assert_eq!(
+            g.group_path("build", "host-a", &labels),
+            (
+                "/metrics/job@base64/YnVpbGQ=/instance@base64/aG9zdC1h/branch@base64/ZmVhdHVyZS94"
+                    .into(),
+                r#"job="build", instance="host-a", branch="feature/x""#.into()
+            )
+        );
+        let err = Gateway::parse("https://ci:secret@pg:9091").unwrap_err();
+        assert!(!err.contains("secret"), "{err}");
+        assert!(check_push_label("job").is_err() && check_push_label("9x").is_err());
+        assert!(check_push_label("run_id").is_ok());
         assert!(
             Gateway::parse("https://pg:9091")
                 .unwrap_err()

@@ -1117,14 +1117,17 @@ async fn follow(
             _ = tokio::time::sleep_until(deadline) => lc.on_deadline(Instant::now()),
         };
         if st.act(actions) {
+            log::debug!("the run ends: stopped ({:?})", lc.stopped_early());
             return Ok(());
         }
         if !lc.root_running() {
             // One more look: a fork may be in flight in the ring buffer.
             st.s.drain();
         }
-        let actions = lc.on_change(st.s.tree.alive_count(), Instant::now());
+        let alive = st.s.tree.alive_count();
+        let actions = lc.on_change(alive, Instant::now());
         if st.act(actions) {
+            log::debug!("the run ends: {alive} processes alive");
             return Ok(());
         }
     }

@@ -335,6 +335,36 @@ impl Server {
         Self::start("prometheus-pushgateway", &[])
     }
 
+    /// A Pushgateway that takes pushes only from user `ci` with password
+    /// `s3cret-pw` (`config` holds its web config).
+    fn pushgateway_with_auth(config: &std::path::Path) -> Self {
+        // bcrypt("s3cret-pw"), 2^4 rounds.
+        std::fs::write(
+            config,
+            "basic_auth_users:\n  ci: $2b$04$8uuIBH0AqTkGbokeSpLNAe.0Ahy3rHXxD125iUqbMhLHazmMf3g7C\n",
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus-pushgateway")
+            .arg(format!("--web.listen-address={addr}"))
+            .arg(format!("--web.config.file={}", config.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus-pushgateway");
+        let server = Server { child, addr };
+        let t0 = Instant::now();
+        // Up once it refuses an anonymous read.
+        while get(&server.addr, "/metrics").is_none_or(|(code, _)| code != 401) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the gateway did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
     /// A node_exporter reading `dir` with its textfile collector alone.
     fn node_exporter(dir: &std::path::Path) -> Self {
         Self::start(
@@ -496,6 +526,87 @@ fn node_exporter_serves_two_pmet_textfiles_in_one_directory() {
             r["totals"]["net"]["tcp"]["tx_bytes"].as_f64().unwrap()
         );
     }
+}
+
+#[test]
+fn two_jobs_on_one_host_push_to_groups_of_their_own() {
+    if !can_trace() {
+        return;
+    }
+    let gw = Server::pushgateway();
+    let url = format!("http://{}", gw.addr);
+    let mut sent = Vec::new();
+    for (job, branch, bytes) in [("build", "main", "30000"), ("tests", "feature/x", "50000")] {
+        let label = format!("branch={branch}");
+        let run = pmet(&[
+            "trace",
+            "--pushgateway",
+            &url,
+            "--push-job",
+            job,
+            "--push-label",
+            &label,
+            "--",
+            workload(),
+            "tcp",
+            "4",
+            bytes,
+            "0",
+        ]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        sent.push((job, branch, run.report().clone()));
+    }
+    let (_, body) = get(&gw.addr, "/metrics").expect("the gateway answers");
+    let s = samples(&body);
+    for (job, branch, r) in sent {
+        let tx = [
+            ("job", job),
+            ("branch", branch),
+            ("network_io_direction", "transmit"),
+            ("network_transport", "tcp"),
+        ];
+        assert_eq!(
+            value(&s, "pmet_network_io_bytes_total", &tx),
+            r["totals"]["net"]["tcp"]["tx_bytes"].as_f64().unwrap(),
+            "{job}"
+        );
+    }
+}
+
+#[test]
+fn a_gateway_that_wants_a_password_gets_it_and_says_why_when_wrong() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Server::pushgateway_with_auth(&dir.path().join("web.yml"));
+    let push = |userinfo: &str| {
+        pmet(&[
+            "trace",
+            "--pushgateway",
+            &format!("http://{userinfo}@{}", gw.addr),
+            "--",
+            "true",
+        ])
+    };
+    let run = push("ci:s3cret-pw");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        run.report()["collector"]["export_errors"],
+        0,
+        "{}",
+        run.stderr
+    );
+    let bad = push("ci:wrong");
+    assert_eq!(bad.code, Some(0), "{}", bad.stderr);
+    assert_eq!(bad.report()["collector"]["export_errors"], 1);
+    // The cause, and never the password.
+    assert!(bad.stderr.contains("401 Unauthorized"), "{}", bad.stderr);
+    assert!(
+        !bad.stderr.contains("wrong") && !run.stderr.contains("s3cret"),
+        "{}",
+        bad.stderr
+    );
 }
 
 #[test]
@@ -1020,6 +1131,181 @@ fn the_agent_forgets_ended_processes_and_keeps_their_sums() {
     assert!(!s.keys().any(|(n, _)| n.starts_with("process_")));
     assert!(seen(&s) - before >= 1501.0);
     assert_eq!(value(&s, "pmet_lost_events_total", &[]), 0.0);
+    let err = stop(agent);
+    assert!(!err.contains("error"), "{err}");
+}
+
+/// A collector that fails every request with a body that never ends.
+const ENDLESS_COLLECTOR: &str = r#"
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16)
+def serve(c):
+    try:
+        c.recv(65536)
+        c.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\nno room: ")
+        chunk = b"x" * 65536
+        while True:
+            c.sendall(chunk)
+    except OSError:
+        pass
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn an_otlp_answer_that_never_ends_costs_no_memory_and_is_named() {
+    if !can_trace() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("endless.py");
+    std::fs::write(&script, ENDLESS_COLLECTOR).unwrap();
+    let port = free_port();
+    let mut collector = Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the collector did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Sent every 100 ms for 2 s, and at the end.
+    let t0 = Instant::now();
+    let run = pmet(&[
+        "trace",
+        "--otlp",
+        &format!("http://127.0.0.1:{port}"),
+        "--otlp-interval",
+        "100ms",
+        "--",
+        "sleep",
+        "2",
+    ]);
+    let took = t0.elapsed();
+    let _ = collector.kill();
+    let _ = collector.wait();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let c = &run.report()["collector"];
+    assert_eq!(c["export_errors"], 1, "{}", run.stderr);
+    // Said once while running, once at the end, each with the cause.
+    assert_eq!(
+        run.stderr
+            .matches("500 Internal Server Error`: no room: xxx")
+            .count(),
+        2,
+        "{}",
+        run.stderr
+    );
+    // pmet reads the start of an answer, no more: a few MB of the body
+    // at each of about 20 sends would show here (a trace of `sleep` holds
+    // about 55 MB in a debug build).
+    let rss = c["self_peak_rss_bytes"].as_u64().unwrap();
+    assert!(rss < 120 << 20, "{rss}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+/// Kills a process when dropped, so a failed test leaves no agent behind.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: plain kill of our own child, not yet reaped.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+/// User and system CPU seconds `pid` has used.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f[0] + f[1]) as f64 / hz
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// The sockets `pid` holds.
+fn sockets(pid: u32) -> usize {
+    (std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap())
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[test]
+fn a_flood_of_idle_connections_neither_spins_nor_stops_the_agent() {
+    if !can_trace() {
+        return;
+    }
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = Command::new(pmet_bin())
+        .args(["agent", "--prometheus", &addr, "--interval", "200ms"])
+        .args(["--duration", "120s"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = agent.id();
+    // Stopped however the test ends.
+    let guard = KillOnDrop(pid);
+    let seen = |s: &Samples| value(s, "pmet_processes_seen_total", &[]);
+    scrape_until(&addr, Duration::from_secs(20), |_| true);
+    // Few descriptors to spare: the flood runs pmet out of them.
+    let limit = (open_fds(pid) + 8) as u64;
+    let own_sockets = sockets(pid);
+    let lim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: a plain prlimit on our own child.
+    let r = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(r, 0);
+    // 200 connections that never send a request, as fast as they go in.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        if let Ok(c) =
+            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(100))
+        {
+            idle.push(c);
+        }
+    }
+    assert!(idle.len() >= 40, "{}", idle.len());
+    // Out of descriptors, pmet waits rather than spins on accept: over 2 s
+    // a spin takes a whole core (2 s).
+    let before = cpu_s(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_s(pid) - before;
+    assert!(used < 0.5, "{used} s of CPU in 2 s");
+    // Never more connections than it serves at once (32).
+    assert!(sockets(pid) <= own_sockets + 32, "{}", sockets(pid));
+    // Scrapes are still served (the connections beyond what pmet can hold
+    // are refused, not queued in front of them), and tracing went on.
+    let s = scrape_until(&addr, Duration::from_secs(20), |_| true);
+    let at = seen(&s);
+    assert!(Command::new("true").status().unwrap().success());
+    let s = scrape_until(&addr, Duration::from_secs(20), |s| seen(s) > at);
+    assert_eq!(value(&s, "pmet_lost_events_total", &[]), 0.0);
+    drop(idle);
+    // Reaped by `stop` from here: its pid is no longer ours to kill.
+    std::mem::forget(guard);
     let err = stop(agent);
     assert!(!err.contains("error"), "{err}");
 }

@@ -382,20 +382,8 @@ pub fn host_resource(
     service: Option<&str>,
     attributes: Option<&str>,
 ) -> Vec<KeyValue> {
-    let mut extra: Vec<(String, String)> = Vec::new();
-    for pair in attributes.unwrap_or_default().split(',') {
-        let Some((k, v)) = pair.split_once('=') else {
-            continue;
-        };
-        let (k, v) = (k.trim(), v.trim());
-        if k.is_empty() || k == "host.name" {
-            continue;
-        }
-        if let Some(v) = percent_decode(v) {
-            extra.retain(|(ek, _)| ek != k);
-            extra.push((k.to_owned(), v));
-        }
-    }
+    let mut extra: Vec<(String, String)> = pairs(attributes.unwrap_or_default());
+    extra.retain(|(k, _)| k != "host.name");
     let from_attrs = extra
         .iter()
         .position(|(k, _)| k == "service.name")
@@ -411,7 +399,29 @@ pub fn host_resource(
     a
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// `key=value,key=value` as the OpenTelemetry environment variables have
+/// them (values percent-encoded); a malformed pair is left out, and a key
+/// given twice keeps its last value.
+pub fn pairs(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in text.split(',') {
+        let Some((k, v)) = pair.split_once('=') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() {
+            continue;
+        }
+        if let Some(v) = percent_decode(v) {
+            out.retain(|(ek, _)| ek != k);
+            out.push((k.to_owned(), v));
+        }
+    }
+    out
+}
+
+/// `%XX` escapes decoded; `None` for a bad escape or bytes not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
