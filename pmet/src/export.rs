@@ -1622,6 +1622,11 @@ mod tests {
             "metrics_groups = 0: give 1 to 100000"
         );
         assert!(err("prometheus = \":1\"\nmetrics_by = \"pid\"\n").contains("name"));
+        let push = "pushgateway = \"http://pg:9091\"\npush_interval = \"1m\"\n";
+        let s = Settings::parse(&format!("{push}push_labels = {{ team = \"a/b\" }}\n")).unwrap();
+        assert_eq!(s.push_labels["team"], "a/b");
+        assert_eq!(s.push_job, "pmet");
+        assert!(err(&format!("{push}push_labels = {{ job = \"x\" }}\n")).contains("--push-job"));
         assert_eq!(
             err("pushgateway = \"http://pg:9091\"\n"),
             "pushgateway needs push_interval: pmet agent pushes while it runs"

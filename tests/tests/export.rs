@@ -1311,6 +1311,64 @@ fn a_flood_of_idle_connections_neither_spins_nor_stops_the_agent() {
 }
 
 #[test]
+fn otlp_from_the_agent_drops_a_process_once_forgotten() {
+    if !can_trace() {
+        return;
+    }
+    let rx = Receiver::start();
+    let agent = Command::new(pmet_bin())
+        .args(["agent", "--interval", "200ms", "--metrics-top", "50"])
+        .args(["--otlp", &format!("http://127.0.0.1:{}", rx.port)])
+        .args(["--otlp-interval", "200ms", "--duration", "120s"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(agent.id());
+    let has = |req: &serde_json::Value, pid: u64| {
+        (req.as_array().unwrap().iter()).any(|p| p["resource"]["process.pid"] == pid)
+    };
+    // Wait until the agent exports, then a process of half a second.
+    let t0 = Instant::now();
+    while rx.requests().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no export");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new("sh")
+        .args(["-c", "echo $$; exec sleep 0.5"])
+        .output()
+        .unwrap();
+    let pid: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    // Exported while it ran and once ended (its final figures), then
+    // forgotten: in no request after (a second after its end at most, and
+    // a few exports for good measure).
+    let t0 = Instant::now();
+    let (first, gone) = loop {
+        let reqs = rx.requests();
+        let first = reqs.iter().position(|r| has(r, pid));
+        if let Some(f) = first
+            && let Some(g) = reqs[f..].iter().position(|r| !has(r, pid))
+            && reqs.len() > f + g + 5
+        {
+            break (f, f + g);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not exported, then dropped"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let reqs = rx.requests();
+    assert!(
+        reqs[gone..].iter().all(|r| !has(r, pid)),
+        "exported again after {gone}"
+    );
+    assert!(gone > first);
+    std::mem::forget(guard);
+    let err = stop(agent);
+    assert!(!err.contains("warning"), "{err}");
+}
+
+#[test]
 fn names_a_local_user_makes_up_cost_the_agent_no_more_series() {
     if !can_trace() {
         return;
