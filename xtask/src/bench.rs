@@ -1479,12 +1479,20 @@ fn agent(b: &Bench, md: &mut Md) -> Result<()> {
     };
     let mut rows = Vec::new();
     let mut rss = Vec::new();
+    let mut cpu_before = cpu_s(pid).context("pmet agent is gone")?;
+    let mut series_seen = std::collections::HashSet::new();
     for minute in 1..=minutes {
         std::thread::sleep(
             (t0 + Duration::from_secs(60 * minute)).saturating_duration_since(Instant::now()),
         );
         let text = scrape(&addr).context("pmet agent stopped answering")?;
         let kib = rss_kib(pid).context("pmet agent is gone")?;
+        let cpu = cpu_s(pid).context("pmet agent is gone")?;
+        let series: Vec<&str> = (text.lines())
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+            .collect();
+        series_seen.extend(series.iter().map(|s| s.to_string()));
         rss.push(kib);
         rows.push(vec![
             format!("{minute}"),
@@ -1499,11 +1507,15 @@ fn agent(b: &Bench, md: &mut Md) -> Result<()> {
                 sample(&text, "pmet_processes_alive").unwrap_or(0.0)
             ),
             format!("{:.1}", kib as f64 / 1024.0),
+            format!("{} ({} so far)", series.len(), series_seen.len()),
+            format!("{:.0}", text.len() as f64 / 1024.0),
+            format!("{:.2}", (cpu - cpu_before) / 60.0 * 100.0),
             format!(
                 "{:.0}",
                 sample(&text, "pmet_lost_events_total").unwrap_or(0.0)
             ),
         ]);
+        cpu_before = cpu;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     churn
@@ -1530,9 +1542,25 @@ fn agent(b: &Bench, md: &mut Md) -> Result<()> {
             "held",
             "alive",
             "RSS (MiB)",
+            "series (distinct so far)",
+            "exposition (KiB)",
+            "CPU (% of a core)",
             "lost",
         ],
         &rows,
     );
     Ok(())
+}
+
+/// User and system CPU seconds `pid` has used.
+fn cpu_s(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<u64> = (stat.rsplit_once(')')?.1.split_whitespace())
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((f.first()? + f.get(1)?) as f64 / hz)
 }
