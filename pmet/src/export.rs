@@ -1244,37 +1244,15 @@ impl Gateway {
     /// Parses `--pushgateway URL`; the error names what to give instead
     /// (and never the password).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let said = redact_userinfo(url);
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("--pushgateway {said}: give an http:// address (HTTPS is not supported yet)")
-        })?;
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (auth, authority) = match authority.rsplit_once('@') {
-            Some((user, host)) => {
-                use base64::Engine as _;
-                let decoded = crate::render::otlp::percent_decode(user).ok_or_else(|| {
-                    format!(
-                        "--pushgateway {said}: the user or password is not percent-encoded UTF-8"
-                    )
-                })?;
-                let encoded = base64::engine::general_purpose::STANDARD.encode(decoded);
-                (Some(encoded), host)
-            }
-            None => (None, authority),
-        };
-        if authority.is_empty() || !authority.contains(':') {
-            return Err(format!(
-                "--pushgateway {said}: give the port too, e.g. http://localhost:9091"
-            ));
-        }
+        let u = HttpUrl::parse("--pushgateway", url, "http://localhost:9091")?;
         Ok(Gateway {
-            authority: authority.to_owned(),
-            prefix: if path.is_empty() {
+            authority: u.authority.to_owned(),
+            prefix: if u.path.is_empty() {
                 String::new()
             } else {
-                format!("/{}", path.trim_end_matches('/'))
+                format!("/{}", u.path)
             },
-            auth,
+            auth: u.auth,
         })
     }
 
@@ -1331,6 +1309,48 @@ impl Gateway {
             body.as_bytes(),
         )
         .map_err(|e| fail(e.replace("the server", "the gateway")))
+    }
+}
+
+/// An `http://[USER:PASSWORD@]HOST:PORT[/PATH]` exporter address, split.
+struct HttpUrl<'a> {
+    /// `HOST:PORT`.
+    authority: &'a str,
+    /// The path without its slashes at either end; empty when none.
+    path: &'a str,
+    /// `USER:PASSWORD`, percent-decoded and base64-encoded for
+    /// `Authorization: Basic`.
+    auth: Option<String>,
+}
+
+impl<'a> HttpUrl<'a> {
+    /// Splits `url` given to `flag`; the error names what to give instead
+    /// (`example`), and never the password.
+    fn parse(flag: &str, url: &'a str, example: &str) -> Result<Self, String> {
+        let said = redact_userinfo(url);
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!("{flag} {said}: give an http:// address, e.g. {example} (HTTPS is not supported yet)")
+        })?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (auth, authority) = match authority.rsplit_once('@') {
+            Some((user, host)) => {
+                use base64::Engine as _;
+                let decoded = crate::render::otlp::percent_decode(user).ok_or_else(|| {
+                    format!("{flag} {said}: the user or password is not percent-encoded UTF-8")
+                })?;
+                let encoded = base64::engine::general_purpose::STANDARD.encode(decoded);
+                (Some(encoded), host)
+            }
+            None => (None, authority),
+        };
+        if authority.is_empty() || !authority.contains(':') {
+            return Err(format!("{flag} {said}: give the port too, e.g. {example}"));
+        }
+        Ok(Self {
+            authority,
+            path: path.trim_matches('/'),
+            auth,
+        })
     }
 }
 
@@ -1406,6 +1426,7 @@ fn send(
             Err(e) if answer.is_empty() => return Err(format!("reading the answer: {e}")),
             Err(_) => break,
         }
+        // A success is known from its status line alone.
         let text = String::from_utf8_lossy(&answer);
         if text.starts_with("HTTP/1.") && text.split(' ').nth(1).is_some_and(|c| c.starts_with('2'))
         {
@@ -1416,10 +1437,6 @@ fn send(
     let status = text.lines().next().unwrap_or_default().trim();
     if status.is_empty() {
         return Err("the server closed the connection without answering".into());
-    }
-    if status.starts_with("HTTP/1.") && status.split(' ').nth(1).is_some_and(|c| c.starts_with('2'))
-    {
-        return Ok(());
     }
     let said: String = (text.split_once("\r\n\r\n").map_or("", |(_, b)| b).chars())
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -1454,28 +1471,21 @@ pub struct OtlpTarget {
 }
 
 impl OtlpTarget {
-    /// Parses `--otlp URL`; the error names what to give instead.
+    /// Parses `--otlp URL`; the error names what to give instead (and
+    /// never the password).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!(
-                "--otlp {url}: give an http:// address, e.g. http://localhost:4318 (HTTPS is not supported yet: send through a local Collector)"
-            )
-        })?;
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        if authority.is_empty() || !authority.contains(':') {
-            return Err(format!(
-                "--otlp {url}: give the port too, e.g. http://localhost:4318"
-            ));
-        }
-        let path = path.trim_end_matches('/');
+        let u = HttpUrl::parse("--otlp", url, "http://localhost:4318")?;
         Ok(Self {
-            authority: authority.to_owned(),
-            path: if path.is_empty() {
+            authority: u.authority.to_owned(),
+            path: if u.path.is_empty() {
                 "/v1/metrics".into()
             } else {
-                format!("/{path}")
+                format!("/{}", u.path)
             },
-            headers: Vec::new(),
+            // Basic auth from the URL, as for the Pushgateway.
+            headers: (u.auth.into_iter())
+                .map(|a| ("Authorization".to_owned(), format!("Basic {a}")))
+                .collect(),
         })
     }
 
@@ -1662,6 +1672,18 @@ mod tests {
         assert!(!err.contains("secret"), "{err}");
         assert!(check_push_label("job").is_err() && check_push_label("9x").is_err());
         assert!(check_push_label("run_id").is_ok());
+        // OTLP reads its address the same way, and adds the SDKs' path.
+        let o = OtlpTarget::parse("http://u:p@c:4318/").unwrap();
+        assert_eq!(
+            (o.authority.as_str(), o.path.as_str()),
+            ("c:4318", "/v1/metrics")
+        );
+        assert_eq!(o.headers, [("Authorization".into(), "Basic dTpw".into())]);
+        assert!(
+            !OtlpTarget::parse("https://u:secret@c:4318")
+                .unwrap_err()
+                .contains("secret")
+        );
         assert!(
             Gateway::parse("https://pg:9091")
                 .unwrap_err()

@@ -1045,8 +1045,33 @@ fn scrape_until(addr: &str, limit: Duration, ready: impl Fn(&Samples) -> bool) -
     }
 }
 
-fn stop(mut agent: std::process::Child) -> String {
-    // SAFETY: plain kill of our own child.
+/// A running `pmet agent` (its stderr kept), killed if the test ends
+/// without stopping it.
+struct Agent(Option<std::process::Child>);
+
+impl Agent {
+    fn spawn(c: &mut Command) -> Self {
+        Agent(Some(c.stderr(Stdio::piped()).spawn().unwrap()))
+    }
+
+    fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Stops the agent with SIGTERM: it must end cleanly. Its stderr.
+fn stop(mut agent: Agent) -> String {
+    let mut agent = agent.0.take().expect("running");
+    // SAFETY: plain kill of our own child, not yet reaped.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let st = agent.wait().unwrap();
     let mut err = String::new();
@@ -1072,12 +1097,11 @@ fn the_agent_forgets_ended_processes_and_keeps_their_sums() {
     let name = format!("pmetchurn{}", std::process::id() % 10000);
     let churn = named_workload(dir.path(), &name);
     let addr = format!("127.0.0.1:{}", free_port());
-    let agent = Command::new(pmet_bin())
-        .args(["agent", "--prometheus", &addr, "--interval", "200ms"])
-        .args(["--duration", "120s"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = Agent::spawn(
+        Command::new(pmet_bin())
+            .args(["agent", "--prometheus", &addr, "--interval", "200ms"])
+            .args(["--duration", "120s"]),
+    );
     let seen = |s: &Samples| value(s, "pmet_processes_seen_total", &[]);
     let held = |s: &Samples| value(s, "pmet_processes_held", &[]);
     let first = scrape_until(&addr, Duration::from_secs(20), |_| true);
@@ -1211,16 +1235,6 @@ fn an_otlp_answer_that_never_ends_costs_no_memory_and_is_named() {
     assert!(took < Duration::from_secs(15), "{took:?}");
 }
 
-/// Kills a process when dropped, so a failed test leaves no agent behind.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: plain kill of our own child, not yet reaped.
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
-}
-
 /// User and system CPU seconds `pid` has used.
 fn cpu_s(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -1257,15 +1271,12 @@ fn a_flood_of_idle_connections_neither_spins_nor_stops_the_agent() {
     }
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let agent = Command::new(pmet_bin())
-        .args(["agent", "--prometheus", &addr, "--interval", "200ms"])
-        .args(["--duration", "120s"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = Agent::spawn(
+        Command::new(pmet_bin())
+            .args(["agent", "--prometheus", &addr, "--interval", "200ms"])
+            .args(["--duration", "120s"]),
+    );
     let pid = agent.id();
-    // Stopped however the test ends.
-    let guard = KillOnDrop(pid);
     let seen = |s: &Samples| value(s, "pmet_processes_seen_total", &[]);
     scrape_until(&addr, Duration::from_secs(20), |_| true);
     // Few descriptors to spare: the flood runs pmet out of them.
@@ -1304,8 +1315,6 @@ fn a_flood_of_idle_connections_neither_spins_nor_stops_the_agent() {
     let s = scrape_until(&addr, Duration::from_secs(20), |s| seen(s) > at);
     assert_eq!(value(&s, "pmet_lost_events_total", &[]), 0.0);
     drop(idle);
-    // Reaped by `stop` from here: its pid is no longer ours to kill.
-    std::mem::forget(guard);
     let err = stop(agent);
     assert!(!err.contains("error"), "{err}");
 }
@@ -1316,14 +1325,12 @@ fn otlp_from_the_agent_drops_a_process_once_forgotten() {
         return;
     }
     let rx = Receiver::start();
-    let agent = Command::new(pmet_bin())
-        .args(["agent", "--interval", "200ms", "--metrics-top", "50"])
-        .args(["--otlp", &format!("http://127.0.0.1:{}", rx.port)])
-        .args(["--otlp-interval", "200ms", "--duration", "120s"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let guard = KillOnDrop(agent.id());
+    let agent = Agent::spawn(
+        Command::new(pmet_bin())
+            .args(["agent", "--interval", "200ms", "--metrics-top", "50"])
+            .args(["--otlp", &format!("http://127.0.0.1:{}", rx.port)])
+            .args(["--otlp-interval", "200ms", "--duration", "120s"]),
+    );
     let has = |req: &serde_json::Value, pid: u64| {
         (req.as_array().unwrap().iter()).any(|p| p["resource"]["process.pid"] == pid)
     };
@@ -1363,7 +1370,6 @@ fn otlp_from_the_agent_drops_a_process_once_forgotten() {
         "exported again after {gone}"
     );
     assert!(gone > first);
-    std::mem::forget(guard);
     let err = stop(agent);
     assert!(!err.contains("warning"), "{err}");
 }
@@ -1383,14 +1389,13 @@ fn names_a_local_user_makes_up_cost_the_agent_no_more_series() {
     }
     let rx = Receiver::start();
     let addr = format!("127.0.0.1:{}", free_port());
-    let agent = Command::new(pmet_bin())
-        .args(["agent", "--prometheus", &addr, "--interval", "200ms"])
-        .args(["--otlp", &format!("http://127.0.0.1:{}", rx.port)])
-        .args(["--otlp-interval", "300ms", "--metrics-groups", "10"])
-        .args(["--duration", "120s"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = Agent::spawn(
+        Command::new(pmet_bin())
+            .args(["agent", "--prometheus", &addr, "--interval", "200ms"])
+            .args(["--otlp", &format!("http://127.0.0.1:{}", rx.port)])
+            .args(["--otlp-interval", "300ms", "--metrics-groups", "10"])
+            .args(["--duration", "120s"]),
+    );
     let first = scrape_until(&addr, Duration::from_secs(20), |_| true);
     let seen = |s: &Samples| value(s, "pmet_processes_seen_total", &[]);
     let before = seen(&first);
@@ -1471,13 +1476,12 @@ fn the_agent_reloads_its_config_on_sighup() {
     write(format!(
         "prometheus = \"{a}\"\ninterval = \"200ms\"\nmetrics_top = 5\n"
     ));
-    let agent = Command::new(pmet_bin())
-        .args(["agent", "--config"])
-        .arg(&config)
-        .args(["--duration", "120s"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = Agent::spawn(
+        Command::new(pmet_bin())
+            .args(["agent", "--config"])
+            .arg(&config)
+            .args(["--duration", "120s"]),
+    );
     let hup = || {
         // SAFETY: plain kill of our own child.
         unsafe { libc::kill(agent.id() as i32, libc::SIGHUP) };
@@ -1615,13 +1619,12 @@ fn the_shipped_systemd_unit_verifies_and_its_command_starts() {
         &std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap(),
     )
     .unwrap();
-    let agent = Command::new(&bin)
-        .args(["agent", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", format!("@{name}"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = Agent::spawn(
+        Command::new(&bin)
+            .args(["agent", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", format!("@{name}")),
+    );
     assert_told_ready(&sock);
     let s = scrape_until(&addr, Duration::from_secs(20), |_| true);
     assert!(value(&s, "pmet_processes_alive", &[]) > 1.0);
@@ -1640,14 +1643,13 @@ fn the_agent_tells_systemd_and_its_ready_file_once_watching() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     let ready = dir.path().join("ready");
     let addr = format!("127.0.0.1:{}", free_port());
-    let agent = Command::new(pmet_bin())
-        .args(["agent", "--prometheus", &addr, "--duration", "120s"])
-        .arg("--ready")
-        .arg(&ready)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = Agent::spawn(
+        Command::new(pmet_bin())
+            .args(["agent", "--prometheus", &addr, "--duration", "120s"])
+            .arg("--ready")
+            .arg(&ready)
+            .env("NOTIFY_SOCKET", &sock_path),
+    );
     assert_told_ready(&sock);
     // Told once only, and the file said the same moment.
     let line = common::read_ready(&ready, || false).unwrap();
