@@ -79,7 +79,7 @@ Examples:
     /// follows the live processes: an ended process is forgotten once its
     /// final figures have been exported. SIGHUP re-reads --config.
     #[command(after_help = "Examples:
-  sudo pmet agent --prometheus 0.0.0.0:9464
+  sudo pmet agent --prometheus 127.0.0.1:9464
   sudo pmet agent --otlp http://collector:4318/v1/metrics --otlp-interval 30s
   sudo pmet agent --config /etc/pmet/agent.toml     (contrib/pmet-agent.service runs this)")]
     Agent(AgentArgs),
